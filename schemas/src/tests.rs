@@ -314,3 +314,4 @@ proptest! {
         prop_assert!(!event.core().is_wrapper());
     }
 }
+

@@ -75,7 +75,7 @@ pub(crate) fn envelope_to_value(e: &Envelope, branches: &[String]) -> Value {
         ("target", string(&e.target)),
         ("source", opt_string(&e.source)),
         ("origin", origin),
-        ("timestamp", Value::TimestampMillis(e.timestamp)),
+        ("timestamp", Value::Long(e.timestamp)),
         ("body", event_to_value(&e.body, branches)),
     ])
 }
@@ -115,7 +115,7 @@ fn event_to_value(event: &Event, branches: &[String]) -> Value {
         Event::LockGranted { correlation } => vec![corr(correlation)],
         Event::LockRelease { owner, correlation } => vec![("owner", string(owner)), corr(correlation)],
         Event::WithDelay { fire_at, inner } => vec![
-            ("fire_at", Value::TimestampMillis(*fire_at)),
+            ("fire_at", Value::Long(*fire_at)),
             ("inner", event_to_value(inner, branches)),
         ],
         Event::ReplyTo { address, correlation, inner } => vec![
