@@ -1,1 +1,44 @@
+//! Durable's engine: the pure History and Context layers, the handler registry, the test harness
+//! and the storage seam.
+//!
+//! Application code is ordinary async Rust: orchestrations (`async fn(ctx, input)`, replayed
+//! deterministically), entities (typed state plus operations) and activities (`async fn(input)`
+//! with side effects). [`Engine::step`] turns a stored [`InstanceRecord`] and new events into the
+//! next record and a list of [`Effect`]s, with no I/O and no clock: that is what lets tests inject
+//! events in any order, duplicate or drop them, and check the outcome deterministically.
+//!
+//! # Layout
+//! - [`id`]: instance ids, their canonical string form, Kafka's murmur2 partitioner.
+//! - [`history`] (pure): the stored record, duplicate detection, orchestration history.
+//! - [`context`] (pure): what application code calls — [`OrchestrationContext`],
+//!   [`when_all`]/[`when_any`], [`EntityType`]/[`EntityContext`], activities.
+//! - [`engine`] (pure): one step of one instance; the orchestration executor and replay.
+//! - [`effect`]: what leaves after a commit.
+//! - [`registry`]: handlers by name.
+//! - [`harness`]: the test harness for application code.
+//! - [`store`]: the storage trait (etag compare-and-set, timers) and [`MemoryStore`].
+//! - [`examples`]: the bundled example applications.
+#![warn(missing_docs)]
+
+pub mod context;
+pub mod effect;
+pub mod engine;
+pub mod examples;
+pub mod harness;
+pub mod history;
 pub mod id;
+pub mod registry;
+pub mod store;
+
+pub use context::{
+    when_all, when_any, when_any2, ActivityContext, Either, EntityContext, EntityType,
+    OrchestrationContext, RetryPolicy,
+};
+pub use durable_schemas::{Envelope, Event, Failure, Payload};
+pub use effect::{Effect, StateChange};
+pub use engine::{DeadLetter, Delivery, DropReason, Engine, StepInput, StepOutput};
+pub use harness::Harness;
+pub use history::{InstanceRecord, OrchestrationStatus};
+pub use id::{InstanceId, Kind};
+pub use registry::Registry;
+pub use store::{MemoryStore, Store};

@@ -1,0 +1,106 @@
+//! Activities: side-effecting `async fn(input) -> Result<output>`, run after the commit that
+//! scheduled them, at least once; their result is recorded once in the caller's history (a
+//! reply to an already completed slot is dropped).
+
+use durable_schemas::{Envelope, Event, Failure, Payload};
+
+use crate::id::InstanceId;
+
+/// What an activity sees besides its input.
+#[derive(Debug, Clone)]
+pub struct ActivityContext {
+    /// This invocation's id (unique per call and attempt).
+    pub id: InstanceId,
+    /// The attempt number, from 1.
+    pub attempt: u32,
+    /// The orchestration that called it.
+    pub caller: String,
+}
+
+/// A `ScheduleActivity` request taken apart: where the reply goes and what to run.
+#[derive(Debug, Clone)]
+pub struct ActivityRequest {
+    /// The activity invocation.
+    pub id: InstanceId,
+    /// Input payload.
+    pub input: Payload,
+    /// Attempt number.
+    pub attempt: u32,
+    /// Address of the caller.
+    pub reply_to: String,
+    /// Correlation to quote.
+    pub correlation: String,
+    /// The request's event id (the reply's id is derived from it).
+    pub event_id: String,
+}
+
+impl ActivityRequest {
+    /// Read a request; `Err(reason)` for anything that is not `ReplyTo(ScheduleActivity)` to an
+    /// activity id.
+    pub fn parse(envelope: &Envelope) -> Result<Self, String> {
+        let id = InstanceId::parse(&envelope.target).map_err(|e| e.to_string())?;
+        let mut body = &envelope.body;
+        while let Event::WithPrincipal { inner, .. } | Event::WithLock { inner, .. } = body {
+            body = inner;
+        }
+        match body {
+            Event::ReplyTo {
+                address,
+                correlation,
+                inner,
+            } => match inner.as_ref() {
+                Event::ScheduleActivity { input, attempt } => Ok(Self {
+                    id,
+                    input: input.clone(),
+                    attempt: (*attempt).max(1) as u32,
+                    reply_to: address.clone(),
+                    correlation: correlation.clone(),
+                    event_id: envelope.id.clone(),
+                }),
+                other => Err(format!(
+                    "activity {} cannot handle {}",
+                    envelope.target,
+                    other.name()
+                )),
+            },
+            other => Err(format!(
+                "activity {} expects ReplyTo(ScheduleActivity), got {}",
+                envelope.target,
+                other.name()
+            )),
+        }
+    }
+
+    /// The context the activity function gets.
+    pub fn context(&self) -> ActivityContext {
+        ActivityContext {
+            id: self.id.clone(),
+            attempt: self.attempt,
+            caller: self.reply_to.clone(),
+        }
+    }
+
+    /// The reply for `result`, with an id derived from the request's (so a re-run's reply is
+    /// recognised as the same event).
+    pub fn reply(&self, result: Result<Payload, Failure>, now: i64) -> Envelope {
+        let correlation = self.correlation.clone();
+        let body = match result {
+            Ok(result) => Event::ActivityCompleted {
+                correlation,
+                result,
+            },
+            Err(failure) => Event::ActivityFailed {
+                correlation,
+                failure,
+            },
+        };
+        let mut e = Envelope::new(
+            format!("{}/reply", self.event_id),
+            self.reply_to.clone(),
+            now,
+            body,
+        );
+        e.source = Some(self.id.canonical());
+        e
+    }
+}

@@ -1,0 +1,679 @@
+//! [`OrchestrationContext`]: what an orchestration's code calls.
+//!
+//! Every call that waits for the outside world takes the next *slot* number and returns a future
+//! that is ready only when the engine delivers that slot's completion. On replay the engine
+//! delivers the recorded completions in their original order; new commands become effects.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use durable_schemas::{Envelope, Event, Failure, Payload};
+use serde::{de::DeserializeOwned, Serialize};
+
+use super::combinators::{mark_ready, Either};
+use crate::effect::Effect;
+use crate::history::{fnv64, Command, CommandKind, Completion};
+use crate::id::{InstanceId, Kind};
+
+/// The failure kind of a replay that diverged from its history.
+pub const NONDETERMINISM: &str = "Nondeterminism";
+
+/// State shared between the context handle, its futures and the engine, for one step.
+pub(crate) struct Shared {
+    /// This orchestration.
+    pub id: InstanceId,
+    /// `id` in canonical form.
+    pub id_str: String,
+    /// Current generation (part of every correlation).
+    pub generation: u32,
+    /// Commands recorded in history, then the new ones appended in live mode.
+    pub commands: Vec<Command>,
+    /// Next slot to hand out.
+    pub next_slot: u32,
+    /// Delivered completions: slot → (completion, position in the log).
+    pub delivered: HashMap<u32, (Completion, usize)>,
+    /// Slots whose future was dropped before completion.
+    pub abandoned: BTreeSet<u32>,
+    /// Issued `wait_for_event` slots: slot → event name.
+    pub waits: BTreeMap<u32, String>,
+    /// Whether the code is re-running recorded history.
+    pub replaying: bool,
+    /// Replay-safe time.
+    pub now: i64,
+    /// Effects of commands issued in live mode.
+    pub effects: Vec<Effect>,
+    /// Set once the code diverged from history; nothing completes after that.
+    pub error: Option<Failure>,
+    /// Set by `continue_as_new`.
+    pub continue_as_new: Option<Payload>,
+    /// Set by `set_custom_status`: `Some(new value)`.
+    pub custom_status: Option<Option<Payload>>,
+    /// Counter for replay-safe random numbers.
+    pub random_calls: u64,
+    /// Lock set held or requested: (slot, sorted participants).
+    pub lock: Option<(u32, Vec<InstanceId>)>,
+}
+
+impl Shared {
+    pub(crate) fn new(id: InstanceId, generation: u32, commands: Vec<Command>, now: i64) -> Self {
+        Self {
+            id_str: id.canonical(),
+            id,
+            generation,
+            commands,
+            next_slot: 0,
+            delivered: HashMap::new(),
+            abandoned: BTreeSet::new(),
+            waits: BTreeMap::new(),
+            replaying: true,
+            now,
+            effects: Vec::new(),
+            error: None,
+            continue_as_new: None,
+            custom_status: None,
+            random_calls: 0,
+            lock: None,
+        }
+    }
+
+    pub(crate) fn correlation(&self, slot: u32) -> String {
+        format!("{}.{}", self.generation, slot)
+    }
+
+    fn event_id(&self, slot: u32) -> String {
+        format!("{}/{}/{}", self.id_str, self.generation, slot)
+    }
+
+    fn envelope(&self, slot: u32, target: String, body: Event) -> Envelope {
+        let mut e = Envelope::new(self.event_id(slot), target, self.now, body);
+        e.source = Some(self.id_str.clone());
+        e
+    }
+
+    fn reply_to(&self, slot: u32, inner: Event) -> Event {
+        Event::ReplyTo {
+            address: self.id_str.clone(),
+            correlation: self.correlation(slot),
+            inner: Box::new(inner),
+        }
+    }
+
+    /// Take the next slot for a command; `Ok((slot, is_new))`, or `Err` once diverged.
+    fn issue(&mut self, kind: CommandKind, name: String) -> Result<(u32, bool), ()> {
+        if self.error.is_some() {
+            return Err(());
+        }
+        let slot = self.next_slot;
+        self.next_slot += 1;
+        match self.commands.get(slot as usize) {
+            Some(recorded) if recorded.kind == kind && recorded.name == name => Ok((slot, false)),
+            Some(recorded) => {
+                self.error = Some(nondeterminism(
+                    slot,
+                    Some(recorded),
+                    &Command { kind, name },
+                ));
+                Err(())
+            }
+            None if self.replaying => {
+                self.error = Some(nondeterminism(slot, None, &Command { kind, name }));
+                Err(())
+            }
+            None => {
+                self.commands.push(Command { kind, name });
+                Ok((slot, true))
+            }
+        }
+    }
+
+    /// Issue a command whose live-mode effect, if any, is `make(self, slot)`.
+    fn command(
+        &mut self,
+        kind: CommandKind,
+        name: String,
+        make: impl FnOnce(&Shared, u32) -> Option<Effect>,
+    ) -> Option<u32> {
+        let (slot, is_new) = self.issue(kind, name).ok()?;
+        if is_new {
+            if let Some(effect) = make(self, slot) {
+                self.effects.push(effect);
+            }
+        }
+        Some(slot)
+    }
+}
+
+/// The typed nondeterminism failure: what history recorded at a slot and what the code asked.
+pub(crate) fn nondeterminism(slot: u32, recorded: Option<&Command>, asked: &Command) -> Failure {
+    let recorded = match recorded {
+        Some(c) => format!("{:?}({})", c.kind, c.name),
+        None => "nothing".to_owned(),
+    };
+    Failure {
+        kind: NONDETERMINISM.to_owned(),
+        message: format!(
+            "replay diverged at slot {slot}: history recorded {recorded}, the code asked for {:?}({})",
+            asked.kind, asked.name
+        ),
+        details: Some(format!("slot={slot}; expected={recorded}; actual={:?}({})", asked.kind, asked.name)),
+    }
+}
+
+/// A future for one slot's completion.
+pub(crate) struct SlotFuture {
+    shared: Rc<RefCell<Shared>>,
+    /// `None` when the command could not be issued (the code diverged): never ready.
+    slot: Option<u32>,
+    done: bool,
+}
+
+impl Future for SlotFuture {
+    type Output = Completion;
+    fn poll(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Completion> {
+        let Some(slot) = self.slot else {
+            return Poll::Pending;
+        };
+        let shared = self.shared.borrow();
+        if shared.error.is_some() {
+            return Poll::Pending;
+        }
+        match shared.delivered.get(&slot) {
+            Some((completion, position)) => {
+                mark_ready(*position + 1);
+                let completion = completion.clone();
+                drop(shared);
+                self.done = true;
+                Poll::Ready(completion)
+            }
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for SlotFuture {
+    fn drop(&mut self) {
+        if let (Some(slot), false) = (self.slot, self.done) {
+            if let Ok(mut shared) = self.shared.try_borrow_mut() {
+                shared.abandoned.insert(slot);
+            }
+        }
+    }
+}
+
+/// How `call_activity_with_retry` retries.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Delay before the second attempt.
+    pub first_interval: Duration,
+    /// Multiplier applied to the delay after each failed attempt.
+    pub backoff: f64,
+    /// Cap on the delay.
+    pub max_interval: Duration,
+    /// Attempts in all, the first included.
+    pub max_attempts: u32,
+    /// Which failures are retried.
+    pub retry_on: RetryOn,
+}
+
+/// Which failures a [`RetryPolicy`] retries.
+#[derive(Debug, Clone)]
+pub enum RetryOn {
+    /// Every failure.
+    Any,
+    /// Only failures of these kinds.
+    Kinds(Vec<String>),
+    /// Failures for which the function returns true.
+    Predicate(fn(&Failure) -> bool),
+}
+
+impl RetryPolicy {
+    /// Retry up to `max_attempts` in all, starting at `first_interval` and doubling up to 5 min.
+    pub fn new(max_attempts: u32, first_interval: Duration) -> Self {
+        Self {
+            first_interval,
+            backoff: 2.0,
+            max_interval: Duration::from_secs(300),
+            max_attempts,
+            retry_on: RetryOn::Any,
+        }
+    }
+
+    /// Set the backoff multiplier.
+    pub fn backoff(mut self, factor: f64) -> Self {
+        self.backoff = factor;
+        self
+    }
+
+    /// Set the maximum delay.
+    pub fn max_interval(mut self, max: Duration) -> Self {
+        self.max_interval = max;
+        self
+    }
+
+    /// Retry only failures of these kinds.
+    pub fn only_kinds<I: IntoIterator<Item = S>, S: Into<String>>(mut self, kinds: I) -> Self {
+        self.retry_on = RetryOn::Kinds(kinds.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Retry only failures for which `predicate` returns true.
+    pub fn retry_if(mut self, predicate: fn(&Failure) -> bool) -> Self {
+        self.retry_on = RetryOn::Predicate(predicate);
+        self
+    }
+
+    /// Whether `failure` after attempt number `attempt` (1-based) is retried.
+    pub fn should_retry(&self, failure: &Failure, attempt: u32) -> bool {
+        attempt < self.max_attempts
+            && match &self.retry_on {
+                RetryOn::Any => true,
+                RetryOn::Kinds(kinds) => kinds.iter().any(|k| *k == failure.kind),
+                RetryOn::Predicate(p) => p(failure),
+            }
+    }
+
+    /// Delay after failed attempt number `attempt` (1-based). Deterministic: no jitter.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let factor = self.backoff.max(1.0).powi(attempt.saturating_sub(1) as i32);
+        let ms = (self.first_interval.as_millis() as f64 * factor)
+            .min(self.max_interval.as_millis() as f64);
+        Duration::from_millis(ms as u64)
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Payload, Failure> {
+    Payload::json(value).map_err(|e| Failure::new("SerializationError", e.to_string()))
+}
+
+fn decode_value<O: DeserializeOwned>(completion: Completion) -> Result<O, Failure> {
+    match completion {
+        Completion::Value(p) => p
+            .decode()
+            .map_err(|e| Failure::new("DeserializationError", format!("{e} (payload {p:?})"))),
+        Completion::Failure(f) => Err(f),
+        Completion::Done => serde_json::from_str("null")
+            .map_err(|e| Failure::new("DeserializationError", e.to_string())),
+    }
+}
+
+/// The orchestration's handle on Durable. Cheap to clone; valid for one execution step.
+///
+/// Orchestration code must be deterministic: it may only wait on futures from this context (and
+/// [`when_all`](crate::when_all)/[`when_any`](crate::when_any) over them), never on `tokio`
+/// timers, `select!` or real I/O. Use [`now`](Self::now), [`new_uuid`](Self::new_uuid) and
+/// [`random`](Self::random) instead of the clock and random generators. A replay that asks for
+/// something else than its history recorded fails the instance with kind
+/// [`NONDETERMINISM`].
+#[derive(Clone)]
+pub struct OrchestrationContext {
+    pub(crate) shared: Rc<RefCell<Shared>>,
+}
+
+impl OrchestrationContext {
+    pub(crate) fn new(shared: Rc<RefCell<Shared>>) -> Self {
+        Self { shared }
+    }
+
+    fn slot_future(&self, slot: Option<u32>) -> SlotFuture {
+        SlotFuture {
+            shared: self.shared.clone(),
+            slot,
+            done: false,
+        }
+    }
+
+    /// This orchestration's id.
+    pub fn instance_id(&self) -> InstanceId {
+        self.shared.borrow().id.clone()
+    }
+
+    /// How many times this instance continued as new.
+    pub fn generation(&self) -> u32 {
+        self.shared.borrow().generation
+    }
+
+    /// Replay-safe current time, ms since the Unix epoch: the time recorded with the event the
+    /// code is reacting to.
+    pub fn now(&self) -> i64 {
+        self.shared.borrow().now
+    }
+
+    /// Whether the code is re-running recorded history (side-channel output such as logs should
+    /// be skipped then).
+    pub fn is_replaying(&self) -> bool {
+        self.shared.borrow().replaying
+    }
+
+    /// A replay-safe random number: the same sequence on every replay of this generation.
+    pub fn random(&self) -> u64 {
+        let mut s = self.shared.borrow_mut();
+        s.random_calls += 1;
+        let seed = fnv64(s.id_str.as_bytes()) ^ ((s.generation as u64) << 40) ^ s.random_calls;
+        splitmix64(seed)
+    }
+
+    /// A replay-safe UUID (version 4 layout, derived from [`random`](Self::random)).
+    pub fn new_uuid(&self) -> String {
+        let (a, b) = (self.random(), self.random());
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&a.to_be_bytes());
+        bytes[8..].copy_from_slice(&b.to_be_bytes());
+        bytes[6] = (bytes[6] & 0x0f) | 0x40;
+        bytes[8] = (bytes[8] & 0x3f) | 0x80;
+        let h: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        format!(
+            "{}-{}-{}-{}-{}",
+            &h[..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..]
+        )
+    }
+
+    /// Log a line unless replaying (so each line appears once per execution of the code).
+    pub fn log(&self, message: &str) {
+        let s = self.shared.borrow();
+        if !s.replaying {
+            tracing::info!(instance = %s.id_str, generation = s.generation, "{message}");
+        }
+    }
+
+    /// Set the custom status shown by `durable status` and in the state feed.
+    pub fn set_custom_status<T: Serialize>(&self, status: &T) {
+        if let Ok(p) = encode(status) {
+            self.shared.borrow_mut().custom_status = Some(Some(p));
+        }
+    }
+
+    fn activity_attempt(&self, name: &str, input: Payload, attempt: u32) -> SlotFuture {
+        let slot = self.shared.borrow_mut().command(
+            CommandKind::CallActivity,
+            name.to_owned(),
+            |s, slot| {
+                let key = format!("{}#{}.{}", s.id_str, s.generation, slot);
+                let target = InstanceId::new(Kind::Activity, name, key)
+                    .map(|id| id.canonical())
+                    .unwrap_or_default();
+                let body = s.reply_to(
+                    slot,
+                    Event::ScheduleActivity {
+                        input,
+                        attempt: attempt as i32,
+                    },
+                );
+                Some(Effect::Emit(s.envelope(slot, target, body)))
+            },
+        );
+        self.slot_future(slot)
+    }
+
+    /// Run activity `name` once with `input`; its result (or failure) is recorded once.
+    pub fn call_activity<I: Serialize, O: DeserializeOwned>(
+        &self,
+        name: &str,
+        input: I,
+    ) -> impl Future<Output = Result<O, Failure>> + 'static {
+        let call = encode(&input).map(|p| self.activity_attempt(name, p, 1));
+        async move { decode_value(call?.await) }
+    }
+
+    /// Run activity `name`, retrying failures as `policy` says. Retries wait on durable timers,
+    /// so they survive restarts and replay deterministically.
+    pub fn call_activity_with_retry<I: Serialize, O: DeserializeOwned>(
+        &self,
+        name: &str,
+        input: I,
+        policy: RetryPolicy,
+    ) -> impl Future<Output = Result<O, Failure>> + 'static {
+        let ctx = self.clone();
+        let name = name.to_owned();
+        let input = encode(&input);
+        let first = input.clone().map(|p| self.activity_attempt(&name, p, 1));
+        async move {
+            let input = input?;
+            let mut attempt = 1;
+            let mut pending = first?;
+            loop {
+                match decode_value::<O>(pending.await) {
+                    Ok(v) => return Ok(v),
+                    Err(f) if policy.should_retry(&f, attempt) => {
+                        ctx.create_timer_after(policy.delay(attempt)).await;
+                        attempt += 1;
+                        pending = ctx.activity_attempt(&name, input.clone(), attempt);
+                    }
+                    Err(f) => return Err(f),
+                }
+            }
+        }
+    }
+
+    /// Start orchestration `name` as a child and wait for its result. Its key is derived from
+    /// this instance and slot unless given with [`call_sub_orchestration_with_key`](Self::call_sub_orchestration_with_key).
+    pub fn call_sub_orchestration<I: Serialize, O: DeserializeOwned>(
+        &self,
+        name: &str,
+        input: I,
+    ) -> impl Future<Output = Result<O, Failure>> + 'static {
+        self.sub_orchestration(name, None, input)
+    }
+
+    /// Like [`call_sub_orchestration`](Self::call_sub_orchestration) with an explicit key.
+    pub fn call_sub_orchestration_with_key<I: Serialize, O: DeserializeOwned>(
+        &self,
+        name: &str,
+        key: &str,
+        input: I,
+    ) -> impl Future<Output = Result<O, Failure>> + 'static {
+        self.sub_orchestration(name, Some(key), input)
+    }
+
+    fn sub_orchestration<I: Serialize, O: DeserializeOwned>(
+        &self,
+        name: &str,
+        key: Option<&str>,
+        input: I,
+    ) -> impl Future<Output = Result<O, Failure>> + 'static {
+        let call = encode(&input).map(|input| {
+            let slot = self.shared.borrow_mut().command(
+                CommandKind::CallSubOrchestration,
+                name.to_owned(),
+                |s, slot| {
+                    let key = key
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| format!("{}#{}.{}", s.id_str, s.generation, slot));
+                    let target = InstanceId::new(Kind::Orchestration, name, key)
+                        .map(|id| id.canonical())
+                        .unwrap_or_default();
+                    Some(Effect::Emit(s.envelope(
+                        slot,
+                        target,
+                        s.reply_to(slot, Event::StartOrchestration { input }),
+                    )))
+                },
+            );
+            self.slot_future(slot)
+        });
+        async move { decode_value(call?.await) }
+    }
+
+    /// Start orchestration `name` with `key` and do not wait for it.
+    pub fn start_orchestration<I: Serialize>(&self, name: &str, key: &str, input: I) {
+        if let (Ok(input), Ok(target)) = (
+            encode(&input),
+            InstanceId::new(Kind::Orchestration, name, key),
+        ) {
+            let target = target.canonical();
+            self.shared.borrow_mut().command(
+                CommandKind::StartOrchestration,
+                target.clone(),
+                |s, slot| {
+                    Some(Effect::Emit(s.envelope(
+                        slot,
+                        target,
+                        Event::StartOrchestration { input },
+                    )))
+                },
+            );
+        }
+    }
+
+    /// A durable timer that fires at `fire_at` (ms since the Unix epoch).
+    pub fn create_timer(&self, fire_at: i64) -> impl Future<Output = ()> + 'static {
+        let slot = self.shared.borrow_mut().command(
+            CommandKind::CreateTimer,
+            fire_at.to_string(),
+            |s, slot| {
+                let fired = Event::TimerFired {
+                    correlation: s.correlation(slot),
+                };
+                Some(Effect::Delay {
+                    fire_at,
+                    envelope: s.envelope(slot, s.id_str.clone(), fired),
+                })
+            },
+        );
+        let fut = self.slot_future(slot);
+        async move {
+            fut.await;
+        }
+    }
+
+    /// A durable timer that fires `delay` after [`now`](Self::now).
+    pub fn create_timer_after(&self, delay: Duration) -> impl Future<Output = ()> + 'static {
+        self.create_timer(self.now().saturating_add(delay.as_millis() as i64))
+    }
+
+    /// Wait for the next external event called `name` (events that arrived earlier wait in a
+    /// buffer and are taken in arrival order).
+    pub fn wait_for_event<T: DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<T, Failure>> + 'static {
+        let slot = {
+            let mut s = self.shared.borrow_mut();
+            let slot = s.command(CommandKind::WaitForEvent, name.to_owned(), |_, _| None);
+            if let Some(slot) = slot {
+                s.waits.insert(slot, name.to_owned());
+            }
+            slot
+        };
+        let fut = self.slot_future(slot);
+        async move { decode_value(fut.await) }
+    }
+
+    /// Send operation `op` to an entity; do not wait.
+    pub fn signal_entity<I: Serialize>(&self, entity: &InstanceId, op: &str, input: I) {
+        let Ok(input) = encode(&input) else { return };
+        let target = entity.canonical();
+        let lock = self.lock_context(entity);
+        self.shared.borrow_mut().command(
+            CommandKind::SignalEntity,
+            format!("{target}/{op}"),
+            |s, slot| {
+                let body = Event::EntityOperation {
+                    operation: op.to_owned(),
+                    input,
+                };
+                Some(Effect::Emit(s.envelope(
+                    slot,
+                    target,
+                    wrap_lock(lock, body),
+                )))
+            },
+        );
+    }
+
+    /// Call operation `op` on an entity and wait for its result.
+    pub fn call_entity<I: Serialize, O: DeserializeOwned>(
+        &self,
+        entity: &InstanceId,
+        op: &str,
+        input: I,
+    ) -> impl Future<Output = Result<O, Failure>> + 'static {
+        let target = entity.canonical();
+        let lock = self.lock_context(entity);
+        let call = encode(&input).map(|input| {
+            let slot = self.shared.borrow_mut().command(
+                CommandKind::CallEntity,
+                format!("{target}/{op}"),
+                |s, slot| {
+                    let body = Event::EntityOperation {
+                        operation: op.to_owned(),
+                        input,
+                    };
+                    Some(Effect::Emit(s.envelope(
+                        slot,
+                        target,
+                        s.reply_to(slot, wrap_lock(lock, body)),
+                    )))
+                },
+            );
+            self.slot_future(slot)
+        });
+        async move { decode_value(call?.await) }
+    }
+
+    /// Inside a critical section, messages to locked entities carry the lock.
+    fn lock_context(&self, _entity: &InstanceId) -> Option<(String, Vec<String>)> {
+        let s = self.shared.borrow();
+        s.lock.as_ref().map(|(_, participants)| {
+            (
+                s.id_str.clone(),
+                participants.iter().map(|p| p.canonical()).collect(),
+            )
+        })
+    }
+
+    /// Finish this generation and start a new one with `input`. External events that no wait
+    /// took yet are kept for the new generation. The returned future never completes: await it.
+    pub fn continue_as_new<I: Serialize>(&self, input: I) -> impl Future<Output = ()> + 'static {
+        if let Ok(p) = encode(&input) {
+            self.shared.borrow_mut().continue_as_new = Some(p);
+        }
+        std::future::pending()
+    }
+
+    /// Wait for `future` or a timer of `timeout`, whichever comes first (by arrival order).
+    pub fn timeout<F: Future + 'static>(
+        &self,
+        timeout: Duration,
+        future: F,
+    ) -> impl Future<Output = Result<F::Output, Failure>> + 'static {
+        let timer = self.create_timer_after(timeout);
+        let race = super::combinators::when_any2(future, timer);
+        async move {
+            match race.await {
+                Either::Left(v) => Ok(v),
+                Either::Right(()) => Err(Failure::new(
+                    "Timeout",
+                    format!("no result within {timeout:?}"),
+                )),
+            }
+        }
+    }
+}
+
+fn wrap_lock(lock: Option<(String, Vec<String>)>, body: Event) -> Event {
+    match lock {
+        Some((owner, participants)) => Event::WithLock {
+            owner,
+            participants,
+            inner: Box::new(body),
+        },
+        None => body,
+    }
+}
+
+fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = x;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}

@@ -1,0 +1,47 @@
+//! What leaves an instance after a commit.
+//!
+//! A step of the engine never performs I/O; it returns [`Effect`]s. The driver (the runtime, the
+//! simulator or the test harness) commits the new state first and only then acts on them:
+//! [`Effect::Emit`] and [`Effect::StateChanged`] are produced after the commit succeeded,
+//! [`Effect::Delay`] is parked in the partition's timer set *in the same atomic commit* as the
+//! state. A failed commit throws all effects away.
+
+use durable_schemas::{Envelope, Failure, Payload};
+use serde::{Deserialize, Serialize};
+
+/// One thing a step asks the outside world to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Effect {
+    /// Produce this event (its `origin` is already stamped) after the commit.
+    Emit(Envelope),
+    /// Park this event until `fire_at` (ms since epoch); it is committed with the state and
+    /// released by the partition's timer set, re-stamped with the timer stream's origin.
+    Delay {
+        /// When to release it.
+        fire_at: i64,
+        /// The event (no origin yet).
+        envelope: Envelope,
+    },
+    /// Publish the new committed state for projections.
+    StateChanged(StateChange),
+}
+
+/// A record of an instance's committed state, for the `<prefix>.state` feed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateChange {
+    /// Canonical instance id.
+    pub instance: String,
+    /// Strictly increasing per instance: an older version never overwrites a newer one.
+    pub version: u64,
+    /// Status word: `running`, `completed`, `failed`, `terminated` for orchestrations;
+    /// `active` or `deleted` for entities.
+    pub status: String,
+    /// Entity state, or orchestration output (JSON payload), if any.
+    pub state: Option<Payload>,
+    /// Orchestration custom status, if set.
+    pub custom_status: Option<Payload>,
+    /// Failure of a failed or terminated orchestration.
+    pub failure: Option<Failure>,
+    /// Logical time of the commit (ms since epoch).
+    pub updated_at: i64,
+}

@@ -1,0 +1,396 @@
+//! One step of one instance: `(stored record, new deliveries, now) → (record', effects)`.
+//!
+//! [`Engine::step`] is pure and deterministic: it does no I/O, reads no clock, and gives the same
+//! output for the same input (event ids of everything it emits are derived from the instance,
+//! its generation and slot, or its version — never random).
+//!
+//! # Call order (for drivers: the runtime, the simulator, the harness)
+//! 1. Load the record (and its etag) of the target instance.
+//! 2. Call [`Engine::step`] with the deliveries for that instance, in log order.
+//! 3. If [`StepOutput::changed`], commit `record.to_blob()` plus the [`Effect::Delay`]s
+//!    atomically, only if the etag is unchanged. On a conflict, discard the output and go to 1.
+//! 4. After the commit, produce `record.outbox` (emits and the state change) in order, then
+//!    acknowledge the input offsets. Produce outboxes of one partition in input-offset order:
+//!    the origin stamps (see `history`) rely on it.
+//! 5. If a delivery was [`DropReason::Redelivered`], the record was committed before but its
+//!    outbox may not have left: produce `record.outbox` again (receivers drop duplicates).
+//!
+//! Dead letters ([`StepOutput::dead_letters`]) are produced to the dead-letter topic after the
+//! commit; the event counts as applied, so it is never retried.
+
+mod entity;
+mod orchestration;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use durable_schemas::{Envelope, Event, Origin};
+
+use crate::effect::{Effect, StateChange};
+use crate::history::{Admission, Body, InstanceRecord, OrchestrationStatus, Outbox};
+use crate::id::{InstanceId, Kind};
+use crate::registry::Registry;
+
+/// One event to apply, with its position in the instance's partition (if it came from one).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    /// The event.
+    pub envelope: Envelope,
+    /// Kafka offset in the instance's partition; `None` when not delivered through a log.
+    pub offset: Option<i64>,
+}
+
+/// The input of a step besides the stored record.
+#[derive(Debug, Clone)]
+pub struct StepInput {
+    /// Deliveries, in log order.
+    pub deliveries: Vec<Delivery>,
+    /// Logical time of this step (ms since the Unix epoch).
+    pub now: i64,
+    /// The partition this instance lives in, to stamp emitted events with origin `p<N>`;
+    /// `None` emits without origin (dedup by event id at the receiver).
+    pub partition: Option<u32>,
+}
+
+/// Why a delivery was not applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// A Kafka record at or below the applied offset.
+    Redelivered,
+    /// The same logical event was applied before.
+    Duplicate,
+    /// A reply to a slot that already has its completion.
+    SlotAlreadyCompleted,
+    /// A reply for an earlier generation (before `continue_as_new` or a restart).
+    StaleGeneration,
+    /// An event for an orchestration that has finished.
+    Finished,
+    /// A start for an orchestration that is already running.
+    AlreadyRunning,
+}
+
+/// A delivery that was not applied, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dropped {
+    /// Its event id.
+    pub event_id: String,
+    /// Why.
+    pub reason: DropReason,
+}
+
+/// An event that cannot be applied: it goes to the dead-letter topic with the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The event.
+    pub envelope: Envelope,
+    /// Human-readable reason.
+    pub reason: String,
+}
+
+/// The result of a step.
+#[derive(Debug, Clone)]
+pub struct StepOutput {
+    /// The new record (its `outbox` holds what to produce after the commit).
+    pub record: InstanceRecord,
+    /// Every effect of this step, in order: emits, delays and the state change.
+    pub effects: Vec<Effect>,
+    /// Events that cannot be applied.
+    pub dead_letters: Vec<DeadLetter>,
+    /// Deliveries not applied (duplicates, redeliveries, stale replies …).
+    pub dropped: Vec<Dropped>,
+    /// Whether anything was applied (else there is nothing to commit).
+    pub changed: bool,
+}
+
+impl StepOutput {
+    /// Whether some delivery was a redelivered record (the outbox should be produced again).
+    pub fn redelivered(&self) -> bool {
+        self.dropped
+            .iter()
+            .any(|d| d.reason == DropReason::Redelivered)
+    }
+
+    /// The emitted events, in order.
+    pub fn emitted(&self) -> impl Iterator<Item = &Envelope> {
+        self.effects.iter().filter_map(|e| match e {
+            Effect::Emit(e) => Some(e),
+            _ => None,
+        })
+    }
+
+    /// The delayed events, in order: `(fire_at, envelope)`.
+    pub fn delayed(&self) -> impl Iterator<Item = (i64, &Envelope)> {
+        self.effects.iter().filter_map(|e| match e {
+            Effect::Delay { fire_at, envelope } => Some((*fire_at, envelope)),
+            _ => None,
+        })
+    }
+}
+
+/// What a step accumulates.
+struct Collector {
+    effects: Vec<Effect>,
+    dead_letters: Vec<DeadLetter>,
+    dropped: Vec<Dropped>,
+    /// Prefix for ids of events not tied to a slot: `<instance>@<new version>`.
+    id_prefix: String,
+    /// Counter for those ids.
+    next_id: u32,
+    now: i64,
+}
+
+impl Collector {
+    fn drop(&mut self, envelope: &Envelope, reason: DropReason) {
+        self.dropped.push(Dropped {
+            event_id: envelope.id.clone(),
+            reason,
+        });
+    }
+
+    fn dead(&mut self, envelope: Envelope, reason: impl Into<String>) {
+        self.dead_letters.push(DeadLetter {
+            envelope,
+            reason: reason.into(),
+        });
+    }
+
+    /// A fresh deterministic event id.
+    fn event_id(&mut self) -> String {
+        self.next_id += 1;
+        format!("{}.{}", self.id_prefix, self.next_id)
+    }
+}
+
+/// The wrappers the infrastructure and context layers read, peeled off an event.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Unwrapped {
+    /// `WithPrincipal`: (user, roles).
+    pub principal: Option<(String, Vec<String>)>,
+    /// `ReplyTo`: (address, correlation).
+    pub reply_to: Option<(String, String)>,
+    /// `WithLock`: (owner, participants).
+    pub lock: Option<(String, Vec<String>)>,
+}
+
+/// Peel `WithPrincipal`, `ReplyTo` and `WithLock` (in any nesting) off `event`.
+pub(crate) fn unwrap(event: &Event) -> (Unwrapped, &Event) {
+    let mut w = Unwrapped::default();
+    let mut e = event;
+    loop {
+        match e {
+            Event::WithPrincipal { user, roles, inner } => {
+                w.principal
+                    .get_or_insert_with(|| (user.clone(), roles.clone()));
+                e = inner;
+            }
+            Event::ReplyTo {
+                address,
+                correlation,
+                inner,
+            } => {
+                w.reply_to
+                    .get_or_insert_with(|| (address.clone(), correlation.clone()));
+                e = inner;
+            }
+            Event::WithLock {
+                owner,
+                participants,
+                inner,
+            } => {
+                w.lock
+                    .get_or_insert_with(|| (owner.clone(), participants.clone()));
+                e = inner;
+            }
+            other => return (w, other),
+        }
+    }
+}
+
+/// The message of a caught panic.
+pub(crate) fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
+
+/// Run `f`, turning a panic into `Err(message)`.
+pub(crate) fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(panic_message)
+}
+
+/// The pure engine. Cheap to clone; shares its [`Registry`].
+#[derive(Clone)]
+pub struct Engine {
+    registry: Arc<Registry>,
+}
+
+impl Engine {
+    /// An engine running the handlers of `registry`.
+    pub fn new(registry: Registry) -> Self {
+        Self {
+            registry: Arc::new(registry),
+        }
+    }
+
+    /// An engine sharing an existing registry.
+    pub fn with_registry(registry: Arc<Registry>) -> Self {
+        Self { registry }
+    }
+
+    /// The handlers.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Apply `input.deliveries` to the instance `target` whose stored record is `record`.
+    pub fn step(
+        &self,
+        target: &InstanceId,
+        record: Option<InstanceRecord>,
+        input: StepInput,
+    ) -> StepOutput {
+        let StepInput {
+            deliveries,
+            now,
+            partition,
+        } = input;
+        let mut record = record.unwrap_or_else(|| InstanceRecord::new(target.canonical(), now));
+        let mut out = Collector {
+            effects: Vec::new(),
+            dead_letters: Vec::new(),
+            dropped: Vec::new(),
+            id_prefix: format!("{}@{}", record.id, record.version + 1),
+            next_id: 0,
+            now,
+        };
+        let max_offset = deliveries.iter().filter_map(|d| d.offset).max();
+        let mut admitted = Vec::with_capacity(deliveries.len());
+        for Delivery { envelope, offset } in deliveries {
+            match record.dedup.admit(&envelope, offset) {
+                Admission::New if envelope.target != record.id => {
+                    let reason =
+                        format!("event for {} delivered to {}", envelope.target, record.id);
+                    out.dead(envelope, reason);
+                }
+                Admission::New => admitted.push(envelope),
+                Admission::Redelivered => out.drop(&envelope, DropReason::Redelivered),
+                Admission::Duplicate => out.drop(&envelope, DropReason::Duplicate),
+            }
+        }
+        let changed = !admitted.is_empty() || !out.dead_letters.is_empty();
+        // Infrastructure layer: delays. Everything else passes inward.
+        let mut ready = Vec::with_capacity(admitted.len());
+        for mut envelope in admitted {
+            match envelope.body {
+                Event::WithDelay { fire_at, inner } if fire_at > now => {
+                    envelope.body = *inner;
+                    envelope.origin = None;
+                    out.effects.push(Effect::Delay { fire_at, envelope });
+                }
+                Event::WithDelay { inner, .. } => {
+                    envelope.body = *inner;
+                    ready.push(envelope);
+                }
+                _ => ready.push(envelope),
+            }
+        }
+        match target.kind() {
+            Kind::Orchestration => {
+                orchestration::step(&self.registry, target, &mut record, ready, &mut out)
+            }
+            Kind::Entity => entity::step(&self.registry, target, &mut record, ready, &mut out),
+            Kind::Activity => {
+                for envelope in ready {
+                    out.dead(
+                        envelope,
+                        "activity invocations are executed by the runtime, not stepped",
+                    );
+                }
+            }
+        }
+        if changed {
+            record.version += 1;
+            record.updated_at = now;
+            if let Some(change) = state_change(&record) {
+                out.effects.push(Effect::StateChanged(change));
+            }
+            if let (Some(partition), Some(offset)) = (partition, max_offset) {
+                let stream = format!("p{partition}");
+                let emits = out.effects.iter_mut().filter_map(|e| match e {
+                    Effect::Emit(e) => Some(e),
+                    _ => None,
+                });
+                for (i, e) in emits.enumerate() {
+                    e.origin = Some(Origin {
+                        stream: stream.clone(),
+                        seq: (offset << 20) | i as i64,
+                    });
+                }
+            }
+            record.outbox = Outbox {
+                offset: max_offset,
+                effects: out
+                    .effects
+                    .iter()
+                    .filter(|e| !matches!(e, Effect::Delay { .. }))
+                    .cloned()
+                    .collect(),
+            };
+        }
+        StepOutput {
+            record,
+            effects: out.effects,
+            dead_letters: out.dead_letters,
+            dropped: out.dropped,
+            changed,
+        }
+    }
+}
+
+/// The state-change record of a record, for projections.
+pub fn state_change(record: &InstanceRecord) -> Option<StateChange> {
+    let (status, state, custom_status, failure) = match &record.body {
+        Body::Empty => return None,
+        Body::Orchestration(h) => match &h.status {
+            OrchestrationStatus::Running => ("running", None, h.custom_status.clone(), None),
+            OrchestrationStatus::Completed { output } => (
+                "completed",
+                Some(output.clone()),
+                h.custom_status.clone(),
+                None,
+            ),
+            OrchestrationStatus::Failed { failure } => (
+                "failed",
+                None,
+                h.custom_status.clone(),
+                Some(failure.clone()),
+            ),
+            OrchestrationStatus::Terminated { reason } => (
+                "terminated",
+                None,
+                h.custom_status.clone(),
+                Some(durable_schemas::Failure::new("Terminated", reason.clone())),
+            ),
+        },
+        Body::Entity(e) => match &e.state {
+            Some(state) => ("active", Some(state.clone()), None, None),
+            None => ("deleted", None, None, None),
+        },
+    };
+    Some(StateChange {
+        instance: record.id.clone(),
+        version: record.version,
+        status: status.to_owned(),
+        state,
+        custom_status,
+        failure,
+        updated_at: record.updated_at,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,505 @@
+//! Orchestrations: replay, deliver, run the code with a no-op waker.
+//!
+//! The code is driven by our own executor: poll until it returns `Pending` with nothing left to
+//! deliver. Replay first runs the code from the start and delivers the recorded log one entry at
+//! a time, polling after each; new events are then buffered (replies in `early`, external events
+//! in `inbox`) and handed to the code one at a time, each becoming a new log entry.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+use durable_schemas::{Envelope, Event, Failure, Payload};
+
+use super::{guarded, unwrap, Collector, DropReason};
+use crate::context::orchestration::Shared;
+use crate::context::OrchestrationContext;
+use crate::effect::Effect;
+use crate::history::{
+    Body, Completion, InstanceRecord, LogEntry, OrchestrationHistory, OrchestrationStatus,
+    ReplyAddress,
+};
+use crate::id::InstanceId;
+use crate::registry::{OrchestrationFuture, Registry};
+
+/// How many generations one step may run through `continue_as_new` before it is a loop.
+const MAX_GENERATIONS_PER_STEP: u32 = 1000;
+
+/// One execution of the code within a step.
+struct Execution {
+    shared: Rc<RefCell<Shared>>,
+    /// `None` once finished.
+    fut: Option<OrchestrationFuture>,
+    /// Set when the code returned, panicked or diverged.
+    outcome: Option<Result<Payload, Failure>>,
+}
+
+impl Execution {
+    /// Start the code for `history` and replay its log.
+    fn replay(
+        registry: &Registry,
+        id: &InstanceId,
+        h: &OrchestrationHistory,
+    ) -> Result<Self, Failure> {
+        let handler = registry.orchestration_handler(id.name()).ok_or_else(|| {
+            Failure::new(
+                "NotRegistered",
+                format!("no orchestration named {:?} is registered", id.name()),
+            )
+        })?;
+        let mut shared = Shared::new(id.clone(), h.generation, h.commands.clone(), h.started_at);
+        shared.replaying = !(h.commands.is_empty() && h.log.is_empty());
+        let shared = Rc::new(RefCell::new(shared));
+        let fut = handler(OrchestrationContext::new(shared.clone()), h.input.clone());
+        let mut exec = Self {
+            shared,
+            fut: Some(fut),
+            outcome: None,
+        };
+        exec.poll();
+        for (position, entry) in h.log.iter().enumerate() {
+            if exec.outcome.is_some() {
+                break;
+            }
+            exec.set_delivered(entry.slot, entry.completion.clone(), position, entry.at);
+            exec.poll();
+        }
+        let shared = exec.shared.clone();
+        let mut s = shared.borrow_mut();
+        if s.replaying {
+            s.replaying = false;
+            let divergence = match &exec.outcome {
+                // Returning before the end of recorded history: the code changed.
+                Some(Ok(_)) => Some(format!(
+                    "replay diverged at slot {}: the code returned while history recorded {} commands",
+                    s.next_slot,
+                    s.commands.len()
+                )),
+                Some(Err(_)) => None,
+                None if (s.next_slot as usize) < s.commands.len() => {
+                    let missing = &s.commands[s.next_slot as usize];
+                    Some(format!(
+                        "replay diverged at slot {}: history recorded {:?}({}), the code no longer asks for it",
+                        s.next_slot, missing.kind, missing.name
+                    ))
+                }
+                None => None,
+            };
+            if let Some(message) = divergence {
+                let failure = Failure {
+                    kind: crate::context::NONDETERMINISM.to_owned(),
+                    message,
+                    details: None,
+                };
+                s.error = Some(failure.clone());
+                exec.fut = None;
+                exec.outcome = Some(Err(failure));
+            }
+        }
+        drop(s);
+        Ok(exec)
+    }
+
+    fn set_delivered(&self, slot: u32, completion: Completion, position: usize, at: i64) {
+        let mut s = self.shared.borrow_mut();
+        s.delivered.insert(slot, (completion, position));
+        s.waits.remove(&slot);
+        s.now = at;
+    }
+
+    /// Deliver a new completion: append it to the log, then poll.
+    fn deliver(
+        &mut self,
+        h: &mut OrchestrationHistory,
+        slot: u32,
+        completion: Completion,
+        at: i64,
+    ) {
+        h.log.push(LogEntry {
+            slot,
+            completion: completion.clone(),
+            at,
+        });
+        self.set_delivered(slot, completion, h.log.len() - 1, at);
+        self.poll();
+    }
+
+    fn poll(&mut self) {
+        let Some(fut) = self.fut.as_mut() else { return };
+        let polled = guarded(|| fut.as_mut().poll(&mut Context::from_waker(Waker::noop())));
+        let error = self.shared.borrow().error.clone();
+        match (polled, error) {
+            (_, Some(failure)) => self.finish(Err(failure)),
+            (Ok(Poll::Ready(result)), None) => self.finish(result),
+            (Ok(Poll::Pending), None) => {}
+            (Err(panic), None) => self.finish(Err(Failure::new(
+                "Panic",
+                format!("orchestration code panicked: {panic}"),
+            ))),
+        }
+    }
+
+    fn finish(&mut self, outcome: Result<Payload, Failure>) {
+        self.fut = None;
+        self.outcome = Some(outcome);
+    }
+
+    /// The next buffered completion the code can take now: early replies for issued slots in
+    /// arrival order first, then buffered external events for the lowest open wait.
+    fn next_deliverable(&self, h: &mut OrchestrationHistory) -> Option<(u32, Completion)> {
+        let s = self.shared.borrow();
+        if let Some(i) = h.early.iter().position(|(slot, _)| *slot < s.next_slot) {
+            return Some(h.early.remove(i));
+        }
+        for (slot, name) in &s.waits {
+            if s.abandoned.contains(slot) {
+                continue;
+            }
+            if let Some(i) = h.inbox.iter().position(|(n, _)| n == name) {
+                let (_, payload) = h.inbox.remove(i).expect("position is in range");
+                return Some((*slot, Completion::Value(payload)));
+            }
+        }
+        None
+    }
+}
+
+/// The state of one orchestration step.
+struct Run<'a> {
+    registry: &'a Registry,
+    id: &'a InstanceId,
+    record: &'a mut InstanceRecord,
+    out: &'a mut Collector,
+    exec: Option<Execution>,
+    generations: u32,
+}
+
+pub(super) fn step(
+    registry: &Registry,
+    id: &InstanceId,
+    record: &mut InstanceRecord,
+    events: Vec<Envelope>,
+    out: &mut Collector,
+) {
+    let mut run = Run {
+        registry,
+        id,
+        record,
+        out,
+        exec: None,
+        generations: 0,
+    };
+    for envelope in events {
+        run.apply(envelope);
+    }
+    run.sync_history();
+}
+
+fn parse_correlation(correlation: &str) -> Option<(u32, u32)> {
+    let (generation, slot) = correlation.split_once('.')?;
+    Some((generation.parse().ok()?, slot.parse().ok()?))
+}
+
+impl Run<'_> {
+    fn history(&mut self) -> Option<&mut OrchestrationHistory> {
+        match &mut self.record.body {
+            Body::Orchestration(h) => Some(h),
+            _ => None,
+        }
+    }
+
+    fn running(&mut self) -> Option<&mut OrchestrationHistory> {
+        self.history().filter(|h| !h.status.is_finished())
+    }
+
+    fn apply(&mut self, envelope: Envelope) {
+        let (wrappers, core) = unwrap(&envelope.body);
+        if self
+            .registry
+            .orchestration_handler(self.id.name())
+            .is_none()
+        {
+            // Keep the instance as it is: a deployment without the handler must not fail it.
+            let reason = format!("no orchestration named {:?} is registered", self.id.name());
+            return self.out.dead(envelope, reason);
+        }
+        match core.clone() {
+            Event::StartOrchestration { input } => {
+                let reply_to = wrappers
+                    .reply_to
+                    .map(|(address, correlation)| ReplyAddress {
+                        address,
+                        correlation,
+                    });
+                self.start(envelope, input, reply_to)
+            }
+            Event::ActivityCompleted {
+                correlation,
+                result,
+            } => self.reply(envelope, &correlation, Completion::Value(result)),
+            Event::ActivityFailed {
+                correlation,
+                failure,
+            } => self.reply(envelope, &correlation, Completion::Failure(failure)),
+            Event::OperationResult {
+                correlation,
+                outcome,
+            } => {
+                let completion = match outcome {
+                    Ok(p) => Completion::Value(p),
+                    Err(f) => Completion::Failure(f),
+                };
+                self.reply(envelope, &correlation, completion)
+            }
+            Event::OrchestrationCompleted {
+                correlation,
+                output,
+            } => self.reply(envelope, &correlation, Completion::Value(output)),
+            Event::OrchestrationFailed {
+                correlation,
+                failure,
+            } => self.reply(envelope, &correlation, Completion::Failure(failure)),
+            Event::TimerFired { correlation } | Event::LockGranted { correlation } => {
+                self.reply(envelope, &correlation, Completion::Done)
+            }
+            Event::RaiseEvent { name, payload } => self.raise(envelope, name, payload),
+            Event::Terminate { reason } => self.terminate(envelope, reason),
+            other => {
+                let reason = format!("orchestration {} cannot handle {}", self.id, other.name());
+                self.out.dead(envelope, reason)
+            }
+        }
+    }
+
+    fn start(&mut self, envelope: Envelope, input: Payload, reply_to: Option<ReplyAddress>) {
+        let generation = match self.history() {
+            None => 0,
+            Some(h) if h.status.is_finished() => h.generation + 1,
+            Some(_) => return self.out.drop(&envelope, DropReason::AlreadyRunning),
+        };
+        self.sync_history();
+        let now = self.out.now;
+        self.record.body = Body::Orchestration(OrchestrationHistory::start(
+            input, reply_to, generation, now,
+        ));
+        self.exec = None;
+        self.settle();
+    }
+
+    fn reply(&mut self, envelope: Envelope, correlation: &str, completion: Completion) {
+        let Some(h) = self.history() else {
+            let reason = "reply to an orchestration that never started".to_owned();
+            return self.out.dead(envelope, reason);
+        };
+        if h.status.is_finished() {
+            return self.out.drop(&envelope, DropReason::Finished);
+        }
+        let Some((generation, slot)) = parse_correlation(correlation) else {
+            let reason =
+                format!("malformed correlation {correlation:?} (expected <generation>.<slot>)");
+            return self.out.dead(envelope, reason);
+        };
+        if generation != h.generation {
+            return self.out.drop(&envelope, DropReason::StaleGeneration);
+        }
+        if !self.ensure_exec() {
+            return self.out.drop(&envelope, DropReason::Finished);
+        }
+        let delivered = self
+            .exec
+            .as_ref()
+            .is_some_and(|e| e.shared.borrow().delivered.contains_key(&slot));
+        let h = self.running().expect("ensure_exec checked");
+        if delivered || h.early.iter().any(|(s, _)| *s == slot) {
+            return self.out.drop(&envelope, DropReason::SlotAlreadyCompleted);
+        }
+        h.early.push((slot, completion));
+        self.settle();
+    }
+
+    fn raise(&mut self, envelope: Envelope, name: String, payload: Payload) {
+        match self.history() {
+            None => {
+                let reason = "event raised on an orchestration that never started".to_owned();
+                self.out.dead(envelope, reason)
+            }
+            Some(h) if h.status.is_finished() => self.out.drop(&envelope, DropReason::Finished),
+            Some(h) => {
+                h.inbox.push_back((name, payload));
+                if self.ensure_exec() {
+                    self.settle();
+                }
+            }
+        }
+    }
+
+    fn terminate(&mut self, envelope: Envelope, reason: String) {
+        match self.history() {
+            None => self.out.dead(
+                envelope,
+                "terminate for an orchestration that never started",
+            ),
+            Some(h) if h.status.is_finished() => self.out.drop(&envelope, DropReason::Finished),
+            Some(_) => {
+                self.sync_history();
+                self.exec = None;
+                let failure = Failure::new("Terminated", reason.clone());
+                self.conclude(OrchestrationStatus::Terminated { reason }, Err(failure));
+            }
+        }
+    }
+
+    /// Make sure the code is running for a running orchestration; false if it cannot be (it
+    /// finished, or replay failed and the instance is now failed).
+    fn ensure_exec(&mut self) -> bool {
+        if self.exec.is_some() {
+            return self.exec.as_ref().is_some_and(|e| e.outcome.is_none());
+        }
+        let Some(h) = self.running() else {
+            return false;
+        };
+        let h = h.clone();
+        match Execution::replay(self.registry, self.id, &h) {
+            Ok(exec) => {
+                self.exec = Some(exec);
+                self.settle();
+                self.exec.as_ref().is_some_and(|e| e.outcome.is_none())
+            }
+            Err(failure) => {
+                self.conclude(
+                    OrchestrationStatus::Failed {
+                        failure: failure.clone(),
+                    },
+                    Err(failure),
+                );
+                false
+            }
+        }
+    }
+
+    /// Flush effects, hand buffered completions to the code one at a time, handle
+    /// `continue_as_new` and the end of the code.
+    fn settle(&mut self) {
+        loop {
+            if self.exec.is_none() {
+                if self.running().is_none() {
+                    return;
+                }
+                // A fresh generation: nothing to replay.
+                let h = self.running().expect("checked").clone();
+                match Execution::replay(self.registry, self.id, &h) {
+                    Ok(exec) => self.exec = Some(exec),
+                    Err(failure) => {
+                        return self.conclude(
+                            OrchestrationStatus::Failed {
+                                failure: failure.clone(),
+                            },
+                            Err(failure),
+                        )
+                    }
+                }
+            }
+            let exec = self.exec.as_mut().expect("set above");
+            self.out
+                .effects
+                .append(&mut exec.shared.borrow_mut().effects);
+            if let Some(outcome) = exec.outcome.take() {
+                self.sync_history();
+                self.exec = None;
+                let status = match &outcome {
+                    Ok(output) => OrchestrationStatus::Completed {
+                        output: output.clone(),
+                    },
+                    Err(failure) => OrchestrationStatus::Failed {
+                        failure: failure.clone(),
+                    },
+                };
+                return self.conclude(status, outcome);
+            }
+            let next = exec.shared.borrow_mut().continue_as_new.take();
+            if let Some(input) = next {
+                self.continue_as_new(input);
+                continue;
+            }
+            let now = self.out.now;
+            let Body::Orchestration(h) = &mut self.record.body else {
+                return;
+            };
+            match exec.next_deliverable(h) {
+                Some((slot, completion)) => exec.deliver(h, slot, completion, now),
+                None => return,
+            }
+        }
+    }
+
+    fn continue_as_new(&mut self, input: Payload) {
+        self.generations += 1;
+        if self.generations > MAX_GENERATIONS_PER_STEP {
+            let failure = Failure::new(
+                "ContinueAsNewLoop",
+                format!("more than {MAX_GENERATIONS_PER_STEP} generations in one step without waiting for anything"),
+            );
+            self.exec = None;
+            return self.conclude(
+                OrchestrationStatus::Failed {
+                    failure: failure.clone(),
+                },
+                Err(failure),
+            );
+        }
+        self.exec = None;
+        let now = self.out.now;
+        let h = self.history().expect("running");
+        let mut next =
+            OrchestrationHistory::start(input, h.reply_to.clone(), h.generation + 1, now);
+        next.inbox = std::mem::take(&mut h.inbox);
+        *h = next;
+    }
+
+    /// Copy what the running code recorded (commands, custom status) into the history.
+    fn sync_history(&mut self) {
+        let Some(exec) = &self.exec else { return };
+        let mut s = exec.shared.borrow_mut();
+        let commands = s.commands.clone();
+        let custom = s.custom_status.take();
+        self.out.effects.append(&mut s.effects);
+        drop(s);
+        if let Body::Orchestration(h) = &mut self.record.body {
+            h.commands = commands;
+            if let Some(custom) = custom {
+                h.custom_status = custom;
+            }
+        }
+    }
+
+    /// Record the end of the orchestration and answer whoever waits for it.
+    fn conclude(&mut self, status: OrchestrationStatus, outcome: Result<Payload, Failure>) {
+        let now = self.out.now;
+        let id = self.record.id.clone();
+        let Body::Orchestration(h) = &mut self.record.body else {
+            return;
+        };
+        h.status = status;
+        h.early.clear();
+        if let Some(reply) = h.reply_to.clone() {
+            let body = match outcome {
+                Ok(output) => Event::OrchestrationCompleted {
+                    correlation: reply.correlation,
+                    output,
+                },
+                Err(failure) => Event::OrchestrationFailed {
+                    correlation: reply.correlation,
+                    failure,
+                },
+            };
+            let mut e = Envelope::new(
+                format!("{id}/{}/result", h.generation),
+                reply.address,
+                now,
+                body,
+            );
+            e.source = Some(id);
+            self.out.effects.push(Effect::Emit(e));
+        }
+    }
+}

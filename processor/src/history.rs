@@ -1,0 +1,537 @@
+//! The History layer: what is stored per instance, and duplicate detection. Pure: no I/O, no clock.
+//!
+//! An [`InstanceRecord`] is the whole stored state of one instance (one blob in the store): its
+//! [`Dedup`] marks, the outbox of its last step, and its body — an orchestration's
+//! [`OrchestrationHistory`] or an entity's [`EntityState`].
+//!
+//! # Duplicate detection
+//!
+//! Every delivery passes [`Dedup::admit`] before anything else looks at it. Four mechanisms, each
+//! exact where Durable controls the sender, and each with state that stays bounded no matter how
+//! many events an instance sees:
+//!
+//! 1. **Redelivered Kafka records** — an instance lives in exactly one partition, so the highest
+//!    offset it applied (`applied_offset`, one number) identifies every redelivery exactly.
+//! 2. **Replies** (activity, operation and sub-orchestration results, timers, lock grants) carry a
+//!    correlation `generation.slot`; a slot completes once ([`OrchestrationHistory`]). Exact,
+//!    bounded by the history itself; replies of an earlier generation are dropped.
+//! 3. **Requests sent by Durable** (signals, calls, starts, lock messages) carry an
+//!    [`Origin`](durable_schemas::Origin): the stream that emitted them (`p<N>`: the owner of
+//!    partition N after a commit; `t<N>`: partition N's timer set) and a sequence number strictly
+//!    increasing in the order that stream produces to any one partition. The receiver keeps one
+//!    high-water mark per stream: at most two per partition of the events topic, whatever the
+//!    number of senders. Exact, no time window, *provided* each stream produces in sequence order
+//!    (the runtime produces a partition's outboxes in input-offset order and keeps an outbox
+//!    until it is acknowledged; see `store`).
+//! 4. **Events from outside producers** (no origin) are deduplicated by event id within a window
+//!    of the last [`EXTERNAL_ID_WINDOW`] distinct ids per instance. A retry of an outside event
+//!    after more than that many newer outside events reached the same instance is applied again.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use durable_schemas::{Envelope, Event, Failure, Payload};
+use serde::{Deserialize, Serialize};
+
+use crate::effect::Effect;
+
+/// How many outside-producer event ids each instance remembers.
+pub const EXTERNAL_ID_WINDOW: usize = 1000;
+
+/// Current blob format version (first byte of a stored blob).
+const BLOB_FORMAT: u8 = 1;
+
+/// The whole stored state of one instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    /// Canonical instance id.
+    pub id: String,
+    /// Incremented by every step that changed something; the version in state records.
+    pub version: u64,
+    /// Logical time of the first step.
+    pub created_at: i64,
+    /// Logical time of the last step.
+    pub updated_at: i64,
+    /// Duplicate detection marks.
+    pub dedup: Dedup,
+    /// What the last step emits after its commit; kept until it is known to be produced, so a
+    /// crash after the commit re-sends it.
+    pub outbox: Outbox,
+    /// The kind-specific state.
+    pub body: Body,
+}
+
+/// The effects of the last committed step that must leave after the commit.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Outbox {
+    /// Highest input offset of the step that produced it.
+    pub offset: Option<i64>,
+    /// [`Effect::Emit`] and [`Effect::StateChanged`] effects, in order.
+    pub effects: Vec<Effect>,
+}
+
+/// The kind-specific part of a record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Body {
+    /// Nothing applied yet (only dedup marks, e.g. after an event that was dead-lettered).
+    Empty,
+    /// An orchestration.
+    Orchestration(OrchestrationHistory),
+    /// An entity.
+    Entity(EntityState),
+}
+
+/// Why a stored blob could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    /// The blob's format byte is not one this version reads.
+    #[error("unknown blob format {0}")]
+    UnknownFormat(u8),
+    /// The blob is empty or does not decode.
+    #[error("corrupt blob: {0}")]
+    Corrupt(String),
+}
+
+impl InstanceRecord {
+    /// A record for an instance that has seen nothing yet.
+    pub fn new(id: impl Into<String>, now: i64) -> Self {
+        Self {
+            id: id.into(),
+            version: 0,
+            created_at: now,
+            updated_at: now,
+            dedup: Dedup::default(),
+            outbox: Outbox::default(),
+            body: Body::Empty,
+        }
+    }
+
+    /// Serialize for the store.
+    pub fn to_blob(&self) -> Vec<u8> {
+        let out = vec![BLOB_FORMAT];
+        postcard::to_extend(self, out).expect("records always serialize")
+    }
+
+    /// Read a stored blob.
+    pub fn from_blob(blob: &[u8]) -> Result<Self, BlobError> {
+        match blob.first() {
+            Some(&BLOB_FORMAT) => {
+                postcard::from_bytes(&blob[1..]).map_err(|e| BlobError::Corrupt(e.to_string()))
+            }
+            Some(&other) => Err(BlobError::UnknownFormat(other)),
+            None => Err(BlobError::Corrupt("empty blob".into())),
+        }
+    }
+
+    /// The orchestration history, if this is an orchestration.
+    pub fn orchestration(&self) -> Option<&OrchestrationHistory> {
+        match &self.body {
+            Body::Orchestration(h) => Some(h),
+            _ => None,
+        }
+    }
+
+    /// The entity state, if this is an entity.
+    pub fn entity(&self) -> Option<&EntityState> {
+        match &self.body {
+            Body::Entity(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Duplicate detection marks (see the module docs).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Dedup {
+    /// Highest Kafka offset applied (all of an instance's events are in one partition).
+    pub applied_offset: Option<i64>,
+    /// Highest origin sequence number applied, per origin stream.
+    pub watermarks: BTreeMap<String, i64>,
+    /// 64-bit hashes of the last [`EXTERNAL_ID_WINDOW`] outside-producer event ids, oldest first.
+    pub recent_ids: VecDeque<u64>,
+}
+
+/// The verdict of [`Dedup::admit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Apply it.
+    New,
+    /// This Kafka record was applied before (offset at or below the applied offset).
+    Redelivered,
+    /// The same logical event was applied before (origin watermark or external id window).
+    Duplicate,
+}
+
+/// Whether an event is a reply to a slot (deduplicated by correlation, not by origin).
+pub fn is_reply(event: &Event) -> bool {
+    matches!(
+        event.core(),
+        Event::ActivityCompleted { .. }
+            | Event::ActivityFailed { .. }
+            | Event::OperationResult { .. }
+            | Event::OrchestrationCompleted { .. }
+            | Event::OrchestrationFailed { .. }
+            | Event::TimerFired { .. }
+            | Event::LockGranted { .. }
+    )
+}
+
+/// FNV-1a, 64 bit: a stable hash (unlike `DefaultHasher`, fixed across Rust versions).
+pub fn fnv64(data: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in data {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+impl Dedup {
+    /// Decide whether a delivery is new, and if so record it.
+    pub fn admit(&mut self, envelope: &Envelope, offset: Option<i64>) -> Admission {
+        if let (Some(offset), Some(applied)) = (offset, self.applied_offset) {
+            if offset <= applied {
+                return Admission::Redelivered;
+            }
+        }
+        let verdict = if is_reply(&envelope.body) {
+            Admission::New // the slot decides
+        } else if let Some(origin) = &envelope.origin {
+            match self.watermarks.get(&origin.stream) {
+                Some(&seen) if origin.seq <= seen => Admission::Duplicate,
+                _ => {
+                    self.watermarks.insert(origin.stream.clone(), origin.seq);
+                    Admission::New
+                }
+            }
+        } else {
+            let h = fnv64(envelope.id.as_bytes());
+            if self.recent_ids.contains(&h) {
+                Admission::Duplicate
+            } else {
+                if self.recent_ids.len() == EXTERNAL_ID_WINDOW {
+                    self.recent_ids.pop_front();
+                }
+                self.recent_ids.push_back(h);
+                Admission::New
+            }
+        };
+        if let Some(offset) = offset {
+            self.applied_offset = Some(self.applied_offset.map_or(offset, |a| a.max(offset)));
+        }
+        verdict
+    }
+}
+
+/// Where an orchestration sends its result when it finishes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyAddress {
+    /// Canonical id of the waiting instance.
+    pub address: String,
+    /// Correlation to quote.
+    pub correlation: String,
+}
+
+/// Lifecycle of an orchestration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OrchestrationStatus {
+    /// Started and not finished.
+    Running,
+    /// Returned `Ok`.
+    Completed {
+        /// The output.
+        output: Payload,
+    },
+    /// Returned `Err`, panicked, or diverged from its history (kind `Nondeterminism`).
+    Failed {
+        /// Why.
+        failure: Failure,
+    },
+    /// Stopped by a `Terminate` event.
+    Terminated {
+        /// The reason given.
+        reason: String,
+    },
+}
+
+impl OrchestrationStatus {
+    /// The status word used in state records and the CLI.
+    pub fn word(&self) -> &'static str {
+        match self {
+            OrchestrationStatus::Running => "running",
+            OrchestrationStatus::Completed { .. } => "completed",
+            OrchestrationStatus::Failed { .. } => "failed",
+            OrchestrationStatus::Terminated { .. } => "terminated",
+        }
+    }
+
+    /// Whether the orchestration has finished.
+    pub fn is_finished(&self) -> bool {
+        !matches!(self, OrchestrationStatus::Running)
+    }
+}
+
+/// What a command slot asked for. Compared on replay: a different kind or name at the same slot
+/// is nondeterminism.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CommandKind {
+    /// `call_activity`.
+    CallActivity,
+    /// `call_sub_orchestration`.
+    CallSubOrchestration,
+    /// `create_timer`.
+    CreateTimer,
+    /// `wait_for_event`.
+    WaitForEvent,
+    /// `call_entity`.
+    CallEntity,
+    /// `signal_entity` (no completion).
+    SignalEntity,
+    /// `start_orchestration` (fire and forget; no completion).
+    StartOrchestration,
+    /// `lock` (completion = the whole set is held).
+    Lock,
+}
+
+/// One command an orchestration issued, by slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// What it asked for.
+    pub kind: CommandKind,
+    /// Activity or orchestration name, target id, event name or fire time: compared on replay.
+    pub name: String,
+}
+
+/// The result delivered to a slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Completion {
+    /// A value (activity result, event payload, operation result, sub-orchestration output).
+    Value(Payload),
+    /// A typed failure.
+    Failure(Failure),
+    /// A timer fired / a lock was granted.
+    Done,
+}
+
+/// One delivery to the code, in the order the code saw them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// The slot completed.
+    pub slot: u32,
+    /// With what.
+    pub completion: Completion,
+    /// Logical time of the delivery: what `now()` returns after it.
+    pub at: i64,
+}
+
+/// Everything an orchestration needs to be replayed, plus what waits for it.
+///
+/// Replay runs the code from the start, polls it, then delivers `log` entries one at a time in
+/// order, polling after each: the code sees completions in exactly the order it first saw them,
+/// so `when_any` picks the same winner. `commands[slot]` is checked against what the code asks
+/// for at each slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrchestrationHistory {
+    /// Lifecycle.
+    pub status: OrchestrationStatus,
+    /// Incremented by `continue_as_new` (and by a restart after finishing); part of every
+    /// correlation, so replies to an earlier generation are recognised and dropped.
+    pub generation: u32,
+    /// Input of the current generation.
+    pub input: Payload,
+    /// Where to send the result.
+    pub reply_to: Option<ReplyAddress>,
+    /// Logical time the current generation started: `now()` before the first delivery.
+    pub started_at: i64,
+    /// Commands issued so far, by slot.
+    pub commands: Vec<Command>,
+    /// Deliveries so far, in delivery order.
+    pub log: Vec<LogEntry>,
+    /// Replies that arrived before the code issued their slot (buffered), in arrival order.
+    pub early: Vec<(u32, Completion)>,
+    /// External events no wait has taken yet, in arrival order (buffered; kept across
+    /// `continue_as_new`).
+    pub inbox: VecDeque<(String, Payload)>,
+    /// Set by `set_custom_status`.
+    pub custom_status: Option<Payload>,
+    /// The lock set held, if the orchestration is inside a critical section.
+    pub locks: Option<HeldLocks>,
+}
+
+/// A critical section's lock set, as seen by its owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldLocks {
+    /// Correlation of the lock request (`generation.slot`).
+    pub correlation: String,
+    /// Sorted canonical ids of the entities in the set.
+    pub participants: Vec<String>,
+    /// Whether the grant arrived.
+    pub granted: bool,
+}
+
+impl OrchestrationHistory {
+    /// A fresh generation.
+    pub fn start(
+        input: Payload,
+        reply_to: Option<ReplyAddress>,
+        generation: u32,
+        now: i64,
+    ) -> Self {
+        Self {
+            status: OrchestrationStatus::Running,
+            generation,
+            input,
+            reply_to,
+            started_at: now,
+            commands: Vec::new(),
+            log: Vec::new(),
+            early: Vec::new(),
+            inbox: VecDeque::new(),
+            custom_status: None,
+            locks: None,
+        }
+    }
+
+    /// Whether `slot` already has a delivery or a buffered reply.
+    pub fn has_completion(&self, slot: u32) -> bool {
+        self.early.iter().any(|(s, _)| *s == slot) || self.log.iter().any(|e| e.slot == slot)
+    }
+}
+
+/// An entity's stored state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntityState {
+    /// The user state (JSON); `None` when never set or deleted.
+    pub state: Option<Payload>,
+    /// The orchestration holding this entity in a critical section, if any.
+    pub lock: Option<EntityLock>,
+    /// Operations and lock requests that arrived while locked by someone else, in arrival order.
+    pub queue: VecDeque<Envelope>,
+}
+
+/// The holder of an entity's lock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntityLock {
+    /// Canonical id of the owning orchestration.
+    pub owner: String,
+    /// Correlation of its lock request.
+    pub correlation: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use durable_schemas::Origin;
+
+    use super::*;
+
+    fn signal(id: &str, origin: Option<(&str, i64)>) -> Envelope {
+        let mut e = Envelope::new(
+            id,
+            "entity:Counter:c",
+            0,
+            Event::EntityOperation {
+                operation: "add".into(),
+                input: Payload::null(),
+            },
+        );
+        e.origin = origin.map(|(s, seq)| Origin {
+            stream: s.into(),
+            seq,
+        });
+        e
+    }
+
+    #[test]
+    fn redelivered_offsets_are_recognised_exactly() {
+        let mut d = Dedup::default();
+        assert_eq!(d.admit(&signal("a", None), Some(5)), Admission::New);
+        assert_eq!(d.admit(&signal("b", None), Some(5)), Admission::Redelivered);
+        assert_eq!(d.admit(&signal("c", None), Some(3)), Admission::Redelivered);
+        assert_eq!(d.admit(&signal("d", None), Some(6)), Admission::New);
+    }
+
+    #[test]
+    fn origin_watermarks_are_per_stream() {
+        let mut d = Dedup::default();
+        assert_eq!(
+            d.admit(&signal("x1", Some(("p1", 10))), None),
+            Admission::New
+        );
+        assert_eq!(
+            d.admit(&signal("x2", Some(("p2", 3))), None),
+            Admission::New
+        );
+        assert_eq!(
+            d.admit(&signal("x1-again", Some(("p1", 10))), None),
+            Admission::Duplicate
+        );
+        assert_eq!(
+            d.admit(&signal("x3", Some(("p1", 11))), None),
+            Admission::New
+        );
+        assert_eq!(
+            d.admit(&signal("x4", Some(("t1", 1))), None),
+            Admission::New
+        );
+        assert_eq!(d.watermarks.len(), 3);
+    }
+
+    #[test]
+    fn external_ids_are_remembered_within_the_window_and_state_stays_bounded() {
+        let mut d = Dedup::default();
+        assert_eq!(d.admit(&signal("first", None), None), Admission::New);
+        assert_eq!(d.admit(&signal("first", None), None), Admission::Duplicate);
+        for i in 0..10 * EXTERNAL_ID_WINDOW {
+            d.admit(&signal(&format!("e{i}"), None), None);
+            assert!(d.recent_ids.len() <= EXTERNAL_ID_WINDOW);
+        }
+        let last = format!("e{}", 10 * EXTERNAL_ID_WINDOW - 1);
+        assert_eq!(d.admit(&signal(&last, None), None), Admission::Duplicate);
+        // Outside the window: documented to be applied again.
+        assert_eq!(d.admit(&signal("first", None), None), Admission::New);
+    }
+
+    #[test]
+    fn replies_pass_through_to_slot_dedup() {
+        let mut d = Dedup::default();
+        let mut reply = Envelope::new(
+            "r",
+            "orch:O:o",
+            0,
+            Event::ActivityCompleted {
+                correlation: "0.1".into(),
+                result: Payload::null(),
+            },
+        );
+        reply.origin = Some(Origin {
+            stream: "p0".into(),
+            seq: 1,
+        });
+        assert_eq!(d.admit(&reply, None), Admission::New);
+        assert_eq!(d.admit(&reply, None), Admission::New);
+        assert!(d.watermarks.is_empty());
+    }
+
+    #[test]
+    fn blobs_round_trip_and_reject_garbage() {
+        let mut r = InstanceRecord::new("entity:Counter:c", 7);
+        r.body = Body::Entity(EntityState {
+            state: Some(Payload::json(&3).unwrap()),
+            ..Default::default()
+        });
+        r.dedup.admit(&signal("a", Some(("p1", 1))), Some(9));
+        let blob = r.to_blob();
+        assert_eq!(InstanceRecord::from_blob(&blob).unwrap(), r);
+        assert!(matches!(
+            InstanceRecord::from_blob(&[]),
+            Err(BlobError::Corrupt(_))
+        ));
+        assert!(matches!(
+            InstanceRecord::from_blob(&[9, 1, 2]),
+            Err(BlobError::UnknownFormat(9))
+        ));
+        assert!(matches!(
+            InstanceRecord::from_blob(&blob[..blob.len() / 2]),
+            Err(BlobError::Corrupt(_))
+        ));
+    }
+}

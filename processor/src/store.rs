@@ -1,0 +1,123 @@
+//! The storage seam: instance blobs with etags, committed by compare-and-set, and a timer set per
+//! partition. The Redis store (runtime) and [`MemoryStore`] (simulation, `durable dev`, tests of
+//! pure logic) implement [`Store`].
+//!
+//! # Contract
+//! - [`Store::commit`] applies each [`Write`] atomically and independently: the blob *and* its
+//!   timers are written only if the instance's etag still equals `expected` (`None`: the instance
+//!   must not exist). A write that loses gets [`CommitOutcome::Conflict`]; the driver discards its
+//!   step and re-runs it from a fresh load. Many writes per call let a partition commit a group
+//!   of instances in one round trip.
+//! - Timers are per partition (the partition of the instance that parked them).
+//!   [`Store::claim_due_timers`] atomically moves due timers to the partition's *release queue*,
+//!   giving each the next sequence number of the partition's timer stream, and returns the whole
+//!   queue (earlier unacknowledged claims first). The driver stamps each released event with
+//!   origin `t<partition>`/seq, produces them in seq order, then calls [`Store::ack_timers`]. A
+//!   crash in between re-releases the same events with the same seq; receivers drop the copies.
+
+pub mod memory;
+
+use std::future::Future;
+
+pub use memory::MemoryStore;
+
+/// A stored blob and its etag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// The serialized [`InstanceRecord`](crate::InstanceRecord).
+    pub blob: Vec<u8>,
+    /// Changes on every successful write.
+    pub etag: u64,
+}
+
+/// A delayed event to park.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimerEntry {
+    /// When to release it (ms since the Unix epoch).
+    pub fire_at: i64,
+    /// The encoded envelope (no origin).
+    pub envelope: Vec<u8>,
+}
+
+/// One compare-and-set write.
+#[derive(Debug, Clone)]
+pub struct Write {
+    /// Canonical instance id.
+    pub id: String,
+    /// The etag the step was computed from; `None` if the instance did not exist.
+    pub expected: Option<u64>,
+    /// The new blob.
+    pub blob: Vec<u8>,
+    /// Delayed events parked with this write.
+    pub timers: Vec<TimerEntry>,
+}
+
+/// The result of one [`Write`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// Written; the new etag.
+    Committed {
+        /// The etag now stored.
+        etag: u64,
+    },
+    /// Someone else wrote first; nothing was written.
+    Conflict,
+}
+
+/// A released timer, waiting to be produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleasedTimer {
+    /// Sequence number in the partition's timer stream.
+    pub seq: i64,
+    /// When it was due.
+    pub fire_at: i64,
+    /// The encoded envelope (no origin yet).
+    pub envelope: Vec<u8>,
+}
+
+/// Why the store could not answer. Always transient for the driver: back off, retry, do not
+/// acknowledge input.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("store unavailable: {0}")]
+pub struct StoreError(pub String);
+
+/// Result of store calls.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Instance blobs and timers (see the module docs for the contract).
+pub trait Store: Send + Sync + 'static {
+    /// Load the blobs of `ids` (all in `partition`), in order.
+    fn load(
+        &self,
+        partition: u32,
+        ids: &[String],
+    ) -> impl Future<Output = StoreResult<Vec<Option<Stored>>>> + Send;
+
+    /// Apply the writes, each atomically and independently; outcomes in order.
+    fn commit(
+        &self,
+        partition: u32,
+        writes: Vec<Write>,
+    ) -> impl Future<Output = StoreResult<Vec<CommitOutcome>>> + Send;
+
+    /// Move up to `max` timers due at `now` to the release queue; return the whole queue.
+    fn claim_due_timers(
+        &self,
+        partition: u32,
+        now: i64,
+        max: usize,
+    ) -> impl Future<Output = StoreResult<Vec<ReleasedTimer>>> + Send;
+
+    /// Forget released timers with seq ≤ `up_to_seq` (they were produced).
+    fn ack_timers(
+        &self,
+        partition: u32,
+        up_to_seq: i64,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Fire time of the earliest parked timer of `partition`, and how many are parked.
+    fn timer_backlog(
+        &self,
+        partition: u32,
+    ) -> impl Future<Output = StoreResult<(Option<i64>, usize)>> + Send;
+}

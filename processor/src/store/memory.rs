@@ -1,0 +1,150 @@
+//! [`MemoryStore`]: the [`Store`] contract in process memory, for simulation and `durable dev`.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Mutex;
+
+use super::{CommitOutcome, ReleasedTimer, Store, StoreResult, Stored, Write};
+
+/// In-memory store. Deterministic: iteration orders do not depend on hashing.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// id → (blob, etag).
+    instances: HashMap<String, (Vec<u8>, u64)>,
+    /// Last etag handed out (etags are unique store-wide).
+    last_etag: u64,
+    partitions: BTreeMap<u32, Timers>,
+}
+
+#[derive(Debug, Default)]
+struct Timers {
+    /// Parked: (fire_at, arrival number) → envelope.
+    parked: BTreeMap<(i64, u64), Vec<u8>>,
+    arrivals: u64,
+    /// Claimed, not yet acknowledged.
+    released: VecDeque<ReleasedTimer>,
+    /// Last seq of the timer stream.
+    last_seq: i64,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every stored instance id, sorted.
+    pub fn ids(&self) -> Vec<String> {
+        let inner = self.inner.lock().expect("store lock");
+        let mut ids: Vec<String> = inner.instances.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// The blob of `id`, if any (synchronous, for inspection).
+    pub fn get(&self, id: &str) -> Option<Stored> {
+        let inner = self.inner.lock().expect("store lock");
+        inner.instances.get(id).map(|(blob, etag)| Stored {
+            blob: blob.clone(),
+            etag: *etag,
+        })
+    }
+
+    /// Parked plus released-but-unacknowledged timers over all partitions.
+    pub fn pending_timers(&self) -> usize {
+        let inner = self.inner.lock().expect("store lock");
+        inner
+            .partitions
+            .values()
+            .map(|t| t.parked.len() + t.released.len())
+            .sum()
+    }
+
+    /// The earliest fire time over all partitions.
+    pub fn next_due(&self) -> Option<i64> {
+        let inner = self.inner.lock().expect("store lock");
+        inner
+            .partitions
+            .values()
+            .filter_map(|t| t.parked.keys().next().map(|(at, _)| *at))
+            .min()
+    }
+}
+
+impl Store for MemoryStore {
+    async fn load(&self, _partition: u32, ids: &[String]) -> StoreResult<Vec<Option<Stored>>> {
+        Ok(ids.iter().map(|id| self.get(id)).collect())
+    }
+
+    async fn commit(&self, partition: u32, writes: Vec<Write>) -> StoreResult<Vec<CommitOutcome>> {
+        let mut inner = self.inner.lock().expect("store lock");
+        let mut outcomes = Vec::with_capacity(writes.len());
+        for write in writes {
+            let current = inner.instances.get(&write.id).map(|(_, etag)| *etag);
+            if current != write.expected {
+                outcomes.push(CommitOutcome::Conflict);
+                continue;
+            }
+            inner.last_etag += 1;
+            let etag = inner.last_etag;
+            inner.instances.insert(write.id, (write.blob, etag));
+            let timers = inner.partitions.entry(partition).or_default();
+            for t in write.timers {
+                timers.arrivals += 1;
+                let key = (t.fire_at, timers.arrivals);
+                timers.parked.insert(key, t.envelope);
+            }
+            outcomes.push(CommitOutcome::Committed { etag });
+        }
+        Ok(outcomes)
+    }
+
+    async fn claim_due_timers(
+        &self,
+        partition: u32,
+        now: i64,
+        max: usize,
+    ) -> StoreResult<Vec<ReleasedTimer>> {
+        let mut inner = self.inner.lock().expect("store lock");
+        let timers = inner.partitions.entry(partition).or_default();
+        while timers.released.len() < max {
+            let Some(entry) = timers.parked.first_entry() else {
+                break;
+            };
+            if entry.key().0 > now {
+                break;
+            }
+            let ((fire_at, _), envelope) = entry.remove_entry();
+            timers.last_seq += 1;
+            timers.released.push_back(ReleasedTimer {
+                seq: timers.last_seq,
+                fire_at,
+                envelope,
+            });
+        }
+        Ok(timers.released.iter().cloned().collect())
+    }
+
+    async fn ack_timers(&self, partition: u32, up_to_seq: i64) -> StoreResult<()> {
+        let mut inner = self.inner.lock().expect("store lock");
+        let timers = inner.partitions.entry(partition).or_default();
+        while timers.released.front().is_some_and(|t| t.seq <= up_to_seq) {
+            timers.released.pop_front();
+        }
+        Ok(())
+    }
+
+    async fn timer_backlog(&self, partition: u32) -> StoreResult<(Option<i64>, usize)> {
+        let inner = self.inner.lock().expect("store lock");
+        Ok(inner.partitions.get(&partition).map_or((None, 0), |t| {
+            (
+                t.parked.keys().next().map(|(at, _)| *at),
+                t.parked.len() + t.released.len(),
+            )
+        }))
+    }
+}
