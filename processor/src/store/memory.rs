@@ -64,6 +64,17 @@ impl MemoryStore {
             .sum()
     }
 
+    /// Partitions with released timers not yet acknowledged (they must be produced again).
+    pub fn unacknowledged(&self) -> Vec<u32> {
+        let inner = self.inner.lock().expect("store lock");
+        inner
+            .partitions
+            .iter()
+            .filter(|(_, t)| !t.released.is_empty())
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
     /// The earliest fire time over all partitions.
     pub fn next_due(&self) -> Option<i64> {
         let inner = self.inner.lock().expect("store lock");

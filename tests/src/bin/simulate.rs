@@ -1,0 +1,200 @@
+//! `simulate`: run the deterministic simulator over many seeds.
+//!
+//! Prints one summary line ending in `violations=N`; exits 1 on any violation, after printing the
+//! seed, the smallest configuration that still fails, and its trace.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use clap::Parser;
+use tests::sim::{self, Config, Faults, Outcome, Scale};
+
+/// Run Durable's deterministic simulator: workloads under duplicates, reordering, racing
+/// workers and crashes; invariants checked at the end of every seed.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// How many seeds to run (first-seed .. first-seed + seeds).
+    #[arg(long, default_value_t = 100)]
+    seeds: u64,
+    /// The first seed.
+    #[arg(long, default_value_t = 0)]
+    first_seed: u64,
+    /// Run exactly this one seed and print its trace.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Worker threads (seeds are independent).
+    #[arg(long, default_value_t = std::thread::available_parallelism().map_or(1, |n| n.get()))]
+    threads: usize,
+    /// Print the trace hash of every seed (to compare two runs).
+    #[arg(long)]
+    hashes: bool,
+}
+
+fn shrink(config: &Config, outcome: &Outcome) -> (Config, Outcome) {
+    let mut best = (config.clone(), outcome.clone());
+    loop {
+        let mut improved = false;
+        let base = best.0.clone();
+        let mut candidates = Vec::new();
+        let s = base.scale;
+        for (i, field) in [
+            s.hello,
+            s.fanout,
+            s.counters,
+            s.signals,
+            s.approvals,
+            s.tickers,
+        ]
+        .iter()
+        .enumerate()
+        {
+            for smaller in [0, field / 2, field.saturating_sub(1)] {
+                if smaller < *field {
+                    let mut c = base.clone();
+                    let f = [
+                        &mut c.scale.hello,
+                        &mut c.scale.fanout,
+                        &mut c.scale.counters,
+                        &mut c.scale.signals,
+                        &mut c.scale.approvals,
+                        &mut c.scale.tickers,
+                    ];
+                    *f.into_iter().nth(i).expect("six fields") = smaller;
+                    candidates.push(c);
+                }
+            }
+        }
+        for w in [s.fanout_width / 2, 10, 2] {
+            if w < s.fanout_width {
+                let mut c = base.clone();
+                c.scale.fanout_width = w;
+                candidates.push(c);
+            }
+        }
+        for flip in 0..3 {
+            let mut c = base.clone();
+            let f = [
+                &mut c.faults.duplicates,
+                &mut c.faults.crashes,
+                &mut c.faults.rebalances,
+            ];
+            let flag = f.into_iter().nth(flip).expect("three faults");
+            if *flag {
+                *flag = false;
+                candidates.push(c);
+            }
+        }
+        for c in candidates {
+            let out = sim::run(c.clone());
+            if !out.violations.is_empty() && out.actions < best.1.actions {
+                best = (c, out);
+                improved = true;
+                break;
+            }
+        }
+        if !improved {
+            let mut c = best.0.clone();
+            c.trace = true;
+            let out = sim::run(c.clone());
+            return (c, out);
+        }
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Some(seed) = args.seed {
+        let mut config = Config::new(seed);
+        config.trace = true;
+        let outcome = sim::run(config.clone());
+        for line in &outcome.trace {
+            println!("{line}");
+        }
+        print!("{}", sim::describe(&config, &outcome));
+        println!("seeds=1 violations={}", outcome.violations.len());
+        std::process::exit(if outcome.violations.is_empty() { 0 } else { 1 });
+    }
+    let started = Instant::now();
+    let next = AtomicU64::new(args.first_seed);
+    let end = args.first_seed + args.seeds;
+    let done = AtomicUsize::new(0);
+    let actions = AtomicUsize::new(0);
+    let conflicts = AtomicUsize::new(0);
+    let crashes = AtomicUsize::new(0);
+    let combined = AtomicU64::new(0);
+    let failures: Mutex<Vec<(Config, Outcome)>> = Mutex::new(Vec::new());
+    let hashes: Mutex<Vec<(u64, u64)>> = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..args.threads.max(1) {
+            scope.spawn(|| loop {
+                let seed = next.fetch_add(1, Ordering::Relaxed);
+                if seed >= end {
+                    return;
+                }
+                let config = Config::new(seed);
+                let outcome = sim::run(config.clone());
+                actions.fetch_add(outcome.actions, Ordering::Relaxed);
+                conflicts.fetch_add(outcome.conflicts, Ordering::Relaxed);
+                crashes.fetch_add(outcome.crashes, Ordering::Relaxed);
+                // Order-independent combination of the per-seed trace hashes.
+                combined.fetch_add(
+                    outcome.trace_hash.rotate_left((seed % 64) as u32),
+                    Ordering::Relaxed,
+                );
+                hashes
+                    .lock()
+                    .expect("lock")
+                    .push((seed, outcome.trace_hash));
+                if !outcome.violations.is_empty() {
+                    failures.lock().expect("lock").push((config, outcome));
+                }
+                let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                if n % 500 == 0 {
+                    eprintln!(
+                        "  {n}/{} seeds, {:.1}s",
+                        args.seeds,
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+            });
+        }
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut failures = failures.into_inner().expect("lock");
+    failures.sort_by_key(|(c, _)| c.seed);
+    if args.hashes {
+        let mut hashes = hashes.into_inner().expect("lock");
+        hashes.sort();
+        for (seed, hash) in hashes {
+            println!("seed={seed} trace={hash:016x}");
+        }
+    }
+    if let Some((config, outcome)) = failures.first() {
+        eprintln!("FAILED: {}", sim::describe(config, outcome).trim_end());
+        let (small, out) = shrink(config, outcome);
+        eprintln!(
+            "smallest failing configuration: {}",
+            sim::describe(&small, &out).trim_end()
+        );
+        eprintln!("reproduce: cargo run --release -p tests --bin simulate -- --seed {} (default scale; see above for the shrunk one)", config.seed);
+        eprintln!("trace ({} lines):", out.trace.len());
+        for line in &out.trace {
+            eprintln!("  {line}");
+        }
+    }
+    let _ = (Scale::default(), Faults::default());
+    println!(
+        "simulate: seeds={} first_seed={} elapsed={elapsed:.1}s seeds_per_s={:.1} actions={} conflicts={} crashes={} trace_hash={:016x} violations={}",
+        args.seeds,
+        args.first_seed,
+        args.seeds as f64 / elapsed.max(1e-9),
+        actions.load(Ordering::Relaxed),
+        conflicts.load(Ordering::Relaxed),
+        crashes.load(Ordering::Relaxed),
+        combined.load(Ordering::Relaxed),
+        failures.len()
+    );
+    std::process::exit(if failures.is_empty() { 0 } else { 1 });
+}
