@@ -216,6 +216,8 @@ struct World {
     dead_letters: Vec<String>,
     conflicts: usize,
     crashes: usize,
+    /// Encodings of every event in a committed outbox: nothing else may leave a step.
+    committed_emits: BTreeSet<Vec<u8>>,
 }
 
 const T0: i64 = 1_700_000_000_000;
@@ -241,6 +243,7 @@ impl World {
             dead_letters: Vec::new(),
             conflicts: 0,
             crashes: 0,
+            committed_emits: BTreeSet::new(),
             config,
         };
         for p in 0..world.config.partitions {
@@ -454,7 +457,7 @@ impl World {
             let roll = self.rng.gen_range(0..1000);
             if self.config.faults.crashes && roll < 4 {
                 self.crash();
-            } else if self.config.faults.rebalances && roll < 10 {
+            } else if self.config.faults.rebalances && roll < 20 {
                 self.rebalance();
             } else if can_send && (roll < 150 || work.is_empty() && !due_timers) {
                 self.send_client();
@@ -526,7 +529,7 @@ impl World {
             return;
         }
         self.mix(&[p as u8, from as u8, to as u8, 0xB0]);
-        let zombie = self.rng.gen_bool(0.5);
+        let zombie = self.rng.gen_bool(0.8);
         let old = &mut self.workers[from];
         old.positions.remove(&p);
         if zombie {
@@ -586,7 +589,7 @@ impl World {
     fn fetch(&mut self, w: usize, p: u32) {
         let start = self.workers[w].positions[&p];
         let len = self.logs[p as usize].len();
-        let end = (start + self.rng.gen_range(1..=4)).min(len);
+        let end = (start + self.rng.gen_range(1..=8)).min(len);
         let mut groups: BTreeMap<String, Group> = BTreeMap::new();
         let mut activities = Vec::new();
         for offset in start..end {
@@ -702,7 +705,7 @@ impl World {
                     .iter()
                     .filter(|o| **o == CommitOutcome::Conflict)
                     .count();
-                self.observe_finishes(&task, &outcomes);
+                self.observe_commits(&task, &outcomes);
                 if conflicts > 0 {
                     // Throw the results away (nothing left the process), reload, rerun.
                     self.conflicts += conflicts;
@@ -808,13 +811,17 @@ impl World {
         emits
     }
 
-    /// Count, per orchestration, commits that took it from running (or nothing) to finished.
-    fn observe_finishes(&mut self, task: &Task, outcomes: &[CommitOutcome]) {
+    /// Record what each successful write commits: its outbox (the only events that may leave),
+    /// and, per orchestration, commits that took it from running (or nothing) to finished.
+    fn observe_commits(&mut self, task: &Task, outcomes: &[CommitOutcome]) {
         let mut outcomes = outcomes.iter();
         for g in &task.groups {
             let out = g.output.as_ref().expect("computed");
             if !out.changed || !matches!(outcomes.next(), Some(CommitOutcome::Committed { .. })) {
                 continue;
+            }
+            for e in emitted(&out.record.outbox.effects) {
+                self.committed_emits.insert(e.encode());
             }
             let finished =
                 |r: &InstanceRecord| r.orchestration().is_some_and(|h| h.status.is_finished());
@@ -834,6 +841,20 @@ impl World {
                     self.committed[p],
                     log.len()
                 ));
+            }
+        }
+        for (p, log) in self.logs.iter().enumerate() {
+            for (offset, bytes) in log.iter().enumerate() {
+                let Ok(e) = Envelope::decode(bytes) else {
+                    continue;
+                };
+                let from_step = e.origin.as_ref().is_some_and(|o| o.stream.starts_with('p'));
+                if from_step && !self.committed_emits.contains(bytes) {
+                    v.push(format!(
+                        "p{p}@{offset}: {} left a step that never committed",
+                        e.id
+                    ));
+                }
             }
         }
         if self.store.pending_timers() != 0 {
