@@ -75,7 +75,7 @@ pub enum Body {
     /// Nothing applied yet (only dedup marks, e.g. after an event that was dead-lettered).
     Empty,
     /// An orchestration.
-    Orchestration(OrchestrationHistory),
+    Orchestration(Box<OrchestrationHistory>),
     /// An entity.
     Entity(EntityState),
 }

@@ -522,3 +522,25 @@ proptest! {
         prop_assert!(!event.core().is_wrapper());
     }
 }
+
+/// Written by the Python snippet in schemas/README.md (fastavro 1.13), checked in as produced.
+#[test]
+fn an_event_produced_by_python_fastavro_decodes() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("golden-foreign/python_fastavro_entity_signal.hex");
+    let bytes = hex::decode(std::fs::read_to_string(path).unwrap().trim()).unwrap();
+    let envelope = Envelope::decode(&bytes).unwrap();
+    assert_eq!(envelope.target, "entity:Counter:c1");
+    assert_eq!(envelope.source.as_deref(), Some("client:py"));
+    assert_eq!(
+        envelope.body,
+        Event::EntityOperation {
+            operation: "add".into(),
+            input: Payload {
+                content_type: JSON.into(),
+                data: b"5".to_vec()
+            }
+        }
+    );
+    assert_eq!(envelope.encode(), bytes, "and we write the same bytes");
+}

@@ -272,7 +272,7 @@ impl RetryPolicy {
         attempt < self.max_attempts
             && match &self.retry_on {
                 RetryOn::Any => true,
-                RetryOn::Kinds(kinds) => kinds.iter().any(|k| *k == failure.kind),
+                RetryOn::Kinds(kinds) => kinds.contains(&failure.kind),
                 RetryOn::Predicate(p) => p(failure),
             }
     }

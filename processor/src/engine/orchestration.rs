@@ -279,9 +279,8 @@ impl Run<'_> {
         };
         self.sync_history();
         let now = self.out.now;
-        self.record.body = Body::Orchestration(OrchestrationHistory::start(
-            input, reply_to, generation, now,
-        ));
+        let history = OrchestrationHistory::start(input, reply_to, generation, now);
+        self.record.body = Body::Orchestration(Box::new(history));
         self.exec = None;
         self.settle();
     }

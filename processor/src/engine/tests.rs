@@ -311,18 +311,13 @@ fn stale_replies_from_an_earlier_generation_are_dropped() {
     assert_eq!(out.dropped[0].reason, DropReason::StaleGeneration);
 }
 
-fn racer(
-    ctx: OrchestrationContext,
-    (): (),
-) -> impl std::future::Future<Output = Result<usize, Failure>> {
-    async move {
-        let a = ctx.call_activity::<_, String>("Square", 1u64);
-        let b = ctx.call_activity::<_, String>("Square", 2u64);
-        let (winner, _) = when_any(vec![a, b]).await;
-        // Wait for something else, so the result is checked again after a replay.
-        let _: u32 = ctx.wait_for_event("go").await?;
-        Ok(winner)
-    }
+async fn racer(ctx: OrchestrationContext, (): ()) -> Result<usize, Failure> {
+    let a = ctx.call_activity::<_, String>("Square", 1u64);
+    let b = ctx.call_activity::<_, String>("Square", 2u64);
+    let (winner, _) = when_any(vec![a, b]).await;
+    // Wait for something else, so the result is checked again after a replay.
+    let _: u32 = ctx.wait_for_event("go").await?;
+    Ok(winner)
 }
 
 fn racer_harness() -> Harness {
@@ -352,26 +347,16 @@ fn when_any_winner_is_decided_by_arrival_order_not_argument_order() {
     }
 }
 
-fn diverging(
-    ctx: OrchestrationContext,
-    (): (),
-) -> impl std::future::Future<Output = Result<(), Failure>> {
-    async move {
-        let _: u64 = ctx.call_activity("Square", 3u64).await?;
-        let _: u64 = ctx.call_activity("Square", 4u64).await?;
-        Ok(())
-    }
+async fn diverging(ctx: OrchestrationContext, (): ()) -> Result<(), Failure> {
+    let _: u64 = ctx.call_activity("Square", 3u64).await?;
+    let _: u64 = ctx.call_activity("Square", 4u64).await?;
+    Ok(())
 }
 
-fn diverged(
-    ctx: OrchestrationContext,
-    (): (),
-) -> impl std::future::Future<Output = Result<(), Failure>> {
-    async move {
-        ctx.create_timer_after(std::time::Duration::from_secs(1))
-            .await;
-        Ok(())
-    }
+async fn diverged(ctx: OrchestrationContext, (): ()) -> Result<(), Failure> {
+    ctx.create_timer_after(std::time::Duration::from_secs(1))
+        .await;
+    Ok(())
 }
 
 #[test]
@@ -467,27 +452,22 @@ struct Replayed {
     flags: Vec<bool>,
 }
 
-fn replay_safe(
-    ctx: OrchestrationContext,
-    (): (),
-) -> impl std::future::Future<Output = Result<(Replayed, Replayed), Failure>> {
-    async move {
-        let first = Replayed {
-            uuid: ctx.new_uuid(),
-            random: ctx.random(),
-            now: ctx.now(),
-            flags: vec![ctx.is_replaying()],
-        };
-        ctx.set_custom_status(&first.uuid);
-        let _: u64 = ctx.call_activity("Square", 2u64).await?;
-        let second = Replayed {
-            uuid: ctx.new_uuid(),
-            random: ctx.random(),
-            now: ctx.now(),
-            flags: vec![ctx.is_replaying()],
-        };
-        Ok((first, second))
-    }
+async fn replay_safe(ctx: OrchestrationContext, (): ()) -> Result<(Replayed, Replayed), Failure> {
+    let first = Replayed {
+        uuid: ctx.new_uuid(),
+        random: ctx.random(),
+        now: ctx.now(),
+        flags: vec![ctx.is_replaying()],
+    };
+    ctx.set_custom_status(&first.uuid);
+    let _: u64 = ctx.call_activity("Square", 2u64).await?;
+    let second = Replayed {
+        uuid: ctx.new_uuid(),
+        random: ctx.random(),
+        now: ctx.now(),
+        flags: vec![ctx.is_replaying()],
+    };
+    Ok((first, second))
 }
 
 #[test]
@@ -618,11 +598,8 @@ fn events_for_unregistered_handlers_and_wrong_kinds_are_dead_lettered() {
         .contains("cannot handle RaiseEvent"));
 }
 
-fn panicking(
-    _ctx: OrchestrationContext,
-    (): (),
-) -> impl std::future::Future<Output = Result<(), Failure>> {
-    async move { panic!("boom") }
+async fn panicking(_ctx: OrchestrationContext, (): ()) -> Result<(), Failure> {
+    panic!("boom")
 }
 
 #[test]
