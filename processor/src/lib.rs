@@ -42,3 +42,8 @@ pub use history::{InstanceRecord, OrchestrationStatus};
 pub use id::{InstanceId, Kind};
 pub use registry::Registry;
 pub use store::{MemoryStore, Store};
+
+/// The README's code blocks, compiled and run as doctests so the README stays true.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

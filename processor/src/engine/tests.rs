@@ -660,3 +660,106 @@ proptest! {
         prop_assert_eq!(log.len(), 12);
     }
 }
+
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct Relay {
+    forwarded: u32,
+}
+
+#[test]
+fn entities_signal_entities_start_orchestrations_and_schedule_signals() {
+    let relay = crate::context::EntityType::<Relay>::new().operation(
+        "forward",
+        |s: &mut Relay, ctx, n: i64| {
+            s.forwarded += 1;
+            ctx.signal_entity(&InstanceId::entity("Counter", "target"), "add", n)?;
+            ctx.signal_entity_at(
+                &InstanceId::entity("Counter", "target"),
+                "add",
+                100,
+                ctx.now() + 60_000,
+            )?;
+            ctx.start_orchestration("HelloSequence", "from-entity", vec!["Oslo"])?;
+            Ok(())
+        },
+    );
+    let mut h = Harness::new(examples::register(Registry::new()).entity("Relay", relay));
+    let relay_id = InstanceId::entity("Relay", "r");
+    let signal = h.signal(&relay_id, "forward", 5);
+    let out = h.deliver(signal);
+    assert_eq!(
+        out.emitted().count(),
+        2,
+        "a signal and a start, after the commit"
+    );
+    assert_eq!(
+        out.delayed()
+            .map(|(at, _)| at - h.now())
+            .collect::<Vec<_>>(),
+        [60_000]
+    );
+    h.run_until(h.now());
+    let target = InstanceId::entity("Counter", "target");
+    assert_eq!(
+        h.entity_state::<examples::Counter>(&target).unwrap().value,
+        5
+    );
+    assert_eq!(
+        h.output::<Vec<String>>("orch:HelloSequence:from-entity")
+            .unwrap(),
+        ["Hello Oslo!"]
+    );
+    h.run();
+    assert_eq!(
+        h.entity_state::<examples::Counter>(&target).unwrap().value,
+        105,
+        "the delayed signal arrived"
+    );
+}
+
+/// Counts `tracing` events (a minimal subscriber: no dependency needed).
+struct CountEvents(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl tracing::Subscriber for CountEvents {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, _: &tracing::Event<'_>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+async fn chatty(ctx: OrchestrationContext, (): ()) -> Result<(), Failure> {
+    ctx.log("starting");
+    let _: u64 = ctx.call_activity("Square", 1u64).await?;
+    ctx.log("first done");
+    let _: u64 = ctx.call_activity("Square", 2u64).await?;
+    ctx.log("second done");
+    Ok(())
+}
+
+#[test]
+fn logging_is_replay_safe_each_line_once() {
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let subscriber = CountEvents(count.clone());
+    tracing::subscriber::with_default(subscriber, || {
+        let mut h =
+            Harness::new(examples::register(Registry::new()).orchestration("Chatty", chatty));
+        let start = h.start("Chatty", "c", ());
+        let id = start.target.clone();
+        h.deliver(start);
+        h.run(); // three steps: each replays the lines before it
+        assert!(matches!(
+            h.status(&id),
+            Some(OrchestrationStatus::Completed { .. })
+        ));
+    });
+    assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 3);
+}
