@@ -67,6 +67,8 @@ pub enum DropReason {
     Finished,
     /// A start for an orchestration that is already running.
     AlreadyRunning,
+    /// A lock grant the owner no longer wants (answered with a release).
+    UnwantedGrant,
 }
 
 /// A delivery that was not applied, and why.

@@ -1,6 +1,7 @@
 //! The bundled examples (the application layer): hello-sequence, fan-out/fan-in, the counter
-//! entity and an approval flow that mixes retries, entities, external events, timers and a
-//! sub-orchestration. [`register`] adds them all to a registry.
+//! entity, an approval flow that mixes retries, entities, external events, timers and a
+//! sub-orchestration, a continue-as-new ticker, and the Bank (`Account` entities and a `Transfer`
+//! orchestration with a critical section). [`register`] adds them all to a registry.
 
 use std::time::Duration;
 
@@ -90,7 +91,7 @@ pub async fn approval(ctx: OrchestrationContext, input: ApprovalInput) -> Result
         .call_activity_with_retry("Flaky", &input.counter, policy)
         .await?;
     let counter = InstanceId::entity("Counter", input.counter.clone());
-    ctx.signal_entity(&counter, "add", input.amount);
+    ctx.signal_entity(&counter, "add", input.amount)?;
     ctx.set_custom_status(&"waiting for approval");
     let approved = match when_any2(
         ctx.wait_for_event::<bool>("approve"),
@@ -131,6 +132,99 @@ pub async fn ticker(ctx: OrchestrationContext, (seen, target): (u32, u32)) -> Re
     Ok(seen + 1)
 }
 
+/// State of the `Account` entity (the Bank example).
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Account {
+    /// Who owns it (searchable once projected).
+    pub owner: String,
+    /// Balance in whole units; never below zero.
+    pub balance: i64,
+}
+
+/// The `Account` entity: `open(owner)`, `deposit(n)`, `withdraw(n)` (refuses overdrafts with
+/// kind `Overdraft`), `balance()`.
+pub fn account() -> EntityType<Account> {
+    EntityType::new()
+        .operation("open", |a: &mut Account, _, owner: String| {
+            a.owner = owner;
+            Ok(())
+        })
+        .operation("deposit", |a: &mut Account, _, amount: i64| {
+            if amount < 0 {
+                return Err(Failure::new(
+                    "InvalidAmount",
+                    format!("cannot deposit {amount}"),
+                ));
+            }
+            a.balance += amount;
+            Ok(a.balance)
+        })
+        .operation("withdraw", |a: &mut Account, ctx, amount: i64| {
+            if amount < 0 || amount > a.balance {
+                return Err(Failure::new(
+                    "Overdraft",
+                    format!("{} holds {}, cannot withdraw {amount}", ctx.id(), a.balance),
+                ));
+            }
+            a.balance -= amount;
+            Ok(a.balance)
+        })
+        .operation("balance", |a: &mut Account, _, (): ()| Ok(a.balance))
+}
+
+/// Input of `Transfer`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TransferInput {
+    /// Key of the account to take from.
+    pub from: String,
+    /// Key of the account to pay into.
+    pub to: String,
+    /// How much.
+    pub amount: i64,
+}
+
+/// Result of `Transfer`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferOutcome {
+    /// The money moved.
+    Transferred,
+    /// The source held too little; nothing moved.
+    Refused {
+        /// The source balance seen inside the critical section.
+        balance: i64,
+    },
+}
+
+/// `Transfer`: lock both accounts, read both balances, refuse an overdraft, move the money.
+///
+/// The withdrawal and the deposit are sent as two signals in the same step (under the lock), so
+/// they are committed together: a transfer terminated mid-section has moved either nothing or
+/// everything.
+pub async fn transfer(
+    ctx: OrchestrationContext,
+    input: TransferInput,
+) -> Result<TransferOutcome, Failure> {
+    let from = InstanceId::entity("Account", input.from.clone());
+    let to = InstanceId::entity("Account", input.to.clone());
+    if from == to || input.amount <= 0 {
+        return Err(Failure::new(
+            "InvalidTransfer",
+            format!("cannot move {} from {from} to {to}", input.amount),
+        ));
+    }
+    let guard = ctx.lock(&[from.clone(), to.clone()]).await?;
+    let balance: i64 = ctx.call_entity(&from, "balance", ()).await?;
+    let _destination: i64 = ctx.call_entity(&to, "balance", ()).await?;
+    if balance < input.amount {
+        return Ok(TransferOutcome::Refused { balance });
+    }
+    ctx.signal_entity(&from, "withdraw", input.amount)?;
+    ctx.signal_entity(&to, "deposit", input.amount)?;
+    guard.release();
+    Ok(TransferOutcome::Transferred)
+}
+
 /// Register every example handler.
 pub fn register(registry: Registry) -> Registry {
     registry
@@ -155,5 +249,7 @@ pub fn register(registry: Registry) -> Registry {
                 }
             },
         )
+        .orchestration("Transfer", transfer)
         .entity("Counter", counter())
+        .entity("Account", account())
 }

@@ -252,6 +252,22 @@ impl Harness {
             .reply(result, self.now)
     }
 
+    /// The pending (emitted, undelivered) events, in emission order.
+    pub fn pending(&self) -> &VecDeque<Envelope> {
+        &self.pending
+    }
+
+    /// Deliver (or, for an activity request, run) the pending event at `index`.
+    pub fn deliver_pending(&mut self, index: usize) -> Option<StepOutput> {
+        let e = self.pending.remove(index)?;
+        if InstanceId::parse(&e.target).is_ok_and(|id| id.kind() == Kind::Activity) {
+            self.run_activity(e);
+            None
+        } else {
+            Some(self.deliver(e))
+        }
+    }
+
     /// Take every pending (emitted, undelivered) event, in emission order.
     pub fn take_pending(&mut self) -> Vec<Envelope> {
         self.pending.drain(..).collect()

@@ -198,7 +198,10 @@ pub enum Event {
         position: i32,
     },
     /// The whole lock set is held.
-    LockGranted { correlation: String },
+    LockGranted {
+        correlation: String,
+        participants: Vec<String>,
+    },
     /// The owner leaves its critical section.
     LockRelease { owner: String, correlation: String },
     /// Deliver `inner` at `fire_at` (ms since epoch).

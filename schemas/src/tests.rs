@@ -446,7 +446,12 @@ fn arb_core() -> impl Strategy<Value = Event> {
                 }
             }
         ),
-        s().prop_map(|correlation| Event::LockGranted { correlation }),
+        (s(), proptest::collection::vec(s(), 0..4)).prop_map(|(correlation, participants)| {
+            Event::LockGranted {
+                correlation,
+                participants,
+            }
+        }),
         (s(), s()).prop_map(|(owner, correlation)| Event::LockRelease { owner, correlation }),
     ]
 }

@@ -144,7 +144,12 @@ fn event_to_value(event: &Event, branches: &[String]) -> Value {
             ("participants", strings(participants)),
             ("position", Value::Int(*position)),
         ],
-        Event::LockGranted { correlation } => vec![corr(correlation)],
+        Event::LockGranted {
+            correlation,
+            participants,
+        } => {
+            vec![corr(correlation), ("participants", strings(participants))]
+        }
         Event::LockRelease { owner, correlation } => {
             vec![("owner", string(owner)), corr(correlation)]
         }
@@ -415,6 +420,7 @@ fn event_from_value(v: Value, branches: &[String]) -> Result<Event> {
         },
         "LockGranted" => Event::LockGranted {
             correlation: f.string("correlation")?,
+            participants: f.strings("participants")?,
         },
         "LockRelease" => Event::LockRelease {
             owner: f.string("owner")?,

@@ -55,8 +55,8 @@ pub(crate) struct Shared {
     pub custom_status: Option<Option<Payload>>,
     /// Counter for replay-safe random numbers.
     pub random_calls: u64,
-    /// Lock set held or requested: (slot, sorted participants).
-    pub lock: Option<(u32, Vec<InstanceId>)>,
+    /// Lock set held or requested: (slot of the request, sorted canonical participant ids).
+    pub lock: Option<(u32, Vec<String>)>,
 }
 
 impl Shared {
@@ -128,6 +128,22 @@ impl Shared {
                 self.commands.push(Command { kind, name });
                 Ok((slot, true))
             }
+        }
+    }
+
+    /// Leave the critical section requested at `slot` (if it is the current one): tell every
+    /// participant, unless this is a replay of a release that was sent before.
+    pub(crate) fn release_lock(&mut self, slot: u32) {
+        if !matches!(&self.lock, Some((s, _)) if *s == slot) {
+            return;
+        }
+        let (_, participants) = self.lock.take().expect("checked");
+        if !self.replaying {
+            let correlation = self.correlation(slot);
+            let prefix = format!("{}/release/{correlation}", self.id_str);
+            let releases =
+                lock_releases(&prefix, &self.id_str, &correlation, &participants, self.now);
+            self.effects.extend(releases.into_iter().map(Effect::Emit));
         }
     }
 
@@ -479,7 +495,19 @@ impl OrchestrationContext {
         key: Option<&str>,
         input: I,
     ) -> impl Future<Output = Result<O, Failure>> + 'static {
-        let call = encode(&input).map(|input| {
+        let locked = self
+            .shared
+            .borrow()
+            .lock
+            .as_ref()
+            .map(|(_, p)| p.join(", "));
+        let checked = match locked {
+            Some(held) => Err(lock_violation(format!(
+                "cannot start a sub-orchestration while holding a lock on [{held}]: it could wait for these entities forever"
+            ))),
+            None => encode(&input),
+        };
+        let call = checked.map(|input| {
             let slot = self.shared.borrow_mut().command(
                 CommandKind::CallSubOrchestration,
                 name.to_owned(),
@@ -567,11 +595,17 @@ impl OrchestrationContext {
         async move { decode_value(fut.await) }
     }
 
-    /// Send operation `op` to an entity; do not wait.
-    pub fn signal_entity<I: Serialize>(&self, entity: &InstanceId, op: &str, input: I) {
-        let Ok(input) = encode(&input) else { return };
+    /// Send operation `op` to an entity; do not wait. Fails only for an input that does not
+    /// serialize, or a [`LOCK_VIOLATION`].
+    pub fn signal_entity<I: Serialize>(
+        &self,
+        entity: &InstanceId,
+        op: &str,
+        input: I,
+    ) -> Result<(), Failure> {
+        let input = encode(&input)?;
+        let lock = self.lock_context(entity)?;
         let target = entity.canonical();
-        let lock = self.lock_context(entity);
         self.shared.borrow_mut().command(
             CommandKind::SignalEntity,
             format!("{target}/{op}"),
@@ -587,6 +621,7 @@ impl OrchestrationContext {
                 )))
             },
         );
+        Ok(())
     }
 
     /// Call operation `op` on an entity and wait for its result.
@@ -597,8 +632,10 @@ impl OrchestrationContext {
         input: I,
     ) -> impl Future<Output = Result<O, Failure>> + 'static {
         let target = entity.canonical();
-        let lock = self.lock_context(entity);
-        let call = encode(&input).map(|input| {
+        let checked = self
+            .lock_context(entity)
+            .and_then(|lock| Ok((lock, encode(&input)?)));
+        let call = checked.map(|(lock, input)| {
             let slot = self.shared.borrow_mut().command(
                 CommandKind::CallEntity,
                 format!("{target}/{op}"),
@@ -619,15 +656,81 @@ impl OrchestrationContext {
         async move { decode_value(call?.await) }
     }
 
-    /// Inside a critical section, messages to locked entities carry the lock.
-    fn lock_context(&self, _entity: &InstanceId) -> Option<(String, Vec<String>)> {
+    /// Inside a critical section, messages to locked entities carry the lock; messages to any
+    /// other entity are a [`LOCK_VIOLATION`].
+    fn lock_context(&self, entity: &InstanceId) -> Result<Option<(String, Vec<String>)>, Failure> {
         let s = self.shared.borrow();
-        s.lock.as_ref().map(|(_, participants)| {
-            (
-                s.id_str.clone(),
-                participants.iter().map(|p| p.canonical()).collect(),
-            )
-        })
+        match &s.lock {
+            None => Ok(None),
+            Some((_, participants)) if participants.contains(&entity.canonical()) => {
+                Ok(Some((s.id_str.clone(), participants.clone())))
+            }
+            Some((_, participants)) => Err(lock_violation(format!(
+                "{} holds a lock on [{}] and may only call or signal those entities, not {entity}",
+                s.id_str,
+                participants.join(", ")
+            ))),
+        }
+    }
+
+    /// Enter a critical section over `entities`: the returned guard proves they are all locked
+    /// for this orchestration. Locks are taken one at a time in one global order (sorted
+    /// canonical ids), so two orchestrations locking overlapping sets never deadlock. While the
+    /// lock is held, other operations sent to these entities wait in arrival order; this
+    /// orchestration may call and signal only these entities, may not take a second lock set and
+    /// may not start sub-orchestrations (a [`LOCK_VIOLATION`] failure otherwise).
+    pub fn lock(
+        &self,
+        entities: &[InstanceId],
+    ) -> impl Future<Output = Result<LockGuard, Failure>> + 'static {
+        let checked = (|| {
+            if let Some(e) = entities.iter().find(|e| e.kind() != Kind::Entity) {
+                return Err(lock_violation(format!(
+                    "only entities can be locked, not {e}"
+                )));
+            }
+            let mut participants: Vec<String> =
+                entities.iter().map(InstanceId::canonical).collect();
+            participants.sort();
+            participants.dedup();
+            if participants.is_empty() {
+                return Err(lock_violation("lock needs at least one entity"));
+            }
+            if let Some((_, held)) = &self.shared.borrow().lock {
+                return Err(lock_violation(format!(
+                    "already holds a lock on [{}]; release it first",
+                    held.join(", ")
+                )));
+            }
+            Ok(participants)
+        })();
+        let future = checked.map(|participants| {
+            let mut s = self.shared.borrow_mut();
+            let first = participants[0].clone();
+            let request = participants.clone();
+            let slot = s.command(CommandKind::Lock, participants.join(","), move |s, slot| {
+                let body = Event::LockRequest {
+                    owner: s.id_str.clone(),
+                    correlation: s.correlation(slot),
+                    participants: request,
+                    position: 0,
+                };
+                Some(Effect::Emit(s.envelope(slot, first, body)))
+            });
+            if let Some(slot) = slot {
+                s.lock = Some((slot, participants));
+            }
+            drop(s);
+            LockFuture {
+                inner: self.slot_future(slot),
+            }
+        });
+        async move { future?.await }
+    }
+
+    /// Whether this orchestration holds (or is acquiring) a lock set.
+    pub fn is_locked(&self) -> bool {
+        self.shared.borrow().lock.is_some()
     }
 
     /// Finish this generation and start a new one with `input`. External events that no wait
@@ -654,6 +757,108 @@ impl OrchestrationContext {
                     "Timeout",
                     format!("no result within {timeout:?}"),
                 )),
+            }
+        }
+    }
+}
+
+/// The `LockRelease` events that end the critical section `correlation` of `owner`.
+/// Event ids are `<id_prefix>/<i>`: the owner's own release of a lock is one logical event
+/// however often it is sent; an answer to an unwanted grant is another.
+pub(crate) fn lock_releases(
+    id_prefix: &str,
+    owner: &str,
+    correlation: &str,
+    participants: &[String],
+    now: i64,
+) -> Vec<Envelope> {
+    participants
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let body = Event::LockRelease {
+                owner: owner.to_owned(),
+                correlation: correlation.to_owned(),
+            };
+            let mut e = Envelope::new(format!("{id_prefix}/{i}"), p.clone(), now, body);
+            e.source = Some(owner.to_owned());
+            e
+        })
+        .collect()
+}
+
+/// The failure kind for breaking the rules of critical sections.
+pub const LOCK_VIOLATION: &str = "LockViolation";
+
+fn lock_violation(message: impl Into<String>) -> Failure {
+    Failure::new(LOCK_VIOLATION, message)
+}
+
+/// Proof that the orchestration holds its lock set. Releasing it — explicitly with
+/// [`release`](Self::release), by dropping it, or by the orchestration finishing, failing,
+/// being terminated or continuing as new — lets the operations queued at the entities run.
+pub struct LockGuard {
+    shared: Rc<RefCell<Shared>>,
+    slot: u32,
+    participants: Vec<String>,
+}
+
+impl LockGuard {
+    /// The locked entities (canonical ids, in lock order).
+    pub fn participants(&self) -> &[String] {
+        &self.participants
+    }
+
+    /// Leave the critical section now.
+    pub fn release(self) {
+        drop(self)
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if let Ok(mut shared) = self.shared.try_borrow_mut() {
+            shared.release_lock(self.slot);
+        }
+    }
+}
+
+/// Future of [`OrchestrationContext::lock`]: dropped before the grant, it withdraws the request.
+struct LockFuture {
+    inner: SlotFuture,
+}
+
+impl Future for LockFuture {
+    type Output = Result<LockGuard, Failure>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let slot = self.inner.slot;
+        match Pin::new(&mut self.inner).poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Completion::Done) => {
+                let slot = slot.expect("a ready slot future has a slot");
+                let participants = match &self.inner.shared.borrow().lock {
+                    Some((s, p)) if *s == slot => p.clone(),
+                    _ => Vec::new(),
+                };
+                Poll::Ready(Ok(LockGuard {
+                    shared: self.inner.shared.clone(),
+                    slot,
+                    participants,
+                }))
+            }
+            Poll::Ready(Completion::Failure(f)) => Poll::Ready(Err(f)),
+            Poll::Ready(Completion::Value(_)) => {
+                Poll::Ready(Err(lock_violation("unexpected value for a lock request")))
+            }
+        }
+    }
+}
+
+impl Drop for LockFuture {
+    fn drop(&mut self) {
+        if let (Some(slot), false) = (self.inner.slot, self.inner.done) {
+            if let Ok(mut shared) = self.inner.shared.try_borrow_mut() {
+                shared.release_lock(slot);
             }
         }
     }

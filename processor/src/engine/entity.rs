@@ -5,7 +5,7 @@ use durable_schemas::{Envelope, Event, Payload};
 use super::{guarded, unwrap, Collector, Unwrapped};
 use crate::context::{EntityContext, UNKNOWN_OPERATION};
 use crate::effect::Effect;
-use crate::history::{Body, EntityState, InstanceRecord};
+use crate::history::{Body, EntityLock, EntityState, InstanceRecord};
 use crate::id::InstanceId;
 use crate::registry::Registry;
 
@@ -26,18 +26,105 @@ pub(super) fn step(
         return;
     };
     for envelope in events {
-        let (wrappers, core) = unwrap(&envelope.body);
-        match core {
-            Event::EntityOperation { operation, input } => {
-                let (operation, input) = (operation.clone(), input.clone());
+        handle(registry, id, state, envelope, out);
+    }
+}
+
+/// Apply one event to an entity: operations run unless another owner holds the lock (then they
+/// queue), lock requests take the lock or queue, releases free it and serve the queue.
+fn handle(
+    registry: &Registry,
+    id: &InstanceId,
+    state: &mut EntityState,
+    envelope: Envelope,
+    out: &mut Collector,
+) {
+    let (wrappers, core) = unwrap(&envelope.body);
+    match core.clone() {
+        Event::EntityOperation { operation, input } => {
+            let sender = wrappers.lock.as_ref().map(|(owner, _)| owner.as_str());
+            if state
+                .lock
+                .as_ref()
+                .is_some_and(|l| Some(l.owner.as_str()) != sender)
+            {
+                state.queue.push_back(envelope);
+            } else {
                 run_operation(
                     registry, id, state, &envelope, &wrappers, &operation, &input, out,
                 );
             }
-            other => {
-                let reason = format!("entity {id} cannot handle {}", other.name());
-                out.dead(envelope, reason);
+        }
+        Event::LockRequest {
+            owner,
+            correlation,
+            participants,
+            position,
+        } => {
+            let me = id.canonical();
+            if participants.get(position.max(0) as usize) != Some(&me) {
+                let reason = format!(
+                    "lock request for {me} names participant {position} of {participants:?}"
+                );
+                return out.dead(envelope, reason);
             }
+            match &state.lock {
+                Some(l) if l.owner == owner && l.correlation == correlation => {} // already ours
+                Some(_) => state.queue.push_back(envelope),
+                None => {
+                    state.lock = Some(EntityLock {
+                        owner: owner.clone(),
+                        correlation: correlation.clone(),
+                    });
+                    let next = position as usize + 1;
+                    let (target, body) = match participants.get(next) {
+                        Some(p) => {
+                            let target = p.clone();
+                            (
+                                target,
+                                Event::LockRequest {
+                                    owner,
+                                    correlation,
+                                    participants,
+                                    position: next as i32,
+                                },
+                            )
+                        }
+                        None => (
+                            owner,
+                            Event::LockGranted {
+                                correlation,
+                                participants,
+                            },
+                        ),
+                    };
+                    let mut e = Envelope::new(out.event_id(), target, out.now, body);
+                    e.source = Some(me);
+                    out.effects.push(Effect::Emit(e));
+                }
+            }
+        }
+        Event::LockRelease { owner, correlation } => {
+            if state
+                .lock
+                .as_ref()
+                .is_some_and(|l| l.owner == owner && l.correlation == correlation)
+            {
+                state.lock = None;
+                let queued = std::mem::take(&mut state.queue);
+                for envelope in queued {
+                    handle(registry, id, state, envelope, out);
+                }
+            } else {
+                // Released before the request got here: withdraw it from the queue.
+                state.queue.retain(|queued| {
+                    !matches!(unwrap(&queued.body).1, Event::LockRequest { owner: o, correlation: c, .. } if *o == owner && *c == correlation)
+                });
+            }
+        }
+        other => {
+            let reason = format!("entity {id} cannot handle {}", other.name());
+            out.dead(envelope, reason);
         }
     }
 }

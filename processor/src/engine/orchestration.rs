@@ -12,12 +12,12 @@ use std::task::{Context, Poll, Waker};
 use durable_schemas::{Envelope, Event, Failure, Payload};
 
 use super::{guarded, unwrap, Collector, DropReason};
-use crate::context::orchestration::Shared;
+use crate::context::orchestration::{lock_releases, Shared};
 use crate::context::OrchestrationContext;
 use crate::effect::Effect;
 use crate::history::{
-    Body, Completion, InstanceRecord, LogEntry, OrchestrationHistory, OrchestrationStatus,
-    ReplyAddress,
+    Body, Completion, HeldLocks, InstanceRecord, LogEntry, OrchestrationHistory,
+    OrchestrationStatus, ReplyAddress,
 };
 use crate::id::InstanceId;
 use crate::registry::{OrchestrationFuture, Registry};
@@ -259,9 +259,13 @@ impl Run<'_> {
                 correlation,
                 failure,
             } => self.reply(envelope, &correlation, Completion::Failure(failure)),
-            Event::TimerFired { correlation } | Event::LockGranted { correlation } => {
+            Event::TimerFired { correlation } => {
                 self.reply(envelope, &correlation, Completion::Done)
             }
+            Event::LockGranted {
+                correlation,
+                participants,
+            } => self.grant(envelope, correlation, participants),
             Event::RaiseEvent { name, payload } => self.raise(envelope, name, payload),
             Event::Terminate { reason } => self.terminate(envelope, reason),
             other => {
@@ -314,6 +318,41 @@ impl Run<'_> {
         }
         h.early.push((slot, completion));
         self.settle();
+    }
+
+    /// A lock set was granted. If this is not the request the code is waiting for (it finished,
+    /// withdrew the request, moved to another generation, or never existed), answer with a
+    /// release so that no entity stays locked for an owner that does not want it.
+    fn grant(&mut self, envelope: Envelope, correlation: String, participants: Vec<String>) {
+        let current = parse_correlation(&correlation)
+            .filter(|(generation, _)| self.running().is_some_and(|h| h.generation == *generation));
+        if let Some((_, slot)) = current {
+            if self.ensure_exec() {
+                let exec = self.exec.as_ref().expect("ensured");
+                let s = exec.shared.borrow();
+                let delivered = s.delivered.contains_key(&slot);
+                let waiting = matches!(&s.lock, Some((held, _)) if *held == slot);
+                drop(s);
+                if delivered {
+                    return self.out.drop(&envelope, DropReason::SlotAlreadyCompleted);
+                }
+                if waiting {
+                    return self.reply(envelope, &correlation, Completion::Done);
+                }
+            }
+        }
+        let prefix = format!("{}/unwanted", self.out.event_id());
+        let releases = lock_releases(
+            &prefix,
+            &self.record.id,
+            &correlation,
+            &participants,
+            self.out.now,
+        );
+        self.out
+            .effects
+            .extend(releases.into_iter().map(Effect::Emit));
+        self.out.drop(&envelope, DropReason::UnwantedGrant);
     }
 
     fn raise(&mut self, envelope: Envelope, name: String, payload: Payload) {
@@ -446,7 +485,10 @@ impl Run<'_> {
                 Err(failure),
             );
         }
+        // Every way out of a generation releases its lock set.
+        self.sync_history();
         self.exec = None;
+        self.release_locks();
         let now = self.out.now;
         let h = self.history().expect("running");
         let mut next =
@@ -461,18 +503,45 @@ impl Run<'_> {
         let mut s = exec.shared.borrow_mut();
         let commands = s.commands.clone();
         let custom = s.custom_status.take();
+        let locks = s.lock.as_ref().map(|(slot, participants)| HeldLocks {
+            correlation: s.correlation(*slot),
+            participants: participants.clone(),
+            granted: s.delivered.contains_key(slot),
+        });
         self.out.effects.append(&mut s.effects);
         drop(s);
         if let Body::Orchestration(h) = &mut self.record.body {
             h.commands = commands;
+            h.locks = locks;
             if let Some(custom) = custom {
                 h.custom_status = custom;
             }
         }
     }
 
+    /// Release the lock set recorded in the history, if any (every way out of a generation).
+    fn release_locks(&mut self) {
+        let now = self.out.now;
+        let owner = self.record.id.clone();
+        let Some(h) = self.history() else { return };
+        if let Some(locks) = h.locks.take() {
+            let prefix = format!("{owner}/release/{}", locks.correlation);
+            let releases = lock_releases(
+                &prefix,
+                &owner,
+                &locks.correlation,
+                &locks.participants,
+                now,
+            );
+            self.out
+                .effects
+                .extend(releases.into_iter().map(Effect::Emit));
+        }
+    }
+
     /// Record the end of the orchestration and answer whoever waits for it.
     fn conclude(&mut self, status: OrchestrationStatus, outcome: Result<Payload, Failure>) {
+        self.release_locks();
         let now = self.out.now;
         let id = self.record.id.clone();
         let Body::Orchestration(h) = &mut self.record.body else {

@@ -2,6 +2,8 @@ use durable_schemas::{Envelope, Event, Failure, Payload};
 use proptest::prelude::*;
 
 use super::*;
+
+mod locks;
 use crate::context::{when_any, OrchestrationContext};
 use crate::examples::{self, ApprovalInput};
 use crate::harness::Harness;
