@@ -179,6 +179,7 @@ fn golden_cases() -> Vec<(&'static str, Envelope)> {
                 "orch:Transfer:t1",
                 Event::LockGranted {
                     correlation: "0.1".into(),
+                    participants: vec!["entity:Account:a".into(), "entity:Account:b".into()],
                 },
             ),
         ),
