@@ -204,7 +204,7 @@ fn a_lock_holder_terminated_mid_section_releases_its_locks() {
 
 async fn greedy(ctx: OrchestrationContext, (): ()) -> Result<i64, Failure> {
     let a = InstanceId::entity("Account", "a");
-    let _guard = ctx.lock(&[a.clone()]).await?;
+    let _guard = ctx.lock(std::slice::from_ref(&a)).await?;
     ctx.call_entity(&a, "withdraw", 1000).await
 }
 
