@@ -107,9 +107,7 @@ pub struct StepOutput {
 impl StepOutput {
     /// Whether some delivery was a redelivered record (the outbox should be produced again).
     pub fn redelivered(&self) -> bool {
-        self.dropped
-            .iter()
-            .any(|d| d.reason == DropReason::Redelivered)
+        self.dropped.iter().any(|d| d.reason == DropReason::Redelivered)
     }
 
     /// The emitted events, in order.
@@ -143,17 +141,11 @@ struct Collector {
 
 impl Collector {
     fn drop(&mut self, envelope: &Envelope, reason: DropReason) {
-        self.dropped.push(Dropped {
-            event_id: envelope.id.clone(),
-            reason,
-        });
+        self.dropped.push(Dropped { event_id: envelope.id.clone(), reason });
     }
 
     fn dead(&mut self, envelope: Envelope, reason: impl Into<String>) {
-        self.dead_letters.push(DeadLetter {
-            envelope,
-            reason: reason.into(),
-        });
+        self.dead_letters.push(DeadLetter { envelope, reason: reason.into() });
     }
 
     /// A fresh deterministic event id.
@@ -181,26 +173,15 @@ pub(crate) fn unwrap(event: &Event) -> (Unwrapped, &Event) {
     loop {
         match e {
             Event::WithPrincipal { user, roles, inner } => {
-                w.principal
-                    .get_or_insert_with(|| (user.clone(), roles.clone()));
+                w.principal.get_or_insert_with(|| (user.clone(), roles.clone()));
                 e = inner;
             }
-            Event::ReplyTo {
-                address,
-                correlation,
-                inner,
-            } => {
-                w.reply_to
-                    .get_or_insert_with(|| (address.clone(), correlation.clone()));
+            Event::ReplyTo { address, correlation, inner } => {
+                w.reply_to.get_or_insert_with(|| (address.clone(), correlation.clone()));
                 e = inner;
             }
-            Event::WithLock {
-                owner,
-                participants,
-                inner,
-            } => {
-                w.lock
-                    .get_or_insert_with(|| (owner.clone(), participants.clone()));
+            Event::WithLock { owner, participants, inner } => {
+                w.lock.get_or_insert_with(|| (owner.clone(), participants.clone()));
                 e = inner;
             }
             other => return (w, other),
@@ -233,9 +214,7 @@ pub struct Engine {
 impl Engine {
     /// An engine running the handlers of `registry`.
     pub fn new(registry: Registry) -> Self {
-        Self {
-            registry: Arc::new(registry),
-        }
+        Self { registry: Arc::new(registry) }
     }
 
     /// An engine sharing an existing registry.
@@ -249,17 +228,8 @@ impl Engine {
     }
 
     /// Apply `input.deliveries` to the instance `target` whose stored record is `record`.
-    pub fn step(
-        &self,
-        target: &InstanceId,
-        record: Option<InstanceRecord>,
-        input: StepInput,
-    ) -> StepOutput {
-        let StepInput {
-            deliveries,
-            now,
-            partition,
-        } = input;
+    pub fn step(&self, target: &InstanceId, record: Option<InstanceRecord>, input: StepInput) -> StepOutput {
+        let StepInput { deliveries, now, partition } = input;
         let mut record = record.unwrap_or_else(|| InstanceRecord::new(target.canonical(), now));
         let mut out = Collector {
             effects: Vec::new(),
@@ -274,8 +244,7 @@ impl Engine {
         for Delivery { envelope, offset } in deliveries {
             match record.dedup.admit(&envelope, offset) {
                 Admission::New if envelope.target != record.id => {
-                    let reason =
-                        format!("event for {} delivered to {}", envelope.target, record.id);
+                    let reason = format!("event for {} delivered to {}", envelope.target, record.id);
                     out.dead(envelope, reason);
                 }
                 Admission::New => admitted.push(envelope),
@@ -301,16 +270,11 @@ impl Engine {
             }
         }
         match target.kind() {
-            Kind::Orchestration => {
-                orchestration::step(&self.registry, target, &mut record, ready, &mut out)
-            }
+            Kind::Orchestration => orchestration::step(&self.registry, target, &mut record, ready, &mut out),
             Kind::Entity => entity::step(&self.registry, target, &mut record, ready, &mut out),
             Kind::Activity => {
                 for envelope in ready {
-                    out.dead(
-                        envelope,
-                        "activity invocations are executed by the runtime, not stepped",
-                    );
+                    out.dead(envelope, "activity invocations are executed by the runtime, not stepped");
                 }
             }
         }
@@ -327,29 +291,15 @@ impl Engine {
                     _ => None,
                 });
                 for (i, e) in emits.enumerate() {
-                    e.origin = Some(Origin {
-                        stream: stream.clone(),
-                        seq: (offset << 20) | i as i64,
-                    });
+                    e.origin = Some(Origin { stream: stream.clone(), seq: (offset << 20) | i as i64 });
                 }
             }
             record.outbox = Outbox {
                 offset: max_offset,
-                effects: out
-                    .effects
-                    .iter()
-                    .filter(|e| !matches!(e, Effect::Delay { .. }))
-                    .cloned()
-                    .collect(),
+                effects: out.effects.iter().filter(|e| !matches!(e, Effect::Delay { .. })).cloned().collect(),
             };
         }
-        StepOutput {
-            record,
-            effects: out.effects,
-            dead_letters: out.dead_letters,
-            dropped: out.dropped,
-            changed,
-        }
+        StepOutput { record, effects: out.effects, dead_letters: out.dead_letters, dropped: out.dropped, changed }
     }
 }
 
@@ -359,18 +309,10 @@ pub fn state_change(record: &InstanceRecord) -> Option<StateChange> {
         Body::Empty => return None,
         Body::Orchestration(h) => match &h.status {
             OrchestrationStatus::Running => ("running", None, h.custom_status.clone(), None),
-            OrchestrationStatus::Completed { output } => (
-                "completed",
-                Some(output.clone()),
-                h.custom_status.clone(),
-                None,
-            ),
-            OrchestrationStatus::Failed { failure } => (
-                "failed",
-                None,
-                h.custom_status.clone(),
-                Some(failure.clone()),
-            ),
+            OrchestrationStatus::Completed { output } => {
+                ("completed", Some(output.clone()), h.custom_status.clone(), None)
+            }
+            OrchestrationStatus::Failed { failure } => ("failed", None, h.custom_status.clone(), Some(failure.clone())),
             OrchestrationStatus::Terminated { reason } => (
                 "terminated",
                 None,

@@ -16,15 +16,8 @@ use crate::registry::Registry;
 pub const CITIES: [&str; 5] = ["Tokyo", "Seattle", "London", "Paris", "Cairo"];
 
 /// `HelloSequence`: call `SayHello` once per city, in order.
-pub async fn hello_sequence(
-    ctx: OrchestrationContext,
-    cities: Vec<String>,
-) -> Result<Vec<String>, Failure> {
-    let cities = if cities.is_empty() {
-        CITIES.iter().map(|c| c.to_string()).collect()
-    } else {
-        cities
-    };
+pub async fn hello_sequence(ctx: OrchestrationContext, cities: Vec<String>) -> Result<Vec<String>, Failure> {
+    let cities = if cities.is_empty() { CITIES.iter().map(|c| c.to_string()).collect() } else { cities };
     let mut greetings = Vec::with_capacity(cities.len());
     for city in cities {
         greetings.push(ctx.call_activity::<_, String>("SayHello", city).await?);
@@ -34,9 +27,7 @@ pub async fn hello_sequence(
 
 /// `FanOut`: call `Square` for 0..n at once, then sum the results.
 pub async fn fan_out(ctx: OrchestrationContext, n: u64) -> Result<u64, Failure> {
-    let calls = (0..n)
-        .map(|i| ctx.call_activity::<_, u64>("Square", i))
-        .collect();
+    let calls = (0..n).map(|i| ctx.call_activity::<_, u64>("Square", i)).collect();
     let mut sum = 0;
     for result in when_all(calls).await {
         sum += result?;
@@ -87,39 +78,26 @@ pub struct ApprovalInput {
 /// external `approve` event raced against a one-hour timer, and a `HelloSequence` child.
 pub async fn approval(ctx: OrchestrationContext, input: ApprovalInput) -> Result<String, Failure> {
     let policy = RetryPolicy::new(5, Duration::from_secs(1)).only_kinds(["Transient"]);
-    let checked: String = ctx
-        .call_activity_with_retry("Flaky", &input.counter, policy)
-        .await?;
+    let checked: String = ctx.call_activity_with_retry("Flaky", &input.counter, policy).await?;
     let counter = InstanceId::entity("Counter", input.counter.clone());
     ctx.signal_entity(&counter, "add", input.amount)?;
     ctx.set_custom_status(&"waiting for approval");
-    let approved = match when_any2(
-        ctx.wait_for_event::<bool>("approve"),
-        ctx.create_timer_after(Duration::from_secs(3600)),
-    )
-    .await
-    {
-        Either::Left(answer) => answer?,
-        Either::Right(()) => false,
-    };
+    let approved =
+        match when_any2(ctx.wait_for_event::<bool>("approve"), ctx.create_timer_after(Duration::from_secs(3600))).await
+        {
+            Either::Left(answer) => answer?,
+            Either::Right(()) => false,
+        };
     let value: i64 = ctx.call_entity(&counter, "get", ()).await?;
-    let hello: Vec<String> = ctx
-        .call_sub_orchestration("HelloSequence", vec![input.counter.clone()])
-        .await?;
+    let hello: Vec<String> = ctx.call_sub_orchestration("HelloSequence", vec![input.counter.clone()]).await?;
     ctx.set_custom_status(&"done");
-    Ok(format!(
-        "{checked}|approved={approved}|value={value}|{}",
-        hello.join(",")
-    ))
+    Ok(format!("{checked}|approved={approved}|value={value}|{}", hello.join(",")))
 }
 
 /// The expected output of `Approval` when the `approve` event is `true` and nothing else adds
 /// to its counter.
 pub fn approval_expected(input: &ApprovalInput) -> String {
-    format!(
-        "ok:{}|approved=true|value={}|Hello {}!",
-        input.counter, input.amount, input.counter
-    )
+    format!("ok:{}|approved=true|value={}|Hello {}!", input.counter, input.amount, input.counter)
 }
 
 /// `Ticker`: each generation waits for one `tick` event, then continues as new, until `target`
@@ -151,10 +129,7 @@ pub fn account() -> EntityType<Account> {
         })
         .operation("deposit", |a: &mut Account, _, amount: i64| {
             if amount < 0 {
-                return Err(Failure::new(
-                    "InvalidAmount",
-                    format!("cannot deposit {amount}"),
-                ));
+                return Err(Failure::new("InvalidAmount", format!("cannot deposit {amount}")));
             }
             a.balance += amount;
             Ok(a.balance)
@@ -201,17 +176,11 @@ pub enum TransferOutcome {
 /// The withdrawal and the deposit are sent as two signals in the same step (under the lock), so
 /// they are committed together: a transfer terminated mid-section has moved either nothing or
 /// everything.
-pub async fn transfer(
-    ctx: OrchestrationContext,
-    input: TransferInput,
-) -> Result<TransferOutcome, Failure> {
+pub async fn transfer(ctx: OrchestrationContext, input: TransferInput) -> Result<TransferOutcome, Failure> {
     let from = InstanceId::entity("Account", input.from.clone());
     let to = InstanceId::entity("Account", input.to.clone());
     if from == to || input.amount <= 0 {
-        return Err(Failure::new(
-            "InvalidTransfer",
-            format!("cannot move {} from {from} to {to}", input.amount),
-        ));
+        return Err(Failure::new("InvalidTransfer", format!("cannot move {} from {from} to {to}", input.amount)));
     }
     let guard = ctx.lock(&[from.clone(), to.clone()]).await?;
     let balance: i64 = ctx.call_entity(&from, "balance", ()).await?;
@@ -232,23 +201,15 @@ pub fn register(registry: Registry) -> Registry {
         .orchestration("FanOut", fan_out)
         .orchestration("Approval", approval)
         .orchestration("Ticker", ticker)
-        .activity("SayHello", |city: String| async move {
-            Ok::<_, Failure>(format!("Hello {city}!"))
-        })
+        .activity("SayHello", |city: String| async move { Ok::<_, Failure>(format!("Hello {city}!")) })
         .activity("Square", |i: u64| async move { Ok::<_, Failure>(i * i) })
-        .activity_with_context(
-            "Flaky",
-            |ctx: crate::context::ActivityContext, key: String| async move {
-                if ctx.attempt < 3 {
-                    Err(Failure::new(
-                        "Transient",
-                        format!("attempt {} of {key} fails", ctx.attempt),
-                    ))
-                } else {
-                    Ok(format!("ok:{key}"))
-                }
-            },
-        )
+        .activity_with_context("Flaky", |ctx: crate::context::ActivityContext, key: String| async move {
+            if ctx.attempt < 3 {
+                Err(Failure::new("Transient", format!("attempt {} of {key} fails", ctx.attempt)))
+            } else {
+                Ok(format!("ok:{key}"))
+            }
+        })
         .orchestration("Transfer", transfer)
         .entity("Counter", counter())
         .entity("Account", account())

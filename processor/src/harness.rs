@@ -103,12 +103,7 @@ impl Harness {
 
     fn client_event(&mut self, target: String, body: Event) -> Envelope {
         self.client_events += 1;
-        let mut e = Envelope::new(
-            format!("client-{}", self.client_events),
-            target,
-            self.now,
-            body,
-        );
+        let mut e = Envelope::new(format!("client-{}", self.client_events), target, self.now, body);
         e.source = Some("client:test".into());
         e
     }
@@ -116,46 +111,24 @@ impl Harness {
     /// A client's start of orchestration `name` with `key` (not delivered yet).
     pub fn start<I: Serialize>(&mut self, name: &str, key: &str, input: I) -> Envelope {
         let target = InstanceId::orchestration(name, key).canonical();
-        self.client_event(
-            target,
-            Event::StartOrchestration {
-                input: Payload::json(&input).expect("input serializes"),
-            },
-        )
+        self.client_event(target, Event::StartOrchestration { input: Payload::json(&input).expect("input serializes") })
     }
 
     /// A client's signal to an entity (not delivered yet).
     pub fn signal<I: Serialize>(&mut self, entity: &InstanceId, op: &str, input: I) -> Envelope {
         let input = Payload::json(&input).expect("input serializes");
-        self.client_event(
-            entity.canonical(),
-            Event::EntityOperation {
-                operation: op.into(),
-                input,
-            },
-        )
+        self.client_event(entity.canonical(), Event::EntityOperation { operation: op.into(), input })
     }
 
     /// A client's external event for an orchestration (not delivered yet).
     pub fn raise<I: Serialize>(&mut self, orchestration: &str, name: &str, payload: I) -> Envelope {
         let payload = Payload::json(&payload).expect("payload serializes");
-        self.client_event(
-            orchestration.to_owned(),
-            Event::RaiseEvent {
-                name: name.into(),
-                payload,
-            },
-        )
+        self.client_event(orchestration.to_owned(), Event::RaiseEvent { name: name.into(), payload })
     }
 
     /// A client's terminate request (not delivered yet).
     pub fn terminate(&mut self, orchestration: &str, reason: &str) -> Envelope {
-        self.client_event(
-            orchestration.to_owned(),
-            Event::Terminate {
-                reason: reason.into(),
-            },
-        )
+        self.client_event(orchestration.to_owned(), Event::Terminate { reason: reason.into() })
     }
 
     /// Deliver one event to its target instance; what it emits becomes pending.
@@ -165,65 +138,37 @@ impl Harness {
 
     /// Deliver several events for the same instance as one step.
     pub fn deliver_batch(&mut self, envelopes: Vec<Envelope>) -> StepOutput {
-        let deliveries = envelopes
-            .into_iter()
-            .map(|envelope| Delivery {
-                envelope,
-                offset: None,
-            })
-            .collect();
+        let deliveries = envelopes.into_iter().map(|envelope| Delivery { envelope, offset: None }).collect();
         self.step(deliveries)
     }
 
     /// Deliver events with explicit Kafka offsets (to test redelivery).
     pub fn deliver_at_offsets(&mut self, deliveries: Vec<(Envelope, i64)>) -> StepOutput {
         self.step(
-            deliveries
-                .into_iter()
-                .map(|(envelope, offset)| Delivery {
-                    envelope,
-                    offset: Some(offset),
-                })
-                .collect(),
+            deliveries.into_iter().map(|(envelope, offset)| Delivery { envelope, offset: Some(offset) }).collect(),
         )
     }
 
     fn step(&mut self, deliveries: Vec<Delivery>) -> StepOutput {
-        let target = deliveries
-            .first()
-            .expect("at least one delivery")
-            .envelope
-            .target
-            .clone();
+        let target = deliveries.first().expect("at least one delivery").envelope.target.clone();
         let id = InstanceId::parse(&target).unwrap_or_else(|e| panic!("{target}: {e}"));
         assert!(
             id.kind() != Kind::Activity,
             "{target} is an activity invocation: use run_activity or reply_to_activity"
         );
         let record = self.records.get(&target).cloned();
-        let output = self.engine.step(
-            &id,
-            record,
-            StepInput {
-                deliveries,
-                now: self.now,
-                partition: None,
-            },
-        );
+        let output = self.engine.step(&id, record, StepInput { deliveries, now: self.now, partition: None });
         if output.changed {
             self.records.insert(target, output.record.clone());
         }
         for effect in &output.effects {
             match effect {
                 Effect::Emit(e) => self.pending.push_back(e.clone()),
-                Effect::Delay { fire_at, envelope } => {
-                    self.timers.push((*fire_at, envelope.clone()))
-                }
+                Effect::Delay { fire_at, envelope } => self.timers.push((*fire_at, envelope.clone())),
                 Effect::StateChanged(_) => {}
             }
         }
-        self.dead_letters
-            .extend(output.dead_letters.iter().cloned());
+        self.dead_letters.extend(output.dead_letters.iter().cloned());
         output
     }
 
@@ -242,14 +187,8 @@ impl Harness {
     }
 
     /// The reply an activity request would get with `result`, without running anything.
-    pub fn reply_to_activity(
-        &self,
-        request: &Envelope,
-        result: Result<Payload, Failure>,
-    ) -> Envelope {
-        ActivityRequest::parse(request)
-            .unwrap_or_else(|e| panic!("{e}"))
-            .reply(result, self.now)
+    pub fn reply_to_activity(&self, request: &Envelope, result: Result<Payload, Failure>) -> Envelope {
+        ActivityRequest::parse(request).unwrap_or_else(|e| panic!("{e}")).reply(result, self.now)
     }
 
     /// The pending (emitted, undelivered) events, in emission order.
@@ -300,9 +239,8 @@ impl Harness {
                 } else {
                     self.deliver(e);
                 }
-            } else if let Some(i) = (0..self.timers.len())
-                .filter(|&i| self.timers[i].0 <= time)
-                .min_by_key(|&i| self.timers[i].0)
+            } else if let Some(i) =
+                (0..self.timers.len()).filter(|&i| self.timers[i].0 <= time).min_by_key(|&i| self.timers[i].0)
             {
                 let timer = self.timers.remove(i);
                 self.fire(timer);
@@ -320,9 +258,7 @@ impl Harness {
 
     /// An orchestration's status.
     pub fn status(&self, id: &str) -> Option<&OrchestrationStatus> {
-        self.record(id)
-            .and_then(|r| r.orchestration())
-            .map(|h| &h.status)
+        self.record(id).and_then(|r| r.orchestration()).map(|h| &h.status)
     }
 
     /// A completed orchestration's output, decoded.
@@ -335,12 +271,7 @@ impl Harness {
 
     /// An entity's state, decoded.
     pub fn entity_state<T: DeserializeOwned>(&self, id: &InstanceId) -> Option<T> {
-        self.record(&id.canonical())?
-            .entity()?
-            .state
-            .as_ref()?
-            .decode()
-            .ok()
+        self.record(&id.canonical())?.entity()?.state.as_ref()?.decode().ok()
     }
 
     /// Every dead letter so far.

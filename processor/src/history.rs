@@ -114,9 +114,7 @@ impl InstanceRecord {
     /// Read a stored blob.
     pub fn from_blob(blob: &[u8]) -> Result<Self, BlobError> {
         match blob.first() {
-            Some(&BLOB_FORMAT) => {
-                postcard::from_bytes(&blob[1..]).map_err(|e| BlobError::Corrupt(e.to_string()))
-            }
+            Some(&BLOB_FORMAT) => postcard::from_bytes(&blob[1..]).map_err(|e| BlobError::Corrupt(e.to_string())),
             Some(&other) => Err(BlobError::UnknownFormat(other)),
             None => Err(BlobError::Corrupt("empty blob".into())),
         }
@@ -370,12 +368,7 @@ pub struct HeldLocks {
 
 impl OrchestrationHistory {
     /// A fresh generation.
-    pub fn start(
-        input: Payload,
-        reply_to: Option<ReplyAddress>,
-        generation: u32,
-        now: i64,
-    ) -> Self {
+    pub fn start(input: Payload, reply_to: Option<ReplyAddress>, generation: u32, now: i64) -> Self {
         Self {
             status: OrchestrationStatus::Running,
             generation,
@@ -428,15 +421,9 @@ mod tests {
             id,
             "entity:Counter:c",
             0,
-            Event::EntityOperation {
-                operation: "add".into(),
-                input: Payload::null(),
-            },
+            Event::EntityOperation { operation: "add".into(), input: Payload::null() },
         );
-        e.origin = origin.map(|(s, seq)| Origin {
-            stream: s.into(),
-            seq,
-        });
+        e.origin = origin.map(|(s, seq)| Origin { stream: s.into(), seq });
         e
     }
 
@@ -452,26 +439,11 @@ mod tests {
     #[test]
     fn origin_watermarks_are_per_stream() {
         let mut d = Dedup::default();
-        assert_eq!(
-            d.admit(&signal("x1", Some(("p1", 10))), None),
-            Admission::New
-        );
-        assert_eq!(
-            d.admit(&signal("x2", Some(("p2", 3))), None),
-            Admission::New
-        );
-        assert_eq!(
-            d.admit(&signal("x1-again", Some(("p1", 10))), None),
-            Admission::Duplicate
-        );
-        assert_eq!(
-            d.admit(&signal("x3", Some(("p1", 11))), None),
-            Admission::New
-        );
-        assert_eq!(
-            d.admit(&signal("x4", Some(("t1", 1))), None),
-            Admission::New
-        );
+        assert_eq!(d.admit(&signal("x1", Some(("p1", 10))), None), Admission::New);
+        assert_eq!(d.admit(&signal("x2", Some(("p2", 3))), None), Admission::New);
+        assert_eq!(d.admit(&signal("x1-again", Some(("p1", 10))), None), Admission::Duplicate);
+        assert_eq!(d.admit(&signal("x3", Some(("p1", 11))), None), Admission::New);
+        assert_eq!(d.admit(&signal("x4", Some(("t1", 1))), None), Admission::New);
         assert_eq!(d.watermarks.len(), 3);
     }
 
@@ -497,15 +469,9 @@ mod tests {
             "r",
             "orch:O:o",
             0,
-            Event::ActivityCompleted {
-                correlation: "0.1".into(),
-                result: Payload::null(),
-            },
+            Event::ActivityCompleted { correlation: "0.1".into(), result: Payload::null() },
         );
-        reply.origin = Some(Origin {
-            stream: "p0".into(),
-            seq: 1,
-        });
+        reply.origin = Some(Origin { stream: "p0".into(), seq: 1 });
         assert_eq!(d.admit(&reply, None), Admission::New);
         assert_eq!(d.admit(&reply, None), Admission::New);
         assert!(d.watermarks.is_empty());
@@ -514,24 +480,12 @@ mod tests {
     #[test]
     fn blobs_round_trip_and_reject_garbage() {
         let mut r = InstanceRecord::new("entity:Counter:c", 7);
-        r.body = Body::Entity(EntityState {
-            state: Some(Payload::json(&3).unwrap()),
-            ..Default::default()
-        });
+        r.body = Body::Entity(EntityState { state: Some(Payload::json(&3).unwrap()), ..Default::default() });
         r.dedup.admit(&signal("a", Some(("p1", 1))), Some(9));
         let blob = r.to_blob();
         assert_eq!(InstanceRecord::from_blob(&blob).unwrap(), r);
-        assert!(matches!(
-            InstanceRecord::from_blob(&[]),
-            Err(BlobError::Corrupt(_))
-        ));
-        assert!(matches!(
-            InstanceRecord::from_blob(&[9, 1, 2]),
-            Err(BlobError::UnknownFormat(9))
-        ));
-        assert!(matches!(
-            InstanceRecord::from_blob(&blob[..blob.len() / 2]),
-            Err(BlobError::Corrupt(_))
-        ));
+        assert!(matches!(InstanceRecord::from_blob(&[]), Err(BlobError::Corrupt(_))));
+        assert!(matches!(InstanceRecord::from_blob(&[9, 1, 2]), Err(BlobError::UnknownFormat(9))));
+        assert!(matches!(InstanceRecord::from_blob(&blob[..blob.len() / 2]), Err(BlobError::Corrupt(_))));
     }
 }

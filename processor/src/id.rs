@@ -64,9 +64,7 @@ pub enum IdError {
 pub fn validate_name(name: &str) -> Result<(), IdError> {
     let ok = !name.is_empty()
         && name.len() <= 128
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
     if ok {
         Ok(())
     } else {
@@ -113,11 +111,8 @@ fn unescape_key(escaped: &str) -> Result<String, IdError> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = escaped
-                .get(i + 1..i + 3)
-                .ok_or_else(|| IdError::InvalidEscape(escaped.to_owned()))?;
-            let b = u8::from_str_radix(hex, 16)
-                .map_err(|_| IdError::InvalidEscape(escaped.to_owned()))?;
+            let hex = escaped.get(i + 1..i + 3).ok_or_else(|| IdError::InvalidEscape(escaped.to_owned()))?;
+            let b = u8::from_str_radix(hex, 16).map_err(|_| IdError::InvalidEscape(escaped.to_owned()))?;
             out.push(b);
             i += 3;
         } else {
@@ -132,11 +127,7 @@ impl InstanceId {
     /// An id of `kind` with a validated `name` and any `key`.
     pub fn new(kind: Kind, name: &str, key: impl Into<String>) -> Result<Self, IdError> {
         validate_name(name)?;
-        Ok(Self {
-            kind,
-            name: name.to_owned(),
-            key: key.into(),
-        })
+        Ok(Self { kind, name: name.to_owned(), key: key.into() })
     }
 
     /// An orchestration id. Panics on an invalid name (use [`InstanceId::new`] for user input).
@@ -272,10 +263,7 @@ mod tests {
             (b"foobar", -790332482),
             (b"a-little-bit-long-string", -985981536),
             (b"a-little-bit-longer-string", -1486304829),
-            (
-                b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
-                -58897971,
-            ),
+            (b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58897971),
             (b"abc", 479470107),
         ];
         for (data, expected) in cases {
@@ -294,26 +282,11 @@ mod tests {
 
     #[test]
     fn bad_ids_say_what_is_wrong() {
-        assert_eq!(
-            InstanceId::parse("Counter"),
-            Err(IdError::Malformed("Counter".into()))
-        );
-        assert_eq!(
-            InstanceId::parse("thing:Counter:x"),
-            Err(IdError::UnknownKind("thing".into()))
-        );
-        assert_eq!(
-            InstanceId::parse("entity:Count er:x"),
-            Err(IdError::InvalidName("Count er".into()))
-        );
-        assert!(matches!(
-            InstanceId::parse("entity:C:%zz"),
-            Err(IdError::InvalidEscape(_))
-        ));
-        assert!(matches!(
-            InstanceId::parse("entity:C:%ff"),
-            Err(IdError::InvalidEscape(_))
-        ));
+        assert_eq!(InstanceId::parse("Counter"), Err(IdError::Malformed("Counter".into())));
+        assert_eq!(InstanceId::parse("thing:Counter:x"), Err(IdError::UnknownKind("thing".into())));
+        assert_eq!(InstanceId::parse("entity:Count er:x"), Err(IdError::InvalidName("Count er".into())));
+        assert!(matches!(InstanceId::parse("entity:C:%zz"), Err(IdError::InvalidEscape(_))));
+        assert!(matches!(InstanceId::parse("entity:C:%ff"), Err(IdError::InvalidEscape(_))));
     }
 
     proptest! {

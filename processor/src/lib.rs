@@ -31,8 +31,8 @@ pub mod registry;
 pub mod store;
 
 pub use context::{
-    when_all, when_any, when_any2, ActivityContext, Either, EntityContext, EntityType,
-    OrchestrationContext, RetryPolicy,
+    when_all, when_any, when_any2, ActivityContext, Either, EntityContext, EntityType, OrchestrationContext,
+    RetryPolicy,
 };
 pub use durable_schemas::{Envelope, Event, Failure, Payload};
 pub use effect::{Effect, StateChange};

@@ -17,8 +17,7 @@ pub type OrchestrationFuture = Pin<Box<dyn Future<Output = Result<Payload, Failu
 /// The future of one activity run (run by the runtime, may do I/O).
 pub type ActivityFuture = Pin<Box<dyn Future<Output = Result<Payload, Failure>> + Send>>;
 
-type OrchestrationFn =
-    Arc<dyn Fn(OrchestrationContext, Payload) -> OrchestrationFuture + Send + Sync>;
+type OrchestrationFn = Arc<dyn Fn(OrchestrationContext, Payload) -> OrchestrationFuture + Send + Sync>;
 type ActivityFn = Arc<dyn Fn(ActivityContext, Payload) -> ActivityFuture + Send + Sync>;
 
 /// Handlers by name. Build it once with the builder methods and share it (`Arc`).
@@ -33,12 +32,9 @@ pub struct Registry {
 }
 
 fn decode_input<I: DeserializeOwned>(what: &str, input: &Payload) -> Result<I, Failure> {
-    input.decode().map_err(|e| {
-        Failure::new(
-            "DeserializationError",
-            format!("input of {what}: {e} (payload {input:?})"),
-        )
-    })
+    input
+        .decode()
+        .map_err(|e| Failure::new("DeserializationError", format!("input of {what}: {e} (payload {input:?})")))
 }
 
 fn encode_output<O: Serialize>(output: &O) -> Result<Payload, Failure> {
@@ -133,12 +129,7 @@ impl Registry {
 
     /// Start running activity `name` (the runtime awaits the future), or `None` if no activity
     /// of that name is registered.
-    pub fn run_activity(
-        &self,
-        name: &str,
-        ctx: ActivityContext,
-        input: Payload,
-    ) -> Option<ActivityFuture> {
+    pub fn run_activity(&self, name: &str, ctx: ActivityContext, input: Payload) -> Option<ActivityFuture> {
         self.activities.get(name).map(|f| f(ctx, input))
     }
 

@@ -87,11 +87,7 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// Instance blobs and timers (see the module docs for the contract).
 pub trait Store: Send + Sync + 'static {
     /// Load the blobs of `ids` (all in `partition`), in order.
-    fn load(
-        &self,
-        partition: u32,
-        ids: &[String],
-    ) -> impl Future<Output = StoreResult<Vec<Option<Stored>>>> + Send;
+    fn load(&self, partition: u32, ids: &[String]) -> impl Future<Output = StoreResult<Vec<Option<Stored>>>> + Send;
 
     /// Apply the writes, each atomically and independently; outcomes in order.
     fn commit(
@@ -109,15 +105,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = StoreResult<Vec<ReleasedTimer>>> + Send;
 
     /// Forget released timers with seq ≤ `up_to_seq` (they were produced).
-    fn ack_timers(
-        &self,
-        partition: u32,
-        up_to_seq: i64,
-    ) -> impl Future<Output = StoreResult<()>> + Send;
+    fn ack_timers(&self, partition: u32, up_to_seq: i64) -> impl Future<Output = StoreResult<()>> + Send;
 
     /// Fire time of the earliest parked timer of `partition`, and how many are parked.
-    fn timer_backlog(
-        &self,
-        partition: u32,
-    ) -> impl Future<Output = StoreResult<(Option<i64>, usize)>> + Send;
+    fn timer_backlog(&self, partition: u32) -> impl Future<Output = StoreResult<(Option<i64>, usize)>> + Send;
 }

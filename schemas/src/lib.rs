@@ -65,18 +65,12 @@ pub struct Payload {
 impl Payload {
     /// Serialize `value` as JSON.
     pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<Self, serde_json::Error> {
-        Ok(Self {
-            content_type: JSON.to_owned(),
-            data: serde_json::to_vec(value)?,
-        })
+        Ok(Self { content_type: JSON.to_owned(), data: serde_json::to_vec(value)? })
     }
 
     /// The JSON `null` payload (what a unit result is sent as).
     pub fn null() -> Self {
-        Self {
-            content_type: JSON.to_owned(),
-            data: b"null".to_vec(),
-        }
+        Self { content_type: JSON.to_owned(), data: b"null".to_vec() }
     }
 
     /// Deserialize a JSON payload into `T`.
@@ -108,11 +102,7 @@ pub struct Failure {
 impl Failure {
     /// A failure of `kind` with `message` and no details.
     pub fn new(kind: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            kind: kind.into(),
-            message: message.into(),
-            details: None,
-        }
+        Self { kind: kind.into(), message: message.into(), details: None }
     }
 }
 
@@ -158,72 +148,37 @@ pub enum Event {
     /// Run the activity named by the target; the reply goes to the surrounding `ReplyTo`.
     ScheduleActivity { input: Payload, attempt: i32 },
     /// An activity's result.
-    ActivityCompleted {
-        correlation: String,
-        result: Payload,
-    },
+    ActivityCompleted { correlation: String, result: Payload },
     /// An activity's failure.
-    ActivityFailed {
-        correlation: String,
-        failure: Failure,
-    },
+    ActivityFailed { correlation: String, failure: Failure },
     /// An external event for `wait_for_event(name)`.
     RaiseEvent { name: String, payload: Payload },
     /// An entity operation: a signal alone, a call inside `ReplyTo`.
     EntityOperation { operation: String, input: Payload },
     /// The reply to an entity call.
-    OperationResult {
-        correlation: String,
-        outcome: std::result::Result<Payload, Failure>,
-    },
+    OperationResult { correlation: String, outcome: std::result::Result<Payload, Failure> },
     /// A finished orchestration's reply to its parent.
-    OrchestrationCompleted {
-        correlation: String,
-        output: Payload,
-    },
+    OrchestrationCompleted { correlation: String, output: Payload },
     /// A failed orchestration's reply to its parent.
-    OrchestrationFailed {
-        correlation: String,
-        failure: Failure,
-    },
+    OrchestrationFailed { correlation: String, failure: Failure },
     /// A durable timer came due.
     TimerFired { correlation: String },
     /// Stop an orchestration now.
     Terminate { reason: String },
     /// Ask an entity to join the owner's critical section.
-    LockRequest {
-        owner: String,
-        correlation: String,
-        participants: Vec<String>,
-        position: i32,
-    },
+    LockRequest { owner: String, correlation: String, participants: Vec<String>, position: i32 },
     /// The whole lock set is held.
-    LockGranted {
-        correlation: String,
-        participants: Vec<String>,
-    },
+    LockGranted { correlation: String, participants: Vec<String> },
     /// The owner leaves its critical section.
     LockRelease { owner: String, correlation: String },
     /// Deliver `inner` at `fire_at` (ms since epoch).
     WithDelay { fire_at: i64, inner: Box<Event> },
     /// Reply to `inner` goes to `address`, quoting `correlation`.
-    ReplyTo {
-        address: String,
-        correlation: String,
-        inner: Box<Event>,
-    },
+    ReplyTo { address: String, correlation: String, inner: Box<Event> },
     /// `inner` was sent from inside `owner`'s critical section over `participants`.
-    WithLock {
-        owner: String,
-        participants: Vec<String>,
-        inner: Box<Event>,
-    },
+    WithLock { owner: String, participants: Vec<String>, inner: Box<Event> },
     /// `inner` was sent on behalf of `user` with `roles`.
-    WithPrincipal {
-        user: String,
-        roles: Vec<String>,
-        inner: Box<Event>,
-    },
+    WithPrincipal { user: String, roles: Vec<String>, inner: Box<Event> },
 }
 
 impl Event {
@@ -266,30 +221,15 @@ impl Event {
     pub fn is_wrapper(&self) -> bool {
         matches!(
             self,
-            Event::WithDelay { .. }
-                | Event::ReplyTo { .. }
-                | Event::WithLock { .. }
-                | Event::WithPrincipal { .. }
+            Event::WithDelay { .. } | Event::ReplyTo { .. } | Event::WithLock { .. } | Event::WithPrincipal { .. }
         )
     }
 }
 
 impl Envelope {
     /// An envelope with no source and no origin.
-    pub fn new(
-        id: impl Into<String>,
-        target: impl Into<String>,
-        timestamp: i64,
-        body: Event,
-    ) -> Self {
-        Self {
-            id: id.into(),
-            target: target.into(),
-            source: None,
-            origin: None,
-            timestamp,
-            body,
-        }
+    pub fn new(id: impl Into<String>, target: impl Into<String>, timestamp: i64, body: Event) -> Self {
+        Self { id: id.into(), target: target.into(), source: None, origin: None, timestamp, body }
     }
 
     /// Encode with the current schema (single-object encoding).
@@ -343,10 +283,7 @@ static CURRENT: LazyLock<Codec> =
 /// The CRC-64-AVRO fingerprint of a schema, as the 8 bytes single-object encoding puts on the wire.
 pub fn fingerprint(schema: &Schema) -> [u8; 8] {
     let fp = schema.fingerprint::<Rabin>();
-    fp.bytes
-        .as_slice()
-        .try_into()
-        .expect("Rabin fingerprints are 8 bytes")
+    fp.bytes.as_slice().try_into().expect("Rabin fingerprints are 8 bytes")
 }
 
 impl Codec {
@@ -368,12 +305,7 @@ impl Codec {
             let names = value::event_branches(&schema);
             writers.insert(self::fingerprint(&schema), (schema, names));
         }
-        Ok(Self {
-            reader,
-            fingerprint,
-            writers,
-            branches,
-        })
+        Ok(Self { reader, fingerprint, writers, branches })
     }
 
     /// The codec for the shipped schema.
@@ -406,22 +338,16 @@ impl Codec {
             return Err(DecodeError::NotSingleObject);
         }
         let fp: [u8; 8] = bytes[2..10].try_into().expect("checked length");
-        let (writer, branches) =
-            self.writers
-                .get(&fp)
-                .ok_or_else(|| DecodeError::UnknownSchema {
-                    fingerprint: fp.iter().map(|b| format!("{b:02x}")).collect(),
-                })?;
+        let (writer, branches) = self.writers.get(&fp).ok_or_else(|| DecodeError::UnknownSchema {
+            fingerprint: fp.iter().map(|b| format!("{b:02x}")).collect(),
+        })?;
         let mut rest = &bytes[10..];
         let datum = GenericDatumReader::builder(writer)
             .build()
             .and_then(|r| r.read_value(&mut rest))
             .map_err(|e| DecodeError::Malformed(e.to_string()))?;
         if !rest.is_empty() {
-            return Err(DecodeError::Malformed(format!(
-                "{} trailing bytes after the datum",
-                rest.len()
-            )));
+            return Err(DecodeError::Malformed(format!("{} trailing bytes after the datum", rest.len())));
         }
         value::envelope_from_value(datum, branches)
     }

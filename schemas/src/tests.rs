@@ -6,10 +6,7 @@ use proptest::prelude::*;
 use super::*;
 
 fn p(json: &str) -> Payload {
-    Payload {
-        content_type: JSON.into(),
-        data: json.as_bytes().to_vec(),
-    }
+    Payload { content_type: JSON.into(), data: json.as_bytes().to_vec() }
 }
 
 /// Golden vectors: one envelope of every event type, checked in as hex under `golden/`.
@@ -23,36 +20,20 @@ fn golden_cases() -> Vec<(&'static str, Envelope)> {
         Event::ReplyTo {
             address: "orch:Hello:h1".into(),
             correlation: "0.2".into(),
-            inner: Box::new(Event::ScheduleActivity {
-                input: p("\"Tokyo\""),
-                attempt: 1,
-            }),
+            inner: Box::new(Event::ScheduleActivity { input: p("\"Tokyo\""), attempt: 1 }),
         },
     );
     with_origin.source = Some("orch:Hello:h1".into());
-    with_origin.origin = Some(Origin {
-        stream: "p3".into(),
-        seq: 42 << 20,
-    });
+    with_origin.origin = Some(Origin { stream: "p3".into(), seq: 42 << 20 });
     vec![
-        (
-            "start_orchestration",
-            env(
-                "c-1",
-                "orch:HelloSequence:h1",
-                Event::StartOrchestration { input: p("null") },
-            ),
-        ),
+        ("start_orchestration", env("c-1", "orch:HelloSequence:h1", Event::StartOrchestration { input: p("null") })),
         ("schedule_activity_reply_to", with_origin),
         (
             "activity_completed",
             env(
                 "a-1",
                 "orch:Hello:h1",
-                Event::ActivityCompleted {
-                    correlation: "0.2".into(),
-                    result: p("\"Hello Tokyo\""),
-                },
+                Event::ActivityCompleted { correlation: "0.2".into(), result: p("\"Hello Tokyo\"") },
             ),
         ),
         (
@@ -72,25 +53,11 @@ fn golden_cases() -> Vec<(&'static str, Envelope)> {
         ),
         (
             "raise_event",
-            env(
-                "c-2",
-                "orch:Approval:a1",
-                Event::RaiseEvent {
-                    name: "approved".into(),
-                    payload: p("true"),
-                },
-            ),
+            env("c-2", "orch:Approval:a1", Event::RaiseEvent { name: "approved".into(), payload: p("true") }),
         ),
         (
             "entity_signal",
-            env(
-                "c-3",
-                "entity:Counter:c1",
-                Event::EntityOperation {
-                    operation: "add".into(),
-                    input: p("5"),
-                },
-            ),
+            env("c-3", "entity:Counter:c1", Event::EntityOperation { operation: "add".into(), input: p("5") }),
         ),
         (
             "operation_result_err",
@@ -105,24 +72,14 @@ fn golden_cases() -> Vec<(&'static str, Envelope)> {
         ),
         (
             "operation_result_ok",
-            env(
-                "e-2",
-                "orch:Transfer:t1",
-                Event::OperationResult {
-                    correlation: "0.5".into(),
-                    outcome: Ok(p("17")),
-                },
-            ),
+            env("e-2", "orch:Transfer:t1", Event::OperationResult { correlation: "0.5".into(), outcome: Ok(p("17")) }),
         ),
         (
             "orchestration_completed",
             env(
                 "o-1",
                 "orch:Parent:p1",
-                Event::OrchestrationCompleted {
-                    correlation: "1.0".into(),
-                    output: p("[1,2]"),
-                },
+                Event::OrchestrationCompleted { correlation: "1.0".into(), output: p("[1,2]") },
             ),
         ),
         (
@@ -143,22 +100,11 @@ fn golden_cases() -> Vec<(&'static str, Envelope)> {
                 "orch:Parent:p1",
                 Event::WithDelay {
                     fire_at: t + 60_000,
-                    inner: Box::new(Event::TimerFired {
-                        correlation: "0.7".into(),
-                    }),
+                    inner: Box::new(Event::TimerFired { correlation: "0.7".into() }),
                 },
             ),
         ),
-        (
-            "terminate",
-            env(
-                "c-4",
-                "orch:Parent:p1",
-                Event::Terminate {
-                    reason: "by admin".into(),
-                },
-            ),
-        ),
+        ("terminate", env("c-4", "orch:Parent:p1", Event::Terminate { reason: "by admin".into() })),
         (
             "lock_request",
             env(
@@ -188,10 +134,7 @@ fn golden_cases() -> Vec<(&'static str, Envelope)> {
             env(
                 "o-6",
                 "entity:Account:a",
-                Event::LockRelease {
-                    owner: "orch:Transfer:t1".into(),
-                    correlation: "0.1".into(),
-                },
+                Event::LockRelease { owner: "orch:Transfer:t1".into(), correlation: "0.1".into() },
             ),
         ),
         (
@@ -205,10 +148,7 @@ fn golden_cases() -> Vec<(&'static str, Envelope)> {
                     inner: Box::new(Event::WithLock {
                         owner: "orch:Transfer:t1".into(),
                         participants: vec!["entity:Account:a".into()],
-                        inner: Box::new(Event::EntityOperation {
-                            operation: "balance".into(),
-                            input: p("null"),
-                        }),
+                        inner: Box::new(Event::EntityOperation { operation: "balance".into(), input: p("null") }),
                     }),
                 },
             ),
@@ -232,18 +172,10 @@ fn golden_vectors_decode_and_reencode_byte_for_byte() {
             std::fs::create_dir_all(golden_dir()).unwrap();
             std::fs::write(&path, hex::encode(&bytes) + "\n").unwrap();
         }
-        let text =
-            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let stored = hex::decode(text.trim()).unwrap();
-        assert_eq!(
-            Envelope::decode(&stored).unwrap(),
-            envelope,
-            "{name} decodes to the expected envelope"
-        );
-        assert_eq!(
-            stored, bytes,
-            "{name}: encoding changed; bless only for a deliberate schema change"
-        );
+        assert_eq!(Envelope::decode(&stored).unwrap(), envelope, "{name} decodes to the expected envelope");
+        assert_eq!(stored, bytes, "{name}: encoding changed; bless only for a deliberate schema change");
         index.push(name);
     }
     assert_eq!(index.len(), 16);
@@ -255,8 +187,7 @@ fn header_is_the_same_as_apache_avros_single_object_writer() {
     let (_, envelope) = golden_cases().remove(5);
     let ours = envelope.encode();
     let value = value::envelope_to_value(&envelope, &value::event_branches(&schema));
-    let mut writer =
-        apache_avro::GenericSingleObjectWriter::new_with_capacity(&schema, 256).unwrap();
+    let mut writer = apache_avro::GenericSingleObjectWriter::new_with_capacity(&schema, 256).unwrap();
     let mut theirs = Vec::new();
     writer.write_value(value, &mut theirs).unwrap();
     assert_eq!(ours, theirs);
@@ -284,12 +215,9 @@ fn fingerprint_is_rabin_of_the_canonical_form_little_endian() {
 
 fn schema_v2() -> String {
     let mut json: serde_json::Value = serde_json::from_str(ENVELOPE_SCHEMA).unwrap();
-    json["fields"]
-        .as_array_mut()
-        .unwrap()
-        .push(serde_json::json!({
-            "name": "trace_parent", "type": ["null", "string"], "default": null
-        }));
+    json["fields"].as_array_mut().unwrap().push(serde_json::json!({
+        "name": "trace_parent", "type": ["null", "string"], "default": null
+    }));
     json.to_string()
 }
 
@@ -300,25 +228,13 @@ fn old_reader_reads_data_from_a_newer_writer() {
     // A v2 producer writes the new field.
     let mut value = value::envelope_to_value(&envelope, &value::event_branches(&v2));
     if let Value::Record(fields) = &mut value {
-        fields.push((
-            "trace_parent".into(),
-            Value::Union(1, Box::new(Value::String("00-abc-01".into()))),
-        ));
+        fields.push(("trace_parent".into(), Value::Union(1, Box::new(Value::String("00-abc-01".into())))));
     }
     let mut bytes = SINGLE_OBJECT_MAGIC.to_vec();
     bytes.extend_from_slice(&fingerprint(&v2));
-    bytes.extend(
-        GenericDatumWriter::builder(&v2)
-            .build()
-            .unwrap()
-            .write_value_to_vec(value)
-            .unwrap(),
-    );
+    bytes.extend(GenericDatumWriter::builder(&v2).build().unwrap().write_value_to_vec(value).unwrap());
     // The current (v1) reader without v2 registered says which schema it lacks.
-    assert!(matches!(
-        Envelope::decode(&bytes),
-        Err(DecodeError::UnknownSchema { .. })
-    ));
+    assert!(matches!(Envelope::decode(&bytes), Err(DecodeError::UnknownSchema { .. })));
     // Given the writer schema (as a registry lookup would), it resolves and ignores the new field.
     let old_reader = Codec::new(ENVELOPE_SCHEMA, &[&schema_v2()]).unwrap();
     assert_eq!(old_reader.decode(&bytes).unwrap(), envelope);
@@ -337,10 +253,7 @@ fn new_reader_reads_data_from_an_older_writer() {
 #[test]
 fn bad_input_is_a_typed_error_not_a_panic() {
     assert_eq!(Envelope::decode(b""), Err(DecodeError::NotSingleObject));
-    assert_eq!(
-        Envelope::decode(b"{\"json\": true}"),
-        Err(DecodeError::NotSingleObject)
-    );
+    assert_eq!(Envelope::decode(b"{\"json\": true}"), Err(DecodeError::NotSingleObject));
     let mut unknown = SINGLE_OBJECT_MAGIC.to_vec();
     unknown.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8, 0]);
     assert!(
@@ -348,35 +261,22 @@ fn bad_input_is_a_typed_error_not_a_panic() {
     );
     let good = golden_cases().remove(4).1.encode();
     for cut in 10..good.len() {
-        assert!(
-            Envelope::decode(&good[..cut]).is_err(),
-            "truncated at {cut} must not decode"
-        );
+        assert!(Envelope::decode(&good[..cut]).is_err(), "truncated at {cut} must not decode");
     }
     let mut trailing = good.clone();
     trailing.push(0);
-    assert!(matches!(
-        Envelope::decode(&trailing),
-        Err(DecodeError::Malformed(_))
-    ));
+    assert!(matches!(Envelope::decode(&trailing), Err(DecodeError::Malformed(_))));
     // An out-of-range union branch (a newer event type this reader does not know).
     let mut future_branch = good[..10].to_vec();
     let schema = Schema::parse_str(ENVELOPE_SCHEMA).unwrap();
     let datum = GenericDatumWriter::builder(&schema)
         .build()
         .unwrap()
-        .write_value_to_vec(value::envelope_to_value(
-            &golden_cases().remove(4).1,
-            &Codec::current().branches,
-        ))
+        .write_value_to_vec(value::envelope_to_value(&golden_cases().remove(4).1, &Codec::current().branches))
         .unwrap();
     assert_eq!(datum, good[10..]);
     // Rewrite the union index (a zigzag varint right before the RaiseEvent body) to 40.
-    let branch = Codec::current()
-        .branches
-        .iter()
-        .position(|b| b == "RaiseEvent")
-        .unwrap() as u8;
+    let branch = Codec::current().branches.iter().position(|b| b == "RaiseEvent").unwrap() as u8;
     let at = datum.iter().rposition(|&b| b == branch * 2).unwrap();
     let mut datum = datum;
     datum[at] = 80;
@@ -385,20 +285,15 @@ fn bad_input_is_a_typed_error_not_a_panic() {
 }
 
 fn arb_payload() -> impl Strategy<Value = Payload> {
-    (
-        prop_oneof![Just(JSON.to_string()), "[a-z]{1,8}/[a-z]{1,8}"],
-        proptest::collection::vec(any::<u8>(), 0..64),
-    )
+    (prop_oneof![Just(JSON.to_string()), "[a-z]{1,8}/[a-z]{1,8}"], proptest::collection::vec(any::<u8>(), 0..64))
         .prop_map(|(content_type, data)| Payload { content_type, data })
 }
 
 fn arb_failure() -> impl Strategy<Value = Failure> {
-    (".{0,12}", ".{0,24}", proptest::option::of(".{0,24}")).prop_map(|(kind, message, details)| {
-        Failure {
-            kind,
-            message,
-            details,
-        }
+    (".{0,12}", ".{0,24}", proptest::option::of(".{0,24}")).prop_map(|(kind, message, details)| Failure {
+        kind,
+        message,
+        details,
     })
 }
 
@@ -406,53 +301,24 @@ fn arb_core() -> impl Strategy<Value = Event> {
     let s = || ".{0,16}";
     prop_oneof![
         arb_payload().prop_map(|input| Event::StartOrchestration { input }),
-        (arb_payload(), any::<i32>())
-            .prop_map(|(input, attempt)| Event::ScheduleActivity { input, attempt }),
-        (s(), arb_payload()).prop_map(|(correlation, result)| Event::ActivityCompleted {
-            correlation,
-            result
-        }),
-        (s(), arb_failure()).prop_map(|(correlation, failure)| Event::ActivityFailed {
-            correlation,
-            failure
-        }),
+        (arb_payload(), any::<i32>()).prop_map(|(input, attempt)| Event::ScheduleActivity { input, attempt }),
+        (s(), arb_payload()).prop_map(|(correlation, result)| Event::ActivityCompleted { correlation, result }),
+        (s(), arb_failure()).prop_map(|(correlation, failure)| Event::ActivityFailed { correlation, failure }),
         (s(), arb_payload()).prop_map(|(name, payload)| Event::RaiseEvent { name, payload }),
-        (s(), arb_payload())
-            .prop_map(|(operation, input)| Event::EntityOperation { operation, input }),
-        (
-            s(),
-            prop_oneof![arb_payload().prop_map(Ok), arb_failure().prop_map(Err)]
-        )
-            .prop_map(|(correlation, outcome)| Event::OperationResult {
-                correlation,
-                outcome
-            }),
-        (s(), arb_payload()).prop_map(|(correlation, output)| Event::OrchestrationCompleted {
-            correlation,
-            output
-        }),
-        (s(), arb_failure()).prop_map(|(correlation, failure)| Event::OrchestrationFailed {
-            correlation,
-            failure
-        }),
+        (s(), arb_payload()).prop_map(|(operation, input)| Event::EntityOperation { operation, input }),
+        (s(), prop_oneof![arb_payload().prop_map(Ok), arb_failure().prop_map(Err)])
+            .prop_map(|(correlation, outcome)| Event::OperationResult { correlation, outcome }),
+        (s(), arb_payload()).prop_map(|(correlation, output)| Event::OrchestrationCompleted { correlation, output }),
+        (s(), arb_failure()).prop_map(|(correlation, failure)| Event::OrchestrationFailed { correlation, failure }),
         s().prop_map(|correlation| Event::TimerFired { correlation }),
         s().prop_map(|reason| Event::Terminate { reason }),
         (s(), s(), proptest::collection::vec(s(), 0..4), any::<i32>()).prop_map(
             |(owner, correlation, participants, position)| {
-                Event::LockRequest {
-                    owner,
-                    correlation,
-                    participants,
-                    position,
-                }
+                Event::LockRequest { owner, correlation, participants, position }
             }
         ),
-        (s(), proptest::collection::vec(s(), 0..4)).prop_map(|(correlation, participants)| {
-            Event::LockGranted {
-                correlation,
-                participants,
-            }
-        }),
+        (s(), proptest::collection::vec(s(), 0..4))
+            .prop_map(|(correlation, participants)| { Event::LockGranted { correlation, participants } }),
         (s(), s()).prop_map(|(owner, correlation)| Event::LockRelease { owner, correlation }),
     ]
 }
@@ -461,29 +327,16 @@ fn arb_event() -> impl Strategy<Value = Event> {
     arb_core().prop_recursive(4, 16, 1, |inner| {
         let s = || ".{0,16}";
         prop_oneof![
-            (any::<i64>(), inner.clone()).prop_map(|(fire_at, e)| Event::WithDelay {
-                fire_at,
-                inner: Box::new(e)
-            }),
+            (any::<i64>(), inner.clone()).prop_map(|(fire_at, e)| Event::WithDelay { fire_at, inner: Box::new(e) }),
             (s(), s(), inner.clone()).prop_map(|(address, correlation, e)| Event::ReplyTo {
                 address,
                 correlation,
                 inner: Box::new(e)
             }),
-            (s(), proptest::collection::vec(s(), 0..3), inner.clone()).prop_map(
-                |(owner, participants, e)| Event::WithLock {
-                    owner,
-                    participants,
-                    inner: Box::new(e)
-                }
-            ),
-            (s(), proptest::collection::vec(s(), 0..3), inner).prop_map(|(user, roles, e)| {
-                Event::WithPrincipal {
-                    user,
-                    roles,
-                    inner: Box::new(e),
-                }
-            }),
+            (s(), proptest::collection::vec(s(), 0..3), inner.clone())
+                .prop_map(|(owner, participants, e)| Event::WithLock { owner, participants, inner: Box::new(e) }),
+            (s(), proptest::collection::vec(s(), 0..3), inner)
+                .prop_map(|(user, roles, e)| { Event::WithPrincipal { user, roles, inner: Box::new(e) } }),
         ]
     })
 }
@@ -493,9 +346,7 @@ fn arb_envelope() -> impl Strategy<Value = Envelope> {
         ".{0,24}",
         ".{0,24}",
         proptest::option::of(".{0,24}"),
-        proptest::option::of(
-            (".{0,6}", any::<i64>()).prop_map(|(stream, seq)| Origin { stream, seq }),
-        ),
+        proptest::option::of((".{0,6}", any::<i64>()).prop_map(|(stream, seq)| Origin { stream, seq })),
         any::<i64>(),
         arb_event(),
     )
@@ -532,8 +383,7 @@ proptest! {
 /// Written by the Python snippet in schemas/README.md (fastavro 1.13), checked in as produced.
 #[test]
 fn an_event_produced_by_python_fastavro_decodes() {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("golden-foreign/python_fastavro_entity_signal.hex");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("golden-foreign/python_fastavro_entity_signal.hex");
     let bytes = hex::decode(std::fs::read_to_string(path).unwrap().trim()).unwrap();
     let envelope = Envelope::decode(&bytes).unwrap();
     assert_eq!(envelope.target, "entity:Counter:c1");
@@ -542,10 +392,7 @@ fn an_event_produced_by_python_fastavro_decodes() {
         envelope.body,
         Event::EntityOperation {
             operation: "add".into(),
-            input: Payload {
-                content_type: JSON.into(),
-                data: b"5".to_vec()
-            }
+            input: Payload { content_type: JSON.into(), data: b"5".to_vec() }
         }
     );
     assert_eq!(envelope.encode(), bytes, "and we write the same bytes");

@@ -55,30 +55,17 @@ fn strings(items: &[String]) -> Value {
 }
 
 fn payload(p: &Payload) -> Value {
-    rec(vec![
-        ("content_type", string(&p.content_type)),
-        ("data", Value::Bytes(p.data.clone())),
-    ])
+    rec(vec![("content_type", string(&p.content_type)), ("data", Value::Bytes(p.data.clone()))])
 }
 
 fn failure(f: &Failure) -> Value {
-    rec(vec![
-        ("kind", string(&f.kind)),
-        ("message", string(&f.message)),
-        ("details", opt_string(&f.details)),
-    ])
+    rec(vec![("kind", string(&f.kind)), ("message", string(&f.message)), ("details", opt_string(&f.details))])
 }
 
 pub(crate) fn envelope_to_value(e: &Envelope, branches: &[String]) -> Value {
     let origin = match &e.origin {
         None => Value::Union(0, Box::new(Value::Null)),
-        Some(o) => Value::Union(
-            1,
-            Box::new(rec(vec![
-                ("stream", string(&o.stream)),
-                ("seq", Value::Long(o.seq)),
-            ])),
-        ),
+        Some(o) => Value::Union(1, Box::new(rec(vec![("stream", string(&o.stream)), ("seq", Value::Long(o.seq))]))),
     };
     rec(vec![
         ("id", string(&e.id)),
@@ -97,98 +84,59 @@ fn event_to_value(event: &Event, branches: &[String]) -> Value {
         Event::ScheduleActivity { input, attempt } => {
             vec![("input", payload(input)), ("attempt", Value::Int(*attempt))]
         }
-        Event::ActivityCompleted {
-            correlation,
-            result,
-        } => vec![corr(correlation), ("result", payload(result))],
-        Event::ActivityFailed {
-            correlation,
-            failure: f,
-        } => vec![corr(correlation), ("failure", failure(f))],
+        Event::ActivityCompleted { correlation, result } => vec![corr(correlation), ("result", payload(result))],
+        Event::ActivityFailed { correlation, failure: f } => vec![corr(correlation), ("failure", failure(f))],
         Event::RaiseEvent { name, payload: p } => {
             vec![("name", string(name)), ("payload", payload(p))]
         }
         Event::EntityOperation { operation, input } => {
             vec![("operation", string(operation)), ("input", payload(input))]
         }
-        Event::OperationResult {
-            correlation,
-            outcome,
-        } => {
+        Event::OperationResult { correlation, outcome } => {
             let outcome = match outcome {
                 Ok(p) => Value::Union(0, Box::new(payload(p))),
                 Err(f) => Value::Union(1, Box::new(failure(f))),
             };
             vec![corr(correlation), ("outcome", outcome)]
         }
-        Event::OrchestrationCompleted {
-            correlation,
-            output,
-        } => {
+        Event::OrchestrationCompleted { correlation, output } => {
             vec![corr(correlation), ("output", payload(output))]
         }
-        Event::OrchestrationFailed {
-            correlation,
-            failure: f,
-        } => vec![corr(correlation), ("failure", failure(f))],
+        Event::OrchestrationFailed { correlation, failure: f } => vec![corr(correlation), ("failure", failure(f))],
         Event::TimerFired { correlation } => vec![corr(correlation)],
         Event::Terminate { reason } => vec![("reason", string(reason))],
-        Event::LockRequest {
-            owner,
-            correlation,
-            participants,
-            position,
-        } => vec![
+        Event::LockRequest { owner, correlation, participants, position } => vec![
             ("owner", string(owner)),
             corr(correlation),
             ("participants", strings(participants)),
             ("position", Value::Int(*position)),
         ],
-        Event::LockGranted {
-            correlation,
-            participants,
-        } => {
+        Event::LockGranted { correlation, participants } => {
             vec![corr(correlation), ("participants", strings(participants))]
         }
         Event::LockRelease { owner, correlation } => {
             vec![("owner", string(owner)), corr(correlation)]
         }
-        Event::WithDelay { fire_at, inner } => vec![
-            ("fire_at", Value::Long(*fire_at)),
-            ("inner", event_to_value(inner, branches)),
-        ],
-        Event::ReplyTo {
-            address,
-            correlation,
-            inner,
-        } => vec![
-            ("address", string(address)),
-            corr(correlation),
-            ("inner", event_to_value(inner, branches)),
-        ],
-        Event::WithLock {
-            owner,
-            participants,
-            inner,
-        } => vec![
+        Event::WithDelay { fire_at, inner } => {
+            vec![("fire_at", Value::Long(*fire_at)), ("inner", event_to_value(inner, branches))]
+        }
+        Event::ReplyTo { address, correlation, inner } => {
+            vec![("address", string(address)), corr(correlation), ("inner", event_to_value(inner, branches))]
+        }
+        Event::WithLock { owner, participants, inner } => vec![
             ("owner", string(owner)),
             ("participants", strings(participants)),
             ("inner", event_to_value(inner, branches)),
         ],
-        Event::WithPrincipal { user, roles, inner } => vec![
-            ("user", string(user)),
-            ("roles", strings(roles)),
-            ("inner", event_to_value(inner, branches)),
-        ],
+        Event::WithPrincipal { user, roles, inner } => {
+            vec![("user", string(user)), ("roles", strings(roles)), ("inner", event_to_value(inner, branches))]
+        }
     };
     let index = branches
         .iter()
         .position(|b| b == event.name())
         .unwrap_or_else(|| panic!("schema has no branch {}", event.name()));
-    rec(vec![(
-        "event",
-        Value::Union(index as u32, Box::new(rec(fields))),
-    )])
+    rec(vec![("event", Value::Union(index as u32, Box::new(rec(fields))))])
 }
 
 /// Named access to a decoded record's fields.
@@ -221,10 +169,7 @@ impl Fields {
     fn string(&mut self, name: &str) -> Result<String> {
         match unwrap_union(self.take(name)?) {
             Value::String(s) => Ok(s),
-            other => Err(shape(format!(
-                "{}.{name}: expected a string, found {other:?}",
-                self.what
-            ))),
+            other => Err(shape(format!("{}.{name}: expected a string, found {other:?}", self.what))),
         }
     }
 
@@ -232,10 +177,7 @@ impl Fields {
         match unwrap_union(self.take(name)?) {
             Value::Null => Ok(None),
             Value::String(s) => Ok(Some(s)),
-            other => Err(shape(format!(
-                "{}.{name}: expected null or a string, found {other:?}",
-                self.what
-            ))),
+            other => Err(shape(format!("{}.{name}: expected null or a string, found {other:?}", self.what))),
         }
     }
 
@@ -243,20 +185,14 @@ impl Fields {
         match unwrap_union(self.take(name)?) {
             Value::Long(n) | Value::TimestampMillis(n) => Ok(n),
             Value::Int(n) => Ok(n.into()),
-            other => Err(shape(format!(
-                "{}.{name}: expected a long, found {other:?}",
-                self.what
-            ))),
+            other => Err(shape(format!("{}.{name}: expected a long, found {other:?}", self.what))),
         }
     }
 
     fn int(&mut self, name: &str) -> Result<i32> {
         match unwrap_union(self.take(name)?) {
             Value::Int(n) => Ok(n),
-            other => Err(shape(format!(
-                "{}.{name}: expected an int, found {other:?}",
-                self.what
-            ))),
+            other => Err(shape(format!("{}.{name}: expected an int, found {other:?}", self.what))),
         }
     }
 
@@ -266,16 +202,10 @@ impl Fields {
                 .into_iter()
                 .map(|v| match v {
                     Value::String(s) => Ok(s),
-                    other => Err(shape(format!(
-                        "{}.{name}: expected strings, found {other:?}",
-                        self.what
-                    ))),
+                    other => Err(shape(format!("{}.{name}: expected strings, found {other:?}", self.what))),
                 })
                 .collect(),
-            other => Err(shape(format!(
-                "{}.{name}: expected an array, found {other:?}",
-                self.what
-            ))),
+            other => Err(shape(format!("{}.{name}: expected an array, found {other:?}", self.what))),
         }
     }
 
@@ -300,22 +230,14 @@ fn payload_from(v: Value) -> Result<Payload> {
     let content_type = f.string("content_type")?;
     let data = match f.take("data")? {
         Value::Bytes(b) => b,
-        other => {
-            return Err(shape(format!(
-                "Payload.data: expected bytes, found {other:?}"
-            )))
-        }
+        other => return Err(shape(format!("Payload.data: expected bytes, found {other:?}"))),
     };
     Ok(Payload { content_type, data })
 }
 
 fn failure_from(v: Value) -> Result<Failure> {
     let mut f = Fields::of("Failure", unwrap_union(v))?;
-    Ok(Failure {
-        kind: f.string("kind")?,
-        message: f.string("message")?,
-        details: f.opt_string("details")?,
-    })
+    Ok(Failure { kind: f.string("kind")?, message: f.string("message")?, details: f.opt_string("details")? })
 }
 
 pub(crate) fn envelope_from_value(v: Value, branches: &[String]) -> Result<Envelope> {
@@ -324,10 +246,7 @@ pub(crate) fn envelope_from_value(v: Value, branches: &[String]) -> Result<Envel
         Value::Null => None,
         other => {
             let mut o = Fields::of("Origin", other)?;
-            Some(Origin {
-                stream: o.string("stream")?,
-                seq: o.long("seq")?,
-            })
+            Some(Origin { stream: o.string("stream")?, seq: o.long("seq")? })
         }
     };
     Ok(Envelope {
@@ -344,92 +263,52 @@ fn event_from_value(v: Value, branches: &[String]) -> Result<Event> {
     let mut outer = Fields::of("Event", v)?;
     let (index, inner) = match outer.take("event")? {
         Value::Union(i, inner) => (i as usize, *inner),
-        other => {
-            return Err(shape(format!(
-                "Event.event: expected a union, found {other:?}"
-            )))
-        }
+        other => return Err(shape(format!("Event.event: expected a union, found {other:?}"))),
     };
-    let name = branches
-        .get(index)
-        .ok_or_else(|| shape(format!("unknown event branch {index}")))?;
-    let inner_event = |f: &mut Fields| -> Result<Box<Event>> {
-        Ok(Box::new(event_from_value(f.take("inner")?, branches)?))
-    };
+    let name = branches.get(index).ok_or_else(|| shape(format!("unknown event branch {index}")))?;
+    let inner_event =
+        |f: &mut Fields| -> Result<Box<Event>> { Ok(Box::new(event_from_value(f.take("inner")?, branches)?)) };
     let what: &'static str = "event";
     let mut f = Fields::of(what, inner)?;
     let event = match name.as_str() {
-        "StartOrchestration" => Event::StartOrchestration {
-            input: f.payload("input")?,
-        },
-        "ScheduleActivity" => Event::ScheduleActivity {
-            input: f.payload("input")?,
-            attempt: f.int("attempt")?,
-        },
-        "ActivityCompleted" => Event::ActivityCompleted {
-            correlation: f.string("correlation")?,
-            result: f.payload("result")?,
-        },
-        "ActivityFailed" => Event::ActivityFailed {
-            correlation: f.string("correlation")?,
-            failure: f.failure("failure")?,
-        },
-        "RaiseEvent" => Event::RaiseEvent {
-            name: f.string("name")?,
-            payload: f.payload("payload")?,
-        },
-        "EntityOperation" => Event::EntityOperation {
-            operation: f.string("operation")?,
-            input: f.payload("input")?,
-        },
+        "StartOrchestration" => Event::StartOrchestration { input: f.payload("input")? },
+        "ScheduleActivity" => Event::ScheduleActivity { input: f.payload("input")?, attempt: f.int("attempt")? },
+        "ActivityCompleted" => {
+            Event::ActivityCompleted { correlation: f.string("correlation")?, result: f.payload("result")? }
+        }
+        "ActivityFailed" => {
+            Event::ActivityFailed { correlation: f.string("correlation")?, failure: f.failure("failure")? }
+        }
+        "RaiseEvent" => Event::RaiseEvent { name: f.string("name")?, payload: f.payload("payload")? },
+        "EntityOperation" => Event::EntityOperation { operation: f.string("operation")?, input: f.payload("input")? },
         "OperationResult" => {
             let correlation = f.string("correlation")?;
             let outcome = match f.take("outcome")? {
                 Value::Union(0, p) => Ok(payload_from(*p)?),
                 Value::Union(1, e) => Err(failure_from(*e)?),
-                other => {
-                    return Err(shape(format!(
-                        "OperationResult.outcome: unexpected {other:?}"
-                    )))
-                }
+                other => return Err(shape(format!("OperationResult.outcome: unexpected {other:?}"))),
             };
-            Event::OperationResult {
-                correlation,
-                outcome,
-            }
+            Event::OperationResult { correlation, outcome }
         }
-        "OrchestrationCompleted" => Event::OrchestrationCompleted {
-            correlation: f.string("correlation")?,
-            output: f.payload("output")?,
-        },
-        "OrchestrationFailed" => Event::OrchestrationFailed {
-            correlation: f.string("correlation")?,
-            failure: f.failure("failure")?,
-        },
-        "TimerFired" => Event::TimerFired {
-            correlation: f.string("correlation")?,
-        },
-        "Terminate" => Event::Terminate {
-            reason: f.string("reason")?,
-        },
+        "OrchestrationCompleted" => {
+            Event::OrchestrationCompleted { correlation: f.string("correlation")?, output: f.payload("output")? }
+        }
+        "OrchestrationFailed" => {
+            Event::OrchestrationFailed { correlation: f.string("correlation")?, failure: f.failure("failure")? }
+        }
+        "TimerFired" => Event::TimerFired { correlation: f.string("correlation")? },
+        "Terminate" => Event::Terminate { reason: f.string("reason")? },
         "LockRequest" => Event::LockRequest {
             owner: f.string("owner")?,
             correlation: f.string("correlation")?,
             participants: f.strings("participants")?,
             position: f.int("position")?,
         },
-        "LockGranted" => Event::LockGranted {
-            correlation: f.string("correlation")?,
-            participants: f.strings("participants")?,
-        },
-        "LockRelease" => Event::LockRelease {
-            owner: f.string("owner")?,
-            correlation: f.string("correlation")?,
-        },
-        "WithDelay" => Event::WithDelay {
-            fire_at: f.long("fire_at")?,
-            inner: inner_event(&mut f)?,
-        },
+        "LockGranted" => {
+            Event::LockGranted { correlation: f.string("correlation")?, participants: f.strings("participants")? }
+        }
+        "LockRelease" => Event::LockRelease { owner: f.string("owner")?, correlation: f.string("correlation")? },
+        "WithDelay" => Event::WithDelay { fire_at: f.long("fire_at")?, inner: inner_event(&mut f)? },
         "ReplyTo" => Event::ReplyTo {
             address: f.string("address")?,
             correlation: f.string("correlation")?,
@@ -440,16 +319,10 @@ fn event_from_value(v: Value, branches: &[String]) -> Result<Event> {
             participants: f.strings("participants")?,
             inner: inner_event(&mut f)?,
         },
-        "WithPrincipal" => Event::WithPrincipal {
-            user: f.string("user")?,
-            roles: f.strings("roles")?,
-            inner: inner_event(&mut f)?,
-        },
-        other => {
-            return Err(shape(format!(
-                "event type {other} is not known to this version"
-            )))
+        "WithPrincipal" => {
+            Event::WithPrincipal { user: f.string("user")?, roles: f.strings("roles")?, inner: inner_event(&mut f)? }
         }
+        other => return Err(shape(format!("event type {other} is not known to this version"))),
     };
     Ok(event)
 }

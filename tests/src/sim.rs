@@ -51,15 +51,7 @@ pub struct Scale {
 
 impl Default for Scale {
     fn default() -> Self {
-        Self {
-            hello: 3,
-            fanout: 1,
-            fanout_width: 100,
-            counters: 3,
-            signals: 10,
-            approvals: 2,
-            tickers: 1,
-        }
+        Self { hello: 3, fanout: 1, fanout_width: 100, counters: 3, signals: 10, approvals: 2, tickers: 1 }
     }
 }
 
@@ -76,11 +68,7 @@ pub struct Faults {
 
 impl Default for Faults {
     fn default() -> Self {
-        Self {
-            duplicates: true,
-            crashes: true,
-            rebalances: true,
-        }
+        Self { duplicates: true, crashes: true, rebalances: true }
     }
 }
 
@@ -269,12 +257,7 @@ impl World {
     }
 
     fn client_event(&self, n: usize, target: String, body: Event) -> Envelope {
-        let mut e = Envelope::new(
-            format!("client-{}-{n}", self.config.seed),
-            target,
-            self.now,
-            body,
-        );
+        let mut e = Envelope::new(format!("client-{}-{n}", self.config.seed), target, self.now, body);
         e.source = Some("client:sim".into());
         e
     }
@@ -291,96 +274,43 @@ impl World {
         let json = |v: &dyn erased::Json| v.payload();
         for i in 0..s.hello {
             let id = InstanceId::orchestration("HelloSequence", format!("h{i}")).canonical();
-            per_instance.push(
-                [next(
-                    self,
-                    id,
-                    Event::StartOrchestration {
-                        input: json(&Vec::<String>::new()),
-                    },
-                )]
-                .into(),
-            );
+            per_instance
+                .push([next(self, id, Event::StartOrchestration { input: json(&Vec::<String>::new()) })].into());
         }
         for i in 0..s.fanout {
             let id = InstanceId::orchestration("FanOut", format!("f{i}")).canonical();
-            per_instance.push(
-                [next(
-                    self,
-                    id,
-                    Event::StartOrchestration {
-                        input: json(&s.fanout_width),
-                    },
-                )]
-                .into(),
-            );
+            per_instance.push([next(self, id, Event::StartOrchestration { input: json(&s.fanout_width) })].into());
         }
         for i in 0..s.counters {
             let id = InstanceId::entity("Counter", format!("c{i}")).canonical();
             let signals = (0..s.signals)
-                .map(|_| {
-                    next(
-                        self,
-                        id.clone(),
-                        Event::EntityOperation {
-                            operation: "add".into(),
-                            input: json(&1i64),
-                        },
-                    )
-                })
+                .map(|_| next(self, id.clone(), Event::EntityOperation { operation: "add".into(), input: json(&1i64) }))
                 .collect();
             per_instance.push(signals);
         }
         for i in 0..s.approvals {
             let id = InstanceId::orchestration("Approval", format!("a{i}")).canonical();
-            let input = ApprovalInput {
-                counter: format!("ac{i}"),
-                amount: i as i64 + 1,
-            };
-            let start = next(
-                self,
-                id.clone(),
-                Event::StartOrchestration {
-                    input: json(&input),
-                },
-            );
-            let raise = next(
-                self,
-                id,
-                Event::RaiseEvent {
-                    name: "approve".into(),
-                    payload: json(&true),
-                },
-            );
+            let input = ApprovalInput { counter: format!("ac{i}"), amount: i as i64 + 1 };
+            let start = next(self, id.clone(), Event::StartOrchestration { input: json(&input) });
+            let raise = next(self, id, Event::RaiseEvent { name: "approve".into(), payload: json(&true) });
             per_instance.push([start, raise].into());
         }
         for i in 0..s.tickers {
             let id = InstanceId::orchestration("Ticker", format!("t{i}")).canonical();
-            let mut events: VecDeque<Envelope> = [next(
-                self,
-                id.clone(),
-                Event::StartOrchestration {
-                    input: json(&(0u32, 3u32)),
-                },
-            )]
-            .into();
+            let mut events: VecDeque<Envelope> =
+                [next(self, id.clone(), Event::StartOrchestration { input: json(&(0u32, 3u32)) })].into();
             for tick in 0..3u32 {
                 events.push_back(next(
                     self,
                     id.clone(),
-                    Event::RaiseEvent {
-                        name: "tick".into(),
-                        payload: json(&tick),
-                    },
+                    Event::RaiseEvent { name: "tick".into(), payload: json(&tick) },
                 ));
             }
             per_instance.push(events);
         }
         let mut out = VecDeque::new();
         while per_instance.iter().any(|q| !q.is_empty()) {
-            let live: Vec<usize> = (0..per_instance.len())
-                .filter(|&i| !per_instance[i].is_empty())
-                .collect();
+            let live: Vec<usize> = (0..per_instance.len()).filter(|&i| !per_instance[i].is_empty()).collect();
             let pick = live[self.rng.gen_range(0..live.len())];
             out.push_back(per_instance[pick].pop_front().expect("non-empty"));
         }
@@ -431,15 +361,12 @@ impl World {
         loop {
             actions += 1;
             if actions > self.config.max_actions {
-                violations.push(format!(
-                    "did not quiesce within {} actions",
-                    self.config.max_actions
-                ));
+                violations.push(format!("did not quiesce within {} actions", self.config.max_actions));
                 break;
             }
             let work = self.work();
-            let due_timers = self.store.next_due().is_some_and(|t| t <= self.now)
-                || !self.store.unacknowledged().is_empty();
+            let due_timers =
+                self.store.next_due().is_some_and(|t| t <= self.now) || !self.store.unacknowledged().is_empty();
             let can_send = !self.clients.is_empty();
             if work.is_empty() && !due_timers && !can_send {
                 match self.store.next_due() {
@@ -487,14 +414,7 @@ impl World {
 
     fn send_client(&mut self) {
         let e = self.clients.pop_front().expect("checked");
-        self.note(|| {
-            format!(
-                "client sends {} {} to {}",
-                e.id,
-                e.body.core().name(),
-                e.target
-            )
-        });
+        self.note(|| format!("client sends {} {} to {}", e.id, e.body.core().name(), e.target));
         self.produce(&e);
         if self.config.faults.duplicates && self.rng.gen_ratio(1, 10) {
             self.note(|| format!("client retries {}", e.id));
@@ -506,18 +426,13 @@ impl World {
         let w = self.rng.gen_range(0..self.workers.len());
         self.crashes += 1;
         self.mix(&[w as u8, 0xC0]);
-        let phases: Vec<String> = self.workers[w]
-            .tasks
-            .iter()
-            .map(|t| format!("p{}:{:?}", t.partition, phase_name(&t.phase)))
-            .collect();
+        let phases: Vec<String> =
+            self.workers[w].tasks.iter().map(|t| format!("p{}:{:?}", t.partition, phase_name(&t.phase))).collect();
         self.note(|| format!("worker {w} crashes (in flight: {})", phases.join(", ")));
         self.workers[w].tasks.clear();
         let owned: Vec<u32> = self.workers[w].positions.keys().copied().collect();
         for p in owned {
-            self.workers[w]
-                .positions
-                .insert(p, self.committed[p as usize]);
+            self.workers[w].positions.insert(p, self.committed[p as usize]);
         }
     }
 
@@ -542,11 +457,7 @@ impl World {
         self.note(|| {
             format!(
                 "p{p} moves from worker {from} to {to}{}",
-                if zombie {
-                    " (old owner goes on as a zombie)"
-                } else {
-                    ""
-                }
+                if zombie { " (old owner goes on as a zombie)" } else { "" }
             )
         });
         self.assign(p, to);
@@ -555,26 +466,15 @@ impl World {
     fn release_timers(&mut self) {
         let due: Vec<u32> = (0..self.config.partitions).collect();
         for p in due {
-            let released =
-                now_or_never(self.store.claim_due_timers(p, self.now, 64)).expect("memory store");
+            let released = now_or_never(self.store.claim_due_timers(p, self.now, 64)).expect("memory store");
             if released.is_empty() {
                 continue;
             }
             let up_to = released.last().map(|t| t.seq).expect("non-empty");
             for timer in &released {
                 let mut e = Envelope::decode(&timer.envelope).expect("we encoded it");
-                e.origin = Some(Origin {
-                    stream: format!("t{p}"),
-                    seq: timer.seq,
-                });
-                self.note(|| {
-                    format!(
-                        "timer t{p}#{} releases {} for {}",
-                        timer.seq,
-                        e.body.core().name(),
-                        e.target
-                    )
-                });
+                e.origin = Some(Origin { stream: format!("t{p}"), seq: timer.seq });
+                self.note(|| format!("timer t{p}#{} releases {} for {}", timer.seq, e.body.core().name(), e.target));
                 self.produce(&e);
             }
             // A crash between the produce and the ack re-releases the same timers later.
@@ -614,17 +514,9 @@ impl World {
             }
             groups
                 .entry(envelope.target.clone())
-                .or_insert_with(|| Group {
-                    id,
-                    deliveries: Vec::new(),
-                    loaded: None,
-                    output: None,
-                })
+                .or_insert_with(|| Group { id, deliveries: Vec::new(), loaded: None, output: None })
                 .deliveries
-                .push(Fetched {
-                    offset: offset as i64,
-                    envelope,
-                });
+                .push(Fetched { offset: offset as i64, envelope });
         }
         self.note(|| format!("worker {w} fetches p{p}@{start}..{end}"));
         self.workers[w].positions.insert(p, end);
@@ -647,12 +539,7 @@ impl World {
                 let ids: Vec<String> = task.groups.iter().map(|g| g.id.canonical()).collect();
                 let loaded = now_or_never(self.store.load(p, &ids)).expect("memory store");
                 for (g, stored) in task.groups.iter_mut().zip(loaded) {
-                    g.loaded = stored.map(|s| {
-                        (
-                            InstanceRecord::from_blob(&s.blob).expect("we wrote it"),
-                            s.etag,
-                        )
-                    });
+                    g.loaded = stored.map(|s| (InstanceRecord::from_blob(&s.blob).expect("we wrote it"), s.etag));
                 }
                 self.note(|| format!("worker {w} loads {} instances of p{p}", ids.len()));
                 task.phase = Phase::Loaded;
@@ -663,17 +550,10 @@ impl World {
                     let deliveries = g
                         .deliveries
                         .iter()
-                        .map(|f| Delivery {
-                            envelope: f.envelope.clone(),
-                            offset: Some(f.offset),
-                        })
+                        .map(|f| Delivery { envelope: f.envelope.clone(), offset: Some(f.offset) })
                         .collect();
                     let record = g.loaded.as_ref().map(|(r, _)| r.clone());
-                    let input = StepInput {
-                        deliveries,
-                        now: self.now,
-                        partition: Some(p),
-                    };
+                    let input = StepInput { deliveries, now: self.now, partition: Some(p) };
                     g.output = Some(self.engine.step(&g.id, record, input));
                 }
                 self.note(|| format!("worker {w} computes {} steps of p{p}", task.groups.len()));
@@ -685,13 +565,8 @@ impl World {
                 for g in &task.groups {
                     let out = g.output.as_ref().expect("computed");
                     if out.changed {
-                        let timers = out
-                            .delayed()
-                            .map(|(fire_at, e)| TimerEntry {
-                                fire_at,
-                                envelope: e.encode(),
-                            })
-                            .collect();
+                        let timers =
+                            out.delayed().map(|(fire_at, e)| TimerEntry { fire_at, envelope: e.encode() }).collect();
                         writes.push(Write {
                             id: g.id.canonical(),
                             expected: g.loaded.as_ref().map(|(_, etag)| *etag),
@@ -701,18 +576,13 @@ impl World {
                     }
                 }
                 let outcomes = now_or_never(self.store.commit(p, writes)).expect("memory store");
-                let conflicts = outcomes
-                    .iter()
-                    .filter(|o| **o == CommitOutcome::Conflict)
-                    .count();
+                let conflicts = outcomes.iter().filter(|o| **o == CommitOutcome::Conflict).count();
                 self.observe_commits(&task, &outcomes);
                 if conflicts > 0 {
                     // Throw the results away (nothing left the process), reload, rerun.
                     self.conflicts += conflicts;
                     self.mix(&[0xCF, conflicts as u8]);
-                    self.note(|| {
-                        format!("worker {w} commit on p{p}: {conflicts} conflicts, rerun")
-                    });
+                    self.note(|| format!("worker {w} commit on p{p}: {conflicts} conflicts, rerun"));
                     task.phase = Phase::Fetched;
                 } else {
                     let emits = self.outbound(&task);
@@ -728,10 +598,7 @@ impl World {
                     }
                 }
                 self.note(|| {
-                    format!(
-                        "worker {w} emits {} events for p{p}",
-                        emits.iter().map(|(_, e)| e.len()).sum::<usize>()
-                    )
+                    format!("worker {w} emits {} events for p{p}", emits.iter().map(|(_, e)| e.len()).sum::<usize>())
                 });
                 task.phase = Phase::Emitted;
                 false
@@ -742,9 +609,7 @@ impl World {
                     *c = (*c).max(task.end);
                     self.note(|| format!("worker {w} stores offset p{p}={}", task.end));
                 } else {
-                    self.note(|| {
-                        format!("zombie worker {w} cannot store offset p{p}={}", task.end)
-                    });
+                    self.note(|| format!("zombie worker {w} cannot store offset p{p}={}", task.end));
                 }
                 true
             }
@@ -765,9 +630,7 @@ impl World {
             let last = g.deliveries.last().map(|f| f.offset).unwrap_or(0);
             if out.redelivered() {
                 if let Some((stored, _)) = &g.loaded {
-                    if let Some(offset) =
-                        stored.outbox.offset.filter(|o| (first..=last).contains(o))
-                    {
+                    if let Some(offset) = stored.outbox.offset.filter(|o| (first..=last).contains(o)) {
                         emits.push((offset, emitted(&stored.outbox.effects)));
                     }
                 }
@@ -775,33 +638,21 @@ impl World {
             if out.changed {
                 emits.push((last, emitted(&out.record.outbox.effects)));
                 for d in &out.dead_letters {
-                    self.dead_letters
-                        .push(format!("{}: {}", d.envelope.id, d.reason));
+                    self.dead_letters.push(format!("{}: {}", d.envelope.id, d.reason));
                 }
             }
-            debug_assert!(out
-                .dropped
-                .iter()
-                .all(|d| d.reason != DropReason::AlreadyRunning));
+            debug_assert!(out.dropped.iter().all(|d| d.reason != DropReason::AlreadyRunning));
         }
         for (offset, request) in &task.activities {
             match ActivityRequest::parse(request) {
                 Ok(req) => {
-                    let run = self.engine.registry().run_activity(
-                        req.id.name(),
-                        req.context(),
-                        req.input.clone(),
-                    );
+                    let run = self.engine.registry().run_activity(req.id.name(), req.context(), req.input.clone());
                     match run {
                         Some(future) => {
                             let result = now_or_never(future);
                             emits.push((*offset, vec![req.reply(result, self.now)]));
                         }
-                        None => self.dead_letters.push(format!(
-                            "{}: no activity {}",
-                            request.id,
-                            req.id.name()
-                        )),
+                        None => self.dead_letters.push(format!("{}: no activity {}", request.id, req.id.name())),
                     }
                 }
                 Err(reason) => self.dead_letters.push(format!("{}: {reason}", request.id)),
@@ -823,8 +674,7 @@ impl World {
             for e in emitted(&out.record.outbox.effects) {
                 self.committed_emits.insert(e.encode());
             }
-            let finished =
-                |r: &InstanceRecord| r.orchestration().is_some_and(|h| h.status.is_finished());
+            let finished = |r: &InstanceRecord| r.orchestration().is_some_and(|h| h.status.is_finished());
             let was = g.loaded.as_ref().is_some_and(|(r, _)| finished(r));
             if finished(&out.record) && !was {
                 *self.finishes.entry(g.id.canonical()).or_default() += 1;
@@ -836,11 +686,7 @@ impl World {
         let mut v = Vec::new();
         for (p, log) in self.logs.iter().enumerate() {
             if self.committed[p] != log.len() {
-                v.push(format!(
-                    "p{p}: committed offset {} but {} records",
-                    self.committed[p],
-                    log.len()
-                ));
+                v.push(format!("p{p}: committed offset {} but {} records", self.committed[p], log.len()));
             }
         }
         for (p, log) in self.logs.iter().enumerate() {
@@ -850,34 +696,20 @@ impl World {
                 };
                 let from_step = e.origin.as_ref().is_some_and(|o| o.stream.starts_with('p'));
                 if from_step && !self.committed_emits.contains(bytes) {
-                    v.push(format!(
-                        "p{p}@{offset}: {} left a step that never committed",
-                        e.id
-                    ));
+                    v.push(format!("p{p}@{offset}: {} left a step that never committed", e.id));
                 }
             }
         }
         if self.store.pending_timers() != 0 {
-            v.push(format!(
-                "{} timers still pending",
-                self.store.pending_timers()
-            ));
+            v.push(format!("{} timers still pending", self.store.pending_timers()));
         }
         for d in &self.dead_letters {
             v.push(format!("unexpected dead letter {d}"));
         }
         let s = self.config.scale;
-        let record = |id: &str| {
-            self.store
-                .get(id)
-                .map(|s| InstanceRecord::from_blob(&s.blob).expect("valid blob"))
-        };
+        let record = |id: &str| self.store.get(id).map(|s| InstanceRecord::from_blob(&s.blob).expect("valid blob"));
         let output = |id: &str| -> Result<Payload, String> {
-            match record(id)
-                .as_ref()
-                .and_then(|r| r.orchestration())
-                .map(|h| h.status.clone())
-            {
+            match record(id).as_ref().and_then(|r| r.orchestration()).map(|h| h.status.clone()) {
                 Some(OrchestrationStatus::Completed { output }) => Ok(output),
                 other => Err(format!("{id}: expected completed, found {other:?}")),
             }
@@ -891,39 +723,21 @@ impl World {
             }
             Err(e) => v.push(e),
         };
-        let hello: Vec<String> = examples::CITIES
-            .iter()
-            .map(|c| format!("Hello {c}!"))
-            .collect();
+        let hello: Vec<String> = examples::CITIES.iter().map(|c| format!("Hello {c}!")).collect();
         for i in 0..s.hello {
-            expect(
-                InstanceId::orchestration("HelloSequence", format!("h{i}")).canonical(),
-                serde_json::json!(hello),
-            );
+            expect(InstanceId::orchestration("HelloSequence", format!("h{i}")).canonical(), serde_json::json!(hello));
         }
         for i in 0..s.fanout {
             let want = examples::fan_out_expected(s.fanout_width);
-            expect(
-                InstanceId::orchestration("FanOut", format!("f{i}")).canonical(),
-                serde_json::json!(want),
-            );
+            expect(InstanceId::orchestration("FanOut", format!("f{i}")).canonical(), serde_json::json!(want));
         }
         for i in 0..s.approvals {
-            let input = ApprovalInput {
-                counter: format!("ac{i}"),
-                amount: i as i64 + 1,
-            };
+            let input = ApprovalInput { counter: format!("ac{i}"), amount: i as i64 + 1 };
             let want = examples::approval_expected(&input);
-            expect(
-                InstanceId::orchestration("Approval", format!("a{i}")).canonical(),
-                serde_json::json!(want),
-            );
+            expect(InstanceId::orchestration("Approval", format!("a{i}")).canonical(), serde_json::json!(want));
         }
         for i in 0..s.tickers {
-            expect(
-                InstanceId::orchestration("Ticker", format!("t{i}")).canonical(),
-                serde_json::json!(3),
-            );
+            expect(InstanceId::orchestration("Ticker", format!("t{i}")).canonical(), serde_json::json!(3));
         }
         for i in 0..s.counters {
             let id = InstanceId::entity("Counter", format!("c{i}")).canonical();
@@ -932,21 +746,14 @@ impl World {
                 .and_then(|p| p.decode::<Counter>().ok())
                 .map(|c| c.value);
             if value.unwrap_or(0) != s.signals as i64 {
-                v.push(format!(
-                    "{id}: value {value:?} != {} distinct signals",
-                    s.signals
-                ));
+                v.push(format!("{id}: value {value:?} != {} distinct signals", s.signals));
             }
         }
         for id in self.store.ids() {
             let r = record(&id).expect("listed");
             if let Body::Orchestration(h) = &r.body {
                 if !h.status.is_finished() {
-                    v.push(format!(
-                        "{id}: stuck in {:?} (waiting on {} commands)",
-                        h.status,
-                        h.commands.len()
-                    ));
+                    v.push(format!("{id}: stuck in {:?} (waiting on {} commands)", h.status, h.commands.len()));
                 }
                 let mut slots = BTreeSet::new();
                 for entry in &h.log {

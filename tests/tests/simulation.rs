@@ -7,11 +7,7 @@ fn a_batch_of_seeds_passes_every_invariant() {
     for seed in 10_000..10_040 {
         let config = Config::new(seed);
         let outcome = sim::run(config.clone());
-        assert!(
-            outcome.violations.is_empty(),
-            "{}",
-            sim::describe(&config, &outcome)
-        );
+        assert!(outcome.violations.is_empty(), "{}", sim::describe(&config, &outcome));
     }
 }
 

@@ -44,11 +44,7 @@ impl ActivityRequest {
             body = inner;
         }
         match body {
-            Event::ReplyTo {
-                address,
-                correlation,
-                inner,
-            } => match inner.as_ref() {
+            Event::ReplyTo { address, correlation, inner } => match inner.as_ref() {
                 Event::ScheduleActivity { input, attempt } => Ok(Self {
                     id,
                     input: input.clone(),
@@ -57,27 +53,17 @@ impl ActivityRequest {
                     correlation: correlation.clone(),
                     event_id: envelope.id.clone(),
                 }),
-                other => Err(format!(
-                    "activity {} cannot handle {}",
-                    envelope.target,
-                    other.name()
-                )),
+                other => Err(format!("activity {} cannot handle {}", envelope.target, other.name())),
             },
-            other => Err(format!(
-                "activity {} expects ReplyTo(ScheduleActivity), got {}",
-                envelope.target,
-                other.name()
-            )),
+            other => {
+                Err(format!("activity {} expects ReplyTo(ScheduleActivity), got {}", envelope.target, other.name()))
+            }
         }
     }
 
     /// The context the activity function gets.
     pub fn context(&self) -> ActivityContext {
-        ActivityContext {
-            id: self.id.clone(),
-            attempt: self.attempt,
-            caller: self.reply_to.clone(),
-        }
+        ActivityContext { id: self.id.clone(), attempt: self.attempt, caller: self.reply_to.clone() }
     }
 
     /// The reply for `result`, with an id derived from the request's (so a re-run's reply is
@@ -85,21 +71,10 @@ impl ActivityRequest {
     pub fn reply(&self, result: Result<Payload, Failure>, now: i64) -> Envelope {
         let correlation = self.correlation.clone();
         let body = match result {
-            Ok(result) => Event::ActivityCompleted {
-                correlation,
-                result,
-            },
-            Err(failure) => Event::ActivityFailed {
-                correlation,
-                failure,
-            },
+            Ok(result) => Event::ActivityCompleted { correlation, result },
+            Err(failure) => Event::ActivityFailed { correlation, failure },
         };
-        let mut e = Envelope::new(
-            format!("{}/reply", self.event_id),
-            self.reply_to.clone(),
-            now,
-            body,
-        );
+        let mut e = Envelope::new(format!("{}/reply", self.event_id), self.reply_to.clone(), now, body);
         e.source = Some(self.id.canonical());
         e
     }

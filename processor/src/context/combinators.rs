@@ -22,10 +22,7 @@ pub(crate) fn mark_ready(mark: usize) {
 }
 
 /// Poll `fut`, returning its output and its ready mark, leaving the caller's mark untouched.
-fn poll_marked<F: Future + ?Sized>(
-    fut: Pin<&mut F>,
-    cx: &mut Context<'_>,
-) -> Poll<(F::Output, usize)> {
+fn poll_marked<F: Future + ?Sized>(fut: Pin<&mut F>, cx: &mut Context<'_>) -> Poll<(F::Output, usize)> {
     let outer = READY_MARK.with(|m| m.replace(0));
     let polled = fut.poll(cx);
     let mark = READY_MARK.with(|m| m.replace(outer));
@@ -66,12 +63,7 @@ impl<F: Future> Future for WhenAll<F> {
         }
         if this.futures.iter().all(Option::is_none) {
             mark_ready(this.mark);
-            Poll::Ready(
-                this.outputs
-                    .iter_mut()
-                    .map(|o| o.take().expect("every output is set"))
-                    .collect(),
-            )
+            Poll::Ready(this.outputs.iter_mut().map(|o| o.take().expect("every output is set")).collect())
         } else {
             Poll::Pending
         }
@@ -81,9 +73,7 @@ impl<F: Future> Future for WhenAll<F> {
 /// Wait for the first future to finish; `(index, output)` of the winner. The others are dropped
 /// (their slots are abandoned: late completions are recorded and ignored).
 pub fn when_any<F: Future>(futures: Vec<F>) -> WhenAny<F> {
-    WhenAny {
-        futures: futures.into_iter().map(|f| Box::pin(f)).collect(),
-    }
+    WhenAny { futures: futures.into_iter().map(|f| Box::pin(f)).collect() }
 }
 
 /// Future of [`when_any`].
@@ -126,10 +116,7 @@ pub enum Either<L, R> {
 
 /// Race two futures of different types; the earlier completion wins.
 pub fn when_any2<A: Future, B: Future>(a: A, b: B) -> WhenAny2<A, B> {
-    WhenAny2 {
-        a: Some(Box::pin(a)),
-        b: Some(Box::pin(b)),
-    }
+    WhenAny2 { a: Some(Box::pin(a)), b: Some(Box::pin(b)) }
 }
 
 /// Future of [`when_any2`].

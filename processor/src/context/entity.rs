@@ -31,14 +31,7 @@ impl EntityContext {
         caller: Option<String>,
         principal: Option<(String, Vec<String>)>,
     ) -> Self {
-        Self {
-            id,
-            now,
-            caller,
-            principal,
-            outgoing: Vec::new(),
-            deleted: false,
-        }
+        Self { id, now, caller, principal, outgoing: Vec::new(), deleted: false }
     }
 
     /// This entity's id.
@@ -58,28 +51,13 @@ impl EntityContext {
 
     /// The user and roles the operation was sent on behalf of (`WithPrincipal`), if any.
     pub fn principal(&self) -> Option<(&str, &[String])> {
-        self.principal
-            .as_ref()
-            .map(|(u, r)| (u.as_str(), r.as_slice()))
+        self.principal.as_ref().map(|(u, r)| (u.as_str(), r.as_slice()))
     }
 
     /// Send operation `op` to another entity after this operation commits.
-    pub fn signal_entity<I: Serialize>(
-        &mut self,
-        entity: &InstanceId,
-        op: &str,
-        input: I,
-    ) -> Result<(), Failure> {
-        let input =
-            Payload::json(&input).map_err(|e| Failure::new("SerializationError", e.to_string()))?;
-        self.outgoing.push((
-            entity.canonical(),
-            Event::EntityOperation {
-                operation: op.to_owned(),
-                input,
-            },
-            None,
-        ));
+    pub fn signal_entity<I: Serialize>(&mut self, entity: &InstanceId, op: &str, input: I) -> Result<(), Failure> {
+        let input = Payload::json(&input).map_err(|e| Failure::new("SerializationError", e.to_string()))?;
+        self.outgoing.push((entity.canonical(), Event::EntityOperation { operation: op.to_owned(), input }, None));
         Ok(())
     }
 
@@ -99,21 +77,11 @@ impl EntityContext {
     }
 
     /// Start orchestration `name` with `key` after this operation commits.
-    pub fn start_orchestration<I: Serialize>(
-        &mut self,
-        name: &str,
-        key: &str,
-        input: I,
-    ) -> Result<(), Failure> {
-        let input =
-            Payload::json(&input).map_err(|e| Failure::new("SerializationError", e.to_string()))?;
-        let target = InstanceId::new(Kind::Orchestration, name, key)
-            .map_err(|e| Failure::new("InvalidId", e.to_string()))?;
-        self.outgoing.push((
-            target.canonical(),
-            Event::StartOrchestration { input },
-            None,
-        ));
+    pub fn start_orchestration<I: Serialize>(&mut self, name: &str, key: &str, input: I) -> Result<(), Failure> {
+        let input = Payload::json(&input).map_err(|e| Failure::new("SerializationError", e.to_string()))?;
+        let target =
+            InstanceId::new(Kind::Orchestration, name, key).map_err(|e| Failure::new("InvalidId", e.to_string()))?;
+        self.outgoing.push((target.canonical(), Event::StartOrchestration { input }, None));
         Ok(())
     }
 
@@ -129,8 +97,7 @@ impl EntityContext {
     }
 }
 
-type Operation<S> =
-    Box<dyn Fn(&mut S, &mut EntityContext, &Payload) -> Result<Payload, Failure> + Send + Sync>;
+type Operation<S> = Box<dyn Fn(&mut S, &mut EntityContext, &Payload) -> Result<Payload, Failure> + Send + Sync>;
 
 /// An entity type: state `S` and its operations by name.
 ///
@@ -163,10 +130,7 @@ where
 {
     /// An entity type with no operations yet.
     pub fn new() -> Self {
-        Self {
-            operations: HashMap::new(),
-            _state: PhantomData,
-        }
+        Self { operations: HashMap::new(), _state: PhantomData }
     }
 
     /// Add operation `name`: it gets the state, the context and its typed input, and returns a
@@ -178,12 +142,9 @@ where
         F: Fn(&mut S, &mut EntityContext, I) -> Result<O, Failure> + Send + Sync + 'static,
     {
         let op: Operation<S> = Box::new(move |state, ctx, input| {
-            let input: I = input.decode().map_err(|e| {
-                Failure::new(
-                    "DeserializationError",
-                    format!("input of {}: {e}", ctx.id()),
-                )
-            })?;
+            let input: I = input
+                .decode()
+                .map_err(|e| Failure::new("DeserializationError", format!("input of {}: {e}", ctx.id())))?;
             let out = f(state, ctx, input)?;
             Payload::json(&out).map_err(|e| Failure::new("SerializationError", e.to_string()))
         });
@@ -218,24 +179,19 @@ where
         op: &str,
         input: &Payload,
     ) -> Result<(Option<Payload>, Payload), Failure> {
-        let operation = self.operations.get(op).ok_or_else(|| {
-            Failure::new(
-                UNKNOWN_OPERATION,
-                format!("{} has no operation {op:?}", ctx.id()),
-            )
-        })?;
+        let operation = self
+            .operations
+            .get(op)
+            .ok_or_else(|| Failure::new(UNKNOWN_OPERATION, format!("{} has no operation {op:?}", ctx.id())))?;
         let mut value: S = match state {
-            Some(p) => p
-                .decode()
-                .map_err(|e| Failure::new("CorruptState", format!("state of {}: {e}", ctx.id())))?,
+            Some(p) => p.decode().map_err(|e| Failure::new("CorruptState", format!("state of {}: {e}", ctx.id())))?,
             None => S::default(),
         };
         let result = operation(&mut value, ctx, input)?;
         if ctx.deleted {
             return Ok((None, result));
         }
-        let state =
-            Payload::json(&value).map_err(|e| Failure::new("SerializationError", e.to_string()))?;
+        let state = Payload::json(&value).map_err(|e| Failure::new("SerializationError", e.to_string()))?;
         Ok((Some(state), result))
     }
 }

@@ -96,11 +96,7 @@ impl Shared {
     }
 
     fn reply_to(&self, slot: u32, inner: Event) -> Event {
-        Event::ReplyTo {
-            address: self.id_str.clone(),
-            correlation: self.correlation(slot),
-            inner: Box::new(inner),
-        }
+        Event::ReplyTo { address: self.id_str.clone(), correlation: self.correlation(slot), inner: Box::new(inner) }
     }
 
     /// Take the next slot for a command; `Ok((slot, is_new))`, or `Err` once diverged.
@@ -113,11 +109,7 @@ impl Shared {
         match self.commands.get(slot as usize) {
             Some(recorded) if recorded.kind == kind && recorded.name == name => Ok((slot, false)),
             Some(recorded) => {
-                self.error = Some(nondeterminism(
-                    slot,
-                    Some(recorded),
-                    &Command { kind, name },
-                ));
+                self.error = Some(nondeterminism(slot, Some(recorded), &Command { kind, name }));
                 Err(())
             }
             None if self.replaying => {
@@ -141,8 +133,7 @@ impl Shared {
         if !self.replaying {
             let correlation = self.correlation(slot);
             let prefix = format!("{}/release/{correlation}", self.id_str);
-            let releases =
-                lock_releases(&prefix, &self.id_str, &correlation, &participants, self.now);
+            let releases = lock_releases(&prefix, &self.id_str, &correlation, &participants, self.now);
             self.effects.extend(releases.into_iter().map(Effect::Emit));
         }
     }
@@ -296,8 +287,7 @@ impl RetryPolicy {
     /// Delay after failed attempt number `attempt` (1-based). Deterministic: no jitter.
     pub fn delay(&self, attempt: u32) -> Duration {
         let factor = self.backoff.max(1.0).powi(attempt.saturating_sub(1) as i32);
-        let ms = (self.first_interval.as_millis() as f64 * factor)
-            .min(self.max_interval.as_millis() as f64);
+        let ms = (self.first_interval.as_millis() as f64 * factor).min(self.max_interval.as_millis() as f64);
         Duration::from_millis(ms as u64)
     }
 }
@@ -308,12 +298,13 @@ fn encode<T: Serialize>(value: &T) -> Result<Payload, Failure> {
 
 fn decode_value<O: DeserializeOwned>(completion: Completion) -> Result<O, Failure> {
     match completion {
-        Completion::Value(p) => p
-            .decode()
-            .map_err(|e| Failure::new("DeserializationError", format!("{e} (payload {p:?})"))),
+        Completion::Value(p) => {
+            p.decode().map_err(|e| Failure::new("DeserializationError", format!("{e} (payload {p:?})")))
+        }
         Completion::Failure(f) => Err(f),
-        Completion::Done => serde_json::from_str("null")
-            .map_err(|e| Failure::new("DeserializationError", e.to_string())),
+        Completion::Done => {
+            serde_json::from_str("null").map_err(|e| Failure::new("DeserializationError", e.to_string()))
+        }
     }
 }
 
@@ -336,11 +327,7 @@ impl OrchestrationContext {
     }
 
     fn slot_future(&self, slot: Option<u32>) -> SlotFuture {
-        SlotFuture {
-            shared: self.shared.clone(),
-            slot,
-            done: false,
-        }
+        SlotFuture { shared: self.shared.clone(), slot, done: false }
     }
 
     /// This orchestration's id.
@@ -382,14 +369,7 @@ impl OrchestrationContext {
         bytes[6] = (bytes[6] & 0x0f) | 0x40;
         bytes[8] = (bytes[8] & 0x3f) | 0x80;
         let h: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        format!(
-            "{}-{}-{}-{}-{}",
-            &h[..8],
-            &h[8..12],
-            &h[12..16],
-            &h[16..20],
-            &h[20..]
-        )
+        format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
     }
 
     /// Log a line unless replaying (so each line appears once per execution of the code).
@@ -408,24 +388,12 @@ impl OrchestrationContext {
     }
 
     fn activity_attempt(&self, name: &str, input: Payload, attempt: u32) -> SlotFuture {
-        let slot = self.shared.borrow_mut().command(
-            CommandKind::CallActivity,
-            name.to_owned(),
-            |s, slot| {
-                let key = format!("{}#{}.{}", s.id_str, s.generation, slot);
-                let target = InstanceId::new(Kind::Activity, name, key)
-                    .map(|id| id.canonical())
-                    .unwrap_or_default();
-                let body = s.reply_to(
-                    slot,
-                    Event::ScheduleActivity {
-                        input,
-                        attempt: attempt as i32,
-                    },
-                );
-                Some(Effect::Emit(s.envelope(slot, target, body)))
-            },
-        );
+        let slot = self.shared.borrow_mut().command(CommandKind::CallActivity, name.to_owned(), |s, slot| {
+            let key = format!("{}#{}.{}", s.id_str, s.generation, slot);
+            let target = InstanceId::new(Kind::Activity, name, key).map(|id| id.canonical()).unwrap_or_default();
+            let body = s.reply_to(slot, Event::ScheduleActivity { input, attempt: attempt as i32 });
+            Some(Effect::Emit(s.envelope(slot, target, body)))
+        });
         self.slot_future(slot)
     }
 
@@ -495,12 +463,7 @@ impl OrchestrationContext {
         key: Option<&str>,
         input: I,
     ) -> impl Future<Output = Result<O, Failure>> + 'static {
-        let locked = self
-            .shared
-            .borrow()
-            .lock
-            .as_ref()
-            .map(|(_, p)| p.join(", "));
+        let locked = self.shared.borrow().lock.as_ref().map(|(_, p)| p.join(", "));
         let checked = match locked {
             Some(held) => Err(lock_violation(format!(
                 "cannot start a sub-orchestration while holding a lock on [{held}]: it could wait for these entities forever"
@@ -508,23 +471,14 @@ impl OrchestrationContext {
             None => encode(&input),
         };
         let call = checked.map(|input| {
-            let slot = self.shared.borrow_mut().command(
-                CommandKind::CallSubOrchestration,
-                name.to_owned(),
-                |s, slot| {
-                    let key = key
-                        .map(str::to_owned)
-                        .unwrap_or_else(|| format!("{}#{}.{}", s.id_str, s.generation, slot));
-                    let target = InstanceId::new(Kind::Orchestration, name, key)
-                        .map(|id| id.canonical())
-                        .unwrap_or_default();
-                    Some(Effect::Emit(s.envelope(
-                        slot,
-                        target,
-                        s.reply_to(slot, Event::StartOrchestration { input }),
-                    )))
-                },
-            );
+            let slot =
+                self.shared.borrow_mut().command(CommandKind::CallSubOrchestration, name.to_owned(), |s, slot| {
+                    let key =
+                        key.map(str::to_owned).unwrap_or_else(|| format!("{}#{}.{}", s.id_str, s.generation, slot));
+                    let target =
+                        InstanceId::new(Kind::Orchestration, name, key).map(|id| id.canonical()).unwrap_or_default();
+                    Some(Effect::Emit(s.envelope(slot, target, s.reply_to(slot, Event::StartOrchestration { input }))))
+                });
             self.slot_future(slot)
         });
         async move { decode_value(call?.await) }
@@ -532,40 +486,20 @@ impl OrchestrationContext {
 
     /// Start orchestration `name` with `key` and do not wait for it.
     pub fn start_orchestration<I: Serialize>(&self, name: &str, key: &str, input: I) {
-        if let (Ok(input), Ok(target)) = (
-            encode(&input),
-            InstanceId::new(Kind::Orchestration, name, key),
-        ) {
+        if let (Ok(input), Ok(target)) = (encode(&input), InstanceId::new(Kind::Orchestration, name, key)) {
             let target = target.canonical();
-            self.shared.borrow_mut().command(
-                CommandKind::StartOrchestration,
-                target.clone(),
-                |s, slot| {
-                    Some(Effect::Emit(s.envelope(
-                        slot,
-                        target,
-                        Event::StartOrchestration { input },
-                    )))
-                },
-            );
+            self.shared.borrow_mut().command(CommandKind::StartOrchestration, target.clone(), |s, slot| {
+                Some(Effect::Emit(s.envelope(slot, target, Event::StartOrchestration { input })))
+            });
         }
     }
 
     /// A durable timer that fires at `fire_at` (ms since the Unix epoch).
     pub fn create_timer(&self, fire_at: i64) -> impl Future<Output = ()> + 'static {
-        let slot = self.shared.borrow_mut().command(
-            CommandKind::CreateTimer,
-            fire_at.to_string(),
-            |s, slot| {
-                let fired = Event::TimerFired {
-                    correlation: s.correlation(slot),
-                };
-                Some(Effect::Delay {
-                    fire_at,
-                    envelope: s.envelope(slot, s.id_str.clone(), fired),
-                })
-            },
-        );
+        let slot = self.shared.borrow_mut().command(CommandKind::CreateTimer, fire_at.to_string(), |s, slot| {
+            let fired = Event::TimerFired { correlation: s.correlation(slot) };
+            Some(Effect::Delay { fire_at, envelope: s.envelope(slot, s.id_str.clone(), fired) })
+        });
         let fut = self.slot_future(slot);
         async move {
             fut.await;
@@ -597,30 +531,14 @@ impl OrchestrationContext {
 
     /// Send operation `op` to an entity; do not wait. Fails only for an input that does not
     /// serialize, or a [`LOCK_VIOLATION`].
-    pub fn signal_entity<I: Serialize>(
-        &self,
-        entity: &InstanceId,
-        op: &str,
-        input: I,
-    ) -> Result<(), Failure> {
+    pub fn signal_entity<I: Serialize>(&self, entity: &InstanceId, op: &str, input: I) -> Result<(), Failure> {
         let input = encode(&input)?;
         let lock = self.lock_context(entity)?;
         let target = entity.canonical();
-        self.shared.borrow_mut().command(
-            CommandKind::SignalEntity,
-            format!("{target}/{op}"),
-            |s, slot| {
-                let body = Event::EntityOperation {
-                    operation: op.to_owned(),
-                    input,
-                };
-                Some(Effect::Emit(s.envelope(
-                    slot,
-                    target,
-                    wrap_lock(lock, body),
-                )))
-            },
-        );
+        self.shared.borrow_mut().command(CommandKind::SignalEntity, format!("{target}/{op}"), |s, slot| {
+            let body = Event::EntityOperation { operation: op.to_owned(), input };
+            Some(Effect::Emit(s.envelope(slot, target, wrap_lock(lock, body))))
+        });
         Ok(())
     }
 
@@ -632,25 +550,13 @@ impl OrchestrationContext {
         input: I,
     ) -> impl Future<Output = Result<O, Failure>> + 'static {
         let target = entity.canonical();
-        let checked = self
-            .lock_context(entity)
-            .and_then(|lock| Ok((lock, encode(&input)?)));
+        let checked = self.lock_context(entity).and_then(|lock| Ok((lock, encode(&input)?)));
         let call = checked.map(|(lock, input)| {
-            let slot = self.shared.borrow_mut().command(
-                CommandKind::CallEntity,
-                format!("{target}/{op}"),
-                |s, slot| {
-                    let body = Event::EntityOperation {
-                        operation: op.to_owned(),
-                        input,
-                    };
-                    Some(Effect::Emit(s.envelope(
-                        slot,
-                        target,
-                        s.reply_to(slot, wrap_lock(lock, body)),
-                    )))
-                },
-            );
+            let slot =
+                self.shared.borrow_mut().command(CommandKind::CallEntity, format!("{target}/{op}"), |s, slot| {
+                    let body = Event::EntityOperation { operation: op.to_owned(), input };
+                    Some(Effect::Emit(s.envelope(slot, target, s.reply_to(slot, wrap_lock(lock, body)))))
+                });
             self.slot_future(slot)
         });
         async move { decode_value(call?.await) }
@@ -679,28 +585,19 @@ impl OrchestrationContext {
     /// lock is held, other operations sent to these entities wait in arrival order; this
     /// orchestration may call and signal only these entities, may not take a second lock set and
     /// may not start sub-orchestrations (a [`LOCK_VIOLATION`] failure otherwise).
-    pub fn lock(
-        &self,
-        entities: &[InstanceId],
-    ) -> impl Future<Output = Result<LockGuard, Failure>> + 'static {
+    pub fn lock(&self, entities: &[InstanceId]) -> impl Future<Output = Result<LockGuard, Failure>> + 'static {
         let checked = (|| {
             if let Some(e) = entities.iter().find(|e| e.kind() != Kind::Entity) {
-                return Err(lock_violation(format!(
-                    "only entities can be locked, not {e}"
-                )));
+                return Err(lock_violation(format!("only entities can be locked, not {e}")));
             }
-            let mut participants: Vec<String> =
-                entities.iter().map(InstanceId::canonical).collect();
+            let mut participants: Vec<String> = entities.iter().map(InstanceId::canonical).collect();
             participants.sort();
             participants.dedup();
             if participants.is_empty() {
                 return Err(lock_violation("lock needs at least one entity"));
             }
             if let Some((_, held)) = &self.shared.borrow().lock {
-                return Err(lock_violation(format!(
-                    "already holds a lock on [{}]; release it first",
-                    held.join(", ")
-                )));
+                return Err(lock_violation(format!("already holds a lock on [{}]; release it first", held.join(", "))));
             }
             Ok(participants)
         })();
@@ -721,9 +618,7 @@ impl OrchestrationContext {
                 s.lock = Some((slot, participants));
             }
             drop(s);
-            LockFuture {
-                inner: self.slot_future(slot),
-            }
+            LockFuture { inner: self.slot_future(slot) }
         });
         async move { future?.await }
     }
@@ -753,10 +648,7 @@ impl OrchestrationContext {
         async move {
             match race.await {
                 Either::Left(v) => Ok(v),
-                Either::Right(()) => Err(Failure::new(
-                    "Timeout",
-                    format!("no result within {timeout:?}"),
-                )),
+                Either::Right(()) => Err(Failure::new("Timeout", format!("no result within {timeout:?}"))),
             }
         }
     }
@@ -776,10 +668,7 @@ pub(crate) fn lock_releases(
         .iter()
         .enumerate()
         .map(|(i, p)| {
-            let body = Event::LockRelease {
-                owner: owner.to_owned(),
-                correlation: correlation.to_owned(),
-            };
+            let body = Event::LockRelease { owner: owner.to_owned(), correlation: correlation.to_owned() };
             let mut e = Envelope::new(format!("{id_prefix}/{i}"), p.clone(), now, body);
             e.source = Some(owner.to_owned());
             e
@@ -840,11 +729,7 @@ impl Future for LockFuture {
                     Some((s, p)) if *s == slot => p.clone(),
                     _ => Vec::new(),
                 };
-                Poll::Ready(Ok(LockGuard {
-                    shared: self.inner.shared.clone(),
-                    slot,
-                    participants,
-                }))
+                Poll::Ready(Ok(LockGuard { shared: self.inner.shared.clone(), slot, participants }))
             }
             Poll::Ready(Completion::Failure(f)) => Poll::Ready(Err(f)),
             Poll::Ready(Completion::Value(_)) => {
@@ -866,11 +751,7 @@ impl Drop for LockFuture {
 
 fn wrap_lock(lock: Option<(String, Vec<String>)>, body: Event) -> Event {
     match lock {
-        Some((owner, participants)) => Event::WithLock {
-            owner,
-            participants,
-            inner: Box::new(body),
-        },
+        Some((owner, participants)) => Event::WithLock { owner, participants, inner: Box::new(body) },
         None => body,
     }
 }

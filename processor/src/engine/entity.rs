@@ -32,71 +32,35 @@ pub(super) fn step(
 
 /// Apply one event to an entity: operations run unless another owner holds the lock (then they
 /// queue), lock requests take the lock or queue, releases free it and serve the queue.
-fn handle(
-    registry: &Registry,
-    id: &InstanceId,
-    state: &mut EntityState,
-    envelope: Envelope,
-    out: &mut Collector,
-) {
+fn handle(registry: &Registry, id: &InstanceId, state: &mut EntityState, envelope: Envelope, out: &mut Collector) {
     let (wrappers, core) = unwrap(&envelope.body);
     match core.clone() {
         Event::EntityOperation { operation, input } => {
             let sender = wrappers.lock.as_ref().map(|(owner, _)| owner.as_str());
-            if state
-                .lock
-                .as_ref()
-                .is_some_and(|l| Some(l.owner.as_str()) != sender)
-            {
+            if state.lock.as_ref().is_some_and(|l| Some(l.owner.as_str()) != sender) {
                 state.queue.push_back(envelope);
             } else {
-                run_operation(
-                    registry, id, state, &envelope, &wrappers, &operation, &input, out,
-                );
+                run_operation(registry, id, state, &envelope, &wrappers, &operation, &input, out);
             }
         }
-        Event::LockRequest {
-            owner,
-            correlation,
-            participants,
-            position,
-        } => {
+        Event::LockRequest { owner, correlation, participants, position } => {
             let me = id.canonical();
             if participants.get(position.max(0) as usize) != Some(&me) {
-                let reason = format!(
-                    "lock request for {me} names participant {position} of {participants:?}"
-                );
+                let reason = format!("lock request for {me} names participant {position} of {participants:?}");
                 return out.dead(envelope, reason);
             }
             match &state.lock {
                 Some(l) if l.owner == owner && l.correlation == correlation => {} // already ours
                 Some(_) => state.queue.push_back(envelope),
                 None => {
-                    state.lock = Some(EntityLock {
-                        owner: owner.clone(),
-                        correlation: correlation.clone(),
-                    });
+                    state.lock = Some(EntityLock { owner: owner.clone(), correlation: correlation.clone() });
                     let next = position as usize + 1;
                     let (target, body) = match participants.get(next) {
                         Some(p) => {
                             let target = p.clone();
-                            (
-                                target,
-                                Event::LockRequest {
-                                    owner,
-                                    correlation,
-                                    participants,
-                                    position: next as i32,
-                                },
-                            )
+                            (target, Event::LockRequest { owner, correlation, participants, position: next as i32 })
                         }
-                        None => (
-                            owner,
-                            Event::LockGranted {
-                                correlation,
-                                participants,
-                            },
-                        ),
+                        None => (owner, Event::LockGranted { correlation, participants }),
                     };
                     let mut e = Envelope::new(out.event_id(), target, out.now, body);
                     e.source = Some(me);
@@ -105,11 +69,7 @@ fn handle(
             }
         }
         Event::LockRelease { owner, correlation } => {
-            if state
-                .lock
-                .as_ref()
-                .is_some_and(|l| l.owner == owner && l.correlation == correlation)
-            {
+            if state.lock.as_ref().is_some_and(|l| l.owner == owner && l.correlation == correlation) {
                 state.lock = None;
                 let queued = std::mem::take(&mut state.queue);
                 for envelope in queued {
@@ -151,12 +111,7 @@ fn run_operation(
             Err(failure)
         }
         Some(handler) => {
-            let mut ctx = EntityContext::new(
-                id.clone(),
-                out.now,
-                envelope.source.clone(),
-                wrappers.principal.clone(),
-            );
+            let mut ctx = EntityContext::new(id.clone(), out.now, envelope.source.clone(), wrappers.principal.clone());
             match guarded(|| handler.run(state.state.as_ref(), &mut ctx, operation, input)) {
                 Ok(Ok((new_state, result))) => {
                     state.state = new_state;
@@ -164,10 +119,7 @@ fn run_operation(
                         let mut e = Envelope::new(out.event_id(), target, out.now, body);
                         e.source = Some(id.canonical());
                         out.effects.push(match fire_at {
-                            Some(fire_at) if fire_at > out.now => Effect::Delay {
-                                fire_at,
-                                envelope: e,
-                            },
+                            Some(fire_at) if fire_at > out.now => Effect::Delay { fire_at, envelope: e },
                             _ => Effect::Emit(e),
                         });
                     }
@@ -180,23 +132,14 @@ fn run_operation(
                     Err(failure)
                 }
                 Err(panic) => {
-                    out.dead(
-                        envelope.clone(),
-                        format!("operation {operation:?} panicked: {panic}"),
-                    );
-                    Err(durable_schemas::Failure::new(
-                        "Panic",
-                        format!("operation {operation:?} panicked: {panic}"),
-                    ))
+                    out.dead(envelope.clone(), format!("operation {operation:?} panicked: {panic}"));
+                    Err(durable_schemas::Failure::new("Panic", format!("operation {operation:?} panicked: {panic}")))
                 }
             }
         }
     };
     if let Some((address, correlation)) = &wrappers.reply_to {
-        let body = Event::OperationResult {
-            correlation: correlation.clone(),
-            outcome,
-        };
+        let body = Event::OperationResult { correlation: correlation.clone(), outcome };
         let mut e = Envelope::new(out.event_id(), address.clone(), out.now, body);
         e.source = Some(id.canonical());
         out.effects.push(Effect::Emit(e));

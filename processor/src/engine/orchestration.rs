@@ -16,8 +16,7 @@ use crate::context::orchestration::{lock_releases, Shared};
 use crate::context::OrchestrationContext;
 use crate::effect::Effect;
 use crate::history::{
-    Body, Completion, HeldLocks, InstanceRecord, LogEntry, OrchestrationHistory,
-    OrchestrationStatus, ReplyAddress,
+    Body, Completion, HeldLocks, InstanceRecord, LogEntry, OrchestrationHistory, OrchestrationStatus, ReplyAddress,
 };
 use crate::id::InstanceId;
 use crate::registry::{OrchestrationFuture, Registry};
@@ -36,26 +35,15 @@ struct Execution {
 
 impl Execution {
     /// Start the code for `history` and replay its log.
-    fn replay(
-        registry: &Registry,
-        id: &InstanceId,
-        h: &OrchestrationHistory,
-    ) -> Result<Self, Failure> {
+    fn replay(registry: &Registry, id: &InstanceId, h: &OrchestrationHistory) -> Result<Self, Failure> {
         let handler = registry.orchestration_handler(id.name()).ok_or_else(|| {
-            Failure::new(
-                "NotRegistered",
-                format!("no orchestration named {:?} is registered", id.name()),
-            )
+            Failure::new("NotRegistered", format!("no orchestration named {:?} is registered", id.name()))
         })?;
         let mut shared = Shared::new(id.clone(), h.generation, h.commands.clone(), h.started_at);
         shared.replaying = !(h.commands.is_empty() && h.log.is_empty());
         let shared = Rc::new(RefCell::new(shared));
         let fut = handler(OrchestrationContext::new(shared.clone()), h.input.clone());
-        let mut exec = Self {
-            shared,
-            fut: Some(fut),
-            outcome: None,
-        };
+        let mut exec = Self { shared, fut: Some(fut), outcome: None };
         exec.poll();
         for (position, entry) in h.log.iter().enumerate() {
             if exec.outcome.is_some() {
@@ -86,11 +74,7 @@ impl Execution {
                 None => None,
             };
             if let Some(message) = divergence {
-                let failure = Failure {
-                    kind: crate::context::NONDETERMINISM.to_owned(),
-                    message,
-                    details: None,
-                };
+                let failure = Failure { kind: crate::context::NONDETERMINISM.to_owned(), message, details: None };
                 s.error = Some(failure.clone());
                 exec.fut = None;
                 exec.outcome = Some(Err(failure));
@@ -108,18 +92,8 @@ impl Execution {
     }
 
     /// Deliver a new completion: append it to the log, then poll.
-    fn deliver(
-        &mut self,
-        h: &mut OrchestrationHistory,
-        slot: u32,
-        completion: Completion,
-        at: i64,
-    ) {
-        h.log.push(LogEntry {
-            slot,
-            completion: completion.clone(),
-            at,
-        });
+    fn deliver(&mut self, h: &mut OrchestrationHistory, slot: u32, completion: Completion, at: i64) {
+        h.log.push(LogEntry { slot, completion: completion.clone(), at });
         self.set_delivered(slot, completion, h.log.len() - 1, at);
         self.poll();
     }
@@ -132,10 +106,9 @@ impl Execution {
             (_, Some(failure)) => self.finish(Err(failure)),
             (Ok(Poll::Ready(result)), None) => self.finish(result),
             (Ok(Poll::Pending), None) => {}
-            (Err(panic), None) => self.finish(Err(Failure::new(
-                "Panic",
-                format!("orchestration code panicked: {panic}"),
-            ))),
+            (Err(panic), None) => {
+                self.finish(Err(Failure::new("Panic", format!("orchestration code panicked: {panic}"))))
+            }
         }
     }
 
@@ -181,14 +154,7 @@ pub(super) fn step(
     events: Vec<Envelope>,
     out: &mut Collector,
 ) {
-    let mut run = Run {
-        registry,
-        id,
-        record,
-        out,
-        exec: None,
-        generations: 0,
-    };
+    let mut run = Run { registry, id, record, out, exec: None, generations: 0 };
     for envelope in events {
         run.apply(envelope);
     }
@@ -214,58 +180,37 @@ impl Run<'_> {
 
     fn apply(&mut self, envelope: Envelope) {
         let (wrappers, core) = unwrap(&envelope.body);
-        if self
-            .registry
-            .orchestration_handler(self.id.name())
-            .is_none()
-        {
+        if self.registry.orchestration_handler(self.id.name()).is_none() {
             // Keep the instance as it is: a deployment without the handler must not fail it.
             let reason = format!("no orchestration named {:?} is registered", self.id.name());
             return self.out.dead(envelope, reason);
         }
         match core.clone() {
             Event::StartOrchestration { input } => {
-                let reply_to = wrappers
-                    .reply_to
-                    .map(|(address, correlation)| ReplyAddress {
-                        address,
-                        correlation,
-                    });
+                let reply_to = wrappers.reply_to.map(|(address, correlation)| ReplyAddress { address, correlation });
                 self.start(envelope, input, reply_to)
             }
-            Event::ActivityCompleted {
-                correlation,
-                result,
-            } => self.reply(envelope, &correlation, Completion::Value(result)),
-            Event::ActivityFailed {
-                correlation,
-                failure,
-            } => self.reply(envelope, &correlation, Completion::Failure(failure)),
-            Event::OperationResult {
-                correlation,
-                outcome,
-            } => {
+            Event::ActivityCompleted { correlation, result } => {
+                self.reply(envelope, &correlation, Completion::Value(result))
+            }
+            Event::ActivityFailed { correlation, failure } => {
+                self.reply(envelope, &correlation, Completion::Failure(failure))
+            }
+            Event::OperationResult { correlation, outcome } => {
                 let completion = match outcome {
                     Ok(p) => Completion::Value(p),
                     Err(f) => Completion::Failure(f),
                 };
                 self.reply(envelope, &correlation, completion)
             }
-            Event::OrchestrationCompleted {
-                correlation,
-                output,
-            } => self.reply(envelope, &correlation, Completion::Value(output)),
-            Event::OrchestrationFailed {
-                correlation,
-                failure,
-            } => self.reply(envelope, &correlation, Completion::Failure(failure)),
-            Event::TimerFired { correlation } => {
-                self.reply(envelope, &correlation, Completion::Done)
+            Event::OrchestrationCompleted { correlation, output } => {
+                self.reply(envelope, &correlation, Completion::Value(output))
             }
-            Event::LockGranted {
-                correlation,
-                participants,
-            } => self.grant(envelope, correlation, participants),
+            Event::OrchestrationFailed { correlation, failure } => {
+                self.reply(envelope, &correlation, Completion::Failure(failure))
+            }
+            Event::TimerFired { correlation } => self.reply(envelope, &correlation, Completion::Done),
+            Event::LockGranted { correlation, participants } => self.grant(envelope, correlation, participants),
             Event::RaiseEvent { name, payload } => self.raise(envelope, name, payload),
             Event::Terminate { reason } => self.terminate(envelope, reason),
             other => {
@@ -298,8 +243,7 @@ impl Run<'_> {
             return self.out.drop(&envelope, DropReason::Finished);
         }
         let Some((generation, slot)) = parse_correlation(correlation) else {
-            let reason =
-                format!("malformed correlation {correlation:?} (expected <generation>.<slot>)");
+            let reason = format!("malformed correlation {correlation:?} (expected <generation>.<slot>)");
             return self.out.dead(envelope, reason);
         };
         if generation != h.generation {
@@ -308,10 +252,7 @@ impl Run<'_> {
         if !self.ensure_exec() {
             return self.out.drop(&envelope, DropReason::Finished);
         }
-        let delivered = self
-            .exec
-            .as_ref()
-            .is_some_and(|e| e.shared.borrow().delivered.contains_key(&slot));
+        let delivered = self.exec.as_ref().is_some_and(|e| e.shared.borrow().delivered.contains_key(&slot));
         let h = self.running().expect("ensure_exec checked");
         if delivered || h.early.iter().any(|(s, _)| *s == slot) {
             return self.out.drop(&envelope, DropReason::SlotAlreadyCompleted);
@@ -342,16 +283,8 @@ impl Run<'_> {
             }
         }
         let prefix = format!("{}/unwanted", self.out.event_id());
-        let releases = lock_releases(
-            &prefix,
-            &self.record.id,
-            &correlation,
-            &participants,
-            self.out.now,
-        );
-        self.out
-            .effects
-            .extend(releases.into_iter().map(Effect::Emit));
+        let releases = lock_releases(&prefix, &self.record.id, &correlation, &participants, self.out.now);
+        self.out.effects.extend(releases.into_iter().map(Effect::Emit));
         self.out.drop(&envelope, DropReason::UnwantedGrant);
     }
 
@@ -373,10 +306,7 @@ impl Run<'_> {
 
     fn terminate(&mut self, envelope: Envelope, reason: String) {
         match self.history() {
-            None => self.out.dead(
-                envelope,
-                "terminate for an orchestration that never started",
-            ),
+            None => self.out.dead(envelope, "terminate for an orchestration that never started"),
             Some(h) if h.status.is_finished() => self.out.drop(&envelope, DropReason::Finished),
             Some(_) => {
                 self.sync_history();
@@ -404,12 +334,7 @@ impl Run<'_> {
                 self.exec.as_ref().is_some_and(|e| e.outcome.is_none())
             }
             Err(failure) => {
-                self.conclude(
-                    OrchestrationStatus::Failed {
-                        failure: failure.clone(),
-                    },
-                    Err(failure),
-                );
+                self.conclude(OrchestrationStatus::Failed { failure: failure.clone() }, Err(failure));
                 false
             }
         }
@@ -428,29 +353,18 @@ impl Run<'_> {
                 match Execution::replay(self.registry, self.id, &h) {
                     Ok(exec) => self.exec = Some(exec),
                     Err(failure) => {
-                        return self.conclude(
-                            OrchestrationStatus::Failed {
-                                failure: failure.clone(),
-                            },
-                            Err(failure),
-                        )
+                        return self.conclude(OrchestrationStatus::Failed { failure: failure.clone() }, Err(failure))
                     }
                 }
             }
             let exec = self.exec.as_mut().expect("set above");
-            self.out
-                .effects
-                .append(&mut exec.shared.borrow_mut().effects);
+            self.out.effects.append(&mut exec.shared.borrow_mut().effects);
             if let Some(outcome) = exec.outcome.take() {
                 self.sync_history();
                 self.exec = None;
                 let status = match &outcome {
-                    Ok(output) => OrchestrationStatus::Completed {
-                        output: output.clone(),
-                    },
-                    Err(failure) => OrchestrationStatus::Failed {
-                        failure: failure.clone(),
-                    },
+                    Ok(output) => OrchestrationStatus::Completed { output: output.clone() },
+                    Err(failure) => OrchestrationStatus::Failed { failure: failure.clone() },
                 };
                 return self.conclude(status, outcome);
             }
@@ -478,12 +392,7 @@ impl Run<'_> {
                 format!("more than {MAX_GENERATIONS_PER_STEP} generations in one step without waiting for anything"),
             );
             self.exec = None;
-            return self.conclude(
-                OrchestrationStatus::Failed {
-                    failure: failure.clone(),
-                },
-                Err(failure),
-            );
+            return self.conclude(OrchestrationStatus::Failed { failure: failure.clone() }, Err(failure));
         }
         // Every way out of a generation releases its lock set.
         self.sync_history();
@@ -491,8 +400,7 @@ impl Run<'_> {
         self.release_locks();
         let now = self.out.now;
         let h = self.history().expect("running");
-        let mut next =
-            OrchestrationHistory::start(input, h.reply_to.clone(), h.generation + 1, now);
+        let mut next = OrchestrationHistory::start(input, h.reply_to.clone(), h.generation + 1, now);
         next.inbox = std::mem::take(&mut h.inbox);
         *h = next;
     }
@@ -526,16 +434,8 @@ impl Run<'_> {
         let Some(h) = self.history() else { return };
         if let Some(locks) = h.locks.take() {
             let prefix = format!("{owner}/release/{}", locks.correlation);
-            let releases = lock_releases(
-                &prefix,
-                &owner,
-                &locks.correlation,
-                &locks.participants,
-                now,
-            );
-            self.out
-                .effects
-                .extend(releases.into_iter().map(Effect::Emit));
+            let releases = lock_releases(&prefix, &owner, &locks.correlation, &locks.participants, now);
+            self.out.effects.extend(releases.into_iter().map(Effect::Emit));
         }
     }
 
@@ -551,21 +451,10 @@ impl Run<'_> {
         h.early.clear();
         if let Some(reply) = h.reply_to.clone() {
             let body = match outcome {
-                Ok(output) => Event::OrchestrationCompleted {
-                    correlation: reply.correlation,
-                    output,
-                },
-                Err(failure) => Event::OrchestrationFailed {
-                    correlation: reply.correlation,
-                    failure,
-                },
+                Ok(output) => Event::OrchestrationCompleted { correlation: reply.correlation, output },
+                Err(failure) => Event::OrchestrationFailed { correlation: reply.correlation, failure },
             };
-            let mut e = Envelope::new(
-                format!("{id}/{}/result", h.generation),
-                reply.address,
-                now,
-                body,
-            );
+            let mut e = Envelope::new(format!("{id}/{}/result", h.generation), reply.address, now, body);
             e.source = Some(id);
             self.out.effects.push(Effect::Emit(e));
         }

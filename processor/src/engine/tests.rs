@@ -14,11 +14,7 @@ fn harness() -> Harness {
 }
 
 fn activity_requests(pending: &[Envelope]) -> Vec<Envelope> {
-    pending
-        .iter()
-        .filter(|e| e.target.starts_with("activity:"))
-        .cloned()
-        .collect()
+    pending.iter().filter(|e| e.target.starts_with("activity:")).cloned().collect()
 }
 
 fn reply(target: &str, correlation: &str, result: &str) -> Envelope {
@@ -26,10 +22,7 @@ fn reply(target: &str, correlation: &str, result: &str) -> Envelope {
         format!("{target}/{correlation}/manual"),
         target,
         0,
-        Event::ActivityCompleted {
-            correlation: correlation.into(),
-            result: Payload::json(result).unwrap(),
-        },
+        Event::ActivityCompleted { correlation: correlation.into(), result: Payload::json(result).unwrap() },
     )
 }
 
@@ -52,27 +45,9 @@ fn hello_sequence_calls_five_activities_in_order() {
         h.take_pending();
         h.deliver(reply);
     }
-    assert_eq!(
-        order,
-        [
-            "\"Tokyo\"",
-            "\"Seattle\"",
-            "\"London\"",
-            "\"Paris\"",
-            "\"Cairo\""
-        ]
-    );
+    assert_eq!(order, ["\"Tokyo\"", "\"Seattle\"", "\"London\"", "\"Paris\"", "\"Cairo\""]);
     let out: Vec<String> = h.output(&id).unwrap();
-    assert_eq!(
-        out,
-        [
-            "Hello Tokyo!",
-            "Hello Seattle!",
-            "Hello London!",
-            "Hello Paris!",
-            "Hello Cairo!"
-        ]
-    );
+    assert_eq!(out, ["Hello Tokyo!", "Hello Seattle!", "Hello London!", "Hello Paris!", "Hello Cairo!"]);
 }
 
 struct ActivityRequestView {
@@ -83,10 +58,7 @@ struct ActivityRequestView {
 impl ActivityRequestView {
     fn of(e: &Envelope) -> Self {
         let req = crate::context::ActivityRequest::parse(e).unwrap();
-        Self {
-            input: String::from_utf8(req.input.data).unwrap(),
-            attempt: req.attempt,
-        }
+        Self { input: String::from_utf8(req.input.data).unwrap(), attempt: req.attempt }
     }
 }
 
@@ -106,25 +78,16 @@ fn completion_received_before_command_is_buffered_then_delivered() {
     // Slot 0 completes: the code asks for slot 1 and gets the buffered reply at once, then asks
     // for slot 2, all in one step.
     let out = h.deliver(reply(&id, "0.0", "Hello A!"));
-    let requests: Vec<_> = out
-        .emitted()
-        .filter(|e| e.target.starts_with("activity:"))
-        .collect();
+    let requests: Vec<_> = out.emitted().filter(|e| e.target.starts_with("activity:")).collect();
     assert_eq!(requests.len(), 2, "slot 1 and slot 2 are scheduled");
     let history = h.record(&id).unwrap().orchestration().unwrap();
     assert!(history.early.is_empty());
-    assert_eq!(
-        history.log.iter().map(|e| e.slot).collect::<Vec<_>>(),
-        [0, 1]
-    );
+    assert_eq!(history.log.iter().map(|e| e.slot).collect::<Vec<_>>(), [0, 1]);
     // The real reply to slot 1 comes later and is dropped.
     let late = h.deliver(reply(&id, "0.1", "Hello again B!"));
     assert_eq!(late.dropped[0].reason, DropReason::SlotAlreadyCompleted);
     h.deliver(reply(&id, "0.2", "Hello C!"));
-    assert_eq!(
-        h.output::<Vec<String>>(&id).unwrap(),
-        ["Hello A!", "Hello B!", "Hello C!"]
-    );
+    assert_eq!(h.output::<Vec<String>>(&id).unwrap(), ["Hello A!", "Hello B!", "Hello C!"]);
 }
 
 #[test]
@@ -145,11 +108,7 @@ fn duplicate_completions_are_applied_once() {
     rerun.id = "another-id".into();
     let again = h.deliver(rerun);
     assert_eq!(again.dropped[0].reason, DropReason::SlotAlreadyCompleted);
-    h.deliver_batch(vec![
-        replies[2].clone(),
-        replies[1].clone(),
-        replies[2].clone(),
-    ]);
+    h.deliver_batch(vec![replies[2].clone(), replies[1].clone(), replies[2].clone()]);
     assert_eq!(h.output::<u64>(&id), Some(examples::fan_out_expected(3)));
     let log = &h.record(&id).unwrap().orchestration().unwrap().log;
     assert_eq!(log.len(), 3, "each result recorded once");
@@ -165,19 +124,13 @@ fn redelivered_offsets_are_dropped_and_flagged_for_outbox_resend() {
     let out = h.deliver_at_offsets(vec![(s1, 10), (s2, 11)]);
     assert!(!out.changed);
     assert!(out.redelivered());
-    assert_eq!(
-        h.entity_state::<examples::Counter>(&counter).unwrap().value,
-        5
-    );
+    assert_eq!(h.entity_state::<examples::Counter>(&counter).unwrap().value, 5);
 }
 
 #[test]
 fn timer_firing_after_the_awaited_event_won_changes_nothing() {
     let mut h = harness();
-    let input = ApprovalInput {
-        counter: "c-timer".into(),
-        amount: 7,
-    };
+    let input = ApprovalInput { counter: "c-timer".into(), amount: 7 };
     let start = h.start("Approval", "a1", &input);
     let id = start.target.clone();
     h.deliver(start);
@@ -189,26 +142,17 @@ fn timer_firing_after_the_awaited_event_won_changes_nothing() {
     let raise = h.raise(&id, "approve", true);
     h.deliver(raise);
     h.run_until(h.now());
-    assert_eq!(
-        h.output::<String>(&id).unwrap(),
-        examples::approval_expected(&input)
-    );
+    assert_eq!(h.output::<String>(&id).unwrap(), examples::approval_expected(&input));
     // The timer fires an hour later: recorded, ignored, the result does not change.
     let fired = h.fire(timers.into_iter().next().unwrap());
     assert_eq!(fired.dropped[0].reason, DropReason::Finished);
-    assert_eq!(
-        h.output::<String>(&id).unwrap(),
-        examples::approval_expected(&input)
-    );
+    assert_eq!(h.output::<String>(&id).unwrap(), examples::approval_expected(&input));
 }
 
 #[test]
 fn timer_wins_when_no_event_comes() {
     let mut h = harness();
-    let input = ApprovalInput {
-        counter: "c-timeout".into(),
-        amount: 1,
-    };
+    let input = ApprovalInput { counter: "c-timeout".into(), amount: 1 };
     let start = h.start("Approval", "a2", &input);
     let id = start.target.clone();
     h.deliver(start);
@@ -220,10 +164,7 @@ fn timer_wins_when_no_event_comes() {
 #[test]
 fn external_event_that_arrives_early_waits_in_the_buffer() {
     let mut h = harness();
-    let input = ApprovalInput {
-        counter: "c-early".into(),
-        amount: 2,
-    };
+    let input = ApprovalInput { counter: "c-early".into(), amount: 2 };
     let start = h.start("Approval", "a3", &input);
     let id = start.target.clone();
     let raise = h.raise(&id, "approve", true);
@@ -231,19 +172,13 @@ fn external_event_that_arrives_early_waits_in_the_buffer() {
     let history = h.record(&id).unwrap().orchestration().unwrap();
     assert_eq!(history.inbox.len(), 1, "buffered: nobody waits for it yet");
     h.run();
-    assert_eq!(
-        h.output::<String>(&id).unwrap(),
-        examples::approval_expected(&input)
-    );
+    assert_eq!(h.output::<String>(&id).unwrap(), examples::approval_expected(&input));
 }
 
 #[test]
 fn retry_succeeds_on_the_third_attempt_driven_by_durable_timers() {
     let mut h = harness();
-    let input = ApprovalInput {
-        counter: "c-retry".into(),
-        amount: 1,
-    };
+    let input = ApprovalInput { counter: "c-retry".into(), amount: 1 };
     let start = h.start("Approval", "a4", &input);
     let id = start.target.clone();
     h.deliver(start);
@@ -264,15 +199,8 @@ fn retry_succeeds_on_the_third_attempt_driven_by_durable_timers() {
     }
     assert_eq!(attempts, [1, 2, 3]);
     assert_eq!(delays, [1000, 2000], "first interval, then doubled");
-    let kinds: Vec<CommandKind> = h
-        .record(&id)
-        .unwrap()
-        .orchestration()
-        .unwrap()
-        .commands
-        .iter()
-        .map(|c| c.kind)
-        .collect();
+    let kinds: Vec<CommandKind> =
+        h.record(&id).unwrap().orchestration().unwrap().commands.iter().map(|c| c.kind).collect();
     assert_eq!(
         kinds[..5],
         [
@@ -295,10 +223,7 @@ fn continue_as_new_keeps_buffered_events() {
     let out = h.deliver_batch(ticks);
     assert!(out.dropped.is_empty());
     assert_eq!(h.output::<u32>(&id), Some(3));
-    assert_eq!(
-        h.record(&id).unwrap().orchestration().unwrap().generation,
-        2
-    );
+    assert_eq!(h.record(&id).unwrap().orchestration().unwrap().generation, 2);
 }
 
 #[test]
@@ -356,8 +281,7 @@ async fn diverging(ctx: OrchestrationContext, (): ()) -> Result<(), Failure> {
 }
 
 async fn diverged(ctx: OrchestrationContext, (): ()) -> Result<(), Failure> {
-    ctx.create_timer_after(std::time::Duration::from_secs(1))
-        .await;
+    ctx.create_timer_after(std::time::Duration::from_secs(1)).await;
     Ok(())
 }
 
@@ -366,50 +290,23 @@ fn replay_that_asks_for_something_else_fails_with_a_typed_nondeterminism_error()
     let id = InstanceId::orchestration("Flow", "n1");
     let v1 = Engine::new(Registry::new().orchestration("Flow", diverging));
     let v2 = Engine::new(Registry::new().orchestration("Flow", diverged));
-    let start = Envelope::new(
-        "s",
-        id.canonical(),
-        0,
-        Event::StartOrchestration {
-            input: Payload::null(),
-        },
-    );
+    let start = Envelope::new("s", id.canonical(), 0, Event::StartOrchestration { input: Payload::null() });
     let step = |engine: &Engine, record, e: Envelope| {
         engine.step(
             &id,
             record,
-            StepInput {
-                deliveries: vec![Delivery {
-                    envelope: e,
-                    offset: None,
-                }],
-                now: 5,
-                partition: None,
-            },
+            StepInput { deliveries: vec![Delivery { envelope: e, offset: None }], now: 5, partition: None },
         )
     };
     let first = step(&v1, None, start);
     // The code is redeployed with a different first step; the first reply arrives.
     let out = step(&v2, Some(first.record), reply(&id.canonical(), "0.0", "9"));
-    let Some(OrchestrationStatus::Failed { failure }) =
-        out.record.orchestration().map(|h| &h.status)
-    else {
-        panic!(
-            "expected a failure, got {:?}",
-            out.record.orchestration().map(|h| &h.status)
-        );
+    let Some(OrchestrationStatus::Failed { failure }) = out.record.orchestration().map(|h| &h.status) else {
+        panic!("expected a failure, got {:?}", out.record.orchestration().map(|h| &h.status));
     };
     assert_eq!(failure.kind, crate::context::NONDETERMINISM);
-    assert!(
-        failure.message.contains("CallActivity(Square)"),
-        "{}",
-        failure.message
-    );
-    assert!(
-        failure.message.contains("CreateTimer"),
-        "{}",
-        failure.message
-    );
+    assert!(failure.message.contains("CallActivity(Square)"), "{}", failure.message);
+    assert!(failure.message.contains("CreateTimer"), "{}", failure.message);
     // It stays failed: more events change nothing and never spin.
     let again = step(&v2, Some(out.record), reply(&id.canonical(), "0.1", "16"));
     assert_eq!(again.dropped[0].reason, DropReason::Finished);
@@ -425,9 +322,7 @@ fn identical_input_gives_identical_output() {
                 "s",
                 id.canonical(),
                 0,
-                Event::StartOrchestration {
-                    input: Payload::json(&20).unwrap(),
-                },
+                Event::StartOrchestration { input: Payload::json(&20).unwrap() },
             ),
             offset: Some(7),
         }],
@@ -440,9 +335,7 @@ fn identical_input_gives_identical_output() {
     assert_eq!(a.record, b.record);
     assert_eq!(a.emitted().count(), 20);
     let origins: Vec<_> = a.emitted().map(|e| e.origin.clone().unwrap()).collect();
-    assert!(origins
-        .windows(2)
-        .all(|w| w[0].stream == "p3" && w[0].seq < w[1].seq));
+    assert!(origins.windows(2).all(|w| w[0].stream == "p3" && w[0].seq < w[1].seq));
     assert_eq!(origins[0].seq, 7 << 20);
 }
 
@@ -455,48 +348,28 @@ struct Replayed {
 }
 
 async fn replay_safe(ctx: OrchestrationContext, (): ()) -> Result<(Replayed, Replayed), Failure> {
-    let first = Replayed {
-        uuid: ctx.new_uuid(),
-        random: ctx.random(),
-        now: ctx.now(),
-        flags: vec![ctx.is_replaying()],
-    };
+    let first =
+        Replayed { uuid: ctx.new_uuid(), random: ctx.random(), now: ctx.now(), flags: vec![ctx.is_replaying()] };
     ctx.set_custom_status(&first.uuid);
     let _: u64 = ctx.call_activity("Square", 2u64).await?;
-    let second = Replayed {
-        uuid: ctx.new_uuid(),
-        random: ctx.random(),
-        now: ctx.now(),
-        flags: vec![ctx.is_replaying()],
-    };
+    let second =
+        Replayed { uuid: ctx.new_uuid(), random: ctx.random(), now: ctx.now(), flags: vec![ctx.is_replaying()] };
     Ok((first, second))
 }
 
 #[test]
 fn now_uuid_random_and_is_replaying_are_replay_safe() {
-    let mut h =
-        Harness::new(examples::register(Registry::new()).orchestration("Safe", replay_safe));
+    let mut h = Harness::new(examples::register(Registry::new()).orchestration("Safe", replay_safe));
     let start = h.start("Safe", "s", ());
     let id = start.target.clone();
     let t0 = h.now();
     h.deliver(start);
-    let status_uuid: String = h
-        .record(&id)
-        .unwrap()
-        .orchestration()
-        .unwrap()
-        .custom_status
-        .as_ref()
-        .unwrap()
-        .decode()
-        .unwrap();
+    let status_uuid: String =
+        h.record(&id).unwrap().orchestration().unwrap().custom_status.as_ref().unwrap().decode().unwrap();
     h.advance(5000);
     h.run();
     let (first, second): (Replayed, Replayed) = h.output(&id).unwrap();
-    assert_eq!(
-        first.uuid, status_uuid,
-        "the uuid made in step 1 is made again on replay"
-    );
+    assert_eq!(first.uuid, status_uuid, "the uuid made in step 1 is made again on replay");
     assert_eq!(first.now, t0);
     assert_eq!(second.now, t0 + 5000);
     assert_ne!(first.uuid, second.uuid);
@@ -510,31 +383,17 @@ fn now_uuid_random_and_is_replaying_are_replay_safe() {
 #[test]
 fn terminate_stops_the_orchestration_and_answers_its_parent() {
     let mut h = harness();
-    let input = ApprovalInput {
-        counter: "c-term".into(),
-        amount: 1,
-    };
+    let input = ApprovalInput { counter: "c-term".into(), amount: 1 };
     let mut start = h.start("Approval", "a5", &input);
-    start.body = Event::ReplyTo {
-        address: "orch:Parent:p".into(),
-        correlation: "0.3".into(),
-        inner: Box::new(start.body),
-    };
+    start.body =
+        Event::ReplyTo { address: "orch:Parent:p".into(), correlation: "0.3".into(), inner: Box::new(start.body) };
     let id = start.target.clone();
     h.deliver(start);
     h.take_pending();
     let terminate = h.terminate(&id, "operator said so");
     let out = h.deliver(terminate);
-    assert_eq!(
-        h.status(&id),
-        Some(&OrchestrationStatus::Terminated {
-            reason: "operator said so".into()
-        })
-    );
-    let answer = out
-        .emitted()
-        .find(|e| e.target == "orch:Parent:p")
-        .expect("parent is answered");
+    assert_eq!(h.status(&id), Some(&OrchestrationStatus::Terminated { reason: "operator said so".into() }));
+    let answer = out.emitted().find(|e| e.target == "orch:Parent:p").expect("parent is answered");
     assert!(
         matches!(&answer.body, Event::OrchestrationFailed { correlation, failure } if correlation == "0.3" && failure.kind == "Terminated")
     );
@@ -549,33 +408,19 @@ fn entity_operations_change_state_reply_to_calls_and_dead_letter_unknown_operati
     let add = h.signal(&counter, "add", 5);
     h.deliver(add);
     let mut call = h.signal(&counter, "get", ());
-    call.body = Event::ReplyTo {
-        address: "orch:X:x".into(),
-        correlation: "0.0".into(),
-        inner: Box::new(call.body),
-    };
+    call.body = Event::ReplyTo { address: "orch:X:x".into(), correlation: "0.0".into(), inner: Box::new(call.body) };
     let out = h.deliver(call);
     let answer = out.emitted().next().unwrap();
-    assert!(
-        matches!(&answer.body, Event::OperationResult { outcome: Ok(p), .. } if p.data == b"5")
-    );
+    assert!(matches!(&answer.body, Event::OperationResult { outcome: Ok(p), .. } if p.data == b"5"));
     let mut bogus = h.signal(&counter, "explode", ());
-    bogus.body = Event::ReplyTo {
-        address: "orch:X:x".into(),
-        correlation: "0.1".into(),
-        inner: Box::new(bogus.body),
-    };
+    bogus.body = Event::ReplyTo { address: "orch:X:x".into(), correlation: "0.1".into(), inner: Box::new(bogus.body) };
     let out = h.deliver(bogus);
     assert_eq!(out.dead_letters.len(), 1);
     assert!(out.dead_letters[0].reason.contains("explode"));
     assert!(
         matches!(&out.emitted().next().unwrap().body, Event::OperationResult { outcome: Err(f), .. } if f.kind == "UnknownOperation")
     );
-    assert_eq!(
-        h.entity_state::<examples::Counter>(&counter).unwrap().value,
-        5,
-        "state unchanged"
-    );
+    assert_eq!(h.entity_state::<examples::Counter>(&counter).unwrap().value, 5, "state unchanged");
     let delete = h.signal(&counter, "delete", ());
     let out = h.deliver(delete);
     assert!(h.entity_state::<examples::Counter>(&counter).is_none());
@@ -595,9 +440,7 @@ fn events_for_unregistered_handlers_and_wrong_kinds_are_dead_lettered() {
     let counter = InstanceId::entity("Counter", "k");
     let raise = h.raise(&counter.canonical(), "approve", true);
     let out = h.deliver(raise);
-    assert!(out.dead_letters[0]
-        .reason
-        .contains("cannot handle RaiseEvent"));
+    assert!(out.dead_letters[0].reason.contains("cannot handle RaiseEvent"));
 }
 
 async fn panicking(_ctx: OrchestrationContext, (): ()) -> Result<(), Failure> {
@@ -670,53 +513,25 @@ struct Relay {
 
 #[test]
 fn entities_signal_entities_start_orchestrations_and_schedule_signals() {
-    let relay = crate::context::EntityType::<Relay>::new().operation(
-        "forward",
-        |s: &mut Relay, ctx, n: i64| {
-            s.forwarded += 1;
-            ctx.signal_entity(&InstanceId::entity("Counter", "target"), "add", n)?;
-            ctx.signal_entity_at(
-                &InstanceId::entity("Counter", "target"),
-                "add",
-                100,
-                ctx.now() + 60_000,
-            )?;
-            ctx.start_orchestration("HelloSequence", "from-entity", vec!["Oslo"])?;
-            Ok(())
-        },
-    );
+    let relay = crate::context::EntityType::<Relay>::new().operation("forward", |s: &mut Relay, ctx, n: i64| {
+        s.forwarded += 1;
+        ctx.signal_entity(&InstanceId::entity("Counter", "target"), "add", n)?;
+        ctx.signal_entity_at(&InstanceId::entity("Counter", "target"), "add", 100, ctx.now() + 60_000)?;
+        ctx.start_orchestration("HelloSequence", "from-entity", vec!["Oslo"])?;
+        Ok(())
+    });
     let mut h = Harness::new(examples::register(Registry::new()).entity("Relay", relay));
     let relay_id = InstanceId::entity("Relay", "r");
     let signal = h.signal(&relay_id, "forward", 5);
     let out = h.deliver(signal);
-    assert_eq!(
-        out.emitted().count(),
-        2,
-        "a signal and a start, after the commit"
-    );
-    assert_eq!(
-        out.delayed()
-            .map(|(at, _)| at - h.now())
-            .collect::<Vec<_>>(),
-        [60_000]
-    );
+    assert_eq!(out.emitted().count(), 2, "a signal and a start, after the commit");
+    assert_eq!(out.delayed().map(|(at, _)| at - h.now()).collect::<Vec<_>>(), [60_000]);
     h.run_until(h.now());
     let target = InstanceId::entity("Counter", "target");
-    assert_eq!(
-        h.entity_state::<examples::Counter>(&target).unwrap().value,
-        5
-    );
-    assert_eq!(
-        h.output::<Vec<String>>("orch:HelloSequence:from-entity")
-            .unwrap(),
-        ["Hello Oslo!"]
-    );
+    assert_eq!(h.entity_state::<examples::Counter>(&target).unwrap().value, 5);
+    assert_eq!(h.output::<Vec<String>>("orch:HelloSequence:from-entity").unwrap(), ["Hello Oslo!"]);
     h.run();
-    assert_eq!(
-        h.entity_state::<examples::Counter>(&target).unwrap().value,
-        105,
-        "the delayed signal arrived"
-    );
+    assert_eq!(h.entity_state::<examples::Counter>(&target).unwrap().value, 105, "the delayed signal arrived");
 }
 
 /// Counts `tracing` events (a minimal subscriber: no dependency needed).
@@ -752,16 +567,12 @@ fn logging_is_replay_safe_each_line_once() {
     let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let subscriber = CountEvents(count.clone());
     tracing::subscriber::with_default(subscriber, || {
-        let mut h =
-            Harness::new(examples::register(Registry::new()).orchestration("Chatty", chatty));
+        let mut h = Harness::new(examples::register(Registry::new()).orchestration("Chatty", chatty));
         let start = h.start("Chatty", "c", ());
         let id = start.target.clone();
         h.deliver(start);
         h.run(); // three steps: each replays the lines before it
-        assert!(matches!(
-            h.status(&id),
-            Some(OrchestrationStatus::Completed { .. })
-        ));
+        assert!(matches!(h.status(&id), Some(OrchestrationStatus::Completed { .. })));
     });
     assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 3);
 }

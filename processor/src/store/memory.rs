@@ -48,41 +48,25 @@ impl MemoryStore {
     /// The blob of `id`, if any (synchronous, for inspection).
     pub fn get(&self, id: &str) -> Option<Stored> {
         let inner = self.inner.lock().expect("store lock");
-        inner.instances.get(id).map(|(blob, etag)| Stored {
-            blob: blob.clone(),
-            etag: *etag,
-        })
+        inner.instances.get(id).map(|(blob, etag)| Stored { blob: blob.clone(), etag: *etag })
     }
 
     /// Parked plus released-but-unacknowledged timers over all partitions.
     pub fn pending_timers(&self) -> usize {
         let inner = self.inner.lock().expect("store lock");
-        inner
-            .partitions
-            .values()
-            .map(|t| t.parked.len() + t.released.len())
-            .sum()
+        inner.partitions.values().map(|t| t.parked.len() + t.released.len()).sum()
     }
 
     /// Partitions with released timers not yet acknowledged (they must be produced again).
     pub fn unacknowledged(&self) -> Vec<u32> {
         let inner = self.inner.lock().expect("store lock");
-        inner
-            .partitions
-            .iter()
-            .filter(|(_, t)| !t.released.is_empty())
-            .map(|(p, _)| *p)
-            .collect()
+        inner.partitions.iter().filter(|(_, t)| !t.released.is_empty()).map(|(p, _)| *p).collect()
     }
 
     /// The earliest fire time over all partitions.
     pub fn next_due(&self) -> Option<i64> {
         let inner = self.inner.lock().expect("store lock");
-        inner
-            .partitions
-            .values()
-            .filter_map(|t| t.parked.keys().next().map(|(at, _)| *at))
-            .min()
+        inner.partitions.values().filter_map(|t| t.parked.keys().next().map(|(at, _)| *at)).min()
     }
 }
 
@@ -114,12 +98,7 @@ impl Store for MemoryStore {
         Ok(outcomes)
     }
 
-    async fn claim_due_timers(
-        &self,
-        partition: u32,
-        now: i64,
-        max: usize,
-    ) -> StoreResult<Vec<ReleasedTimer>> {
+    async fn claim_due_timers(&self, partition: u32, now: i64, max: usize) -> StoreResult<Vec<ReleasedTimer>> {
         let mut inner = self.inner.lock().expect("store lock");
         let timers = inner.partitions.entry(partition).or_default();
         while timers.released.len() < max {
@@ -131,11 +110,7 @@ impl Store for MemoryStore {
             }
             let ((fire_at, _), envelope) = entry.remove_entry();
             timers.last_seq += 1;
-            timers.released.push_back(ReleasedTimer {
-                seq: timers.last_seq,
-                fire_at,
-                envelope,
-            });
+            timers.released.push_back(ReleasedTimer { seq: timers.last_seq, fire_at, envelope });
         }
         Ok(timers.released.iter().cloned().collect())
     }
@@ -151,11 +126,9 @@ impl Store for MemoryStore {
 
     async fn timer_backlog(&self, partition: u32) -> StoreResult<(Option<i64>, usize)> {
         let inner = self.inner.lock().expect("store lock");
-        Ok(inner.partitions.get(&partition).map_or((None, 0), |t| {
-            (
-                t.parked.keys().next().map(|(at, _)| *at),
-                t.parked.len() + t.released.len(),
-            )
-        }))
+        Ok(inner
+            .partitions
+            .get(&partition)
+            .map_or((None, 0), |t| (t.parked.keys().next().map(|(at, _)| *at), t.parked.len() + t.released.len())))
     }
 }

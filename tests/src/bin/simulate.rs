@@ -39,17 +39,7 @@ fn shrink(config: &Config, outcome: &Outcome) -> (Config, Outcome) {
         let base = best.0.clone();
         let mut candidates = Vec::new();
         let s = base.scale;
-        for (i, field) in [
-            s.hello,
-            s.fanout,
-            s.counters,
-            s.signals,
-            s.approvals,
-            s.tickers,
-        ]
-        .iter()
-        .enumerate()
-        {
+        for (i, field) in [s.hello, s.fanout, s.counters, s.signals, s.approvals, s.tickers].iter().enumerate() {
             for smaller in [0, field / 2, field.saturating_sub(1)] {
                 if smaller < *field {
                     let mut c = base.clone();
@@ -75,11 +65,7 @@ fn shrink(config: &Config, outcome: &Outcome) -> (Config, Outcome) {
         }
         for flip in 0..3 {
             let mut c = base.clone();
-            let f = [
-                &mut c.faults.duplicates,
-                &mut c.faults.crashes,
-                &mut c.faults.rebalances,
-            ];
+            let f = [&mut c.faults.duplicates, &mut c.faults.crashes, &mut c.faults.rebalances];
             let flag = f.into_iter().nth(flip).expect("three faults");
             if *flag {
                 *flag = false;
@@ -139,24 +125,14 @@ fn main() {
                 conflicts.fetch_add(outcome.conflicts, Ordering::Relaxed);
                 crashes.fetch_add(outcome.crashes, Ordering::Relaxed);
                 // Order-independent combination of the per-seed trace hashes.
-                combined.fetch_add(
-                    outcome.trace_hash.rotate_left((seed % 64) as u32),
-                    Ordering::Relaxed,
-                );
-                hashes
-                    .lock()
-                    .expect("lock")
-                    .push((seed, outcome.trace_hash));
+                combined.fetch_add(outcome.trace_hash.rotate_left((seed % 64) as u32), Ordering::Relaxed);
+                hashes.lock().expect("lock").push((seed, outcome.trace_hash));
                 if !outcome.violations.is_empty() {
                     failures.lock().expect("lock").push((config, outcome));
                 }
                 let n = done.fetch_add(1, Ordering::Relaxed) + 1;
                 if n % 500 == 0 {
-                    eprintln!(
-                        "  {n}/{} seeds, {:.1}s",
-                        args.seeds,
-                        started.elapsed().as_secs_f64()
-                    );
+                    eprintln!("  {n}/{} seeds, {:.1}s", args.seeds, started.elapsed().as_secs_f64());
                 }
             });
         }
@@ -174,10 +150,7 @@ fn main() {
     if let Some((config, outcome)) = failures.first() {
         eprintln!("FAILED: {}", sim::describe(config, outcome).trim_end());
         let (small, out) = shrink(config, outcome);
-        eprintln!(
-            "smallest failing configuration: {}",
-            sim::describe(&small, &out).trim_end()
-        );
+        eprintln!("smallest failing configuration: {}", sim::describe(&small, &out).trim_end());
         eprintln!("reproduce: cargo run --release -p tests --bin simulate -- --seed {} (default scale; see above for the shrunk one)", config.seed);
         eprintln!("trace ({} lines):", out.trace.len());
         for line in &out.trace {

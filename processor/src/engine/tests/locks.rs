@@ -16,14 +16,11 @@ fn account(key: &str) -> InstanceId {
 }
 
 fn entity_state<'a>(h: &'a Harness, id: &InstanceId) -> &'a EntityState {
-    h.record(&id.canonical())
-        .and_then(|r| r.entity())
-        .expect("entity exists")
+    h.record(&id.canonical()).and_then(|r| r.entity()).expect("entity exists")
 }
 
 fn balance(h: &Harness, key: &str) -> i64 {
-    h.entity_state::<Account>(&account(key))
-        .map_or(0, |a| a.balance)
+    h.entity_state::<Account>(&account(key)).map_or(0, |a| a.balance)
 }
 
 fn open_accounts(h: &mut Harness, funds: &[(&str, i64)]) {
@@ -34,15 +31,7 @@ fn open_accounts(h: &mut Harness, funds: &[(&str, i64)]) {
 }
 
 fn transfer(h: &mut Harness, key: &str, from: &str, to: &str, amount: i64) -> Envelope {
-    h.start(
-        "Transfer",
-        key,
-        TransferInput {
-            from: from.into(),
-            to: to.into(),
-            amount,
-        },
-    )
+    h.start("Transfer", key, TransferInput { from: from.into(), to: to.into(), amount })
 }
 
 /// Deliver pending events in an order picked by `seed` until nothing is pending.
@@ -51,9 +40,7 @@ fn run_shuffled(h: &mut Harness, mut seed: u64) {
         if h.pending().is_empty() {
             return;
         }
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         let i = (seed >> 33) as usize % h.pending().len();
         h.deliver_pending(i);
     }
@@ -64,11 +51,7 @@ fn assert_unlocked(h: &Harness, keys: &[&str]) {
     for key in keys {
         let state = entity_state(h, &account(key));
         assert_eq!(state.lock, None, "{key} is still locked");
-        assert!(
-            state.queue.is_empty(),
-            "{key} still has queued work: {:?}",
-            state.queue
-        );
+        assert!(state.queue.is_empty(), "{key} still has queued work: {:?}", state.queue);
     }
 }
 
@@ -98,33 +81,17 @@ fn two_transfers_racing_for_the_same_pair_are_serialized_in_any_delivery_order()
         h.deliver(deposit.clone());
         run_shuffled(&mut h, seed);
         let outcome = |id: &str| {
-            h.output::<TransferOutcome>(id)
-                .unwrap_or_else(|| panic!("seed {seed}: {id} {:?}", h.status(id)))
+            h.output::<TransferOutcome>(id).unwrap_or_else(|| panic!("seed {seed}: {id} {:?}", h.status(id)))
         };
         let (o1, o2) = (outcome(&id1), outcome(&id2));
         // Whichever went first, the other saw its effect: never both refused, never an overdraft.
         let (a, b) = (balance(&h, "a"), balance(&h, "b"));
         assert_eq!(a + b, 155, "seed {seed}: money is conserved");
         assert!(a >= 0 && b >= 0);
-        let moved_out_of_a = if o1 == TransferOutcome::Transferred {
-            70
-        } else {
-            0
-        };
-        let moved_out_of_b = if o2 == TransferOutcome::Transferred {
-            100
-        } else {
-            0
-        };
-        assert_eq!(
-            a,
-            105 - moved_out_of_a + moved_out_of_b,
-            "seed {seed}: each transfer applied exactly once"
-        );
-        assert!(
-            o1 == TransferOutcome::Transferred || o2 == TransferOutcome::Transferred,
-            "seed {seed}: {o1:?} {o2:?}"
-        );
+        let moved_out_of_a = if o1 == TransferOutcome::Transferred { 70 } else { 0 };
+        let moved_out_of_b = if o2 == TransferOutcome::Transferred { 100 } else { 0 };
+        assert_eq!(a, 105 - moved_out_of_a + moved_out_of_b, "seed {seed}: each transfer applied exactly once");
+        assert!(o1 == TransferOutcome::Transferred || o2 == TransferOutcome::Transferred, "seed {seed}: {o1:?} {o2:?}");
         assert_unlocked(&h, &["a", "b"]);
     }
 }
@@ -140,30 +107,17 @@ fn operations_sent_to_a_locked_entity_wait_in_arrival_order_and_run_after_releas
     for _ in 0..3 {
         h.deliver_pending(0);
     }
-    assert_eq!(
-        entity_state(&h, &account("a"))
-            .lock
-            .as_ref()
-            .map(|l| l.owner.as_str()),
-        Some(id.as_str())
-    );
+    assert_eq!(entity_state(&h, &account("a")).lock.as_ref().map(|l| l.owner.as_str()), Some(id.as_str()));
     // Queued in this order, these leave 0 behind; run the other way round the withdraw fails.
     let first = h.signal(&account("a"), "deposit", 5);
     let second = h.signal(&account("a"), "withdraw", 5);
     h.deliver(first);
     h.deliver(second);
-    assert_eq!(
-        entity_state(&h, &account("a")).queue.len(),
-        2,
-        "queued behind the lock"
-    );
+    assert_eq!(entity_state(&h, &account("a")).queue.len(), 2, "queued behind the lock");
     h.run();
     // The transfer saw 10 and moved it (its own signals carry the lock and run at once); then
     // the queued deposit 5 and withdraw 5 ran, in arrival order.
-    assert_eq!(
-        h.output::<TransferOutcome>(&id),
-        Some(TransferOutcome::Transferred)
-    );
+    assert_eq!(h.output::<TransferOutcome>(&id), Some(TransferOutcome::Transferred));
     assert_eq!(balance(&h, "a"), 0);
     assert_eq!(balance(&h, "b"), 10);
     assert_unlocked(&h, &["a", "b"]);
@@ -183,23 +137,13 @@ fn a_lock_holder_terminated_mid_section_releases_its_locks() {
     h.deliver(blocked);
     let terminate = h.terminate(&id, "operator");
     let out = h.deliver(terminate);
-    let releases: Vec<_> = out
-        .emitted()
-        .filter(|e| matches!(e.body, Event::LockRelease { .. }))
-        .map(|e| e.target.clone())
-        .collect();
+    let releases: Vec<_> =
+        out.emitted().filter(|e| matches!(e.body, Event::LockRelease { .. })).map(|e| e.target.clone()).collect();
     assert_eq!(releases, ["entity:Account:a", "entity:Account:b"]);
     h.run();
-    assert!(matches!(
-        h.status(&id),
-        Some(OrchestrationStatus::Terminated { .. })
-    ));
+    assert!(matches!(h.status(&id), Some(OrchestrationStatus::Terminated { .. })));
     assert_unlocked(&h, &["a", "b"]);
-    assert_eq!(
-        balance(&h, "a") + balance(&h, "b"),
-        17,
-        "the queued deposit ran after the release"
-    );
+    assert_eq!(balance(&h, "a") + balance(&h, "b"), 17, "the queued deposit ran after the release");
 }
 
 async fn greedy(ctx: OrchestrationContext, (): ()) -> Result<i64, Failure> {
@@ -210,16 +154,13 @@ async fn greedy(ctx: OrchestrationContext, (): ()) -> Result<i64, Failure> {
 
 #[test]
 fn a_lock_holder_that_fails_mid_section_releases_its_locks() {
-    let mut h =
-        Harness::new(crate::examples::register(Registry::new()).orchestration("Greedy", greedy));
+    let mut h = Harness::new(crate::examples::register(Registry::new()).orchestration("Greedy", greedy));
     open_accounts(&mut h, &[("a", 10)]);
     let start = h.start("Greedy", "g", ());
     let id = start.target.clone();
     h.deliver(start);
     h.run();
-    assert!(
-        matches!(h.status(&id), Some(OrchestrationStatus::Failed { failure }) if failure.kind == "Overdraft")
-    );
+    assert!(matches!(h.status(&id), Some(OrchestrationStatus::Failed { failure }) if failure.kind == "Overdraft"));
     assert_unlocked(&h, &["a"]);
 }
 
@@ -245,16 +186,8 @@ fn a_duplicated_lock_request_takes_the_lock_once() {
 }
 
 async fn impatient(ctx: OrchestrationContext, (): ()) -> Result<String, Failure> {
-    let accounts = [
-        InstanceId::entity("Account", "a"),
-        InstanceId::entity("Account", "b"),
-    ];
-    match when_any2(
-        ctx.lock(&accounts),
-        ctx.create_timer_after(std::time::Duration::from_secs(1)),
-    )
-    .await
-    {
+    let accounts = [InstanceId::entity("Account", "a"), InstanceId::entity("Account", "b")];
+    match when_any2(ctx.lock(&accounts), ctx.create_timer_after(std::time::Duration::from_secs(1))).await {
         Either::Left(guard) => {
             drop(guard?);
             Ok("locked".into())
@@ -265,19 +198,14 @@ async fn impatient(ctx: OrchestrationContext, (): ()) -> Result<String, Failure>
 
 #[test]
 fn release_before_all_grants_arrive_leaves_nothing_locked() {
-    let mut h = Harness::new(
-        crate::examples::register(Registry::new()).orchestration("Impatient", impatient),
-    );
+    let mut h = Harness::new(crate::examples::register(Registry::new()).orchestration("Impatient", impatient));
     let start = h.start("Impatient", "i", ());
     let id = start.target.clone();
     h.deliver(start);
     let request_a = h.take_pending().remove(0);
     h.deliver(request_a);
     let forwarded = h.take_pending().remove(0);
-    assert!(
-        matches!(forwarded.body, Event::LockRequest { position: 1, .. }),
-        "a forwards to b"
-    );
+    assert!(matches!(forwarded.body, Event::LockRequest { position: 1, .. }), "a forwards to b");
     // The timer wins: the owner withdraws and sends releases to a and b.
     let timer = h.take_timers().remove(0);
     h.fire(timer);
@@ -299,19 +227,15 @@ fn release_before_all_grants_arrive_leaves_nothing_locked() {
 }
 
 async fn rule_breaker(ctx: OrchestrationContext, (): ()) -> Result<Vec<String>, Failure> {
-    let (a, b, c) = (
-        InstanceId::entity("Account", "a"),
-        InstanceId::entity("Account", "b"),
-        InstanceId::entity("Account", "c"),
-    );
+    let (a, b, c) =
+        (InstanceId::entity("Account", "a"), InstanceId::entity("Account", "b"), InstanceId::entity("Account", "c"));
     let _guard = ctx.lock(&[a.clone(), b]).await?;
     let mut kinds = Vec::new();
     let call: Result<i64, Failure> = ctx.call_entity(&c, "balance", ()).await;
     kinds.push(call.unwrap_err().kind);
     kinds.push(ctx.signal_entity(&c, "deposit", 1).unwrap_err().kind);
     kinds.push(ctx.lock(&[c]).await.err().unwrap().kind);
-    let child: Result<Vec<String>, Failure> =
-        ctx.call_sub_orchestration("HelloSequence", vec!["x"]).await;
+    let child: Result<Vec<String>, Failure> = ctx.call_sub_orchestration("HelloSequence", vec!["x"]).await;
     kinds.push(child.unwrap_err().kind);
     let allowed: i64 = ctx.call_entity(&a, "balance", ()).await?;
     kinds.push(format!("balance {allowed}"));
@@ -320,24 +244,13 @@ async fn rule_breaker(ctx: OrchestrationContext, (): ()) -> Result<Vec<String>, 
 
 #[test]
 fn breaking_the_critical_section_rules_is_a_clear_error_not_a_deadlock() {
-    let mut h = Harness::new(
-        crate::examples::register(Registry::new()).orchestration("Rules", rule_breaker),
-    );
+    let mut h = Harness::new(crate::examples::register(Registry::new()).orchestration("Rules", rule_breaker));
     let start = h.start("Rules", "r", ());
     let id = start.target.clone();
     h.deliver(start);
     h.run();
     let kinds: Vec<String> = h.output(&id).unwrap();
-    assert_eq!(
-        kinds,
-        [
-            LOCK_VIOLATION,
-            LOCK_VIOLATION,
-            LOCK_VIOLATION,
-            LOCK_VIOLATION,
-            "balance 0"
-        ]
-    );
+    assert_eq!(kinds, [LOCK_VIOLATION, LOCK_VIOLATION, LOCK_VIOLATION, LOCK_VIOLATION, "balance 0"]);
     assert_unlocked(&h, &["a", "b"]);
 }
 
@@ -352,9 +265,7 @@ async fn locker_loop(ctx: OrchestrationContext, round: u32) -> Result<u32, Failu
 
 #[test]
 fn continue_as_new_releases_the_lock_of_the_old_generation() {
-    let mut h = Harness::new(
-        crate::examples::register(Registry::new()).orchestration("Looper", locker_loop),
-    );
+    let mut h = Harness::new(crate::examples::register(Registry::new()).orchestration("Looper", locker_loop));
     let start = h.start("Looper", "l", 0u32);
     let id = start.target.clone();
     h.deliver(start);
