@@ -13,6 +13,7 @@
 //! - [`context`] (pure): what application code calls — [`OrchestrationContext`],
 //!   [`when_all`]/[`when_any`], [`EntityType`]/[`EntityContext`], activities.
 //! - [`engine`] (pure): one step of one instance; the orchestration executor and replay.
+//! - [`critical_sections`]: the lock protocol (documentation).
 //! - [`effect`]: what leaves after a commit.
 //! - [`registry`]: handlers by name.
 //! - [`harness`]: the test harness for application code.
@@ -21,6 +22,7 @@
 #![warn(missing_docs)]
 
 pub mod context;
+pub mod critical_sections;
 pub mod effect;
 pub mod engine;
 pub mod examples;

@@ -21,7 +21,7 @@ use std::task::{Context, Poll, Waker};
 
 use durable_processor::context::ActivityRequest;
 use durable_processor::engine::{DropReason, StepOutput};
-use durable_processor::examples::{self, ApprovalInput, Counter};
+use durable_processor::examples::{self, Account, ApprovalInput, Counter, TransferInput, TransferOutcome};
 use durable_processor::history::{Body, InstanceRecord, OrchestrationStatus};
 use durable_processor::id::{InstanceId, Kind};
 use durable_processor::store::{CommitOutcome, MemoryStore, Store, TimerEntry, Write};
@@ -47,11 +47,26 @@ pub struct Scale {
     pub approvals: usize,
     /// `Ticker` instances (continue-as-new with buffered events).
     pub tickers: usize,
+    /// `Account` entities of the bank workload.
+    pub accounts: usize,
+    /// `Transfer` orchestrations between random pairs of accounts (about one in four is also
+    /// terminated at a random moment).
+    pub transfers: usize,
 }
 
 impl Default for Scale {
     fn default() -> Self {
-        Self { hello: 3, fanout: 1, fanout_width: 100, counters: 3, signals: 10, approvals: 2, tickers: 1 }
+        Self {
+            hello: 3,
+            fanout: 1,
+            fanout_width: 100,
+            counters: 3,
+            signals: 10,
+            approvals: 2,
+            tickers: 1,
+            accounts: 4,
+            transfers: 10,
+        }
     }
 }
 
@@ -206,6 +221,15 @@ struct World {
     crashes: usize,
     /// Encodings of every event in a committed outbox: nothing else may leave a step.
     committed_emits: BTreeSet<Vec<u8>>,
+    /// The bank workload: opening deposits and transfers (and which were terminated).
+    bank: Bank,
+}
+
+/// What the bank workload sent, to check the books at the end.
+#[derive(Debug, Default)]
+struct Bank {
+    deposits: BTreeMap<String, i64>,
+    transfers: Vec<(String, TransferInput, bool)>,
 }
 
 const T0: i64 = 1_700_000_000_000;
@@ -232,6 +256,7 @@ impl World {
             conflicts: 0,
             crashes: 0,
             committed_emits: BTreeSet::new(),
+            bank: Bank::default(),
             config,
         };
         for p in 0..world.config.partitions {
@@ -308,7 +333,30 @@ impl World {
             }
             per_instance.push(events);
         }
+        // The bank: opening deposits go first, transfers are interleaved with everything else.
         let mut out = VecDeque::new();
+        for i in 0..s.accounts {
+            let key = format!("acct{i}");
+            let amount = self.rng.gen_range(50..=100i64);
+            self.bank.deposits.insert(key.clone(), amount);
+            let id = InstanceId::entity("Account", key).canonical();
+            out.push_back(next(self, id, Event::EntityOperation { operation: "deposit".into(), input: json(&amount) }));
+        }
+        for i in 0..if s.accounts >= 2 { s.transfers } else { 0 } {
+            let from = self.rng.gen_range(0..s.accounts);
+            let to = (from + self.rng.gen_range(1..s.accounts)) % s.accounts;
+            let amount = self.rng.gen_range(1..=60);
+            let input = TransferInput { from: format!("acct{from}"), to: format!("acct{to}"), amount };
+            let id = InstanceId::orchestration("Transfer", format!("x{i}")).canonical();
+            let start = next(self, id.clone(), Event::StartOrchestration { input: json(&input) });
+            let mut events: VecDeque<Envelope> = [start].into();
+            let terminated = self.rng.gen_ratio(1, 4);
+            if terminated {
+                events.push_back(next(self, id.clone(), Event::Terminate { reason: "simulated operator".into() }));
+            }
+            self.bank.transfers.push((id, input, terminated));
+            per_instance.push(events);
+        }
         while per_instance.iter().any(|q| !q.is_empty()) {
             let live: Vec<usize> = (0..per_instance.len()).filter(|&i| !per_instance[i].is_empty()).collect();
             let pick = live[self.rng.gen_range(0..live.len())];
@@ -749,6 +797,7 @@ impl World {
                 v.push(format!("{id}: value {value:?} != {} distinct signals", s.signals));
             }
         }
+        self.check_bank(&mut v);
         for id in self.store.ids() {
             let r = record(&id).expect("listed");
             if let Body::Orchestration(h) = &r.body {
@@ -768,6 +817,76 @@ impl World {
             }
         }
         v
+    }
+}
+
+impl World {
+    /// Money is conserved, no balance is negative, no lock or queued work is left, and the
+    /// balances are explained exactly by the transfers that reported `Transferred` plus some
+    /// subset of the terminated ones (each applied exactly once, or not at all).
+    fn check_bank(&self, v: &mut Vec<String>) {
+        if self.bank.deposits.is_empty() {
+            return;
+        }
+        let load = |id: &str| self.store.get(id).map(|s| InstanceRecord::from_blob(&s.blob).expect("valid blob"));
+        let mut balances = BTreeMap::new();
+        for key in self.bank.deposits.keys() {
+            let id = InstanceId::entity("Account", key.clone()).canonical();
+            let Some(record) = load(&id) else {
+                v.push(format!("{id}: missing"));
+                continue;
+            };
+            let entity = record.entity().expect("an entity");
+            if let Some(lock) = &entity.lock {
+                v.push(format!("{id}: still locked by {} at quiescence", lock.owner));
+            }
+            if !entity.queue.is_empty() {
+                v.push(format!("{id}: {} operations still queued at quiescence", entity.queue.len()));
+            }
+            let balance = entity.state.as_ref().and_then(|p| p.decode::<Account>().ok()).map_or(0, |a| a.balance);
+            if balance < 0 {
+                v.push(format!("{id}: negative balance {balance}"));
+            }
+            balances.insert(key.clone(), balance);
+        }
+        let total: i64 = self.bank.deposits.values().sum();
+        let held: i64 = balances.values().sum();
+        if total != held {
+            v.push(format!("bank: {held} in the accounts but {total} deposited"));
+        }
+        let mut expected = self.bank.deposits.clone();
+        let mut unknown = Vec::new();
+        for (id, input, terminated) in &self.bank.transfers {
+            let record = load(id);
+            match record.as_ref().and_then(|r| r.orchestration()).map(|h| &h.status) {
+                Some(OrchestrationStatus::Completed { output }) => match output.decode::<TransferOutcome>() {
+                    Ok(TransferOutcome::Transferred) => {
+                        *expected.get_mut(&input.from).expect("account") -= input.amount;
+                        *expected.get_mut(&input.to).expect("account") += input.amount;
+                    }
+                    Ok(TransferOutcome::Refused { .. }) => {}
+                    Err(e) => v.push(format!("{id}: output does not decode: {e}")),
+                },
+                Some(OrchestrationStatus::Terminated { .. }) if *terminated => unknown.push(input),
+                other => v.push(format!("{id}: expected completed (or terminated if asked), found {other:?}")),
+            }
+        }
+        let explained = (0u32..1 << unknown.len().min(16)).any(|subset| {
+            let mut books = expected.clone();
+            for (i, t) in unknown.iter().enumerate() {
+                if subset & (1 << i) != 0 {
+                    *books.get_mut(&t.from).expect("account") -= t.amount;
+                    *books.get_mut(&t.to).expect("account") += t.amount;
+                }
+            }
+            books == balances
+        });
+        if !explained {
+            v.push(format!(
+                "bank: balances {balances:?} are not explained by the transfers (expected {expected:?}, {} terminated)",
+                unknown.len()
+            ));
+        }
     }
 }
 

@@ -585,6 +585,8 @@ impl OrchestrationContext {
     /// lock is held, other operations sent to these entities wait in arrival order; this
     /// orchestration may call and signal only these entities, may not take a second lock set and
     /// may not start sub-orchestrations (a [`LOCK_VIOLATION`] failure otherwise).
+    ///
+    /// The protocol, and why it cannot deadlock or leak: [`crate::critical_sections`].
     pub fn lock(&self, entities: &[InstanceId]) -> impl Future<Output = Result<LockGuard, Failure>> + 'static {
         let checked = (|| {
             if let Some(e) = entities.iter().find(|e| e.kind() != Kind::Entity) {

@@ -39,7 +39,8 @@ fn shrink(config: &Config, outcome: &Outcome) -> (Config, Outcome) {
         let base = best.0.clone();
         let mut candidates = Vec::new();
         let s = base.scale;
-        for (i, field) in [s.hello, s.fanout, s.counters, s.signals, s.approvals, s.tickers].iter().enumerate() {
+        let fields = [s.hello, s.fanout, s.counters, s.signals, s.approvals, s.tickers, s.accounts, s.transfers];
+        for (i, field) in fields.iter().enumerate() {
             for smaller in [0, field / 2, field.saturating_sub(1)] {
                 if smaller < *field {
                     let mut c = base.clone();
@@ -50,8 +51,10 @@ fn shrink(config: &Config, outcome: &Outcome) -> (Config, Outcome) {
                         &mut c.scale.signals,
                         &mut c.scale.approvals,
                         &mut c.scale.tickers,
+                        &mut c.scale.accounts,
+                        &mut c.scale.transfers,
                     ];
-                    *f.into_iter().nth(i).expect("six fields") = smaller;
+                    *f.into_iter().nth(i).expect("eight fields") = smaller;
                     candidates.push(c);
                 }
             }
