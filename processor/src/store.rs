@@ -16,9 +16,11 @@
 //!   crash in between re-releases the same events with the same seq; receivers drop the copies.
 
 pub mod memory;
+pub mod redis;
 
 use std::future::Future;
 
+pub use self::redis::RedisStore;
 pub use memory::MemoryStore;
 
 /// A stored blob and its etag.

@@ -1,0 +1,240 @@
+//! [`RedisStore`]: the [`Store`] contract on Redis.
+//!
+//! # Keys
+//! Every key of a partition carries the partition as a hash tag, so a Redis Cluster keeps a
+//! partition in one slot and a batch commit of many instances stays a single-slot script:
+//! - `<prefix>:{p<N>}:s:<instance id>` — hash `{b: blob, e: etag}`;
+//! - `<prefix>:{p<N>}:timers` — sorted set of parked timers (score = fire time, member =
+//!   the encoded envelope, unique because event ids are);
+//! - `<prefix>:{p<N>}:released` — hash `seq → "<fire_at>|<envelope>"` of claimed timers
+//!   not yet acknowledged; `<prefix>:{p<N>}:tseq` — the timer stream's last seq.
+//!
+//! # Commits
+//! A batch is one Lua script: for each write it compares the stored etag with the expected one
+//! and, only if they are equal, stores the blob with the next etag and parks the write's timers;
+//! it returns one outcome per write. Redis runs a script atomically, so this is the same
+//! optimistic protocol as WATCH/MULTI/EXEC — compare the etag, write only if nobody else did —
+//! with two differences that matter here: a conflict on one instance does not abort the others
+//! (each write gets its own outcome), and it is safe on one shared multiplexed connection
+//! (WATCH state belongs to a connection, and interleaved WATCHes on a shared connection lose
+//! updates). A batch of any size costs one round trip.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Script;
+
+use super::{CommitOutcome, ReleasedTimer, Store, StoreError, StoreResult, Stored, Write};
+
+/// Compare-and-set of many instances. KEYS: state keys..., timers key. ARGV: n, then per
+/// write: expected etag ("" = must not exist), blob, timer count, then (fire_at, envelope) pairs.
+const COMMIT: &str = r#"
+local n = tonumber(ARGV[1])
+local timers = KEYS[n + 1]
+local out = {}
+local a = 2
+for i = 1, n do
+  local expected = ARGV[a]
+  local blob = ARGV[a + 1]
+  local count = tonumber(ARGV[a + 2])
+  a = a + 3
+  local current = redis.call('HGET', KEYS[i], 'e')
+  if (current == false and expected == '') or (current ~= false and current == expected) then
+    local etag = (tonumber(current) or 0) + 1
+    redis.call('HSET', KEYS[i], 'b', blob, 'e', tostring(etag))
+    for t = 1, count do
+      redis.call('ZADD', timers, ARGV[a], ARGV[a + 1])
+      a = a + 2
+    end
+    out[i] = etag
+  else
+    a = a + 2 * count
+    out[i] = -1
+  end
+end
+return out
+"#;
+
+/// Move due timers to the release queue with fresh seqs; return the whole queue.
+/// KEYS: timers, released, tseq. ARGV: now, max.
+const CLAIM: &str = r#"
+local released = redis.call('HLEN', KEYS[2])
+local room = tonumber(ARGV[2]) - released
+if room > 0 then
+  local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, room)
+  for i = 1, #due, 2 do
+    local seq = redis.call('INCR', KEYS[3])
+    redis.call('HSET', KEYS[2], tostring(seq), due[i + 1] .. '|' .. due[i])
+    redis.call('ZREM', KEYS[1], due[i])
+  end
+end
+return redis.call('HGETALL', KEYS[2])
+"#;
+
+/// Forget released timers with seq <= ARGV[1]. KEYS: released.
+const ACK: &str = r#"
+local fields = redis.call('HKEYS', KEYS[1])
+for _, f in ipairs(fields) do
+  if tonumber(f) <= tonumber(ARGV[1]) then
+    redis.call('HDEL', KEYS[1], f)
+  end
+end
+return 0
+"#;
+
+/// Instance blobs and timers in Redis.
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: ConnectionManager,
+    prefix: String,
+    commit: Script,
+    claim: Script,
+    ack: Script,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore").field("prefix", &self.prefix).finish()
+    }
+}
+
+fn unavailable(e: redis::RedisError) -> StoreError {
+    StoreError(e.to_string())
+}
+
+impl RedisStore {
+    /// Connect to `url` (e.g. `redis://127.0.0.1:6379`); keys start with `prefix`.
+    pub async fn connect(url: &str, prefix: &str) -> StoreResult<Self> {
+        let client = redis::Client::open(url)
+            .map_err(|e| StoreError(format!("invalid Redis URL {url:?}: {e} (expected redis://host:port)")))?;
+        let unreachable = |e: &dyn std::fmt::Display| {
+            StoreError(format!("cannot reach Redis at {url}: {e}: is redis-server running? set DURABLE_REDIS_URL"))
+        };
+        // Fail fast at start-up; once running, the manager reconnects with backoff.
+        let probe = tokio::time::timeout(Duration::from_secs(3), client.get_multiplexed_async_connection()).await;
+        match probe {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(unreachable(&e)),
+            Err(_) => return Err(unreachable(&"no answer within 3 s")),
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(3)))
+            .set_response_timeout(Some(Duration::from_secs(10)))
+            .set_number_of_retries(6)
+            .set_max_delay(Duration::from_secs(2));
+        let conn = ConnectionManager::new_with_config(client, config).await.map_err(|e| unreachable(&e))?;
+        Ok(Self {
+            conn,
+            prefix: prefix.to_owned(),
+            commit: Script::new(COMMIT),
+            claim: Script::new(CLAIM),
+            ack: Script::new(ACK),
+        })
+    }
+
+    /// The key of an instance's state.
+    pub fn state_key(&self, partition: u32, id: &str) -> String {
+        format!("{}:{{p{partition}}}:s:{id}", self.prefix)
+    }
+
+    fn partition_key(&self, partition: u32, what: &str) -> String {
+        format!("{}:{{p{partition}}}:{what}", self.prefix)
+    }
+}
+
+impl Store for RedisStore {
+    async fn load(&self, partition: u32, ids: &[String]) -> StoreResult<Vec<Option<Stored>>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.cmd("HMGET").arg(self.state_key(partition, id)).arg("b").arg("e");
+        }
+        let rows: Vec<(Option<Vec<u8>>, Option<u64>)> =
+            pipe.query_async(&mut self.conn.clone()).await.map_err(unavailable)?;
+        Ok(rows
+            .into_iter()
+            .map(|row| match row {
+                (Some(blob), Some(etag)) => Some(Stored { blob, etag }),
+                _ => None,
+            })
+            .collect())
+    }
+
+    async fn commit(&self, partition: u32, writes: Vec<Write>) -> StoreResult<Vec<CommitOutcome>> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut invocation = self.commit.prepare_invoke();
+        for w in &writes {
+            invocation.key(self.state_key(partition, &w.id));
+        }
+        invocation.key(self.partition_key(partition, "timers"));
+        invocation.arg(writes.len());
+        for w in &writes {
+            invocation.arg(w.expected.map(|e| e.to_string()).unwrap_or_default());
+            invocation.arg(&w.blob[..]);
+            invocation.arg(w.timers.len());
+            for t in &w.timers {
+                invocation.arg(t.fire_at).arg(&t.envelope[..]);
+            }
+        }
+        let etags: Vec<i64> = invocation.invoke_async(&mut self.conn.clone()).await.map_err(unavailable)?;
+        Ok(etags
+            .into_iter()
+            .map(|e| if e < 0 { CommitOutcome::Conflict } else { CommitOutcome::Committed { etag: e as u64 } })
+            .collect())
+    }
+
+    async fn claim_due_timers(&self, partition: u32, now: i64, max: usize) -> StoreResult<Vec<ReleasedTimer>> {
+        let fields: Vec<(String, Vec<u8>)> = self
+            .claim
+            .key(self.partition_key(partition, "timers"))
+            .key(self.partition_key(partition, "released"))
+            .key(self.partition_key(partition, "tseq"))
+            .arg(now)
+            .arg(max)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        let mut released = Vec::with_capacity(fields.len());
+        for (seq, value) in fields {
+            let bad = || StoreError(format!("corrupt released timer {seq} in partition {partition}"));
+            let seq: i64 = seq.parse().map_err(|_| bad())?;
+            let bar = value.iter().position(|&b| b == b'|').ok_or_else(bad)?;
+            let fire_at: i64 = std::str::from_utf8(&value[..bar]).ok().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+            released.push(ReleasedTimer { seq, fire_at, envelope: value[bar + 1..].to_vec() });
+        }
+        released.sort_by_key(|t| t.seq);
+        Ok(released)
+    }
+
+    async fn ack_timers(&self, partition: u32, up_to_seq: i64) -> StoreResult<()> {
+        let _: i64 = self
+            .ack
+            .key(self.partition_key(partition, "released"))
+            .arg(up_to_seq)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn timer_backlog(&self, partition: u32) -> StoreResult<(Option<i64>, usize)> {
+        let (first, parked, released): (Vec<(Vec<u8>, f64)>, usize, usize) = redis::pipe()
+            .cmd("ZRANGE")
+            .arg(self.partition_key(partition, "timers"))
+            .arg(0)
+            .arg(0)
+            .arg("WITHSCORES")
+            .cmd("ZCARD")
+            .arg(self.partition_key(partition, "timers"))
+            .cmd("HLEN")
+            .arg(self.partition_key(partition, "released"))
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok((first.first().map(|(_, score)| *score as i64), parked + released))
+    }
+}
