@@ -19,8 +19,12 @@
 //! - [`harness`]: the test harness for application code.
 //! - [`store`]: the storage trait (etag compare-and-set, timers) and [`MemoryStore`].
 //! - [`examples`]: the bundled example applications.
+//! - [`runtime`] (edge): the engine on Kafka and Redis — partition workers, timers, dead letters,
+//!   `/metrics`; [`config`] and [`metrics`] belong to it. The `processor` binary calls
+//!   [`runtime::run`].
 #![warn(missing_docs)]
 
+pub mod config;
 pub mod context;
 pub mod critical_sections;
 pub mod effect;
@@ -29,7 +33,9 @@ pub mod examples;
 pub mod harness;
 pub mod history;
 pub mod id;
+pub mod metrics;
 pub mod registry;
+pub mod runtime;
 pub mod store;
 
 pub use context::{

@@ -1,0 +1,75 @@
+//! The processor's configuration: flags with environment fallbacks (see `example.env`).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// How a processor connects and behaves. Every flag has an environment fallback.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProcessorConfig {
+    /// Kafka bootstrap servers (host:port, comma separated).
+    #[arg(long, env = "DURABLE_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    /// Name prefix: topics <prefix>.events, <prefix>.state, <prefix>.dead and Redis keys <prefix>:…
+    #[arg(long, env = "DURABLE_PREFIX", default_value = "durable")]
+    pub prefix: String,
+    /// Partitions of <prefix>.events when this processor creates it (fixed afterwards: the most
+    /// processors that can share the work).
+    #[arg(long, env = "DURABLE_PARTITIONS", default_value_t = 32)]
+    pub partitions: i32,
+    /// Consumer group the processors share.
+    #[arg(long, env = "DURABLE_GROUP", default_value = "durable-processors")]
+    pub group: String,
+    /// Redis URL of the state store.
+    #[arg(long, env = "DURABLE_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Address serving /metrics and /status.
+    #[arg(long, env = "DURABLE_METRICS_ADDR", default_value = "127.0.0.1:9464")]
+    pub metrics_addr: SocketAddr,
+    /// Most records a partition applies and commits in one group.
+    #[arg(long, env = "DURABLE_BATCH", default_value_t = 256)]
+    pub batch: usize,
+    /// How often each partition looks for due timers.
+    #[arg(long, env = "DURABLE_TIMER_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub timer_interval: Duration,
+    /// Raw librdkafka options as KEY=VALUE, repeatable or comma separated; applied to every
+    /// Kafka client (e.g. security.protocol=SASL_SSL).
+    #[arg(long = "kafka-option", env = "DURABLE_KAFKA_OPTIONS", value_delimiter = ',', value_parser = parse_key_value)]
+    pub kafka_options: Vec<(String, String)>,
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
+    Ok((k.trim().to_owned(), v.trim().to_owned()))
+}
+
+impl ProcessorConfig {
+    /// A configuration with the defaults, for tests and embedding.
+    pub fn new(brokers: &str, redis_url: &str, prefix: &str) -> Self {
+        Self {
+            brokers: brokers.to_owned(),
+            prefix: prefix.to_owned(),
+            partitions: 32,
+            group: format!("{prefix}-processors"),
+            redis_url: redis_url.to_owned(),
+            metrics_addr: "127.0.0.1:0".parse().expect("valid address"),
+            batch: 256,
+            timer_interval: Duration::from_millis(100),
+            kafka_options: Vec::new(),
+        }
+    }
+
+    /// The events topic.
+    pub fn events_topic(&self) -> String {
+        format!("{}.events", self.prefix)
+    }
+
+    /// The compacted state-record topic.
+    pub fn state_topic(&self) -> String {
+        format!("{}.state", self.prefix)
+    }
+
+    /// The dead-letter topic.
+    pub fn dead_topic(&self) -> String {
+        format!("{}.dead", self.prefix)
+    }
+}

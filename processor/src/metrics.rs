@@ -1,0 +1,98 @@
+//! Prometheus metrics of the processor, on one dedicated registry served at `/metrics`.
+//! Labels are `partition` and `outcome` — never an instance id.
+
+use std::sync::LazyLock;
+
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+
+/// Label: the Kafka partition of `<prefix>.events`.
+pub const PARTITION: &str = "partition";
+/// Label: what happened to an event.
+pub const OUTCOME: &str = "outcome";
+
+/// The collectors.
+pub struct Metrics {
+    /// The registry `/metrics` encodes.
+    pub registry: Registry,
+    /// `durable_events_total{partition, outcome}`: outcome is applied, dropped or dead.
+    pub events: IntCounterVec,
+    /// `durable_commits_total{partition}`: instance writes committed.
+    pub commits: IntCounterVec,
+    /// `durable_commit_conflicts_total{partition}`: writes that lost the compare-and-set.
+    pub conflicts: IntCounterVec,
+    /// `durable_reruns_total{partition}`: steps re-run after a conflict.
+    pub reruns: IntCounterVec,
+    /// `durable_dead_letters_total{partition}`.
+    pub dead_letters: IntCounterVec,
+    /// `durable_commit_latency_seconds{partition}`: one group commit round trip.
+    pub commit_latency: HistogramVec,
+    /// `durable_batch_latency_seconds`: from fetch to offset stored, per batch.
+    pub batch_latency: Histogram,
+    /// `durable_timer_backlog{partition}`: parked plus unacknowledged timers.
+    pub timer_backlog: IntGaugeVec,
+    /// `durable_consumer_lag{partition}`: records behind the partition's high watermark.
+    pub consumer_lag: IntGaugeVec,
+    /// `durable_activities_total{partition, outcome}`: outcome is completed, failed or panicked.
+    pub activities: IntCounterVec,
+    /// `durable_owned_partitions`: partitions this processor owns now.
+    pub owned: IntGaugeVec,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry.register(Box::new(c.clone())).expect("registered once");
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry.register(Box::new(g.clone())).expect("registered once");
+    g
+}
+
+/// The process-wide metrics.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let registry = Registry::new();
+    let buckets = vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+    let commit_latency = HistogramVec::new(
+        HistogramOpts::new("durable_commit_latency_seconds", "Redis group-commit round trip").buckets(buckets.clone()),
+        &[PARTITION],
+    )
+    .expect("valid metric");
+    registry.register(Box::new(commit_latency.clone())).expect("registered once");
+    let batch_latency = Histogram::with_opts(
+        HistogramOpts::new("durable_batch_latency_seconds", "Fetch to offset stored, per batch").buckets(buckets),
+    )
+    .expect("valid metric");
+    registry.register(Box::new(batch_latency.clone())).expect("registered once");
+    Metrics {
+        events: counter(&registry, "durable_events_total", "Events read, by outcome", &[PARTITION, OUTCOME]),
+        commits: counter(&registry, "durable_commits_total", "Instance writes committed", &[PARTITION]),
+        conflicts: counter(
+            &registry,
+            "durable_commit_conflicts_total",
+            "Writes that lost the etag check",
+            &[PARTITION],
+        ),
+        reruns: counter(&registry, "durable_reruns_total", "Steps re-run after a conflict", &[PARTITION]),
+        dead_letters: counter(
+            &registry,
+            "durable_dead_letters_total",
+            "Events sent to the dead-letter topic",
+            &[PARTITION],
+        ),
+        activities: counter(&registry, "durable_activities_total", "Activity runs, by outcome", &[PARTITION, OUTCOME]),
+        timer_backlog: gauge(&registry, "durable_timer_backlog", "Parked and unacknowledged timers", &[PARTITION]),
+        consumer_lag: gauge(&registry, "durable_consumer_lag", "Records behind the high watermark", &[PARTITION]),
+        owned: gauge(&registry, "durable_owned_partitions", "Partitions owned by this processor", &[]),
+        commit_latency,
+        batch_latency,
+        registry,
+    }
+});
+
+/// The text exposition of every metric.
+pub fn render() -> String {
+    let families = METRICS.registry.gather();
+    prometheus::TextEncoder::new().encode_to_string(&families).unwrap_or_default()
+}

@@ -1,0 +1,170 @@
+//! The runtime: the engine on real Kafka and Redis.
+//!
+//! One consumer in the processors' group reads `<prefix>.events`; each assigned partition gets a
+//! worker task ([`partition`]) that applies its records in groups:
+//!
+//! 1. decode (undecodable bytes and unknown events → `<prefix>.dead`, with the reason in headers);
+//! 2. load the instances of the group from Redis (one round trip), run [`Engine::step`] for each,
+//!    commit all changed instances with one compare-and-set script; instances that lost the
+//!    etag check are reloaded and re-run until every write is committed;
+//! 3. run the activity invocations of the group;
+//! 4. produce, in input-offset order, everything the group emits — events, state records,
+//!    dead letters — with an idempotent producer, and wait until Kafka acknowledged all of it;
+//! 5. only then store the input offset (committed to Kafka by the auto-committer).
+//!
+//! **Guarantee (at least once in, exactly once in effect):** a record's offset is stored only
+//! after its effects are committed in Redis and produced, so a crash anywhere before that
+//! redelivers the record; redeliveries and re-sends are dropped by the receivers' dedup marks
+//! (`history`), so the state sees each event once. The producer is idempotent: each partition's
+//! output reaches each target partition in order and without gaps, which the origin marks rely on.
+//!
+//! Timers: every worker periodically claims its partition's due timers from Redis, produces them
+//! stamped with origin `t<partition>`/seq, and acknowledges them after the produce.
+//! On revoke, a worker finishes the group in flight and stops before the partition moves.
+
+pub mod http;
+pub mod kafka;
+pub mod partition;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::Message;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::config::ProcessorConfig;
+use crate::engine::Engine;
+use crate::metrics::METRICS;
+use crate::registry::Registry;
+use crate::store::RedisStore;
+
+/// What every worker shares.
+pub struct Shared {
+    /// The configuration.
+    pub config: ProcessorConfig,
+    /// The pure engine with the application's handlers.
+    pub engine: Engine,
+    /// The state store.
+    pub store: RedisStore,
+    /// Producer for events, state records and dead letters.
+    pub producer: rdkafka::producer::FutureProducer,
+    /// The group consumer (workers store offsets through it).
+    pub consumer: Arc<kafka::GroupConsumer>,
+}
+
+/// A running worker.
+struct Worker {
+    tx: mpsc::Sender<rdkafka::message::OwnedMessage>,
+    stop: tokio::sync::watch::Sender<bool>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+/// Workers by partition; the rebalance callback stops the revoked ones.
+#[derive(Default)]
+pub struct Workers {
+    map: Mutex<HashMap<i32, Worker>>,
+}
+
+impl Workers {
+    /// Stop the workers of `partitions` after their group in flight, and wait for them.
+    pub fn stop(&self, partitions: &[i32]) {
+        let stopping: Vec<Worker> = {
+            let mut map = self.map.lock().expect("workers lock");
+            partitions.iter().filter_map(|p| map.remove(p)).collect()
+        };
+        if stopping.is_empty() {
+            return;
+        }
+        for w in &stopping {
+            let _ = w.stop.send(true);
+        }
+        // Called from the rebalance callback on a runtime thread: let tokio move other tasks away.
+        tokio::task::block_in_place(|| {
+            let handle = tokio::runtime::Handle::current();
+            for w in stopping {
+                let _ =
+                    handle.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(30), w.done).await });
+            }
+        });
+        METRICS.owned.with_label_values(&[] as &[&str]).set(self.map.lock().expect("workers lock").len() as i64);
+    }
+
+    fn all(&self) -> Vec<i32> {
+        self.map.lock().expect("workers lock").keys().copied().collect()
+    }
+}
+
+/// Run a processor until `shutdown` resolves: create topics if absent, serve `/metrics` and
+/// `/status`, consume and apply events. Returns the address `/metrics` is served on through
+/// `ready` as soon as it is listening.
+pub async fn run(
+    config: ProcessorConfig,
+    registry: Registry,
+    shutdown: impl Future<Output = ()>,
+    ready: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
+) -> anyhow::Result<()> {
+    let store = RedisStore::connect(&config.redis_url, &config.prefix).await?;
+    kafka::ensure_topics(&config).await?;
+    let producer = kafka::producer(&config)?;
+    let workers = Arc::new(Workers::default());
+    let consumer = Arc::new(kafka::consumer(&config, workers.clone())?);
+    let listener = tokio::net::TcpListener::bind(config.metrics_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} for /metrics: set DURABLE_METRICS_ADDR", config.metrics_addr))?;
+    let metrics_addr = listener.local_addr()?;
+    let shared =
+        Arc::new(Shared { config, engine: Engine::new(registry), store, producer, consumer: consumer.clone() });
+    let server = tokio::spawn(http::serve(listener, shared.clone(), workers.clone()));
+    info!(%metrics_addr, topic = %shared.config.events_topic(), group = %shared.config.group, "processor running");
+    if let Some(ready) = ready {
+        let _ = ready.send(metrics_addr);
+    }
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            received = consumer.recv() => match received {
+                Ok(message) => {
+                    let message = message.detach();
+                    let partition = message.partition();
+                    let tx = workers_sender(&workers, &shared, partition);
+                    if tx.send(message).await.is_err() {
+                        warn!(partition, "worker stopped while a record was handed to it; it will be redelivered");
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "consumer error: is the broker running? (DURABLE_BROKERS)");
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+            },
+        }
+    }
+    info!("shutting down: finishing groups in flight");
+    workers.stop(&workers.all());
+    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+        warn!(error = %e, "final offset commit failed; the last records will be redelivered (harmless)");
+    }
+    server.abort();
+    Ok(())
+}
+
+fn workers_sender(
+    workers: &Workers,
+    shared: &Arc<Shared>,
+    partition: i32,
+) -> mpsc::Sender<rdkafka::message::OwnedMessage> {
+    let mut map = workers.map.lock().expect("workers lock");
+    if let Some(w) = map.get(&partition).filter(|w| !w.done.is_finished()) {
+        return w.tx.clone();
+    }
+    let (tx, rx) = mpsc::channel(shared.config.batch * 4);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let done = tokio::spawn(partition::work(shared.clone(), partition, rx, stopped));
+    map.insert(partition, Worker { tx: tx.clone(), stop, done });
+    METRICS.owned.with_label_values(&[] as &[&str]).set(map.len() as i64);
+    tx
+}

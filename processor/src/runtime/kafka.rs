@@ -1,0 +1,122 @@
+//! Kafka clients: topic creation, the idempotent murmur2 producer, the group consumer whose
+//! rebalance callback drains revoked partitions.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::producer::FutureProducer;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientContext;
+use tracing::info;
+
+use super::Workers;
+use crate::config::ProcessorConfig;
+
+/// The consumer type of the processors' group.
+pub type GroupConsumer = StreamConsumer<RebalanceContext>;
+
+fn base(config: &ProcessorConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.brokers);
+    for (k, v) in &config.kafka_options {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Create `<prefix>.events` (N partitions), `<prefix>.state` (compacted) and `<prefix>.dead` if
+/// they do not exist.
+pub async fn ensure_topics(config: &ProcessorConfig) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> =
+        base(config).create().context("cannot create a Kafka admin client")?;
+    let (events, state, dead) = (config.events_topic(), config.state_topic(), config.dead_topic());
+    let topics = [
+        NewTopic::new(&events, config.partitions, TopicReplication::Fixed(1)),
+        NewTopic::new(&state, config.partitions, TopicReplication::Fixed(1)).set("cleanup.policy", "compact"),
+        NewTopic::new(&dead, 1, TopicReplication::Fixed(1)),
+    ];
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = tokio::time::timeout(Duration::from_secs(20), admin.create_topics(&topics, &options))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!("cannot reach Kafka at {}: is the broker running? set DURABLE_BROKERS", config.brokers)
+        })?
+        .with_context(|| {
+            format!("cannot reach Kafka at {}: is the broker running? set DURABLE_BROKERS", config.brokers)
+        })?;
+    for result in results {
+        match result {
+            Ok(topic) => info!(%topic, "created topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => anyhow::bail!("cannot create topic {topic}: {code}"),
+        }
+    }
+    Ok(())
+}
+
+/// The producer: idempotent (ordered, no gaps, no duplicates per partition) and partitioning by
+/// key with murmur2, like Kafka's Java client.
+pub fn producer(config: &ProcessorConfig) -> anyhow::Result<FutureProducer> {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "1")
+        .set("message.timeout.ms", "30000");
+    for (k, v) in &config.kafka_options {
+        c.set(k, v);
+    }
+    c.create().context("cannot create the Kafka producer")
+}
+
+/// Rebalance hook: before partitions are taken away, their workers finish the group in flight
+/// and stop, and the stored offsets are committed, so the next owner starts where this one ended.
+pub struct RebalanceContext {
+    workers: Arc<Workers>,
+}
+
+impl ClientContext for RebalanceContext {}
+
+impl ConsumerContext for RebalanceContext {
+    fn pre_rebalance(&self, consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            let partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
+            info!(?partitions, "partitions revoked: draining");
+            self.workers.stop(&partitions);
+            let _ = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync);
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(list) = rebalance {
+            let partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
+            info!(?partitions, "partitions assigned");
+        }
+    }
+}
+
+/// The group consumer, subscribed to `<prefix>.events`. Offsets are stored by the workers after
+/// each group is committed and produced, and committed every second.
+pub fn consumer(config: &ProcessorConfig, workers: Arc<Workers>) -> anyhow::Result<GroupConsumer> {
+    let mut c = base(config);
+    c.set("group.id", &config.group)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000");
+    for (k, v) in &config.kafka_options {
+        c.set(k, v);
+    }
+    let consumer: GroupConsumer =
+        c.create_with_context(RebalanceContext { workers }).context("cannot create the Kafka consumer")?;
+    consumer.subscribe(&[&config.events_topic()]).context("cannot subscribe to the events topic")?;
+    Ok(consumer)
+}

@@ -1,0 +1,448 @@
+//! One partition's worker: groups of records through the commit protocol, and its timers.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use durable_schemas::{Envelope, Origin, Payload};
+use rdkafka::consumer::Consumer;
+use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::future_producer::DeliveryFuture;
+use rdkafka::producer::FutureRecord;
+use rdkafka::Message;
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tracing::{instrument, warn};
+
+use super::Shared;
+use crate::context::ActivityRequest;
+use crate::effect::{Effect, StateChange};
+use crate::engine::{Delivery, StepInput};
+use crate::history::InstanceRecord;
+use crate::id::{InstanceId, Kind};
+use crate::metrics::METRICS;
+use crate::store::{CommitOutcome, Store, TimerEntry, Write};
+
+/// Wall-clock milliseconds: the runtime is the only place that reads the clock.
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The worker loop of one partition.
+#[instrument(skip_all, fields(partition))]
+pub async fn work(
+    shared: Arc<Shared>,
+    partition: i32,
+    mut rx: mpsc::Receiver<OwnedMessage>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(shared.config.timer_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut ticks: u64 = 0;
+    let mut last_offset: Option<i64> = None;
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.changed() => return,
+            first = rx.recv() => {
+                let Some(first) = first else { return };
+                let mut batch = vec![first];
+                while batch.len() < shared.config.batch {
+                    match rx.try_recv() {
+                        Ok(m) => batch.push(m),
+                        Err(_) => break,
+                    }
+                }
+                let mut backoff = Duration::from_millis(100);
+                loop {
+                    match apply_group(&shared, partition, &batch).await {
+                        Ok(()) => break,
+                        Err(e) => {
+                            warn!(partition, error = %e, "group not applied; retrying (offsets not stored)");
+                            if *stop.borrow() {
+                                return;
+                            }
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                        }
+                    }
+                }
+                last_offset = batch.last().map(|m| m.offset());
+            }
+            _ = tick.tick() => {
+                ticks += 1;
+                if let Err(e) = release_timers(&shared, partition, ticks % 10 == 0).await {
+                    warn!(partition, error = %e, "timers not released; retrying");
+                }
+                if ticks % 50 == 0 {
+                    update_lag(&shared, partition, last_offset);
+                }
+            }
+        }
+    }
+}
+
+fn update_lag(shared: &Arc<Shared>, partition: i32, last_offset: Option<i64>) {
+    let consumer = shared.consumer.clone();
+    let topic = shared.config.events_topic();
+    tokio::task::spawn_blocking(move || {
+        if let Ok((_, high)) = consumer.fetch_watermarks(&topic, partition, Duration::from_secs(1)) {
+            let next = last_offset.map_or(0, |o| o + 1);
+            METRICS.consumer_lag.with_label_values(&[&partition.to_string()]).set((high - next).max(0));
+        }
+    });
+}
+
+/// An instance's part of a group.
+struct Group {
+    id: InstanceId,
+    deliveries: Vec<Delivery>,
+}
+
+/// Something to produce after the commit.
+enum Out {
+    Effects(Vec<Effect>),
+    Dead { key: Option<Vec<u8>>, payload: Option<Vec<u8>>, reason: String, offset: i64 },
+}
+
+/// A record of the state feed (`<prefix>.state`, key = instance id): JSON.
+#[derive(Serialize)]
+struct StateRecord<'a> {
+    instance: &'a str,
+    kind: &'static str,
+    name: &'a str,
+    key: &'a str,
+    version: u64,
+    status: &'a str,
+    state: Option<serde_json::Value>,
+    custom_status: Option<serde_json::Value>,
+    failure: Option<&'a durable_schemas::Failure>,
+    updated_at: i64,
+}
+
+fn payload_json(p: &Payload) -> serde_json::Value {
+    serde_json::from_slice(&p.data)
+        .unwrap_or_else(|_| serde_json::json!({ "content_type": p.content_type, "bytes": p.data.len() }))
+}
+
+fn state_record(change: &StateChange) -> Option<Vec<u8>> {
+    let id = InstanceId::parse(&change.instance).ok()?;
+    let record = StateRecord {
+        instance: &change.instance,
+        kind: id.kind().prefix(),
+        name: id.name(),
+        key: id.key(),
+        version: change.version,
+        status: &change.status,
+        state: change.state.as_ref().map(payload_json),
+        custom_status: change.custom_status.as_ref().map(payload_json),
+        failure: change.failure.as_ref(),
+        updated_at: change.updated_at,
+    };
+    serde_json::to_vec(&record).ok()
+}
+
+fn dead(message: &OwnedMessage, reason: impl Into<String>) -> (i64, Out) {
+    let out = Out::Dead {
+        key: message.key().map(<[u8]>::to_vec),
+        payload: message.payload().map(<[u8]>::to_vec),
+        reason: reason.into(),
+        offset: message.offset(),
+    };
+    (message.offset(), out)
+}
+
+/// Apply one group of records (see the module docs of `runtime` for the steps).
+async fn apply_group(shared: &Arc<Shared>, partition: i32, batch: &[OwnedMessage]) -> Result<(), String> {
+    let started = Instant::now();
+    let p = partition as u32;
+    let label = partition.to_string();
+    let now = now_ms();
+    let mut groups: BTreeMap<String, Group> = BTreeMap::new();
+    let mut activities = Vec::new();
+    let mut outbound: Vec<(i64, Out)> = Vec::new();
+    for message in batch {
+        let envelope = match message.payload().map(Envelope::decode) {
+            None => {
+                outbound.push(dead(message, "empty record: expected an Avro single-object encoded envelope"));
+                continue;
+            }
+            Some(Err(e)) => {
+                outbound.push(dead(message, format!("cannot decode: {e}")));
+                continue;
+            }
+            Some(Ok(e)) => e,
+        };
+        let id = match InstanceId::parse(&envelope.target) {
+            Ok(id) => id,
+            Err(e) => {
+                outbound.push(dead(message, format!("bad target: {e}")));
+                continue;
+            }
+        };
+        let home = id.partition(shared.config.partitions as u32) as i32;
+        if home != partition {
+            let reason = format!(
+                "{} belongs to partition {home} but arrived in {partition}: produce with key = target id and the murmur2 partitioner",
+                envelope.target
+            );
+            outbound.push(dead(message, reason));
+            continue;
+        }
+        if id.kind() == Kind::Activity {
+            activities.push((message.offset(), envelope, message));
+            continue;
+        }
+        groups
+            .entry(envelope.target.clone())
+            .or_insert_with(|| Group { id, deliveries: Vec::new() })
+            .deliveries
+            .push(Delivery { envelope, offset: Some(message.offset()) });
+    }
+    commit_groups(shared, p, &label, now, &groups, &mut outbound).await?;
+    run_activities(shared, &label, now, activities, &mut outbound).await;
+    outbound.sort_by_key(|(offset, _)| *offset);
+    produce(shared, &label, outbound).await?;
+    if let Some(last) = batch.last() {
+        shared
+            .consumer
+            .store_offset(&shared.config.events_topic(), partition, last.offset())
+            .map_err(|e| format!("cannot store offset: {e}"))?;
+    }
+    METRICS.batch_latency.observe(started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Step and commit every instance of the group; re-run the ones that lose the etag check.
+async fn commit_groups(
+    shared: &Arc<Shared>,
+    p: u32,
+    label: &str,
+    now: i64,
+    groups: &BTreeMap<String, Group>,
+    outbound: &mut Vec<(i64, Out)>,
+) -> Result<(), String> {
+    let mut pending: Vec<String> = groups.keys().cloned().collect();
+    let mut rerun = false;
+    while !pending.is_empty() {
+        if rerun {
+            METRICS.reruns.with_label_values(&[label]).inc_by(pending.len() as u64);
+        }
+        let loaded = shared.store.load(p, &pending).await.map_err(|e| e.to_string())?;
+        let mut computed = Vec::with_capacity(pending.len());
+        let mut writes = Vec::new();
+        for (id, stored) in pending.iter().zip(loaded) {
+            let group = &groups[id];
+            let (record, etag) = match stored {
+                None => (None, None),
+                Some(s) => match InstanceRecord::from_blob(&s.blob) {
+                    Ok(r) => (Some(r), Some(s.etag)),
+                    Err(e) => {
+                        // Never overwrite state we cannot read: dead-letter what was meant for it.
+                        for d in &group.deliveries {
+                            let reason = format!("stored state of {id} is unreadable ({e}); event not applied");
+                            let out = Out::Dead {
+                                key: Some(id.as_bytes().to_vec()),
+                                payload: Some(d.envelope.encode()),
+                                reason,
+                                offset: d.offset.unwrap_or(0),
+                            };
+                            outbound.push((d.offset.unwrap_or(0), out));
+                        }
+                        continue;
+                    }
+                },
+            };
+            let input = StepInput { deliveries: group.deliveries.clone(), now, partition: Some(p) };
+            let out = shared.engine.step(&group.id, record.clone(), input);
+            if out.changed {
+                let timers = out.delayed().map(|(fire_at, e)| TimerEntry { fire_at, envelope: e.encode() }).collect();
+                writes.push(Write { id: id.clone(), expected: etag, blob: out.record.to_blob(), timers });
+            }
+            computed.push((id.clone(), record, out));
+        }
+        let t = Instant::now();
+        let outcomes = shared.store.commit(p, writes).await.map_err(|e| e.to_string())?;
+        METRICS.commit_latency.with_label_values(&[label]).observe(t.elapsed().as_secs_f64());
+        let mut outcomes = outcomes.into_iter();
+        let mut next = Vec::new();
+        for (id, stored, out) in computed {
+            if out.changed {
+                match outcomes.next() {
+                    Some(CommitOutcome::Committed { .. }) => METRICS.commits.with_label_values(&[label]).inc(),
+                    _ => {
+                        METRICS.conflicts.with_label_values(&[label]).inc();
+                        next.push(id);
+                        continue;
+                    }
+                }
+            }
+            let deliveries = &groups[&id].deliveries;
+            let first = deliveries.first().and_then(|d| d.offset).unwrap_or(0);
+            let last = deliveries.last().and_then(|d| d.offset).unwrap_or(0);
+            if out.redelivered() {
+                // Committed before, maybe not produced: send that outbox again.
+                if let Some(stored) = &stored {
+                    if let Some(offset) = stored.outbox.offset.filter(|o| (first..=last).contains(o)) {
+                        outbound.push((offset, Out::Effects(stored.outbox.effects.clone())));
+                    }
+                }
+            }
+            if out.changed {
+                outbound.push((last, Out::Effects(out.record.outbox.effects.clone())));
+            }
+            for d in &out.dead_letters {
+                let out = Out::Dead {
+                    key: Some(d.envelope.target.as_bytes().to_vec()),
+                    payload: Some(d.envelope.encode()),
+                    reason: d.reason.clone(),
+                    offset: last,
+                };
+                outbound.push((last, out));
+            }
+            let dead = out.dead_letters.len() as u64;
+            let dropped = out.dropped.len() as u64;
+            let applied = (deliveries.len() as u64).saturating_sub(dead + dropped);
+            METRICS.events.with_label_values(&[label, "applied"]).inc_by(applied);
+            METRICS.events.with_label_values(&[label, "dropped"]).inc_by(dropped);
+        }
+        pending = next;
+        rerun = true;
+    }
+    Ok(())
+}
+
+/// Run the group's activity invocations concurrently; their replies go out in offset order.
+async fn run_activities(
+    shared: &Arc<Shared>,
+    label: &str,
+    now: i64,
+    activities: Vec<(i64, Envelope, &OwnedMessage)>,
+    outbound: &mut Vec<(i64, Out)>,
+) {
+    let mut running = Vec::with_capacity(activities.len());
+    for (offset, envelope, message) in activities {
+        match ActivityRequest::parse(&envelope) {
+            Err(reason) => outbound.push(dead(message, reason)),
+            Ok(req) => match shared.engine.registry().run_activity(req.id.name(), req.context(), req.input.clone()) {
+                None => outbound.push(dead(message, format!("no activity named {:?} is registered", req.id.name()))),
+                Some(future) => running.push((offset, req, message, tokio::spawn(future))),
+            },
+        }
+    }
+    for (offset, req, message, handle) in running {
+        let result = match handle.await {
+            Ok(result) => {
+                let outcome = if result.is_ok() { "completed" } else { "failed" };
+                METRICS.activities.with_label_values(&[label, outcome]).inc();
+                result
+            }
+            Err(join) => {
+                METRICS.activities.with_label_values(&[label, "panicked"]).inc();
+                let reason = format!("activity {} panicked: {join}", req.id);
+                outbound.push(dead(message, reason.clone()));
+                Err(durable_schemas::Failure::new("Panic", reason))
+            }
+        };
+        outbound.push((offset, Out::Effects(vec![Effect::Emit(req.reply(result, now))])));
+    }
+}
+
+/// Enqueue one record; waits while the producer's queue is full.
+async fn enqueue(
+    shared: &Shared,
+    topic: &str,
+    key: &[u8],
+    payload: &[u8],
+    headers: Option<OwnedHeaders>,
+) -> Result<DeliveryFuture, String> {
+    loop {
+        let mut record = FutureRecord::to(topic).key(key).payload(payload);
+        if let Some(h) = &headers {
+            record = record.headers(h.clone());
+        }
+        match shared.producer.send_result(record) {
+            Ok(delivery) => return Ok(delivery),
+            Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), _)) => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err((e, _)) => return Err(format!("cannot produce to {topic}: {e}")),
+        }
+    }
+}
+
+/// Produce everything in order and wait for every acknowledgement.
+async fn produce(shared: &Arc<Shared>, label: &str, outbound: Vec<(i64, Out)>) -> Result<(), String> {
+    let (events, state, dead_topic) =
+        (shared.config.events_topic(), shared.config.state_topic(), shared.config.dead_topic());
+    let mut deliveries = Vec::new();
+    for (_, out) in outbound {
+        match out {
+            Out::Effects(effects) => {
+                for effect in effects {
+                    match effect {
+                        Effect::Emit(e) => {
+                            deliveries.push(enqueue(shared, &events, e.target.as_bytes(), &e.encode(), None).await?)
+                        }
+                        Effect::StateChanged(change) => {
+                            if let Some(json) = state_record(&change) {
+                                deliveries
+                                    .push(enqueue(shared, &state, change.instance.as_bytes(), &json, None).await?);
+                            }
+                        }
+                        Effect::Delay { .. } => {} // parked in Redis with the commit
+                    }
+                }
+            }
+            Out::Dead { key, payload, reason, offset } => {
+                METRICS.dead_letters.with_label_values(&[label]).inc();
+                METRICS.events.with_label_values(&[label, "dead"]).inc();
+                warn!(partition = label, offset, %reason, "dead letter");
+                let headers = OwnedHeaders::new()
+                    .insert(Header { key: "durable.reason", value: Some(reason.as_bytes()) })
+                    .insert(Header { key: "durable.source.topic", value: Some(events.as_bytes()) })
+                    .insert(Header { key: "durable.source.partition", value: Some(label.as_bytes()) })
+                    .insert(Header { key: "durable.source.offset", value: Some(offset.to_string().as_bytes()) });
+                let key = key.unwrap_or_default();
+                let payload = payload.unwrap_or_default();
+                deliveries.push(enqueue(shared, &dead_topic, &key, &payload, Some(headers)).await?);
+            }
+        }
+    }
+    for delivery in deliveries {
+        match delivery.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => return Err(format!("produce failed: {e}")),
+            Err(_) => return Err("produce cancelled".into()),
+        }
+    }
+    Ok(())
+}
+
+/// Release the partition's due timers: produce them stamped `t<partition>`/seq, then ack.
+async fn release_timers(shared: &Arc<Shared>, partition: i32, gauge: bool) -> Result<(), String> {
+    let p = partition as u32;
+    let released = shared.store.claim_due_timers(p, now_ms(), 512).await.map_err(|e| e.to_string())?;
+    if let Some(last) = released.last().map(|t| t.seq) {
+        let events = shared.config.events_topic();
+        let mut deliveries = Vec::with_capacity(released.len());
+        for timer in &released {
+            let mut e = Envelope::decode(&timer.envelope).map_err(|e| format!("parked timer does not decode: {e}"))?;
+            e.origin = Some(Origin { stream: format!("t{p}"), seq: timer.seq });
+            deliveries.push(enqueue(shared, &events, e.target.as_bytes(), &e.encode(), None).await?);
+        }
+        for d in deliveries {
+            match d.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(format!("timer produce failed: {e}")),
+                Err(_) => return Err("timer produce cancelled".into()),
+            }
+        }
+        shared.store.ack_timers(p, last).await.map_err(|e| e.to_string())?;
+    }
+    if gauge {
+        let (_, backlog) = shared.store.timer_backlog(p).await.map_err(|e| e.to_string())?;
+        METRICS.timer_backlog.with_label_values(&[&partition.to_string()]).set(backlog as i64);
+    }
+    Ok(())
+}
