@@ -1,0 +1,290 @@
+//! Helpers for end-to-end tests against the real broker (`DURABLE_BROKERS`, default
+//! 127.0.0.1:9092) and Redis (`DURABLE_REDIS_URL`, default redis://127.0.0.1:6379). Every test
+//! uses its own prefix (topics, group, Redis keys). If a server does not answer, the test fails
+//! with a message saying which one — `scripts/services` starts both.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use durable_processor::config::ProcessorConfig;
+use durable_processor::history::{InstanceRecord, OrchestrationStatus};
+use durable_processor::id::InstanceId;
+use durable_processor::store::{RedisStore, Store};
+use durable_processor::{examples, runtime, Registry};
+use durable_schemas::{Envelope, Event, Failure, Payload};
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::Serialize;
+
+/// The broker under test.
+pub fn brokers() -> String {
+    std::env::var("DURABLE_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// The Redis under test.
+pub fn redis_url() -> String {
+    std::env::var("DURABLE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A prefix no other test (or run) uses.
+pub fn unique_prefix(name: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos();
+    format!("e2e-{name}-{}-{}", std::process::id(), nanos % 1_000_000_000_000)
+}
+
+async fn boom(_: ()) -> Result<(), Failure> {
+    panic!("activity exploded on purpose")
+}
+
+async fn calls_boom(ctx: durable_processor::OrchestrationContext, (): ()) -> Result<String, Failure> {
+    match ctx.call_activity::<_, ()>("Boom", ()).await {
+        Ok(()) => Ok("no panic?".into()),
+        Err(f) => Ok(format!("{}: {}", f.kind, f.message)),
+    }
+}
+
+/// The handlers of the end-to-end tests: the bundled examples plus a panicking activity.
+pub fn registry() -> Registry {
+    examples::register(Registry::new()).activity("Boom", boom).orchestration("CallsBoom", calls_boom)
+}
+
+/// A processor running in this process.
+pub struct InProcess {
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// Where `/metrics` and `/status` are served.
+    pub metrics: SocketAddr,
+}
+
+impl InProcess {
+    /// Start one with `partitions` partitions under `prefix`.
+    pub async fn start(prefix: &str, partitions: i32) -> Self {
+        let mut config = ProcessorConfig::new(&brokers(), &redis_url(), prefix);
+        config.partitions = partitions;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(runtime::run(
+            config,
+            registry(),
+            async {
+                let _ = rx.await;
+            },
+            Some(ready_tx),
+        ));
+        let metrics = match ready_rx.await {
+            Ok(addr) => addr,
+            Err(_) => panic!("processor did not start: {:?}", task.await),
+        };
+        Self { shutdown: Some(tx), task, metrics }
+    }
+
+    /// Stop it and wait for the clean shutdown.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.await.expect("processor task").expect("clean shutdown");
+    }
+}
+
+/// A free local TCP port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A processor running as a child process (the `test-processor` binary).
+pub struct Process {
+    /// The child.
+    pub child: Child,
+    /// Its `/metrics` address.
+    pub metrics: SocketAddr,
+}
+
+impl Process {
+    /// Spawn `binary` (from `env!("CARGO_BIN_EXE_test-processor")`).
+    pub fn spawn(binary: &str, prefix: &str, partitions: i32, log: &std::path::Path) -> Self {
+        let port = free_port();
+        let log = std::fs::File::create(log).expect("log file");
+        let child = Command::new(binary)
+            .env("DURABLE_BROKERS", brokers())
+            .env("DURABLE_REDIS_URL", redis_url())
+            .env("DURABLE_PREFIX", prefix)
+            .env("DURABLE_GROUP", format!("{prefix}-processors"))
+            .env("DURABLE_PARTITIONS", partitions.to_string())
+            .env("DURABLE_METRICS_ADDR", format!("127.0.0.1:{port}"))
+            .env("DURABLE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn test-processor");
+        Self { child, metrics: format!("127.0.0.1:{port}").parse().expect("addr") }
+    }
+
+    /// SIGTERM: a clean stop.
+    pub fn terminate(&mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+    }
+
+    /// SIGKILL: no goodbye, no offset commit, no drain.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// GET a path from a `/metrics`-style address.
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect to /metrics");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    response
+}
+
+/// A client producing events like any Kafka client would.
+pub struct Client {
+    producer: FutureProducer,
+    topic: String,
+    sent: u64,
+    prefix: String,
+}
+
+impl Client {
+    /// A client for `<prefix>.events`.
+    pub fn new(prefix: &str) -> Self {
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .set("partitioner", "murmur2_random")
+            .set("linger.ms", "2")
+            .create()
+            .expect("producer");
+        Self { producer, topic: format!("{prefix}.events"), sent: 0, prefix: prefix.to_owned() }
+    }
+
+    /// An envelope from this client.
+    pub fn event(&mut self, target: &str, body: Event) -> Envelope {
+        self.sent += 1;
+        let mut e = Envelope::new(format!("{}-client-{}", self.prefix, self.sent), target, 0, body);
+        e.source = Some("client:e2e".into());
+        e
+    }
+
+    /// Start orchestration `name` with `key`.
+    pub fn start<I: Serialize>(&mut self, name: &str, key: &str, input: I) -> Envelope {
+        let target = InstanceId::orchestration(name, key).canonical();
+        self.event(&target, Event::StartOrchestration { input: Payload::json(&input).expect("json") })
+    }
+
+    /// Signal `op` to an entity.
+    pub fn signal<I: Serialize>(&mut self, entity: &InstanceId, op: &str, input: I) -> Envelope {
+        let input = Payload::json(&input).expect("json");
+        self.event(&entity.canonical(), Event::EntityOperation { operation: op.into(), input })
+    }
+
+    /// Raise an event on an orchestration.
+    pub fn raise<I: Serialize>(&mut self, target: &str, name: &str, payload: I) -> Envelope {
+        let payload = Payload::json(&payload).expect("json");
+        self.event(target, Event::RaiseEvent { name: name.into(), payload })
+    }
+
+    /// Produce envelopes (key = target) and wait for the acknowledgements.
+    pub async fn send(&self, envelopes: &[Envelope]) {
+        let mut acks = Vec::with_capacity(envelopes.len());
+        for e in envelopes {
+            let bytes = e.encode();
+            loop {
+                match self.producer.send_result(FutureRecord::to(&self.topic).key(e.target.as_bytes()).payload(&bytes))
+                {
+                    Ok(ack) => {
+                        acks.push(ack);
+                        break;
+                    }
+                    Err((e, _)) => {
+                        assert!(
+                            format!("{e}").contains("Queue full"),
+                            "produce failed: {e}: is the broker running? (DURABLE_BROKERS)"
+                        );
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            }
+        }
+        for ack in acks {
+            ack.await.expect("delivery").unwrap_or_else(|(e, _)| panic!("produce failed: {e}"));
+        }
+    }
+
+    /// Produce raw bytes under `key`.
+    pub async fn send_raw(&self, key: &str, bytes: &[u8]) {
+        self.producer
+            .send(FutureRecord::to(&self.topic).key(key).payload(bytes), Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|(e, _)| panic!("produce failed: {e}"));
+    }
+}
+
+/// Read instances straight from Redis.
+pub struct State {
+    store: RedisStore,
+    partitions: u32,
+}
+
+impl State {
+    /// Connect to the Redis under test.
+    pub async fn connect(prefix: &str, partitions: u32) -> Self {
+        let store = RedisStore::connect(&redis_url(), prefix).await.unwrap_or_else(|e| panic!("{e}"));
+        Self { store, partitions }
+    }
+
+    /// The record of an instance.
+    pub async fn record(&self, id: &str) -> Option<InstanceRecord> {
+        let p = InstanceId::parse(id).expect("valid id").partition(self.partitions);
+        let stored = self.store.load(p, &[id.to_owned()]).await.expect("redis").remove(0)?;
+        Some(InstanceRecord::from_blob(&stored.blob).expect("readable blob"))
+    }
+
+    /// An orchestration's output once it completes (panics after `timeout`).
+    pub async fn output(&self, id: &str, timeout: Duration) -> Payload {
+        eventually(timeout, &format!("{id} completes"), || async {
+            match self.record(id).await?.orchestration()?.status.clone() {
+                OrchestrationStatus::Completed { output } => Some(output),
+                OrchestrationStatus::Running => None,
+                other => panic!("{id} finished as {other:?}"),
+            }
+        })
+        .await
+    }
+
+    /// An entity's state, decoded.
+    pub async fn entity<T: serde::de::DeserializeOwned>(&self, id: &InstanceId) -> Option<T> {
+        self.record(&id.canonical()).await?.entity()?.state.as_ref()?.decode().ok()
+    }
+}
+
+/// Poll `check` every 50 ms until it returns `Some`, or panic after `timeout` naming `what`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(started.elapsed() < timeout, "timed out after {timeout:?} waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,172 @@
+//! End to end against the real broker (tansu) and Redis: the processor applies events, commits
+//! to Redis, emits, parks timers, dead-letters bad input and reports metrics.
+
+use std::time::Duration;
+
+use durable_processor::examples::{self, ApprovalInput, Counter};
+use durable_processor::id::InstanceId;
+use durable_schemas::Event;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Headers;
+use rdkafka::Message;
+use tests::e2e::{self, Client, InProcess, State};
+
+const PARTITIONS: i32 = 8;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hello_sequence_and_fan_out_complete() {
+    let prefix = e2e::unique_prefix("hello");
+    let processor = InProcess::start(&prefix, PARTITIONS).await;
+    let mut client = Client::new(&prefix);
+    let state = State::connect(&prefix, PARTITIONS as u32).await;
+    let hello = client.start("HelloSequence", "h1", Vec::<String>::new());
+    let fan = client.start("FanOut", "f1", 100u64);
+    client.send(&[hello.clone(), fan.clone()]).await;
+    let greetings: Vec<String> = state.output(&hello.target, Duration::from_secs(60)).await.decode().unwrap();
+    assert_eq!(greetings, examples::CITIES.iter().map(|c| format!("Hello {c}!")).collect::<Vec<_>>());
+    let sum: u64 = state.output(&fan.target, Duration::from_secs(60)).await.decode().unwrap();
+    assert_eq!(sum, examples::fan_out_expected(100));
+    processor.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_thousand_counter_signals_give_an_exact_count() {
+    let prefix = e2e::unique_prefix("counter");
+    let processor = InProcess::start(&prefix, PARTITIONS).await;
+    let mut client = Client::new(&prefix);
+    let state = State::connect(&prefix, PARTITIONS as u32).await;
+    let counters: Vec<InstanceId> = (0..10).map(|i| InstanceId::entity("Counter", format!("c{i}"))).collect();
+    let signals: Vec<_> = (0..10_000).map(|i| client.signal(&counters[i % 10], "add", 1)).collect();
+    // Send every signal, and then 500 of them again (a producer retrying): applied once each.
+    client.send(&signals).await;
+    client.send(&signals[..500]).await;
+    for counter in &counters {
+        let value = e2e::eventually(Duration::from_secs(120), &format!("{counter} reaches 1000"), || async {
+            let c: Counter = state.entity(counter).await?;
+            assert!(c.value <= 1000, "{counter} over-counted: {}", c.value);
+            (c.value == 1000).then_some(c.value)
+        })
+        .await;
+        assert_eq!(value, 1000);
+    }
+    processor.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn timers_retries_external_events_entity_calls_and_a_sub_orchestration() {
+    let prefix = e2e::unique_prefix("approval");
+    let processor = InProcess::start(&prefix, PARTITIONS).await;
+    let mut client = Client::new(&prefix);
+    let state = State::connect(&prefix, PARTITIONS as u32).await;
+    let input = ApprovalInput { counter: "approvals".into(), amount: 3 };
+    let start = client.start("Approval", "a1", &input);
+    let approve = client.raise(&start.target, "approve", true);
+    client.send(&[start.clone(), approve]).await;
+    // The Flaky activity fails twice and is retried after 1 s and 2 s durable timers.
+    let output: String = state.output(&start.target, Duration::from_secs(60)).await.decode().unwrap();
+    assert_eq!(output, examples::approval_expected(&input));
+    let h = state.record(&start.target).await.unwrap();
+    let timers = h
+        .orchestration()
+        .unwrap()
+        .commands
+        .iter()
+        .filter(|c| c.kind == durable_processor::history::CommandKind::CreateTimer)
+        .count();
+    assert_eq!(timers, 3, "two retry timers and the approval timeout");
+    processor.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_goes_to_the_dead_letter_topic_with_the_reason_and_the_partition_keeps_going() {
+    let prefix = e2e::unique_prefix("dead");
+    let processor = InProcess::start(&prefix, PARTITIONS).await;
+    let mut client = Client::new(&prefix);
+    let state = State::connect(&prefix, PARTITIONS as u32).await;
+    let counter = InstanceId::entity("Counter", "survivor");
+    // 1. bytes that do not decode
+    client.send_raw(&counter.canonical(), b"{\"not\": \"avro\"}").await;
+    // 2. an event type this version does not know (a union branch past the end)
+    let mut unknown = client.signal(&counter, "add", 1).encode();
+    let branch = unknown.iter().rposition(|&b| b == 10).expect("EntityOperation branch index (5, zigzag 10)");
+    unknown[branch] = 100;
+    client.send_raw(&counter.canonical(), &unknown).await;
+    // 3. an orchestration that is not registered
+    let nobody = client.start("NoSuchOrchestration", "x", ());
+    // 4. user code that panics
+    let boom = client.start("CallsBoom", "b", ());
+    // ...and the partition keeps going: a good signal after all of it.
+    let good = client.signal(&counter, "add", 7);
+    client.send(&[nobody.clone(), boom.clone(), good]).await;
+    let c: Counter =
+        e2e::eventually(Duration::from_secs(60), "the good signal is applied", || state.entity(&counter)).await;
+    assert_eq!(c.value, 7);
+    let boom_output: String = state.output(&boom.target, Duration::from_secs(60)).await.decode().unwrap();
+    assert!(boom_output.starts_with("Panic:"), "{boom_output}");
+
+    let consumer: StreamConsumer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", e2e::brokers())
+        .set("group.id", format!("{prefix}-dead-reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&format!("{prefix}.dead")]).unwrap();
+    let mut reasons = Vec::new();
+    while reasons.len() < 4 {
+        let m =
+            tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await.expect("dead letters arrive").unwrap();
+        let headers = m.headers().expect("dead letters carry headers");
+        let reason = headers.iter().find(|h| h.key == "durable.reason").and_then(|h| h.value).expect("a reason");
+        assert!(headers.iter().any(|h| h.key == "durable.source.offset"));
+        reasons.push(String::from_utf8_lossy(reason).into_owned());
+    }
+    reasons.sort();
+    let all = reasons.join("\n");
+    assert!(all.contains("not Avro single-object encoding"), "{all}");
+    assert!(all.contains("malformed Avro datum") || all.contains("unknown event"), "{all}");
+    assert!(all.contains("no orchestration named \"NoSuchOrchestration\""), "{all}");
+    assert!(all.contains("activity") && all.contains("panicked"), "{all}");
+    // Nothing committed changed: the dead-lettered start left no state behind.
+    let record = state.record(&nobody.target).await;
+    assert!(record.as_ref().and_then(|r| r.orchestration()).is_none());
+    let _ = Event::Terminate { reason: String::new() };
+    processor.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_and_status_are_served() {
+    let prefix = e2e::unique_prefix("metrics");
+    let processor = InProcess::start(&prefix, PARTITIONS).await;
+    let mut client = Client::new(&prefix);
+    let state = State::connect(&prefix, PARTITIONS as u32).await;
+    let start = client.start("Approval", "m", ApprovalInput { counter: "m".into(), amount: 1 });
+    let approve = client.raise(&start.target, "approve", true);
+    client.send(&[start.clone(), approve]).await;
+    client.send_raw("garbage", b"garbage").await;
+    state.output(&start.target, Duration::from_secs(60)).await;
+    let metrics = e2e::eventually(Duration::from_secs(10), "timer and lag gauges are reported", || async {
+        let m = e2e::http_get(processor.metrics, "/metrics").await;
+        (m.contains("durable_timer_backlog") && m.contains("durable_consumer_lag")).then_some(m)
+    })
+    .await;
+    for name in [
+        "durable_events_total",
+        "durable_commits_total",
+        "durable_commit_conflicts_total",
+        "durable_reruns_total",
+        "durable_owned_partitions",
+        "durable_commit_latency_seconds_bucket",
+        "durable_dead_letters_total",
+        "durable_timer_backlog",
+        "durable_consumer_lag",
+        "durable_activities_total",
+        "durable_batch_latency_seconds",
+    ] {
+        assert!(metrics.contains(name), "/metrics lacks {name}:\n{metrics}");
+    }
+    assert!(metrics.contains("outcome=\"applied\""));
+    assert!(!metrics.contains("orch:"), "no instance ids in labels");
+    let status = e2e::http_get(processor.metrics, "/status").await;
+    assert!(status.contains("\"status\":\"ok\""), "{status}");
+    processor.stop().await;
+}
