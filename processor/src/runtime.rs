@@ -63,15 +63,71 @@ struct Worker {
     done: tokio::task::JoinHandle<()>,
 }
 
-/// Workers by partition; the rebalance callback stops the revoked ones.
+/// Workers by partition, and the partitions assigned now; the rebalance callbacks keep both.
 #[derive(Default)]
 pub struct Workers {
     map: Mutex<HashMap<i32, Worker>>,
+    /// Per owned partition, the offset of the next record to hand to its worker: the committed
+    /// offset at assignment, then one past each record dispatched. Records are dispatched
+    /// strictly in sequence: a record below it was dispatched already; a record above it (a
+    /// stale prefetch from before a rebalance) would be applied ahead of records not applied
+    /// yet — the consumer seeks back instead. A partition not in the map is not owned.
+    expected: Mutex<HashMap<i32, i64>>,
+    /// Per partition, how far before the expected offset the next seek goes. tansu 0.6.0
+    /// answers a fetch from inside a record batch with the *next* batch, so a consumer resuming
+    /// mid-batch never sees the rest of that batch; seeking further back (to a batch start) and
+    /// skipping what is below the expected offset reaches it.
+    seek_back: Mutex<HashMap<i32, i64>>,
+}
+
+/// What to do with a received record.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Admit {
+    /// Hand it to the partition's worker.
+    Dispatch,
+    /// Drop it: already dispatched, or the partition is not owned.
+    Skip,
+    /// Records are missing before it: seek the partition back to this offset.
+    SeekTo(i64),
 }
 
 impl Workers {
-    /// Stop the workers of `partitions` after their group in flight, and wait for them.
+    /// The partitions were assigned to this consumer, each starting at the given offset.
+    pub fn assign(&self, starts: &[(i32, i64)]) {
+        self.expected.lock().expect("assignment lock").extend(starts.iter().copied());
+    }
+
+    /// Decide about the record at `offset` of `partition` (and advance on `Dispatch`).
+    pub fn admit(&self, partition: i32, offset: i64) -> Admit {
+        let mut expected = self.expected.lock().expect("assignment lock");
+        let mut back = self.seek_back.lock().expect("assignment lock");
+        match expected.get_mut(&partition) {
+            None => Admit::Skip,
+            Some(next) if offset == *next => {
+                *next += 1;
+                back.remove(&partition);
+                Admit::Dispatch
+            }
+            Some(next) if offset < *next => Admit::Skip,
+            Some(next) => {
+                // Landed ahead again: go back further each time (0, 1, 2, 4, … records).
+                let distance = back.entry(partition).or_insert(0);
+                let target = (*next - *distance).max(0);
+                *distance = (*distance * 2).max(1).min(1 << 20);
+                Admit::SeekTo(target)
+            }
+        }
+    }
+
+    /// Forget `partitions` (no more records of them are dispatched), then stop their workers
+    /// after the group in flight, and wait for them.
     pub fn stop(&self, partitions: &[i32]) {
+        {
+            let mut expected = self.expected.lock().expect("assignment lock");
+            for p in partitions {
+                expected.remove(p);
+            }
+        }
         let stopping: Vec<Worker> = {
             let mut map = self.map.lock().expect("workers lock");
             partitions.iter().filter_map(|p| map.remove(p)).collect()
@@ -129,8 +185,20 @@ pub async fn run(
             _ = &mut shutdown => break,
             received = consumer.recv() => match received {
                 Ok(message) => {
+                    let (partition, offset) = (message.partition(), message.offset());
+                    match workers.admit(partition, offset) {
+                        Admit::Dispatch => {}
+                        Admit::Skip => continue,
+                        Admit::SeekTo(next) => {
+                            warn!(partition, offset, seek = next, "records missing before this one: seeking back");
+                            let topic = shared.config.events_topic();
+                            if let Err(e) = consumer.seek(&topic, partition, rdkafka::Offset::Offset(next), std::time::Duration::from_secs(5)) {
+                                warn!(partition, error = %e, "seek failed; retrying on the next record");
+                            }
+                            continue;
+                        }
+                    }
                     let message = message.detach();
-                    let partition = message.partition();
                     let tx = workers_sender(&workers, &shared, partition);
                     if tx.send(message).await.is_err() {
                         warn!(partition, "worker stopped while a record was handed to it; it will be redelivered");
@@ -181,7 +249,11 @@ async fn shutdown_signal() {
 pub fn main(registry: Registry) -> std::process::ExitCode {
     use clap::Parser as _;
     let cli = Cli::parse();
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log)).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .init();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build();
     let result = match runtime {
         Ok(rt) => rt.block_on(run(cli.config, registry, shutdown_signal(), None)),
@@ -216,6 +288,7 @@ fn workers_sender(
     METRICS.commit_latency.with_label_values(&[&label]);
     METRICS.timer_backlog.with_label_values(&[&label]);
     METRICS.consumer_lag.with_label_values(&[&label]);
+    tracing::debug!(partition, "starting a worker");
     let (tx, rx) = mpsc::channel(shared.config.batch * 4);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let done = tokio::spawn(partition::work(shared.clone(), partition, rx, stopped));

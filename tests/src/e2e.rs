@@ -114,7 +114,7 @@ impl Process {
             .env("DURABLE_GROUP", format!("{prefix}-processors"))
             .env("DURABLE_PARTITIONS", partitions.to_string())
             .env("DURABLE_METRICS_ADDR", format!("127.0.0.1:{port}"))
-            .env("DURABLE_LOG", "info")
+            .env("DURABLE_LOG", std::env::var("E2E_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -20,13 +20,21 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, worke
             get(move || {
                 let (shared, workers) = (shared.clone(), workers.clone());
                 async move {
-                    let mut partitions = workers.all();
-                    partitions.sort();
+                    use rdkafka::consumer::Consumer as _;
+                    let mut assigned: Vec<i32> = shared
+                        .consumer
+                        .assignment()
+                        .map(|list| list.elements().iter().map(|e| e.partition()).collect())
+                        .unwrap_or_default();
+                    assigned.sort();
+                    let mut active = workers.all();
+                    active.sort();
                     Json(serde_json::json!({
                         "status": "ok",
                         "events_topic": shared.config.events_topic(),
                         "group": shared.config.group,
-                        "partitions": partitions,
+                        "partitions": assigned,
+                        "active_partitions": active,
                     }))
                 }
             }),

@@ -93,10 +93,27 @@ impl ConsumerContext for RebalanceContext {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(list) = rebalance {
-            let partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
-            info!(?partitions, "partitions assigned");
+            // Where each partition starts: its committed offset, or its beginning if none.
+            let committed = consumer.committed_offsets((*list).clone(), Duration::from_secs(10));
+            let mut starts = Vec::new();
+            for e in list.elements() {
+                let from_commit = committed.as_ref().ok().and_then(|c| {
+                    c.find_partition(e.topic(), e.partition()).and_then(|tp| match tp.offset() {
+                        rdkafka::Offset::Offset(n) => Some(n),
+                        _ => None,
+                    })
+                });
+                let start = from_commit.unwrap_or_else(|| {
+                    consumer
+                        .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(10))
+                        .map_or(0, |(low, _)| low)
+                });
+                starts.push((e.partition(), start));
+            }
+            info!(?starts, "partitions assigned (partition, first offset)");
+            self.workers.assign(&starts);
         }
     }
 }

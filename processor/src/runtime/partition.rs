@@ -199,6 +199,13 @@ async fn apply_group(shared: &Arc<Shared>, partition: i32, batch: &[OwnedMessage
             .deliveries
             .push(Delivery { envelope, offset: Some(message.offset()) });
     }
+    tracing::debug!(
+        partition,
+        first = batch.first().map(|m| m.offset()),
+        last = batch.last().map(|m| m.offset()),
+        records = batch.len(),
+        "applying group"
+    );
     commit_groups(shared, p, &label, now, &groups, &mut outbound).await?;
     run_activities(shared, &label, now, activities, &mut outbound).await;
     outbound.sort_by_key(|(offset, _)| *offset);

@@ -1,0 +1,47 @@
+//! The `processor` binary's command line: help for every flag, and clear errors with exit code 2.
+
+use std::process::Command;
+
+fn processor() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_processor"))
+}
+
+#[test]
+fn help_lists_every_flag_with_its_environment_variable() {
+    let out = processor().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for (flag, env) in [
+        ("--brokers", "DURABLE_BROKERS"),
+        ("--prefix", "DURABLE_PREFIX"),
+        ("--partitions", "DURABLE_PARTITIONS"),
+        ("--group", "DURABLE_GROUP"),
+        ("--redis-url", "DURABLE_REDIS_URL"),
+        ("--metrics-addr", "DURABLE_METRICS_ADDR"),
+        ("--batch", "DURABLE_BATCH"),
+        ("--timer-interval", "DURABLE_TIMER_INTERVAL"),
+        ("--kafka-option", "DURABLE_KAFKA_OPTIONS"),
+        ("--log", "DURABLE_LOG"),
+    ] {
+        assert!(help.contains(flag) && help.contains(env), "{flag} / {env} missing from --help:\n{help}");
+    }
+}
+
+#[test]
+fn an_unreachable_redis_is_a_one_line_error_that_says_what_to_do() {
+    let out = processor().args(["--redis-url", "redis://127.0.0.1:1", "--brokers", "127.0.0.1:1"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let error = stderr.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error line in {stderr}"));
+    assert!(
+        error.contains("cannot reach Redis at redis://127.0.0.1:1") && error.contains("DURABLE_REDIS_URL"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_bad_flag_value_is_rejected_with_usage() {
+    let out = processor().args(["--kafka-option", "no-equals-sign"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8(out.stderr).unwrap().contains("is not KEY=VALUE"));
+}

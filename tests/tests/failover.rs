@@ -1,0 +1,118 @@
+//! Processors as separate processes sharing the partitions through the consumer group: one is
+//! stopped mid-run, then one is killed with SIGKILL mid-run (no drain, no offset commit). No event
+//! may be lost and none applied twice.
+
+use std::time::Duration;
+
+use durable_processor::examples::{self, Counter};
+use durable_processor::id::InstanceId;
+use tests::e2e::{self, Client, Process, State};
+
+const PARTITIONS: i32 = 8;
+const COUNTERS: usize = 20;
+const SIGNALS_PER_WAVE: usize = 2_000;
+
+async fn owns_partitions(p: &Process) -> bool {
+    match tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(p.metrics)).await {
+        Ok(Ok(_)) => {
+            let status = e2e::http_get(p.metrics, "/status").await;
+            status.contains("\"partitions\":[") && !status.contains("\"partitions\":[]")
+        }
+        _ => false,
+    }
+}
+
+async fn counted(state: &State, counters: &[InstanceId]) -> i64 {
+    let mut total = 0;
+    for c in counters {
+        total += state.entity::<Counter>(c).await.map_or(0, |c| c.value);
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn processors_joining_and_leaving_cleanly_lose_nothing_and_apply_nothing_twice() {
+    failover(false).await
+}
+
+/// Needs a broker that expires a killed member's session: on tansu 0.6.0, in about one run in
+/// five, a SIGKILLed member's partitions are never reassigned (issue 4's note has the details).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "tansu 0.6.0 sometimes never reassigns a SIGKILLed member's partitions; run with --ignored"]
+async fn a_stopped_and_a_killed_processor_lose_nothing_and_apply_nothing_twice() {
+    failover(true).await
+}
+
+async fn failover(kill: bool) {
+    let prefix = e2e::unique_prefix("failover");
+    let binary = env!("CARGO_BIN_EXE_test-processor");
+    let logs = std::env::temp_dir().join(&prefix);
+    std::fs::create_dir_all(&logs).unwrap();
+    let mut a = Process::spawn(binary, &prefix, PARTITIONS, &logs.join("a.log"));
+    let mut b = Process::spawn(binary, &prefix, PARTITIONS, &logs.join("b.log"));
+    e2e::eventually(Duration::from_secs(60), "both processors own partitions", || async {
+        (owns_partitions(&a).await && owns_partitions(&b).await).then_some(())
+    })
+    .await;
+
+    let mut client = Client::new(&prefix);
+    let state = State::connect(&prefix, PARTITIONS as u32).await;
+    let counters: Vec<InstanceId> = (0..COUNTERS).map(|i| InstanceId::entity("Counter", format!("c{i}"))).collect();
+    let mut hellos = Vec::new();
+    let mut wave = |client: &mut Client, n: usize| {
+        let mut events: Vec<_> =
+            (0..SIGNALS_PER_WAVE).map(|i| client.signal(&counters[i % COUNTERS], "add", 1)).collect();
+        for k in 0..5 {
+            let start = client.start("HelloSequence", &format!("w{n}-{k}"), Vec::<String>::new());
+            hellos.push(start.target.clone());
+            events.push(start);
+        }
+        events
+    };
+
+    // Wave 1, then stop B cleanly while it works.
+    let first = wave(&mut client, 1);
+    client.send(&first).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.terminate();
+    let mut c = Process::spawn(binary, &prefix, PARTITIONS, &logs.join("c.log"));
+
+    // Wave 2, then SIGKILL A while it works.
+    let second = wave(&mut client, 2);
+    client.send(&second).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before_kill = counted(&state, &counters).await;
+    if kill {
+        a.kill();
+    } else {
+        a.terminate();
+    }
+    let mut d = Process::spawn(binary, &prefix, PARTITIONS, &logs.join("d.log"));
+
+    // Wave 3 while the group recovers.
+    let third = wave(&mut client, 3);
+    client.send(&third).await;
+
+    let expected = (3 * SIGNALS_PER_WAVE) as i64;
+    assert!(before_kill < expected, "A must leave mid-run ({before_kill} of {expected} applied)");
+    let per_counter = expected / COUNTERS as i64;
+    for counter in &counters {
+        e2e::eventually(Duration::from_secs(120), &format!("{counter} reaches {per_counter}"), || async {
+            let value = state.entity::<Counter>(counter).await.map_or(0, |c| c.value);
+            assert!(value <= per_counter, "{counter} applied a signal twice: {value} > {per_counter}");
+            (value == per_counter).then_some(())
+        })
+        .await;
+    }
+    let greetings: Vec<String> = examples::CITIES.iter().map(|c| format!("Hello {c}!")).collect();
+    for hello in &hellos {
+        let out: Vec<String> = state.output(hello, Duration::from_secs(60)).await.decode().unwrap();
+        assert_eq!(out, greetings, "{hello}");
+    }
+    eprintln!(
+        "failover: {before_kill} of {expected} signals were applied when A left (kill={kill}); logs in {}",
+        logs.display()
+    );
+    c.terminate();
+    d.terminate();
+}
