@@ -113,7 +113,7 @@ impl Workers {
                 // Landed ahead again: go back further each time (0, 1, 2, 4, … records).
                 let distance = back.entry(partition).or_insert(0);
                 let target = (*next - *distance).max(0);
-                *distance = (*distance * 2).max(1).min(1 << 20);
+                *distance = (*distance * 2).clamp(1, 1 << 20);
                 Admit::SeekTo(target)
             }
         }
