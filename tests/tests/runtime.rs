@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use durable_processor::examples::{self, ApprovalInput, Counter};
 use durable_processor::id::InstanceId;
-use durable_schemas::Event;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Headers;
 use rdkafka::Message;
@@ -129,7 +128,6 @@ async fn bad_input_goes_to_the_dead_letter_topic_with_the_reason_and_the_partiti
     // Nothing committed changed: the dead-lettered start left no state behind.
     let record = state.record(&nobody.target).await;
     assert!(record.as_ref().and_then(|r| r.orchestration()).is_none());
-    let _ = Event::Terminate { reason: String::new() };
     processor.stop().await;
 }
 

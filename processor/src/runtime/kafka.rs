@@ -20,9 +20,14 @@ use crate::config::ProcessorConfig;
 /// The consumer type of the processors' group.
 pub type GroupConsumer = StreamConsumer<RebalanceContext>;
 
-fn base(config: &ProcessorConfig) -> ClientConfig {
+/// A client configuration: the brokers, then `settings`, then the user's raw librdkafka options
+/// (last, so they win).
+fn client_config(config: &ProcessorConfig, settings: &[(&str, &str)]) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &config.brokers);
+    for (k, v) in settings {
+        c.set(*k, *v);
+    }
     for (k, v) in &config.kafka_options {
         c.set(k, v);
     }
@@ -33,7 +38,7 @@ fn base(config: &ProcessorConfig) -> ClientConfig {
 /// they do not exist.
 pub async fn ensure_topics(config: &ProcessorConfig) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> =
-        base(config).create().context("cannot create a Kafka admin client")?;
+        client_config(config, &[]).create().context("cannot create a Kafka admin client")?;
     let (events, state, dead) = (config.events_topic(), config.state_topic(), config.dead_topic());
     let topics = [
         NewTopic::new(&events, config.partitions, TopicReplication::Fixed(1)),
@@ -62,17 +67,14 @@ pub async fn ensure_topics(config: &ProcessorConfig) -> anyhow::Result<()> {
 /// The producer: idempotent (ordered, no gaps, no duplicates per partition) and partitioning by
 /// key with murmur2, like Kafka's Java client.
 pub fn producer(config: &ProcessorConfig) -> anyhow::Result<FutureProducer> {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &config.brokers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("partitioner", "murmur2_random")
-        .set("linger.ms", "1")
-        .set("message.timeout.ms", "30000");
-    for (k, v) in &config.kafka_options {
-        c.set(k, v);
-    }
-    c.create().context("cannot create the Kafka producer")
+    let settings = [
+        ("enable.idempotence", "true"),
+        ("acks", "all"),
+        ("partitioner", "murmur2_random"),
+        ("linger.ms", "1"),
+        ("message.timeout.ms", "30000"),
+    ];
+    client_config(config, &settings).create().context("cannot create the Kafka producer")
 }
 
 /// Rebalance hook: before partitions are taken away, their workers finish the group in flight
@@ -121,19 +123,18 @@ impl ConsumerContext for RebalanceContext {
 /// The group consumer, subscribed to `<prefix>.events`. Offsets are stored by the workers after
 /// each group is committed and produced, and committed every second.
 pub fn consumer(config: &ProcessorConfig, workers: Arc<Workers>) -> anyhow::Result<GroupConsumer> {
-    let mut c = base(config);
-    c.set("group.id", &config.group)
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "1000");
-    for (k, v) in &config.kafka_options {
-        c.set(k, v);
-    }
-    let consumer: GroupConsumer =
-        c.create_with_context(RebalanceContext { workers }).context("cannot create the Kafka consumer")?;
+    let settings = [
+        ("group.id", config.group.as_str()),
+        ("enable.auto.commit", "true"),
+        ("auto.commit.interval.ms", "1000"),
+        ("enable.auto.offset.store", "false"),
+        ("auto.offset.reset", "earliest"),
+        ("session.timeout.ms", "10000"),
+        ("heartbeat.interval.ms", "1000"),
+    ];
+    let consumer: GroupConsumer = client_config(config, &settings)
+        .create_with_context(RebalanceContext { workers })
+        .context("cannot create the Kafka consumer")?;
     consumer.subscribe(&[&config.events_topic()]).context("cannot subscribe to the events topic")?;
     Ok(consumer)
 }
