@@ -115,6 +115,7 @@ impl Process {
             .env("DURABLE_PARTITIONS", partitions.to_string())
             .env("DURABLE_METRICS_ADDR", format!("127.0.0.1:{port}"))
             .env("DURABLE_LOG", std::env::var("E2E_LOG").unwrap_or_else(|_| "info".into()))
+            .env("DURABLE_KAFKA_OPTIONS", std::env::var("E2E_KAFKA_OPTIONS").unwrap_or_default())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
