@@ -37,7 +37,12 @@ pub struct ProcessorConfig {
     pub kafka_options: Vec<(String, String)>,
 }
 
+/// `KEY=VALUE`; an empty item (e.g. `DURABLE_KAFKA_OPTIONS=` in an env file) means no option and
+/// parses to an empty key, which the clients skip.
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    if s.trim().is_empty() {
+        return Ok((String::new(), String::new()));
+    }
     let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
     Ok((k.trim().to_owned(), v.trim().to_owned()))
 }

@@ -45,3 +45,12 @@ fn a_bad_flag_value_is_rejected_with_usage() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8(out.stderr).unwrap().contains("is not KEY=VALUE"));
 }
+
+#[test]
+fn an_empty_kafka_options_variable_means_no_options() {
+    // As in example.env: `DURABLE_KAFKA_OPTIONS=` must not stop the processor from starting.
+    let out =
+        processor().env("DURABLE_KAFKA_OPTIONS", "").args(["--redis-url", "redis://127.0.0.1:1"]).output().unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("cannot reach Redis"), "argument parsing should pass and fail later on Redis: {stderr}");
+}

@@ -28,7 +28,7 @@ fn client_config(config: &ProcessorConfig, settings: &[(&str, &str)]) -> ClientC
     for (k, v) in settings {
         c.set(*k, *v);
     }
-    for (k, v) in &config.kafka_options {
+    for (k, v) in config.kafka_options.iter().filter(|(k, _)| !k.is_empty()) {
         c.set(k, v);
     }
     c
