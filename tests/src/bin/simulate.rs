@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use clap::Parser;
-use tests::sim::{self, Config, Faults, Outcome, Scale};
+use tests::sim::{self, Config, Outcome};
 
 /// Run Durable's deterministic simulator: workloads under duplicates, reordering, racing
 /// workers and crashes; invariants checked at the end of every seed.
@@ -160,7 +160,6 @@ fn main() {
             eprintln!("  {line}");
         }
     }
-    let _ = (Scale::default(), Faults::default());
     println!(
         "simulate: seeds={} first_seed={} elapsed={elapsed:.1}s seeds_per_s={:.1} actions={} conflicts={} crashes={} trace_hash={:016x} violations={}",
         args.seeds,
