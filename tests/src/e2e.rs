@@ -174,6 +174,11 @@ impl Client {
         Self { producer, topic: format!("{prefix}.events"), sent: 0, prefix: prefix.to_owned() }
     }
 
+    /// The prefix this client produces under.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// An envelope from this client.
     pub fn event(&mut self, target: &str, body: Event) -> Envelope {
         self.sent += 1;
@@ -272,6 +277,14 @@ impl State {
     pub async fn entity<T: serde::de::DeserializeOwned>(&self, id: &InstanceId) -> Option<T> {
         self.record(&id.canonical()).await?.entity()?.state.as_ref()?.decode().ok()
     }
+}
+
+/// The usual start of an end-to-end test: a processor in this process under a fresh prefix,
+/// a client for it and a reader of its state.
+pub async fn setup(name: &str, partitions: i32) -> (InProcess, Client, State) {
+    let prefix = unique_prefix(name);
+    let processor = InProcess::start(&prefix, partitions).await;
+    (processor, Client::new(&prefix), State::connect(&prefix, partitions as u32).await)
 }
 
 /// Poll `check` every 50 ms until it returns `Some`, or panic after `timeout` naming `what`.

@@ -8,16 +8,13 @@ use durable_processor::id::InstanceId;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Headers;
 use rdkafka::Message;
-use tests::e2e::{self, Client, InProcess, State};
+use tests::e2e;
 
 const PARTITIONS: i32 = 8;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hello_sequence_and_fan_out_complete() {
-    let prefix = e2e::unique_prefix("hello");
-    let processor = InProcess::start(&prefix, PARTITIONS).await;
-    let mut client = Client::new(&prefix);
-    let state = State::connect(&prefix, PARTITIONS as u32).await;
+    let (processor, mut client, state) = e2e::setup("hello", PARTITIONS).await;
     let hello = client.start("HelloSequence", "h1", Vec::<String>::new());
     let fan = client.start("FanOut", "f1", 100u64);
     client.send(&[hello.clone(), fan.clone()]).await;
@@ -30,10 +27,7 @@ async fn hello_sequence_and_fan_out_complete() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ten_thousand_counter_signals_give_an_exact_count() {
-    let prefix = e2e::unique_prefix("counter");
-    let processor = InProcess::start(&prefix, PARTITIONS).await;
-    let mut client = Client::new(&prefix);
-    let state = State::connect(&prefix, PARTITIONS as u32).await;
+    let (processor, mut client, state) = e2e::setup("counter", PARTITIONS).await;
     let counters: Vec<InstanceId> = (0..10).map(|i| InstanceId::entity("Counter", format!("c{i}"))).collect();
     let signals: Vec<_> = (0..10_000).map(|i| client.signal(&counters[i % 10], "add", 1)).collect();
     // Send every signal, and then 500 of them again (a producer retrying): applied once each.
@@ -53,10 +47,7 @@ async fn ten_thousand_counter_signals_give_an_exact_count() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn timers_retries_external_events_entity_calls_and_a_sub_orchestration() {
-    let prefix = e2e::unique_prefix("approval");
-    let processor = InProcess::start(&prefix, PARTITIONS).await;
-    let mut client = Client::new(&prefix);
-    let state = State::connect(&prefix, PARTITIONS as u32).await;
+    let (processor, mut client, state) = e2e::setup("approval", PARTITIONS).await;
     let input = ApprovalInput { counter: "approvals".into(), amount: 3 };
     let start = client.start("Approval", "a1", &input);
     let approve = client.raise(&start.target, "approve", true);
@@ -78,10 +69,7 @@ async fn timers_retries_external_events_entity_calls_and_a_sub_orchestration() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_input_goes_to_the_dead_letter_topic_with_the_reason_and_the_partition_keeps_going() {
-    let prefix = e2e::unique_prefix("dead");
-    let processor = InProcess::start(&prefix, PARTITIONS).await;
-    let mut client = Client::new(&prefix);
-    let state = State::connect(&prefix, PARTITIONS as u32).await;
+    let (processor, mut client, state) = e2e::setup("dead", PARTITIONS).await;
     let counter = InstanceId::entity("Counter", "survivor");
     // 1. bytes that do not decode
     client.send_raw(&counter.canonical(), b"{\"not\": \"avro\"}").await;
@@ -105,11 +93,11 @@ async fn bad_input_goes_to_the_dead_letter_topic_with_the_reason_and_the_partiti
 
     let consumer: StreamConsumer = rdkafka::config::ClientConfig::new()
         .set("bootstrap.servers", e2e::brokers())
-        .set("group.id", format!("{prefix}-dead-reader"))
+        .set("group.id", format!("{}-dead-reader", client.prefix()))
         .set("auto.offset.reset", "earliest")
         .create()
         .unwrap();
-    consumer.subscribe(&[&format!("{prefix}.dead")]).unwrap();
+    consumer.subscribe(&[&format!("{}.dead", client.prefix())]).unwrap();
     let mut reasons = Vec::new();
     while reasons.len() < 4 {
         let m =
@@ -133,10 +121,7 @@ async fn bad_input_goes_to_the_dead_letter_topic_with_the_reason_and_the_partiti
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metrics_and_status_are_served() {
-    let prefix = e2e::unique_prefix("metrics");
-    let processor = InProcess::start(&prefix, PARTITIONS).await;
-    let mut client = Client::new(&prefix);
-    let state = State::connect(&prefix, PARTITIONS as u32).await;
+    let (processor, mut client, state) = e2e::setup("metrics", PARTITIONS).await;
     let start = client.start("Approval", "m", ApprovalInput { counter: "m".into(), amount: 1 });
     let approve = client.raise(&start.target, "approve", true);
     client.send(&[start.clone(), approve]).await;
