@@ -12,8 +12,9 @@
 //! 4. After the commit, produce `record.outbox` (emits and the state change) in order, then
 //!    acknowledge the input offsets. Produce outboxes of one partition in input-offset order:
 //!    the origin stamps (see `history`) rely on it.
-//! 5. If a delivery was [`DropReason::Redelivered`], the record was committed before but its
-//!    outbox may not have left: produce `record.outbox` again (receivers drop duplicates).
+//! 5. If [`StepOutput::resend`] is set, these records were committed before but that commit's
+//!    outbox may not have left: produce it again, at its offset, before this step's own outbox
+//!    (receivers drop duplicates).
 //!
 //! Dead letters ([`StepOutput::dead_letters`]) are produced to the dead-letter topic after the
 //! commit; the event counts as applied, so it is never retried.
@@ -102,6 +103,10 @@ pub struct StepOutput {
     pub dropped: Vec<Dropped>,
     /// Whether anything was applied (else there is nothing to commit).
     pub changed: bool,
+    /// The outbox of an earlier commit of these same records (some were redelivered): produce
+    /// it again, at `resend.offset`, since the crash that caused the redelivery may have come
+    /// before it left.
+    pub resend: Option<Outbox>,
 }
 
 impl StepOutput {
@@ -239,6 +244,7 @@ impl Engine {
             next_id: 0,
             now,
         };
+        let min_offset = deliveries.iter().filter_map(|d| d.offset).min();
         let max_offset = deliveries.iter().filter_map(|d| d.offset).max();
         let mut admitted = Vec::with_capacity(deliveries.len());
         for Delivery { envelope, offset } in deliveries {
@@ -253,6 +259,13 @@ impl Engine {
             }
         }
         let changed = !admitted.is_empty() || !out.dead_letters.is_empty();
+        let redelivered = out.dropped.iter().any(|d| d.reason == DropReason::Redelivered);
+        let resend = match (redelivered, min_offset, max_offset) {
+            (true, Some(lo), Some(hi)) => {
+                record.outbox.offset.filter(|o| (lo..=hi).contains(o)).map(|_| record.outbox.clone())
+            }
+            _ => None,
+        };
         // Infrastructure layer: delays. Everything else passes inward.
         let mut ready = Vec::with_capacity(admitted.len());
         for mut envelope in admitted {
@@ -299,7 +312,14 @@ impl Engine {
                 effects: out.effects.iter().filter(|e| !matches!(e, Effect::Delay { .. })).cloned().collect(),
             };
         }
-        StepOutput { record, effects: out.effects, dead_letters: out.dead_letters, dropped: out.dropped, changed }
+        StepOutput {
+            record,
+            effects: out.effects,
+            dead_letters: out.dead_letters,
+            dropped: out.dropped,
+            changed,
+            resend,
+        }
     }
 }
 

@@ -674,14 +674,9 @@ impl World {
         let mut emits = Vec::new();
         for g in &task.groups {
             let out = g.output.as_ref().expect("computed");
-            let first = g.deliveries.first().map(|f| f.offset).unwrap_or(0);
             let last = g.deliveries.last().map(|f| f.offset).unwrap_or(0);
-            if out.redelivered() {
-                if let Some((stored, _)) = &g.loaded {
-                    if let Some(offset) = stored.outbox.offset.filter(|o| (first..=last).contains(o)) {
-                        emits.push((offset, emitted(&stored.outbox.effects)));
-                    }
-                }
+            if let Some(resend) = &out.resend {
+                emits.push((resend.offset.unwrap_or(last), emitted(&resend.effects)));
             }
             if out.changed {
                 emits.push((last, emitted(&out.record.outbox.effects)));

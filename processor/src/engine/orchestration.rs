@@ -320,24 +320,10 @@ impl Run<'_> {
     /// Make sure the code is running for a running orchestration; false if it cannot be (it
     /// finished, or replay failed and the instance is now failed).
     fn ensure_exec(&mut self) -> bool {
-        if self.exec.is_some() {
-            return self.exec.as_ref().is_some_and(|e| e.outcome.is_none());
+        if self.exec.is_none() {
+            self.settle(); // replays the code of a running orchestration
         }
-        let Some(h) = self.running() else {
-            return false;
-        };
-        let h = h.clone();
-        match Execution::replay(self.registry, self.id, &h) {
-            Ok(exec) => {
-                self.exec = Some(exec);
-                self.settle();
-                self.exec.as_ref().is_some_and(|e| e.outcome.is_none())
-            }
-            Err(failure) => {
-                self.conclude(OrchestrationStatus::Failed { failure: failure.clone() }, Err(failure));
-                false
-            }
-        }
+        self.exec.as_ref().is_some_and(|e| e.outcome.is_none())
     }
 
     /// Flush effects, hand buffered completions to the code one at a time, handle
@@ -345,11 +331,8 @@ impl Run<'_> {
     fn settle(&mut self) {
         loop {
             if self.exec.is_none() {
-                if self.running().is_none() {
-                    return;
-                }
-                // A fresh generation: nothing to replay.
-                let h = self.running().expect("checked").clone();
+                // Start the code and replay its history (nothing to replay for a new generation).
+                let Some(h) = self.running().cloned() else { return };
                 match Execution::replay(self.registry, self.id, &h) {
                     Ok(exec) => self.exec = Some(exec),
                     Err(failure) => {

@@ -261,19 +261,19 @@ async fn commit_groups(
                 },
             };
             let input = StepInput { deliveries: group.deliveries.clone(), now, partition: Some(p) };
-            let out = shared.engine.step(&group.id, record.clone(), input);
+            let out = shared.engine.step(&group.id, record, input);
             if out.changed {
                 let timers = out.delayed().map(|(fire_at, e)| TimerEntry { fire_at, envelope: e.encode() }).collect();
                 writes.push(Write { id: id.clone(), expected: etag, blob: out.record.to_blob(), timers });
             }
-            computed.push((id.clone(), record, out));
+            computed.push((id.clone(), out));
         }
         let t = Instant::now();
         let outcomes = shared.store.commit(p, writes).await.map_err(|e| e.to_string())?;
         METRICS.commit_latency.with_label_values(&[label]).observe(t.elapsed().as_secs_f64());
         let mut outcomes = outcomes.into_iter();
         let mut next = Vec::new();
-        for (id, stored, out) in computed {
+        for (id, out) in computed {
             if out.changed {
                 match outcomes.next() {
                     Some(CommitOutcome::Committed { .. }) => METRICS.commits.with_label_values(&[label]).inc(),
@@ -285,15 +285,10 @@ async fn commit_groups(
                 }
             }
             let deliveries = &groups[&id].deliveries;
-            let first = deliveries.first().and_then(|d| d.offset).unwrap_or(0);
             let last = deliveries.last().and_then(|d| d.offset).unwrap_or(0);
-            if out.redelivered() {
+            if let Some(resend) = &out.resend {
                 // Committed before, maybe not produced: send that outbox again.
-                if let Some(stored) = &stored {
-                    if let Some(offset) = stored.outbox.offset.filter(|o| (first..=last).contains(o)) {
-                        outbound.push((offset, Out::Effects(stored.outbox.effects.clone())));
-                    }
-                }
+                outbound.push((resend.offset.unwrap_or(last), Out::Effects(resend.effects.clone())));
             }
             if out.changed {
                 outbound.push((last, Out::Effects(out.record.outbox.effects.clone())));
