@@ -31,6 +31,11 @@ pub struct ProcessorConfig {
     /// How often each partition looks for due timers.
     #[arg(long, env = "DURABLE_TIMER_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub timer_interval: Duration,
+    /// How long a partition of the events topic may stay without a live owner before this
+    /// processor leaves and rejoins the consumer group to have the partitions reassigned
+    /// (0s: never). A safety net for brokers that keep a dead member's partitions assigned.
+    #[arg(long, env = "DURABLE_ORPHAN_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub orphan_timeout: Duration,
     /// Raw librdkafka options as KEY=VALUE, repeatable or comma separated; applied to every
     /// Kafka client (e.g. security.protocol=SASL_SSL).
     #[arg(long = "kafka-option", env = "DURABLE_KAFKA_OPTIONS", value_delimiter = ',', value_parser = parse_key_value)]
@@ -59,6 +64,7 @@ impl ProcessorConfig {
             metrics_addr: "127.0.0.1:0".parse().expect("valid address"),
             batch: 256,
             timer_interval: Duration::from_millis(100),
+            orphan_timeout: Duration::from_secs(20),
             kafka_options: Vec::new(),
         }
     }

@@ -36,6 +36,12 @@ pub struct Metrics {
     pub activities: IntCounterVec,
     /// `durable_owned_partitions`: partitions this processor owns now.
     pub owned: IntGaugeVec,
+    /// `durable_unowned_partitions`: partitions of the events topic with no live owner, as this
+    /// processor sees them in the store.
+    pub unowned: IntGaugeVec,
+    /// `durable_group_rejoins_total`: times this processor left and rejoined the consumer group
+    /// because partitions stayed without a live owner.
+    pub rejoins: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -85,6 +91,13 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         timer_backlog: gauge(&registry, "durable_timer_backlog", "Parked and unacknowledged timers", &[PARTITION]),
         consumer_lag: gauge(&registry, "durable_consumer_lag", "Records behind the high watermark", &[PARTITION]),
         owned: gauge(&registry, "durable_owned_partitions", "Partitions owned by this processor", &[]),
+        unowned: gauge(&registry, "durable_unowned_partitions", "Partitions with no live owner", &[]),
+        rejoins: counter(
+            &registry,
+            "durable_group_rejoins_total",
+            "Group rejoins forced by partitions left without a live owner",
+            &[],
+        ),
         commit_latency,
         batch_latency,
         registry,

@@ -24,6 +24,7 @@
 
 pub mod http;
 pub mod kafka;
+pub mod ownership;
 pub mod partition;
 
 use std::collections::HashMap;
@@ -149,6 +150,11 @@ impl Workers {
         METRICS.owned.with_label_values(&[] as &[&str]).set(self.map.lock().expect("workers lock").len() as i64);
     }
 
+    /// The partitions assigned to this consumer now.
+    pub fn owned(&self) -> Vec<i32> {
+        self.expected.lock().expect("assignment lock").keys().copied().collect()
+    }
+
     fn all(&self) -> Vec<i32> {
         self.map.lock().expect("workers lock").keys().copied().collect()
     }
@@ -175,6 +181,7 @@ pub async fn run(
     let shared =
         Arc::new(Shared { config, engine: Engine::new(registry), store, producer, consumer: consumer.clone() });
     let server = tokio::spawn(http::serve(listener, shared.clone(), workers.clone()));
+    let watchdog = tokio::spawn(ownership::watch(shared.clone(), workers.clone()));
     info!(%metrics_addr, topic = %shared.config.events_topic(), group = %shared.config.group, "processor running");
     if let Some(ready) = ready {
         let _ = ready.send(metrics_addr);
@@ -211,6 +218,7 @@ pub async fn run(
             },
         }
     }
+    watchdog.abort();
     info!("shutting down: finishing groups in flight");
     workers.stop(&workers.all());
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {

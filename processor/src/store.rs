@@ -111,4 +111,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Fire time of the earliest parked timer of `partition`, and how many are parked.
     fn timer_backlog(&self, partition: u32) -> impl Future<Output = StoreResult<(Option<i64>, usize)>> + Send;
+    /// Record that `partitions` have a live owner until `until` (ms since the Unix epoch). The
+    /// owners' liveness view, used to notice partitions the consumer group left without owner.
+    fn renew_ownership(&self, partitions: &[u32], until: i64) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// The partitions whose ownership was renewed past `now`.
+    fn owned_partitions(&self, now: i64) -> impl Future<Output = StoreResult<Vec<u32>>> + Send;
 }
