@@ -22,6 +22,7 @@
 //! stamped with origin `t<partition>`/seq, and acknowledges them after the produce.
 //! On revoke, a worker finishes the group in flight and stops before the partition moves.
 
+pub mod api;
 pub mod http;
 pub mod kafka;
 pub mod ownership;
@@ -41,7 +42,7 @@ use crate::config::ProcessorConfig;
 use crate::engine::Engine;
 use crate::metrics::METRICS;
 use crate::registry::Registry;
-use crate::store::RedisStore;
+use crate::store::{AnyStore, RedisStore};
 
 /// What every worker shares.
 pub struct Shared {
@@ -50,7 +51,9 @@ pub struct Shared {
     /// The pure engine with the application's handlers.
     pub engine: Engine,
     /// The state store.
-    pub store: RedisStore,
+    pub store: AnyStore,
+    /// Partitions of `<prefix>.events` (read from the broker at start).
+    pub partitions: u32,
     /// Producer for events, state records and dead letters.
     pub producer: rdkafka::producer::FutureProducer,
     /// The group consumer (workers store offsets through it).
@@ -160,17 +163,31 @@ impl Workers {
     }
 }
 
-/// Run a processor until `shutdown` resolves: create topics if absent, serve `/metrics` and
-/// `/status`, consume and apply events. Returns the address `/metrics` is served on through
-/// `ready` as soon as it is listening.
+/// Run a processor on Redis until `shutdown` resolves: create topics if absent, serve the
+/// management API, `/metrics` and `/status`, consume and apply events. Returns the address the
+/// HTTP server listens on through `ready` as soon as it is listening.
 pub async fn run(
     config: ProcessorConfig,
     registry: Registry,
     shutdown: impl Future<Output = ()>,
     ready: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
 ) -> anyhow::Result<()> {
-    let store = RedisStore::connect(&config.redis_url, &config.prefix).await?;
+    let store = RedisStore::connect(&config.redis_url, &config.prefix).await.map_err(|e| {
+        anyhow::anyhow!("cannot reach Redis at {}: is it running? set DURABLE_REDIS_URL ({e})", config.redis_url)
+    })?;
     kafka::ensure_topics(&config).await?;
+    run_with(config, registry, AnyStore::Redis(store), shutdown, ready).await
+}
+
+/// [`run`] on any store, with the topics already created (`durable dev` creates them on its
+/// in-process broker, which has no CreateTopics).
+pub async fn run_with(
+    config: ProcessorConfig,
+    registry: Registry,
+    store: AnyStore,
+    shutdown: impl Future<Output = ()>,
+    ready: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
+) -> anyhow::Result<()> {
     let producer = kafka::producer(&config)?;
     let workers = Arc::new(Workers::default());
     let consumer = Arc::new(kafka::consumer(&config, workers.clone())?);
@@ -178,8 +195,15 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot listen on {} for /metrics: set DURABLE_METRICS_ADDR", config.metrics_addr))?;
     let metrics_addr = listener.local_addr()?;
-    let shared =
-        Arc::new(Shared { config, engine: Engine::new(registry), store, producer, consumer: consumer.clone() });
+    let partitions = kafka::partition_count(&config).await?;
+    let shared = Arc::new(Shared {
+        config,
+        engine: Engine::new(registry),
+        store,
+        partitions,
+        producer,
+        consumer: consumer.clone(),
+    });
     let server = tokio::spawn(http::serve(listener, shared.clone(), workers.clone()));
     let watchdog = tokio::spawn(ownership::watch(shared.clone(), workers.clone()));
     info!(%metrics_addr, topic = %shared.config.events_topic(), group = %shared.config.group, "processor running");

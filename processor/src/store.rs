@@ -118,3 +118,51 @@ pub trait Store: Send + Sync + 'static {
     /// The partitions whose ownership was renewed past `now`.
     fn owned_partitions(&self, now: i64) -> impl Future<Output = StoreResult<Vec<u32>>> + Send;
 }
+
+/// The store a runtime runs on: Redis in production and tests, memory for `durable dev`.
+#[derive(Debug, Clone)]
+pub enum AnyStore {
+    /// [`RedisStore`].
+    Redis(RedisStore),
+    /// [`MemoryStore`], shared.
+    Memory(std::sync::Arc<MemoryStore>),
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $call:expr) => {
+        match $self {
+            AnyStore::Redis($s) => $call.await,
+            AnyStore::Memory($s) => $call.await,
+        }
+    };
+}
+
+impl Store for AnyStore {
+    async fn load(&self, partition: u32, ids: &[String]) -> StoreResult<Vec<Option<Stored>>> {
+        delegate!(self, s => s.load(partition, ids))
+    }
+
+    async fn commit(&self, partition: u32, writes: Vec<Write>) -> StoreResult<Vec<CommitOutcome>> {
+        delegate!(self, s => s.commit(partition, writes))
+    }
+
+    async fn claim_due_timers(&self, partition: u32, now: i64, max: usize) -> StoreResult<Vec<ReleasedTimer>> {
+        delegate!(self, s => s.claim_due_timers(partition, now, max))
+    }
+
+    async fn ack_timers(&self, partition: u32, up_to_seq: i64) -> StoreResult<()> {
+        delegate!(self, s => s.ack_timers(partition, up_to_seq))
+    }
+
+    async fn timer_backlog(&self, partition: u32) -> StoreResult<(Option<i64>, usize)> {
+        delegate!(self, s => s.timer_backlog(partition))
+    }
+
+    async fn renew_ownership(&self, partitions: &[u32], until: i64) -> StoreResult<()> {
+        delegate!(self, s => s.renew_ownership(partitions, until))
+    }
+
+    async fn owned_partitions(&self, now: i64) -> StoreResult<Vec<u32>> {
+        delegate!(self, s => s.owned_partitions(now))
+    }
+}

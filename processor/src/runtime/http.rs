@@ -1,16 +1,17 @@
-//! `/metrics` (Prometheus text format) and `/status` (JSON liveness and ownership).
+//! The processor's HTTP server: the management API ([`super::api`]), `/metrics` (Prometheus
+//! text format) and `/status` (JSON liveness and ownership).
 
 use std::sync::Arc;
 
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 
 use super::{Shared, Workers};
 use crate::metrics;
 
 /// Serve until the task is aborted.
 pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, workers: Arc<Workers>) {
-    let app = Router::new()
+    let app = super::api::router(shared.clone())
         .route(
             "/metrics",
             get(|| async { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics::render()) }),

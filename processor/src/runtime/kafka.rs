@@ -64,6 +64,23 @@ pub async fn ensure_topics(config: &ProcessorConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How many partitions `<prefix>.events` has (it may predate this processor's configuration).
+pub async fn partition_count(config: &ProcessorConfig) -> anyhow::Result<u32> {
+    let topic = config.events_topic();
+    let client: rdkafka::consumer::BaseConsumer =
+        client_config(config, &[]).create().context("cannot create a Kafka client")?;
+    let brokers = config.brokers.clone();
+    tokio::task::spawn_blocking(move || {
+        let metadata = client.fetch_metadata(Some(&topic), Duration::from_secs(20)).map_err(|e| {
+            anyhow::anyhow!("cannot reach Kafka at {brokers}: is the broker running? set DURABLE_BROKERS ({e})")
+        })?;
+        let n = metadata.topics().first().map_or(0, |t| t.partitions().len() as u32);
+        anyhow::ensure!(n > 0, "topic {topic} has no partitions: create it or let the processor create it");
+        Ok(n)
+    })
+    .await?
+}
+
 /// The producer: idempotent (ordered, no gaps, no duplicates per partition) and partitioning by
 /// key with murmur2, like Kafka's Java client.
 pub fn producer(config: &ProcessorConfig) -> anyhow::Result<FutureProducer> {

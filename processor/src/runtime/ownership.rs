@@ -38,35 +38,18 @@ pub fn unowned(partitions: u32, owned: &[u32]) -> Vec<u32> {
 pub async fn watch(shared: Arc<Shared>, workers: Arc<Workers>) {
     let topic = shared.config.events_topic();
     let timeout = shared.config.orphan_timeout;
-    let mut partitions: Option<u32> = None;
     let mut since: Option<Instant> = None;
     let mut tick = tokio::time::interval(PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut ticks: u64 = 0;
     loop {
         tick.tick().await;
-        ticks += 1;
         let mine: Vec<u32> = workers.owned().into_iter().map(|p| p as u32).collect();
         let now = now_ms();
         if let Err(e) = shared.store.renew_ownership(&mine, now + LEASE.as_millis() as i64).await {
             warn!(error = %e, "cannot renew partition ownership in the store");
             continue;
         }
-        if partitions.is_none() || ticks % 30 == 0 {
-            let consumer = shared.consumer.clone();
-            let t = topic.clone();
-            let counted = tokio::task::spawn_blocking(move || {
-                consumer
-                    .fetch_metadata(Some(&t), Duration::from_secs(5))
-                    .ok()
-                    .and_then(|m| m.topics().first().map(|t| t.partitions().len() as u32))
-            })
-            .await
-            .ok()
-            .flatten();
-            partitions = counted.filter(|n| *n > 0).or(partitions);
-        }
-        let Some(n) = partitions else { continue };
+        let n = shared.partitions;
         let owned = match shared.store.owned_partitions(now).await {
             Ok(owned) => owned,
             Err(e) => {

@@ -120,7 +120,8 @@ struct StateRecord<'a> {
     updated_at: i64,
 }
 
-fn payload_json(p: &Payload) -> serde_json::Value {
+/// A payload as JSON (its bytes if they are JSON, else a description).
+pub fn payload_json(p: &Payload) -> serde_json::Value {
     serde_json::from_slice(&p.data)
         .unwrap_or_else(|_| serde_json::json!({ "content_type": p.content_type, "bytes": p.data.len() }))
 }

@@ -1,0 +1,145 @@
+//! The management API client: JSON over HTTP, errors turned into one line that says what to do.
+
+use std::time::Duration;
+
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use serde_json::Value;
+
+use crate::exit;
+
+/// An error to print (one line) and the exit code it means.
+#[derive(Debug)]
+pub struct CliError {
+    /// The message, saying what to do.
+    pub message: String,
+    /// The exit code.
+    pub exit: u8,
+}
+
+impl CliError {
+    /// The API refused (exit 4).
+    pub fn refused(message: impl Into<String>) -> Self {
+        Self { message: message.into(), exit: exit::REFUSED }
+    }
+
+    /// Wrong arguments or unreachable (exit 2).
+    pub fn unreachable(message: impl Into<String>) -> Self {
+        Self { message: message.into(), exit: exit::USAGE_OR_UNREACHABLE }
+    }
+}
+
+/// Characters kept as they are in a path segment; everything else is percent-encoded (ids
+/// contain `:` and their keys may contain anything).
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~').remove(b':');
+
+/// One path segment, percent-encoded.
+pub fn segment(s: &str) -> String {
+    utf8_percent_encode(s, SEGMENT).to_string()
+}
+
+/// A processor's management API.
+pub struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    /// A client of the API at `base` (e.g. `http://127.0.0.1:9464`).
+    pub fn new(base: &str) -> Result<Self, CliError> {
+        let base = base.trim_end_matches('/').to_owned();
+        let parsed = reqwest::Url::parse(&base).map_err(|e| {
+            CliError::unreachable(format!("--api/DURABLE_API {base:?} is not a URL ({e}); e.g. http://127.0.0.1:9464"))
+        })?;
+        if parsed.scheme() != "http" {
+            return Err(CliError::unreachable(format!(
+                "--api/DURABLE_API {base:?}: only http:// is supported; put a TLS proxy in front for https"
+            )));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| CliError::unreachable(format!("cannot create an HTTP client: {e}")))?;
+        Ok(Self { base, http })
+    }
+
+    fn unreachable(&self, e: &reqwest::Error) -> CliError {
+        CliError::unreachable(format!(
+            "cannot reach the Durable API at {}: is a processor or `durable dev` running? set DURABLE_API or --api ({})",
+            self.base,
+            root_cause(e)
+        ))
+    }
+
+    async fn answer(&self, response: Result<reqwest::Response, reqwest::Error>) -> Result<Option<Value>, CliError> {
+        let response = response.map_err(|e| self.unreachable(&e))?;
+        let status = response.status();
+        let body: Value = response.json().await.map_err(|e| {
+            CliError::unreachable(format!(
+                "{} answered {status} with something that is not the Durable API's JSON ({e}): is DURABLE_API the right address?",
+                self.base
+            ))
+        })?;
+        if status.is_success() {
+            return Ok(Some(body));
+        }
+        if status == reqwest::StatusCode::NOT_FOUND && body["code"] == "not_found" {
+            return Ok(None);
+        }
+        let message = body["message"].as_str().unwrap_or("no message").to_owned();
+        let code = body["code"].as_str().unwrap_or("error");
+        if status.is_client_error() {
+            Err(CliError::refused(format!("{message} ({code})")))
+        } else {
+            Err(CliError::unreachable(format!("the API at {} failed: {message} ({code})", self.base)))
+        }
+    }
+
+    /// `GET path`; `None` if the instance does not exist.
+    pub async fn get_optional(&self, path: &str) -> Result<Option<Value>, CliError> {
+        let response = self.http.get(format!("{}{path}", self.base)).send().await;
+        self.answer(response).await
+    }
+
+    /// `GET path`; a missing instance is an error (exit 4).
+    pub async fn get(&self, path: &str) -> Result<Value, CliError> {
+        self.get_optional(path).await?.ok_or_else(|| {
+            CliError::refused(format!(
+                "no such instance at {}{path}: start it first, or check the name and key (ids look like orch:<name>:<key>)",
+                self.base
+            ))
+        })
+    }
+
+    /// `POST path` with a JSON body.
+    pub async fn post(&self, path: &str, body: &Value) -> Result<Value, CliError> {
+        let response = self.http.post(format!("{}{path}", self.base)).json(body).send().await;
+        self.answer(response).await?.ok_or_else(|| CliError::refused(format!("{path}: not found")))
+    }
+}
+
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_keep_ids_readable_and_escape_the_rest() {
+        assert_eq!(segment("orch:HelloSequence:k1"), "orch:HelloSequence:k1");
+        assert_eq!(segment("entity:Account:a b/c?"), "entity:Account:a%20b%2Fc%3F");
+    }
+
+    #[test]
+    fn only_http_urls_are_accepted() {
+        assert!(Api::new("http://127.0.0.1:9464/").is_ok());
+        assert_eq!(Api::new("127.0.0.1:9464").err().map(|e| e.exit), Some(exit::USAGE_OR_UNREACHABLE));
+        assert_eq!(Api::new("https://x").err().map(|e| e.exit), Some(exit::USAGE_OR_UNREACHABLE));
+    }
+}

@@ -1,0 +1,178 @@
+//! `durable dev`: librdkafka's in-process mock cluster for Kafka, the in-memory store, the
+//! bundled examples, the management API and `/metrics` — one process, no servers. A short demo
+//! workload goes through the management API (the same path the CLI takes), then it keeps running
+//! until Ctrl-C. Nothing is kept.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use durable_processor::config::ProcessorConfig;
+use durable_processor::runtime;
+use durable_processor::store::AnyStore;
+use durable_processor::{examples, MemoryStore, Registry};
+use serde_json::{json, Value};
+
+use crate::client::{segment, Api, CliError};
+use crate::exit;
+
+/// Flags of `durable dev`.
+#[derive(Debug, clap::Args)]
+pub struct DevArgs {
+    /// Where to serve the management API, /metrics and /status.
+    #[arg(long, env = "DURABLE_DEV_ADDR", default_value = "127.0.0.1:9464")]
+    addr: SocketAddr,
+    /// Partitions of the in-process events topic.
+    #[arg(long, default_value_t = 8)]
+    partitions: i32,
+    /// Skip the demo workload.
+    #[arg(long)]
+    no_demo: bool,
+    /// Log filter for the embedded processor (e.g. info).
+    #[arg(long, env = "DURABLE_LOG", default_value = "warn,librdkafka=error")]
+    log: String,
+}
+
+const PREFIX: &str = "dev";
+
+/// Run until Ctrl-C or SIGTERM.
+pub async fn run(args: DevArgs) -> Result<u8, CliError> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log))
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .try_init();
+    if args.partitions < 1 {
+        return Err(CliError::unreachable("--partitions must be at least 1"));
+    }
+    let cluster = rdkafka::mocking::MockCluster::new(1)
+        .map_err(|e| CliError::unreachable(format!("cannot start the in-process Kafka: {e}")))?;
+    let mut config = ProcessorConfig::new(&cluster.bootstrap_servers(), "memory://", PREFIX);
+    config.partitions = args.partitions;
+    config.group = "durable-dev".into();
+    config.metrics_addr = args.addr;
+    // The mock broker answers a fetch only when fetch.wait.max.ms runs out; keep hops short.
+    config.kafka_options.push(("fetch.wait.max.ms".into(), "5".into()));
+    for (topic, partitions) in
+        [(config.events_topic(), args.partitions), (config.state_topic(), args.partitions), (config.dead_topic(), 1)]
+    {
+        cluster
+            .create_topic(&topic, partitions, 1)
+            .map_err(|e| CliError::unreachable(format!("cannot create {topic} in the in-process Kafka: {e}")))?;
+    }
+    let store = AnyStore::Memory(Arc::new(MemoryStore::new()));
+    let registry = examples::register(Registry::new());
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let processor = tokio::spawn(runtime::run_with(
+        config,
+        registry,
+        store,
+        async move {
+            let _ = stop_rx.await;
+        },
+        Some(ready_tx),
+    ));
+    let addr = match ready_rx.await {
+        Ok(addr) => addr,
+        Err(_) => {
+            let why = match processor.await {
+                Ok(Err(e)) => format!("{e:#}"),
+                other => format!("{other:?}"),
+            };
+            return Err(CliError::unreachable(format!(
+                "durable dev could not start: {why} (is another `durable dev` on {}? use --addr)",
+                args.addr
+            )));
+        }
+    };
+    let base = format!("http://{addr}");
+    let api = Api::new(&base)?;
+    if !args.no_demo {
+        demo(&api).await?;
+    }
+    println!("Durable dev is running: in-process Kafka, in-memory state, the bundled examples. Ctrl-C stops it (nothing is kept).");
+    println!("  management API  {base}/v1   (the CLI's default; elsewhere set DURABLE_API={base})");
+    println!("  metrics         {base}/metrics");
+    println!("Try, from another terminal:");
+    println!("  durable status orch:HelloSequence:demo-1");
+    println!("  durable signal Counter demo add --input 5 && durable state entity:Counter:demo");
+    println!("  durable start Transfer --key t1 --input '{{\"from\":\"alice\",\"to\":\"bob\",\"amount\":5}}' && durable wait orch:Transfer:t1");
+    shutdown_signal().await;
+    eprintln!("stopping");
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(Duration::from_secs(30), processor).await {
+        Ok(Ok(Err(e))) => Err(CliError::unreachable(format!("the embedded processor failed: {e:#}"))),
+        _ => Ok(exit::OK),
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+const HELLOS: usize = 10;
+const COUNTER_SIGNALS: i64 = 100;
+const TRANSFERS: usize = 10;
+
+/// Hello sequences, a counter and a few bank transfers, with a progress bar until all are done.
+async fn demo(api: &Api) -> Result<(), CliError> {
+    let started = Instant::now();
+    eprintln!("demo: {HELLOS} hello sequences, {COUNTER_SIGNALS} counter signals, {TRANSFERS} bank transfers");
+    for i in 1..=HELLOS {
+        let input = json!(["Tokyo", "Seattle", "London"]);
+        api.post("/v1/orchestrations/HelloSequence", &json!({ "key": format!("demo-{i}"), "input": input })).await?;
+    }
+    for _ in 0..COUNTER_SIGNALS {
+        api.post("/v1/entities/Counter/demo/add", &json!({ "input": 1 })).await?;
+    }
+    for (owner, key) in [("alice", "alice"), ("bob", "bob")] {
+        api.post(&format!("/v1/entities/Account/{key}/open"), &json!({ "input": owner })).await?;
+        api.post(&format!("/v1/entities/Account/{key}/deposit"), &json!({ "input": 100 })).await?;
+    }
+    for i in 1..=TRANSFERS {
+        let input = json!({ "from": "alice", "to": "bob", "amount": 5 });
+        api.post("/v1/orchestrations/Transfer", &json!({ "key": format!("demo-{i}"), "input": input })).await?;
+    }
+    let mut pending: Vec<(String, Box<dyn Fn(&Value) -> bool>)> = Vec::new();
+    for i in 1..=HELLOS {
+        pending.push((format!("orch:HelloSequence:demo-{i}"), Box::new(|v: &Value| v["status"] == "completed")));
+    }
+    pending.push(("entity:Counter:demo".into(), Box::new(|v: &Value| v["state"]["value"] == json!(COUNTER_SIGNALS))));
+    for i in 1..=TRANSFERS {
+        pending.push((format!("orch:Transfer:demo-{i}"), Box::new(|v: &Value| v["status"] == "completed")));
+    }
+    let bar = indicatif::ProgressBar::new(pending.len() as u64);
+    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("demo: [{bar:30}] {pos}/{len} instances done {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !pending.is_empty() {
+        let mut still = Vec::new();
+        for (id, done) in pending {
+            match api.get_optional(&format!("/v1/instances/{}", segment(&id))).await? {
+                Some(view) if done(&view) => bar.inc(1),
+                _ => still.push((id, done)),
+            }
+        }
+        pending = still;
+        if Instant::now() > deadline {
+            bar.abandon();
+            let left: Vec<&str> = pending.iter().map(|(id, _)| id.as_str()).collect();
+            return Err(CliError::unreachable(format!("the demo did not finish in 120 s; still pending: {left:?}")));
+        }
+        if !pending.is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    bar.finish_and_clear();
+    eprintln!("demo: {} instances done in {:.1} s", HELLOS + 1 + TRANSFERS, started.elapsed().as_secs_f64());
+    Ok(())
+}

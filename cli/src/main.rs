@@ -1,0 +1,301 @@
+//! `durable`: start, signal, inspect and wait for instances through any processor's management
+//! API, and `durable dev` — the whole system in one process on embedded defaults.
+
+mod client;
+mod dev;
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+
+use client::{Api, CliError};
+
+/// Exit codes (also in `durable --help`).
+pub mod exit {
+    /// The command did what was asked (`wait`: the instance completed).
+    pub const OK: u8 = 0;
+    /// `wait`: the instance finished, but failed or was terminated.
+    pub const FAILED: u8 = 1;
+    /// Wrong arguments, or the API/broker could not be reached.
+    pub const USAGE_OR_UNREACHABLE: u8 = 2;
+    /// `wait`: the timeout passed first.
+    pub const TIMEOUT: u8 = 3;
+    /// The API refused the request (unknown instance, unregistered name, bad input).
+    pub const REFUSED: u8 = 4;
+}
+
+const AFTER_HELP: &str = "\
+Instances are named by id: orch:<orchestration>:<key> or entity:<entity>:<key>.
+Every command talks to the management API of any processor (or of `durable dev`): set --api or
+DURABLE_API (default http://127.0.0.1:9464).
+
+Exit codes: 0 ok · 1 wait: the instance failed or was terminated · 2 wrong arguments or the API
+cannot be reached · 3 wait: timed out · 4 the API refused (unknown instance or name, bad input).";
+
+/// Durable's command line.
+#[derive(Debug, Parser)]
+#[command(name = "durable", version, about = "Drive and inspect Durable orchestrations and entities", after_help = AFTER_HELP)]
+struct Cli {
+    /// Base URL of a processor's management API.
+    #[arg(long, env = "DURABLE_API", default_value = "http://127.0.0.1:9464", global = true)]
+    api: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start an orchestration (prints its instance id).
+    Start {
+        /// Registered orchestration name, e.g. HelloSequence.
+        name: String,
+        /// Instance key (default: a fresh unique key). Starting a running key again is ignored;
+        /// starting a finished one restarts it.
+        #[arg(long)]
+        key: Option<String>,
+        /// Input as JSON, e.g. '["Tokyo"]' or '{"from":"a","to":"b","amount":5}'.
+        #[arg(long, value_parser = parse_json)]
+        input: Option<Value>,
+        /// Event id, to make a retried start idempotent.
+        #[arg(long)]
+        event_id: Option<String>,
+    },
+    /// Send an operation to an entity (fire and forget).
+    Signal {
+        /// Registered entity name, e.g. Counter.
+        entity: String,
+        /// Entity key.
+        key: String,
+        /// Operation, e.g. add.
+        operation: String,
+        /// Operation input as JSON, e.g. 5.
+        #[arg(long, value_parser = parse_json)]
+        input: Option<Value>,
+        /// Event id, to make a retried signal idempotent.
+        #[arg(long)]
+        event_id: Option<String>,
+    },
+    /// Raise an external event on an orchestration (for its wait_for_event).
+    Raise {
+        /// Orchestration instance id, e.g. orch:Approval:a1.
+        instance: String,
+        /// Event name, e.g. approve.
+        event: String,
+        /// Event payload as JSON, e.g. true.
+        #[arg(long, value_parser = parse_json)]
+        payload: Option<Value>,
+        /// Event id, to make a retried raise idempotent.
+        #[arg(long)]
+        event_id: Option<String>,
+    },
+    /// Show an instance's status (orchestration: status, input, output or failure; entity: state).
+    Status {
+        /// Instance id.
+        instance: String,
+        /// Print the API's JSON instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Wait until an orchestration finishes; exit 0 if it completed, 1 if it failed or was
+    /// terminated, 3 on timeout.
+    Wait {
+        /// Orchestration instance id.
+        instance: String,
+        /// Give up after this long (e.g. 30s, 2m).
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Print an instance's user state as JSON: an entity's state; an orchestration's output
+    /// once completed, else its custom status.
+    State {
+        /// Instance id.
+        instance: String,
+    },
+    /// Print an instance's history as JSON: an orchestration's commands, deliveries and inbox;
+    /// an entity's lock and queued operations.
+    History {
+        /// Instance id.
+        instance: String,
+    },
+    /// Terminate a running orchestration.
+    Terminate {
+        /// Orchestration instance id.
+        instance: String,
+        /// Why (kept in its status).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Run Durable in this process on embedded defaults: an in-process Kafka, in-memory state,
+    /// the bundled examples, the management API and /metrics; then a short demo workload.
+    Dev(dev::DevArgs),
+}
+
+fn parse_json(s: &str) -> Result<Value, String> {
+    serde_json::from_str(s).map_err(|e| format!("not JSON ({e}); strings need quotes: '\"Tokyo\"'"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::USAGE_OR_UNREACHABLE);
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {}", e.message);
+            ExitCode::from(e.exit)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<u8, CliError> {
+    let api = Api::new(&cli.api)?;
+    match cli.command {
+        Command::Dev(args) => dev::run(args).await,
+        Command::Start { name, key, input, event_id } => {
+            let body = serde_json::json!({ "key": key, "input": input, "event_id": event_id });
+            let accepted = api.post(&format!("/v1/orchestrations/{}", client::segment(&name)), &body).await?;
+            println!("{}", accepted["instance"].as_str().unwrap_or_default());
+            Ok(exit::OK)
+        }
+        Command::Signal { entity, key, operation, input, event_id } => {
+            let path = format!(
+                "/v1/entities/{}/{}/{}",
+                client::segment(&entity),
+                client::segment(&key),
+                client::segment(&operation)
+            );
+            let accepted = api.post(&path, &serde_json::json!({ "input": input, "event_id": event_id })).await?;
+            println!("{}", accepted["instance"].as_str().unwrap_or_default());
+            Ok(exit::OK)
+        }
+        Command::Raise { instance, event, payload, event_id } => {
+            let path = format!("/v1/instances/{}/events/{}", client::segment(&instance), client::segment(&event));
+            let accepted = api.post(&path, &serde_json::json!({ "payload": payload, "event_id": event_id })).await?;
+            println!("{}", accepted["instance"].as_str().unwrap_or_default());
+            Ok(exit::OK)
+        }
+        Command::Terminate { instance, reason } => {
+            let path = format!("/v1/instances/{}/terminate", client::segment(&instance));
+            let accepted = api.post(&path, &serde_json::json!({ "reason": reason })).await?;
+            println!("{}", accepted["instance"].as_str().unwrap_or_default());
+            Ok(exit::OK)
+        }
+        Command::Status { instance, json } => {
+            let view = api.get(&format!("/v1/instances/{}", client::segment(&instance))).await?;
+            if json {
+                println!("{}", pretty(&view));
+            } else {
+                print!("{}", summary(&view));
+            }
+            Ok(exit::OK)
+        }
+        Command::State { instance } => {
+            let view = api.get(&format!("/v1/instances/{}", client::segment(&instance))).await?;
+            let state = match view["kind"].as_str() {
+                Some("entity") => view["state"].clone(),
+                _ if view["status"] == "completed" => view["output"].clone(),
+                _ => view["custom_status"].clone(),
+            };
+            println!("{}", pretty(&state));
+            Ok(exit::OK)
+        }
+        Command::History { instance } => {
+            let view = api.get(&format!("/v1/instances/{}/history", client::segment(&instance))).await?;
+            println!("{}", pretty(&view));
+            Ok(exit::OK)
+        }
+        Command::Wait { instance, timeout } => wait(&api, &instance, timeout).await,
+    }
+}
+
+fn pretty(v: &Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default()
+}
+
+/// The human summary `durable status` prints: one `field  value` line each.
+fn summary(view: &Value) -> String {
+    let mut out = String::new();
+    let fields =
+        ["instance", "status", "version", "input", "output", "failure", "reason", "custom_status", "state", "locked_by"];
+    for field in fields {
+        match &view[field] {
+            Value::Null => {}
+            Value::String(s) => out.push_str(&format!("{field:<14}{s}\n")),
+            v => out.push_str(&format!("{field:<14}{v}\n")),
+        }
+    }
+    out
+}
+
+async fn wait(api: &Api, instance: &str, timeout: Duration) -> Result<u8, CliError> {
+    let path = format!("/v1/instances/{}", client::segment(instance));
+    let started = Instant::now();
+    let spinner = indicatif::ProgressBar::new_spinner();
+    spinner.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    spinner.enable_steady_tick(Duration::from_millis(120));
+    let mut delay = Duration::from_millis(50);
+    loop {
+        let status = match api.get_optional(&path).await? {
+            Some(view) => {
+                let status = view["status"].as_str().unwrap_or("unknown").to_owned();
+                if view["kind"] == "entity" {
+                    spinner.finish_and_clear();
+                    return Err(CliError::refused(format!(
+                        "{instance} is an entity; wait works on orchestrations (use `durable state {instance}`)"
+                    )));
+                }
+                match status.as_str() {
+                    "completed" => {
+                        spinner.finish_and_clear();
+                        print!("{}", summary(&view));
+                        return Ok(exit::OK);
+                    }
+                    "failed" | "terminated" => {
+                        spinner.finish_and_clear();
+                        print!("{}", summary(&view));
+                        return Ok(exit::FAILED);
+                    }
+                    _ => status,
+                }
+            }
+            None => "not started yet".to_owned(),
+        };
+        let elapsed = started.elapsed();
+        if elapsed >= timeout {
+            spinner.finish_and_clear();
+            eprintln!(
+                "error: {instance} is still {status} after {}; wait longer with --timeout",
+                humantime::format_duration(Duration::from_secs(timeout.as_secs()))
+            );
+            return Ok(exit::TIMEOUT);
+        }
+        spinner.set_message(format!("waiting for {instance}: {status} ({}s)", elapsed.as_secs()));
+        tokio::time::sleep(delay.min(timeout.saturating_sub(elapsed))).await;
+        delay = (delay * 2).min(Duration::from_millis(500));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn summary_prints_the_fields_that_are_set() {
+        let view = serde_json::json!({"instance": "orch:A:1", "status": "completed", "version": 3, "output": [1, 2], "failure": null});
+        assert_eq!(summary(&view), "instance      orch:A:1\nstatus        completed\nversion       3\noutput        [1,2]\n");
+    }
+}

@@ -1,0 +1,343 @@
+//! The management API, served by every processor next to `/metrics` (any processor answers for
+//! any instance: the state is in the store). JSON in and out; `openapi.yaml` at the repository
+//! root documents it.
+//!
+//! Reads come from the store; writes become events produced to `<prefix>.events` — the API never
+//! edits state directly, so a write goes through the same commit protocol as any other event and
+//! is applied once even if the request is retried with the same `event_id`.
+//!
+//! | method and path | does |
+//! | --- | --- |
+//! | `GET /v1/instances/{id}` | status, input/output/failure or entity state, versions, times |
+//! | `GET /v1/instances/{id}/history` | an orchestration's commands, deliveries and inbox; an entity's lock and queue |
+//! | `POST /v1/orchestrations/{name}` `{"key"?, "input"?, "event_id"?}` | start (or restart a finished) orchestration |
+//! | `POST /v1/entities/{name}/{key}/{operation}` `{"input"?, "event_id"?}` | signal an entity |
+//! | `POST /v1/instances/{id}/events/{event}` `{"payload"?, "event_id"?}` | raise an external event |
+//! | `POST /v1/instances/{id}/terminate` `{"reason"?, "event_id"?}` | terminate a running orchestration |
+//! | `GET /v1/registry` | the registered orchestrations, entities and activities |
+//!
+//! Errors: an HTTP status and `{"code": "...", "message": "..."}` where the message says what to
+//! do. Writes answer `202 Accepted` with `{"instance", "event_id", "partition", "offset"}` once
+//! Kafka acknowledged the event.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use durable_schemas::{Envelope, Event, Payload};
+use rdkafka::producer::FutureRecord;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::partition::{now_ms, payload_json};
+use super::Shared;
+use crate::history::{Body, Completion, InstanceRecord};
+use crate::id::{InstanceId, Kind};
+use crate::store::Store;
+
+/// An API error: status, machine-readable code, and a message that says what to do.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "code": self.code, "message": self.message }))).into_response()
+    }
+}
+
+type ApiResult = Result<(StatusCode, Json<Value>), ApiError>;
+
+/// The API routes.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/registry", get(registry))
+        .route("/v1/instances/{id}", get(instance))
+        .route("/v1/instances/{id}/history", get(history))
+        .route("/v1/orchestrations/{name}", post(start))
+        .route("/v1/entities/{name}/{key}/{operation}", post(signal))
+        .route("/v1/instances/{id}/events/{event}", post(raise))
+        .route("/v1/instances/{id}/terminate", post(terminate))
+        .with_state(shared)
+}
+
+fn parse_id(id: &str) -> Result<InstanceId, ApiError> {
+    InstanceId::parse(id).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_instance_id",
+            format!("{id:?} is not an instance id ({e}); ids look like orch:<name>:<key> or entity:<name>:<key>"),
+        )
+    })
+}
+
+async fn load(shared: &Shared, id: &InstanceId) -> Result<InstanceRecord, ApiError> {
+    let canonical = id.canonical();
+    let stored = shared
+        .store
+        .load(id.partition(shared.partitions), std::slice::from_ref(&canonical))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", format!("{e}; retry later")))?
+        .remove(0);
+    let record = stored
+        .map(|s| InstanceRecord::from_blob(&s.blob))
+        .transpose()
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "corrupt_state", e.to_string()))?;
+    match record {
+        Some(r) if !matches!(r.body, Body::Empty) => Ok(r),
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no instance {canonical}: start it first, or check the name and key"),
+        )),
+    }
+}
+
+fn json_payload(p: &Payload) -> Value {
+    payload_json(p)
+}
+
+/// The status view of an instance (what `durable status` prints).
+pub fn instance_view(id: &InstanceId, r: &InstanceRecord) -> Value {
+    let mut v = json!({
+        "instance": id.canonical(),
+        "kind": id.kind().prefix(),
+        "name": id.name(),
+        "key": id.key(),
+        "version": r.version,
+        "created_at": r.created_at,
+        "updated_at": r.updated_at,
+    });
+    let o = v.as_object_mut().expect("object");
+    match &r.body {
+        Body::Orchestration(h) => {
+            use crate::history::OrchestrationStatus as S;
+            o.insert("status".into(), h.status.word().into());
+            o.insert("generation".into(), h.generation.into());
+            o.insert("input".into(), json_payload(&h.input));
+            o.insert("custom_status".into(), h.custom_status.as_ref().map_or(Value::Null, json_payload));
+            match &h.status {
+                S::Completed { output } => {
+                    o.insert("output".into(), json_payload(output));
+                }
+                S::Failed { failure } => {
+                    o.insert("failure".into(), json!(failure));
+                }
+                S::Terminated { reason } => {
+                    o.insert("reason".into(), reason.clone().into());
+                }
+                S::Running => {}
+            }
+        }
+        Body::Entity(e) => {
+            o.insert("status".into(), if e.state.is_some() { "active" } else { "deleted" }.into());
+            o.insert("state".into(), e.state.as_ref().map_or(Value::Null, json_payload));
+            o.insert("locked_by".into(), e.lock.as_ref().map_or(Value::Null, |l| l.owner.clone().into()));
+        }
+        Body::Empty => {
+            o.insert("status".into(), "empty".into());
+        }
+    }
+    v
+}
+
+fn completion_json(c: &Completion) -> Value {
+    match c {
+        Completion::Value(p) => json!({ "value": json_payload(p) }),
+        Completion::Failure(f) => json!({ "failure": f }),
+        Completion::Done => json!("done"),
+    }
+}
+
+/// The history view of an instance (what `durable history` prints).
+pub fn history_view(id: &InstanceId, r: &InstanceRecord) -> Value {
+    match &r.body {
+        Body::Orchestration(h) => json!({
+            "instance": id.canonical(),
+            "status": h.status.word(),
+            "generation": h.generation,
+            "started_at": h.started_at,
+            "input": json_payload(&h.input),
+            "commands": h.commands.iter().enumerate().map(|(slot, c)| json!({
+                "slot": slot, "kind": format!("{:?}", c.kind), "name": c.name,
+            })).collect::<Vec<_>>(),
+            "deliveries": h.log.iter().map(|e| json!({
+                "slot": e.slot, "at": e.at, "completion": completion_json(&e.completion),
+            })).collect::<Vec<_>>(),
+            "inbox": h.inbox.iter().map(|(name, p)| json!({ "name": name, "payload": json_payload(p) })).collect::<Vec<_>>(),
+            "locks": h.locks.as_ref().map(|l| json!({ "participants": l.participants, "granted": l.granted })),
+        }),
+        Body::Entity(e) => json!({
+            "instance": id.canonical(),
+            "state": e.state.as_ref().map_or(Value::Null, json_payload),
+            "locked_by": e.lock.as_ref().map(|l| l.owner.clone()),
+            "queued": e.queue.iter().map(|q| json!({ "event": q.body.name(), "id": q.id })).collect::<Vec<_>>(),
+        }),
+        Body::Empty => json!({ "instance": id.canonical() }),
+    }
+}
+
+async fn registry(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    let (orchestrations, entities, activities) = shared.engine.registry().names();
+    Json(json!({ "orchestrations": orchestrations, "entities": entities, "activities": activities }))
+}
+
+async fn instance(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> ApiResult {
+    let id = parse_id(&id)?;
+    let record = load(&shared, &id).await?;
+    Ok((StatusCode::OK, Json(instance_view(&id, &record))))
+}
+
+async fn history(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> ApiResult {
+    let id = parse_id(&id)?;
+    let record = load(&shared, &id).await?;
+    Ok((StatusCode::OK, Json(history_view(&id, &record))))
+}
+
+/// A JSON body that may be absent or empty.
+fn body<T: for<'de> Deserialize<'de> + Default>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_body", format!("the request body is not the expected JSON: {e}"))
+    })
+}
+
+fn payload(value: Option<Value>) -> Payload {
+    Payload::json(&value.unwrap_or(Value::Null)).expect("a JSON value serializes")
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartBody {
+    key: Option<String>,
+    input: Option<Value>,
+    event_id: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignalBody {
+    input: Option<Value>,
+    event_id: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RaiseBody {
+    payload: Option<Value>,
+    event_id: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TerminateBody {
+    reason: Option<String>,
+    event_id: Option<String>,
+}
+
+static SENT: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh event id: unique per process and time.
+fn event_id() -> String {
+    format!("api-{}-{}-{}", std::process::id(), now_ms(), SENT.fetch_add(1, Ordering::Relaxed))
+}
+
+fn registered(names: Vec<String>, name: &str, what: &str) -> Result<(), ApiError> {
+    if names.iter().any(|n| n == name) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_registered",
+        format!("no {what} named {name:?} is registered; registered: {}", names.join(", ")),
+    ))
+}
+
+/// Produce `body` to `target` and answer with where it landed.
+async fn send(shared: &Shared, target: &InstanceId, id: Option<String>, body: Event) -> ApiResult {
+    let mut envelope = Envelope::new(id.unwrap_or_else(event_id), target.canonical(), now_ms(), body);
+    envelope.source = Some("api".into());
+    let bytes = envelope.encode();
+    let topic = shared.config.events_topic();
+    let record = FutureRecord::to(&topic).key(envelope.target.as_bytes()).payload(&bytes);
+    let delivered = shared.producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "kafka_unavailable",
+            format!("cannot produce to {topic}: {e}; is the broker running? (DURABLE_BROKERS)"),
+        )
+    })?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "instance": envelope.target,
+            "event_id": envelope.id,
+            "partition": delivered.partition,
+            "offset": delivered.offset,
+        })),
+    ))
+}
+
+async fn start(State(shared): State<Arc<Shared>>, Path(name): Path<String>, bytes: axum::body::Bytes) -> ApiResult {
+    let b: StartBody = body(&bytes)?;
+    registered(shared.engine.registry().names().0, &name, "orchestration")?;
+    let key = b.key.unwrap_or_else(event_id);
+    let target = InstanceId::orchestration(&name, key);
+    send(&shared, &target, b.event_id, Event::StartOrchestration { input: payload(b.input) }).await
+}
+
+async fn signal(
+    State(shared): State<Arc<Shared>>,
+    Path((name, key, operation)): Path<(String, String, String)>,
+    bytes: axum::body::Bytes,
+) -> ApiResult {
+    let b: SignalBody = body(&bytes)?;
+    registered(shared.engine.registry().names().1, &name, "entity")?;
+    let target = InstanceId::entity(&name, key);
+    send(&shared, &target, b.event_id, Event::EntityOperation { operation, input: payload(b.input) }).await
+}
+
+async fn raise(
+    State(shared): State<Arc<Shared>>,
+    Path((id, event)): Path<(String, String)>,
+    bytes: axum::body::Bytes,
+) -> ApiResult {
+    let b: RaiseBody = body(&bytes)?;
+    let target = orchestration_id(&id)?;
+    send(&shared, &target, b.event_id, Event::RaiseEvent { name: event, payload: payload(b.payload) }).await
+}
+
+async fn terminate(State(shared): State<Arc<Shared>>, Path(id): Path<String>, bytes: axum::body::Bytes) -> ApiResult {
+    let b: TerminateBody = body(&bytes)?;
+    let target = orchestration_id(&id)?;
+    let reason = b.reason.unwrap_or_else(|| "terminated through the management API".into());
+    send(&shared, &target, b.event_id, Event::Terminate { reason }).await
+}
+
+fn orchestration_id(id: &str) -> Result<InstanceId, ApiError> {
+    let target = parse_id(id)?;
+    if target.kind() != Kind::Orchestration {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "not_an_orchestration",
+            format!("{id} is not an orchestration: events and terminate go to orch:<name>:<key> instances"),
+        ));
+    }
+    Ok(target)
+}
