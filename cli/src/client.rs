@@ -52,7 +52,7 @@ impl Api {
         })?;
         if parsed.scheme() != "http" {
             return Err(CliError::unreachable(format!(
-                "--api/DURABLE_API {base:?}: only http:// is supported; put a TLS proxy in front for https"
+                "--api/DURABLE_API {base:?} is not an http:// URL; e.g. http://127.0.0.1:9464 (for https, put a TLS proxy in front)"
             )));
         }
         let http = reqwest::Client::builder()

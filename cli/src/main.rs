@@ -136,8 +136,46 @@ fn parse_json(s: &str) -> Result<Value, String> {
     serde_json::from_str(s).map_err(|e| format!("not JSON ({e}); strings need quotes: '\"Tokyo\"'"))
 }
 
+/// Parse the command line; a wrong argument becomes one line that says what to do (exit 2).
+fn parse() -> Result<Cli, ExitCode> {
+    use clap::error::ErrorKind;
+    match Cli::try_parse() {
+        Ok(cli) => Ok(cli),
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            let _ = e.print();
+            Err(ExitCode::SUCCESS)
+        }
+        Err(e) if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            Err(ExitCode::from(exit::USAGE_OR_UNREACHABLE))
+        }
+        Err(e) => {
+            eprintln!("{}", one_line(&e.render().to_string()));
+            Err(ExitCode::from(exit::USAGE_OR_UNREACHABLE))
+        }
+    }
+}
+
+/// clap's error text without the usage block, on one line, ending with where to look.
+fn one_line(rendered: &str) -> String {
+    let mut usage = String::new();
+    let mut parts = Vec::new();
+    for line in rendered.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if let Some(u) = line.strip_prefix("Usage: ") {
+            usage = u.split_whitespace().take_while(|w| !w.starts_with('[') && !w.starts_with('<')).collect::<Vec<_>>().join(" ");
+        } else if !line.starts_with("For more information") {
+            parts.push(line);
+        }
+    }
+    let help = if usage.is_empty() { "durable --help".to_owned() } else { format!("{usage} --help") };
+    format!("{} (see `{help}`)", parts.join(" "))
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -291,6 +329,15 @@ mod tests {
     fn the_command_line_is_consistent() {
         use clap::CommandFactory as _;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn clap_errors_become_one_line() {
+        let e = Cli::try_parse_from(["durable", "start"]).unwrap_err();
+        let line = one_line(&e.render().to_string());
+        assert!(!line.contains('\n'), "{line}");
+        assert!(line.starts_with("error: the following required arguments were not provided: <NAME>"), "{line}");
+        assert!(line.ends_with("(see `durable start --help`)"), "{line}");
     }
 
     #[test]

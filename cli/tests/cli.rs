@@ -1,0 +1,243 @@
+//! The `durable` command line: `--help` everywhere, wrong arguments and unreachable servers give
+//! one line that says what to do and a non-zero exit code; then every command against a real
+//! processor (tansu and Redis, as CI starts them) through its management API.
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use serde_json::Value;
+use tests::e2e::{self, InProcess};
+
+const COMMANDS: [&str; 9] = ["start", "signal", "raise", "status", "wait", "state", "history", "terminate", "dev"];
+
+fn durable(api: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_durable"))
+        .args(args)
+        .env("DURABLE_API", api)
+        .env_remove("DURABLE_DEV_ADDR")
+        .output()
+        .expect("run durable")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Run, expect exit `code`, return stdout.
+fn expect(api: &str, args: &[&str], code: i32) -> String {
+    let o = durable(api, args);
+    assert_eq!(o.status.code(), Some(code), "durable {args:?}: stdout {} stderr {}", stdout(&o), stderr(&o));
+    stdout(&o)
+}
+
+#[test]
+fn every_command_has_help() {
+    let top = expect("http://127.0.0.1:1", &["--help"], 0);
+    for c in COMMANDS {
+        assert!(top.contains(c), "`durable --help` lists {c}");
+        let help = expect("http://127.0.0.1:1", &[c, "--help"], 0);
+        assert!(help.contains(&format!("Usage: durable {c}")), "{help}");
+        assert!(help.contains("DURABLE_API") || c == "dev", "{c} --help names DURABLE_API: {help}");
+    }
+    assert!(top.contains("Exit codes"), "{top}");
+}
+
+#[test]
+fn wrong_arguments_give_one_line_and_exit_2() {
+    let cases: [&[&str]; 5] = [
+        &["start"],
+        &["frobnicate"],
+        &["signal", "Counter", "c1", "add", "--input", "not json"],
+        &["wait", "orch:A:b", "--timeout", "soon"],
+        &["status"],
+    ];
+    for args in cases {
+        let o = durable("http://127.0.0.1:1", args);
+        assert_eq!(o.status.code(), Some(2), "durable {args:?}");
+        let err = stderr(&o);
+        assert_eq!(err.trim_end().lines().count(), 1, "one line for {args:?}: {err}");
+        assert!(err.starts_with("error: "), "{err}");
+        assert!(err.contains("--help"), "says where to look: {err}");
+    }
+}
+
+#[test]
+fn an_unreachable_api_says_what_to_do() {
+    for args in [&["status", "orch:HelloSequence:x"][..], &["start", "HelloSequence"], &["signal", "Counter", "c", "add"]] {
+        let o = durable("http://127.0.0.1:1", args);
+        assert_eq!(o.status.code(), Some(2), "durable {args:?}");
+        let err = stderr(&o);
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(err.contains("cannot reach the Durable API at http://127.0.0.1:1"), "{err}");
+        assert!(err.contains("DURABLE_API"), "{err}");
+    }
+    let o = durable("localhost:9464", &["status", "orch:A:b"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("e.g. http://127.0.0.1:9464"), "{}", stderr(&o));
+}
+
+/// Every command against a processor on the real broker and Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_command_works_against_a_real_processor() {
+    let prefix = e2e::unique_prefix("cli");
+    let processor = InProcess::start(&prefix, 4).await;
+    let api = format!("http://{}", processor.metrics);
+    let api = api.as_str();
+    let run = |args: Vec<String>, code: i32| {
+        let api = api.to_owned();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                expect(&api, &args, code)
+            })
+            .await
+            .expect("cli task")
+        }
+    };
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+
+    // start + wait + status + state + history.
+    let id = run(args(&["start", "HelloSequence", "--key", "h1", "--input", r#"["Oslo","Lima"]"#]), 0).await;
+    assert_eq!(id.trim(), "orch:HelloSequence:h1");
+    let waited = run(args(&["wait", "orch:HelloSequence:h1", "--timeout", "60s"]), 0).await;
+    assert!(waited.contains("status        completed"), "{waited}");
+    let status = run(args(&["status", "orch:HelloSequence:h1", "--json"]), 0).await;
+    let status: Value = serde_json::from_str(&status).expect("status --json is JSON");
+    assert_eq!(status["output"], serde_json::json!(["Hello Oslo!", "Hello Lima!"]));
+    let state: Value = serde_json::from_str(&run(args(&["state", "orch:HelloSequence:h1"]), 0).await).unwrap();
+    assert_eq!(state, serde_json::json!(["Hello Oslo!", "Hello Lima!"]));
+    let history: Value = serde_json::from_str(&run(args(&["history", "orch:HelloSequence:h1"]), 0).await).unwrap();
+    let commands = history["commands"].as_array().expect("commands");
+    assert_eq!(commands.len(), 2, "{history}");
+    assert_eq!(commands[0]["kind"], "CallActivity");
+    assert_eq!(commands[0]["name"], "SayHello");
+    assert_eq!(history["deliveries"][1]["completion"]["value"], "Hello Lima!");
+
+    // signal + state of an entity (signals through the API are applied once each).
+    for _ in 0..3 {
+        let out = run(args(&["signal", "Counter", "c1", "add", "--input", "2"]), 0).await;
+        assert_eq!(out.trim(), "entity:Counter:c1");
+    }
+    let counted = e2e::eventually(Duration::from_secs(30), "the counter reaches 6", || async {
+        let out = durable_async(api, &["state", "entity:Counter:c1"]).await;
+        let v: Value = serde_json::from_str(&stdout(&out)).ok()?;
+        (v["value"] == 6).then_some(v)
+    })
+    .await;
+    assert_eq!(counted, serde_json::json!({ "value": 6 }));
+
+    // raise: a Ticker finishes after two tick events.
+    run(args(&["start", "Ticker", "--key", "t1", "--input", "[0, 2]"]), 0).await;
+    for _ in 0..2 {
+        run(args(&["raise", "orch:Ticker:t1", "tick", "--payload", "1"]), 0).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let done = run(args(&["wait", "orch:Ticker:t1", "--timeout", "60s"]), 0).await;
+    assert!(done.contains("output        2"), "{done}");
+
+    // terminate: an Approval waits an hour for `approve`; wait then exits 1.
+    run(args(&["start", "Approval", "--key", "a1", "--input", r#"{"counter":"ac","amount":1}"#]), 0).await;
+    let timed_out = durable_async(api, &["wait", "orch:Approval:a1", "--timeout", "1s"]).await;
+    assert_eq!(timed_out.status.code(), Some(3), "a running instance times out: {}", stderr(&timed_out));
+    assert!(stderr(&timed_out).contains("--timeout"), "{}", stderr(&timed_out));
+    run(args(&["terminate", "orch:Approval:a1", "--reason", "changed my mind"]), 0).await;
+    let ended = run(args(&["wait", "orch:Approval:a1", "--timeout", "60s"]), 1).await;
+    assert!(ended.contains("status        terminated") && ended.contains("changed my mind"), "{ended}");
+
+    // Refusals: exit 4 with the API's message.
+    let unknown = durable_async(api, &["start", "NoSuchThing"]).await;
+    assert_eq!(unknown.status.code(), Some(4));
+    assert!(stderr(&unknown).contains("registered: Approval, CallsBoom, FanOut"), "{}", stderr(&unknown));
+    let missing = durable_async(api, &["status", "orch:HelloSequence:never"]).await;
+    assert_eq!(missing.status.code(), Some(4));
+    assert!(stderr(&missing).contains("start it first"), "{}", stderr(&missing));
+    let bad = durable_async(api, &["status", "not-an-id"]).await;
+    assert_eq!(bad.status.code(), Some(4));
+    assert!(stderr(&bad).contains("ids look like orch:<name>:<key>"), "{}", stderr(&bad));
+    let entity_event = durable_async(api, &["raise", "entity:Counter:c1", "tick"]).await;
+    assert_eq!(entity_event.status.code(), Some(4));
+
+    processor.stop().await;
+}
+
+async fn durable_async(api: &str, args: &[&str]) -> Output {
+    let api = api.to_owned();
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        durable(&api, &args)
+    })
+    .await
+    .expect("cli task")
+}
+
+/// The management API directly: JSON errors with a code and a message; writes answer 202 with
+/// where the event landed; a repeated event id is applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_management_api_speaks_json() {
+    let prefix = e2e::unique_prefix("api");
+    let processor = InProcess::start(&prefix, 4).await;
+    let base = format!("http://{}", processor.metrics);
+    let http = reqwest_client();
+
+    let registry: Value = http.get(format!("{base}/v1/registry")).send().await.unwrap().json().await.unwrap();
+    assert!(registry["entities"].as_array().unwrap().iter().any(|e| e == "Counter"), "{registry}");
+
+    let accepted = http
+        .post(format!("{base}/v1/entities/Counter/k%2F1/add"))
+        .json(&serde_json::json!({ "input": 5, "event_id": "same-id" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status().as_u16(), 202);
+    let accepted: Value = accepted.json().await.unwrap();
+    assert_eq!(accepted["instance"], "entity:Counter:k/1", "{accepted}");
+    assert!(accepted["offset"].as_i64().is_some(), "{accepted}");
+    // The same event id again: a retry, dropped by the entity's dedup.
+    let again = http
+        .post(format!("{base}/v1/entities/Counter/k%2F1/add"))
+        .json(&serde_json::json!({ "input": 5, "event_id": "same-id" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status().as_u16(), 202);
+    let id = "entity:Counter:k%2F1"; // the id as a path segment
+    e2e::eventually(Duration::from_secs(30), "the counter is applied", || async {
+        let v: Value = http.get(format!("{base}/v1/instances/{id}")).send().await.ok()?.json().await.ok()?;
+        (v["state"]["value"] == 5).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let v: Value = http.get(format!("{base}/v1/instances/{id}")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["state"]["value"], 5, "a repeated event id is applied once: {v}");
+    assert_eq!(v["kind"], "entity");
+    assert_eq!(v["key"], "k/1");
+
+    for (method, path, body, status, code) in [
+        ("GET", "/v1/instances/orch:X:nothing", "", 404, "not_found"),
+        ("GET", "/v1/instances/garbage", "", 400, "bad_instance_id"),
+        ("POST", "/v1/orchestrations/Nope", "{}", 404, "not_registered"),
+        ("POST", "/v1/orchestrations/HelloSequence", "{not json", 400, "bad_body"),
+        ("POST", "/v1/orchestrations/HelloSequence", r#"{"kee":"typo"}"#, 400, "bad_body"),
+        ("POST", "/v1/instances/entity:Counter:c/terminate", "", 400, "not_an_orchestration"),
+    ] {
+        let request = match method {
+            "GET" => http.get(format!("{base}{path}")),
+            _ => http.post(format!("{base}{path}")).header("content-type", "application/json").body(body),
+        };
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status().as_u16(), status, "{method} {path}");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["code"], code, "{method} {path}: {error}");
+        assert!(error["message"].as_str().is_some_and(|m| m.len() > 10), "{error}");
+    }
+    processor.stop().await;
+}
+
+fn reqwest_client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("http client")
+}
