@@ -22,7 +22,7 @@ pub struct ProcessorConfig {
     /// Redis URL of the state store.
     #[arg(long, env = "DURABLE_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
-    /// Address serving /metrics and /status.
+    /// Address serving the management API (/v1/…), /metrics and /status.
     #[arg(long, env = "DURABLE_METRICS_ADDR", default_value = "127.0.0.1:9464")]
     pub metrics_addr: SocketAddr,
     /// Most records a partition applies and commits in one group.

@@ -1,0 +1,114 @@
+//! The README's tour, as written: start `durable dev` (the README's first command), then run the
+//! shell lines of the tour section in order from a second process and check every `# →` comment
+//! against what the line prints.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Dev(Child);
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The tour's lines: every line of the ```sh blocks between the tour marker and the next `## `.
+fn tour_lines() -> Vec<String> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).expect("README.md");
+    let start = readme.find("<!-- tour:").expect("the README marks its tour");
+    let section = &readme[start..];
+    let section = &section[..section.find("\n## ").unwrap_or(section.len())];
+    let mut lines = Vec::new();
+    let mut in_block = false;
+    for line in section.lines() {
+        match line.trim() {
+            "```sh" => in_block = true,
+            "```" => in_block = false,
+            l if in_block && !l.is_empty() => lines.push(l.to_owned()),
+            _ => {}
+        }
+    }
+    lines
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+#[test]
+fn the_readme_tour_works_against_durable_dev() {
+    let lines = tour_lines();
+    assert!(lines.len() >= 15, "the tour has its commands: {lines:?}");
+    let binary = env!("CARGO_BIN_EXE_durable");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut child = Command::new(binary)
+        .args(["dev", "--addr", &addr])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start durable dev");
+    let stdout = child.stdout.take().expect("stdout");
+    let _dev = Dev(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let started = Instant::now();
+    let mut banner = Vec::new();
+    loop {
+        let line = rx.recv_timeout(Duration::from_secs(180)).expect("durable dev prints that it is running");
+        banner.push(line.clone());
+        if line.starts_with("Durable dev is running") {
+            break;
+        }
+    }
+    // Let the banner finish, and check it says how to reach it.
+    std::thread::sleep(Duration::from_millis(200));
+    banner.extend(rx.try_iter());
+    let banner = banner.join("\n");
+    assert!(banner.contains(&format!("http://{addr}/v1")), "{banner}");
+    assert!(banner.contains("durable status"), "{banner}");
+    eprintln!("durable dev ready after {:?}", started.elapsed());
+
+    let api = format!("http://{addr}");
+    for line in &lines {
+        if line.starts_with("alias durable=") {
+            continue;
+        }
+        let (command, expected) = match line.split_once("# →") {
+            Some((c, e)) => (c.trim().replace("127.0.0.1:9464", &addr), Some(e.trim().to_owned())),
+            None => (line.trim().replace("127.0.0.1:9464", &addr), None),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = Command::new("bash")
+                .arg("-c")
+                .arg(format!("durable() {{ \"$DURABLE_BIN\" \"$@\"; }}\n{command}"))
+                .env("DURABLE_BIN", binary)
+                .env("DURABLE_API", &api)
+                .output()
+                .expect("bash");
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            let code = out.status.code();
+            let ended_on_purpose = command.starts_with("durable wait") && code == Some(1) && stdout.contains("terminated");
+            let ok = (code == Some(0) || ended_on_purpose)
+                && expected.as_ref().is_none_or(|e| stdout.contains(e.as_str()));
+            if ok {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tour line `{line}` (exit {code:?}) printed:\n{stdout}\nstderr:\n{stderr}\nexpected it to contain {expected:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
