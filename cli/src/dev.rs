@@ -115,6 +115,9 @@ async fn shutdown_signal() {
     }
 }
 
+/// When a demo instance counts as done.
+type Done = Box<dyn Fn(&Value) -> bool>;
+
 const HELLOS: usize = 10;
 const COUNTER_SIGNALS: i64 = 100;
 const TRANSFERS: usize = 10;
@@ -138,7 +141,7 @@ async fn demo(api: &Api) -> Result<(), CliError> {
         let input = json!({ "from": "alice", "to": "bob", "amount": 5 });
         api.post("/v1/orchestrations/Transfer", &json!({ "key": format!("demo-{i}"), "input": input })).await?;
     }
-    let mut pending: Vec<(String, Box<dyn Fn(&Value) -> bool>)> = Vec::new();
+    let mut pending: Vec<(String, Done)> = Vec::new();
     for i in 1..=HELLOS {
         pending.push((format!("orch:HelloSequence:demo-{i}"), Box::new(|v: &Value| v["status"] == "completed")));
     }

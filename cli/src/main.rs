@@ -162,7 +162,11 @@ fn one_line(rendered: &str) -> String {
     let mut parts = Vec::new();
     for line in rendered.lines().map(str::trim).filter(|l| !l.is_empty()) {
         if let Some(u) = line.strip_prefix("Usage: ") {
-            usage = u.split_whitespace().take_while(|w| !w.starts_with('[') && !w.starts_with('<')).collect::<Vec<_>>().join(" ");
+            usage = u
+                .split_whitespace()
+                .take_while(|w| !w.starts_with('[') && !w.starts_with('<'))
+                .collect::<Vec<_>>()
+                .join(" ");
         } else if !line.starts_with("For more information") {
             parts.push(line);
         }
@@ -261,8 +265,18 @@ fn pretty(v: &Value) -> String {
 /// The human summary `durable status` prints: one `field  value` line each.
 fn summary(view: &Value) -> String {
     let mut out = String::new();
-    let fields =
-        ["instance", "status", "version", "input", "output", "failure", "reason", "custom_status", "state", "locked_by"];
+    let fields = [
+        "instance",
+        "status",
+        "version",
+        "input",
+        "output",
+        "failure",
+        "reason",
+        "custom_status",
+        "state",
+        "locked_by",
+    ];
     for field in fields {
         match &view[field] {
             Value::Null => {}
@@ -343,6 +357,9 @@ mod tests {
     #[test]
     fn summary_prints_the_fields_that_are_set() {
         let view = serde_json::json!({"instance": "orch:A:1", "status": "completed", "version": 3, "output": [1, 2], "failure": null});
-        assert_eq!(summary(&view), "instance      orch:A:1\nstatus        completed\nversion       3\noutput        [1,2]\n");
+        assert_eq!(
+            summary(&view),
+            "instance      orch:A:1\nstatus        completed\nversion       3\noutput        [1,2]\n"
+        );
     }
 }

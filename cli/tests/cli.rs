@@ -67,7 +67,9 @@ fn wrong_arguments_give_one_line_and_exit_2() {
 
 #[test]
 fn an_unreachable_api_says_what_to_do() {
-    for args in [&["status", "orch:HelloSequence:x"][..], &["start", "HelloSequence"], &["signal", "Counter", "c", "add"]] {
+    for args in
+        [&["status", "orch:HelloSequence:x"][..], &["start", "HelloSequence"], &["signal", "Counter", "c", "add"]]
+    {
         let o = durable("http://127.0.0.1:1", args);
         assert_eq!(o.status.code(), Some(2), "durable {args:?}");
         let err = stderr(&o);

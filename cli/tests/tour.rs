@@ -98,9 +98,10 @@ fn the_readme_tour_works_against_durable_dev() {
             let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
             let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
             let code = out.status.code();
-            let ended_on_purpose = command.starts_with("durable wait") && code == Some(1) && stdout.contains("terminated");
-            let ok = (code == Some(0) || ended_on_purpose)
-                && expected.as_ref().is_none_or(|e| stdout.contains(e.as_str()));
+            let ended_on_purpose =
+                command.starts_with("durable wait") && code == Some(1) && stdout.contains("terminated");
+            let ok =
+                (code == Some(0) || ended_on_purpose) && expected.as_ref().is_none_or(|e| stdout.contains(e.as_str()));
             if ok {
                 break;
             }

@@ -61,13 +61,16 @@ pub async fn place_order(ctx: OrchestrationContext, order: Order) -> Result<Stri
 
 /// Everything this app registers.
 pub fn register(registry: Registry) -> Registry {
-    registry.entity("Stock", stock()).orchestration("PlaceOrder", place_order).activity("Charge", |card: String| async move {
-        if card.starts_with("declined") {
-            Err(Failure::new("CardDeclined", format!("card {card} was declined")))
-        } else {
-            Ok(format!("receipt-for-{card}"))
-        }
-    })
+    registry.entity("Stock", stock()).orchestration("PlaceOrder", place_order).activity(
+        "Charge",
+        |card: String| async move {
+            if card.starts_with("declined") {
+                Err(Failure::new("CardDeclined", format!("card {card} was declined")))
+            } else {
+                Ok(format!("receipt-for-{card}"))
+            }
+        },
+    )
 }
 
 #[cfg(test)]
@@ -97,7 +100,8 @@ mod tests {
     #[test]
     fn a_declined_card_puts_the_stock_back() {
         let mut h = shop();
-        let order = h.start("PlaceOrder", "o2", Order { product: "mug".into(), quantity: 2, card: "declined-1".into() });
+        let order =
+            h.start("PlaceOrder", "o2", Order { product: "mug".into(), quantity: 2, card: "declined-1".into() });
         let id = order.target.clone();
         h.deliver(order);
         h.run();

@@ -62,16 +62,27 @@ impl IntoResponse for ApiError {
 
 type ApiResult = Result<(StatusCode, Json<Value>), ApiError>;
 
+/// Every path of the API (each is documented in `openapi.yaml`).
+pub const PATHS: [&str; 7] = [
+    "/v1/registry",
+    "/v1/instances/{id}",
+    "/v1/instances/{id}/history",
+    "/v1/orchestrations/{name}",
+    "/v1/entities/{name}/{key}/{operation}",
+    "/v1/instances/{id}/events/{event}",
+    "/v1/instances/{id}/terminate",
+];
+
 /// The API routes.
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
-        .route("/v1/registry", get(registry))
-        .route("/v1/instances/{id}", get(instance))
-        .route("/v1/instances/{id}/history", get(history))
-        .route("/v1/orchestrations/{name}", post(start))
-        .route("/v1/entities/{name}/{key}/{operation}", post(signal))
-        .route("/v1/instances/{id}/events/{event}", post(raise))
-        .route("/v1/instances/{id}/terminate", post(terminate))
+        .route(PATHS[0], get(registry))
+        .route(PATHS[1], get(instance))
+        .route(PATHS[2], get(history))
+        .route(PATHS[3], post(start))
+        .route(PATHS[4], post(signal))
+        .route(PATHS[5], post(raise))
+        .route(PATHS[6], post(terminate))
         .with_state(shared)
 }
 
@@ -340,4 +351,19 @@ fn orchestration_id(id: &str) -> Result<InstanceId, ApiError> {
         ));
     }
     Ok(target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_path_is_documented_in_openapi_yaml() {
+        let spec = include_str!("../../../openapi.yaml");
+        for path in PATHS {
+            assert!(spec.contains(&format!("\n  {path}:\n")), "openapi.yaml documents {path}");
+        }
+        let documented = spec.lines().filter(|l| l.starts_with("  /v1/")).count();
+        assert_eq!(documented, PATHS.len(), "openapi.yaml documents no path the API lacks");
+    }
 }
