@@ -1,0 +1,396 @@
+//! The projector against the real broker, Redis and Typesense (as `scripts/services` starts them).
+
+use std::time::Duration;
+
+use durable_processor::examples::{Account, Counter};
+use durable_processor::id::InstanceId;
+use durable_projector::typesense::Typesense;
+use durable_projector::{mapping, ProjectorConfig};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use serde_json::{json, Value};
+use tests::e2e::{self, Client, InProcess, State};
+
+fn typesense_url() -> String {
+    std::env::var("DURABLE_TYPESENSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8108".into())
+}
+
+fn api_key() -> String {
+    std::env::var("DURABLE_TYPESENSE_API_KEY").unwrap_or_else(|_| "durable-test-key".into())
+}
+
+fn ts(url: &str) -> Typesense {
+    Typesense::new(url, &api_key(), Duration::from_secs(10)).expect("client")
+}
+
+/// A projector running in this process.
+struct Projector {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Projector {
+    async fn start(prefix: &str, url: &str) -> Self {
+        let mut config = ProjectorConfig::new(&e2e::brokers(), prefix, url, &api_key());
+        config.linger = Duration::from_millis(50);
+        let (stop, rx) = tokio::sync::oneshot::channel();
+        let (ready, ready_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(durable_projector::run(
+            config,
+            async {
+                let _ = rx.await;
+            },
+            Some(ready),
+        ));
+        if ready_rx.await.is_err() {
+            panic!("projector did not start: {:?}", task.await);
+        }
+        Self { stop: Some(stop), task }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().map(|s| s.send(()));
+        self.task.await.expect("projector task").expect("clean stop");
+    }
+}
+
+async fn doc(ts: &Typesense, alias: &str, id: &str) -> Option<Value> {
+    ts.document(alias, id).await.ok().flatten()
+}
+
+/// Every account document equals the account's state in Redis (owner, balance, version).
+async fn accounts_match(ts: &Typesense, state: &State, prefix: &str, accounts: &[InstanceId]) -> Result<(), String> {
+    let alias = mapping::entity_alias(prefix, "Account");
+    for a in accounts {
+        let record = state.record(&a.canonical()).await.ok_or(format!("{a} not in Redis"))?;
+        let account: Account = state.entity(a).await.ok_or(format!("{a} has no state"))?;
+        let d = doc(ts, &alias, &a.canonical()).await.ok_or(format!("{a} not in Typesense"))?;
+        if d["owner"] != account.owner.as_str() || d["balance"] != account.balance || d["version"] != record.version {
+            return Err(format!("{a}: Typesense {d} vs Redis {account:?} v{}", record.version));
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_the_bank_every_account_document_equals_the_entity_state_in_redis() {
+    let prefix = e2e::unique_prefix("bank-projection");
+    let processor = InProcess::start(&prefix, 4).await;
+    let projector = Projector::start(&prefix, &typesense_url()).await;
+    let ts = ts(&typesense_url());
+    let state = State::connect(&prefix, 4).await;
+    let mut client = Client::new(&prefix);
+    let owners = ["alice", "bob", "carol"];
+    let accounts: Vec<InstanceId> = (0..9).map(|i| InstanceId::entity("Account", format!("acc{i}"))).collect();
+    let mut events = Vec::new();
+    for (i, a) in accounts.iter().enumerate() {
+        events.push(client.signal(a, "open", owners[i % 3]));
+        events.push(client.signal(a, "deposit", 100));
+    }
+    client.send(&events).await;
+    let mut transfers = Vec::new();
+    let mut events = Vec::new();
+    for t in 0..30 {
+        let (from, to) = (t % 9, (t * 4 + 1) % 9);
+        if from == to {
+            continue;
+        }
+        let input =
+            json!({ "from": format!("acc{from}"), "to": format!("acc{to}"), "amount": 10 + (t as i64 % 4) * 25 });
+        let start = client.start("Transfer", &format!("t{t}"), input);
+        transfers.push(start.target.clone());
+        events.push(start);
+    }
+    client.send(&events).await;
+    for t in &transfers {
+        state.output(t, Duration::from_secs(120)).await;
+    }
+    e2e::eventually(Duration::from_secs(60), "every account document equals Redis", || async {
+        accounts_match(&ts, &state, &prefix, &accounts).await.ok()
+    })
+    .await;
+
+    // Search by owner and by balance range, compared with Redis.
+    let mut by_owner = Vec::new();
+    let mut rich = Vec::new();
+    for a in &accounts {
+        let account: Account = state.entity(a).await.unwrap();
+        if account.owner == "alice" {
+            by_owner.push(a.canonical());
+        }
+        if account.balance > 100 {
+            rich.push(a.canonical());
+        }
+    }
+    let ids = |docs: Vec<Value>| {
+        let mut v: Vec<String> = docs.iter().map(|d| d["id"].as_str().unwrap().to_owned()).collect();
+        v.sort();
+        v
+    };
+    by_owner.sort();
+    rich.sort();
+    let found = durable_projector::search(&ts, &prefix, "Account", "*", Some("owner:=alice"), 100).await.unwrap();
+    assert_eq!(ids(found), by_owner);
+    let found = durable_projector::search(&ts, &prefix, "Account", "*", Some("balance:>100"), 100).await.unwrap();
+    assert_eq!(ids(found), rich);
+    let found = durable_projector::search(&ts, &prefix, "Account", "carol", None, 100).await.unwrap();
+    assert_eq!(found.len(), 3, "a text query over the owner field");
+
+    // The orchestrations collection holds the transfers.
+    let found = durable_projector::search(
+        &ts,
+        &prefix,
+        "orchestrations",
+        "*",
+        Some("name:=Transfer && status:=completed"),
+        100,
+    )
+    .await
+    .unwrap();
+    assert_eq!(found.len(), transfers.len());
+    assert!(found.iter().all(|d| d["created_at"].as_i64().is_some()), "{found:?}");
+    projector.stop().await;
+    processor.stop().await;
+}
+
+async fn create_state_topic(topic: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", e2e::brokers()).create().expect("admin");
+    let results = admin
+        .create_topics(&[NewTopic::new(topic, 4, TopicReplication::Fixed(1))], &AdminOptions::new())
+        .await
+        .expect("broker reachable: is tansu running? (scripts/services)");
+    for r in results {
+        r.expect("topic created");
+    }
+}
+
+fn producer() -> FutureProducer {
+    ClientConfig::new().set("bootstrap.servers", e2e::brokers()).create().expect("producer")
+}
+
+async fn produce(p: &FutureProducer, topic: &str, id: &str, version: u64, value: Option<i64>) {
+    let record = json!({
+        "instance": id, "kind": "entity", "name": "Counter", "key": id.rsplit(':').next().unwrap(),
+        "version": version, "status": if value.is_some() { "active" } else { "deleted" },
+        "state": value.map(|v| json!({ "value": v })), "custom_status": null, "failure": null, "updated_at": version,
+    })
+    .to_string();
+    p.send(FutureRecord::to(topic).key(id).payload(&record), Duration::from_secs(10)).await.expect("produced");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn out_of_order_and_duplicate_records_never_regress_a_document() {
+    let prefix = e2e::unique_prefix("guard");
+    let topic = format!("{prefix}.state");
+    create_state_topic(&topic).await;
+    let p = producer();
+    let ts = ts(&typesense_url());
+    let alias = mapping::entity_alias(&prefix, "Counter");
+    let id = "entity:Counter:g1";
+    produce(&p, &topic, id, 1, Some(10)).await;
+    produce(&p, &topic, id, 3, Some(30)).await;
+    produce(&p, &topic, id, 2, Some(20)).await;
+    produce(&p, &topic, id, 3, Some(30)).await;
+    let projector = Projector::start(&prefix, &typesense_url()).await;
+    produce(&p, &topic, "entity:Counter:marker", 1, Some(1)).await;
+    e2e::eventually(Duration::from_secs(60), "the marker is projected", || async {
+        doc(&ts, &alias, "entity:Counter:marker").await.map(|_| ())
+    })
+    .await;
+    let d = doc(&ts, &alias, id).await.expect("projected");
+    assert_eq!((d["version"].clone(), d["value"].clone()), (json!(3), json!(30)), "{d}");
+
+    // A new projector (empty cache) receives older records again: the version in Typesense guards.
+    projector.stop().await;
+    let projector = Projector::start(&prefix, &typesense_url()).await;
+    produce(&p, &topic, id, 2, Some(20)).await;
+    produce(&p, &topic, id, 1, Some(10)).await;
+    produce(&p, &topic, "entity:Counter:marker", 2, Some(2)).await;
+    e2e::eventually(Duration::from_secs(60), "the second marker is projected", || async {
+        doc(&ts, &alias, "entity:Counter:marker").await.filter(|d| d["version"] == 2).map(|_| ())
+    })
+    .await;
+    let d = doc(&ts, &alias, id).await.expect("still there");
+    assert_eq!((d["version"].clone(), d["value"].clone()), (json!(3), json!(30)), "{d}");
+
+    // A deletion removes the document; an older record after it changes nothing.
+    produce(&p, &topic, id, 4, None).await;
+    produce(&p, &topic, id, 3, Some(30)).await;
+    produce(&p, &topic, "entity:Counter:marker", 3, Some(3)).await;
+    e2e::eventually(Duration::from_secs(60), "the third marker is projected", || async {
+        doc(&ts, &alias, "entity:Counter:marker").await.filter(|d| d["version"] == 3).map(|_| ())
+    })
+    .await;
+    assert_eq!(doc(&ts, &alias, id).await, None, "deleted entities leave the index");
+    // Bad input goes to the dead-letter topic and does not stop the projector.
+    p.send(FutureRecord::to(&topic).key("x").payload("not json"), Duration::from_secs(10)).await.unwrap();
+    produce(&p, &topic, "entity:Counter:marker", 4, Some(4)).await;
+    e2e::eventually(Duration::from_secs(60), "the projector goes on after a bad record", || async {
+        doc(&ts, &alias, "entity:Counter:marker").await.filter(|d| d["version"] == 4).map(|_| ())
+    })
+    .await;
+    let metrics = durable_projector::metrics::render();
+    assert!(metrics.contains("durable_projector_records_total{outcome=\"dead\"}"), "{metrics}");
+    projector.stop().await;
+}
+
+/// A Typesense server of this test's own (so stopping it disturbs no other test).
+struct OwnTypesense {
+    child: std::process::Child,
+    port: u16,
+    data: std::path::PathBuf,
+}
+
+impl OwnTypesense {
+    fn binary() -> String {
+        if let Ok(b) = std::env::var("DURABLE_TYPESENSE_BIN") {
+            return b;
+        }
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/services");
+        let out =
+            std::process::Command::new("bash").arg(script).arg("--typesense-bin").output().expect("scripts/services");
+        assert!(out.status.success(), "scripts/services --typesense-bin: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    fn start(port: u16, data: &std::path::Path) -> std::process::Child {
+        std::fs::create_dir_all(data).unwrap();
+        std::process::Command::new(Self::binary())
+            .arg(format!("--data-dir={}", data.display()))
+            .arg(format!("--api-key={}", api_key()))
+            .args(["--api-address=127.0.0.1", &format!("--api-port={port}"), "--peering-address=127.0.0.1"])
+            .arg(format!("--peering-port={}", e2e::free_port()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start typesense")
+    }
+
+    async fn new(name: &str) -> Self {
+        let port = e2e::free_port();
+        let data = std::env::temp_dir().join(name);
+        let _ = std::fs::remove_dir_all(&data);
+        let child = Self::start(port, &data);
+        let me = Self { child, port, data };
+        me.wait_healthy().await;
+        me
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    async fn wait_healthy(&self) {
+        let ts = ts(&self.url());
+        e2e::eventually(Duration::from_secs(60), "typesense is healthy", || async { ts.healthy().await.then_some(()) })
+            .await;
+    }
+
+    fn stop(&mut self) {
+        let _ = std::process::Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+    }
+
+    async fn restart(&mut self) {
+        self.child = Self::start(self.port, &self.data);
+        self.wait_healthy().await;
+    }
+}
+
+impl Drop for OwnTypesense {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn typesense_stopped_and_restarted_mid_run_ends_equal_to_the_committed_state() {
+    let prefix = e2e::unique_prefix("ts-restart");
+    let mut server = OwnTypesense::new(&prefix).await;
+    let processor = InProcess::start(&prefix, 4).await;
+    let projector = Projector::start(&prefix, &server.url()).await;
+    let ts = ts(&server.url());
+    let state = State::connect(&prefix, 4).await;
+    let mut client = Client::new(&prefix);
+    let counters: Vec<InstanceId> = (0..20).map(|i| InstanceId::entity("Counter", format!("c{i}"))).collect();
+    let wave = |client: &mut Client| (0..1000).map(|i| client.signal(&counters[i % 20], "add", 1)).collect::<Vec<_>>();
+    let first = wave(&mut client);
+    client.send(&first).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.stop();
+    let second = wave(&mut client);
+    client.send(&second).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    server.restart().await;
+    let third = wave(&mut client);
+    client.send(&third).await;
+    let alias = mapping::entity_alias(&prefix, "Counter");
+    for c in &counters {
+        e2e::eventually(Duration::from_secs(120), &format!("{c} is projected at its final value"), || async {
+            let value = state.entity::<Counter>(c).await.map(|c| c.value)?;
+            let version = state.record(&c.canonical()).await?.version;
+            let d = doc(&ts, &alias, &c.canonical()).await?;
+            (value == 150 && d["value"] == value && d["version"] == version).then_some(())
+        })
+        .await;
+    }
+    let metrics = durable_projector::metrics::render();
+    assert!(!metrics.contains("durable_projector_retries_total 0\n"), "the outage made batches retry: {metrics}");
+    projector.stop().await;
+    processor.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rebuild_while_readers_query_never_shows_an_empty_index() {
+    let prefix = e2e::unique_prefix("rebuild");
+    let topic = format!("{prefix}.state");
+    create_state_topic(&topic).await;
+    let p = producer();
+    for i in 0..300 {
+        produce(&p, &topic, &format!("entity:Counter:r{i}"), 1, Some(i)).await;
+    }
+    let projector = Projector::start(&prefix, &typesense_url()).await;
+    let ts = ts(&typesense_url());
+    let alias = mapping::entity_alias(&prefix, "Counter");
+    let count = |ts: Typesense, alias: String| async move {
+        ts.search(&alias, &[("q", "*"), ("query_by", "key"), ("per_page", "1")])
+            .await
+            .ok()
+            .and_then(|v| v["found"].as_u64())
+    };
+    e2e::eventually(Duration::from_secs(60), "all 300 are projected", || async {
+        (count(ts.clone(), alias.clone()).await == Some(300)).then_some(())
+    })
+    .await;
+    let before = ts.alias(&alias).await.unwrap().expect("alias");
+    let reader = {
+        let (ts, alias, before) = (ts.clone(), alias.clone(), before.clone());
+        tokio::spawn(async move {
+            let mut reads = 0u64;
+            loop {
+                let found = count(ts.clone(), alias.clone()).await;
+                assert_eq!(found, Some(300), "a reader saw {found:?} documents during the rebuild");
+                reads += 1;
+                if reads > 5 && ts.alias(&alias).await.ok().flatten().is_some_and(|c| c != before) {
+                    return reads;
+                }
+            }
+        })
+    };
+    let mut config = ProjectorConfig::new(&e2e::brokers(), &prefix, &typesense_url(), &api_key());
+    config.linger = Duration::from_millis(50);
+    let swapped = durable_projector::rebuild(config).await.expect("rebuild");
+    assert!(swapped.iter().any(|(a, _)| *a == alias), "{swapped:?}");
+    let reads =
+        tokio::time::timeout(Duration::from_secs(30), reader).await.expect("reader sees the swap").expect("reader");
+    assert!(reads > 5, "readers queried throughout ({reads} reads)");
+    let after = ts.alias(&alias).await.unwrap().unwrap();
+    assert_ne!(after, before);
+    assert_eq!(ts.collection(&before).await.unwrap(), None, "the old collection is dropped");
+    assert_eq!(count(ts.clone(), alias.clone()).await, Some(300));
+    projector.stop().await;
+}
