@@ -127,6 +127,29 @@ enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Search the projected state in Typesense: an entity type's documents (e.g. Account) or
+    /// `orchestrations`; prints one JSON document per line.
+    Search {
+        /// Entity name (e.g. Account) or `orchestrations`.
+        r#type: String,
+        /// Text to find in the string fields; `*` matches everything.
+        query: String,
+        /// Typesense filter, e.g. 'owner:=alice && balance:>100'.
+        #[arg(long)]
+        filter: Option<String>,
+        /// Most documents to print.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Typesense base URL.
+        #[arg(long, env = "DURABLE_TYPESENSE_URL", default_value = "http://127.0.0.1:8108")]
+        typesense_url: String,
+        /// Typesense API key (a search-only key is enough).
+        #[arg(long, env = "DURABLE_TYPESENSE_API_KEY", hide_env_values = true)]
+        typesense_api_key: String,
+        /// Topic prefix the projector runs with (collection aliases start with it).
+        #[arg(long, env = "DURABLE_PREFIX", default_value = "durable")]
+        prefix: String,
+    },
     /// Run Durable in this process on embedded defaults: an in-process Kafka, in-memory state,
     /// the bundled examples, the management API and /metrics; then a short demo workload.
     Dev(dev::DevArgs),
@@ -255,6 +278,38 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             Ok(exit::OK)
         }
         Command::Wait { instance, timeout } => wait(&api, &instance, timeout).await,
+        Command::Search { r#type, query, filter, limit, typesense_url, typesense_api_key, prefix } => {
+            search(&typesense_url, &typesense_api_key, &prefix, &r#type, &query, filter.as_deref(), limit).await
+        }
+    }
+}
+
+async fn search(
+    url: &str,
+    key: &str,
+    prefix: &str,
+    type_name: &str,
+    query: &str,
+    filter: Option<&str>,
+    limit: u32,
+) -> Result<u8, CliError> {
+    use durable_projector::typesense::{TsError, Typesense};
+    let ts = Typesense::new(url, key, Duration::from_secs(10))
+        .map_err(|e| CliError::unreachable(format!("cannot create an HTTP client: {e}")))?;
+    match durable_projector::search(&ts, prefix, type_name, query, filter, limit).await {
+        Ok(docs) => {
+            for d in docs {
+                println!("{d}");
+            }
+            Ok(exit::OK)
+        }
+        Err(TsError::Unavailable(e)) => {
+            Err(CliError::unreachable(format!("cannot reach Typesense: {e}: is it running? set DURABLE_TYPESENSE_URL")))
+        }
+        Err(TsError::Refused { status: 401, .. }) => {
+            Err(CliError::refused("Typesense refused the API key: set DURABLE_TYPESENSE_API_KEY"))
+        }
+        Err(TsError::Refused { message, .. }) => Err(CliError::refused(message)),
     }
 }
 

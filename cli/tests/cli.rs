@@ -8,7 +8,8 @@ use std::time::Duration;
 use serde_json::Value;
 use tests::e2e::{self, InProcess};
 
-const COMMANDS: [&str; 9] = ["start", "signal", "raise", "status", "wait", "state", "history", "terminate", "dev"];
+const COMMANDS: [&str; 10] =
+    ["start", "signal", "raise", "status", "wait", "state", "history", "terminate", "search", "dev"];
 
 fn durable(api: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_durable"))
@@ -41,7 +42,8 @@ fn every_command_has_help() {
         assert!(top.contains(c), "`durable --help` lists {c}");
         let help = expect("http://127.0.0.1:1", &[c, "--help"], 0);
         assert!(help.contains(&format!("Usage: durable {c}")), "{help}");
-        assert!(help.contains("DURABLE_API") || c == "dev", "{c} --help names DURABLE_API: {help}");
+        let env = if c == "search" { "DURABLE_TYPESENSE_URL" } else { "DURABLE_API" };
+        assert!(help.contains(env) || c == "dev", "{c} --help names {env}: {help}");
     }
     assert!(top.contains("Exit codes"), "{top}");
 }
@@ -242,4 +244,82 @@ async fn the_management_api_speaks_json() {
 
 fn reqwest_client() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("http client")
+}
+
+fn durable_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_durable"));
+    c.args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run durable")
+}
+
+/// `durable search` over what the projector wrote, and its errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn search_prints_the_matching_documents() {
+    let typesense = std::env::var("DURABLE_TYPESENSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8108".into());
+    let key = std::env::var("DURABLE_TYPESENSE_API_KEY").unwrap_or_else(|_| "durable-test-key".into());
+    let prefix = e2e::unique_prefix("search");
+    let processor = InProcess::start(&prefix, 4).await;
+    let mut config = durable_projector::ProjectorConfig::new(&e2e::brokers(), &prefix, &typesense, &key);
+    config.linger = Duration::from_millis(50);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let projector = tokio::spawn(durable_projector::run(
+        config,
+        async {
+            let _ = stopped.await;
+        },
+        None,
+    ));
+    let api = format!("http://{}", processor.metrics);
+    for (key_, owner, amount) in [("a1", "alice", "150"), ("a2", "alice", "20"), ("b1", "bob", "500")] {
+        let owner = format!("\"{owner}\"");
+        durable_async(&api, &["signal", "Account", key_, "open", "--input", &owner]).await;
+        durable_async(&api, &["signal", "Account", key_, "deposit", "--input", amount]).await;
+    }
+    let env = [
+        ("DURABLE_TYPESENSE_URL", typesense.as_str()),
+        ("DURABLE_TYPESENSE_API_KEY", key.as_str()),
+        ("DURABLE_PREFIX", prefix.as_str()),
+    ];
+    let lines = e2e::eventually(Duration::from_secs(60), "alice's rich account is found", || async {
+        let out = tokio::task::spawn_blocking({
+            let env = env.map(|(k, v)| (k, v.to_owned()));
+            move || {
+                let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                durable_env(&["search", "Account", "*", "--filter", "owner:=alice && balance:>100"], &env)
+            }
+        })
+        .await
+        .unwrap();
+        let lines: Vec<Value> = stdout(&out).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        (out.status.success() && lines.len() == 1).then_some(lines)
+    })
+    .await;
+    assert_eq!(lines[0]["id"], "entity:Account:a1");
+    assert_eq!(lines[0]["balance"], 150);
+
+    let wrong_key = durable_env(
+        &["search", "Account", "*"],
+        &[
+            ("DURABLE_TYPESENSE_URL", typesense.as_str()),
+            ("DURABLE_TYPESENSE_API_KEY", "wrong"),
+            ("DURABLE_PREFIX", prefix.as_str()),
+        ],
+    );
+    assert_eq!(wrong_key.status.code(), Some(4), "{}", stderr(&wrong_key));
+    assert!(stderr(&wrong_key).contains("DURABLE_TYPESENSE_API_KEY"), "{}", stderr(&wrong_key));
+    let down = durable_env(
+        &["search", "Account", "*"],
+        &[("DURABLE_TYPESENSE_URL", "http://127.0.0.1:1"), ("DURABLE_TYPESENSE_API_KEY", "k")],
+    );
+    assert_eq!(down.status.code(), Some(2));
+    assert_eq!(stderr(&down).trim_end().lines().count(), 1, "{}", stderr(&down));
+    assert!(stderr(&down).contains("set DURABLE_TYPESENSE_URL"), "{}", stderr(&down));
+    let unknown = durable_env(&["search", "NoSuchType", "*"], &env);
+    assert_eq!(unknown.status.code(), Some(4), "{}", stderr(&unknown));
+    let _ = stop.send(());
+    projector.await.unwrap().unwrap();
+    processor.stop().await;
 }

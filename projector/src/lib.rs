@@ -68,6 +68,9 @@ pub struct Input {
     pub payload: Option<Vec<u8>>,
 }
 
+/// A document waiting for its import: (id, version, document).
+type Pending = (String, u64, Value);
+
 /// Where documents go: through the aliases (normal run) or into a rebuild's new collections.
 #[derive(Debug, Clone)]
 enum Mode {
@@ -212,7 +215,7 @@ impl Projector {
             wanted.push((target, id.clone()));
         }
         self.known_versions(&wanted).await?;
-        let mut upserts: HashMap<(String, &'static str), Vec<(String, u64, Value)>> = HashMap::new();
+        let mut upserts: HashMap<(String, &'static str), Vec<Pending>> = HashMap::new();
         let mut deletes: Vec<(String, String, u64)> = Vec::new();
         for (target, id) in wanted {
             let m = newest.remove(&id).expect("mapped");
