@@ -2,6 +2,7 @@
 //! API, and `durable dev` — the whole system in one process on embedded defaults.
 
 mod client;
+mod demo;
 mod dev;
 
 use std::process::ExitCode;
@@ -150,6 +151,11 @@ enum Command {
         #[arg(long, env = "DURABLE_PREFIX", default_value = "durable")]
         prefix: String,
     },
+    /// Run the bank example's workload (accounts, deposits, transfers) against a deployment and
+    /// wait until every transfer finished.
+    Demo(demo::DemoArgs),
+    /// Check that the server at --api answers /status (exit 0) — the compose healthcheck.
+    Health,
     /// Run Durable in this process on embedded defaults: an in-process Kafka, in-memory state,
     /// the bundled examples, the management API and /metrics; then a short demo workload.
     Dev(dev::DevArgs),
@@ -224,6 +230,16 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
     let api = Api::new(&cli.api)?;
     match cli.command {
         Command::Dev(args) => dev::run(args).await,
+        Command::Demo(args) => demo::run(&api, args).await,
+        Command::Health => {
+            let status = api.get("/status").await?;
+            if status["status"] == "ok" {
+                println!("ok");
+                Ok(exit::OK)
+            } else {
+                Err(CliError::unreachable(format!("{} is not healthy: {status}", cli.api)))
+            }
+        }
         Command::Start { name, key, input, event_id } => {
             let body = serde_json::json!({ "key": key, "input": input, "event_id": event_id });
             let accepted = api.post(&format!("/v1/orchestrations/{}", client::segment(&name)), &body).await?;

@@ -8,8 +8,8 @@ use std::time::Duration;
 use serde_json::Value;
 use tests::e2e::{self, InProcess};
 
-const COMMANDS: [&str; 10] =
-    ["start", "signal", "raise", "status", "wait", "state", "history", "terminate", "search", "dev"];
+const COMMANDS: [&str; 12] =
+    ["start", "signal", "raise", "status", "wait", "state", "history", "terminate", "search", "dev", "demo", "health"];
 
 fn durable(api: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_durable"))
@@ -43,7 +43,7 @@ fn every_command_has_help() {
         let help = expect("http://127.0.0.1:1", &[c, "--help"], 0);
         assert!(help.contains(&format!("Usage: durable {c}")), "{help}");
         let env = if c == "search" { "DURABLE_TYPESENSE_URL" } else { "DURABLE_API" };
-        assert!(help.contains(env) || c == "dev", "{c} --help names {env}: {help}");
+        assert!(help.contains(env) || c == "dev" || c == "demo" || c == "health", "{c} --help names {env}: {help}");
     }
     assert!(top.contains("Exit codes"), "{top}");
 }
@@ -164,6 +164,17 @@ async fn every_command_works_against_a_real_processor() {
     assert!(stderr(&bad).contains("ids look like orch:<name>:<key>"), "{}", stderr(&bad));
     let entity_event = durable_async(api, &["raise", "entity:Counter:c1", "tick"]).await;
     assert_eq!(entity_event.status.code(), Some(4));
+
+    // health (the compose healthcheck) and the bank demo workload.
+    assert_eq!(run(args(&["health"]), 0).await.trim(), "ok");
+    let demo = run(args(&["demo", "--accounts", "4", "--transfers", "6", "--run", "d1"]), 0).await;
+    assert!(demo.contains("demo: 4 accounts, 6 transfers done"), "{demo}");
+    let mut total = 0;
+    for i in 0..4 {
+        let out = run(args(&["state", &format!("entity:Account:d1-acc{i}")]), 0).await;
+        total += serde_json::from_str::<Value>(&out).unwrap()["balance"].as_i64().unwrap();
+    }
+    assert_eq!(total, 4000, "transfers conserve money");
 
     processor.stop().await;
 }

@@ -71,7 +71,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     )
     .expect("valid metric");
     registry.register(Box::new(batch_latency.clone())).expect("registered once");
-    Metrics {
+    let metrics = Metrics {
         events: counter(&registry, "durable_events_total", "Events read, by outcome", &[PARTITION, OUTCOME]),
         commits: counter(&registry, "durable_commits_total", "Instance writes committed", &[PARTITION]),
         conflicts: counter(
@@ -101,7 +101,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         commit_latency,
         batch_latency,
         registry,
-    }
+    };
+    // Label-less families show from the start, at zero.
+    metrics.owned.with_label_values(&[] as &[&str]);
+    metrics.unowned.with_label_values(&[] as &[&str]);
+    metrics.rejoins.with_label_values(&[] as &[&str]);
+    metrics
 });
 
 /// The text exposition of every metric.

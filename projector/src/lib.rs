@@ -30,6 +30,7 @@
 //! the swap and the full new one after it — never an empty one. Schema changes (`--schemas`) take
 //! effect through a rebuild.
 
+pub mod cli;
 pub mod config;
 pub mod mapping;
 pub mod metrics;

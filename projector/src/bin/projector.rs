@@ -1,32 +1,7 @@
 //! `projector`: Durable's state feed into Typesense (`projector --help`).
 
-use clap::{Parser, Subcommand};
-use durable_projector::ProjectorConfig;
-
-/// Durable projector: keeps Typesense collections equal to the committed state.
-#[derive(Debug, Parser)]
-#[command(
-    version,
-    about = "Durable projector: consumes <prefix>.state and keeps Typesense collections (one per entity type, one of orchestrations) up to date, version-guarded."
-)]
-struct Cli {
-    #[command(flatten)]
-    config: ProjectorConfig,
-    /// Log filter (tracing-subscriber EnvFilter syntax).
-    #[arg(long, env = "DURABLE_LOG", default_value = "info", global = true)]
-    log: String,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Project continuously (the default).
-    Run,
-    /// Re-read the feed from the beginning into fresh collections, then swap the aliases (readers
-    /// never see an empty index); exits when done.
-    Rebuild,
-}
+use clap::Parser;
+use durable_projector::cli::{Cli, Command};
 
 async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
