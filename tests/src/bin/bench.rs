@@ -1,0 +1,437 @@
+//! `bench`: Durable against the raw floor of this machine, on the real broker and Redis that
+//! `scripts/services` starts.
+//!
+//! ```sh
+//! cargo run --release -p tests --bin bench -- --workload all
+//! ```
+//!
+//! Each workload runs a fresh processor in this process (its own prefix), produces its events
+//! like any client, and watches the state feed (`<prefix>.state`) for completions, so a figure is
+//! end to end: produce → commit in Redis → state record seen by a consumer. `floor` does the same
+//! traffic with no runtime logic: consume a record, one Redis write of a blob of the same size
+//! (pipelined per batch, like the runtime's group commit), produce one record. Every workload
+//! prints one JSON line: `workload, n, per_s, p50_ms, p99_ms, floor_per_s, ratio`.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use durable_processor::id::InstanceId;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message};
+use serde_json::{json, Value};
+use tests::e2e::{self, Client, InProcess};
+
+#[derive(Debug, Parser)]
+#[command(about = "Durable's benchmark: workloads against the raw floor (see BENCHMARKS.md)")]
+struct Args {
+    /// counter, hello5, fanout, bank, hello3-latency, floor, or all.
+    #[arg(long, default_value = "all")]
+    workload: String,
+    /// Size multiplier: 1 is the full run (a few minutes on 2 cores); CI uses a small one.
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// Partitions of the events topic.
+    #[arg(long, default_value_t = 8)]
+    partitions: i32,
+}
+
+const PAYLOAD: usize = 300;
+
+fn brokers_config() -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", e2e::brokers());
+    c
+}
+
+/// Completions seen on the state feed, with when they were seen.
+struct Feed {
+    rx: tokio::sync::mpsc::UnboundedReceiver<(Value, Instant)>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Feed {
+    fn start(prefix: &str) -> Self {
+        let consumer: StreamConsumer = brokers_config()
+            .set("group.id", format!("{prefix}-bench-feed"))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "5")
+            .create()
+            .expect("consumer");
+        consumer.subscribe(&[&format!("{prefix}.state")]).expect("subscribe");
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            loop {
+                match consumer.recv().await {
+                    Ok(m) => {
+                        if let Some(v) = m.payload().and_then(|p| serde_json::from_slice::<Value>(p).ok()) {
+                            if tx.send((v, Instant::now())).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+        Self { rx, task }
+    }
+
+    /// Receive records until `done` says so (given each record), or panic after `timeout`.
+    async fn until(&mut self, what: &str, timeout: Duration, mut done: impl FnMut(&Value, Instant) -> bool) {
+        let started = Instant::now();
+        let mut last_report = Instant::now();
+        let mut seen = 0u64;
+        loop {
+            let left =
+                timeout.checked_sub(started.elapsed()).unwrap_or_else(|| panic!("{what}: timed out after {timeout:?}"));
+            match tokio::time::timeout(left.min(Duration::from_secs(1)), self.rx.recv()).await {
+                Ok(Some((v, at))) => {
+                    seen += 1;
+                    if done(&v, at) {
+                        return;
+                    }
+                }
+                Ok(None) => panic!("{what}: the state feed stopped"),
+                Err(_) => {}
+            }
+            if last_report.elapsed() > Duration::from_secs(2) {
+                eprintln!("  {what}: {seen} state records after {:.0} s", started.elapsed().as_secs_f64());
+                last_report = Instant::now();
+            }
+        }
+    }
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Start a processor and wait until it owns every partition (the group has formed), so that
+/// figures do not include the group join.
+async fn processor(prefix: &str, partitions: i32) -> InProcess {
+    let p = InProcess::start(prefix, partitions).await;
+    e2e::eventually(Duration::from_secs(60), "the processor owns every partition", || async {
+        let response = e2e::http_get(p.metrics, "/status").await;
+        let body = response.split("\r\n\r\n").nth(1)?;
+        let status: Value = serde_json::from_str(body).ok()?;
+        (status["partitions"].as_array()?.len() == partitions as usize).then_some(())
+    })
+    .await;
+    p
+}
+
+fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    Some(sorted[i])
+}
+
+struct Figure {
+    workload: &'static str,
+    n: u64,
+    per_s: f64,
+    latencies_ms: Vec<f64>,
+}
+
+fn print(f: &Figure, floor: Option<f64>) {
+    let mut l = f.latencies_ms.clone();
+    l.sort_by(|a, b| a.total_cmp(b));
+    let round = |x: f64| (x * 100.0).round() / 100.0;
+    let line = json!({
+        "workload": f.workload,
+        "n": f.n,
+        "per_s": round(f.per_s),
+        "p50_ms": percentile(&l, 0.5).map(round),
+        "p99_ms": percentile(&l, 0.99).map(round),
+        "floor_per_s": floor.map(round),
+        "ratio": floor.map(|fl| (f.per_s / fl * 1_000_000.0).round() / 1_000_000.0),
+    });
+    println!("{line}");
+}
+
+/// The raw floor: consume, one pipelined Redis write per record (per batch), produce, ack.
+async fn floor(n: u64, partitions: i32) -> Figure {
+    let prefix = e2e::unique_prefix("bench-floor");
+    let (input, output) = (format!("{prefix}.in"), format!("{prefix}.out"));
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> = brokers_config().create().unwrap();
+    let topics = [
+        rdkafka::admin::NewTopic::new(&input, partitions, rdkafka::admin::TopicReplication::Fixed(1)),
+        rdkafka::admin::NewTopic::new(&output, partitions, rdkafka::admin::TopicReplication::Fixed(1)),
+    ];
+    admin.create_topics(&topics, &rdkafka::admin::AdminOptions::new()).await.expect("topics");
+    let producer: FutureProducer =
+        brokers_config().set("linger.ms", "2").set("enable.idempotence", "true").create().unwrap();
+    let blob = vec![b'x'; PAYLOAD];
+    let mut acks = Vec::new();
+    for i in 0..n {
+        let key = format!("k{}", i % 1000);
+        loop {
+            match producer.send_result(FutureRecord::to(&input).key(&key).payload(&blob)) {
+                Ok(a) => {
+                    acks.push(a);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(2)).await,
+            }
+        }
+    }
+    for a in acks {
+        a.await.unwrap().unwrap();
+    }
+    let consumer: StreamConsumer = brokers_config()
+        .set("group.id", format!("{prefix}-floor"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("fetch.wait.max.ms", "5")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&input]).unwrap();
+    let redis = redis::Client::open(e2e::redis_url()).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let mut done = 0u64;
+    let mut started: Option<Instant> = None;
+    while done < n {
+        let first = consumer.recv().await.expect("record");
+        started.get_or_insert_with(Instant::now);
+        let mut batch = vec![first.detach()];
+        while batch.len() < 256 {
+            match tokio::time::timeout(Duration::from_millis(1), consumer.recv()).await {
+                Ok(Ok(m)) => batch.push(m.detach()),
+                _ => break,
+            }
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for m in &batch {
+            let key = format!("{prefix}:{}", String::from_utf8_lossy(m.key().unwrap_or_default()));
+            pipe.cmd("SET").arg(key).arg(m.payload().unwrap_or_default()).ignore();
+        }
+        let () = pipe.query_async(&mut conn).await.expect("redis");
+        let mut acks = Vec::with_capacity(batch.len());
+        for m in &batch {
+            let record =
+                FutureRecord::to(&output).key(m.key().unwrap_or_default()).payload(m.payload().unwrap_or_default());
+            acks.push(producer.send_result(record).map_err(|(e, _)| e).expect("queue"));
+        }
+        for a in acks {
+            a.await.unwrap().unwrap();
+        }
+        for m in &batch {
+            consumer.store_offset(&input, m.partition(), m.offset()).unwrap();
+        }
+        done += batch.len() as u64;
+    }
+    let secs = started.map_or(1.0, |s| s.elapsed().as_secs_f64());
+    Figure { workload: "floor", n, per_s: n as f64 / secs, latencies_ms: vec![] }
+}
+
+async fn counter(n: u64, partitions: i32) -> Figure {
+    let prefix = e2e::unique_prefix("bench-counter");
+    let processor = processor(&prefix, partitions).await;
+    let mut feed = Feed::start(&prefix);
+    let mut client = Client::new(&prefix);
+    let k = 100;
+    let counters: Vec<InstanceId> = (0..k).map(|i| InstanceId::entity("Counter", format!("c{i}"))).collect();
+    let events: Vec<_> = (0..n).map(|i| client.signal(&counters[(i % k as u64) as usize], "add", 1)).collect();
+    let started = Instant::now();
+    client.send(&events).await;
+    let mut values: HashMap<String, i64> = HashMap::new();
+    let mut total = 0i64;
+    let mut finished = started;
+    feed.until("counter", Duration::from_secs(600), |v, at| {
+        let value = v["state"]["value"].as_i64().unwrap_or(0);
+        let old = values.insert(v["instance"].as_str().unwrap_or_default().to_owned(), value).unwrap_or(0);
+        total += value - old;
+        finished = at;
+        total == n as i64
+    })
+    .await;
+    processor.stop().await;
+    Figure { workload: "counter", n, per_s: n as f64 / (finished - started).as_secs_f64(), latencies_ms: vec![] }
+}
+
+/// `n` orchestrations of `name` with `input`; per-instance latency from its produce.
+async fn orchestrations(
+    workload: &'static str,
+    name: &str,
+    n: u64,
+    input: Value,
+    partitions: i32,
+    setup: Vec<(InstanceId, &str, Value)>,
+) -> Figure {
+    let prefix = e2e::unique_prefix(&format!("bench-{workload}"));
+    let processor = processor(&prefix, partitions).await;
+    let mut feed = Feed::start(&prefix);
+    let mut client = Client::new(&prefix);
+    if !setup.is_empty() {
+        let events: Vec<_> = setup.iter().map(|(id, op, input)| client.signal(id, op, input.clone())).collect();
+        client.send(&events).await;
+    }
+    let events: Vec<_> = (0..n)
+        .map(|i| {
+            let input = if workload == "bank" {
+                let k = setup.len() as u64 / 2;
+                let from = i % k;
+                let to = (from + 1 + i % (k - 1)) % k;
+                json!({ "from": format!("a{from}"), "to": format!("a{to}"), "amount": 1 })
+            } else {
+                input.clone()
+            };
+            client.start(name, &format!("o{i}"), input)
+        })
+        .collect();
+    let mut sent_at: HashMap<String, Instant> = HashMap::new();
+    let started = Instant::now();
+    for chunk in events.chunks(500) {
+        let at = Instant::now();
+        client.send(chunk).await;
+        for e in chunk {
+            sent_at.insert(e.target.clone(), at);
+        }
+    }
+    let mut latencies = Vec::with_capacity(n as usize);
+    let mut finished = started;
+    feed.until(workload, Duration::from_secs(900), |v, at| {
+        if v["kind"] == "orch" && v["status"] != "running" {
+            if let Some(sent) = sent_at.remove(v["instance"].as_str().unwrap_or_default()) {
+                latencies.push((at - sent).as_secs_f64() * 1000.0);
+                finished = at;
+            }
+        }
+        sent_at.is_empty()
+    })
+    .await;
+    processor.stop().await;
+    let unit = if workload == "fanout" { 100 } else { 1 };
+    Figure {
+        workload,
+        n: n * unit,
+        per_s: (n * unit) as f64 / (finished - started).as_secs_f64(),
+        latencies_ms: latencies,
+    }
+}
+
+/// Open loop at `rate`/s for `secs`: HelloSequence over 3 cities; latency from produce to completion.
+async fn latency(rate: f64, secs: f64, partitions: i32) -> Figure {
+    let prefix = e2e::unique_prefix("bench-latency");
+    let processor = processor(&prefix, partitions).await;
+    let mut feed = Feed::start(&prefix);
+    let mut client = Client::new(&prefix);
+    let n = (rate * secs) as u64;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let mut sent_at: HashMap<String, Instant> = HashMap::new();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
+    let input = json!(["Tokyo", "Seattle", "London"]);
+    let events: Vec<_> = (0..n).map(|i| client.start("HelloSequence", &format!("l{i}"), input.clone())).collect();
+    let sender = tokio::spawn(async move {
+        let start = tokio::time::Instant::now();
+        for (i, e) in events.into_iter().enumerate() {
+            tokio::time::sleep_until(start + interval * i as u32).await;
+            let at = Instant::now();
+            let target = e.target.clone();
+            client.send(&[e]).await;
+            let _ = tx.send((target, at));
+        }
+    });
+    let mut latencies = Vec::new();
+    let mut early: HashMap<String, Instant> = HashMap::new();
+    feed.until("hello3-latency", Duration::from_secs(600), |v, at| {
+        while let Ok((id, sent)) = rx.try_recv() {
+            if let Some(done) = early.remove(&id) {
+                latencies.push((done - sent).as_secs_f64() * 1000.0);
+            } else {
+                sent_at.insert(id, sent);
+            }
+        }
+        if v["kind"] == "orch" && v["status"] == "completed" {
+            let id = v["instance"].as_str().unwrap_or_default().to_owned();
+            match sent_at.remove(&id) {
+                Some(sent) => latencies.push((at - sent).as_secs_f64() * 1000.0),
+                None => {
+                    early.insert(id, at);
+                }
+            }
+        }
+        latencies.len() as u64 + early.len() as u64 >= n && early.is_empty()
+    })
+    .await;
+    sender.await.unwrap();
+    processor.stop().await;
+    Figure { workload: "hello3-latency", n, per_s: rate, latencies_ms: latencies }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 4)]
+async fn main() {
+    let args = Args::parse();
+    let size = |full: u64| ((full as f64 * args.scale).round() as u64).max(10);
+    let all = args.workload == "all";
+    let want = |w: &str| all || args.workload == w;
+    let known = ["all", "counter", "hello5", "fanout", "bank", "hello3-latency", "floor"];
+    if !known.contains(&args.workload.as_str()) {
+        eprintln!("error: unknown workload {:?}; one of {known:?} (see bench --help)", args.workload);
+        std::process::exit(2);
+    }
+    eprintln!("bench: floor first (same run), then the workloads; scale {}", args.scale);
+    let floor_fig = floor(size(20_000), args.partitions).await;
+    let floor_per_s = floor_fig.per_s;
+    if want("floor") {
+        print(&floor_fig, Some(floor_per_s));
+    }
+    if want("counter") {
+        eprintln!("bench: counter");
+        print(&counter(size(20_000), args.partitions).await, Some(floor_per_s));
+    }
+    let mut hello5_rate = None;
+    if want("hello5") {
+        eprintln!("bench: hello5");
+        let f = orchestrations("hello5", "HelloSequence", size(2_000), json!([]), args.partitions, vec![]).await;
+        hello5_rate = Some(f.per_s);
+        print(&f, Some(floor_per_s));
+    }
+    if want("fanout") {
+        eprintln!("bench: fanout");
+        print(
+            &orchestrations("fanout", "FanOut", size(100), json!(100), args.partitions, vec![]).await,
+            Some(floor_per_s),
+        );
+    }
+    if want("bank") {
+        eprintln!("bench: bank");
+        let accounts = 50;
+        let mut setup = Vec::new();
+        for a in 0..accounts {
+            let id = InstanceId::entity("Account", format!("a{a}"));
+            setup.push((id.clone(), "open", json!(format!("owner{}", a % 5))));
+            setup.push((id, "deposit", json!(1_000_000)));
+        }
+        print(
+            &orchestrations("bank", "Transfer", size(1_000), Value::Null, args.partitions, setup).await,
+            Some(floor_per_s),
+        );
+    }
+    if want("hello3-latency") {
+        eprintln!("bench: hello3-latency (peak first, then half of it, open loop)");
+        let peak = orchestrations(
+            "hello3-peak",
+            "HelloSequence",
+            size(1_000),
+            json!(["Tokyo", "Seattle", "London"]),
+            args.partitions,
+            vec![],
+        )
+        .await
+        .per_s;
+        let rate = (peak / 2.0).max(5.0);
+        eprintln!("  hello3 peak {peak:.0}/s; open loop at {rate:.0}/s");
+        print(&latency(rate, (20.0 * args.scale).clamp(3.0, 20.0), args.partitions).await, Some(floor_per_s));
+    }
+    let _ = hello5_rate;
+}
