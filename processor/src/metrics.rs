@@ -34,6 +34,9 @@ pub struct Metrics {
     pub consumer_lag: IntGaugeVec,
     /// `durable_activities_total{partition, outcome}`: outcome is completed, failed or panicked.
     pub activities: IntCounterVec,
+    /// `durable_record_cache_total{partition, outcome}`: instances of a group found in the
+    /// partition's record cache (hit) or loaded from the store (miss).
+    pub record_cache: IntCounterVec,
     /// `durable_owned_partitions`: partitions this processor owns now.
     pub owned: IntGaugeVec,
     /// `durable_unowned_partitions`: partitions of the events topic with no live owner, as this
@@ -90,6 +93,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         activities: counter(&registry, "durable_activities_total", "Activity runs, by outcome", &[PARTITION, OUTCOME]),
         timer_backlog: gauge(&registry, "durable_timer_backlog", "Parked and unacknowledged timers", &[PARTITION]),
         consumer_lag: gauge(&registry, "durable_consumer_lag", "Records behind the high watermark", &[PARTITION]),
+        record_cache: counter(
+            &registry,
+            "durable_record_cache_total",
+            "Instances found in the record cache or loaded",
+            &[PARTITION, OUTCOME],
+        ),
         owned: gauge(&registry, "durable_owned_partitions", "Partitions owned by this processor", &[]),
         unowned: gauge(&registry, "durable_unowned_partitions", "Partitions with no live owner", &[]),
         rejoins: counter(

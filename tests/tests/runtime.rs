@@ -45,6 +45,43 @@ async fn ten_thousand_counter_signals_give_an_exact_count() {
     processor.stop().await;
 }
 
+/// The partition keeps committed records in memory between groups; a write by someone else (a
+/// second owner during a rebalance) must make it reload, never overwrite that write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_behind_the_record_cache_is_never_overwritten() {
+    use durable_processor::history::{Body, InstanceRecord};
+    use durable_processor::store::{CommitOutcome, RedisStore, Store, Write};
+    let (processor, mut client, state) = e2e::setup("cache", PARTITIONS).await;
+    let counter = InstanceId::entity("Counter", "cached");
+    let first = vec![client.signal(&counter, "add", 1)];
+    client.send(&first).await;
+    e2e::eventually(Duration::from_secs(60), "the first signal is applied", || async {
+        (state.entity::<Counter>(&counter).await?.value == 1).then_some(())
+    })
+    .await;
+    // Another writer sets the counter to 100 behind the processor's back.
+    let store = RedisStore::connect(&e2e::redis_url(), client.prefix()).await.unwrap();
+    let p = counter.partition(PARTITIONS as u32);
+    let stored = store.load(p, &[counter.canonical()]).await.unwrap().remove(0).expect("stored");
+    let mut record = InstanceRecord::from_blob(&stored.blob).unwrap();
+    let Body::Entity(entity) = &mut record.body else { panic!("an entity") };
+    entity.state = Some(durable_schemas::Payload::json(&Counter { value: 100 }).unwrap());
+    let write = Write { id: counter.canonical(), expected: Some(stored.etag), blob: record.to_blob(), timers: vec![] };
+    assert!(matches!(store.commit(p, vec![write]).await.unwrap()[0], CommitOutcome::Committed { .. }));
+    // The next signal goes through the processor, whose cache still holds value 1.
+    let second = vec![client.signal(&counter, "add", 1)];
+    client.send(&second).await;
+    let value = e2e::eventually(Duration::from_secs(60), "the second signal is applied", || async {
+        let v = state.entity::<Counter>(&counter).await?.value;
+        (v != 100).then_some(v)
+    })
+    .await;
+    assert_eq!(value, 101, "the processor reloaded after the etag check failed instead of writing 2");
+    let metrics = e2e::http_get(processor.metrics, "/metrics").await;
+    assert!(metrics.contains("durable_commit_conflicts_total"), "{metrics}");
+    processor.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn timers_retries_external_events_entity_calls_and_a_sub_orchestration() {
     let (processor, mut client, state) = e2e::setup("approval", PARTITIONS).await;

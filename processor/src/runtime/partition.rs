@@ -40,6 +40,7 @@ pub async fn work(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut ticks: u64 = 0;
     let mut last_offset: Option<i64> = None;
+    let mut cache = RecordCache::default();
     loop {
         tokio::select! {
             biased;
@@ -55,7 +56,7 @@ pub async fn work(
                 }
                 let mut backoff = Duration::from_millis(100);
                 loop {
-                    match apply_group(&shared, partition, &batch).await {
+                    match apply_group(&shared, partition, &batch, &mut cache).await {
                         Ok(()) => break,
                         Err(e) => {
                             warn!(partition, error = %e, "group not applied; retrying (offsets not stored)");
@@ -91,6 +92,32 @@ fn update_lag(shared: &Arc<Shared>, partition: i32, last_offset: Option<i64>) {
             METRICS.consumer_lag.with_label_values(&[&partition.to_string()]).set((high - next).max(0));
         }
     });
+}
+
+/// Committed records of this partition kept between groups, with the etag they were committed
+/// at. A cached record is used instead of loading it: if someone else wrote the instance since
+/// (another owner during a rebalance), the commit's etag check fails and the instance is
+/// reloaded and re-run, so the cache can only save round trips, never serve stale state. A record
+/// leaves the cache while it is being stepped and comes back only once its commit is confirmed.
+#[derive(Default)]
+pub struct RecordCache {
+    records: std::collections::HashMap<String, (u64, InstanceRecord)>,
+}
+
+/// Most records one partition worker keeps (it forgets all of them past this).
+const CACHE_LIMIT: usize = 20_000;
+
+impl RecordCache {
+    fn take(&mut self, id: &str) -> Option<(u64, InstanceRecord)> {
+        self.records.remove(id)
+    }
+
+    fn put(&mut self, id: String, etag: u64, record: InstanceRecord) {
+        if self.records.len() >= CACHE_LIMIT {
+            self.records.clear();
+        }
+        self.records.insert(id, (etag, record));
+    }
 }
 
 /// An instance's part of a group.
@@ -154,7 +181,12 @@ fn dead(message: &OwnedMessage, reason: impl Into<String>) -> (i64, Out) {
 }
 
 /// Apply one group of records (see the module docs of `runtime` for the steps).
-async fn apply_group(shared: &Arc<Shared>, partition: i32, batch: &[OwnedMessage]) -> Result<(), String> {
+async fn apply_group(
+    shared: &Arc<Shared>,
+    partition: i32,
+    batch: &[OwnedMessage],
+    cache: &mut RecordCache,
+) -> Result<(), String> {
     let started = Instant::now();
     let p = partition as u32;
     let label = partition.to_string();
@@ -207,7 +239,7 @@ async fn apply_group(shared: &Arc<Shared>, partition: i32, batch: &[OwnedMessage
         records = batch.len(),
         "applying group"
     );
-    commit_groups(shared, p, &label, now, &groups, &mut outbound).await?;
+    commit_groups(shared, p, &label, now, &groups, &mut outbound, cache).await?;
     run_activities(shared, &label, now, activities, &mut outbound).await;
     outbound.sort_by_key(|(offset, _)| *offset);
     produce(shared, &label, outbound).await?;
@@ -229,6 +261,7 @@ async fn commit_groups(
     now: i64,
     groups: &BTreeMap<String, Group>,
     outbound: &mut Vec<(i64, Out)>,
+    cache: &mut RecordCache,
 ) -> Result<(), String> {
     let mut pending: Vec<String> = groups.keys().cloned().collect();
     let mut rerun = false;
@@ -236,14 +269,30 @@ async fn commit_groups(
         if rerun {
             METRICS.reruns.with_label_values(&[label]).inc_by(pending.len() as u64);
         }
-        let loaded = shared.store.load(p, &pending).await.map_err(|e| e.to_string())?;
+        let cached: Vec<Option<(u64, InstanceRecord)>> = pending.iter().map(|id| cache.take(id)).collect();
+        let to_load: Vec<String> =
+            pending.iter().zip(&cached).filter(|(_, c)| c.is_none()).map(|(id, _)| id.clone()).collect();
+        let hits = (pending.len() - to_load.len()) as u64;
+        METRICS.record_cache.with_label_values(&[label, "hit"]).inc_by(hits);
+        METRICS.record_cache.with_label_values(&[label, "miss"]).inc_by(to_load.len() as u64);
+        let mut loaded = if to_load.is_empty() {
+            Vec::new()
+        } else {
+            shared.store.load(p, &to_load).await.map_err(|e| e.to_string())?
+        }
+        .into_iter();
         let mut computed = Vec::with_capacity(pending.len());
         let mut writes = Vec::new();
-        for (id, stored) in pending.iter().zip(loaded) {
+        for (id, cached) in pending.iter().zip(cached) {
             let group = &groups[id];
+            let stored = match cached {
+                Some((etag, record)) => Ok((record, etag)),
+                None => Err(loaded.next().flatten()),
+            };
             let (record, etag) = match stored {
-                None => (None, None),
-                Some(s) => match InstanceRecord::from_blob(&s.blob) {
+                Ok((record, etag)) => (Some(record), Some(etag)),
+                Err(None) => (None, None),
+                Err(Some(s)) => match InstanceRecord::from_blob(&s.blob) {
                     Ok(r) => (Some(r), Some(s.etag)),
                     Err(e) => {
                         // Never overwrite state we cannot read: dead-letter what was meant for it.
@@ -267,17 +316,21 @@ async fn commit_groups(
                 let timers = out.delayed().map(|(fire_at, e)| TimerEntry { fire_at, envelope: e.encode() }).collect();
                 writes.push(Write { id: id.clone(), expected: etag, blob: out.record.to_blob(), timers });
             }
-            computed.push((id.clone(), out));
+            computed.push((id.clone(), out, etag));
         }
         let t = Instant::now();
         let outcomes = shared.store.commit(p, writes).await.map_err(|e| e.to_string())?;
         METRICS.commit_latency.with_label_values(&[label]).observe(t.elapsed().as_secs_f64());
         let mut outcomes = outcomes.into_iter();
         let mut next = Vec::new();
-        for (id, out) in computed {
+        for (id, out, loaded_etag) in computed {
+            let mut etag = loaded_etag;
             if out.changed {
                 match outcomes.next() {
-                    Some(CommitOutcome::Committed { .. }) => METRICS.commits.with_label_values(&[label]).inc(),
+                    Some(CommitOutcome::Committed { etag: new }) => {
+                        METRICS.commits.with_label_values(&[label]).inc();
+                        etag = Some(new);
+                    }
                     _ => {
                         METRICS.conflicts.with_label_values(&[label]).inc();
                         next.push(id);
@@ -308,6 +361,9 @@ async fn commit_groups(
             let applied = (deliveries.len() as u64).saturating_sub(dead + dropped);
             METRICS.events.with_label_values(&[label, "applied"]).inc_by(applied);
             METRICS.events.with_label_values(&[label, "dropped"]).inc_by(dropped);
+            if let Some(etag) = etag {
+                cache.put(id, etag, out.record);
+            }
         }
         pending = next;
         rerun = true;
