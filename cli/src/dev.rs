@@ -51,8 +51,6 @@ pub async fn run(args: DevArgs) -> Result<u8, CliError> {
     config.partitions = args.partitions;
     config.group = "durable-dev".into();
     config.metrics_addr = args.addr;
-    // The mock broker answers a fetch only when fetch.wait.max.ms runs out; keep hops short.
-    config.kafka_options.push(("fetch.wait.max.ms".into(), "5".into()));
     for (topic, partitions) in
         [(config.events_topic(), args.partitions), (config.state_topic(), args.partitions), (config.dead_topic(), 1)]
     {
