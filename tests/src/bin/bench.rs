@@ -389,6 +389,10 @@ async fn latency(rate: f64, secs: f64, partitions: i32) -> Figure {
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() {
     let args = Args::parse();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into())))
+        .with_writer(std::io::stderr)
+        .try_init();
     let size = |full: u64| ((full as f64 * args.scale).round() as u64).max(10);
     let all = args.workload == "all";
     let want = |w: &str| all || args.workload == w;
@@ -398,32 +402,32 @@ async fn main() {
         std::process::exit(2);
     }
     eprintln!("bench: floor first (same run), then the workloads; scale {}", args.scale);
-    let floor_fig = floor(size(20_000), args.partitions).await;
+    let floor_fig = floor(size(50_000), args.partitions).await;
     let floor_per_s = floor_fig.per_s;
     if want("floor") {
         print(&floor_fig, Some(floor_per_s));
     }
     if want("counter") {
         eprintln!("bench: counter");
-        print(&counter(size(20_000), args.partitions).await, Some(floor_per_s));
+        print(&counter(size(50_000), args.partitions).await, Some(floor_per_s));
     }
     let mut hello5_rate = None;
     if want("hello5") {
         eprintln!("bench: hello5");
-        let f = orchestrations("hello5", "HelloSequence", size(2_000), json!([]), args.partitions, vec![]).await;
+        let f = orchestrations("hello5", "HelloSequence", size(10_000), json!([]), args.partitions, vec![]).await;
         hello5_rate = Some(f.per_s);
         print(&f, Some(floor_per_s));
     }
     if want("fanout") {
         eprintln!("bench: fanout");
         print(
-            &orchestrations("fanout", "FanOut", size(100), json!(100), args.partitions, vec![]).await,
+            &orchestrations("fanout", "FanOut", size(200), json!(100), args.partitions, vec![]).await,
             Some(floor_per_s),
         );
     }
     if want("bank") {
         eprintln!("bench: bank");
-        let accounts = 50;
+        let accounts = size(1_000);
         let mut setup = Vec::new();
         for a in 0..accounts {
             let id = InstanceId::entity("Account", format!("a{a}"));
@@ -431,7 +435,7 @@ async fn main() {
             setup.push((id, "deposit", json!(1_000_000)));
         }
         print(
-            &orchestrations("bank", "Transfer", size(1_000), Value::Null, args.partitions, setup).await,
+            &orchestrations("bank", "Transfer", size(5_000), Value::Null, args.partitions, setup).await,
             Some(floor_per_s),
         );
     }
@@ -440,7 +444,7 @@ async fn main() {
         let peak = orchestrations(
             "hello3-peak",
             "HelloSequence",
-            size(1_000),
+            size(5_000),
             json!(["Tokyo", "Seattle", "London"]),
             args.partitions,
             vec![],
