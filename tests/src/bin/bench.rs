@@ -390,7 +390,9 @@ async fn latency(rate: f64, secs: f64, partitions: i32) -> Figure {
 async fn main() {
     let args = Args::parse();
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into())))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        ))
         .with_writer(std::io::stderr)
         .try_init();
     let size = |full: u64| ((full as f64 * args.scale).round() as u64).max(10);
