@@ -195,13 +195,16 @@ impl Projector {
                 METRICS.records.with_label_values(&["ignored"]).inc();
                 continue;
             };
-            match newest.get(&mapped.id) {
+            match newest.get_mut(&mapped.id) {
                 Some(m) if m.version >= mapped.version => {
                     METRICS.records.with_label_values(&["stale"]).inc();
+                    carry_created_at(&mapped, m);
                 }
-                Some(_) => {
+                Some(m) => {
                     METRICS.records.with_label_values(&["stale"]).inc();
-                    newest.insert(mapped.id.clone(), mapped);
+                    let mut mapped = mapped;
+                    carry_created_at(m, &mut mapped);
+                    *m = mapped;
                 }
                 None => {
                     order.push(mapped.id.clone());
@@ -279,6 +282,16 @@ impl Projector {
             swapped.push((alias.clone(), collection.clone()));
         }
         Ok(swapped)
+    }
+}
+
+/// An orchestration's `created_at` comes only with its version-1 record: when a batch keeps a
+/// newer record of the same instance instead, the newer document takes it over.
+fn carry_created_at(from: &Mapped, to: &mut Mapped) {
+    if let (Action::Upsert(old), Action::Upsert(new)) = (&from.action, &mut to.action) {
+        if let (Some(created), None) = (old.get("created_at"), new.get("created_at")) {
+            new["created_at"] = created.clone();
+        }
     }
 }
 
@@ -527,4 +540,28 @@ pub async fn search(
     }
     let found = ts.search(&alias, &params).await?;
     Ok(found["hits"].as_array().map(|h| h.iter().map(|h| h["document"].clone()).collect()).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_newer_record_in_the_same_batch_keeps_created_at() {
+        let doc = |version: u64, created: bool| {
+            let mut d = serde_json::json!({ "id": "orch:A:k", "version": version });
+            if created {
+                d["created_at"] = 7.into();
+            }
+            Mapped { alias: "p_orchestrations".into(), id: "orch:A:k".into(), version, action: Action::Upsert(d) }
+        };
+        let mut newer = doc(3, false);
+        carry_created_at(&doc(1, true), &mut newer);
+        let Action::Upsert(d) = &newer.action else { panic!() };
+        assert_eq!(d["created_at"], 7);
+        let mut kept = doc(3, false);
+        carry_created_at(&doc(2, false), &mut kept);
+        let Action::Upsert(d) = &kept.action else { panic!() };
+        assert!(d.get("created_at").is_none());
+    }
 }
