@@ -96,20 +96,12 @@ pub async fn run(args: DevArgs) -> Result<u8, CliError> {
     println!("  durable status orch:HelloSequence:demo-1");
     println!("  durable signal Counter demo add --input 5 && durable state entity:Counter:demo");
     println!("  durable start Transfer --key t1 --input '{{\"from\":\"alice\",\"to\":\"bob\",\"amount\":5}}' && durable wait orch:Transfer:t1");
-    shutdown_signal().await;
+    runtime::shutdown_signal().await;
     eprintln!("stopping");
     let _ = stop_tx.send(());
     match tokio::time::timeout(Duration::from_secs(30), processor).await {
         Ok(Ok(Err(e))) => Err(CliError::unreachable(format!("the embedded processor failed: {e:#}"))),
         _ => Ok(exit::OK),
-    }
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }
 
