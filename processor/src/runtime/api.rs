@@ -118,10 +118,6 @@ async fn load(shared: &Shared, id: &InstanceId) -> Result<InstanceRecord, ApiErr
     }
 }
 
-fn json_payload(p: &Payload) -> Value {
-    payload_json(p)
-}
-
 /// The status view of an instance (what `durable status` prints).
 pub fn instance_view(id: &InstanceId, r: &InstanceRecord) -> Value {
     let mut v = json!({
@@ -139,11 +135,11 @@ pub fn instance_view(id: &InstanceId, r: &InstanceRecord) -> Value {
             use crate::history::OrchestrationStatus as S;
             o.insert("status".into(), h.status.word().into());
             o.insert("generation".into(), h.generation.into());
-            o.insert("input".into(), json_payload(&h.input));
-            o.insert("custom_status".into(), h.custom_status.as_ref().map_or(Value::Null, json_payload));
+            o.insert("input".into(), payload_json(&h.input));
+            o.insert("custom_status".into(), h.custom_status.as_ref().map_or(Value::Null, payload_json));
             match &h.status {
                 S::Completed { output } => {
-                    o.insert("output".into(), json_payload(output));
+                    o.insert("output".into(), payload_json(output));
                 }
                 S::Failed { failure } => {
                     o.insert("failure".into(), json!(failure));
@@ -156,7 +152,7 @@ pub fn instance_view(id: &InstanceId, r: &InstanceRecord) -> Value {
         }
         Body::Entity(e) => {
             o.insert("status".into(), if e.state.is_some() { "active" } else { "deleted" }.into());
-            o.insert("state".into(), e.state.as_ref().map_or(Value::Null, json_payload));
+            o.insert("state".into(), e.state.as_ref().map_or(Value::Null, payload_json));
             o.insert("locked_by".into(), e.lock.as_ref().map_or(Value::Null, |l| l.owner.clone().into()));
         }
         Body::Empty => {
@@ -168,7 +164,7 @@ pub fn instance_view(id: &InstanceId, r: &InstanceRecord) -> Value {
 
 fn completion_json(c: &Completion) -> Value {
     match c {
-        Completion::Value(p) => json!({ "value": json_payload(p) }),
+        Completion::Value(p) => json!({ "value": payload_json(p) }),
         Completion::Failure(f) => json!({ "failure": f }),
         Completion::Done => json!("done"),
     }
@@ -182,19 +178,19 @@ pub fn history_view(id: &InstanceId, r: &InstanceRecord) -> Value {
             "status": h.status.word(),
             "generation": h.generation,
             "started_at": h.started_at,
-            "input": json_payload(&h.input),
+            "input": payload_json(&h.input),
             "commands": h.commands.iter().enumerate().map(|(slot, c)| json!({
                 "slot": slot, "kind": format!("{:?}", c.kind), "name": c.name,
             })).collect::<Vec<_>>(),
             "deliveries": h.log.iter().map(|e| json!({
                 "slot": e.slot, "at": e.at, "completion": completion_json(&e.completion),
             })).collect::<Vec<_>>(),
-            "inbox": h.inbox.iter().map(|(name, p)| json!({ "name": name, "payload": json_payload(p) })).collect::<Vec<_>>(),
+            "inbox": h.inbox.iter().map(|(name, p)| json!({ "name": name, "payload": payload_json(p) })).collect::<Vec<_>>(),
             "locks": h.locks.as_ref().map(|l| json!({ "participants": l.participants, "granted": l.granted })),
         }),
         Body::Entity(e) => json!({
             "instance": id.canonical(),
-            "state": e.state.as_ref().map_or(Value::Null, json_payload),
+            "state": e.state.as_ref().map_or(Value::Null, payload_json),
             "locked_by": e.lock.as_ref().map(|l| l.owner.clone()),
             "queued": e.queue.iter().map(|q| json!({ "event": q.body.name(), "id": q.id })).collect::<Vec<_>>(),
         }),
