@@ -143,11 +143,17 @@ impl Workers {
             let _ = w.stop.send(true);
         }
         // Called from the rebalance callback on a runtime thread: let tokio move other tasks away.
+        // Workers abandon their group after `DRAIN_GRACE`; the deadline only guards against a
+        // worker stuck outside a group.
+        let deadline = tokio::time::Instant::now() + partition::DRAIN_GRACE + std::time::Duration::from_secs(5);
         tokio::task::block_in_place(|| {
             let handle = tokio::runtime::Handle::current();
             for w in stopping {
-                let _ =
-                    handle.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(30), w.done).await });
+                let abort = w.done.abort_handle();
+                if handle.block_on(tokio::time::timeout_at(deadline, w.done)).is_err() {
+                    warn!("a worker did not stop in time: aborted");
+                    abort.abort();
+                }
             }
         });
         METRICS.owned.with_label_values(&[] as &[&str]).set(self.map.lock().expect("workers lock").len() as i64);

@@ -56,14 +56,23 @@ pub async fn work(
                 }
                 let mut backoff = Duration::from_millis(100);
                 loop {
-                    match apply_group(&shared, partition, &batch, &mut cache).await {
+                    let applied = tokio::select! {
+                        applied = apply_group(&shared, partition, &batch, &mut cache) => applied,
+                        _ = stopped_for(&mut stop, DRAIN_GRACE) => {
+                            // Its offsets were not stored: the next owner applies it again, and
+                            // whatever part of it was committed or produced is deduplicated.
+                            warn!(partition, "stopping: a group still in flight after the grace period is abandoned");
+                            return;
+                        }
+                    };
+                    match applied {
                         Ok(()) => break,
                         Err(e) => {
                             warn!(partition, error = %e, "group not applied; retrying (offsets not stored)");
-                            if *stop.borrow() {
-                                return;
+                            tokio::select! {
+                                _ = tokio::time::sleep(backoff) => {}
+                                _ = stopped_for(&mut stop, Duration::ZERO) => return,
                             }
-                            tokio::time::sleep(backoff).await;
                             backoff = (backoff * 2).min(Duration::from_secs(5));
                         }
                     }
@@ -81,6 +90,19 @@ pub async fn work(
             }
         }
     }
+}
+
+/// How long a stopping worker lets the group in flight finish (so the next owner does not redo
+/// it) before it abandons the group.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+/// Resolves `grace` after the worker was told to stop (never, if the stop sender is gone without
+/// a stop).
+async fn stopped_for(stop: &mut watch::Receiver<bool>, grace: Duration) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+    tokio::time::sleep(grace).await;
 }
 
 fn update_lag(shared: &Arc<Shared>, partition: i32, last_offset: Option<i64>) {
