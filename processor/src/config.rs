@@ -36,6 +36,12 @@ pub struct ProcessorConfig {
     /// (0s: never). A safety net for brokers that keep a dead member's partitions assigned.
     #[arg(long, env = "DURABLE_ORPHAN_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
     pub orphan_timeout: Duration,
+    /// Send each activity invocation to the partition of its own id, so that a fan-out's
+    /// activities run on every processor. By default an activity runs in its caller's partition
+    /// right after the commit that scheduled it, which saves a trip through the broker (its copy
+    /// in the log is only read again after a crash).
+    #[arg(long, env = "DURABLE_SPREAD_ACTIVITIES")]
+    pub spread_activities: bool,
     /// Raw librdkafka options as KEY=VALUE, repeatable or comma separated; applied to every
     /// Kafka client (e.g. security.protocol=SASL_SSL).
     #[arg(long = "kafka-option", env = "DURABLE_KAFKA_OPTIONS", value_delimiter = ',', value_parser = parse_key_value)]
@@ -65,6 +71,7 @@ impl ProcessorConfig {
             batch: 256,
             timer_interval: Duration::from_millis(100),
             orphan_timeout: Duration::from_secs(20),
+            spread_activities: false,
             kafka_options: Vec::new(),
         }
     }

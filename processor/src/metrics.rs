@@ -28,6 +28,9 @@ pub struct Metrics {
     pub commit_latency: HistogramVec,
     /// `durable_batch_latency_seconds`: from fetch to offset stored, per batch.
     pub batch_latency: Histogram,
+    /// `durable_produce_latency_seconds`: from the first record of a group's output enqueued to
+    /// the last one acknowledged by the broker.
+    pub produce_latency: Histogram,
     /// `durable_timer_backlog{partition}`: parked plus unacknowledged timers.
     pub timer_backlog: IntGaugeVec,
     /// `durable_consumer_lag{partition}`: records behind the partition's high watermark.
@@ -70,10 +73,17 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     .expect("valid metric");
     registry.register(Box::new(commit_latency.clone())).expect("registered once");
     let batch_latency = Histogram::with_opts(
-        HistogramOpts::new("durable_batch_latency_seconds", "Fetch to offset stored, per batch").buckets(buckets),
+        HistogramOpts::new("durable_batch_latency_seconds", "Fetch to offset stored, per batch")
+            .buckets(buckets.clone()),
     )
     .expect("valid metric");
     registry.register(Box::new(batch_latency.clone())).expect("registered once");
+    let produce_latency = Histogram::with_opts(
+        HistogramOpts::new("durable_produce_latency_seconds", "A group's output, first enqueued to last acknowledged")
+            .buckets(buckets),
+    )
+    .expect("valid metric");
+    registry.register(Box::new(produce_latency.clone())).expect("registered once");
     let metrics = Metrics {
         events: counter(&registry, "durable_events_total", "Events read, by outcome", &[PARTITION, OUTCOME]),
         commits: counter(&registry, "durable_commits_total", "Instance writes committed", &[PARTITION]),
@@ -109,6 +119,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         ),
         commit_latency,
         batch_latency,
+        produce_latency,
         registry,
     };
     // Label-less families show from the start, at zero.

@@ -47,6 +47,20 @@ fn a_bad_flag_value_is_rejected_with_usage() {
 }
 
 #[test]
+fn every_setting_of_example_env_is_accepted() {
+    // Load example.env as a shell would (values before the comments) and start: parsing must pass
+    // and the start fail later, on the unreachable Redis.
+    let mut cmd = processor();
+    for line in include_str!("../../example.env").lines().filter(|l| l.starts_with("DURABLE_")) {
+        let (key, value) = line.split_once('=').unwrap();
+        cmd.env(key, value.split('#').next().unwrap_or("").trim());
+    }
+    let out = cmd.env("DURABLE_REDIS_URL", "redis://127.0.0.1:1").output().unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("cannot reach Redis"), "example.env should parse: {stderr}");
+}
+
+#[test]
 fn an_empty_kafka_options_variable_means_no_options() {
     // As in example.env: `DURABLE_KAFKA_OPTIONS=` must not stop the processor from starting.
     let out =

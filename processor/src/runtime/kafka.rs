@@ -149,9 +149,10 @@ pub fn consumer(config: &ProcessorConfig, workers: Arc<Workers>) -> anyhow::Resu
         ("session.timeout.ms", "10000"),
         ("heartbeat.interval.ms", "1000"),
         // Every step of an orchestration is a hop through the topic: a fetch that waits for more
-        // data (the default, 500 ms) would add its whole wait to each hop on brokers that do not
-        // answer early (tansu, the mock cluster). 10 ms costs some idle fetches, saves ~0.5 s a hop.
-        ("fetch.wait.max.ms", "10"),
+        // data (the default, 500 ms) adds its whole wait to each hop on brokers that do not
+        // answer early (tansu, the mock cluster). Measured on tansu (BENCHMARKS.md): hello3 p50
+        // 166 ms at 10 ms, 39 ms at 1 ms; idle cost ~10 % of a core in the broker.
+        ("fetch.wait.max.ms", "1"),
     ];
     let consumer: GroupConsumer = client_config(config, &settings)
         .create_with_context(RebalanceContext { workers })

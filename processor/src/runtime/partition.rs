@@ -41,6 +41,7 @@ pub async fn work(
     let mut ticks: u64 = 0;
     let mut last_offset: Option<i64> = None;
     let mut cache = RecordCache::default();
+    let mut copies = LocalCopies::default();
     loop {
         tokio::select! {
             biased;
@@ -57,7 +58,7 @@ pub async fn work(
                 let mut backoff = Duration::from_millis(100);
                 loop {
                     let applied = tokio::select! {
-                        applied = apply_group(&shared, partition, &batch, &mut cache) => applied,
+                        applied = apply_group(&shared, partition, &batch, &mut cache, &mut copies) => applied,
                         _ = stopped_for(&mut stop, DRAIN_GRACE) => {
                             // Its offsets were not stored: the next owner applies it again, and
                             // whatever part of it was committed or produced is deduplicated.
@@ -142,6 +143,34 @@ impl RecordCache {
     }
 }
 
+/// Offsets in this partition of activity invocations this worker has run already (it ran them
+/// in process right after producing them, see [`ProcessorConfig::spread_activities`]). When the
+/// copy comes back through the consumer it is skipped; a new worker after a crash or rebalance
+/// starts with an empty set and runs the copies it finds past the stored offset (at least once).
+///
+/// [`ProcessorConfig::spread_activities`]: crate::config::ProcessorConfig::spread_activities
+#[derive(Default)]
+pub struct LocalCopies {
+    offsets: std::collections::HashSet<i64>,
+}
+
+/// Most copies one worker remembers (past this it forgets them: the copies then run again, which
+/// costs a duplicate run of each, dropped by the caller).
+const COPIES_LIMIT: usize = 100_000;
+
+impl LocalCopies {
+    fn insert(&mut self, offset: i64) {
+        if self.offsets.len() >= COPIES_LIMIT {
+            self.offsets.clear();
+        }
+        self.offsets.insert(offset);
+    }
+
+    fn take(&mut self, offset: i64) -> bool {
+        self.offsets.remove(&offset)
+    }
+}
+
 /// An instance's part of a group.
 struct Group {
     id: InstanceId,
@@ -192,6 +221,13 @@ fn state_record(change: &StateChange) -> Option<Vec<u8>> {
     serde_json::to_vec(&record).ok()
 }
 
+/// A dead letter for an event this worker made itself (it has no record of its own).
+fn dead_envelope(envelope: &Envelope, offset: i64, reason: String) -> (i64, Out) {
+    let out =
+        Out::Dead { key: Some(envelope.target.as_bytes().to_vec()), payload: Some(envelope.encode()), reason, offset };
+    (offset, out)
+}
+
 fn dead(message: &OwnedMessage, reason: impl Into<String>) -> (i64, Out) {
     let out = Out::Dead {
         key: message.key().map(<[u8]>::to_vec),
@@ -208,6 +244,7 @@ async fn apply_group(
     partition: i32,
     batch: &[OwnedMessage],
     cache: &mut RecordCache,
+    copies: &mut LocalCopies,
 ) -> Result<(), String> {
     let started = Instant::now();
     let p = partition as u32;
@@ -216,7 +253,12 @@ async fn apply_group(
     let mut groups: BTreeMap<String, Group> = BTreeMap::new();
     let mut activities = Vec::new();
     let mut outbound: Vec<(i64, Out)> = Vec::new();
+    let mut ran_already = 0;
     for message in batch {
+        if copies.take(message.offset()) {
+            ran_already += 1;
+            continue;
+        }
         let envelope = match message.payload().map(Envelope::decode) {
             None => {
                 outbound.push(dead(message, "empty record: expected an Avro single-object encoded envelope"));
@@ -235,6 +277,12 @@ async fn apply_group(
                 continue;
             }
         };
+        if id.kind() == Kind::Activity {
+            // Stateless: an invocation runs wherever it arrives (its caller's partition, unless
+            // activities are spread).
+            activities.push((message.offset(), envelope, Some(message)));
+            continue;
+        }
         let home = id.partition(shared.config.partitions as u32) as i32;
         if home != partition {
             let reason = format!(
@@ -242,10 +290,6 @@ async fn apply_group(
                 envelope.target
             );
             outbound.push(dead(message, reason));
-            continue;
-        }
-        if id.kind() == Kind::Activity {
-            activities.push((message.offset(), envelope, message));
             continue;
         }
         groups
@@ -261,10 +305,22 @@ async fn apply_group(
         records = batch.len(),
         "applying group"
     );
+    METRICS.events.with_label_values(&[&label, "local_copy"]).inc_by(ran_already);
     commit_groups(shared, p, &label, now, &groups, &mut outbound, cache).await?;
     run_activities(shared, &label, now, activities, &mut outbound).await;
     outbound.sort_by_key(|(offset, _)| *offset);
-    produce(shared, &label, outbound).await?;
+    let local = produce(shared, partition, &label, outbound).await?;
+    if !local.is_empty() {
+        // The invocations this group scheduled are durable (committed and in the log): run them
+        // now instead of after a trip through the broker, and skip their copies when they come.
+        for (copy, _) in &local {
+            copies.insert(*copy);
+        }
+        let mut replies = Vec::new();
+        run_activities(shared, &label, now_ms(), local.into_iter().map(|(o, e)| (o, e, None)).collect(), &mut replies)
+            .await;
+        produce(shared, partition, &label, replies).await?;
+    }
     if let Some(last) = batch.last() {
         shared
             .consumer
@@ -398,20 +454,28 @@ async fn run_activities(
     shared: &Arc<Shared>,
     label: &str,
     now: i64,
-    activities: Vec<(i64, Envelope, &OwnedMessage)>,
+    activities: Vec<(i64, Envelope, Option<&OwnedMessage>)>,
     outbound: &mut Vec<(i64, Out)>,
 ) {
+    // The record as it arrived if there is one, else the envelope this worker made.
+    let dead = |envelope: &Envelope, message: Option<&OwnedMessage>, offset: i64, reason: String| match message {
+        Some(m) => dead(m, reason),
+        None => dead_envelope(envelope, offset, reason),
+    };
     let mut running = Vec::with_capacity(activities.len());
     for (offset, envelope, message) in activities {
         match ActivityRequest::parse(&envelope) {
-            Err(reason) => outbound.push(dead(message, reason)),
+            Err(reason) => outbound.push(dead(&envelope, message, offset, reason)),
             Ok(req) => match shared.engine.registry().run_activity(req.id.name(), req.context(), req.input.clone()) {
-                None => outbound.push(dead(message, format!("no activity named {:?} is registered", req.id.name()))),
-                Some(future) => running.push((offset, req, message, tokio::spawn(future))),
+                None => {
+                    let reason = format!("no activity named {:?} is registered", req.id.name());
+                    outbound.push(dead(&envelope, message, offset, reason));
+                }
+                Some(future) => running.push((offset, envelope, message, req, tokio::spawn(future))),
             },
         }
     }
-    for (offset, req, message, handle) in running {
+    for (offset, envelope, message, req, handle) in running {
         let result = match handle.await {
             Ok(result) => {
                 let outcome = if result.is_ok() { "completed" } else { "failed" };
@@ -421,7 +485,7 @@ async fn run_activities(
             Err(join) => {
                 METRICS.activities.with_label_values(&[label, "panicked"]).inc();
                 let reason = format!("activity {} panicked: {join}", req.id);
-                outbound.push(dead(message, reason.clone()));
+                outbound.push(dead(&envelope, message, offset, reason.clone()));
                 Err(durable_schemas::Failure::new("Panic", reason))
             }
         };
@@ -429,16 +493,21 @@ async fn run_activities(
     }
 }
 
-/// Enqueue one record; waits while the producer's queue is full.
+/// Enqueue one record (to `partition`, or where the key's hash puts it); waits while the
+/// producer's queue is full.
 async fn enqueue(
     shared: &Shared,
     topic: &str,
     key: &[u8],
     payload: &[u8],
     headers: Option<OwnedHeaders>,
+    partition: Option<i32>,
 ) -> Result<DeliveryFuture, String> {
     loop {
         let mut record = FutureRecord::to(topic).key(key).payload(payload);
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
         if let Some(h) = &headers {
             record = record.headers(h.clone());
         }
@@ -452,23 +521,41 @@ async fn enqueue(
     }
 }
 
-/// Produce everything in order and wait for every acknowledgement.
-async fn produce(shared: &Arc<Shared>, label: &str, outbound: Vec<(i64, Out)>) -> Result<(), String> {
+/// Produce everything in order and wait for every acknowledgement. Activity invocations go to
+/// this `partition` (unless activities are spread); they come back with the offsets of their
+/// copies, for the caller to run.
+async fn produce(
+    shared: &Arc<Shared>,
+    partition: i32,
+    label: &str,
+    outbound: Vec<(i64, Out)>,
+) -> Result<Vec<(i64, Envelope)>, String> {
     let (events, state, dead_topic) =
         (shared.config.events_topic(), shared.config.state_topic(), shared.config.dead_topic());
+    let activity_prefix = format!("{}:", Kind::Activity.prefix());
+    let started = Instant::now();
     let mut deliveries = Vec::new();
+    let mut local = Vec::new();
     for (_, out) in outbound {
         match out {
             Out::Effects(effects) => {
                 for effect in effects {
                     match effect {
-                        Effect::Emit(e) => {
-                            deliveries.push(enqueue(shared, &events, e.target.as_bytes(), &e.encode(), None).await?)
+                        Effect::Emit(e)
+                            if !shared.config.spread_activities && e.target.starts_with(&activity_prefix) =>
+                        {
+                            let delivery =
+                                enqueue(shared, &events, e.target.as_bytes(), &e.encode(), None, Some(partition))
+                                    .await?;
+                            local.push((e, delivery));
                         }
+                        Effect::Emit(e) => deliveries
+                            .push(enqueue(shared, &events, e.target.as_bytes(), &e.encode(), None, None).await?),
                         Effect::StateChanged(change) => {
                             if let Some(json) = state_record(&change) {
-                                deliveries
-                                    .push(enqueue(shared, &state, change.instance.as_bytes(), &json, None).await?);
+                                deliveries.push(
+                                    enqueue(shared, &state, change.instance.as_bytes(), &json, None, None).await?,
+                                );
                             }
                         }
                         Effect::Delay { .. } => {} // parked in Redis with the commit
@@ -486,7 +573,7 @@ async fn produce(shared: &Arc<Shared>, label: &str, outbound: Vec<(i64, Out)>) -
                     .insert(Header { key: "durable.source.offset", value: Some(offset.to_string().as_bytes()) });
                 let key = key.unwrap_or_default();
                 let payload = payload.unwrap_or_default();
-                deliveries.push(enqueue(shared, &dead_topic, &key, &payload, Some(headers)).await?);
+                deliveries.push(enqueue(shared, &dead_topic, &key, &payload, Some(headers), None).await?);
             }
         }
     }
@@ -497,7 +584,16 @@ async fn produce(shared: &Arc<Shared>, label: &str, outbound: Vec<(i64, Out)>) -
             Err(_) => return Err("produce cancelled".into()),
         }
     }
-    Ok(())
+    let mut copies = Vec::with_capacity(local.len());
+    for (envelope, delivery) in local {
+        match delivery.await {
+            Ok(Ok(d)) => copies.push((d.offset, envelope)),
+            Ok(Err((e, _))) => return Err(format!("produce failed: {e}")),
+            Err(_) => return Err("produce cancelled".into()),
+        }
+    }
+    METRICS.produce_latency.observe(started.elapsed().as_secs_f64());
+    Ok(copies)
 }
 
 /// Release the partition's due timers: produce them stamped `t<partition>`/seq, then ack.
@@ -510,7 +606,7 @@ async fn release_timers(shared: &Arc<Shared>, partition: i32, gauge: bool) -> Re
         for timer in &released {
             let mut e = Envelope::decode(&timer.envelope).map_err(|e| format!("parked timer does not decode: {e}"))?;
             e.origin = Some(Origin { stream: format!("t{p}"), seq: timer.seq });
-            deliveries.push(enqueue(shared, &events, e.target.as_bytes(), &e.encode(), None).await?);
+            deliveries.push(enqueue(shared, &events, e.target.as_bytes(), &e.encode(), None, None).await?);
         }
         for d in deliveries {
             match d.await {

@@ -35,6 +35,9 @@ struct Args {
     /// Partitions of the events topic.
     #[arg(long, default_value_t = 8)]
     partitions: i32,
+    /// hello3-latency: the open-loop rate per second (default: half of the peak measured first).
+    #[arg(long)]
+    rate: Option<f64>,
 }
 
 const PAYLOAD: usize = 300;
@@ -57,7 +60,7 @@ impl Feed {
             .set("group.id", format!("{prefix}-bench-feed"))
             .set("auto.offset.reset", "earliest")
             .set("enable.auto.commit", "false")
-            .set("fetch.wait.max.ms", "5")
+            .set("fetch.wait.max.ms", "1")
             .create()
             .expect("consumer");
         consumer.subscribe(&[&format!("{prefix}.state")]).expect("subscribe");
@@ -125,6 +128,54 @@ async fn processor(prefix: &str, partitions: i32) -> InProcess {
     p
 }
 
+/// The processor's own counters (it runs in this process), to show where a workload's time went.
+#[derive(Clone, Copy, Default)]
+struct Inside {
+    groups: u64,
+    group_s: f64,
+    commits: u64,
+    commit_s: f64,
+    produces: u64,
+    produce_s: f64,
+}
+
+impl Inside {
+    fn now() -> Self {
+        use durable_processor::metrics::METRICS;
+        let mut inside = Inside {
+            groups: METRICS.batch_latency.get_sample_count(),
+            group_s: METRICS.batch_latency.get_sample_sum(),
+            produces: METRICS.produce_latency.get_sample_count(),
+            produce_s: METRICS.produce_latency.get_sample_sum(),
+            ..Inside::default()
+        };
+        for family in METRICS.registry.gather() {
+            if family.name() == "durable_commit_latency_seconds" {
+                for m in family.get_metric() {
+                    inside.commits += m.get_histogram().get_sample_count();
+                    inside.commit_s += m.get_histogram().get_sample_sum();
+                }
+            }
+        }
+        inside
+    }
+
+    /// One stderr line: groups applied since `self`, their mean time, the mean Redis commit.
+    fn report(self, what: &str) {
+        let now = Inside::now();
+        let groups = now.groups - self.groups;
+        let commits = now.commits - self.commits;
+        let mean = |s: f64, n: u64| if n == 0 { 0.0 } else { s / n as f64 * 1000.0 };
+        let produces = now.produces - self.produces;
+        eprintln!(
+            "  {what}: {groups} groups, {:.2} ms each (apply to offset stored); {commits} Redis commits, {:.2} ms each; {produces} produces, {:.2} ms each (to the last ack)",
+            mean(now.group_s - self.group_s, groups),
+            mean(now.commit_s - self.commit_s, commits),
+            mean(now.produce_s - self.produce_s, produces),
+        );
+    }
+}
+
 fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
     if sorted.is_empty() {
         return None;
@@ -190,7 +241,7 @@ async fn floor(n: u64, partitions: i32) -> Figure {
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
-        .set("fetch.wait.max.ms", "5")
+        .set("fetch.wait.max.ms", "1")
         .create()
         .unwrap();
     consumer.subscribe(&[&input]).unwrap();
@@ -287,6 +338,7 @@ async fn orchestrations(
 ) -> Figure {
     let prefix = e2e::unique_prefix(&format!("bench-{workload}"));
     let processor = processor(&prefix, partitions).await;
+    let inside = Inside::now();
     let mut feed = Feed::start(&prefix);
     let mut client = Client::new(&prefix);
     if !setup.is_empty() {
@@ -327,6 +379,7 @@ async fn orchestrations(
         sent_at.is_empty()
     })
     .await;
+    inside.report(workload);
     processor.stop().await;
     let unit = if workload == "fanout" { 100 } else { 1 };
     Figure {
@@ -341,6 +394,7 @@ async fn orchestrations(
 async fn latency(rate: f64, secs: f64, partitions: i32) -> Figure {
     let prefix = e2e::unique_prefix("bench-latency");
     let processor = processor(&prefix, partitions).await;
+    let inside = Inside::now();
     let mut feed = Feed::start(&prefix);
     let mut client = Client::new(&prefix);
     let n = (rate * secs) as u64;
@@ -382,6 +436,7 @@ async fn latency(rate: f64, secs: f64, partitions: i32) -> Figure {
     })
     .await;
     sender.await.unwrap();
+    inside.report("hello3-latency");
     processor.stop().await;
     Figure { workload: "hello3-latency", n, per_s: rate, latencies_ms: latencies }
 }
@@ -443,17 +498,21 @@ async fn main() {
     }
     if want("hello3-latency") {
         eprintln!("bench: hello3-latency (peak first, then half of it, open loop)");
-        let peak = orchestrations(
-            "hello3-peak",
-            "HelloSequence",
-            size(5_000),
-            json!(["Tokyo", "Seattle", "London"]),
-            args.partitions,
-            vec![],
-        )
-        .await
-        .per_s;
-        let rate = (peak / 2.0).max(5.0);
+        let peak = if let Some(rate) = args.rate {
+            rate * 2.0
+        } else {
+            orchestrations(
+                "hello3-peak",
+                "HelloSequence",
+                size(5_000),
+                json!(["Tokyo", "Seattle", "London"]),
+                args.partitions,
+                vec![],
+            )
+            .await
+            .per_s
+        };
+        let rate = (peak / 2.0).max(1.0);
         eprintln!("  hello3 peak {peak:.0}/s; open loop at {rate:.0}/s");
         print(&latency(rate, (20.0 * args.scale).clamp(3.0, 20.0), args.partitions).await, Some(floor_per_s));
     }
