@@ -51,6 +51,11 @@ pub struct StepInput {
     /// The partition this instance lives in, to stamp emitted events with origin `p<N>`;
     /// `None` emits without origin (dedup by event id at the receiver).
     pub partition: Option<u32>,
+    /// For a step whose deliveries did not come from the log (activity replies applied in
+    /// process right after the commit that scheduled the activities): the offset of the record
+    /// that started the chain. The outbox records it, so redelivering that record sends this
+    /// step's outbox again ([`StepOutput::resend`]).
+    pub trigger: Option<i64>,
 }
 
 /// Why a delivery was not applied.
@@ -234,7 +239,7 @@ impl Engine {
 
     /// Apply `input.deliveries` to the instance `target` whose stored record is `record`.
     pub fn step(&self, target: &InstanceId, record: Option<InstanceRecord>, input: StepInput) -> StepOutput {
-        let StepInput { deliveries, now, partition } = input;
+        let StepInput { deliveries, now, partition, trigger } = input;
         let mut record = record.unwrap_or_else(|| InstanceRecord::new(target.canonical(), now));
         let mut out = Collector {
             effects: Vec::new(),
@@ -308,7 +313,7 @@ impl Engine {
                 }
             }
             record.outbox = Outbox {
-                offset: max_offset,
+                offset: max_offset.or(trigger),
                 effects: out.effects.iter().filter(|e| !matches!(e, Effect::Delay { .. })).cloned().collect(),
             };
         }

@@ -157,7 +157,8 @@ impl Harness {
             "{target} is an activity invocation: use run_activity or reply_to_activity"
         );
         let record = self.records.get(&target).cloned();
-        let output = self.engine.step(&id, record, StepInput { deliveries, now: self.now, partition: None });
+        let output =
+            self.engine.step(&id, record, StepInput { deliveries, now: self.now, partition: None, trigger: None });
         if output.changed {
             self.records.insert(target, output.record.clone());
         }

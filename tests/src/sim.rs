@@ -601,7 +601,7 @@ impl World {
                         .map(|f| Delivery { envelope: f.envelope.clone(), offset: Some(f.offset) })
                         .collect();
                     let record = g.loaded.as_ref().map(|(r, _)| r.clone());
-                    let input = StepInput { deliveries, now: self.now, partition: Some(p) };
+                    let input = StepInput { deliveries, now: self.now, partition: Some(p), trigger: None };
                     g.output = Some(self.engine.step(&g.id, record, input));
                 }
                 self.note(|| format!("worker {w} computes {} steps of p{p}", task.groups.len()));

@@ -295,7 +295,12 @@ fn replay_that_asks_for_something_else_fails_with_a_typed_nondeterminism_error()
         engine.step(
             &id,
             record,
-            StepInput { deliveries: vec![Delivery { envelope: e, offset: None }], now: 5, partition: None },
+            StepInput {
+                deliveries: vec![Delivery { envelope: e, offset: None }],
+                now: 5,
+                partition: None,
+                trigger: None,
+            },
         )
     };
     let first = step(&v1, None, start);
@@ -328,6 +333,7 @@ fn identical_input_gives_identical_output() {
         }],
         now: 1000,
         partition: Some(3),
+        trigger: None,
     };
     let a = engine.step(&id, None, input());
     let b = engine.step(&id, None, input());

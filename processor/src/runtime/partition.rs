@@ -1,6 +1,6 @@
 //! One partition's worker: groups of records through the commit protocol, and its timers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -41,7 +41,6 @@ pub async fn work(
     let mut ticks: u64 = 0;
     let mut last_offset: Option<i64> = None;
     let mut cache = RecordCache::default();
-    let mut copies = LocalCopies::default();
     loop {
         tokio::select! {
             biased;
@@ -58,7 +57,7 @@ pub async fn work(
                 let mut backoff = Duration::from_millis(100);
                 loop {
                     let applied = tokio::select! {
-                        applied = apply_group(&shared, partition, &batch, &mut cache, &mut copies) => applied,
+                        applied = apply_group(&shared, partition, &batch, &mut cache) => applied,
                         _ = stopped_for(&mut stop, DRAIN_GRACE) => {
                             // Its offsets were not stored: the next owner applies it again, and
                             // whatever part of it was committed or produced is deduplicated.
@@ -143,34 +142,6 @@ impl RecordCache {
     }
 }
 
-/// Offsets in this partition of activity invocations this worker has run already (it ran them
-/// in process right after producing them, see [`ProcessorConfig::spread_activities`]). When the
-/// copy comes back through the consumer it is skipped; a new worker after a crash or rebalance
-/// starts with an empty set and runs the copies it finds past the stored offset (at least once).
-///
-/// [`ProcessorConfig::spread_activities`]: crate::config::ProcessorConfig::spread_activities
-#[derive(Default)]
-pub struct LocalCopies {
-    offsets: std::collections::HashSet<i64>,
-}
-
-/// Most copies one worker remembers (past this it forgets them: the copies then run again, which
-/// costs a duplicate run of each, dropped by the caller).
-const COPIES_LIMIT: usize = 100_000;
-
-impl LocalCopies {
-    fn insert(&mut self, offset: i64) {
-        if self.offsets.len() >= COPIES_LIMIT {
-            self.offsets.clear();
-        }
-        self.offsets.insert(offset);
-    }
-
-    fn take(&mut self, offset: i64) -> bool {
-        self.offsets.remove(&offset)
-    }
-}
-
 /// An instance's part of a group.
 struct Group {
     id: InstanceId,
@@ -244,7 +215,6 @@ async fn apply_group(
     partition: i32,
     batch: &[OwnedMessage],
     cache: &mut RecordCache,
-    copies: &mut LocalCopies,
 ) -> Result<(), String> {
     let started = Instant::now();
     let p = partition as u32;
@@ -253,12 +223,7 @@ async fn apply_group(
     let mut groups: BTreeMap<String, Group> = BTreeMap::new();
     let mut activities = Vec::new();
     let mut outbound: Vec<(i64, Out)> = Vec::new();
-    let mut ran_already = 0;
     for message in batch {
-        if copies.take(message.offset()) {
-            ran_already += 1;
-            continue;
-        }
         let envelope = match message.payload().map(Envelope::decode) {
             None => {
                 outbound.push(dead(message, "empty record: expected an Avro single-object encoded envelope"));
@@ -305,22 +270,35 @@ async fn apply_group(
         records = batch.len(),
         "applying group"
     );
-    METRICS.events.with_label_values(&[&label, "local_copy"]).inc_by(ran_already);
     commit_groups(shared, p, &label, now, &groups, &mut outbound, cache).await?;
     run_activities(shared, &label, now, activities, &mut outbound).await;
     outbound.sort_by_key(|(offset, _)| *offset);
-    let local = produce(shared, partition, &label, outbound).await?;
-    if !local.is_empty() {
-        // The invocations this group scheduled are durable (committed and in the log): run them
-        // now instead of after a trip through the broker, and skip their copies when they come.
-        for (copy, _) in &local {
-            copies.insert(*copy);
+    // Each instance of the group answers to the last of its records: a redelivery of that record
+    // resends whatever the instance committed last in this group (see `StepInput::trigger`).
+    let triggers: HashMap<String, i64> = groups
+        .iter()
+        .filter_map(|(id, g)| Some((id.clone(), g.deliveries.iter().filter_map(|d| d.offset).max()?)))
+        .collect();
+    let mut producer = Producer::new(shared, partition, &label);
+    let mut rounds = 0;
+    loop {
+        let run_here = !shared.config.spread_activities && rounds < LOCAL_ROUNDS;
+        let requests = producer.send(outbound, run_here).await?;
+        if requests.is_empty() {
+            break;
         }
-        let mut replies = Vec::new();
-        run_activities(shared, &label, now_ms(), local.into_iter().map(|(o, e)| (o, e, None)).collect(), &mut replies)
+        // Local rounds: the invocations just committed run now, in this process, and their
+        // replies are applied to their callers here, without a trip through the broker.
+        // An instance's next commit replaces its outbox, so whatever events that outbox held
+        // must be in the log first.
+        producer.settle_events().await?;
+        rounds += 1;
+        let mut ran = Vec::new();
+        run_activities(shared, &label, now_ms(), requests.into_iter().map(|(o, e)| (o, e, None)).collect(), &mut ran)
             .await;
-        produce(shared, partition, &label, replies).await?;
+        outbound = commit_local(shared, p, &label, now_ms(), ran, &triggers, cache).await?;
     }
+    producer.settle().await?;
     if let Some(last) = batch.last() {
         shared
             .consumer
@@ -330,6 +308,130 @@ async fn apply_group(
     METRICS.batch_latency.observe(started.elapsed().as_secs_f64());
     Ok(())
 }
+
+/// Most local rounds (activities run and their replies applied in process) one group runs; the
+/// replies of a further round go through the broker, so that an orchestration calling
+/// activities in a long loop cannot hold its partition's other records back.
+const LOCAL_ROUNDS: usize = 16;
+
+/// Apply activity replies (`ran`: what [`run_activities`] gave) to their callers in this
+/// partition, as a local round. A caller's step is committed only if its outbox holds nothing
+/// but activity invocations and its state record, i.e. nothing that needs an origin stamp of the
+/// partition's stream; otherwise (and on a conflict, or for a caller that is not an instance of
+/// this group) the reply is produced like any other and reaches the caller through the log.
+/// Returns what to send next.
+async fn commit_local(
+    shared: &Arc<Shared>,
+    p: u32,
+    label: &str,
+    now: i64,
+    ran: Vec<(i64, Out)>,
+    triggers: &HashMap<String, i64>,
+    cache: &mut RecordCache,
+) -> Result<Vec<(i64, Out)>, String> {
+    let mut outbound = Vec::new();
+    let mut replies: BTreeMap<String, Vec<Envelope>> = BTreeMap::new();
+    for (key, out) in ran {
+        match out {
+            Out::Effects(mut effects) if effects.len() == 1 && triggers.contains_key(reply_target(&effects[0])) => {
+                let Some(Effect::Emit(reply)) = effects.pop() else { unreachable!("checked above") };
+                replies.entry(reply.target.clone()).or_default().push(reply);
+            }
+            other => outbound.push((key, other)),
+        }
+    }
+    if replies.is_empty() {
+        return Ok(outbound);
+    }
+    let ids: Vec<String> = replies.keys().cloned().collect();
+    let cached: Vec<Option<(u64, InstanceRecord)>> = ids.iter().map(|id| cache.take(id)).collect();
+    let missing: Vec<String> = ids.iter().zip(&cached).filter(|(_, c)| c.is_none()).map(|(id, _)| id.clone()).collect();
+    let mut loaded = if missing.is_empty() {
+        Vec::new()
+    } else {
+        shared.store.load(p, &missing).await.map_err(|e| e.to_string())?
+    }
+    .into_iter();
+    let mut writes = Vec::new();
+    let mut stepped = Vec::new();
+    for (id, cached) in ids.into_iter().zip(cached) {
+        let trigger = triggers[&id];
+        let deliveries: Vec<Envelope> = replies.remove(&id).unwrap_or_default();
+        let via_log = |outbound: &mut Vec<(i64, Out)>, deliveries: Vec<Envelope>| {
+            outbound.extend(deliveries.into_iter().map(|e| (trigger, Out::Effects(vec![Effect::Emit(e)]))));
+        };
+        let stored = match cached {
+            Some((etag, record)) => Some((record, etag)),
+            None => match loaded.next().flatten().map(|s| InstanceRecord::from_blob(&s.blob).map(|r| (r, s.etag))) {
+                Some(Ok(pair)) => Some(pair),
+                _ => None,
+            },
+        };
+        let Some((record, etag)) = stored else {
+            via_log(&mut outbound, deliveries);
+            continue;
+        };
+        let id_parsed = InstanceId::parse(&id).map_err(|e| e.to_string())?;
+        let input = StepInput {
+            deliveries: deliveries.iter().map(|e| Delivery { envelope: e.clone(), offset: None }).collect(),
+            now,
+            partition: Some(p),
+            trigger: Some(trigger),
+        };
+        let out = shared.engine.step(&id_parsed, Some(record.clone()), input);
+        let local_only = out.dead_letters.is_empty()
+            && out.record.outbox.effects.iter().all(|e| match e {
+                Effect::Emit(e) => e.target.starts_with(ACTIVITY_PREFIX),
+                _ => true,
+            });
+        if !out.changed {
+            // Every reply was a duplicate: nothing to commit.
+            cache.put(id, etag, record);
+            continue;
+        }
+        if !local_only {
+            cache.put(id, etag, record);
+            via_log(&mut outbound, deliveries);
+            continue;
+        }
+        let timers = out.delayed().map(|(fire_at, e)| TimerEntry { fire_at, envelope: e.encode() }).collect();
+        writes.push(Write { id: id.clone(), expected: Some(etag), blob: out.record.to_blob(), timers });
+        stepped.push((id, out, deliveries));
+    }
+    let t = Instant::now();
+    let outcomes = shared.store.commit(p, writes).await.map_err(|e| e.to_string())?;
+    METRICS.commit_latency.with_label_values(&[label]).observe(t.elapsed().as_secs_f64());
+    for ((id, out, deliveries), outcome) in stepped.into_iter().zip(outcomes) {
+        let trigger = triggers[&id];
+        match outcome {
+            CommitOutcome::Committed { etag } => {
+                METRICS.commits.with_label_values(&[label]).inc();
+                let dropped = out.dropped.len() as u64;
+                METRICS.events.with_label_values(&[label, "applied"]).inc_by(deliveries.len() as u64 - dropped);
+                METRICS.events.with_label_values(&[label, "dropped"]).inc_by(dropped);
+                outbound.push((trigger, Out::Effects(out.record.outbox.effects.clone())));
+                cache.put(id, etag, out.record);
+            }
+            CommitOutcome::Conflict => {
+                // Someone else wrote the caller (a rebalance): let the log carry the replies.
+                METRICS.conflicts.with_label_values(&[label]).inc();
+                outbound.extend(deliveries.into_iter().map(|e| (trigger, Out::Effects(vec![Effect::Emit(e)]))));
+            }
+        }
+    }
+    Ok(outbound)
+}
+
+/// Where a single-effect output goes ("" if it is not an event).
+fn reply_target(effect: &Effect) -> &str {
+    match effect {
+        Effect::Emit(e) => &e.target,
+        _ => "",
+    }
+}
+
+/// The prefix of activity invocation ids.
+const ACTIVITY_PREFIX: &str = "activity:";
 
 /// Step and commit every instance of the group; re-run the ones that lose the etag check.
 async fn commit_groups(
@@ -388,7 +490,7 @@ async fn commit_groups(
                     }
                 },
             };
-            let input = StepInput { deliveries: group.deliveries.clone(), now, partition: Some(p) };
+            let input = StepInput { deliveries: group.deliveries.clone(), now, partition: Some(p), trigger: None };
             let out = shared.engine.step(&group.id, record, input);
             if out.changed {
                 let timers = out.delayed().map(|(fire_at, e)| TimerEntry { fire_at, envelope: e.encode() }).collect();
@@ -521,79 +623,110 @@ async fn enqueue(
     }
 }
 
-/// Produce everything in order and wait for every acknowledgement. Activity invocations go to
-/// this `partition` (unless activities are spread); they come back with the offsets of their
-/// copies, for the caller to run.
-async fn produce(
-    shared: &Arc<Shared>,
+/// A group's output on its way to Kafka: records are enqueued in order as they are sent and
+/// acknowledged in [`Producer::settle`].
+struct Producer<'a> {
+    shared: &'a Arc<Shared>,
     partition: i32,
-    label: &str,
-    outbound: Vec<(i64, Out)>,
-) -> Result<Vec<(i64, Envelope)>, String> {
-    let (events, state, dead_topic) =
-        (shared.config.events_topic(), shared.config.state_topic(), shared.config.dead_topic());
-    let activity_prefix = format!("{}:", Kind::Activity.prefix());
-    let started = Instant::now();
-    let mut deliveries = Vec::new();
-    let mut local = Vec::new();
-    for (_, out) in outbound {
-        match out {
-            Out::Effects(effects) => {
-                for effect in effects {
-                    match effect {
-                        Effect::Emit(e)
-                            if !shared.config.spread_activities && e.target.starts_with(&activity_prefix) =>
-                        {
-                            let delivery =
-                                enqueue(shared, &events, e.target.as_bytes(), &e.encode(), None, Some(partition))
-                                    .await?;
-                            local.push((e, delivery));
-                        }
-                        Effect::Emit(e) => deliveries
-                            .push(enqueue(shared, &events, e.target.as_bytes(), &e.encode(), None, None).await?),
-                        Effect::StateChanged(change) => {
-                            if let Some(json) = state_record(&change) {
-                                deliveries.push(
-                                    enqueue(shared, &state, change.instance.as_bytes(), &json, None, None).await?,
-                                );
+    label: &'a str,
+    started: Option<Instant>,
+    /// Events and dead letters not acknowledged yet.
+    events: Vec<DeliveryFuture>,
+    /// State records not acknowledged yet (only the latest state counts, so nothing waits for
+    /// them but the end of the group).
+    states: Vec<DeliveryFuture>,
+}
+
+impl<'a> Producer<'a> {
+    fn new(shared: &'a Arc<Shared>, partition: i32, label: &'a str) -> Self {
+        Self { shared, partition, label, started: None, events: Vec::new(), states: Vec::new() }
+    }
+
+    /// Enqueue `outbound` in order. With `run_here`, activity invocations are not produced but
+    /// returned, to be run by the caller now; otherwise they go to this partition.
+    async fn send(&mut self, outbound: Vec<(i64, Out)>, run_here: bool) -> Result<Vec<(i64, Envelope)>, String> {
+        let shared = self.shared;
+        let (events, state, dead_topic) =
+            (shared.config.events_topic(), shared.config.state_topic(), shared.config.dead_topic());
+        let label = self.label;
+        let mut local = Vec::new();
+        for (key, out) in outbound {
+            self.started.get_or_insert_with(Instant::now);
+            match out {
+                Out::Effects(effects) => {
+                    for effect in effects {
+                        match effect {
+                            Effect::Emit(e)
+                                if !shared.config.spread_activities && e.target.starts_with(ACTIVITY_PREFIX) =>
+                            {
+                                if run_here {
+                                    local.push((key, e));
+                                } else {
+                                    let here = Some(self.partition);
+                                    self.events.push(
+                                        enqueue(shared, &events, e.target.as_bytes(), &e.encode(), None, here).await?,
+                                    );
+                                }
                             }
+                            Effect::Emit(e) => self
+                                .events
+                                .push(enqueue(shared, &events, e.target.as_bytes(), &e.encode(), None, None).await?),
+                            Effect::StateChanged(change) => {
+                                if let Some(json) = state_record(&change) {
+                                    self.states.push(
+                                        enqueue(shared, &state, change.instance.as_bytes(), &json, None, None).await?,
+                                    );
+                                }
+                            }
+                            Effect::Delay { .. } => {} // parked in Redis with the commit
                         }
-                        Effect::Delay { .. } => {} // parked in Redis with the commit
                     }
                 }
+                Out::Dead { key, payload, reason, offset } => {
+                    METRICS.dead_letters.with_label_values(&[label]).inc();
+                    METRICS.events.with_label_values(&[label, "dead"]).inc();
+                    warn!(partition = label, offset, %reason, "dead letter");
+                    let headers = OwnedHeaders::new()
+                        .insert(Header { key: "durable.reason", value: Some(reason.as_bytes()) })
+                        .insert(Header { key: "durable.source.topic", value: Some(events.as_bytes()) })
+                        .insert(Header { key: "durable.source.partition", value: Some(label.as_bytes()) })
+                        .insert(Header { key: "durable.source.offset", value: Some(offset.to_string().as_bytes()) });
+                    let key = key.unwrap_or_default();
+                    let payload = payload.unwrap_or_default();
+                    self.events.push(enqueue(shared, &dead_topic, &key, &payload, Some(headers), None).await?);
+                }
             }
-            Out::Dead { key, payload, reason, offset } => {
-                METRICS.dead_letters.with_label_values(&[label]).inc();
-                METRICS.events.with_label_values(&[label, "dead"]).inc();
-                warn!(partition = label, offset, %reason, "dead letter");
-                let headers = OwnedHeaders::new()
-                    .insert(Header { key: "durable.reason", value: Some(reason.as_bytes()) })
-                    .insert(Header { key: "durable.source.topic", value: Some(events.as_bytes()) })
-                    .insert(Header { key: "durable.source.partition", value: Some(label.as_bytes()) })
-                    .insert(Header { key: "durable.source.offset", value: Some(offset.to_string().as_bytes()) });
-                let key = key.unwrap_or_default();
-                let payload = payload.unwrap_or_default();
-                deliveries.push(enqueue(shared, &dead_topic, &key, &payload, Some(headers), None).await?);
-            }
         }
+        Ok(local)
     }
-    for delivery in deliveries {
-        match delivery.await {
-            Ok(Ok(_)) => {}
-            Ok(Err((e, _))) => return Err(format!("produce failed: {e}")),
-            Err(_) => return Err("produce cancelled".into()),
+
+    /// Wait until every event and dead letter sent so far is acknowledged.
+    async fn settle_events(&mut self) -> Result<(), String> {
+        for delivery in self.events.drain(..) {
+            acknowledged(delivery).await?;
         }
+        Ok(())
     }
-    let mut copies = Vec::with_capacity(local.len());
-    for (envelope, delivery) in local {
-        match delivery.await {
-            Ok(Ok(d)) => copies.push((d.offset, envelope)),
-            Ok(Err((e, _))) => return Err(format!("produce failed: {e}")),
-            Err(_) => return Err("produce cancelled".into()),
+
+    /// Wait until everything sent is acknowledged.
+    async fn settle(mut self) -> Result<(), String> {
+        self.settle_events().await?;
+        for delivery in self.states.drain(..) {
+            acknowledged(delivery).await?;
         }
+        if let Some(started) = self.started {
+            METRICS.produce_latency.observe(started.elapsed().as_secs_f64());
+        }
+        Ok(())
     }
-    METRICS.produce_latency.observe(started.elapsed().as_secs_f64());
-    Ok(copies)
+}
+
+async fn acknowledged(delivery: DeliveryFuture) -> Result<(), String> {
+    match delivery.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((e, _))) => Err(format!("produce failed: {e}")),
+        Err(_) => Err("produce cancelled".into()),
+    }
 }
 
 /// Release the partition's due timers: produce them stamped `t<partition>`/seq, then ack.

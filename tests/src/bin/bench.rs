@@ -397,11 +397,24 @@ async fn latency(rate: f64, secs: f64, partitions: i32) -> Figure {
     let inside = Inside::now();
     let mut feed = Feed::start(&prefix);
     let mut client = Client::new(&prefix);
+    // Warm up (consumers' first fetches, producers' connections, the record caches): 2 × partitions
+    // orchestrations to completion before the clock starts, not counted.
+    let input = json!(["Tokyo", "Seattle", "London"]);
+    let warm: Vec<_> =
+        (0..partitions * 2).map(|i| client.start("HelloSequence", &format!("w{i}"), input.clone())).collect();
+    client.send(&warm).await;
+    let mut waiting: std::collections::HashSet<String> = warm.iter().map(|e| e.target.clone()).collect();
+    feed.until("warm-up", Duration::from_secs(120), |v, _| {
+        if v["status"] == "completed" {
+            waiting.remove(v["instance"].as_str().unwrap_or_default());
+        }
+        waiting.is_empty()
+    })
+    .await;
     let n = (rate * secs) as u64;
     let interval = Duration::from_secs_f64(1.0 / rate);
     let mut sent_at: HashMap<String, Instant> = HashMap::new();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
-    let input = json!(["Tokyo", "Seattle", "London"]);
     let events: Vec<_> = (0..n).map(|i| client.start("HelloSequence", &format!("l{i}"), input.clone())).collect();
     let sender = tokio::spawn(async move {
         let start = tokio::time::Instant::now();
@@ -437,6 +450,20 @@ async fn latency(rate: f64, secs: f64, partitions: i32) -> Figure {
     .await;
     sender.await.unwrap();
     inside.report("hello3-latency");
+    let mut sorted = latencies.clone();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    let at = |p: f64| percentile(&sorted, p).unwrap_or(0.0);
+    let over = |ms: f64| sorted.iter().filter(|&&l| l > ms).count();
+    eprintln!(
+        "  hello3-latency: p50 {:.1} p90 {:.1} p95 {:.1} p99 {:.1} max {:.1} ms; {} over 100 ms, {} over 500 ms",
+        at(0.5),
+        at(0.9),
+        at(0.95),
+        at(0.99),
+        at(1.0),
+        over(100.0),
+        over(500.0)
+    );
     processor.stop().await;
     Figure { workload: "hello3-latency", n, per_s: rate, latencies_ms: latencies }
 }
