@@ -52,9 +52,10 @@ pub struct StepInput {
     /// `None` emits without origin (dedup by event id at the receiver).
     pub partition: Option<u32>,
     /// For a step whose deliveries did not come from the log (activity replies applied in
-    /// process right after the commit that scheduled the activities): the offset of the record
-    /// that started the chain. The outbox records it, so redelivering that record sends this
-    /// step's outbox again ([`StepOutput::resend`]).
+    /// process right after the commit that scheduled the activities): the offset of their copy
+    /// in the log. The outbox records it, and when that record arrives it is a duplicate, but
+    /// this step's outbox is sent again ([`StepOutput::resend`]): that is how an outbox whose
+    /// committer crashed before sending it still leaves.
     pub trigger: Option<i64>,
 }
 
@@ -251,6 +252,10 @@ impl Engine {
         };
         let min_offset = deliveries.iter().filter_map(|d| d.offset).min();
         let max_offset = deliveries.iter().filter_map(|d| d.offset).max();
+        // The record the stored outbox answers to is here again: whoever committed that outbox
+        // may not have sent it (a local step's trigger is the log copy of what it applied).
+        let trigger_again = record.outbox.offset.is_some_and(|o| deliveries.iter().any(|d| d.offset == Some(o)));
+        let delivered = deliveries.len();
         let mut admitted = Vec::with_capacity(deliveries.len());
         for Delivery { envelope, offset } in deliveries {
             match record.dedup.admit(&envelope, offset) {
@@ -266,6 +271,7 @@ impl Engine {
         let changed = !admitted.is_empty() || !out.dead_letters.is_empty();
         let redelivered = out.dropped.iter().any(|d| d.reason == DropReason::Redelivered);
         let resend = match (redelivered, min_offset, max_offset) {
+            _ if trigger_again => Some(record.outbox.clone()),
             (true, Some(lo), Some(hi)) => {
                 record.outbox.offset.filter(|o| (lo..=hi).contains(o)).map(|_| record.outbox.clone())
             }
@@ -296,6 +302,11 @@ impl Engine {
                 }
             }
         }
+        // Every delivery was dropped (here or by the orchestration: a reply to a completed slot)
+        // and nothing came of it: nothing to commit, and the stored outbox, which may not have
+        // left yet, stays.
+        let changed =
+            changed && !(out.dropped.len() == delivered && out.effects.is_empty() && out.dead_letters.is_empty());
         if changed {
             record.version += 1;
             record.updated_at = now;

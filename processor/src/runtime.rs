@@ -321,7 +321,7 @@ fn workers_sender(
     for counter in [&METRICS.commits, &METRICS.conflicts, &METRICS.reruns, &METRICS.dead_letters] {
         counter.with_label_values(&[&label]);
     }
-    for outcome in ["applied", "dropped", "dead"] {
+    for outcome in ["applied", "dropped", "dead", "applied_before"] {
         METRICS.events.with_label_values(&[&label, outcome]);
     }
     METRICS.commit_latency.with_label_values(&[&label]);

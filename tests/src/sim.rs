@@ -10,7 +10,13 @@
 //! - **racing workers**: a rebalance hands a partition to another worker while the old one
 //!   finishes its batch as a zombie (both commit to the same instances → conflicts → reruns);
 //! - **crashes**: a worker loses everything in flight at any phase — between commit and emit,
-//!   between emit and offset store — and restarts from the committed offsets.
+//!   between emit and offset store, inside a local round — and restarts from the committed
+//!   offsets.
+//!
+//! Local rounds are modelled as the runtime runs them: after a batch's commit and emit, the
+//! activity invocations it scheduled run in the worker, and their replies are stepped into their
+//! callers and committed (only if the step emits nothing but activity invocations and state),
+//! up to [`Config::local_rounds`] rounds; the rest goes through the log.
 //!
 //! At quiescence, invariants are checked; the same seed always gives the same trace hash.
 
@@ -104,6 +110,9 @@ pub struct Config {
     pub trace: bool,
     /// Give up (a violation) after this many scheduler actions.
     pub max_actions: usize,
+    /// Local rounds per batch (0: every activity invocation and reply goes through the log, as
+    /// with `--spread-activities`). Small, so that both paths run.
+    pub local_rounds: usize,
 }
 
 impl Config {
@@ -117,6 +126,7 @@ impl Config {
             faults: Faults::default(),
             trace: false,
             max_actions: 200_000,
+            local_rounds: 2,
         }
     }
 }
@@ -177,6 +187,9 @@ enum Phase {
     Computed,
     /// Committed; next: emit (what to produce, by input position).
     Committed(Vec<(i64, Vec<Envelope>)>),
+    /// Emitted everything but these activity invocations; next: run them and commit their
+    /// replies into their callers (a local round).
+    Local(Vec<Envelope>),
     /// Produced; next: store the offset.
     Emitted,
 }
@@ -191,6 +204,8 @@ struct Task {
     phase: Phase,
     /// Lost the partition in a rebalance: finishes its batch, cannot store offsets.
     zombie: bool,
+    /// Local rounds run so far.
+    rounds: usize,
 }
 
 #[derive(Debug, Default)]
@@ -199,6 +214,8 @@ struct Worker {
     positions: BTreeMap<u32, usize>,
     /// In-flight batches (one per partition; zombies included).
     tasks: Vec<Task>,
+    /// Per partition, offsets of replies applied in a local round: skipped when fetched.
+    applied_here: BTreeMap<u32, BTreeSet<i64>>,
 }
 
 struct World {
@@ -371,6 +388,10 @@ impl World {
 
     fn produce(&mut self, envelope: &Envelope) {
         let p = self.partition_of(&envelope.target) as usize;
+        self.produce_to(p, envelope);
+    }
+
+    fn produce_to(&mut self, p: usize, envelope: &Envelope) {
         let bytes = envelope.encode();
         self.mix(&bytes);
         self.logs[p].push(bytes.clone());
@@ -382,6 +403,7 @@ impl World {
 
     fn assign(&mut self, partition: u32, worker: usize) {
         self.owner[partition as usize] = worker;
+        self.workers[worker].applied_here.remove(&partition);
         let committed = self.committed[partition as usize];
         self.workers[worker].positions.insert(partition, committed);
     }
@@ -478,6 +500,7 @@ impl World {
             self.workers[w].tasks.iter().map(|t| format!("p{}:{:?}", t.partition, phase_name(&t.phase))).collect();
         self.note(|| format!("worker {w} crashes (in flight: {})", phases.join(", ")));
         self.workers[w].tasks.clear();
+        self.workers[w].applied_here.clear();
         let owned: Vec<u32> = self.workers[w].positions.keys().copied().collect();
         for p in owned {
             self.workers[w].positions.insert(p, self.committed[p as usize]);
@@ -541,6 +564,10 @@ impl World {
         let mut groups: BTreeMap<String, Group> = BTreeMap::new();
         let mut activities = Vec::new();
         for offset in start..end {
+            if self.workers[w].applied_here.get_mut(&p).is_some_and(|s| s.remove(&(offset as i64))) {
+                self.note(|| format!("worker {w} skips p{p}@{offset}: applied in a local round"));
+                continue;
+            }
             let bytes = &self.logs[p as usize][offset];
             let envelope = match Envelope::decode(bytes) {
                 Ok(e) => e,
@@ -575,6 +602,7 @@ impl World {
             activities,
             phase: Phase::Fetched,
             zombie: false,
+            rounds: 0,
         };
         self.workers[w].tasks.push(task);
     }
@@ -640,15 +668,29 @@ impl World {
                 false
             }
             Phase::Committed(emits) => {
+                let local = self.config.local_rounds > 0;
+                let run_here = local && task.rounds < self.config.local_rounds;
+                let mut requests = Vec::new();
                 for (_, envelopes) in &emits {
                     for e in envelopes {
-                        self.produce(e);
+                        match (local, e.target.starts_with("activity:")) {
+                            (true, true) if run_here => requests.push(e.clone()),
+                            (true, true) => self.produce_to(p as usize, e),
+                            _ => self.produce(e),
+                        }
                     }
                 }
                 self.note(|| {
-                    format!("worker {w} emits {} events for p{p}", emits.iter().map(|(_, e)| e.len()).sum::<usize>())
+                    let n = emits.iter().map(|(_, e)| e.len()).sum::<usize>() - requests.len();
+                    format!("worker {w} emits {n} events for p{p}, runs {} activities here", requests.len())
                 });
-                task.phase = Phase::Emitted;
+                task.phase = if requests.is_empty() { Phase::Emitted } else { Phase::Local(requests) };
+                false
+            }
+            Phase::Local(requests) => {
+                task.rounds += 1;
+                let emits = self.local_round(w, &task, requests);
+                task.phase = Phase::Committed(emits);
                 false
             }
             Phase::Emitted => {
@@ -667,6 +709,88 @@ impl World {
         }
     }
 
+    /// One local round, as the runtime runs it: run `requests`, produce their replies (their
+    /// copies in the log), step the replies into their callers among the batch's instances
+    /// (loaded from the store: the simulator keeps no cache) with the last copy as trigger, and
+    /// commit the steps whose outbox holds only activity invocations and state; the worker then
+    /// skips those copies when it meets them.
+    fn local_round(&mut self, w: usize, task: &Task, requests: Vec<Envelope>) -> Vec<(i64, Vec<Envelope>)> {
+        let p = task.partition;
+        let callers: BTreeSet<String> = task.groups.iter().map(|g| g.id.canonical()).collect();
+        let mut replies: BTreeMap<String, Vec<(i64, Envelope)>> = BTreeMap::new();
+        for request in &requests {
+            let Ok(req) = ActivityRequest::parse(request) else { continue };
+            let Some(future) = self.engine.registry().run_activity(req.id.name(), req.context(), req.input.clone())
+            else {
+                self.dead_letters.push(format!("{}: no activity {}", request.id, req.id.name()));
+                continue;
+            };
+            let reply = req.reply(now_or_never(future), self.now);
+            let home = self.partition_of(&reply.target);
+            let copy = self.logs[home as usize].len() as i64;
+            self.produce(&reply);
+            self.note(|| format!("  reply {} to {} copied at p{home}@{copy}", reply.id, reply.target));
+            if home == p && callers.contains(&reply.target) {
+                replies.entry(reply.target.clone()).or_default().push((copy, reply));
+            }
+        }
+        let ids: Vec<String> = replies.keys().cloned().collect();
+        let loaded = now_or_never(self.store.load(p, &ids)).expect("memory store");
+        let mut writes = Vec::new();
+        let mut stepped = Vec::new();
+        for (id, stored) in ids.into_iter().zip(loaded) {
+            let replies = replies.remove(&id).unwrap_or_default();
+            let Some(stored) = stored else { continue };
+            let record = InstanceRecord::from_blob(&stored.blob).expect("we wrote it");
+            let input = StepInput {
+                deliveries: replies.iter().map(|(_, e)| Delivery { envelope: e.clone(), offset: None }).collect(),
+                now: self.now,
+                partition: Some(p),
+                trigger: replies.iter().map(|(copy, _)| *copy).max(),
+            };
+            let target = InstanceId::parse(&id).expect("valid id");
+            let out = self.engine.step(&target, Some(record.clone()), input);
+            let local_only = out.changed
+                && out.dead_letters.is_empty()
+                && out.record.outbox.effects.iter().all(|e| match e {
+                    Effect::Emit(e) => e.target.starts_with("activity:"),
+                    _ => true,
+                });
+            if !local_only {
+                continue;
+            }
+            let timers = out.delayed().map(|(fire_at, e)| TimerEntry { fire_at, envelope: e.encode() }).collect();
+            writes.push(Write { id: id.clone(), expected: Some(stored.etag), blob: out.record.to_blob(), timers });
+            stepped.push((id, record, out, replies));
+        }
+        let outcomes = now_or_never(self.store.commit(p, writes)).expect("memory store");
+        let mut emits: Vec<(i64, Vec<Envelope>)> = Vec::new();
+        let mut committed = 0;
+        for ((id, before, out, replies), outcome) in stepped.into_iter().zip(outcomes) {
+            let trigger = out.record.outbox.offset.unwrap_or(0);
+            self.note(|| format!("  local step of {id} (trigger {trigger}): {outcome:?}"));
+            if outcome == CommitOutcome::Conflict {
+                self.conflicts += 1;
+                continue;
+            }
+            committed += 1;
+            let skip = self.workers[w].applied_here.entry(p).or_default();
+            skip.extend(replies.iter().map(|(copy, _)| *copy));
+            for e in emitted(&out.record.outbox.effects) {
+                self.committed_emits.insert(e.encode());
+            }
+            let finished = |r: &InstanceRecord| r.orchestration().is_some_and(|h| h.status.is_finished());
+            if finished(&out.record) && !finished(&before) {
+                *self.finishes.entry(id).or_default() += 1;
+            }
+            emits.push((trigger, emitted(&out.record.outbox.effects)));
+        }
+        self.mix(&[0x10, requests.len() as u8, committed as u8]);
+        self.note(|| format!("worker {w} local round on p{p}: {} activities, {committed} commits", requests.len()));
+        emits.sort_by_key(|(offset, _)| *offset);
+        emits
+    }
+
     /// What the batch sends after its commit, ordered by input position: each committed step's
     /// outbox, the outbox of a step committed earlier that this batch re-delivers, activity
     /// replies, and dead letters.
@@ -675,7 +799,18 @@ impl World {
         for g in &task.groups {
             let out = g.output.as_ref().expect("computed");
             let last = g.deliveries.last().map(|f| f.offset).unwrap_or(0);
+            self.note(|| {
+                format!(
+                    "  {} got {:?}; stored outbox at {:?}; resend {}",
+                    g.id,
+                    g.deliveries.iter().map(|f| f.offset).collect::<Vec<_>>(),
+                    g.loaded.as_ref().map(|(r, _)| r.outbox.offset),
+                    out.resend.is_some()
+                )
+            });
             if let Some(resend) = &out.resend {
+                let what: Vec<String> = emitted(&resend.effects).iter().map(|e| e.target.clone()).collect();
+                self.note(|| format!("  {} resends its outbox of {:?}: {what:?}", g.id, resend.offset));
                 emits.push((resend.offset.unwrap_or(last), emitted(&resend.effects)));
             }
             if out.changed {
@@ -901,6 +1036,7 @@ fn phase_name(phase: &Phase) -> &'static str {
         Phase::Loaded => "loaded",
         Phase::Computed => "computed",
         Phase::Committed(_) => "committed",
+        Phase::Local(_) => "local round",
         Phase::Emitted => "emitted",
     }
 }

@@ -1,6 +1,6 @@
 //! One partition's worker: groups of records through the commit protocol, and its timers.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -41,6 +41,7 @@ pub async fn work(
     let mut ticks: u64 = 0;
     let mut last_offset: Option<i64> = None;
     let mut cache = RecordCache::default();
+    let mut copies = LocalCopies::default();
     loop {
         tokio::select! {
             biased;
@@ -57,7 +58,7 @@ pub async fn work(
                 let mut backoff = Duration::from_millis(100);
                 loop {
                     let applied = tokio::select! {
-                        applied = apply_group(&shared, partition, &batch, &mut cache) => applied,
+                        applied = apply_group(&shared, partition, &batch, &mut cache, &mut copies) => applied,
                         _ = stopped_for(&mut stop, DRAIN_GRACE) => {
                             // Its offsets were not stored: the next owner applies it again, and
                             // whatever part of it was committed or produced is deduplicated.
@@ -142,6 +143,33 @@ impl RecordCache {
     }
 }
 
+/// Offsets (in this partition) of activity replies this worker has applied in process already,
+/// in a local round, right after producing them. When such a copy comes back through the
+/// consumer it is skipped. A new worker (after a crash or a rebalance) starts with an empty set:
+/// the copies it meets are duplicates to their callers, and a copy that is the trigger of a
+/// caller's outbox makes that outbox leave again (see `StepInput::trigger`).
+#[derive(Default)]
+pub struct LocalCopies {
+    offsets: std::collections::HashSet<i64>,
+}
+
+/// Most copies one worker remembers (past this it forgets them all: they are then read again,
+/// dropped as duplicates by their callers, and at worst resend an outbox once more).
+const COPIES_LIMIT: usize = 100_000;
+
+impl LocalCopies {
+    fn insert(&mut self, offset: i64) {
+        if self.offsets.len() >= COPIES_LIMIT {
+            self.offsets.clear();
+        }
+        self.offsets.insert(offset);
+    }
+
+    fn take(&mut self, offset: i64) -> bool {
+        self.offsets.remove(&offset)
+    }
+}
+
 /// An instance's part of a group.
 struct Group {
     id: InstanceId,
@@ -215,6 +243,7 @@ async fn apply_group(
     partition: i32,
     batch: &[OwnedMessage],
     cache: &mut RecordCache,
+    copies: &mut LocalCopies,
 ) -> Result<(), String> {
     let started = Instant::now();
     let p = partition as u32;
@@ -223,7 +252,12 @@ async fn apply_group(
     let mut groups: BTreeMap<String, Group> = BTreeMap::new();
     let mut activities = Vec::new();
     let mut outbound: Vec<(i64, Out)> = Vec::new();
+    let mut applied_here = 0;
     for message in batch {
+        if copies.take(message.offset()) {
+            applied_here += 1;
+            continue;
+        }
         let envelope = match message.payload().map(Envelope::decode) {
             None => {
                 outbound.push(dead(message, "empty record: expected an Avro single-object encoded envelope"));
@@ -270,15 +304,10 @@ async fn apply_group(
         records = batch.len(),
         "applying group"
     );
+    METRICS.events.with_label_values(&[&label, "applied_before"]).inc_by(applied_here);
     commit_groups(shared, p, &label, now, &groups, &mut outbound, cache).await?;
     run_activities(shared, &label, now, activities, &mut outbound).await;
     outbound.sort_by_key(|(offset, _)| *offset);
-    // Each instance of the group answers to the last of its records: a redelivery of that record
-    // resends whatever the instance committed last in this group (see `StepInput::trigger`).
-    let triggers: HashMap<String, i64> = groups
-        .iter()
-        .filter_map(|(id, g)| Some((id.clone(), g.deliveries.iter().filter_map(|d| d.offset).max()?)))
-        .collect();
     let mut producer = Producer::new(shared, partition, &label);
     let mut rounds = 0;
     loop {
@@ -288,15 +317,17 @@ async fn apply_group(
             break;
         }
         // Local rounds: the invocations just committed run now, in this process, and their
-        // replies are applied to their callers here, without a trip through the broker.
-        // An instance's next commit replaces its outbox, so whatever events that outbox held
-        // must be in the log first.
+        // replies are applied to their callers here instead of after a trip through the
+        // broker. An instance's next commit replaces its outbox, so whatever events that outbox
+        // held must be in the log first; so must the replies, whose copies there are what the
+        // new outboxes answer to.
         producer.settle_events().await?;
         rounds += 1;
         let mut ran = Vec::new();
         run_activities(shared, &label, now_ms(), requests.into_iter().map(|(o, e)| (o, e, None)).collect(), &mut ran)
             .await;
-        outbound = commit_local(shared, p, &label, now_ms(), ran, &triggers, cache).await?;
+        let replies = producer.send_replies(ran).await?;
+        outbound = commit_local(shared, p, &label, now_ms(), replies, &groups, cache, copies).await?;
     }
     producer.settle().await?;
     if let Some(last) = batch.last() {
@@ -314,36 +345,34 @@ async fn apply_group(
 /// activities in a long loop cannot hold its partition's other records back.
 const LOCAL_ROUNDS: usize = 16;
 
-/// Apply activity replies (`ran`: what [`run_activities`] gave) to their callers in this
-/// partition, as a local round. A caller's step is committed only if its outbox holds nothing
-/// but activity invocations and its state record, i.e. nothing that needs an origin stamp of the
-/// partition's stream; otherwise (and on a conflict, or for a caller that is not an instance of
-/// this group) the reply is produced like any other and reaches the caller through the log.
-/// Returns what to send next.
+/// Apply activity replies (with the offsets of their copies in the log) to their callers among
+/// the instances of this group, as a local round. A caller's step is committed only if its
+/// outbox holds nothing but activity invocations and its state, i.e. nothing that needs an
+/// origin stamp of the partition's stream; its trigger is the last copy it applied. Otherwise
+/// (and on a conflict) the copies in the log reach the caller like any event. Returns what to
+/// send next.
+#[allow(clippy::too_many_arguments)]
 async fn commit_local(
     shared: &Arc<Shared>,
     p: u32,
     label: &str,
     now: i64,
-    ran: Vec<(i64, Out)>,
-    triggers: &HashMap<String, i64>,
+    replies: Vec<(i64, Envelope)>,
+    groups: &BTreeMap<String, Group>,
     cache: &mut RecordCache,
+    copies: &mut LocalCopies,
 ) -> Result<Vec<(i64, Out)>, String> {
-    let mut outbound = Vec::new();
-    let mut replies: BTreeMap<String, Vec<Envelope>> = BTreeMap::new();
-    for (key, out) in ran {
-        match out {
-            Out::Effects(mut effects) if effects.len() == 1 && triggers.contains_key(reply_target(&effects[0])) => {
-                let Some(Effect::Emit(reply)) = effects.pop() else { unreachable!("checked above") };
-                replies.entry(reply.target.clone()).or_default().push(reply);
-            }
-            other => outbound.push((key, other)),
+    let mut by_caller: BTreeMap<String, Vec<(i64, Envelope)>> = BTreeMap::new();
+    for (copy, reply) in replies {
+        if groups.contains_key(&reply.target) {
+            by_caller.entry(reply.target.clone()).or_default().push((copy, reply));
         }
     }
-    if replies.is_empty() {
+    let mut outbound = Vec::new();
+    if by_caller.is_empty() {
         return Ok(outbound);
     }
-    let ids: Vec<String> = replies.keys().cloned().collect();
+    let ids: Vec<String> = by_caller.keys().cloned().collect();
     let cached: Vec<Option<(u64, InstanceRecord)>> = ids.iter().map(|id| cache.take(id)).collect();
     let missing: Vec<String> = ids.iter().zip(&cached).filter(|(_, c)| c.is_none()).map(|(id, _)| id.clone()).collect();
     let mut loaded = if missing.is_empty() {
@@ -355,11 +384,7 @@ async fn commit_local(
     let mut writes = Vec::new();
     let mut stepped = Vec::new();
     for (id, cached) in ids.into_iter().zip(cached) {
-        let trigger = triggers[&id];
-        let deliveries: Vec<Envelope> = replies.remove(&id).unwrap_or_default();
-        let via_log = |outbound: &mut Vec<(i64, Out)>, deliveries: Vec<Envelope>| {
-            outbound.extend(deliveries.into_iter().map(|e| (trigger, Out::Effects(vec![Effect::Emit(e)]))));
-        };
+        let replies = by_caller.remove(&id).unwrap_or_default();
         let stored = match cached {
             Some((etag, record)) => Some((record, etag)),
             None => match loaded.next().flatten().map(|s| InstanceRecord::from_blob(&s.blob).map(|r| (r, s.etag))) {
@@ -367,67 +392,54 @@ async fn commit_local(
                 _ => None,
             },
         };
-        let Some((record, etag)) = stored else {
-            via_log(&mut outbound, deliveries);
-            continue;
-        };
-        let id_parsed = InstanceId::parse(&id).map_err(|e| e.to_string())?;
+        let Some((record, etag)) = stored else { continue };
+        let trigger = replies.iter().map(|(copy, _)| *copy).max();
         let input = StepInput {
-            deliveries: deliveries.iter().map(|e| Delivery { envelope: e.clone(), offset: None }).collect(),
+            deliveries: replies.iter().map(|(_, e)| Delivery { envelope: e.clone(), offset: None }).collect(),
             now,
             partition: Some(p),
-            trigger: Some(trigger),
+            trigger,
         };
-        let out = shared.engine.step(&id_parsed, Some(record.clone()), input);
-        let local_only = out.dead_letters.is_empty()
+        let out = shared.engine.step(&groups[&id].id, Some(record.clone()), input);
+        let local_only = out.changed
+            && out.dead_letters.is_empty()
             && out.record.outbox.effects.iter().all(|e| match e {
                 Effect::Emit(e) => e.target.starts_with(ACTIVITY_PREFIX),
                 _ => true,
             });
-        if !out.changed {
-            // Every reply was a duplicate: nothing to commit.
-            cache.put(id, etag, record);
-            continue;
-        }
         if !local_only {
             cache.put(id, etag, record);
-            via_log(&mut outbound, deliveries);
             continue;
         }
         let timers = out.delayed().map(|(fire_at, e)| TimerEntry { fire_at, envelope: e.encode() }).collect();
         writes.push(Write { id: id.clone(), expected: Some(etag), blob: out.record.to_blob(), timers });
-        stepped.push((id, out, deliveries));
+        stepped.push((id, out, replies));
     }
     let t = Instant::now();
     let outcomes = shared.store.commit(p, writes).await.map_err(|e| e.to_string())?;
     METRICS.commit_latency.with_label_values(&[label]).observe(t.elapsed().as_secs_f64());
-    for ((id, out, deliveries), outcome) in stepped.into_iter().zip(outcomes) {
-        let trigger = triggers[&id];
+    for ((id, out, replies), outcome) in stepped.into_iter().zip(outcomes) {
         match outcome {
             CommitOutcome::Committed { etag } => {
                 METRICS.commits.with_label_values(&[label]).inc();
                 let dropped = out.dropped.len() as u64;
-                METRICS.events.with_label_values(&[label, "applied"]).inc_by(deliveries.len() as u64 - dropped);
+                METRICS
+                    .events
+                    .with_label_values(&[label, "applied"])
+                    .inc_by((replies.len() as u64).saturating_sub(dropped));
                 METRICS.events.with_label_values(&[label, "dropped"]).inc_by(dropped);
+                for (copy, _) in &replies {
+                    copies.insert(*copy);
+                }
+                let trigger = out.record.outbox.offset.unwrap_or(0);
                 outbound.push((trigger, Out::Effects(out.record.outbox.effects.clone())));
                 cache.put(id, etag, out.record);
             }
-            CommitOutcome::Conflict => {
-                // Someone else wrote the caller (a rebalance): let the log carry the replies.
-                METRICS.conflicts.with_label_values(&[label]).inc();
-                outbound.extend(deliveries.into_iter().map(|e| (trigger, Out::Effects(vec![Effect::Emit(e)]))));
-            }
+            // Someone else wrote the caller (a rebalance): the copies in the log reach it.
+            CommitOutcome::Conflict => METRICS.conflicts.with_label_values(&[label]).inc(),
         }
     }
     Ok(outbound)
-}
-
-/// Where a single-effect output goes ("" if it is not an event).
-fn reply_target(effect: &Effect) -> &str {
-    match effect {
-        Effect::Emit(e) => &e.target,
-        _ => "",
-    }
 }
 
 /// The prefix of activity invocation ids.
@@ -698,6 +710,44 @@ impl<'a> Producer<'a> {
             }
         }
         Ok(local)
+    }
+
+    /// Produce activity replies (`ran`: what [`run_activities`] gave; dead letters go out too)
+    /// and wait for them: returns each reply with the offset of its copy in the log.
+    async fn send_replies(&mut self, ran: Vec<(i64, Out)>) -> Result<Vec<(i64, Envelope)>, String> {
+        let shared = self.shared;
+        let events = shared.config.events_topic();
+        let mut replies = Vec::new();
+        let mut others = Vec::new();
+        for (key, out) in ran {
+            match out {
+                Out::Effects(effects) => {
+                    for effect in effects {
+                        match effect {
+                            Effect::Emit(e) => {
+                                self.started.get_or_insert_with(Instant::now);
+                                let delivery =
+                                    enqueue(shared, &events, e.target.as_bytes(), &e.encode(), None, None).await?;
+                                replies.push((e, delivery));
+                            }
+                            other => others.push((key, Out::Effects(vec![other]))),
+                        }
+                    }
+                }
+                dead => others.push((key, dead)),
+            }
+        }
+        self.send(others, false).await?;
+        let mut copies = Vec::with_capacity(replies.len());
+        for (reply, delivery) in replies {
+            match delivery.await {
+                Ok(Ok(d)) if d.partition == self.partition => copies.push((d.offset, reply)),
+                Ok(Ok(_)) => {} // its caller lives elsewhere: it gets the reply through the log
+                Ok(Err((e, _))) => return Err(format!("produce failed: {e}")),
+                Err(_) => return Err("produce cancelled".into()),
+            }
+        }
+        Ok(copies)
     }
 
     /// Wait until every event and dead letter sent so far is acknowledged.

@@ -30,6 +30,10 @@ struct Args {
     /// Print the trace hash of every seed (to compare two runs).
     #[arg(long)]
     hashes: bool,
+    /// Local rounds per batch (activities run and their replies applied in the worker; 0: all
+    /// through the log).
+    #[arg(long, default_value_t = Config::new(0).local_rounds)]
+    local_rounds: usize,
 }
 
 fn shrink(config: &Config, outcome: &Outcome) -> (Config, Outcome) {
@@ -96,6 +100,7 @@ fn main() {
     let args = Args::parse();
     if let Some(seed) = args.seed {
         let mut config = Config::new(seed);
+        config.local_rounds = args.local_rounds;
         config.trace = true;
         let outcome = sim::run(config.clone());
         for line in &outcome.trace {
@@ -122,7 +127,8 @@ fn main() {
                 if seed >= end {
                     return;
                 }
-                let config = Config::new(seed);
+                let mut config = Config::new(seed);
+                config.local_rounds = args.local_rounds;
                 let outcome = sim::run(config.clone());
                 actions.fetch_add(outcome.actions, Ordering::Relaxed);
                 conflicts.fetch_add(outcome.conflicts, Ordering::Relaxed);
