@@ -7,10 +7,22 @@
 //! 2. load the instances of the group from Redis (one round trip), run [`Engine::step`] for each,
 //!    commit all changed instances with one compare-and-set script; instances that lost the
 //!    etag check are reloaded and re-run until every write is committed;
-//! 3. run the activity invocations of the group;
-//! 4. produce, in input-offset order, everything the group emits — events, state records,
-//!    dead letters — with an idempotent producer, and wait until Kafka acknowledged all of it;
-//! 5. only then store the input offset (committed to Kafka by the auto-committer).
+//! 3. run the activity invocations that arrived through the log (with `--spread-activities`,
+//!    or copies read again after a crash);
+//! 4. produce, in input-offset order, everything the group emits — events, dead letters — with
+//!    an idempotent producer;
+//! 5. **local rounds** (unless activities are spread): the activity invocations the group's
+//!    commits scheduled are not produced but run here, right away. Once the events produced so
+//!    far are acknowledged (an instance's next commit replaces its outbox), their replies are
+//!    produced, acknowledged, and applied to their callers in this process: a caller's step is
+//!    committed only if it emits nothing but more activity invocations (the next round) and its
+//!    state. Its outbox's trigger is the offset of the last reply copy it applied, so if its
+//!    committer dies before the outbox leaves, reading that copy sends the outbox again; a live
+//!    worker skips the copies it applied. Otherwise the copy in the log reaches the caller like
+//!    any event. At most 16 rounds per group;
+//! 6. produce one state record per instance changed (its latest state) and wait until Kafka
+//!    acknowledged everything;
+//! 7. only then store the input offset (committed to Kafka by the auto-committer).
 //!
 //! **Guarantee (at least once in, exactly once in effect):** a record's offset is stored only
 //! after its effects are committed in Redis and produced, so a crash anywhere before that

@@ -799,15 +799,6 @@ impl World {
         for g in &task.groups {
             let out = g.output.as_ref().expect("computed");
             let last = g.deliveries.last().map(|f| f.offset).unwrap_or(0);
-            self.note(|| {
-                format!(
-                    "  {} got {:?}; stored outbox at {:?}; resend {}",
-                    g.id,
-                    g.deliveries.iter().map(|f| f.offset).collect::<Vec<_>>(),
-                    g.loaded.as_ref().map(|(r, _)| r.outbox.offset),
-                    out.resend.is_some()
-                )
-            });
             if let Some(resend) = &out.resend {
                 let what: Vec<String> = emitted(&resend.effects).iter().map(|e| e.target.clone()).collect();
                 self.note(|| format!("  {} resends its outbox of {:?}: {what:?}", g.id, resend.offset));

@@ -88,7 +88,10 @@ pub fn producer(config: &ProcessorConfig) -> anyhow::Result<FutureProducer> {
         ("enable.idempotence", "true"),
         ("acks", "all"),
         ("partitioner", "murmur2_random"),
-        ("linger.ms", "1"),
+        // Every hop of an orchestration waits for its acknowledgement: do not hold records back
+        // (hello3 p50 at 100/s: 20 ms with 1 ms, 14 ms with 0; batches still form while requests
+        // are in flight).
+        ("linger.ms", "0"),
         ("message.timeout.ms", "30000"),
     ];
     client_config(config, &settings).create().context("cannot create the Kafka producer")

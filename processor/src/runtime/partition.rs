@@ -644,22 +644,22 @@ struct Producer<'a> {
     started: Option<Instant>,
     /// Events and dead letters not acknowledged yet.
     events: Vec<DeliveryFuture>,
-    /// State records not acknowledged yet (only the latest state counts, so nothing waits for
-    /// them but the end of the group).
-    states: Vec<DeliveryFuture>,
+    /// The latest state change of each instance the group committed: one state record per
+    /// instance and group, produced at the end (the state topic is compacted, a reader wants the
+    /// latest state, and a local round would otherwise publish every step of a chain).
+    states: BTreeMap<String, StateChange>,
 }
 
 impl<'a> Producer<'a> {
     fn new(shared: &'a Arc<Shared>, partition: i32, label: &'a str) -> Self {
-        Self { shared, partition, label, started: None, events: Vec::new(), states: Vec::new() }
+        Self { shared, partition, label, started: None, events: Vec::new(), states: BTreeMap::new() }
     }
 
     /// Enqueue `outbound` in order. With `run_here`, activity invocations are not produced but
     /// returned, to be run by the caller now; otherwise they go to this partition.
     async fn send(&mut self, outbound: Vec<(i64, Out)>, run_here: bool) -> Result<Vec<(i64, Envelope)>, String> {
         let shared = self.shared;
-        let (events, state, dead_topic) =
-            (shared.config.events_topic(), shared.config.state_topic(), shared.config.dead_topic());
+        let (events, dead_topic) = (shared.config.events_topic(), shared.config.dead_topic());
         let label = self.label;
         let mut local = Vec::new();
         for (key, out) in outbound {
@@ -683,13 +683,12 @@ impl<'a> Producer<'a> {
                             Effect::Emit(e) => self
                                 .events
                                 .push(enqueue(shared, &events, e.target.as_bytes(), &e.encode(), None, None).await?),
-                            Effect::StateChanged(change) => {
-                                if let Some(json) = state_record(&change) {
-                                    self.states.push(
-                                        enqueue(shared, &state, change.instance.as_bytes(), &json, None, None).await?,
-                                    );
+                            Effect::StateChanged(change) => match self.states.get(&change.instance) {
+                                Some(kept) if kept.version > change.version => {}
+                                _ => {
+                                    self.states.insert(change.instance.clone(), change);
                                 }
-                            }
+                            },
                             Effect::Delay { .. } => {} // parked in Redis with the commit
                         }
                     }
@@ -758,10 +757,18 @@ impl<'a> Producer<'a> {
         Ok(())
     }
 
-    /// Wait until everything sent is acknowledged.
+    /// Produce the state records and wait until everything sent is acknowledged.
     async fn settle(mut self) -> Result<(), String> {
+        let topic = self.shared.config.state_topic();
+        let mut states = Vec::with_capacity(self.states.len());
+        for change in std::mem::take(&mut self.states).into_values() {
+            if let Some(json) = state_record(&change) {
+                self.started.get_or_insert_with(Instant::now);
+                states.push(enqueue(self.shared, &topic, change.instance.as_bytes(), &json, None, None).await?);
+            }
+        }
         self.settle_events().await?;
-        for delivery in self.states.drain(..) {
+        for delivery in states {
             acknowledged(delivery).await?;
         }
         if let Some(started) = self.started {
