@@ -13,8 +13,10 @@
 //!    acknowledge the input offsets. Produce outboxes of one partition in input-offset order:
 //!    the origin stamps (see `history`) rely on it.
 //! 5. If [`StepOutput::resend`] is set, these records were committed before but that commit's
-//!    outbox may not have left: produce it again, at its offset, before this step's own outbox
-//!    (receivers drop duplicates).
+//!    outbox may not have left: produce it again, at its offset (receivers drop duplicates). If
+//!    the step is also [`StepOutput::changed`], do not commit it: its commit would replace that
+//!    outbox before it left. End the batch before the instance's first record above its stored
+//!    `applied_offset`, produce the resend, and step the rest in the next batch.
 //!
 //! Dead letters ([`StepOutput::dead_letters`]) are produced to the dead-letter topic after the
 //! commit; the event counts as applied, so it is never retried.

@@ -6,7 +6,9 @@
 //! 1. decode (undecodable bytes and unknown events → `<prefix>.dead`, with the reason in headers);
 //! 2. load the instances of the group from Redis (one round trip), run [`Engine::step`] for each,
 //!    commit all changed instances with one compare-and-set script; instances that lost the
-//!    etag check are reloaded and re-run until every write is committed;
+//!    etag check are reloaded and re-run until every write is committed. If an instance's step
+//!    would both resend an earlier outbox (its records came again) and commit a new one, the
+//!    group ends before that instance's first new record: the resend leaves first;
 //! 3. run the activity invocations that arrived through the log (with `--spread-activities`,
 //!    or copies read again after a crash);
 //! 4. produce, in input-offset order, everything the group emits — events, dead letters — with

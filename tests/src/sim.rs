@@ -632,6 +632,24 @@ impl World {
                     let input = StepInput { deliveries, now: self.now, partition: Some(p), trigger: None };
                     g.output = Some(self.engine.step(&g.id, record, input));
                 }
+                if let Some(cut) = split_at(&task.groups) {
+                    // As the runtime does: the batch ends before the first new record of an
+                    // instance that also resends, so that the resent outbox leaves before the
+                    // instance's next commit replaces it; the rest is fetched again.
+                    self.note(|| format!("worker {w} cuts its batch of p{p} at {cut} (a resend comes first)"));
+                    task.end = cut as usize;
+                    for g in &mut task.groups {
+                        g.deliveries.retain(|f| f.offset < cut);
+                    }
+                    task.groups.retain(|g| !g.deliveries.is_empty());
+                    task.activities.retain(|(offset, _)| *offset < cut);
+                    if !task.zombie {
+                        self.workers[w].positions.insert(p, cut as usize);
+                    }
+                    task.phase = Phase::Loaded;
+                    self.workers[w].tasks.insert(t, task);
+                    return;
+                }
                 self.note(|| format!("worker {w} computes {} steps of p{p}", task.groups.len()));
                 task.phase = Phase::Computed;
                 false
@@ -1019,6 +1037,20 @@ fn emitted(effects: &[Effect]) -> Vec<Envelope> {
             _ => None,
         })
         .collect()
+}
+
+/// Where a batch must end: before the first new record of an instance whose step both resends
+/// an earlier outbox and commits a new one (the commit would replace an outbox that may not have
+/// left yet). `None`: no such instance.
+fn split_at(groups: &[Group]) -> Option<i64> {
+    groups
+        .iter()
+        .filter(|g| g.output.as_ref().is_some_and(|o| o.changed && o.resend.is_some()))
+        .filter_map(|g| {
+            let applied = g.loaded.as_ref().and_then(|(r, _)| r.dedup.applied_offset);
+            g.deliveries.iter().map(|f| f.offset).find(|o| applied.is_none_or(|a| *o > a))
+        })
+        .min()
 }
 
 fn phase_name(phase: &Phase) -> &'static str {

@@ -56,9 +56,13 @@ pub async fn work(
                     }
                 }
                 let mut backoff = Duration::from_millis(100);
-                loop {
+                // The part of the batch applied now: all of it, unless a group has to end early
+                // (see `commit_groups`).
+                let (mut from, mut to) = (0, batch.len());
+                while from < batch.len() {
+                    let part = &batch[from..to];
                     let applied = tokio::select! {
-                        applied = apply_group(&shared, partition, &batch, &mut cache, &mut copies) => applied,
+                        applied = apply_group(&shared, partition, part, &mut cache, &mut copies) => applied,
                         _ = stopped_for(&mut stop, DRAIN_GRACE) => {
                             // Its offsets were not stored: the next owner applies it again, and
                             // whatever part of it was committed or produced is deduplicated.
@@ -67,7 +71,11 @@ pub async fn work(
                         }
                     };
                     match applied {
-                        Ok(()) => break,
+                        Ok(None) => (from, to) = (to, batch.len()),
+                        Ok(Some(cut)) => {
+                            let end = from + (cut - part[0].offset()).max(1) as usize;
+                            to = end.min(to);
+                        }
                         Err(e) => {
                             warn!(partition, error = %e, "group not applied; retrying (offsets not stored)");
                             tokio::select! {
@@ -244,7 +252,7 @@ async fn apply_group(
     batch: &[OwnedMessage],
     cache: &mut RecordCache,
     copies: &mut LocalCopies,
-) -> Result<(), String> {
+) -> Result<Option<i64>, String> {
     let started = Instant::now();
     let p = partition as u32;
     let label = partition.to_string();
@@ -305,7 +313,10 @@ async fn apply_group(
         "applying group"
     );
     METRICS.events.with_label_values(&[&label, "applied_before"]).inc_by(applied_here);
-    commit_groups(shared, p, &label, now, &groups, &mut outbound, cache).await?;
+    if let Some(cut) = commit_groups(shared, p, &label, now, &groups, &mut outbound, cache).await? {
+        tracing::debug!(partition, cut, "a resend comes first: the group ends before offset {cut}");
+        return Ok(Some(cut));
+    }
     run_activities(shared, &label, now, activities, &mut outbound).await;
     outbound.sort_by_key(|(offset, _)| *offset);
     let mut producer = Producer::new(shared, partition, &label);
@@ -337,7 +348,7 @@ async fn apply_group(
             .map_err(|e| format!("cannot store offset: {e}"))?;
     }
     METRICS.batch_latency.observe(started.elapsed().as_secs_f64());
-    Ok(())
+    Ok(None)
 }
 
 /// Most local rounds (activities run and their replies applied in process) one group runs; the
@@ -446,6 +457,12 @@ async fn commit_local(
 const ACTIVITY_PREFIX: &str = "activity:";
 
 /// Step and commit every instance of the group; re-run the ones that lose the etag check.
+///
+/// Returns `Some(offset)`, committing nothing of this pass, when an instance's step would both
+/// resend an earlier outbox (some of its records came again) and commit a new one: the commit
+/// would replace an outbox that may never have left. The group must then end before `offset`
+/// (the instance's first new record), so that the resend is produced before the next group
+/// commits.
 async fn commit_groups(
     shared: &Arc<Shared>,
     p: u32,
@@ -454,7 +471,7 @@ async fn commit_groups(
     groups: &BTreeMap<String, Group>,
     outbound: &mut Vec<(i64, Out)>,
     cache: &mut RecordCache,
-) -> Result<(), String> {
+) -> Result<Option<i64>, String> {
     let mut pending: Vec<String> = groups.keys().cloned().collect();
     let mut rerun = false;
     while !pending.is_empty() {
@@ -475,6 +492,7 @@ async fn commit_groups(
         .into_iter();
         let mut computed = Vec::with_capacity(pending.len());
         let mut writes = Vec::new();
+        let mut cut: Option<i64> = None;
         for (id, cached) in pending.iter().zip(cached) {
             let group = &groups[id];
             let stored = match cached {
@@ -502,13 +520,24 @@ async fn commit_groups(
                     }
                 },
             };
+            let applied = record.as_ref().and_then(|r| r.dedup.applied_offset);
             let input = StepInput { deliveries: group.deliveries.clone(), now, partition: Some(p), trigger: None };
             let out = shared.engine.step(&group.id, record, input);
+            if out.changed && out.resend.is_some() {
+                let first_new =
+                    group.deliveries.iter().filter_map(|d| d.offset).find(|o| applied.is_none_or(|a| *o > a));
+                if let Some(o) = first_new {
+                    cut = Some(cut.map_or(o, |c: i64| c.min(o)));
+                }
+            }
             if out.changed {
                 let timers = out.delayed().map(|(fire_at, e)| TimerEntry { fire_at, envelope: e.encode() }).collect();
                 writes.push(Write { id: id.clone(), expected: etag, blob: out.record.to_blob(), timers });
             }
             computed.push((id.clone(), out, etag));
+        }
+        if cut.is_some() {
+            return Ok(cut);
         }
         let t = Instant::now();
         let outcomes = shared.store.commit(p, writes).await.map_err(|e| e.to_string())?;
@@ -560,7 +589,7 @@ async fn commit_groups(
         pending = next;
         rerun = true;
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Run the group's activity invocations concurrently; their replies go out in offset order.
