@@ -15,8 +15,8 @@
 //! 5. If [`StepOutput::resend`] is set, these records were committed before but that commit's
 //!    outbox may not have left: produce it again, at its offset (receivers drop duplicates). If
 //!    the step is also [`StepOutput::changed`], do not commit it: its commit would replace that
-//!    outbox before it left. End the batch before the instance's first record above its stored
-//!    `applied_offset`, produce the resend, and step the rest in the next batch.
+//!    outbox before it left. End the batch before [`StepOutput::end_before`], produce the
+//!    resend, and step the rest in the next batch.
 //!
 //! Dead letters ([`StepOutput::dead_letters`]) are produced to the dead-letter topic after the
 //! commit; the event counts as applied, so it is never retried.
@@ -115,12 +115,27 @@ pub struct StepOutput {
     /// it again, at `resend.offset`, since the crash that caused the redelivery may have come
     /// before it left.
     pub resend: Option<Outbox>,
+    /// Set when the step both resends and changed the record: do not commit it (the commit
+    /// would replace an outbox that may not have left); end the batch before this offset, the
+    /// instance's first record above its stored `applied_offset`, and step the rest later.
+    pub end_before: Option<i64>,
 }
 
 impl StepOutput {
     /// Whether some delivery was a redelivered record (the outbox should be produced again).
     pub fn redelivered(&self) -> bool {
         self.dropped.iter().any(|d| d.reason == DropReason::Redelivered)
+    }
+
+    /// Whether the step changed the record and sends nothing but activity invocations and its
+    /// state: nothing that needs an origin stamp, so a local round may commit it.
+    pub fn stays_local(&self) -> bool {
+        self.changed
+            && self.dead_letters.is_empty()
+            && self.record.outbox.effects.iter().all(|e| match e {
+                Effect::Emit(e) => Kind::Activity.owns(&e.target),
+                _ => true,
+            })
     }
 
     /// The emitted events, in order.
@@ -258,6 +273,8 @@ impl Engine {
         // may not have sent it (a local step's trigger is the log copy of what it applied).
         let trigger_again = record.outbox.offset.is_some_and(|o| deliveries.iter().any(|d| d.offset == Some(o)));
         let delivered = deliveries.len();
+        let applied_before = record.dedup.applied_offset;
+        let first_new = deliveries.iter().filter_map(|d| d.offset).find(|o| applied_before.is_none_or(|a| *o > a));
         let mut admitted = Vec::with_capacity(deliveries.len());
         for Delivery { envelope, offset } in deliveries {
             match record.dedup.admit(&envelope, offset) {
@@ -335,6 +352,7 @@ impl Engine {
             effects: out.effects,
             dead_letters: out.dead_letters,
             dropped: out.dropped,
+            end_before: first_new.filter(|_| changed && resend.is_some()),
             changed,
             resend,
         }

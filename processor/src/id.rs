@@ -33,6 +33,11 @@ impl Kind {
             Kind::Activity => "activity",
         }
     }
+
+    /// Whether the canonical id `id` is of this kind (a prefix check, no parsing).
+    pub fn owns(self, id: &str) -> bool {
+        id.strip_prefix(self.prefix()).is_some_and(|rest| rest.starts_with(':'))
+    }
 }
 
 /// An instance id. Ordered (kind, name, key): the lock order of critical sections.

@@ -94,6 +94,19 @@ impl InProcess {
     }
 }
 
+/// A consumer of `<prefix>.<topic>` from its beginning, in a group of its own.
+pub fn topic_reader(prefix: &str, topic: &str) -> rdkafka::consumer::StreamConsumer {
+    use rdkafka::consumer::Consumer as _;
+    let consumer: rdkafka::consumer::StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", format!("{prefix}-{topic}-reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[&format!("{prefix}.{topic}")]).expect("subscribe");
+    consumer
+}
+
 /// A free local TCP port.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()

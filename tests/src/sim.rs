@@ -691,7 +691,7 @@ impl World {
                 let mut requests = Vec::new();
                 for (_, envelopes) in &emits {
                     for e in envelopes {
-                        match (local, e.target.starts_with("activity:")) {
+                        match (local, Kind::Activity.owns(&e.target)) {
                             (true, true) if run_here => requests.push(e.clone()),
                             (true, true) => self.produce_to(p as usize, e),
                             _ => self.produce(e),
@@ -768,13 +768,7 @@ impl World {
             };
             let target = InstanceId::parse(&id).expect("valid id");
             let out = self.engine.step(&target, Some(record.clone()), input);
-            let local_only = out.changed
-                && out.dead_letters.is_empty()
-                && out.record.outbox.effects.iter().all(|e| match e {
-                    Effect::Emit(e) => e.target.starts_with("activity:"),
-                    _ => true,
-                });
-            if !local_only {
+            if !out.stays_local() {
                 continue;
             }
             let timers = out.delayed().map(|(fire_at, e)| TimerEntry { fire_at, envelope: e.encode() }).collect();
@@ -1043,14 +1037,7 @@ fn emitted(effects: &[Effect]) -> Vec<Envelope> {
 /// an earlier outbox and commits a new one (the commit would replace an outbox that may not have
 /// left yet). `None`: no such instance.
 fn split_at(groups: &[Group]) -> Option<i64> {
-    groups
-        .iter()
-        .filter(|g| g.output.as_ref().is_some_and(|o| o.changed && o.resend.is_some()))
-        .filter_map(|g| {
-            let applied = g.loaded.as_ref().and_then(|(r, _)| r.dedup.applied_offset);
-            g.deliveries.iter().map(|f| f.offset).find(|o| applied.is_none_or(|a| *o > a))
-        })
-        .min()
+    groups.iter().filter_map(|g| g.output.as_ref()?.end_before).min()
 }
 
 fn phase_name(phase: &Phase) -> &'static str {

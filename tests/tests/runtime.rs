@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use durable_processor::examples::{self, ApprovalInput, Counter};
 use durable_processor::id::InstanceId;
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Headers;
 use rdkafka::Message;
 use tests::e2e;
@@ -38,13 +37,7 @@ async fn activities_run_and_reply_in_process_with_only_a_copy_of_each_reply_in_t
     let sum: u64 = state.output(&fan.target, Duration::from_secs(60)).await.decode().unwrap();
     assert_eq!(sum, examples::fan_out_expected(50));
     let version = state.record(&fan.target).await.unwrap().version;
-    let consumer: StreamConsumer = rdkafka::config::ClientConfig::new()
-        .set("bootstrap.servers", e2e::brokers())
-        .set("group.id", format!("{}-log-reader", client.prefix()))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[&format!("{}.events", client.prefix())]).unwrap();
+    let consumer = e2e::topic_reader(client.prefix(), "events");
     let mut replies = std::collections::HashMap::<String, u32>::new();
     // Read until the log has been quiet for 3 s (the orchestration is complete, so nothing more comes).
     while let Ok(m) = tokio::time::timeout(Duration::from_secs(3), consumer.recv()).await {
@@ -164,13 +157,7 @@ async fn bad_input_goes_to_the_dead_letter_topic_with_the_reason_and_the_partiti
     let boom_output: String = state.output(&boom.target, Duration::from_secs(60)).await.decode().unwrap();
     assert!(boom_output.starts_with("Panic:"), "{boom_output}");
 
-    let consumer: StreamConsumer = rdkafka::config::ClientConfig::new()
-        .set("bootstrap.servers", e2e::brokers())
-        .set("group.id", format!("{}-dead-reader", client.prefix()))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[&format!("{}.dead", client.prefix())]).unwrap();
+    let consumer = e2e::topic_reader(client.prefix(), "dead");
     let mut reasons = Vec::new();
     while reasons.len() < 4 {
         let m =

@@ -412,13 +412,7 @@ async fn commit_local(
             trigger,
         };
         let out = shared.engine.step(&groups[&id].id, Some(record.clone()), input);
-        let local_only = out.changed
-            && out.dead_letters.is_empty()
-            && out.record.outbox.effects.iter().all(|e| match e {
-                Effect::Emit(e) => e.target.starts_with(ACTIVITY_PREFIX),
-                _ => true,
-            });
-        if !local_only {
+        if !out.stays_local() {
             cache.put(id, etag, record);
             continue;
         }
@@ -452,9 +446,6 @@ async fn commit_local(
     }
     Ok(outbound)
 }
-
-/// The prefix of activity invocation ids.
-const ACTIVITY_PREFIX: &str = "activity:";
 
 /// Step and commit every instance of the group; re-run the ones that lose the etag check.
 ///
@@ -520,15 +511,10 @@ async fn commit_groups(
                     }
                 },
             };
-            let applied = record.as_ref().and_then(|r| r.dedup.applied_offset);
             let input = StepInput { deliveries: group.deliveries.clone(), now, partition: Some(p), trigger: None };
             let out = shared.engine.step(&group.id, record, input);
-            if out.changed && out.resend.is_some() {
-                let first_new =
-                    group.deliveries.iter().filter_map(|d| d.offset).find(|o| applied.is_none_or(|a| *o > a));
-                if let Some(o) = first_new {
-                    cut = Some(cut.map_or(o, |c: i64| c.min(o)));
-                }
+            if let Some(o) = out.end_before {
+                cut = Some(cut.map_or(o, |c: i64| c.min(o)));
             }
             if out.changed {
                 let timers = out.delayed().map(|(fire_at, e)| TimerEntry { fire_at, envelope: e.encode() }).collect();
@@ -697,9 +683,7 @@ impl<'a> Producer<'a> {
                 Out::Effects(effects) => {
                     for effect in effects {
                         match effect {
-                            Effect::Emit(e)
-                                if !shared.config.spread_activities && e.target.starts_with(ACTIVITY_PREFIX) =>
-                            {
+                            Effect::Emit(e) if !shared.config.spread_activities && Kind::Activity.owns(&e.target) => {
                                 if run_here {
                                     local.push((key, e));
                                 } else {
