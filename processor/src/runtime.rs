@@ -209,6 +209,7 @@ pub async fn run_with(
     ready: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
 ) -> anyhow::Result<()> {
     let producer = kafka::producer(&config)?;
+    kafka::warm_producer(&producer, &config).await;
     let workers = Arc::new(Workers::default());
     let consumer = Arc::new(kafka::consumer(&config, workers.clone())?);
     let listener = tokio::net::TcpListener::bind(config.metrics_addr)

@@ -9,7 +9,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::producer::FutureProducer;
+use rdkafka::producer::{FutureProducer, Producer as _};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 use tracing::info;
@@ -95,6 +95,25 @@ pub fn producer(config: &ProcessorConfig) -> anyhow::Result<FutureProducer> {
         ("message.timeout.ms", "30000"),
     ];
     client_config(config, &settings).create().context("cannot create the Kafka producer")
+}
+
+/// Ask for the metadata of the topics the producer writes, so that the first group does not wait
+/// for it: librdkafka looks a topic up on its first record and holds the record until the
+/// answer, which took tansu ~0.8 s for a new topic and held that partition's first group (and,
+/// through the dispatcher, every other partition) that long. A failure is only logged: the
+/// producer looks the topics up again when it needs them.
+pub async fn warm_producer(producer: &FutureProducer, config: &ProcessorConfig) {
+    let topics = [config.events_topic(), config.state_topic(), config.dead_topic()];
+    for topic in topics {
+        let producer = producer.clone();
+        let looked_up = tokio::task::spawn_blocking(move || {
+            producer.client().fetch_metadata(Some(&topic), Duration::from_secs(5)).map(|_| ()).map_err(|e| (topic, e))
+        })
+        .await;
+        if let Ok(Err((topic, e))) = looked_up {
+            tracing::warn!(%topic, error = %e, "no metadata for a topic yet; its first record will wait for it");
+        }
+    }
 }
 
 /// Rebalance hook: before partitions are taken away, their workers finish the group in flight

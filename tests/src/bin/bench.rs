@@ -55,15 +55,22 @@ struct Feed {
 }
 
 impl Feed {
-    fn start(prefix: &str) -> Self {
+    /// Read every partition of `<prefix>.state` (which must exist) from the beginning. The
+    /// partitions are assigned, not subscribed to: a group join takes the broker about a second,
+    /// which a short run would otherwise count as processing time.
+    fn start(prefix: &str, partitions: i32) -> Self {
         let consumer: StreamConsumer = brokers_config()
             .set("group.id", format!("{prefix}-bench-feed"))
-            .set("auto.offset.reset", "earliest")
             .set("enable.auto.commit", "false")
             .set("fetch.wait.max.ms", "1")
             .create()
             .expect("consumer");
-        consumer.subscribe(&[&format!("{prefix}.state")]).expect("subscribe");
+        let mut assignment = rdkafka::TopicPartitionList::new();
+        let topic = format!("{prefix}.state");
+        for p in 0..partitions {
+            assignment.add_partition_offset(&topic, p, rdkafka::Offset::Beginning).expect("partition");
+        }
+        consumer.assign(&assignment).expect("assign");
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
             loop {
@@ -295,7 +302,7 @@ async fn counter(n: u64, partitions: i32) -> Figure {
     config.partitions = partitions;
     durable_processor::runtime::kafka::ensure_topics(&config).await.expect("topics");
     client.send(&events).await;
-    let mut feed = Feed::start(&prefix);
+    let mut feed = Feed::start(&prefix, partitions);
     // The clock starts when the group has formed (polled every 5 ms): the records wait in the topic.
     let processor = InProcess::start(&prefix, partitions).await;
     loop {
@@ -339,7 +346,7 @@ async fn orchestrations(
     let prefix = e2e::unique_prefix(&format!("bench-{workload}"));
     let processor = processor(&prefix, partitions).await;
     let inside = Inside::now();
-    let mut feed = Feed::start(&prefix);
+    let mut feed = Feed::start(&prefix, partitions);
     let mut client = Client::new(&prefix);
     if !setup.is_empty() {
         let events: Vec<_> = setup.iter().map(|(id, op, input)| client.signal(id, op, input.clone())).collect();
@@ -395,7 +402,7 @@ async fn latency(rate: f64, secs: f64, partitions: i32) -> Figure {
     let prefix = e2e::unique_prefix("bench-latency");
     let processor = processor(&prefix, partitions).await;
     let inside = Inside::now();
-    let mut feed = Feed::start(&prefix);
+    let mut feed = Feed::start(&prefix, partitions);
     let mut client = Client::new(&prefix);
     // Warm up (consumers' first fetches, producers' connections, the record caches): 2 × partitions
     // orchestrations to completion before the clock starts, not counted.
