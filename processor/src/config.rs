@@ -38,8 +38,8 @@ pub struct ProcessorConfig {
     pub orphan_timeout: Duration,
     /// Send each activity invocation to the partition of its own id, so that a fan-out's
     /// activities run on every processor. By default an activity runs in its caller's partition
-    /// right after the commit that scheduled it, which saves a trip through the broker (its copy
-    /// in the log is only read again after a crash).
+    /// right after the commit that scheduled it, and its reply is applied there too, which saves
+    /// two trips through the broker.
     #[arg(long, env = "DURABLE_SPREAD_ACTIVITIES")]
     pub spread_activities: bool,
     /// Raw librdkafka options as KEY=VALUE, repeatable or comma separated; applied to every

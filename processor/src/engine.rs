@@ -54,10 +54,12 @@ pub struct StepInput {
     /// `None` emits without origin (dedup by event id at the receiver).
     pub partition: Option<u32>,
     /// For a step whose deliveries did not come from the log (activity replies applied in
-    /// process right after the commit that scheduled the activities): the offset of their copy
-    /// in the log. The outbox records it, and when that record arrives it is a duplicate, but
-    /// this step's outbox is sent again ([`StepOutput::resend`]): that is how an outbox whose
-    /// committer crashed before sending it still leaves.
+    /// process right after the commit that scheduled the activities): the offset of a record
+    /// that will be read again if this step's outbox may not have left — the runtime gives the
+    /// offset the stored outbox answers to, a record of the group not yet acknowledged. The
+    /// outbox records it, and when that record arrives again it is a duplicate, but this step's
+    /// outbox is sent again ([`StepOutput::resend`]): that is how an outbox whose committer
+    /// crashed before sending it still leaves.
     pub trigger: Option<i64>,
 }
 
@@ -270,7 +272,7 @@ impl Engine {
         let min_offset = deliveries.iter().filter_map(|d| d.offset).min();
         let max_offset = deliveries.iter().filter_map(|d| d.offset).max();
         // The record the stored outbox answers to is here again: whoever committed that outbox
-        // may not have sent it (a local step's trigger is the log copy of what it applied).
+        // may not have sent it (a local step's outbox answers to a record of its group).
         let trigger_again = record.outbox.offset.is_some_and(|o| deliveries.iter().any(|d| d.offset == Some(o)));
         let delivered = deliveries.len();
         let applied_before = record.dedup.applied_offset;

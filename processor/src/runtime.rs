@@ -10,18 +10,22 @@
 //!    would both resend an earlier outbox (its records came again) and commit a new one, the
 //!    group ends before that instance's first new record: the resend leaves first;
 //! 3. run the activity invocations that arrived through the log (with `--spread-activities`,
-//!    or copies read again after a crash);
+//!    or past the local rounds' limit);
 //! 4. produce, in input-offset order, everything the group emits — events, dead letters — with
 //!    an idempotent producer;
 //! 5. **local rounds** (unless activities are spread): the activity invocations the group's
 //!    commits scheduled are not produced but run here, right away. Once the events produced so
 //!    far are acknowledged (an instance's next commit replaces its outbox), their replies are
-//!    produced, acknowledged, and applied to their callers in this process: a caller's step is
-//!    committed only if it emits nothing but more activity invocations (the next round) and its
-//!    state. Its outbox's trigger is the offset of the last reply copy it applied, so if its
-//!    committer dies before the outbox leaves, reading that copy sends the outbox again; a live
-//!    worker skips the copies it applied. Otherwise the copy in the log reaches the caller like
-//!    any event. At most 16 rounds per group;
+//!    applied to their callers in this process, without going through the log: a caller's step
+//!    is committed only if it emits nothing but more activity invocations (the next round) and
+//!    its state, and only if no newer owner has fenced the partition since this worker started
+//!    (each worker takes the partition's next *epoch* from Redis when it starts, and local
+//!    commits carry it). The new outbox answers to the same record as the outbox it replaces —
+//!    a record of this group, whose offset is not stored yet — so if the worker dies before the
+//!    outbox leaves, the next owner reads that record again and sends the outbox; and a zombie
+//!    of a rebalance cannot replace an outbox behind the next owner's back, since its fenced
+//!    commits fail. Replies that were not applied go through the log like any event. At most
+//!    16 rounds per group;
 //! 6. produce one state record per instance changed (its latest state) and wait until Kafka
 //!    acknowledged everything;
 //! 7. only then store the input offset (committed to Kafka by the auto-committer).
@@ -336,7 +340,7 @@ fn workers_sender(
     for counter in [&METRICS.commits, &METRICS.conflicts, &METRICS.reruns, &METRICS.dead_letters] {
         counter.with_label_values(&[&label]);
     }
-    for outcome in ["applied", "dropped", "dead", "applied_before"] {
+    for outcome in ["applied", "dropped", "dead"] {
         METRICS.events.with_label_values(&[&label, outcome]);
     }
     METRICS.commit_latency.with_label_values(&[&label]);

@@ -14,6 +14,11 @@
 //!   queue (earlier unacknowledged claims first). The driver stamps each released event with
 //!   origin `t<partition>`/seq, produces them in seq order, then calls [`Store::ack_timers`]. A
 //!   crash in between re-releases the same events with the same seq; receivers drop the copies.
+//! - Fencing: [`Store::fence`] gives a partition's new owner the next *epoch* of the partition.
+//!   [`Store::commit_fenced`] is [`Store::commit`] on condition that the partition's epoch is
+//!   still the one given: once a newer owner fenced the partition, every write of an older one
+//!   gets [`CommitOutcome::Conflict`]. The runtime fences the commits of local rounds, whose
+//!   inputs are not in the log (see `runtime`).
 
 pub mod memory;
 pub mod redis;
@@ -98,6 +103,19 @@ pub trait Store: Send + Sync + 'static {
         writes: Vec<Write>,
     ) -> impl Future<Output = StoreResult<Vec<CommitOutcome>>> + Send;
 
+    /// Take `partition` for a new owner: its epoch goes up by one and is returned. From now on
+    /// [`Store::commit_fenced`] with an older epoch writes nothing.
+    fn fence(&self, partition: u32) -> impl Future<Output = StoreResult<u64>> + Send;
+
+    /// [`Store::commit`], if `epoch` is still the partition's epoch; otherwise every write gets
+    /// [`CommitOutcome::Conflict`] and nothing is written.
+    fn commit_fenced(
+        &self,
+        partition: u32,
+        epoch: u64,
+        writes: Vec<Write>,
+    ) -> impl Future<Output = StoreResult<Vec<CommitOutcome>>> + Send;
+
     /// Move up to `max` timers due at `now` to the release queue; return the whole queue.
     fn claim_due_timers(
         &self,
@@ -144,6 +162,14 @@ impl Store for AnyStore {
 
     async fn commit(&self, partition: u32, writes: Vec<Write>) -> StoreResult<Vec<CommitOutcome>> {
         delegate!(self, s => s.commit(partition, writes))
+    }
+
+    async fn fence(&self, partition: u32) -> StoreResult<u64> {
+        delegate!(self, s => s.fence(partition))
+    }
+
+    async fn commit_fenced(&self, partition: u32, epoch: u64, writes: Vec<Write>) -> StoreResult<Vec<CommitOutcome>> {
+        delegate!(self, s => s.commit_fenced(partition, epoch, writes))
     }
 
     async fn claim_due_timers(&self, partition: u32, now: i64, max: usize) -> StoreResult<Vec<ReleasedTimer>> {

@@ -146,8 +146,40 @@ async fn ownership_leases_expire_unless_renewed<S: Store>(store: &S) {
     assert!(store.owned_partitions(3_000).await.unwrap().is_empty());
 }
 
+/// Fencing: a fenced commit writes only while its epoch is the partition's latest; plain
+/// commits and other partitions are not affected.
+async fn fenced_commits_fail_once_a_newer_owner_fenced<S: Store>(store: &S) {
+    let p = 5;
+    let id = "orchestration:Hello:f".to_string();
+    let old = store.fence(p).await.unwrap();
+    let v1 = etag(store.commit_fenced(p, old, vec![write(&id, None, "v1", &[(10, "t1")])]).await.unwrap()[0]);
+    let new = store.fence(p).await.unwrap();
+    assert!(new > old, "epochs go up: {old} then {new}");
+    // The old owner's write loses even with the right etag, and parks no timer.
+    let stale =
+        store.commit_fenced(p, old, vec![write(&id, Some(v1), "zombie", &[(5, "t2")]), write("x", None, "x", &[])]);
+    assert_eq!(stale.await.unwrap(), [CommitOutcome::Conflict, CommitOutcome::Conflict]);
+    assert_eq!(store.load(p, std::slice::from_ref(&id)).await.unwrap()[0].as_ref().unwrap().blob, b"v1");
+    assert_eq!(store.timer_backlog(p).await.unwrap(), (Some(10), 1));
+    // The new owner's writes land, fenced or not; the etag check still applies.
+    let v2 = etag(store.commit_fenced(p, new, vec![write(&id, Some(v1), "v2", &[])]).await.unwrap()[0]);
+    assert_eq!(
+        store.commit_fenced(p, new, vec![write(&id, Some(v1), "v3", &[])]).await.unwrap(),
+        [CommitOutcome::Conflict]
+    );
+    etag(store.commit(p, vec![write(&id, Some(v2), "v3", &[])]).await.unwrap()[0]);
+    // Another partition has its own epochs.
+    let other = store.fence(p + 1).await.unwrap();
+    etag(store.commit_fenced(p + 1, other, vec![write("entity:Counter:f", None, "1", &[])]).await.unwrap()[0]);
+    assert!(store.commit_fenced(p, new, Vec::new()).await.unwrap().is_empty());
+}
+
 mod memory {
     use super::*;
+    #[tokio::test]
+    async fn fenced_commits_fail_once_a_newer_owner_fenced() {
+        super::fenced_commits_fail_once_a_newer_owner_fenced(&MemoryStore::new()).await
+    }
     #[tokio::test]
     async fn ownership_leases_expire_unless_renewed() {
         super::ownership_leases_expire_unless_renewed(&MemoryStore::new()).await
@@ -201,6 +233,11 @@ mod redis {
     #[tokio::test]
     async fn ownership_leases_expire_unless_renewed() {
         super::ownership_leases_expire_unless_renewed(&store().await).await
+    }
+
+    #[tokio::test]
+    async fn fenced_commits_fail_once_a_newer_owner_fenced() {
+        super::fenced_commits_fail_once_a_newer_owner_fenced(&store().await).await
     }
 
     #[tokio::test]

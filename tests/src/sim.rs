@@ -15,8 +15,9 @@
 //!
 //! Local rounds are modelled as the runtime runs them: after a batch's commit and emit, the
 //! activity invocations it scheduled run in the worker, and their replies are stepped into their
-//! callers and committed (only if the step emits nothing but activity invocations and state),
-//! up to [`Config::local_rounds`] rounds; the rest goes through the log.
+//! callers and committed (only if the step emits nothing but activity invocations and state,
+//! fenced with the epoch the worker took when it started on the partition), up to
+//! [`Config::local_rounds`] rounds; the rest goes through the log.
 //!
 //! At quiescence, invariants are checked; the same seed always gives the same trace hash.
 
@@ -113,6 +114,10 @@ pub struct Config {
     /// Local rounds per batch (0: every activity invocation and reply goes through the log, as
     /// with `--spread-activities`). Small, so that both paths run.
     pub local_rounds: usize,
+    /// Fence local rounds' commits with the worker's epoch, as the runtime does. Off only to
+    /// show what the fence prevents (a zombie's local commit replacing an outbox behind the
+    /// next owner's back: a hung orchestration).
+    pub fence_local_commits: bool,
 }
 
 impl Config {
@@ -127,6 +132,7 @@ impl Config {
             trace: false,
             max_actions: 200_000,
             local_rounds: 2,
+            fence_local_commits: true,
         }
     }
 }
@@ -206,6 +212,8 @@ struct Task {
     zombie: bool,
     /// Local rounds run so far.
     rounds: usize,
+    /// The partition's epoch this worker took (its local commits are fenced with it).
+    epoch: u64,
 }
 
 #[derive(Debug, Default)]
@@ -214,8 +222,9 @@ struct Worker {
     positions: BTreeMap<u32, usize>,
     /// In-flight batches (one per partition; zombies included).
     tasks: Vec<Task>,
-    /// Per partition, offsets of replies applied in a local round: skipped when fetched.
-    applied_here: BTreeMap<u32, BTreeSet<i64>>,
+    /// Per partition, the epoch this worker took at its first fetch since it was assigned the
+    /// partition or restarted (the runtime fences when a partition's worker starts).
+    epochs: BTreeMap<u32, u64>,
 }
 
 struct World {
@@ -403,7 +412,7 @@ impl World {
 
     fn assign(&mut self, partition: u32, worker: usize) {
         self.owner[partition as usize] = worker;
-        self.workers[worker].applied_here.remove(&partition);
+        self.workers[worker].epochs.remove(&partition);
         let committed = self.committed[partition as usize];
         self.workers[worker].positions.insert(partition, committed);
     }
@@ -500,7 +509,7 @@ impl World {
             self.workers[w].tasks.iter().map(|t| format!("p{}:{:?}", t.partition, phase_name(&t.phase))).collect();
         self.note(|| format!("worker {w} crashes (in flight: {})", phases.join(", ")));
         self.workers[w].tasks.clear();
-        self.workers[w].applied_here.clear();
+        self.workers[w].epochs.clear();
         let owned: Vec<u32> = self.workers[w].positions.keys().copied().collect();
         for p in owned {
             self.workers[w].positions.insert(p, self.committed[p as usize]);
@@ -564,10 +573,6 @@ impl World {
         let mut groups: BTreeMap<String, Group> = BTreeMap::new();
         let mut activities = Vec::new();
         for offset in start..end {
-            if self.workers[w].applied_here.get_mut(&p).is_some_and(|s| s.remove(&(offset as i64))) {
-                self.note(|| format!("worker {w} skips p{p}@{offset}: applied in a local round"));
-                continue;
-            }
             let bytes = &self.logs[p as usize][offset];
             let envelope = match Envelope::decode(bytes) {
                 Ok(e) => e,
@@ -593,6 +598,15 @@ impl World {
                 .deliveries
                 .push(Fetched { offset: offset as i64, envelope });
         }
+        let epoch = match self.workers[w].epochs.get(&p) {
+            Some(epoch) => *epoch,
+            None => {
+                let epoch = now_or_never(self.store.fence(p)).expect("memory store");
+                self.note(|| format!("worker {w} fences p{p}: epoch {epoch}"));
+                self.workers[w].epochs.insert(p, epoch);
+                epoch
+            }
+        };
         self.note(|| format!("worker {w} fetches p{p}@{start}..{end}"));
         self.workers[w].positions.insert(p, end);
         let task = Task {
@@ -603,6 +617,7 @@ impl World {
             phase: Phase::Fetched,
             zombie: false,
             rounds: 0,
+            epoch,
         };
         self.workers[w].tasks.push(task);
     }
@@ -727,15 +742,16 @@ impl World {
         }
     }
 
-    /// One local round, as the runtime runs it: run `requests`, produce their replies (their
-    /// copies in the log), step the replies into their callers among the batch's instances
-    /// (loaded from the store: the simulator keeps no cache) with the last copy as trigger, and
-    /// commit the steps whose outbox holds only activity invocations and state; the worker then
-    /// skips those copies when it meets them.
+    /// One local round, as the runtime runs it: run `requests`, step their replies into their
+    /// callers among the batch's instances (loaded from the store: the simulator keeps no
+    /// cache), each new outbox answering to the record its stored outbox answers to, and commit
+    /// the steps whose outbox holds only activity invocations and state, fenced with the task's
+    /// epoch. Replies not applied go out through the log with the round's outboxes.
     fn local_round(&mut self, w: usize, task: &Task, requests: Vec<Envelope>) -> Vec<(i64, Vec<Envelope>)> {
         let p = task.partition;
         let callers: BTreeSet<String> = task.groups.iter().map(|g| g.id.canonical()).collect();
-        let mut replies: BTreeMap<String, Vec<(i64, Envelope)>> = BTreeMap::new();
+        let mut replies: BTreeMap<String, Vec<Envelope>> = BTreeMap::new();
+        let mut emits: Vec<(i64, Vec<Envelope>)> = Vec::new();
         for request in &requests {
             let Ok(req) = ActivityRequest::parse(request) else { continue };
             let Some(future) = self.engine.registry().run_activity(req.id.name(), req.context(), req.input.clone())
@@ -744,12 +760,10 @@ impl World {
                 continue;
             };
             let reply = req.reply(now_or_never(future), self.now);
-            let home = self.partition_of(&reply.target);
-            let copy = self.logs[home as usize].len() as i64;
-            self.produce(&reply);
-            self.note(|| format!("  reply {} to {} copied at p{home}@{copy}", reply.id, reply.target));
-            if home == p && callers.contains(&reply.target) {
-                replies.entry(reply.target.clone()).or_default().push((copy, reply));
+            if callers.contains(&reply.target) {
+                replies.entry(reply.target.clone()).or_default().push(reply);
+            } else {
+                emits.push((0, vec![reply]));
             }
         }
         let ids: Vec<String> = replies.keys().cloned().collect();
@@ -758,36 +772,43 @@ impl World {
         let mut stepped = Vec::new();
         for (id, stored) in ids.into_iter().zip(loaded) {
             let replies = replies.remove(&id).unwrap_or_default();
-            let Some(stored) = stored else { continue };
+            let Some(stored) = stored else {
+                emits.push((0, replies));
+                continue;
+            };
             let record = InstanceRecord::from_blob(&stored.blob).expect("we wrote it");
             let input = StepInput {
-                deliveries: replies.iter().map(|(_, e)| Delivery { envelope: e.clone(), offset: None }).collect(),
+                deliveries: replies.iter().map(|e| Delivery { envelope: e.clone(), offset: None }).collect(),
                 now: self.now,
                 partition: Some(p),
-                trigger: replies.iter().map(|(copy, _)| *copy).max(),
+                trigger: record.outbox.offset,
             };
             let target = InstanceId::parse(&id).expect("valid id");
             let out = self.engine.step(&target, Some(record.clone()), input);
             if !out.stays_local() {
+                emits.push((record.outbox.offset.unwrap_or(0), replies));
                 continue;
             }
             let timers = out.delayed().map(|(fire_at, e)| TimerEntry { fire_at, envelope: e.encode() }).collect();
             writes.push(Write { id: id.clone(), expected: Some(stored.etag), blob: out.record.to_blob(), timers });
             stepped.push((id, record, out, replies));
         }
-        let outcomes = now_or_never(self.store.commit(p, writes)).expect("memory store");
-        let mut emits: Vec<(i64, Vec<Envelope>)> = Vec::new();
+        let outcomes = if self.config.fence_local_commits {
+            now_or_never(self.store.commit_fenced(p, task.epoch, writes))
+        } else {
+            now_or_never(self.store.commit(p, writes))
+        }
+        .expect("memory store");
         let mut committed = 0;
         for ((id, before, out, replies), outcome) in stepped.into_iter().zip(outcomes) {
             let trigger = out.record.outbox.offset.unwrap_or(0);
-            self.note(|| format!("  local step of {id} (trigger {trigger}): {outcome:?}"));
+            self.note(|| format!("  local step of {id} (trigger {trigger}, epoch {}): {outcome:?}", task.epoch));
             if outcome == CommitOutcome::Conflict {
                 self.conflicts += 1;
+                emits.push((trigger, replies));
                 continue;
             }
             committed += 1;
-            let skip = self.workers[w].applied_here.entry(p).or_default();
-            skip.extend(replies.iter().map(|(copy, _)| *copy));
             for e in emitted(&out.record.outbox.effects) {
                 self.committed_emits.insert(e.encode());
             }

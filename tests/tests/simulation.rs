@@ -11,6 +11,24 @@ fn a_batch_of_seeds_passes_every_invariant() {
     }
 }
 
+/// Seed 509 makes a zombie of a rebalance run a local round after the next owner read past the
+/// record its outbox answers to: fenced (the runtime's protocol), its commit fails and the
+/// replies go through the log; unfenced, it replaces the outbox, crashes, and the orchestration
+/// waits forever.
+#[test]
+fn local_commits_need_the_fence() {
+    let mut config = Config::new(509);
+    let fenced = sim::run(config.clone());
+    assert!(fenced.violations.is_empty(), "{}", sim::describe(&config, &fenced));
+    config.fence_local_commits = false;
+    let unfenced = sim::run(config);
+    assert!(
+        unfenced.violations.iter().any(|v| v.contains("stuck in Running")),
+        "expected a hung orchestration without the fence: {:?}",
+        unfenced.violations
+    );
+}
+
 #[test]
 fn the_same_seed_gives_the_same_trace() {
     let a = sim::run(Config::new(77));

@@ -41,7 +41,20 @@ pub async fn work(
     let mut ticks: u64 = 0;
     let mut last_offset: Option<i64> = None;
     let mut cache = RecordCache::default();
-    let mut copies = LocalCopies::default();
+    // This worker's epoch of the partition: its local rounds' commits are fenced with it, so
+    // that once a newer owner started, an older one (a zombie of a rebalance) commits none.
+    let epoch = loop {
+        match shared.store.fence(partition as u32).await {
+            Ok(epoch) => break epoch,
+            Err(e) => {
+                warn!(partition, error = %e, "cannot fence the partition; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = stopped_for(&mut stop, Duration::ZERO) => return,
+                }
+            }
+        }
+    };
     loop {
         tokio::select! {
             biased;
@@ -62,7 +75,7 @@ pub async fn work(
                 while from < batch.len() {
                     let part = &batch[from..to];
                     let applied = tokio::select! {
-                        applied = apply_group(&shared, partition, part, &mut cache, &mut copies) => applied,
+                        applied = apply_group(&shared, partition, epoch, part, &mut cache) => applied,
                         _ = stopped_for(&mut stop, DRAIN_GRACE) => {
                             // Its offsets were not stored: the next owner applies it again, and
                             // whatever part of it was committed or produced is deduplicated.
@@ -151,33 +164,6 @@ impl RecordCache {
     }
 }
 
-/// Offsets (in this partition) of activity replies this worker has applied in process already,
-/// in a local round, right after producing them. When such a copy comes back through the
-/// consumer it is skipped. A new worker (after a crash or a rebalance) starts with an empty set:
-/// the copies it meets are duplicates to their callers, and a copy that is the trigger of a
-/// caller's outbox makes that outbox leave again (see `StepInput::trigger`).
-#[derive(Default)]
-pub struct LocalCopies {
-    offsets: std::collections::HashSet<i64>,
-}
-
-/// Most copies one worker remembers (past this it forgets them all: they are then read again,
-/// dropped as duplicates by their callers, and at worst resend an outbox once more).
-const COPIES_LIMIT: usize = 100_000;
-
-impl LocalCopies {
-    fn insert(&mut self, offset: i64) {
-        if self.offsets.len() >= COPIES_LIMIT {
-            self.offsets.clear();
-        }
-        self.offsets.insert(offset);
-    }
-
-    fn take(&mut self, offset: i64) -> bool {
-        self.offsets.remove(&offset)
-    }
-}
-
 /// An instance's part of a group.
 struct Group {
     id: InstanceId,
@@ -249,9 +235,9 @@ fn dead(message: &OwnedMessage, reason: impl Into<String>) -> (i64, Out) {
 async fn apply_group(
     shared: &Arc<Shared>,
     partition: i32,
+    epoch: u64,
     batch: &[OwnedMessage],
     cache: &mut RecordCache,
-    copies: &mut LocalCopies,
 ) -> Result<Option<i64>, String> {
     let started = Instant::now();
     let p = partition as u32;
@@ -260,12 +246,7 @@ async fn apply_group(
     let mut groups: BTreeMap<String, Group> = BTreeMap::new();
     let mut activities = Vec::new();
     let mut outbound: Vec<(i64, Out)> = Vec::new();
-    let mut applied_here = 0;
     for message in batch {
-        if copies.take(message.offset()) {
-            applied_here += 1;
-            continue;
-        }
         let envelope = match message.payload().map(Envelope::decode) {
             None => {
                 outbound.push(dead(message, "empty record: expected an Avro single-object encoded envelope"));
@@ -312,7 +293,6 @@ async fn apply_group(
         records = batch.len(),
         "applying group"
     );
-    METRICS.events.with_label_values(&[&label, "applied_before"]).inc_by(applied_here);
     if let Some(cut) = commit_groups(shared, p, &label, now, &groups, &mut outbound, cache).await? {
         tracing::debug!(partition, cut, "a resend comes first: the group ends before offset {cut}");
         return Ok(Some(cut));
@@ -330,15 +310,13 @@ async fn apply_group(
         // Local rounds: the invocations just committed run now, in this process, and their
         // replies are applied to their callers here instead of after a trip through the
         // broker. An instance's next commit replaces its outbox, so whatever events that outbox
-        // held must be in the log first; so must the replies, whose copies there are what the
-        // new outboxes answer to.
+        // held must be in the log first.
         producer.settle_events().await?;
         rounds += 1;
         let mut ran = Vec::new();
         run_activities(shared, &label, now_ms(), requests.into_iter().map(|(o, e)| (o, e, None)).collect(), &mut ran)
             .await;
-        let replies = producer.send_replies(ran).await?;
-        outbound = commit_local(shared, p, &label, now_ms(), replies, &groups, cache, copies).await?;
+        outbound = commit_local(shared, p, &label, now_ms(), epoch, ran, &groups, cache).await?;
     }
     producer.settle().await?;
     if let Some(last) = batch.last() {
@@ -356,72 +334,73 @@ async fn apply_group(
 /// activities in a long loop cannot hold its partition's other records back.
 const LOCAL_ROUNDS: usize = 16;
 
-/// Apply activity replies (with the offsets of their copies in the log) to their callers among
-/// the instances of this group, as a local round. A caller's step is committed only if its
-/// outbox holds nothing but activity invocations and its state, i.e. nothing that needs an
-/// origin stamp of the partition's stream; its trigger is the last copy it applied. Otherwise
-/// (and on a conflict) the copies in the log reach the caller like any event. Returns what to
-/// send next.
+/// Apply activity replies (`ran`: what [`run_activities`] gave) to their callers among the
+/// instances of this group, as a local round. A caller's step is committed only if its outbox
+/// holds nothing but activity invocations and its state (nothing that needs an origin stamp of
+/// the partition's stream), and only while `epoch` is the partition's epoch: the replies are in
+/// no log, so the new outbox answers to the record the caller's stored outbox answers to (a
+/// record of this group, which a next owner reads again, since this group's offsets are not
+/// stored yet), and a zombie that a next owner fenced out cannot replace an outbox behind that
+/// owner's back. Replies that were not applied (any other step, a conflict, a fenced-out
+/// worker) go out through the log like any event. Returns what to send next.
 #[allow(clippy::too_many_arguments)]
 async fn commit_local(
     shared: &Arc<Shared>,
     p: u32,
     label: &str,
     now: i64,
-    replies: Vec<(i64, Envelope)>,
+    epoch: u64,
+    ran: Vec<(i64, Out)>,
     groups: &BTreeMap<String, Group>,
     cache: &mut RecordCache,
-    copies: &mut LocalCopies,
 ) -> Result<Vec<(i64, Out)>, String> {
+    let mut outbound = Vec::new();
     let mut by_caller: BTreeMap<String, Vec<(i64, Envelope)>> = BTreeMap::new();
-    for (copy, reply) in replies {
-        if groups.contains_key(&reply.target) {
-            by_caller.entry(reply.target.clone()).or_default().push((copy, reply));
+    for (key, out) in ran {
+        match out {
+            Out::Effects(effects) => {
+                for effect in effects {
+                    match effect {
+                        Effect::Emit(reply) if groups.contains_key(&reply.target) => {
+                            by_caller.entry(reply.target.clone()).or_default().push((key, reply));
+                        }
+                        other => outbound.push((key, Out::Effects(vec![other]))),
+                    }
+                }
+            }
+            dead => outbound.push((key, dead)),
         }
     }
-    let mut outbound = Vec::new();
-    if by_caller.is_empty() {
-        return Ok(outbound);
-    }
+    let unapplied = |replies: Vec<(i64, Envelope)>, outbound: &mut Vec<(i64, Out)>| {
+        outbound.extend(replies.into_iter().map(|(key, reply)| (key, Out::Effects(vec![Effect::Emit(reply)]))));
+    };
     let ids: Vec<String> = by_caller.keys().cloned().collect();
-    let cached: Vec<Option<(u64, InstanceRecord)>> = ids.iter().map(|id| cache.take(id)).collect();
-    let missing: Vec<String> = ids.iter().zip(&cached).filter(|(_, c)| c.is_none()).map(|(id, _)| id.clone()).collect();
-    let mut loaded = if missing.is_empty() {
-        Vec::new()
-    } else {
-        shared.store.load(p, &missing).await.map_err(|e| e.to_string())?
-    }
-    .into_iter();
     let mut writes = Vec::new();
     let mut stepped = Vec::new();
-    for (id, cached) in ids.into_iter().zip(cached) {
-        let replies = by_caller.remove(&id).unwrap_or_default();
-        let stored = match cached {
-            Some((etag, record)) => Some((record, etag)),
-            None => match loaded.next().flatten().map(|s| InstanceRecord::from_blob(&s.blob).map(|r| (r, s.etag))) {
-                Some(Ok(pair)) => Some(pair),
-                _ => None,
-            },
+    for (id, stored) in ids.iter().zip(records(shared, p, &ids, cache).await?) {
+        let replies = by_caller.remove(id).unwrap_or_default();
+        let Some((record, etag)) = stored.ok().flatten() else {
+            unapplied(replies, &mut outbound);
+            continue;
         };
-        let Some((record, etag)) = stored else { continue };
-        let trigger = replies.iter().map(|(copy, _)| *copy).max();
         let input = StepInput {
             deliveries: replies.iter().map(|(_, e)| Delivery { envelope: e.clone(), offset: None }).collect(),
             now,
             partition: Some(p),
-            trigger,
+            trigger: record.outbox.offset,
         };
-        let out = shared.engine.step(&groups[&id].id, Some(record.clone()), input);
+        let out = shared.engine.step(&groups[id].id, Some(record.clone()), input);
         if !out.stays_local() {
-            cache.put(id, etag, record);
+            cache.put(id.clone(), etag, record);
+            unapplied(replies, &mut outbound);
             continue;
         }
         let timers = out.delayed().map(|(fire_at, e)| TimerEntry { fire_at, envelope: e.encode() }).collect();
         writes.push(Write { id: id.clone(), expected: Some(etag), blob: out.record.to_blob(), timers });
-        stepped.push((id, out, replies));
+        stepped.push((id.clone(), out, replies));
     }
     let t = Instant::now();
-    let outcomes = shared.store.commit(p, writes).await.map_err(|e| e.to_string())?;
+    let outcomes = shared.store.commit_fenced(p, epoch, writes).await.map_err(|e| e.to_string())?;
     METRICS.commit_latency.with_label_values(&[label]).observe(t.elapsed().as_secs_f64());
     for ((id, out, replies), outcome) in stepped.into_iter().zip(outcomes) {
         match outcome {
@@ -433,18 +412,52 @@ async fn commit_local(
                     .with_label_values(&[label, "applied"])
                     .inc_by((replies.len() as u64).saturating_sub(dropped));
                 METRICS.events.with_label_values(&[label, "dropped"]).inc_by(dropped);
-                for (copy, _) in &replies {
-                    copies.insert(*copy);
-                }
                 let trigger = out.record.outbox.offset.unwrap_or(0);
                 outbound.push((trigger, Out::Effects(out.record.outbox.effects.clone())));
                 cache.put(id, etag, out.record);
             }
-            // Someone else wrote the caller (a rebalance): the copies in the log reach it.
-            CommitOutcome::Conflict => METRICS.conflicts.with_label_values(&[label]).inc(),
+            // Someone else wrote the caller, or a newer owner fenced this worker out (a
+            // rebalance): the replies reach the caller through the log.
+            CommitOutcome::Conflict => {
+                METRICS.conflicts.with_label_values(&[label]).inc();
+                unapplied(replies, &mut outbound);
+            }
         }
     }
+    outbound.sort_by_key(|(offset, _)| *offset);
     Ok(outbound)
+}
+
+/// The records of `ids` with their etags, from the cache or else from the store (one round trip
+/// for all the missing ones): `Ok(None)` for an instance that does not exist, `Err` with the
+/// reason for a stored blob that does not decode.
+async fn records(
+    shared: &Arc<Shared>,
+    p: u32,
+    ids: &[String],
+    cache: &mut RecordCache,
+) -> Result<Vec<Result<Option<(InstanceRecord, u64)>, String>>, String> {
+    let cached: Vec<Option<(u64, InstanceRecord)>> = ids.iter().map(|id| cache.take(id)).collect();
+    let missing: Vec<String> = ids.iter().zip(&cached).filter(|(_, c)| c.is_none()).map(|(id, _)| id.clone()).collect();
+    let label = p.to_string();
+    METRICS.record_cache.with_label_values(&[&label, "hit"]).inc_by((ids.len() - missing.len()) as u64);
+    METRICS.record_cache.with_label_values(&[&label, "miss"]).inc_by(missing.len() as u64);
+    let mut loaded = if missing.is_empty() {
+        Vec::new()
+    } else {
+        shared.store.load(p, &missing).await.map_err(|e| e.to_string())?
+    }
+    .into_iter();
+    Ok(cached
+        .into_iter()
+        .map(|cached| match cached {
+            Some((etag, record)) => Ok(Some((record, etag))),
+            None => match loaded.next().flatten() {
+                None => Ok(None),
+                Some(s) => InstanceRecord::from_blob(&s.blob).map(|r| Some((r, s.etag))).map_err(|e| e.to_string()),
+            },
+        })
+        .collect())
 }
 
 /// Step and commit every instance of the group; re-run the ones that lose the etag check.
@@ -469,47 +482,29 @@ async fn commit_groups(
         if rerun {
             METRICS.reruns.with_label_values(&[label]).inc_by(pending.len() as u64);
         }
-        let cached: Vec<Option<(u64, InstanceRecord)>> = pending.iter().map(|id| cache.take(id)).collect();
-        let to_load: Vec<String> =
-            pending.iter().zip(&cached).filter(|(_, c)| c.is_none()).map(|(id, _)| id.clone()).collect();
-        let hits = (pending.len() - to_load.len()) as u64;
-        METRICS.record_cache.with_label_values(&[label, "hit"]).inc_by(hits);
-        METRICS.record_cache.with_label_values(&[label, "miss"]).inc_by(to_load.len() as u64);
-        let mut loaded = if to_load.is_empty() {
-            Vec::new()
-        } else {
-            shared.store.load(p, &to_load).await.map_err(|e| e.to_string())?
-        }
-        .into_iter();
+        let stored = records(shared, p, &pending, cache).await?;
         let mut computed = Vec::with_capacity(pending.len());
         let mut writes = Vec::new();
         let mut cut: Option<i64> = None;
-        for (id, cached) in pending.iter().zip(cached) {
+        for (id, stored) in pending.iter().zip(stored) {
             let group = &groups[id];
-            let stored = match cached {
-                Some((etag, record)) => Ok((record, etag)),
-                None => Err(loaded.next().flatten()),
-            };
             let (record, etag) = match stored {
-                Ok((record, etag)) => (Some(record), Some(etag)),
-                Err(None) => (None, None),
-                Err(Some(s)) => match InstanceRecord::from_blob(&s.blob) {
-                    Ok(r) => (Some(r), Some(s.etag)),
-                    Err(e) => {
-                        // Never overwrite state we cannot read: dead-letter what was meant for it.
-                        for d in &group.deliveries {
-                            let reason = format!("stored state of {id} is unreadable ({e}); event not applied");
-                            let out = Out::Dead {
-                                key: Some(id.as_bytes().to_vec()),
-                                payload: Some(d.envelope.encode()),
-                                reason,
-                                offset: d.offset.unwrap_or(0),
-                            };
-                            outbound.push((d.offset.unwrap_or(0), out));
-                        }
-                        continue;
+                Ok(Some((record, etag))) => (Some(record), Some(etag)),
+                Ok(None) => (None, None),
+                Err(e) => {
+                    // Never overwrite state we cannot read: dead-letter what was meant for it.
+                    for d in &group.deliveries {
+                        let reason = format!("stored state of {id} is unreadable ({e}); event not applied");
+                        let out = Out::Dead {
+                            key: Some(id.as_bytes().to_vec()),
+                            payload: Some(d.envelope.encode()),
+                            reason,
+                            offset: d.offset.unwrap_or(0),
+                        };
+                        outbound.push((d.offset.unwrap_or(0), out));
                     }
-                },
+                    continue;
+                }
             };
             let input = StepInput { deliveries: group.deliveries.clone(), now, partition: Some(p), trigger: None };
             let out = shared.engine.step(&group.id, record, input);
@@ -722,44 +717,6 @@ impl<'a> Producer<'a> {
             }
         }
         Ok(local)
-    }
-
-    /// Produce activity replies (`ran`: what [`run_activities`] gave; dead letters go out too)
-    /// and wait for them: returns each reply with the offset of its copy in the log.
-    async fn send_replies(&mut self, ran: Vec<(i64, Out)>) -> Result<Vec<(i64, Envelope)>, String> {
-        let shared = self.shared;
-        let events = shared.config.events_topic();
-        let mut replies = Vec::new();
-        let mut others = Vec::new();
-        for (key, out) in ran {
-            match out {
-                Out::Effects(effects) => {
-                    for effect in effects {
-                        match effect {
-                            Effect::Emit(e) => {
-                                self.started.get_or_insert_with(Instant::now);
-                                let delivery =
-                                    enqueue(shared, &events, e.target.as_bytes(), &e.encode(), None, None).await?;
-                                replies.push((e, delivery));
-                            }
-                            other => others.push((key, Out::Effects(vec![other]))),
-                        }
-                    }
-                }
-                dead => others.push((key, dead)),
-            }
-        }
-        self.send(others, false).await?;
-        let mut copies = Vec::with_capacity(replies.len());
-        for (reply, delivery) in replies {
-            match delivery.await {
-                Ok(Ok(d)) if d.partition == self.partition => copies.push((d.offset, reply)),
-                Ok(Ok(_)) => {} // its caller lives elsewhere: it gets the reply through the log
-                Ok(Err((e, _))) => return Err(format!("produce failed: {e}")),
-                Err(_) => return Err("produce cancelled".into()),
-            }
-        }
-        Ok(copies)
     }
 
     /// Wait until every event and dead letter sent so far is acknowledged.

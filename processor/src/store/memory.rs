@@ -20,6 +20,8 @@ struct Inner {
     partitions: BTreeMap<u32, Timers>,
     /// Partition → owned until (ms).
     owned_until: BTreeMap<u32, i64>,
+    /// Partition → owner epoch (see [`Store::fence`]).
+    epochs: BTreeMap<u32, u64>,
 }
 
 #[derive(Debug, Default)]
@@ -72,24 +74,19 @@ impl MemoryStore {
     }
 }
 
-impl Store for MemoryStore {
-    async fn load(&self, _partition: u32, ids: &[String]) -> StoreResult<Vec<Option<Stored>>> {
-        Ok(ids.iter().map(|id| self.get(id)).collect())
-    }
-
-    async fn commit(&self, partition: u32, writes: Vec<Write>) -> StoreResult<Vec<CommitOutcome>> {
-        let mut inner = self.inner.lock().expect("store lock");
+impl Inner {
+    fn commit(&mut self, partition: u32, writes: Vec<Write>) -> Vec<CommitOutcome> {
         let mut outcomes = Vec::with_capacity(writes.len());
         for write in writes {
-            let current = inner.instances.get(&write.id).map(|(_, etag)| *etag);
+            let current = self.instances.get(&write.id).map(|(_, etag)| *etag);
             if current != write.expected {
                 outcomes.push(CommitOutcome::Conflict);
                 continue;
             }
-            inner.last_etag += 1;
-            let etag = inner.last_etag;
-            inner.instances.insert(write.id, (write.blob, etag));
-            let timers = inner.partitions.entry(partition).or_default();
+            self.last_etag += 1;
+            let etag = self.last_etag;
+            self.instances.insert(write.id, (write.blob, etag));
+            let timers = self.partitions.entry(partition).or_default();
             for t in write.timers {
                 timers.arrivals += 1;
                 let key = (t.fire_at, timers.arrivals);
@@ -97,7 +94,33 @@ impl Store for MemoryStore {
             }
             outcomes.push(CommitOutcome::Committed { etag });
         }
-        Ok(outcomes)
+        outcomes
+    }
+}
+
+impl Store for MemoryStore {
+    async fn load(&self, _partition: u32, ids: &[String]) -> StoreResult<Vec<Option<Stored>>> {
+        Ok(ids.iter().map(|id| self.get(id)).collect())
+    }
+
+    async fn commit(&self, partition: u32, writes: Vec<Write>) -> StoreResult<Vec<CommitOutcome>> {
+        let mut inner = self.inner.lock().expect("store lock");
+        Ok(inner.commit(partition, writes))
+    }
+
+    async fn fence(&self, partition: u32) -> StoreResult<u64> {
+        let mut inner = self.inner.lock().expect("store lock");
+        let epoch = inner.epochs.entry(partition).or_default();
+        *epoch += 1;
+        Ok(*epoch)
+    }
+
+    async fn commit_fenced(&self, partition: u32, epoch: u64, writes: Vec<Write>) -> StoreResult<Vec<CommitOutcome>> {
+        let mut inner = self.inner.lock().expect("store lock");
+        if inner.epochs.get(&partition).copied().unwrap_or(0) != epoch {
+            return Ok(vec![CommitOutcome::Conflict; writes.len()]);
+        }
+        Ok(inner.commit(partition, writes))
     }
 
     async fn claim_due_timers(&self, partition: u32, now: i64, max: usize) -> StoreResult<Vec<ReleasedTimer>> {

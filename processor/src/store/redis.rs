@@ -8,6 +8,7 @@
 //!   the encoded envelope, unique because event ids are);
 //! - `<prefix>:{p<N>}:released` — hash `seq → "<fire_at>|<envelope>"` of claimed timers
 //!   not yet acknowledged; `<prefix>:{p<N>}:tseq` — the timer stream's last seq.
+//! - `<prefix>:{p<N>}:epoch` — the partition's owner epoch (`INCR` by [`Store::fence`]).
 //! - `<prefix>:owners` — sorted set of partitions (score = until when, in ms, the partition's
 //!   owner last promised to be alive); see `runtime::ownership`.
 //!
@@ -28,13 +29,20 @@ use redis::Script;
 
 use super::{CommitOutcome, ReleasedTimer, Store, StoreError, StoreResult, Stored, Write};
 
-/// Compare-and-set of many instances. KEYS: state keys..., timers key. ARGV: n, then per
-/// write: expected etag ("" = must not exist), blob, timer count, then (fire_at, envelope) pairs.
+/// Compare-and-set of many instances. KEYS: state keys..., timers key, epoch key. ARGV: n, the
+/// epoch the commit is fenced with ("" = not fenced), then per write: expected etag ("" = must
+/// not exist), blob, timer count, then (fire_at, envelope) pairs.
 const COMMIT: &str = r#"
 local n = tonumber(ARGV[1])
 local timers = KEYS[n + 1]
 local out = {}
-local a = 2
+if ARGV[2] ~= '' and redis.call('GET', KEYS[n + 2]) ~= ARGV[2] then
+  for i = 1, n do
+    out[i] = -1
+  end
+  return out
+end
+local a = 3
 for i = 1, n do
   local expected = ARGV[a]
   local blob = ARGV[a + 1]
@@ -146,6 +154,39 @@ impl RedisStore {
     fn partition_key(&self, partition: u32, what: &str) -> String {
         format!("{}:{{p{partition}}}:{what}", self.prefix)
     }
+
+    /// One run of the commit script (fenced with `epoch` if given).
+    async fn commit_script(
+        &self,
+        partition: u32,
+        epoch: Option<u64>,
+        writes: Vec<Write>,
+    ) -> StoreResult<Vec<CommitOutcome>> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut invocation = self.commit.prepare_invoke();
+        for w in &writes {
+            invocation.key(self.state_key(partition, &w.id));
+        }
+        invocation.key(self.partition_key(partition, "timers"));
+        invocation.key(self.partition_key(partition, "epoch"));
+        invocation.arg(writes.len());
+        invocation.arg(epoch.map(|e| e.to_string()).unwrap_or_default());
+        for w in &writes {
+            invocation.arg(w.expected.map(|e| e.to_string()).unwrap_or_default());
+            invocation.arg(&w.blob[..]);
+            invocation.arg(w.timers.len());
+            for t in &w.timers {
+                invocation.arg(t.fire_at).arg(&t.envelope[..]);
+            }
+        }
+        let etags: Vec<i64> = invocation.invoke_async(&mut self.conn.clone()).await.map_err(unavailable)?;
+        Ok(etags
+            .into_iter()
+            .map(|e| if e < 0 { CommitOutcome::Conflict } else { CommitOutcome::Committed { etag: e as u64 } })
+            .collect())
+    }
 }
 
 impl Store for RedisStore {
@@ -169,28 +210,19 @@ impl Store for RedisStore {
     }
 
     async fn commit(&self, partition: u32, writes: Vec<Write>) -> StoreResult<Vec<CommitOutcome>> {
-        if writes.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut invocation = self.commit.prepare_invoke();
-        for w in &writes {
-            invocation.key(self.state_key(partition, &w.id));
-        }
-        invocation.key(self.partition_key(partition, "timers"));
-        invocation.arg(writes.len());
-        for w in &writes {
-            invocation.arg(w.expected.map(|e| e.to_string()).unwrap_or_default());
-            invocation.arg(&w.blob[..]);
-            invocation.arg(w.timers.len());
-            for t in &w.timers {
-                invocation.arg(t.fire_at).arg(&t.envelope[..]);
-            }
-        }
-        let etags: Vec<i64> = invocation.invoke_async(&mut self.conn.clone()).await.map_err(unavailable)?;
-        Ok(etags
-            .into_iter()
-            .map(|e| if e < 0 { CommitOutcome::Conflict } else { CommitOutcome::Committed { etag: e as u64 } })
-            .collect())
+        self.commit_script(partition, None, writes).await
+    }
+
+    async fn fence(&self, partition: u32) -> StoreResult<u64> {
+        redis::cmd("INCR")
+            .arg(self.partition_key(partition, "epoch"))
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn commit_fenced(&self, partition: u32, epoch: u64, writes: Vec<Write>) -> StoreResult<Vec<CommitOutcome>> {
+        self.commit_script(partition, Some(epoch), writes).await
     }
 
     async fn claim_due_timers(&self, partition: u32, now: i64, max: usize) -> StoreResult<Vec<ReleasedTimer>> {
