@@ -227,26 +227,28 @@ impl Client {
     pub async fn send(&self, envelopes: &[Envelope]) {
         let mut acks = Vec::with_capacity(envelopes.len());
         for e in envelopes {
-            let bytes = e.encode();
-            loop {
-                match self.producer.send_result(FutureRecord::to(&self.topic).key(e.target.as_bytes()).payload(&bytes))
-                {
-                    Ok(ack) => {
-                        acks.push(ack);
-                        break;
-                    }
-                    Err((e, _)) => {
-                        assert!(
-                            format!("{e}").contains("Queue full"),
-                            "produce failed: {e}: is the broker running? (DURABLE_BROKERS)"
-                        );
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                }
-            }
+            acks.push(self.enqueue(e).await);
         }
         for ack in acks {
-            ack.await.expect("delivery").unwrap_or_else(|(e, _)| panic!("produce failed: {e}"));
+            acknowledged(ack).await;
+        }
+    }
+
+    /// Hand one envelope to the producer without waiting for its acknowledgement (an open-loop
+    /// sender must not wait); await the result with [`acknowledged`].
+    pub async fn enqueue(&self, e: &Envelope) -> rdkafka::producer::DeliveryFuture {
+        let bytes = e.encode();
+        loop {
+            match self.producer.send_result(FutureRecord::to(&self.topic).key(e.target.as_bytes()).payload(&bytes)) {
+                Ok(ack) => return ack,
+                Err((e, _)) => {
+                    assert!(
+                        format!("{e}").contains("Queue full"),
+                        "produce failed: {e}: is the broker running? (DURABLE_BROKERS)"
+                    );
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
         }
     }
 
@@ -257,6 +259,11 @@ impl Client {
             .await
             .unwrap_or_else(|(e, _)| panic!("produce failed: {e}"));
     }
+}
+
+/// Wait for a produce's acknowledgement; panics if the broker refused the record.
+pub async fn acknowledged(ack: rdkafka::producer::DeliveryFuture) {
+    ack.await.expect("delivery").unwrap_or_else(|(e, _)| panic!("produce failed: {e}"));
 }
 
 /// Read instances straight from Redis.

@@ -116,4 +116,11 @@ async fn failover(kill: bool) {
     );
     c.terminate();
     d.terminate();
+    // Every stop drained its workers: none had to be aborted (a worker that saw the stop inside
+    // a group used to miss it afterwards and hold the shutdown, or a rebalance, for 10 s).
+    let stopped = if kill { vec!["b", "c", "d"] } else { vec!["a", "b", "c", "d"] };
+    for name in stopped {
+        let log = std::fs::read_to_string(logs.join(format!("{name}.log"))).unwrap();
+        assert!(!log.contains("did not stop in time"), "processor {name} had to abort a worker:\n{log}");
+    }
 }

@@ -58,7 +58,9 @@ pub async fn work(
     loop {
         tokio::select! {
             biased;
-            _ = stop.changed() => return,
+            // Not `stop.changed()`: a stop that arrived while a group was in flight was already
+            // seen there (by `stopped_for`), and `changed` would then wait for another one.
+            _ = stopped_for(&mut stop, Duration::ZERO) => return,
             first = rx.recv() => {
                 let Some(first) = first else { return };
                 let mut batch = vec![first];
@@ -103,7 +105,13 @@ pub async fn work(
             }
             _ = tick.tick() => {
                 ticks += 1;
-                if let Err(e) = release_timers(&shared, partition, ticks % 10 == 0).await {
+                // Timers claimed but not acknowledged are released again (same seq) by the next
+                // owner, so a release may be abandoned at a stop.
+                let released = tokio::select! {
+                    released = release_timers(&shared, partition, ticks % 10 == 0) => released,
+                    _ = stopped_for(&mut stop, DRAIN_GRACE) => return,
+                };
+                if let Err(e) = released {
                     warn!(partition, error = %e, "timers not released; retrying");
                 }
                 if ticks % 50 == 0 {
