@@ -181,12 +181,18 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client for `<prefix>.events`.
+    /// A client for `<prefix>.events` whose producer lingers 2 ms to batch.
     pub fn new(prefix: &str) -> Self {
+        Self::with_linger(prefix, 2)
+    }
+
+    /// A client whose producer holds records back `linger_ms` to batch them (0: sends at once,
+    /// like the management API's producer).
+    pub fn with_linger(prefix: &str, linger_ms: u32) -> Self {
         let producer = ClientConfig::new()
             .set("bootstrap.servers", brokers())
             .set("partitioner", "murmur2_random")
-            .set("linger.ms", "2")
+            .set("linger.ms", linger_ms.to_string())
             .create()
             .expect("producer");
         Self { producer, topic: format!("{prefix}.events"), sent: 0, prefix: prefix.to_owned() }

@@ -403,7 +403,8 @@ async fn latency(rate: f64, secs: f64, partitions: i32) -> Figure {
     let processor = processor(&prefix, partitions).await;
     let inside = Inside::now();
     let mut feed = Feed::start(&prefix, partitions);
-    let mut client = Client::new(&prefix);
+    // A latency-minded client: no linger (as the management API's producer).
+    let mut client = Client::with_linger(&prefix, 0);
     // Warm up (consumers' first fetches, producers' connections, the record caches): 2 × partitions
     // orchestrations to completion before the clock starts, not counted.
     let input = json!(["Tokyo", "Seattle", "London"]);
@@ -502,26 +503,26 @@ async fn main() {
         std::process::exit(2);
     }
     eprintln!("bench: floor first (same run), then the workloads; scale {}", args.scale);
-    let floor_fig = floor(size(50_000), args.partitions).await;
+    let floor_fig = floor(size(200_000), args.partitions).await;
     let floor_per_s = floor_fig.per_s;
     if want("floor") {
         print(&floor_fig, Some(floor_per_s));
     }
     if want("counter") {
         eprintln!("bench: counter");
-        print(&counter(size(50_000), args.partitions).await, Some(floor_per_s));
+        print(&counter(size(200_000), args.partitions).await, Some(floor_per_s));
     }
     let mut hello5_rate = None;
     if want("hello5") {
         eprintln!("bench: hello5");
-        let f = orchestrations("hello5", "HelloSequence", size(10_000), json!([]), args.partitions, vec![]).await;
+        let f = orchestrations("hello5", "HelloSequence", size(20_000), json!([]), args.partitions, vec![]).await;
         hello5_rate = Some(f.per_s);
         print(&f, Some(floor_per_s));
     }
     if want("fanout") {
         eprintln!("bench: fanout");
         print(
-            &orchestrations("fanout", "FanOut", size(200), json!(100), args.partitions, vec![]).await,
+            &orchestrations("fanout", "FanOut", size(1_000), json!(100), args.partitions, vec![]).await,
             Some(floor_per_s),
         );
     }
