@@ -10,3 +10,14 @@ fn the_shop_binary_lists_the_runtime_flags() {
         assert!(help.contains(var), "--help names {var}: {help}");
     }
 }
+
+/// The README shows the shop's whole binary: it is `src/main.rs`, doc comment aside.
+#[test]
+fn the_readme_shows_the_binary_as_it_is() {
+    let readme = include_str!("../../../README.md");
+    let shown =
+        readme.split("```rs\n").nth(1).and_then(|rest| rest.split("```").next()).expect("README shows the binary");
+    let main = include_str!("../src/main.rs");
+    let code: String = main.lines().filter(|l| !l.starts_with("//!")).collect::<Vec<_>>().join("\n");
+    assert_eq!(shown.trim(), code.trim());
+}
