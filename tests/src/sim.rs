@@ -809,13 +809,7 @@ impl World {
                 continue;
             }
             committed += 1;
-            for e in emitted(&out.record.outbox.effects) {
-                self.committed_emits.insert(e.encode());
-            }
-            let finished = |r: &InstanceRecord| r.orchestration().is_some_and(|h| h.status.is_finished());
-            if finished(&out.record) && !finished(&before) {
-                *self.finishes.entry(id).or_default() += 1;
-            }
+            self.observe_commit(id, Some(&before), &out.record);
             emits.push((trigger, emitted(&out.record.outbox.effects)));
         }
         self.mix(&[0x10, requests.len() as u8, committed as u8]);
@@ -873,14 +867,19 @@ impl World {
             if !out.changed || !matches!(outcomes.next(), Some(CommitOutcome::Committed { .. })) {
                 continue;
             }
-            for e in emitted(&out.record.outbox.effects) {
-                self.committed_emits.insert(e.encode());
-            }
-            let finished = |r: &InstanceRecord| r.orchestration().is_some_and(|h| h.status.is_finished());
-            let was = g.loaded.as_ref().is_some_and(|(r, _)| finished(r));
-            if finished(&out.record) && !was {
-                *self.finishes.entry(g.id.canonical()).or_default() += 1;
-            }
+            self.observe_commit(g.id.canonical(), g.loaded.as_ref().map(|(r, _)| r), &out.record);
+        }
+    }
+
+    /// One committed write of `id`, from `before` to `after`: its outbox may leave, and an
+    /// orchestration that went from running (or nothing) to finished counts a finish.
+    fn observe_commit(&mut self, id: String, before: Option<&InstanceRecord>, after: &InstanceRecord) {
+        for e in emitted(&after.outbox.effects) {
+            self.committed_emits.insert(e.encode());
+        }
+        let finished = |r: &InstanceRecord| r.orchestration().is_some_and(|h| h.status.is_finished());
+        if finished(after) && !before.is_some_and(finished) {
+            *self.finishes.entry(id).or_default() += 1;
         }
     }
 

@@ -104,16 +104,15 @@ pub fn producer(config: &ProcessorConfig) -> anyhow::Result<FutureProducer> {
 /// producer looks the topics up again when it needs them.
 pub async fn warm_producer(producer: &FutureProducer, config: &ProcessorConfig) {
     let topics = [config.events_topic(), config.state_topic(), config.dead_topic()];
-    for topic in topics {
-        let producer = producer.clone();
-        let looked_up = tokio::task::spawn_blocking(move || {
-            producer.client().fetch_metadata(Some(&topic), Duration::from_secs(5)).map(|_| ()).map_err(|e| (topic, e))
-        })
-        .await;
-        if let Ok(Err((topic, e))) = looked_up {
-            tracing::warn!(%topic, error = %e, "no metadata for a topic yet; its first record will wait for it");
+    let producer = producer.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        for topic in topics {
+            if let Err(e) = producer.client().fetch_metadata(Some(&topic), Duration::from_secs(5)) {
+                tracing::warn!(%topic, error = %e, "no metadata for a topic yet; its first record will wait for it");
+            }
         }
-    }
+    })
+    .await;
 }
 
 /// Rebalance hook: before partitions are taken away, their workers finish the group in flight

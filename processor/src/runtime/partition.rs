@@ -385,7 +385,7 @@ async fn commit_local(
     let ids: Vec<String> = by_caller.keys().cloned().collect();
     let mut writes = Vec::new();
     let mut stepped = Vec::new();
-    for (id, stored) in ids.iter().zip(records(shared, p, &ids, cache).await?) {
+    for (id, stored) in ids.iter().zip(records(shared, p, label, &ids, cache).await?) {
         let replies = by_caller.remove(id).unwrap_or_default();
         let Some((record, etag)) = stored.ok().flatten() else {
             unapplied(replies, &mut outbound);
@@ -442,14 +442,14 @@ async fn commit_local(
 async fn records(
     shared: &Arc<Shared>,
     p: u32,
+    label: &str,
     ids: &[String],
     cache: &mut RecordCache,
 ) -> Result<Vec<Result<Option<(InstanceRecord, u64)>, String>>, String> {
     let cached: Vec<Option<(u64, InstanceRecord)>> = ids.iter().map(|id| cache.take(id)).collect();
     let missing: Vec<String> = ids.iter().zip(&cached).filter(|(_, c)| c.is_none()).map(|(id, _)| id.clone()).collect();
-    let label = p.to_string();
-    METRICS.record_cache.with_label_values(&[&label, "hit"]).inc_by((ids.len() - missing.len()) as u64);
-    METRICS.record_cache.with_label_values(&[&label, "miss"]).inc_by(missing.len() as u64);
+    METRICS.record_cache.with_label_values(&[label, "hit"]).inc_by((ids.len() - missing.len()) as u64);
+    METRICS.record_cache.with_label_values(&[label, "miss"]).inc_by(missing.len() as u64);
     let mut loaded = if missing.is_empty() {
         Vec::new()
     } else {
@@ -490,7 +490,7 @@ async fn commit_groups(
         if rerun {
             METRICS.reruns.with_label_values(&[label]).inc_by(pending.len() as u64);
         }
-        let stored = records(shared, p, &pending, cache).await?;
+        let stored = records(shared, p, label, &pending, cache).await?;
         let mut computed = Vec::with_capacity(pending.len());
         let mut writes = Vec::new();
         let mut cut: Option<i64> = None;
@@ -777,11 +777,7 @@ async fn release_timers(shared: &Arc<Shared>, partition: i32, gauge: bool) -> Re
             deliveries.push(enqueue(shared, &events, e.target.as_bytes(), &e.encode(), None, None).await?);
         }
         for d in deliveries {
-            match d.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => return Err(format!("timer produce failed: {e}")),
-                Err(_) => return Err("timer produce cancelled".into()),
-            }
+            acknowledged(d).await.map_err(|e| format!("timer {e}"))?;
         }
         shared.store.ack_timers(p, last).await.map_err(|e| e.to_string())?;
     }
