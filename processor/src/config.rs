@@ -3,24 +3,30 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use durable_kafka::{KafkaConnection, TopicSettings, Topics};
+
 /// How a processor connects and behaves. Every flag has an environment fallback.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ProcessorConfig {
-    /// Kafka bootstrap servers (host:port, comma separated).
-    #[arg(long, env = "DURABLE_BROKERS", default_value = "127.0.0.1:9092")]
-    pub brokers: String,
+    /// Where the brokers are and how to connect to them.
+    #[command(flatten)]
+    pub kafka: KafkaConnection,
+    /// How missing topics are created.
+    #[command(flatten)]
+    pub topic_settings: TopicSettings,
     /// Name prefix: topics <prefix>.events, <prefix>.state, <prefix>.dead and Redis keys <prefix>:…
     #[arg(long, env = "DURABLE_PREFIX", default_value = "durable")]
     pub prefix: String,
     /// Partitions of <prefix>.events when this processor creates it (fixed afterwards: the most
-    /// processors that can share the work).
+    /// processors that can share the work). An existing topic keeps its own count, which the
+    /// processor reads from the broker.
     #[arg(long, env = "DURABLE_PARTITIONS", default_value_t = 32)]
     pub partitions: i32,
     /// Consumer group the processors share.
     #[arg(long, env = "DURABLE_GROUP", default_value = "durable-processors")]
     pub group: String,
-    /// Redis URL of the state store.
-    #[arg(long, env = "DURABLE_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    /// Redis URL of the state store (redis://[user:password@]host:port[/db], rediss:// for TLS).
+    #[arg(long, env = "DURABLE_REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true)]
     pub redis_url: String,
     /// Address serving the management API (/v1/…), /metrics and /status.
     #[arg(long, env = "DURABLE_METRICS_ADDR", default_value = "127.0.0.1:9464")]
@@ -42,27 +48,14 @@ pub struct ProcessorConfig {
     /// two trips through the broker.
     #[arg(long, env = "DURABLE_SPREAD_ACTIVITIES")]
     pub spread_activities: bool,
-    /// Raw librdkafka options as KEY=VALUE, repeatable or comma separated; applied to every
-    /// Kafka client (e.g. security.protocol=SASL_SSL).
-    #[arg(long = "kafka-option", env = "DURABLE_KAFKA_OPTIONS", value_delimiter = ',', value_parser = parse_key_value)]
-    pub kafka_options: Vec<(String, String)>,
-}
-
-/// `KEY=VALUE`; an empty item (e.g. `DURABLE_KAFKA_OPTIONS=` in an env file) means no option and
-/// parses to an empty key, which the clients skip.
-fn parse_key_value(s: &str) -> Result<(String, String), String> {
-    if s.trim().is_empty() {
-        return Ok((String::new(), String::new()));
-    }
-    let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
-    Ok((k.trim().to_owned(), v.trim().to_owned()))
 }
 
 impl ProcessorConfig {
     /// A configuration with the defaults, for tests and embedding.
     pub fn new(brokers: &str, redis_url: &str, prefix: &str) -> Self {
         Self {
-            brokers: brokers.to_owned(),
+            kafka: KafkaConnection::plaintext(brokers),
+            topic_settings: TopicSettings::default(),
             prefix: prefix.to_owned(),
             partitions: 32,
             group: format!("{prefix}-processors"),
@@ -72,22 +65,60 @@ impl ProcessorConfig {
             timer_interval: Duration::from_millis(100),
             orphan_timeout: Duration::from_secs(20),
             spread_activities: false,
-            kafka_options: Vec::new(),
         }
+    }
+
+    /// The topics of this prefix.
+    pub fn topics(&self) -> Topics {
+        Topics::new(&self.prefix)
     }
 
     /// The events topic.
     pub fn events_topic(&self) -> String {
-        format!("{}.events", self.prefix)
+        self.topics().events
     }
 
     /// The compacted state-record topic.
     pub fn state_topic(&self) -> String {
-        format!("{}.state", self.prefix)
+        self.topics().state
     }
 
     /// The dead-letter topic.
     pub fn dead_topic(&self) -> String {
-        format!("{}.dead", self.prefix)
+        self.topics().dead
+    }
+
+    /// The Redis URL with any password replaced, for logs and errors.
+    pub fn redis_url_redacted(&self) -> String {
+        redact_url(&self.redis_url)
+    }
+}
+
+/// `url` with the password of its user-info part (`scheme://user:password@host`) replaced by
+/// `***`, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((user_info, host)) => {
+            let user = user_info.split_once(':').map_or(user_info, |(u, _)| u);
+            let hidden = if user_info.contains(':') { format!("{user}:***") } else { "***".to_owned() };
+            format!("{scheme}://{hidden}@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn redis_urls_lose_their_password() {
+        assert_eq!(redact_url("redis://u:pa:ss@h:6379/0"), "redis://u:***@h:6379/0");
+        assert_eq!(redact_url("rediss://:secret@h"), "rediss://:***@h");
+        assert_eq!(redact_url("redis://token@h"), "redis://***@h");
+        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
     }
 }

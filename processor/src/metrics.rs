@@ -24,6 +24,10 @@ pub struct Metrics {
     pub reruns: IntCounterVec,
     /// `durable_dead_letters_total{partition}`.
     pub dead_letters: IntCounterVec,
+    /// `durable_offsets_skipped_total{partition}`: offsets of the events topic never delivered
+    /// (transaction markers, aborted transactions, records removed by retention, compaction or
+    /// `DeleteRecords` before they were read).
+    pub offsets_skipped: IntCounterVec,
     /// `durable_commit_latency_seconds{partition}`: one group commit round trip.
     pub commit_latency: HistogramVec,
     /// `durable_batch_latency_seconds`: from fetch to offset stored, per batch.
@@ -98,6 +102,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &registry,
             "durable_dead_letters_total",
             "Events sent to the dead-letter topic",
+            &[PARTITION],
+        ),
+        offsets_skipped: counter(
+            &registry,
+            "durable_offsets_skipped_total",
+            "Offsets of the events topic never delivered (gaps in the log)",
             &[PARTITION],
         ),
         activities: counter(&registry, "durable_activities_total", "Activity runs, by outcome", &[PARTITION, OUTCOME]),

@@ -90,16 +90,15 @@ struct Worker {
 pub struct Workers {
     map: Mutex<HashMap<i32, Worker>>,
     /// Per owned partition, the offset of the next record to hand to its worker: the committed
-    /// offset at assignment, then one past each record dispatched. Records are dispatched
-    /// strictly in sequence: a record below it was dispatched already; a record above it (a
-    /// stale prefetch from before a rebalance) would be applied ahead of records not applied
-    /// yet — the consumer seeks back instead. A partition not in the map is not owned.
+    /// offset at assignment, then one past each record dispatched. A record below it was
+    /// dispatched already (a redelivery after a seek) and is dropped; a record above it follows
+    /// a gap, which Kafka logs have for good reasons — a transaction's commit or abort marker,
+    /// an aborted transaction's records (not delivered under `read_committed`), records removed
+    /// by retention, compaction or `DeleteRecords` — and is dispatched, the gap counted. The
+    /// consumer only delivers a partition's records in order (librdkafka drops what it fetched
+    /// before a rebalance or a seek), so a gap is never records still to come. A partition not
+    /// in the map is not owned.
     expected: Mutex<HashMap<i32, i64>>,
-    /// Per partition, how far before the expected offset the next seek goes. tansu 0.6.0
-    /// answers a fetch from inside a record batch with the *next* batch, so a consumer resuming
-    /// mid-batch never sees the rest of that batch; seeking further back (to a batch start) and
-    /// skipping what is below the expected offset reaches it.
-    seek_back: Mutex<HashMap<i32, i64>>,
 }
 
 /// What to do with a received record.
@@ -107,10 +106,14 @@ pub struct Workers {
 pub enum Admit {
     /// Hand it to the partition's worker.
     Dispatch,
+    /// Hand it to the partition's worker; the offsets from `skipped_from` up to it were never
+    /// delivered (a gap in the log).
+    AfterGap {
+        /// The first offset not delivered.
+        skipped_from: i64,
+    },
     /// Drop it: already dispatched, or the partition is not owned.
     Skip,
-    /// Records are missing before it: seek the partition back to this offset.
-    SeekTo(i64),
 }
 
 impl Workers {
@@ -119,24 +122,20 @@ impl Workers {
         self.expected.lock().expect("assignment lock").extend(starts.iter().copied());
     }
 
-    /// Decide about the record at `offset` of `partition` (and advance on `Dispatch`).
+    /// Decide about the record at `offset` of `partition` (and advance past it unless skipped).
     pub fn admit(&self, partition: i32, offset: i64) -> Admit {
         let mut expected = self.expected.lock().expect("assignment lock");
-        let mut back = self.seek_back.lock().expect("assignment lock");
         match expected.get_mut(&partition) {
             None => Admit::Skip,
-            Some(next) if offset == *next => {
-                *next += 1;
-                back.remove(&partition);
-                Admit::Dispatch
-            }
             Some(next) if offset < *next => Admit::Skip,
             Some(next) => {
-                // Landed ahead again: go back further each time (0, 1, 2, 4, … records).
-                let distance = back.entry(partition).or_insert(0);
-                let target = (*next - *distance).max(0);
-                *distance = (*distance * 2).clamp(1, 1 << 20);
-                Admit::SeekTo(target)
+                let skipped_from = *next;
+                *next = offset + 1;
+                if offset == skipped_from {
+                    Admit::Dispatch
+                } else {
+                    Admit::AfterGap { skipped_from }
+                }
             }
         }
     }
@@ -197,7 +196,10 @@ pub async fn run(
     ready: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
 ) -> anyhow::Result<()> {
     let store = RedisStore::connect(&config.redis_url, &config.prefix).await.map_err(|e| {
-        anyhow::anyhow!("cannot reach Redis at {}: is it running? set DURABLE_REDIS_URL ({e})", config.redis_url)
+        anyhow::anyhow!(
+            "cannot reach Redis at {}: is it running? set DURABLE_REDIS_URL ({e})",
+            config.redis_url_redacted()
+        )
     })?;
     kafka::ensure_topics(&config).await?;
     run_with(config, registry, AnyStore::Redis(store), shutdown, ready).await
@@ -245,13 +247,16 @@ pub async fn run_with(
                     match workers.admit(partition, offset) {
                         Admit::Dispatch => {}
                         Admit::Skip => continue,
-                        Admit::SeekTo(next) => {
-                            warn!(partition, offset, seek = next, "records missing before this one: seeking back");
-                            let topic = shared.config.events_topic();
-                            if let Err(e) = consumer.seek(&topic, partition, rdkafka::Offset::Offset(next), std::time::Duration::from_secs(5)) {
-                                warn!(partition, error = %e, "seek failed; retrying on the next record");
+                        Admit::AfterGap { skipped_from } => {
+                            // Transaction markers leave one-offset gaps all the time: log those
+                            // at debug, larger ones (retention, DeleteRecords) at info.
+                            let skipped = offset - skipped_from;
+                            if skipped > 1 {
+                                info!(partition, from = skipped_from, to = offset - 1, skipped, "offsets skipped: not in the log (retention, compaction, DeleteRecords or aborted transactions)");
+                            } else {
+                                tracing::debug!(partition, offset = skipped_from, "offset skipped (a transaction marker)");
                             }
-                            continue;
+                            METRICS.offsets_skipped.with_label_values(&[&partition.to_string()]).inc_by(skipped as u64);
                         }
                     }
                     let message = message.detach();
@@ -337,7 +342,9 @@ fn workers_sender(
     }
     // Show every partition metric from the start, at zero, rather than only after its first event.
     let label = partition.to_string();
-    for counter in [&METRICS.commits, &METRICS.conflicts, &METRICS.reruns, &METRICS.dead_letters] {
+    for counter in
+        [&METRICS.commits, &METRICS.conflicts, &METRICS.reruns, &METRICS.dead_letters, &METRICS.offsets_skipped]
+    {
         counter.with_label_values(&[&label]);
     }
     for outcome in ["applied", "dropped", "dead"] {

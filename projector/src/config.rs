@@ -4,19 +4,20 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use durable_kafka::{KafkaConnection, TopicSettings, Topics};
 use rdkafka::config::ClientConfig;
-use rdkafka::types::RDKafkaErrorCode;
 
 use crate::mapping::SchemaConfig;
 
 /// Where and how to project.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ProjectorConfig {
-    /// Kafka bootstrap servers.
-    #[arg(long, env = "DURABLE_BROKERS", default_value = "127.0.0.1:9092")]
-    pub brokers: String,
+    /// Where the brokers are and how to connect to them.
+    #[command(flatten)]
+    pub kafka: KafkaConnection,
+    /// How the dead-letter topic is created if it is missing.
+    #[command(flatten)]
+    pub topic_settings: TopicSettings,
     /// Topic prefix: reads <prefix>.state, dead-letters to <prefix>.dead; collection aliases
     /// are <prefix>_entity_<Name> and <prefix>_orchestrations.
     #[arg(long, env = "DURABLE_PREFIX", default_value = "durable")]
@@ -44,24 +45,14 @@ pub struct ProjectorConfig {
     /// automatic schema. A changed schema takes effect with `projector rebuild`.
     #[arg(long, env = "DURABLE_PROJECTOR_SCHEMAS")]
     pub schemas: Option<std::path::PathBuf>,
-    /// Raw librdkafka options as KEY=VALUE, repeatable or comma separated.
-    #[arg(long = "kafka-option", env = "DURABLE_KAFKA_OPTIONS", value_delimiter = ',', value_parser = parse_key_value)]
-    pub kafka_options: Vec<(String, String)>,
-}
-
-fn parse_key_value(s: &str) -> Result<(String, String), String> {
-    if s.trim().is_empty() {
-        return Ok((String::new(), String::new()));
-    }
-    let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
-    Ok((k.trim().to_owned(), v.trim().to_owned()))
 }
 
 impl ProjectorConfig {
     /// Defaults, for tests and embedding.
     pub fn new(brokers: &str, prefix: &str, typesense_url: &str, api_key: &str) -> Self {
         Self {
-            brokers: brokers.to_owned(),
+            kafka: KafkaConnection::plaintext(brokers),
+            topic_settings: TopicSettings::default(),
             prefix: prefix.to_owned(),
             group: format!("{prefix}-projector"),
             typesense_url: typesense_url.to_owned(),
@@ -70,28 +61,22 @@ impl ProjectorConfig {
             linger: Duration::from_millis(200),
             metrics_addr: "127.0.0.1:0".parse().expect("valid address"),
             schemas: None,
-            kafka_options: Vec::new(),
         }
     }
 
     /// The state feed.
     pub fn state_topic(&self) -> String {
-        format!("{}.state", self.prefix)
+        Topics::new(&self.prefix).state
     }
 
     /// The dead-letter topic.
     pub fn dead_topic(&self) -> String {
-        format!("{}.dead", self.prefix)
+        Topics::new(&self.prefix).dead
     }
 
-    /// A Kafka client configuration with the brokers and the raw options.
-    pub fn client(&self) -> ClientConfig {
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &self.brokers);
-        for (k, v) in self.kafka_options.iter().filter(|(k, _)| !k.is_empty()) {
-            c.set(k, v);
-        }
-        c
+    /// A Kafka client configuration: the connection (brokers, TLS, SASL) and the raw options.
+    pub fn client(&self) -> anyhow::Result<ClientConfig> {
+        self.kafka.client_config(&[])
     }
 
     /// The per-type schemas from `--schemas` (empty without it).
@@ -106,24 +91,6 @@ impl ProjectorConfig {
 
 /// Create `<prefix>.dead` if it does not exist.
 pub async fn ensure_dead_topic(config: &ProjectorConfig) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> =
-        config.client().create().context("cannot create a Kafka admin client")?;
-    let topic = config.dead_topic();
-    let unreachable =
-        || format!("cannot reach Kafka at {}: is the broker running? set DURABLE_BROKERS", config.brokers);
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let results = tokio::time::timeout(
-        Duration::from_secs(20),
-        admin.create_topics(&[NewTopic::new(&topic, 1, TopicReplication::Fixed(1))], &options),
-    )
-    .await
-    .map_err(|_| anyhow::anyhow!(unreachable()))?
-    .with_context(unreachable)?;
-    for result in results {
-        match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => anyhow::bail!("cannot create topic {topic}: {code}"),
-        }
-    }
-    Ok(())
+    let spec = config.topic_settings.dead(&Topics::new(&config.prefix));
+    config.topic_settings.ensure(&config.kafka, &[spec]).await
 }

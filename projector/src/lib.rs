@@ -42,8 +42,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
+use durable_kafka::dead_letter;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use serde_json::Value;
@@ -96,7 +96,7 @@ impl Projector {
     fn new(config: ProjectorConfig, mode: Mode) -> anyhow::Result<Self> {
         let ts = Typesense::new(&config.typesense_url, &config.typesense_api_key, Duration::from_secs(10))?;
         let schemas = config.schema_config()?;
-        let producer = config.client().create().context("cannot create the Kafka producer")?;
+        let producer = config.client()?.create().context("cannot create the Kafka producer")?;
         Ok(Self { config, ts, schemas, producer, mode, versions: HashMap::new(), targets: HashMap::new() })
     }
 
@@ -144,15 +144,12 @@ impl Projector {
         warn!(partition = input.partition, offset = input.offset, reason, "state record not projected");
         let topic = self.config.dead_topic();
         let source = self.config.state_topic();
-        let (partition, offset) = (input.partition.to_string(), input.offset.to_string());
-        let headers = OwnedHeaders::new()
-            .insert(Header { key: "durable.reason", value: Some(reason) })
-            .insert(Header { key: "durable.component", value: Some("projector") })
-            .insert(Header { key: "source.topic", value: Some(source.as_str()) })
-            .insert(Header { key: "source.partition", value: Some(partition.as_str()) })
-            .insert(Header { key: "source.offset", value: Some(offset.as_str()) });
         let payload = input.payload.clone().unwrap_or_default();
-        let record = FutureRecord::<(), _>::to(&topic).payload(&payload).headers(headers);
+        let (copy, truncated) = dead_letter::copy(&payload);
+        let from = dead_letter::Source { topic: &source, partition: input.partition, offset: input.offset };
+        let headers = dead_letter::headers("projector", reason, from, truncated);
+        let payload = copy;
+        let record = FutureRecord::<(), _>::to(&topic).payload(payload).headers(headers);
         if let Err((e, _)) = self.producer.send(record, Duration::from_secs(10)).await {
             warn!(error = %e, "cannot produce the dead letter; the record is only logged");
         }
@@ -313,13 +310,13 @@ type FeedConsumer = StreamConsumer<Rebalanced>;
 
 fn consumer(config: &ProjectorConfig, group: &str) -> anyhow::Result<(FeedConsumer, Arc<AtomicBool>)> {
     let flag = Arc::new(AtomicBool::new(false));
-    let mut client = config.client();
-    client
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "1000");
+    let client = config.kafka.client_config(&[
+        ("group.id", group),
+        ("enable.auto.commit", "false"),
+        ("auto.offset.reset", "earliest"),
+        ("session.timeout.ms", "10000"),
+        ("heartbeat.interval.ms", "1000"),
+    ])?;
     let consumer: FeedConsumer =
         client.create_with_context(Rebalanced(flag.clone())).context("cannot create the Kafka consumer")?;
     consumer.subscribe(&[&config.state_topic()]).context("cannot subscribe to the state topic")?;

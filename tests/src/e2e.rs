@@ -66,7 +66,7 @@ impl InProcess {
         // E2E_KAFKA_OPTIONS=key=value,… reaches in-process processors too (experiments, bench).
         for kv in std::env::var("E2E_KAFKA_OPTIONS").unwrap_or_default().split(',').filter(|s| !s.trim().is_empty()) {
             let (k, v) = kv.split_once('=').expect("E2E_KAFKA_OPTIONS items are key=value");
-            config.kafka_options.push((k.trim().to_owned(), v.trim().to_owned()));
+            config.kafka.options.push((k.trim().to_owned(), v.trim().to_owned()));
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();

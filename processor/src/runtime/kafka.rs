@@ -5,12 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::producer::{FutureProducer, Producer as _};
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 use tracing::info;
 
@@ -20,65 +17,37 @@ use crate::config::ProcessorConfig;
 /// The consumer type of the processors' group.
 pub type GroupConsumer = StreamConsumer<RebalanceContext>;
 
-/// A client configuration: the brokers, then `settings`, then the user's raw librdkafka options
-/// (last, so they win).
-fn client_config(config: &ProcessorConfig, settings: &[(&str, &str)]) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &config.brokers);
-    for (k, v) in settings {
-        c.set(*k, *v);
-    }
-    for (k, v) in config.kafka_options.iter().filter(|(k, _)| !k.is_empty()) {
-        c.set(k, v);
-    }
-    c
+/// A client configuration: the connection (brokers, TLS, SASL), then `settings`, then the user's
+/// raw librdkafka options (last, so they win).
+fn client_config(config: &ProcessorConfig, settings: &[(&str, &str)]) -> anyhow::Result<ClientConfig> {
+    config.kafka.client_config(settings)
 }
 
 /// Create `<prefix>.events` (N partitions), `<prefix>.state` (compacted) and `<prefix>.dead` if
-/// they do not exist.
+/// they do not exist, with the configured replication and retention.
 pub async fn ensure_topics(config: &ProcessorConfig) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> =
-        client_config(config, &[]).create().context("cannot create a Kafka admin client")?;
-    let (events, state, dead) = (config.events_topic(), config.state_topic(), config.dead_topic());
-    let topics = [
-        NewTopic::new(&events, config.partitions, TopicReplication::Fixed(1)),
-        NewTopic::new(&state, config.partitions, TopicReplication::Fixed(1)).set("cleanup.policy", "compact"),
-        NewTopic::new(&dead, 1, TopicReplication::Fixed(1)),
+    let (settings, topics) = (&config.topic_settings, config.topics());
+    let specs = [
+        settings.events(&topics, config.partitions),
+        settings.state(&topics, config.partitions),
+        settings.dead(&topics),
     ];
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let results = tokio::time::timeout(Duration::from_secs(20), admin.create_topics(&topics, &options))
-        .await
-        .map_err(|_| {
-            anyhow::anyhow!("cannot reach Kafka at {}: is the broker running? set DURABLE_BROKERS", config.brokers)
-        })?
-        .with_context(|| {
-            format!("cannot reach Kafka at {}: is the broker running? set DURABLE_BROKERS", config.brokers)
-        })?;
-    for result in results {
-        match result {
-            Ok(topic) => info!(%topic, "created topic"),
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => anyhow::bail!("cannot create topic {topic}: {code}"),
-        }
-    }
-    Ok(())
+    settings.ensure(&config.kafka, &specs).await
 }
 
-/// How many partitions `<prefix>.events` has (it may predate this processor's configuration).
+/// How many partitions `<prefix>.events` has: the broker's count, whatever `--partitions` says
+/// (it only applies when the processor creates the topic). A difference is logged.
 pub async fn partition_count(config: &ProcessorConfig) -> anyhow::Result<u32> {
-    let topic = config.events_topic();
-    let client: rdkafka::consumer::BaseConsumer =
-        client_config(config, &[]).create().context("cannot create a Kafka client")?;
-    let brokers = config.brokers.clone();
-    tokio::task::spawn_blocking(move || {
-        let metadata = client.fetch_metadata(Some(&topic), Duration::from_secs(20)).map_err(|e| {
-            anyhow::anyhow!("cannot reach Kafka at {brokers}: is the broker running? set DURABLE_BROKERS ({e})")
-        })?;
-        let n = metadata.topics().first().map_or(0, |t| t.partitions().len() as u32);
-        anyhow::ensure!(n > 0, "topic {topic} has no partitions: create it or let the processor create it");
-        Ok(n)
-    })
-    .await?
+    let n = durable_kafka::topics::partition_count(&config.kafka, &config.events_topic()).await?;
+    if i64::from(n) != i64::from(config.partitions) {
+        tracing::warn!(
+            topic = %config.events_topic(),
+            partitions = n,
+            configured = config.partitions,
+            "the events topic exists with a different partition count than DURABLE_PARTITIONS: using the topic's"
+        );
+    }
+    Ok(n)
 }
 
 /// The producer: idempotent (ordered, no gaps, no duplicates per partition) and partitioning by
@@ -94,7 +63,7 @@ pub fn producer(config: &ProcessorConfig) -> anyhow::Result<FutureProducer> {
         ("linger.ms", "0"),
         ("message.timeout.ms", "30000"),
     ];
-    client_config(config, &settings).create().context("cannot create the Kafka producer")
+    client_config(config, &settings)?.create().context("cannot create the Kafka producer")
 }
 
 /// Ask for the metadata of the topics the producer writes, so that the first group does not wait
@@ -175,7 +144,7 @@ pub fn consumer(config: &ProcessorConfig, workers: Arc<Workers>) -> anyhow::Resu
         // 166 ms at 10 ms, 39 ms at 1 ms; idle cost ~10 % of a core in the broker.
         ("fetch.wait.max.ms", "1"),
     ];
-    let consumer: GroupConsumer = client_config(config, &settings)
+    let consumer: GroupConsumer = client_config(config, &settings)?
         .create_with_context(RebalanceContext { workers })
         .context("cannot create the Kafka consumer")?;
     consumer.subscribe(&[&config.events_topic()]).context("cannot subscribe to the events topic")?;

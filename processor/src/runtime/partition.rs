@@ -4,9 +4,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use durable_kafka::dead_letter;
 use durable_schemas::{Envelope, Origin, Payload};
 use rdkafka::consumer::Consumer;
-use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{OwnedHeaders, OwnedMessage};
 use rdkafka::producer::future_producer::DeliveryFuture;
 use rdkafka::producer::FutureRecord;
 use rdkafka::Message;
@@ -279,7 +280,7 @@ async fn apply_group(
             activities.push((message.offset(), envelope, Some(message)));
             continue;
         }
-        let home = id.partition(shared.config.partitions as u32) as i32;
+        let home = id.partition(shared.partitions) as i32;
         if home != partition {
             let reason = format!(
                 "{} belongs to partition {home} but arrived in {partition}: produce with key = target id and the murmur2 partitioner",
@@ -713,14 +714,13 @@ impl<'a> Producer<'a> {
                     METRICS.dead_letters.with_label_values(&[label]).inc();
                     METRICS.events.with_label_values(&[label, "dead"]).inc();
                     warn!(partition = label, offset, %reason, "dead letter");
-                    let headers = OwnedHeaders::new()
-                        .insert(Header { key: "durable.reason", value: Some(reason.as_bytes()) })
-                        .insert(Header { key: "durable.source.topic", value: Some(events.as_bytes()) })
-                        .insert(Header { key: "durable.source.partition", value: Some(label.as_bytes()) })
-                        .insert(Header { key: "durable.source.offset", value: Some(offset.to_string().as_bytes()) });
                     let key = key.unwrap_or_default();
                     let payload = payload.unwrap_or_default();
-                    self.events.push(enqueue(shared, &dead_topic, &key, &payload, Some(headers), None).await?);
+                    let (copy, truncated) = dead_letter::copy(&payload);
+                    let source = dead_letter::Source { topic: &events, partition: self.partition, offset };
+                    let headers = dead_letter::headers("processor", &reason, source, truncated);
+                    let payload = copy;
+                    self.events.push(enqueue(shared, &dead_topic, &key, payload, Some(headers), None).await?);
                 }
             }
         }
