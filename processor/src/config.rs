@@ -34,6 +34,11 @@ pub struct ProcessorConfig {
     /// Most records a partition applies and commits in one group.
     #[arg(long, env = "DURABLE_BATCH", default_value_t = 256)]
     pub batch: usize,
+    /// Largest event (encoded record value) a processor applies; larger records go to the
+    /// dead-letter topic with their first 64 KiB. Keep it at or below the brokers'
+    /// message.max.bytes (1 MB by default).
+    #[arg(long, env = "DURABLE_MAX_EVENT_BYTES", default_value_t = 1_000_000)]
+    pub max_event_bytes: usize,
     /// How often each partition looks for due timers.
     #[arg(long, env = "DURABLE_TIMER_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub timer_interval: Duration,
@@ -62,6 +67,7 @@ impl ProcessorConfig {
             redis_url: redis_url.to_owned(),
             metrics_addr: "127.0.0.1:0".parse().expect("valid address"),
             batch: 256,
+            max_event_bytes: 1_000_000,
             timer_interval: Duration::from_millis(100),
             orphan_timeout: Duration::from_secs(20),
             spread_activities: false,

@@ -195,6 +195,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     ready: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
 ) -> anyhow::Result<()> {
+    config.kafka.validate()?;
     let store = RedisStore::connect(&config.redis_url, &config.prefix).await.map_err(|e| {
         anyhow::anyhow!(
             "cannot reach Redis at {}: is it running? set DURABLE_REDIS_URL ({e})",

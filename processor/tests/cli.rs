@@ -21,6 +21,16 @@ fn help_lists_every_flag_with_its_environment_variable() {
         ("--batch", "DURABLE_BATCH"),
         ("--timer-interval", "DURABLE_TIMER_INTERVAL"),
         ("--kafka-option", "DURABLE_KAFKA_OPTIONS"),
+        ("--kafka-security-protocol", "DURABLE_KAFKA_SECURITY_PROTOCOL"),
+        ("--kafka-sasl-mechanism", "DURABLE_KAFKA_SASL_MECHANISM"),
+        ("--kafka-sasl-username", "DURABLE_KAFKA_SASL_USERNAME"),
+        ("--kafka-sasl-password", "DURABLE_KAFKA_SASL_PASSWORD"),
+        ("--kafka-sasl-password-file", "DURABLE_KAFKA_SASL_PASSWORD_FILE"),
+        ("--kafka-ssl-ca", "DURABLE_KAFKA_SSL_CA"),
+        ("--replication-factor", "DURABLE_REPLICATION_FACTOR"),
+        ("--min-insync-replicas", "DURABLE_MIN_INSYNC_REPLICAS"),
+        ("--events-retention", "DURABLE_EVENTS_RETENTION"),
+        ("--max-event-bytes", "DURABLE_MAX_EVENT_BYTES"),
         ("--log", "DURABLE_LOG"),
     ] {
         assert!(help.contains(flag) && help.contains(env), "{flag} / {env} missing from --help:\n{help}");
@@ -44,6 +54,38 @@ fn a_bad_flag_value_is_rejected_with_usage() {
     let out = processor().args(["--kafka-option", "no-equals-sign"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8(out.stderr).unwrap().contains("is not KEY=VALUE"));
+}
+
+#[test]
+fn secrets_in_the_environment_stay_out_of_help_and_errors() {
+    let out = processor()
+        .env("DURABLE_KAFKA_SASL_PASSWORD", "kafka-pw-6f1d")
+        .env("DURABLE_KAFKA_OPTIONS", "ssl.key.password=key-pw-93ab")
+        .env("DURABLE_REDIS_URL", "redis://app:redis-pw-77c2@127.0.0.1:1")
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    for secret in ["kafka-pw-6f1d", "key-pw-93ab", "redis-pw-77c2"] {
+        assert!(!help.contains(secret), "--help shows {secret}:\n{help}");
+    }
+    let out = processor().env("DURABLE_REDIS_URL", "redis://app:redis-pw-77c2@127.0.0.1:1").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("cannot reach Redis at redis://app:***@127.0.0.1:1"), "{stderr}");
+    assert!(!stderr.contains("redis-pw-77c2"), "{stderr}");
+}
+
+#[test]
+fn sasl_without_credentials_is_refused_with_what_to_set() {
+    let out = processor()
+        .args(["--kafka-security-protocol", "SASL_SSL", "--redis-url", "redis://127.0.0.1:1"])
+        .env_remove("DURABLE_KAFKA_SASL_MECHANISM")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("DURABLE_KAFKA_SASL_MECHANISM"), "{stderr}");
 }
 
 #[test]

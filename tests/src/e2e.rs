@@ -28,6 +28,41 @@ pub fn redis_url() -> String {
     std::env::var("DURABLE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+/// Where `scripts/services` keeps tools, certificates and the test broker (`DURABLE_CACHE`).
+pub fn cache_dir() -> std::path::PathBuf {
+    std::env::var_os("DURABLE_CACHE").map(Into::into).unwrap_or_else(|| {
+        std::path::PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/durable")
+    })
+}
+
+/// The test broker's SASL_SSL listener (`DURABLE_SASL_BROKERS`, default 127.0.0.1:9094) with
+/// `mechanism`, the user `scripts/kafka/broker` made and its CA: what a user of a secured
+/// cluster configures. Panics, saying what to run, when the credentials are missing.
+pub fn secured(mechanism: durable_kafka::SaslMechanism) -> durable_kafka::KafkaConnection {
+    let dir = cache_dir().join("kafka-tls");
+    let env = std::fs::read_to_string(dir.join("sasl.env")).unwrap_or_else(|e| {
+        panic!(
+            "no SASL credentials in {}: run scripts/services, which starts Kafka with a SASL_SSL listener ({e})",
+            dir.display()
+        )
+    });
+    let value = |key: &str| {
+        env.lines()
+            .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+            .unwrap_or_else(|| panic!("{key} missing from {}/sasl.env", dir.display()))
+            .to_owned()
+    };
+    let mut k = durable_kafka::KafkaConnection::plaintext(
+        &std::env::var("DURABLE_SASL_BROKERS").unwrap_or_else(|_| "127.0.0.1:9094".into()),
+    );
+    k.security_protocol = durable_kafka::SecurityProtocol::SaslSsl;
+    k.sasl_mechanism = Some(mechanism);
+    k.sasl_username = Some(value("KAFKA_SASL_USERNAME"));
+    k.sasl_password = Some(durable_kafka::Secret::new(value("KAFKA_SASL_PASSWORD")));
+    k.ssl_ca = Some(dir.join("ca.pem"));
+    k
+}
+
 /// A prefix no other test (or run) uses.
 pub fn unique_prefix(name: &str) -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos();
@@ -61,6 +96,11 @@ pub struct InProcess {
 impl InProcess {
     /// Start one with `partitions` partitions under `prefix`.
     pub async fn start(prefix: &str, partitions: i32) -> Self {
+        Self::start_with(Self::config(prefix, partitions)).await
+    }
+
+    /// The configuration [`InProcess::start`] runs with, to change before [`InProcess::start_with`].
+    pub fn config(prefix: &str, partitions: i32) -> ProcessorConfig {
         let mut config = ProcessorConfig::new(&brokers(), &redis_url(), prefix);
         config.partitions = partitions;
         // E2E_KAFKA_OPTIONS=key=value,… reaches in-process processors too (experiments, bench).
@@ -68,6 +108,11 @@ impl InProcess {
             let (k, v) = kv.split_once('=').expect("E2E_KAFKA_OPTIONS items are key=value");
             config.kafka.options.push((k.trim().to_owned(), v.trim().to_owned()));
         }
+        config
+    }
+
+    /// Start one with `config`.
+    pub async fn start_with(config: ProcessorConfig) -> Self {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(runtime::run(
@@ -123,6 +168,17 @@ pub struct Process {
 impl Process {
     /// Spawn `binary` (from `env!("CARGO_BIN_EXE_test-processor")`).
     pub fn spawn(binary: &str, prefix: &str, partitions: i32, log: &std::path::Path) -> Self {
+        Self::spawn_with(binary, prefix, partitions, log, &[])
+    }
+
+    /// [`Process::spawn`] with more environment variables (they win over the defaults).
+    pub fn spawn_with(
+        binary: &str,
+        prefix: &str,
+        partitions: i32,
+        log: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> Self {
         let port = free_port();
         let log = std::fs::File::create(log).expect("log file");
         let child = Command::new(binary)
@@ -134,6 +190,7 @@ impl Process {
             .env("DURABLE_METRICS_ADDR", format!("127.0.0.1:{port}"))
             .env("DURABLE_LOG", std::env::var("E2E_LOG").unwrap_or_else(|_| "info".into()))
             .env("DURABLE_KAFKA_OPTIONS", std::env::var("E2E_KAFKA_OPTIONS").unwrap_or_default())
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -163,9 +220,22 @@ impl Drop for Process {
 
 /// GET a path from a `/metrics`-style address.
 pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    http(addr, &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")).await
+}
+
+/// POST a JSON body to a path of the management API; the whole response (status line first).
+pub async fn http_post(addr: SocketAddr, path: &str, body: &serde_json::Value) -> String {
+    let body = body.to_string();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    http(addr, &request).await
+}
+
+async fn http(addr: SocketAddr, request: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect to /metrics");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect to the HTTP server");
     stream.write_all(request.as_bytes()).await.expect("write");
     let mut response = String::new();
     stream.read_to_string(&mut response).await.expect("read");

@@ -256,6 +256,13 @@ async fn apply_group(
     let mut activities = Vec::new();
     let mut outbound: Vec<(i64, Out)> = Vec::new();
     for message in batch {
+        let size = message.payload().map_or(0, <[u8]>::len);
+        if size > shared.config.max_event_bytes {
+            let limit = shared.config.max_event_bytes;
+            let reason = format!("event of {size} bytes is over the limit of {limit} bytes (DURABLE_MAX_EVENT_BYTES)");
+            outbound.push(dead(message, reason));
+            continue;
+        }
         let envelope = match message.payload().map(Envelope::decode) {
             None => {
                 outbound.push(dead(message, "empty record: expected an Avro single-object encoded envelope"));
