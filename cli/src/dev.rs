@@ -41,6 +41,7 @@ pub async fn run(args: DevArgs) -> Result<u8, CliError> {
         .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log))
         .with_target(false)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     if args.partitions < 1 {
         return Err(CliError::unreachable("--partitions must be at least 1"));

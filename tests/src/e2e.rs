@@ -259,8 +259,13 @@ impl Client {
     /// A client whose producer holds records back `linger_ms` to batch them (0: sends at once,
     /// like the management API's producer).
     pub fn with_linger(prefix: &str, linger_ms: u32) -> Self {
+        Self::connect(prefix, &brokers(), linger_ms)
+    }
+
+    /// A client of the brokers at `brokers`.
+    pub fn connect(prefix: &str, brokers: &str, linger_ms: u32) -> Self {
         let producer = ClientConfig::new()
-            .set("bootstrap.servers", brokers())
+            .set("bootstrap.servers", brokers)
             .set("partitioner", "murmur2_random")
             .set("linger.ms", linger_ms.to_string())
             .create()
@@ -401,5 +406,47 @@ where
         }
         assert!(started.elapsed() < timeout, "timed out after {timeout:?} waiting until {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An Apache Kafka broker of a test's own (`scripts/kafka/broker` on free ports), for tests that
+/// stop, freeze or reconfigure the broker; killed when dropped.
+pub struct Broker {
+    port: u16,
+    pid: u32,
+}
+
+impl Broker {
+    /// Start one with its config, data and log under `dir` (wiped), and wait until it answers.
+    pub fn start(dir: &std::path::Path) -> Self {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka/broker");
+        let port = loop {
+            let port = free_port();
+            if std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+                break port;
+            }
+        };
+        let out = Command::new(&script).arg(dir).arg(port.to_string()).output().expect("run scripts/kafka/broker");
+        assert!(out.status.success(), "the test broker did not start: {}", String::from_utf8_lossy(&out.stderr));
+        let pid = std::fs::read_to_string(dir.join("kafka.pid")).expect("kafka.pid").trim().parse().expect("a pid");
+        Self { port, pid }
+    }
+
+    /// Its bootstrap address.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Send the broker's JVM a signal (`STOP`, `CONT`, `KILL`).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.pid.to_string()).status().expect("kill");
+        assert!(status.success(), "kill -{signal} {} failed", self.pid);
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg("-CONT").arg(self.pid.to_string()).status();
+        let _ = Command::new("kill").arg("-KILL").arg(self.pid.to_string()).status();
     }
 }

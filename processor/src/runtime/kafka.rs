@@ -61,7 +61,14 @@ pub fn producer(config: &ProcessorConfig) -> anyhow::Result<FutureProducer> {
         // (hello3 p50 at 100/s: 20 ms with 1 ms, 14 ms with 0; batches still form while requests
         // are in flight).
         ("linger.ms", "0"),
-        ("message.timeout.ms", "30000"),
+        // Never time a record out: a record that timed out while later ones of the same
+        // partition got through would leave a gap in the origin sequence (receivers drop
+        // anything below the highest sequence they saw), and its resend would be dropped as a
+        // duplicate. With no timeout the idempotent producer retries until the broker is back,
+        // in order; a group waiting for it holds its offsets, and a stopping worker abandons it
+        // after the grace period (the next owner redoes it). Permanent errors (too large, not
+        // authorized) still fail at once.
+        ("message.timeout.ms", "0"),
     ];
     client_config(config, &settings)?.create().context("cannot create the Kafka producer")
 }

@@ -521,6 +521,7 @@ async fn main() {
             std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
         ))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     let size = |full: u64| ((full as f64 * args.scale).round() as u64).max(10);
     let all = args.workload == "all";

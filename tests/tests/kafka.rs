@@ -1,0 +1,292 @@
+//! Kafka behaviours the runtime must survive, on Apache Kafka: gaps in offsets (transaction
+//! markers, aborted transactions, deleted records), an event over the size limit, a
+//! `--partitions` that differs from the topic, credentials kept out of the logs, and a broker
+//! that stops answering for longer than any produce timeout.
+
+use std::time::Duration;
+
+use durable_processor::examples::{self, Counter};
+use durable_processor::id::InstanceId;
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::message::Headers as _;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::{ClientConfig, Message as _, TopicPartitionList};
+use tests::e2e::{self, Client, InProcess, Process, State};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_test-processor");
+
+async fn owns_partitions(p: &Process) -> bool {
+    match tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(p.metrics)).await {
+        Ok(Ok(_)) => {
+            let status = e2e::http_get(p.metrics, "/status").await;
+            status.contains("\"partitions\":[") && !status.contains("\"partitions\":[]")
+        }
+        _ => false,
+    }
+}
+
+/// The value of `durable_offsets_skipped_total` for `partition` in a processor's /metrics.
+async fn skipped(p: &Process, partition: u32) -> u64 {
+    let metrics = e2e::http_get(p.metrics, "/metrics").await;
+    let series = format!("durable_offsets_skipped_total{{partition=\"{partition}\"}} ");
+    metrics.lines().find_map(|l| l.strip_prefix(series.as_str())).map_or(0, |v| v.trim().parse().expect("a count"))
+}
+
+async fn counter_value(state: &State, id: &InstanceId) -> i64 {
+    state.entity::<Counter>(id).await.map_or(0, |c| c.value)
+}
+
+fn logs(prefix: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(prefix);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn transaction_markers_and_aborted_transactions_are_gaps_that_are_skipped_and_counted() {
+    let prefix = e2e::unique_prefix("txn");
+    let mut processor = Process::spawn(BINARY, &prefix, 2, &logs(&prefix).join("p.log"));
+    e2e::eventually(Duration::from_secs(60), "the processor owns partitions", || async {
+        owns_partitions(&processor).await.then_some(())
+    })
+    .await;
+    let counter = InstanceId::entity("Counter", "txn");
+    let partition = counter.partition(2);
+    let mut client = Client::new(&prefix);
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", e2e::brokers())
+        .set("partitioner", "murmur2_random")
+        .set("transactional.id", format!("{prefix}-tx"))
+        .create()
+        .expect("transactional producer");
+    producer.init_transactions(Duration::from_secs(30)).expect("init transactions");
+    let topic = format!("{prefix}.events");
+    // Committed (10), aborted (10), committed (10): three markers and ten aborted records.
+    for (round, commit) in [(0, true), (1, false), (2, true)] {
+        producer.begin_transaction().expect("begin");
+        for _ in 0..10 {
+            let e = client.signal(&counter, "add", 1);
+            let bytes = e.encode();
+            let record = FutureRecord::to(&topic).key(e.target.as_bytes()).payload(&bytes);
+            producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).expect("produce");
+        }
+        if commit {
+            producer.commit_transaction(Duration::from_secs(30)).expect("commit");
+        } else {
+            producer.abort_transaction(Duration::from_secs(30)).expect("abort");
+        }
+        eprintln!("transaction {round} {}", if commit { "committed" } else { "aborted" });
+    }
+    // One plain record after the last marker, so that its gap is seen too.
+    let one = client.signal(&counter, "add", 1);
+    client.send(&[one]).await;
+    let state = State::connect(&prefix, 2).await;
+    e2e::eventually(Duration::from_secs(60), "21 signals applied and 13 offsets skipped", || async {
+        let value = counter_value(&state, &counter).await;
+        assert!(value <= 21, "an aborted record or a duplicate was applied: {value}");
+        (value == 21 && skipped(&processor, partition).await == 13).then_some(())
+    })
+    .await;
+    // Nothing more arrives later (the aborted records stay invisible).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(counter_value(&state, &counter).await, 21);
+    processor.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn records_deleted_before_they_were_read_are_skipped_and_counted() {
+    let prefix = e2e::unique_prefix("deleted");
+    let log = logs(&prefix);
+    let mut first = Process::spawn(BINARY, &prefix, 1, &log.join("first.log"));
+    e2e::eventually(Duration::from_secs(60), "the processor owns its partition", || async {
+        owns_partitions(&first).await.then_some(())
+    })
+    .await;
+    let counter = InstanceId::entity("Counter", "deleted");
+    let mut client = Client::new(&prefix);
+    let state = State::connect(&prefix, 1).await;
+    let one = client.signal(&counter, "add", 1);
+    client.send(&[one]).await;
+    e2e::eventually(Duration::from_secs(60), "the first signal is applied", || async {
+        (counter_value(&state, &counter).await == 1).then_some(())
+    })
+    .await;
+    first.terminate(); // commits offset 1
+    let ten: Vec<_> = (0..10).map(|_| client.signal(&counter, "add", 1)).collect();
+    client.send(&ten).await; // offsets 1..=10
+                             // Retention (here DeleteRecords) removes six of them before any processor read them.
+    let topic = format!("{prefix}.events");
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", e2e::brokers()).create().expect("admin");
+    let mut before = TopicPartitionList::new();
+    before.add_partition_offset(&topic, 0, rdkafka::Offset::Offset(7)).unwrap();
+    let deleted = admin.delete_records(&before, &AdminOptions::new()).await.expect("delete records");
+    assert_eq!(deleted.elements()[0].error(), Ok(()));
+
+    let second = Process::spawn(BINARY, &prefix, 1, &log.join("second.log"));
+    e2e::eventually(Duration::from_secs(60), "the second processor owns the partition", || async {
+        owns_partitions(&second).await.then_some(())
+    })
+    .await;
+    let one = client.signal(&counter, "add", 1);
+    client.send(&[one]).await;
+    e2e::eventually(Duration::from_secs(60), "the four kept and the new signal applied, six skipped", || async {
+        let value = counter_value(&state, &counter).await;
+        assert!(value <= 6, "applied twice: {value}");
+        (value == 6 && skipped(&second, 0).await == 6).then_some(())
+    })
+    .await;
+    let text = std::fs::read_to_string(log.join("second.log")).unwrap();
+    assert!(text.contains("offsets skipped") && text.contains("skipped=6"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_processor_configured_with_another_partition_count_routes_by_the_topics() {
+    let prefix = e2e::unique_prefix("partitions");
+    InProcess::start(&prefix, 8).await.stop().await; // creates the topics with 8 partitions
+    let mut config = InProcess::config(&prefix, 3);
+    config.partitions = 3;
+    let processor = InProcess::start_with(config).await;
+    let mut client = Client::new(&prefix);
+    let counters: Vec<InstanceId> = (0..16).map(|i| InstanceId::entity("Counter", format!("c{i}"))).collect();
+    let signals: Vec<_> = counters.iter().map(|c| client.signal(c, "add", 1)).collect();
+    client.send(&signals).await;
+    let state = State::connect(&prefix, 8).await;
+    for c in &counters {
+        e2e::eventually(Duration::from_secs(60), &format!("{c} is applied"), || async {
+            (counter_value(&state, c).await == 1).then_some(())
+        })
+        .await;
+    }
+    let dead = e2e::topic_reader(&prefix, "dead");
+    if let Ok(m) = tokio::time::timeout(Duration::from_secs(3), dead.recv()).await {
+        panic!("a valid event was dead-lettered: {:?}", m.map(|m| m.detach()));
+    }
+    processor.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_event_over_the_size_limit_is_dead_lettered_with_a_truncated_copy_and_the_partition_goes_on() {
+    let prefix = e2e::unique_prefix("too-big");
+    let mut config = InProcess::config(&prefix, 2);
+    config.max_event_bytes = 200_000;
+    let processor = InProcess::start_with(config).await;
+    let mut client = Client::new(&prefix);
+    let counter = InstanceId::entity("Counter", "big");
+    client.send_raw(&counter.canonical(), &vec![b'x'; 300_000]).await;
+    let one = client.signal(&counter, "add", 1);
+    client.send(&[one]).await;
+    let state = State::connect(&prefix, 2).await;
+    e2e::eventually(Duration::from_secs(60), "the signal after the large event is applied", || async {
+        (counter_value(&state, &counter).await == 1).then_some(())
+    })
+    .await;
+    let dead = e2e::topic_reader(&prefix, "dead");
+    let m = tokio::time::timeout(Duration::from_secs(30), dead.recv()).await.expect("a dead letter").unwrap();
+    let header = |name: &str| {
+        let h = m.headers().expect("headers");
+        h.iter().find(|h| h.key == name).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
+    };
+    let reason = header(durable_kafka::dead_letter::REASON).expect("a reason");
+    assert!(reason.contains("300000 bytes") && reason.contains("DURABLE_MAX_EVENT_BYTES"), "{reason}");
+    assert_eq!(header(durable_kafka::dead_letter::TRUNCATED).as_deref(), Some("300000"));
+    assert_eq!(header(durable_kafka::dead_letter::COMPONENT).as_deref(), Some("processor"));
+    assert_eq!(m.payload().map(<[u8]>::len), Some(durable_kafka::dead_letter::MAX_COPY));
+    assert_eq!(m.key(), Some(counter.canonical().as_bytes()));
+    processor.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_processor_on_sasl_ssl_never_logs_its_credentials() {
+    let prefix = e2e::unique_prefix("sasl-log");
+    let log = logs(&prefix).join("p.log");
+    let k = e2e::secured(durable_kafka::SaslMechanism::ScramSha256);
+    let password = k.sasl_password.clone().expect("a password");
+    let ca = k.ssl_ca.clone().expect("a CA").to_string_lossy().into_owned();
+    let env = [
+        ("DURABLE_BROKERS", k.brokers.as_str()),
+        ("DURABLE_KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+        ("DURABLE_KAFKA_SASL_MECHANISM", "SCRAM-SHA-256"),
+        ("DURABLE_KAFKA_SASL_USERNAME", k.sasl_username.as_deref().expect("a user")),
+        ("DURABLE_KAFKA_SASL_PASSWORD", password.expose()),
+        ("DURABLE_KAFKA_SSL_CA", ca.as_str()),
+        ("DURABLE_LOG", "debug"),
+    ];
+    let mut processor = Process::spawn_with(BINARY, &prefix, 2, &log, &env);
+    e2e::eventually(Duration::from_secs(60), "the processor owns partitions over SASL_SSL", || async {
+        owns_partitions(&processor).await.then_some(())
+    })
+    .await;
+    let response =
+        e2e::http_post(processor.metrics, "/v1/entities/Counter/sasl/add", &serde_json::json!({"input": 3})).await;
+    assert!(response.starts_with("HTTP/1.1 202"), "{response}");
+    let state = State::connect(&prefix, 2).await;
+    let counter = InstanceId::entity("Counter", "sasl");
+    e2e::eventually(Duration::from_secs(60), "the signal is applied", || async {
+        (counter_value(&state, &counter).await == 3).then_some(())
+    })
+    .await;
+    processor.terminate();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("processor running"), "{text}");
+    assert!(!text.contains(password.expose()), "the SASL password is in the log");
+}
+
+/// Starts its own broker (the shared one must keep serving the other tests), SIGSTOPs it for
+/// longer than any produce timeout while processors are mid-run, and resumes it: nothing lost,
+/// nothing applied twice, every orchestration completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broker_frozen_longer_than_a_produce_timeout_loses_nothing_and_applies_nothing_twice() {
+    let prefix = e2e::unique_prefix("sigstop");
+    let dir = logs(&prefix);
+    let broker = e2e::Broker::start(&dir.join("broker"));
+    let brokers = broker.address();
+    let env = [("DURABLE_BROKERS", brokers.as_str())];
+    let mut a = Process::spawn_with(BINARY, &prefix, 4, &dir.join("a.log"), &env);
+    let mut b = Process::spawn_with(BINARY, &prefix, 4, &dir.join("b.log"), &env);
+    e2e::eventually(Duration::from_secs(90), "both processors own partitions", || async {
+        (owns_partitions(&a).await && owns_partitions(&b).await).then_some(())
+    })
+    .await;
+    let mut client = Client::connect(&prefix, &brokers, 2);
+    let state = State::connect(&prefix, 4).await;
+    let counters: Vec<InstanceId> = (0..10).map(|i| InstanceId::entity("Counter", format!("c{i}"))).collect();
+    let mut events: Vec<_> = (0..2_000).map(|i| client.signal(&counters[i % 10], "add", 1)).collect();
+    let hellos: Vec<_> =
+        (0..5).map(|k| client.start("HelloSequence", &format!("h{k}"), Vec::<String>::new())).collect();
+    events.extend(hellos.iter().cloned());
+    client.send(&events).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let frozen_at = {
+        let mut total = 0;
+        for c in &counters {
+            total += counter_value(&state, c).await;
+        }
+        total
+    };
+    broker.signal("STOP");
+    tokio::time::sleep(Duration::from_secs(35)).await; // the producer's old message timeout was 30 s
+    broker.signal("CONT");
+    eprintln!("broker frozen for 35 s with {frozen_at} of 2000 signals applied");
+    let more: Vec<_> = (0..1_000).map(|i| client.signal(&counters[i % 10], "add", 1)).collect();
+    client.send(&more).await;
+    for c in &counters {
+        e2e::eventually(Duration::from_secs(180), &format!("{c} reaches 300"), || async {
+            let v = counter_value(&state, c).await;
+            assert!(v <= 300, "{c} applied a signal twice: {v}");
+            (v == 300).then_some(())
+        })
+        .await;
+    }
+    let greetings: Vec<String> = examples::CITIES.iter().map(|c| format!("Hello {c}!")).collect();
+    for h in &hellos {
+        let out: Vec<String> = state.output(&h.target, Duration::from_secs(120)).await.decode().unwrap();
+        assert_eq!(out, greetings);
+    }
+    a.terminate();
+    b.terminate();
+    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
+    drop(consumer.fetch_metadata(None, Duration::from_secs(5)).expect("the broker answers after SIGCONT"));
+}
