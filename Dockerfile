@@ -4,7 +4,7 @@
 # --- build -------------------------------------------------------------------------------------
 FROM rust:1.88-bookworm AS build
 RUN apt-get update \
- && apt-get install -y --no-install-recommends build-essential cmake pkg-config python3 perl zlib1g-dev \
+ && apt-get install -y --no-install-recommends build-essential cmake pkg-config python3 perl zlib1g-dev libssl-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -19,7 +19,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 # --- run ---------------------------------------------------------------------------------------
 FROM debian:bookworm-slim AS run
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
+ && apt-get install -y --no-install-recommends ca-certificates libssl3 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin durable
 COPY --from=build /out/ /usr/local/bin/

@@ -113,10 +113,29 @@ fn every_image_is_pinned_and_every_service_is_healthchecked() {
     for needed in ["kafka", "redis", "typesense", "processor", "projector", "prometheus", "grafana", "demo"] {
         assert!(all.contains_key(needed), "the stack has {needed}");
     }
-    // Scalable: no fixed container name or host port on the processor.
+    // Scalable: no fixed container name on the processor, and its published API is a port range
+    // (one port per replica).
     let processor = &all["processor"];
-    assert!(processor["container_name"].is_null() && processor["ports"].is_null(), "processor scales");
-    assert!(all["kafka"]["image"].as_str().unwrap().starts_with("apache/kafka:"));
+    assert!(processor["container_name"].is_null(), "processor scales");
+    for published in strings(&processor["ports"]) {
+        assert!(
+            published.contains("9464-") || published.contains("_PORTS"),
+            "processor publishes a range: {published}"
+        );
+    }
+    // Published ports are on the host's loopback only.
+    for (name, s) in &all {
+        for published in strings(&s["ports"]) {
+            assert!(published.starts_with("127.0.0.1:"), "{name} publishes {published} beyond loopback");
+        }
+    }
+    // Compose runs the Kafka version the tests run on.
+    let tested = std::fs::read_to_string(format!("{DIR}/../scripts/kafka/broker")).unwrap();
+    let version = tested
+        .lines()
+        .find_map(|l| l.strip_prefix("KAFKA_VERSION=\"${KAFKA_VERSION:-").and_then(|v| v.strip_suffix("}\"")))
+        .expect("scripts/kafka/broker pins KAFKA_VERSION");
+    assert_eq!(all["kafka"]["image"].as_str().unwrap(), format!("apache/kafka:{version}"));
     let kafka_env = environment(&all["kafka"]);
     assert!(kafka_env["KAFKA_PROCESS_ROLES"].contains("controller"), "KRaft mode");
     let redis = strings(&all["redis"]["command"]).join(" ");
@@ -212,6 +231,12 @@ fn env_variables_are_documented_and_no_secret_is_in_the_repository() {
     }
     assert!(seen.contains("TYPESENSE_API_KEY"));
     assert!(!example.lines().any(|l| l.starts_with("TYPESENSE_API_KEY=")), "no key in the repository");
+    let ignored = std::fs::read_to_string(format!("{DIR}/../.gitignore")).unwrap();
+    assert!(ignored.lines().any(|l| l == "/compose/.env"), "compose/.env (generated secrets) is git-ignored");
+    let docker_ignored = std::fs::read_to_string(format!("{DIR}/../.dockerignore")).expect(".dockerignore");
+    for needed in ["target/", ".git/", "compose/.env"] {
+        assert!(docker_ignored.lines().any(|l| l == needed), ".dockerignore keeps {needed} out of the build context");
+    }
     let dockerfile = std::fs::read_to_string(format!("{DIR}/../Dockerfile")).expect("Dockerfile");
     for needed in
         ["--bin processor", "--bin projector", "--bin durable", "USER 10001", "AS build", "FROM debian:bookworm-slim"]
@@ -275,4 +300,28 @@ async fn the_dashboard_uses_only_metrics_our_binaries_expose() {
     let _ = stop.send(());
     projector.await.unwrap().unwrap();
     processor.stop().await;
+}
+
+/// `compose/init-env` writes `.env` once, readable by its owner only, with every default of
+/// `env.example` and generated secrets; a second run keeps it.
+#[test]
+fn init_env_generates_the_secrets_once() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = std::env::temp_dir().join(e2e::unique_prefix("init-env"));
+    std::fs::create_dir_all(&dir).unwrap();
+    for file in ["init-env", "env.example"] {
+        std::fs::copy(format!("{DIR}/{file}"), dir.join(file)).unwrap();
+    }
+    let run = || {
+        let out = std::process::Command::new(dir.join("init-env")).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        std::fs::read_to_string(dir.join(".env")).unwrap()
+    };
+    let first = run();
+    let key = first.lines().find_map(|l| l.strip_prefix("TYPESENSE_API_KEY=")).expect("a generated key");
+    assert_eq!(key.len(), 48);
+    assert!(first.lines().any(|l| l.starts_with("GRAFANA_ADMIN_PASSWORD=")));
+    assert!(first.contains("\nDURABLE_PARTITIONS="), "the defaults come along");
+    assert_eq!(std::fs::metadata(dir.join(".env")).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(run(), first, "a second run keeps the secrets");
 }

@@ -93,11 +93,6 @@ impl ProcessorConfig {
     pub fn dead_topic(&self) -> String {
         self.topics().dead
     }
-
-    /// The Redis URL with any password replaced, for logs and errors.
-    pub fn redis_url_redacted(&self) -> String {
-        redact_url(&self.redis_url)
-    }
 }
 
 /// `url` with the password of its user-info part (`scheme://user:password@host`) replaced by

@@ -196,12 +196,8 @@ pub async fn run(
     ready: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
 ) -> anyhow::Result<()> {
     config.kafka.validate()?;
-    let store = RedisStore::connect(&config.redis_url, &config.prefix).await.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot reach Redis at {}: is it running? set DURABLE_REDIS_URL ({e})",
-            config.redis_url_redacted()
-        )
-    })?;
+    // The store's error names the URL (without its password) and what to set.
+    let store = RedisStore::connect(&config.redis_url, &config.prefix).await.map_err(|e| anyhow::anyhow!("{}", e.0))?;
     kafka::ensure_topics(&config).await?;
     run_with(config, registry, AnyStore::Redis(store), shutdown, ready).await
 }

@@ -115,10 +115,12 @@ fn unavailable(e: redis::RedisError) -> StoreError {
 impl RedisStore {
     /// Connect to `url` (e.g. `redis://127.0.0.1:6379`); keys start with `prefix`.
     pub async fn connect(url: &str, prefix: &str) -> StoreResult<Self> {
+        // Errors name the URL without its password.
+        let shown = crate::config::redact_url(url);
         let client = redis::Client::open(url)
-            .map_err(|e| StoreError(format!("invalid Redis URL {url:?}: {e} (expected redis://host:port)")))?;
+            .map_err(|e| StoreError(format!("invalid Redis URL {shown}: {e} (expected redis://host:port)")))?;
         let unreachable = |e: &dyn std::fmt::Display| {
-            StoreError(format!("cannot reach Redis at {url}: {e}: is redis-server running? set DURABLE_REDIS_URL"))
+            StoreError(format!("cannot reach Redis at {shown}: {e}: is redis-server running? set DURABLE_REDIS_URL"))
         };
         // Fail fast at start-up; once running, the manager reconnects with backoff.
         let probe = tokio::time::timeout(Duration::from_secs(3), client.get_multiplexed_async_connection()).await;
