@@ -28,6 +28,9 @@ pub struct Metrics {
     /// (transaction markers, aborted transactions, records removed by retention, compaction or
     /// `DeleteRecords` before they were read).
     pub offsets_skipped: IntCounterVec,
+    /// `durable_undeliverable_total{topic}`: outgoing records (topic `events` or `state`) the
+    /// producer or the broker refused as too large or malformed, dead-lettered instead.
+    pub undeliverable: IntCounterVec,
     /// `durable_commit_latency_seconds{partition}`: one group commit round trip.
     pub commit_latency: HistogramVec,
     /// `durable_batch_latency_seconds`: from fetch to offset stored, per batch.
@@ -109,6 +112,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "durable_offsets_skipped_total",
             "Offsets of the events topic never delivered (gaps in the log)",
             &[PARTITION],
+        ),
+        undeliverable: counter(
+            &registry,
+            "durable_undeliverable_total",
+            "Outgoing records refused as too large or malformed, dead-lettered instead",
+            &["topic"],
         ),
         activities: counter(&registry, "durable_activities_total", "Activity runs, by outcome", &[PARTITION, OUTCOME]),
         timer_backlog: gauge(&registry, "durable_timer_backlog", "Parked and unacknowledged timers", &[PARTITION]),

@@ -80,9 +80,24 @@ async fn calls_boom(ctx: durable_processor::OrchestrationContext, (): ()) -> Res
     }
 }
 
-/// The handlers of the end-to-end tests: the bundled examples plus a panicking activity.
+/// An entity that keeps whatever text it is given (to make large states on purpose).
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Blob {
+    /// The text.
+    pub data: String,
+}
+
+/// The handlers of the end-to-end tests: the bundled examples, a panicking activity and the
+/// `Blob` entity (operation `set`).
 pub fn registry() -> Registry {
-    examples::register(Registry::new()).activity("Boom", boom).orchestration("CallsBoom", calls_boom)
+    let blob = durable_processor::EntityType::<Blob>::new().operation("set", |b: &mut Blob, _ctx, data: String| {
+        b.data = data;
+        Ok(b.data.len())
+    });
+    examples::register(Registry::new())
+        .activity("Boom", boom)
+        .orchestration("CallsBoom", calls_boom)
+        .entity("Blob", blob)
 }
 
 /// A processor running in this process.

@@ -290,3 +290,74 @@ async fn a_broker_frozen_longer_than_a_produce_timeout_loses_nothing_and_applies
     let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
     drop(consumer.fetch_metadata(None, Duration::from_secs(5)).expect("the broker answers after SIGCONT"));
 }
+
+/// Waits for the first dead letter of `prefix` and returns its reason and truncation header.
+async fn first_dead_letter(prefix: &str) -> (String, Option<String>, Vec<u8>) {
+    let dead = e2e::topic_reader(prefix, "dead");
+    let m = tokio::time::timeout(Duration::from_secs(60), dead.recv()).await.expect("a dead letter").unwrap();
+    let header = |name: &str| {
+        let h = m.headers().expect("headers");
+        h.iter().find(|h| h.key == name).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
+    };
+    let reason = header(durable_kafka::dead_letter::REASON).expect("a reason");
+    (reason, header(durable_kafka::dead_letter::TRUNCATED), m.key().unwrap_or_default().to_vec())
+}
+
+/// A state record over the producer's own limit (`message.max.bytes`): refused when it is
+/// enqueued, dead-lettered, and the partition goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_state_record_over_the_producers_limit_is_dead_lettered_and_the_partition_goes_on() {
+    let prefix = e2e::unique_prefix("state-too-big-local");
+    let mut config = InProcess::config(&prefix, 1);
+    config.kafka.options.push(("message.max.bytes".into(), "300000".into()));
+    let processor = InProcess::start_with(config).await;
+    undeliverable_state(&prefix, 400_000).await;
+    processor.stop().await;
+}
+
+/// A state record over the broker's limit for its topic (`max.message.bytes`): refused in the
+/// delivery report, dead-lettered, and the partition goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_state_record_over_the_brokers_limit_is_dead_lettered_and_the_partition_goes_on() {
+    use rdkafka::admin::{NewTopic, TopicReplication};
+    let prefix = e2e::unique_prefix("state-too-big-broker");
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", e2e::brokers()).create().expect("admin");
+    let state_topic = format!("{prefix}.state");
+    let topic = NewTopic::new(&state_topic, 1, TopicReplication::Fixed(1))
+        .set("cleanup.policy", "compact")
+        .set("max.message.bytes", "200000");
+    admin.create_topics(&[topic], &AdminOptions::new()).await.expect("create the state topic")[0].clone().unwrap();
+    let processor = InProcess::start(&prefix, 1).await;
+    undeliverable_state(&prefix, 300_000).await;
+    processor.stop().await;
+}
+
+async fn undeliverable_state(prefix: &str, bytes: usize) {
+    let mut client = Client::new(prefix);
+    let blob = InstanceId::entity("Blob", "big");
+    let counter = InstanceId::entity("Counter", "after");
+    let big = client.event(
+        &blob.canonical(),
+        durable_schemas::Event::EntityOperation {
+            operation: "set".into(),
+            input: durable_schemas::Payload::json(&"y".repeat(bytes)).unwrap(),
+        },
+    );
+    client.send(&[big]).await;
+    let after = client.signal(&counter, "add", 1);
+    client.send(&[after]).await;
+    let state = State::connect(prefix, 1).await;
+    e2e::eventually(Duration::from_secs(60), "the signal after the large state is applied", || async {
+        (counter_value(&state, &counter).await == 1).then_some(())
+    })
+    .await;
+    // The entity's state is committed (Redis has no such limit); only its record for the feed
+    // could not be produced.
+    let kept: e2e::Blob = state.entity(&blob).await.expect("the blob's state");
+    assert_eq!(kept.data.len(), bytes);
+    let (reason, truncated, key) = first_dead_letter(prefix).await;
+    assert!(reason.contains(&format!("{prefix}.state")) && reason.contains("cannot produce a record"), "{reason}");
+    assert!(truncated.is_some_and(|n| n.parse::<usize>().unwrap() > bytes), "a truncated copy of the record");
+    assert_eq!(key, blob.canonical().as_bytes());
+}

@@ -633,8 +633,48 @@ async fn run_activities(
     }
 }
 
+/// Whether a produce error concerns this one record and no retry can cure it (too large or
+/// malformed for the producer's or the broker's limits). Such a record is dead-lettered, so that
+/// it cannot hold its partition forever; every other error (broker unavailable, not the leader,
+/// not authorized) is retried with the whole group, offsets not stored.
+fn undeliverable(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            Code::MessageSizeTooLarge
+                | Code::MessageBatchTooLarge
+                | Code::InvalidRecord
+                | Code::InvalidMessage
+                | Code::InvalidMessageSize
+        )
+    )
+}
+
+/// The dead letter of a record that cannot be produced to `topic`: its first bytes and the
+/// reason (the caller keeps its key).
+fn undeliverable_letter(topic: &str, payload: &[u8], error: &rdkafka::error::KafkaError) -> (Vec<u8>, OwnedHeaders) {
+    let reason = format!("cannot produce a record of {} bytes to {topic}: {error}", payload.len());
+    warn!(%topic, bytes = payload.len(), %error, "an outgoing record cannot be produced: dead-lettered");
+    METRICS.undeliverable.with_label_values(&[topic_kind(topic)]).inc();
+    let (copy, truncated) = dead_letter::copy(payload);
+    let headers =
+        dead_letter::headers("processor", &reason, dead_letter::Source { topic, partition: -1, offset: -1 }, truncated);
+    (copy.to_vec(), headers)
+}
+
+/// `events` or `state` for the metric label (the topic name carries the prefix).
+fn topic_kind(topic: &str) -> &'static str {
+    if topic.ends_with(".state") {
+        "state"
+    } else {
+        "events"
+    }
+}
+
 /// Enqueue one record (to `partition`, or where the key's hash puts it); waits while the
-/// producer's queue is full.
+/// producer's queue is full. A record the producer refuses as too large goes to the dead-letter
+/// topic instead (see [`undeliverable`]).
 async fn enqueue(
     shared: &Shared,
     topic: &str,
@@ -643,12 +683,18 @@ async fn enqueue(
     headers: Option<OwnedHeaders>,
     partition: Option<i32>,
 ) -> Result<DeliveryFuture, String> {
+    let dead_topic = shared.config.dead_topic();
+    let mut letter: Option<(Vec<u8>, OwnedHeaders)> = None;
     loop {
-        let mut record = FutureRecord::to(topic).key(key).payload(payload);
+        let (to, value, headers, partition) = match &letter {
+            Some((copy, h)) => (dead_topic.as_str(), copy.as_slice(), Some(h), None),
+            None => (topic, payload, headers.as_ref(), partition),
+        };
+        let mut record = FutureRecord::to(to).key(key).payload(value);
         if let Some(p) = partition {
             record = record.partition(p);
         }
-        if let Some(h) = &headers {
+        if let Some(h) = headers {
             record = record.headers(h.clone());
         }
         match shared.producer.send_result(record) {
@@ -656,7 +702,10 @@ async fn enqueue(
             Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), _)) => {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            Err((e, _)) => return Err(format!("cannot produce to {topic}: {e}")),
+            Err((e, _)) if letter.is_none() && to != dead_topic && undeliverable(&e) => {
+                letter = Some(undeliverable_letter(topic, payload, &e));
+            }
+            Err((e, _)) => return Err(format!("cannot produce to {to}: {e}")),
         }
     }
 }
@@ -737,7 +786,7 @@ impl<'a> Producer<'a> {
     /// Wait until every event and dead letter sent so far is acknowledged.
     async fn settle_events(&mut self) -> Result<(), String> {
         for delivery in self.events.drain(..) {
-            acknowledged(delivery).await?;
+            acknowledged(self.shared, delivery).await?;
         }
         Ok(())
     }
@@ -754,7 +803,7 @@ impl<'a> Producer<'a> {
         }
         self.settle_events().await?;
         for delivery in states {
-            acknowledged(delivery).await?;
+            acknowledged(self.shared, delivery).await?;
         }
         if let Some(started) = self.started {
             METRICS.produce_latency.observe(started.elapsed().as_secs_f64());
@@ -763,9 +812,21 @@ impl<'a> Producer<'a> {
     }
 }
 
-async fn acknowledged(delivery: DeliveryFuture) -> Result<(), String> {
+/// Wait for a record's acknowledgement. A record the broker refused as too large or malformed
+/// is dead-lettered (and that acknowledged) instead of failing the group again and again.
+async fn acknowledged(shared: &Shared, delivery: DeliveryFuture) -> Result<(), String> {
     match delivery.await {
         Ok(Ok(_)) => Ok(()),
+        Ok(Err((e, message))) if undeliverable(&e) && message.topic() != shared.config.dead_topic() => {
+            let key = message.key().unwrap_or_default();
+            let (copy, headers) = undeliverable_letter(message.topic(), message.payload().unwrap_or_default(), &e);
+            let dead_topic = shared.config.dead_topic();
+            let letter = FutureRecord::to(&dead_topic).key(key).payload(&copy).headers(headers);
+            match shared.producer.send(letter, Duration::from_secs(60)).await {
+                Ok(_) => Ok(()),
+                Err((e, _)) => Err(format!("cannot dead-letter an undeliverable record: {e}")),
+            }
+        }
         Ok(Err((e, _))) => Err(format!("produce failed: {e}")),
         Err(_) => Err("produce cancelled".into()),
     }
@@ -784,7 +845,7 @@ async fn release_timers(shared: &Arc<Shared>, partition: i32, gauge: bool) -> Re
             deliveries.push(enqueue(shared, &events, e.target.as_bytes(), &e.encode(), None, None).await?);
         }
         for d in deliveries {
-            acknowledged(d).await.map_err(|e| format!("timer {e}"))?;
+            acknowledged(shared, d).await.map_err(|e| format!("timer {e}"))?;
         }
         shared.store.ack_timers(p, last).await.map_err(|e| e.to_string())?;
     }
