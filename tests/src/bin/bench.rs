@@ -26,7 +26,8 @@ use tests::e2e::{self, Client, InProcess};
 #[derive(Debug, Parser)]
 #[command(about = "Durable's benchmark: workloads against the raw floor (see BENCHMARKS.md)")]
 struct Args {
-    /// counter, hello5, fanout, bank, hello3-latency, floor, or all.
+    /// counter, hello5, fanout, bank, scale (a million distinct entities touched once; Redis
+    /// bytes per instance), hello3-latency, floor, or all.
     #[arg(long, default_value = "all")]
     workload: String,
     /// Size multiplier: 1 is the full run (a few minutes on 2 cores); CI uses a small one.
@@ -197,6 +198,8 @@ struct Figure {
     n: u64,
     per_s: f64,
     latencies_ms: Vec<f64>,
+    /// Redis memory per stored instance (the `scale` workload).
+    bytes_per_instance: Option<f64>,
 }
 
 fn print(f: &Figure, floor: Option<f64>) {
@@ -212,6 +215,10 @@ fn print(f: &Figure, floor: Option<f64>) {
         "floor_per_s": floor.map(round),
         "ratio": floor.map(|fl| (f.per_s / fl * 1_000_000.0).round() / 1_000_000.0),
     });
+    let mut line = line;
+    if let Some(b) = f.bytes_per_instance {
+        line["redis_bytes_per_instance"] = json!(round(b));
+    }
     println!("{line}");
 }
 
@@ -289,20 +296,31 @@ async fn floor(n: u64, partitions: i32) -> Figure {
         done += batch.len() as u64;
     }
     let secs = started.map_or(1.0, |s| s.elapsed().as_secs_f64());
-    Figure { workload: "floor", n, per_s: n as f64 / secs, latencies_ms: vec![] }
+    Figure { workload: "floor", n, per_s: n as f64 / secs, latencies_ms: vec![], bytes_per_instance: None }
 }
 
-async fn counter(n: u64, partitions: i32) -> Figure {
+/// Redis's `used_memory`.
+async fn redis_used_memory() -> u64 {
+    let client = redis::Client::open(e2e::redis_url()).expect("redis url");
+    let mut c = client.get_multiplexed_async_connection().await.expect("redis");
+    let info: String = redis::cmd("INFO").arg("memory").query_async(&mut c).await.expect("INFO memory");
+    info.lines().find_map(|l| l.strip_prefix("used_memory:")).and_then(|v| v.trim().parse().ok()).expect("used_memory")
+}
+
+/// `n` signals over `k` counters (`k` = `n`: every record is a cold instance, touched once).
+async fn counter(workload: &'static str, n: u64, k: u64, partitions: i32) -> Figure {
     // Like the floor: the signals are in the topic before the processor starts.
-    let prefix = e2e::unique_prefix("bench-counter");
+    let prefix = e2e::unique_prefix(&format!("bench-{workload}"));
     let mut client = Client::new(&prefix);
-    let k = 100;
     let counters: Vec<InstanceId> = (0..k).map(|i| InstanceId::entity("Counter", format!("c{i}"))).collect();
-    let events: Vec<_> = (0..n).map(|i| client.signal(&counters[(i % k as u64) as usize], "add", 1)).collect();
+    let events: Vec<_> = (0..n).map(|i| client.signal(&counters[(i % k) as usize], "add", 1)).collect();
+    drop(counters);
     let mut config = durable_processor::config::ProcessorConfig::new(&e2e::brokers(), &e2e::redis_url(), &prefix);
     config.partitions = partitions;
     durable_processor::runtime::kafka::ensure_topics(&config).await.expect("topics");
     client.send(&events).await;
+    drop(events);
+    let memory_before = redis_used_memory().await;
     let mut feed = Feed::start(&prefix, partitions);
     // The clock starts when the group has formed (polled every 5 ms): the records wait in the topic.
     let processor = InProcess::start(&prefix, partitions).await;
@@ -322,7 +340,7 @@ async fn counter(n: u64, partitions: i32) -> Figure {
     let mut values: HashMap<String, i64> = HashMap::new();
     let mut total = 0i64;
     let mut finished = Instant::now();
-    feed.until("counter", Duration::from_secs(600), |v, at| {
+    feed.until(workload, Duration::from_secs(900), |v, at| {
         let value = v["state"]["value"].as_i64().unwrap_or(0);
         let old = values.insert(v["instance"].as_str().unwrap_or_default().to_owned(), value).unwrap_or(0);
         total += value - old;
@@ -332,7 +350,9 @@ async fn counter(n: u64, partitions: i32) -> Figure {
     .await;
     processor.stop().await;
     let secs = (finished - started).as_secs_f64().max(1e-3);
-    Figure { workload: "counter", n, per_s: n as f64 / secs, latencies_ms: vec![] }
+    let bytes = (redis_used_memory().await.saturating_sub(memory_before)) as f64 / k as f64;
+    eprintln!("  {workload}: Redis used_memory grew by {bytes:.0} bytes per instance ({k} instances)");
+    Figure { workload, n, per_s: n as f64 / secs, latencies_ms: vec![], bytes_per_instance: Some(bytes) }
 }
 
 /// `n` orchestrations of `name` with `input`; per-instance latency from its produce.
@@ -395,6 +415,7 @@ async fn orchestrations(
         n: n * unit,
         per_s: (n * unit) as f64 / (finished - started).as_secs_f64(),
         latencies_ms: latencies,
+        bytes_per_instance: None,
     }
 }
 
@@ -510,7 +531,7 @@ async fn latency(label: &'static str, rate: f64, secs: f64, partitions: i32) -> 
         over(500.0)
     );
     processor.stop().await;
-    Figure { workload: label, n, per_s: rate, latencies_ms: latencies }
+    Figure { workload: label, n, per_s: rate, latencies_ms: latencies, bytes_per_instance: None }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
@@ -526,7 +547,7 @@ async fn main() {
     let size = |full: u64| ((full as f64 * args.scale).round() as u64).max(10);
     let all = args.workload == "all";
     let want = |w: &str| all || args.workload == w;
-    let known = ["all", "counter", "hello5", "fanout", "bank", "hello3-latency", "floor"];
+    let known = ["all", "counter", "hello5", "fanout", "bank", "scale", "hello3-latency", "floor"];
     if !known.contains(&args.workload.as_str()) {
         eprintln!("error: unknown workload {:?}; one of {known:?} (see bench --help)", args.workload);
         std::process::exit(2);
@@ -539,7 +560,7 @@ async fn main() {
     }
     if want("counter") {
         eprintln!("bench: counter");
-        print(&counter(size(200_000), args.partitions).await, Some(floor_per_s));
+        print(&counter("counter", size(200_000), 100, args.partitions).await, Some(floor_per_s));
     }
     if want("hello5") {
         eprintln!("bench: hello5");
@@ -566,6 +587,11 @@ async fn main() {
             &orchestrations("bank", "Transfer", size(5_000), Value::Null, args.partitions, setup).await,
             Some(floor_per_s),
         );
+    }
+    if want("scale") {
+        eprintln!("bench: scale (distinct entities, each touched once: nothing cached)");
+        let n = size(1_000_000);
+        print(&counter("scale", n, n, args.partitions).await, Some(floor_per_s));
     }
     if want("hello3-latency") {
         eprintln!("bench: hello3-latency (the sustained open-loop peak first, then half of it)");
