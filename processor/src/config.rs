@@ -42,11 +42,6 @@ pub struct ProcessorConfig {
     /// How often each partition looks for due timers.
     #[arg(long, env = "DURABLE_TIMER_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub timer_interval: Duration,
-    /// How long a partition of the events topic may stay without a live owner before this
-    /// processor leaves and rejoins the consumer group to have the partitions reassigned
-    /// (0s: never). A safety net for brokers that keep a dead member's partitions assigned.
-    #[arg(long, env = "DURABLE_ORPHAN_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
-    pub orphan_timeout: Duration,
     /// Send each activity invocation to the partition of its own id, so that a fan-out's
     /// activities run on every processor. By default an activity runs in its caller's partition
     /// right after the commit that scheduled it, and its reply is applied there too, which saves
@@ -69,7 +64,6 @@ impl ProcessorConfig {
             batch: 256,
             max_event_bytes: 1_000_000,
             timer_interval: Duration::from_millis(100),
-            orphan_timeout: Duration::from_secs(20),
             spread_activities: false,
         }
     }

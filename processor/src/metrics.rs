@@ -49,12 +49,6 @@ pub struct Metrics {
     pub record_cache: IntCounterVec,
     /// `durable_owned_partitions`: partitions this processor owns now.
     pub owned: IntGaugeVec,
-    /// `durable_unowned_partitions`: partitions of the events topic with no live owner, as this
-    /// processor sees them in the store.
-    pub unowned: IntGaugeVec,
-    /// `durable_group_rejoins_total`: times this processor left and rejoined the consumer group
-    /// because partitions stayed without a live owner.
-    pub rejoins: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -129,22 +123,16 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &[PARTITION, OUTCOME],
         ),
         owned: gauge(&registry, "durable_owned_partitions", "Partitions owned by this processor", &[]),
-        unowned: gauge(&registry, "durable_unowned_partitions", "Partitions with no live owner", &[]),
-        rejoins: counter(
-            &registry,
-            "durable_group_rejoins_total",
-            "Group rejoins forced by partitions left without a live owner",
-            &[],
-        ),
         commit_latency,
         batch_latency,
         produce_latency,
         registry,
     };
-    // Label-less families show from the start, at zero.
+    // Label-less families (and those with a fixed set of labels) show from the start, at zero.
     metrics.owned.with_label_values(&[] as &[&str]);
-    metrics.unowned.with_label_values(&[] as &[&str]);
-    metrics.rejoins.with_label_values(&[] as &[&str]);
+    for topic in ["events", "state"] {
+        metrics.undeliverable.with_label_values(&[topic]);
+    }
     metrics
 });
 

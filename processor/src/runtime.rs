@@ -43,7 +43,6 @@
 pub mod api;
 pub mod http;
 pub mod kafka;
-pub mod ownership;
 pub mod partition;
 
 use std::collections::HashMap;
@@ -229,7 +228,6 @@ pub async fn run_with(
         consumer: consumer.clone(),
     });
     let server = tokio::spawn(http::serve(listener, shared.clone(), workers.clone()));
-    let watchdog = tokio::spawn(ownership::watch(shared.clone(), workers.clone()));
     info!(%metrics_addr, topic = %shared.config.events_topic(), group = %shared.config.group, "processor running");
     if let Some(ready) = ready {
         let _ = ready.send(metrics_addr);
@@ -269,7 +267,6 @@ pub async fn run_with(
             },
         }
     }
-    watchdog.abort();
     info!("shutting down: finishing groups in flight");
     workers.stop(&workers.all());
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {

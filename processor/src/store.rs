@@ -129,12 +129,6 @@ pub trait Store: Send + Sync + 'static {
 
     /// Fire time of the earliest parked timer of `partition`, and how many are parked.
     fn timer_backlog(&self, partition: u32) -> impl Future<Output = StoreResult<(Option<i64>, usize)>> + Send;
-    /// Record that `partitions` have a live owner until `until` (ms since the Unix epoch). The
-    /// owners' liveness view, used to notice partitions the consumer group left without owner.
-    fn renew_ownership(&self, partitions: &[u32], until: i64) -> impl Future<Output = StoreResult<()>> + Send;
-
-    /// The partitions whose ownership was renewed past `now`.
-    fn owned_partitions(&self, now: i64) -> impl Future<Output = StoreResult<Vec<u32>>> + Send;
 }
 
 /// The store a runtime runs on: Redis in production and tests, memory for `durable dev`.
@@ -182,13 +176,5 @@ impl Store for AnyStore {
 
     async fn timer_backlog(&self, partition: u32) -> StoreResult<(Option<i64>, usize)> {
         delegate!(self, s => s.timer_backlog(partition))
-    }
-
-    async fn renew_ownership(&self, partitions: &[u32], until: i64) -> StoreResult<()> {
-        delegate!(self, s => s.renew_ownership(partitions, until))
-    }
-
-    async fn owned_partitions(&self, now: i64) -> StoreResult<Vec<u32>> {
-        delegate!(self, s => s.owned_partitions(now))
     }
 }

@@ -133,19 +133,6 @@ async fn concurrent_writers_never_lose_updates<S: Store>(store: Arc<S>) {
     assert_eq!(String::from_utf8_lossy(&final_value.blob), "400", "({conflicts} conflicts retried)");
 }
 
-/// Ownership leases: a partition counts as owned until the promised time, renewals extend it.
-async fn ownership_leases_expire_unless_renewed<S: Store>(store: &S) {
-    assert!(store.owned_partitions(1_000).await.unwrap().is_empty());
-    store.renew_ownership(&[0, 2], 2_000).await.unwrap();
-    store.renew_ownership(&[], 9_000).await.unwrap();
-    let mut owned = store.owned_partitions(1_500).await.unwrap();
-    owned.sort();
-    assert_eq!(owned, vec![0, 2]);
-    store.renew_ownership(&[2], 3_000).await.unwrap();
-    assert_eq!(store.owned_partitions(2_000).await.unwrap(), vec![2], "a lease ending at `now` has expired");
-    assert!(store.owned_partitions(3_000).await.unwrap().is_empty());
-}
-
 /// Fencing: a fenced commit writes only while its epoch is the partition's latest; plain
 /// commits and other partitions are not affected.
 async fn fenced_commits_fail_once_a_newer_owner_fenced<S: Store>(store: &S) {
@@ -179,10 +166,6 @@ mod memory {
     #[tokio::test]
     async fn fenced_commits_fail_once_a_newer_owner_fenced() {
         super::fenced_commits_fail_once_a_newer_owner_fenced(&MemoryStore::new()).await
-    }
-    #[tokio::test]
-    async fn ownership_leases_expire_unless_renewed() {
-        super::ownership_leases_expire_unless_renewed(&MemoryStore::new()).await
     }
 
     #[tokio::test]
@@ -228,11 +211,6 @@ mod redis {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_writers_never_lose_updates() {
         super::concurrent_writers_never_lose_updates(Arc::new(store().await)).await
-    }
-
-    #[tokio::test]
-    async fn ownership_leases_expire_unless_renewed() {
-        super::ownership_leases_expire_unless_renewed(&store().await).await
     }
 
     #[tokio::test]

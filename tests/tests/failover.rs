@@ -35,10 +35,8 @@ async fn processors_joining_and_leaving_cleanly_lose_nothing_and_apply_nothing_t
     failover(false).await
 }
 
-/// On tansu 0.6.0 a SIGKILLed member's partitions can stay assigned to it after its session
-/// expired (the generation does not change, so the live members keep their assignment); the
-/// processors' ownership watchdog (`runtime::ownership`) notices the partitions without a live
-/// owner and rejoins the group, so this test also covers that path.
+/// A SIGKILLed member's partitions come back when its session expires (Kafka's group coordinator
+/// then starts a new generation without it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stopped_and_a_killed_processor_lose_nothing_and_apply_nothing_twice() {
     failover(true).await

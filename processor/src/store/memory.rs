@@ -18,8 +18,6 @@ struct Inner {
     /// Last etag handed out (etags are unique store-wide).
     last_etag: u64,
     partitions: BTreeMap<u32, Timers>,
-    /// Partition → owned until (ms).
-    owned_until: BTreeMap<u32, i64>,
     /// Partition → owner epoch (see [`Store::fence`]).
     epochs: BTreeMap<u32, u64>,
 }
@@ -155,17 +153,5 @@ impl Store for MemoryStore {
             .partitions
             .get(&partition)
             .map_or((None, 0), |t| (t.parked.keys().next().map(|(at, _)| *at), t.parked.len() + t.released.len())))
-    }
-    async fn renew_ownership(&self, partitions: &[u32], until: i64) -> StoreResult<()> {
-        let mut inner = self.inner.lock().expect("store lock");
-        for p in partitions {
-            inner.owned_until.insert(*p, until);
-        }
-        Ok(())
-    }
-
-    async fn owned_partitions(&self, now: i64) -> StoreResult<Vec<u32>> {
-        let inner = self.inner.lock().expect("store lock");
-        Ok(inner.owned_until.iter().filter(|(_, until)| **until > now).map(|(p, _)| *p).collect())
     }
 }

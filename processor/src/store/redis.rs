@@ -149,10 +149,6 @@ impl RedisStore {
         format!("{}:{{p{partition}}}:s:{id}", self.prefix)
     }
 
-    fn owners_key(&self) -> String {
-        format!("{}:owners", self.prefix)
-    }
-
     fn partition_key(&self, partition: u32, what: &str) -> String {
         format!("{}:{{p{partition}}}:{what}", self.prefix)
     }
@@ -276,26 +272,5 @@ impl Store for RedisStore {
             .await
             .map_err(unavailable)?;
         Ok((first.first().map(|(_, score)| *score as i64), parked + released))
-    }
-    async fn renew_ownership(&self, partitions: &[u32], until: i64) -> StoreResult<()> {
-        if partitions.is_empty() {
-            return Ok(());
-        }
-        let mut cmd = redis::cmd("ZADD");
-        cmd.arg(self.owners_key());
-        for p in partitions {
-            cmd.arg(until).arg(p);
-        }
-        cmd.query_async::<()>(&mut self.conn.clone()).await.map_err(unavailable)
-    }
-
-    async fn owned_partitions(&self, now: i64) -> StoreResult<Vec<u32>> {
-        redis::cmd("ZRANGEBYSCORE")
-            .arg(self.owners_key())
-            .arg(format!("({now}"))
-            .arg("+inf")
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(unavailable)
     }
 }

@@ -352,7 +352,9 @@ async fn counter(workload: &'static str, n: u64, k: u64, partitions: i32) -> Fig
     let secs = (finished - started).as_secs_f64().max(1e-3);
     let bytes = (redis_used_memory().await.saturating_sub(memory_before)) as f64 / k as f64;
     eprintln!("  {workload}: Redis used_memory grew by {bytes:.0} bytes per instance ({k} instances)");
-    Figure { workload, n, per_s: n as f64 / secs, latencies_ms: vec![], bytes_per_instance: Some(bytes) }
+    // Per instance only means something when every record made one (`scale`).
+    let bytes_per_instance = (k == n).then_some(bytes);
+    Figure { workload, n, per_s: n as f64 / secs, latencies_ms: vec![], bytes_per_instance }
 }
 
 /// `n` orchestrations of `name` with `input`; per-instance latency from its produce.
