@@ -51,6 +51,9 @@ pub async fn run(args: DevArgs) -> Result<u8, CliError> {
     let mut config = ProcessorConfig::new(&cluster.bootstrap_servers(), "memory://", PREFIX);
     config.partitions = args.partitions;
     config.group = "durable-dev".into();
+    // The mock cluster answers a fetch only when its wait runs out: every hop of an orchestration
+    // would wait the runtime's 100 ms.
+    config.kafka.options.push(("fetch.wait.max.ms".into(), "1".into()));
     config.metrics_addr = args.addr;
     for (topic, partitions) in
         [(config.events_topic(), args.partitions), (config.state_topic(), args.partitions), (config.dead_topic(), 1)]

@@ -1,6 +1,6 @@
 //! The `durable` command line: `--help` everywhere, wrong arguments and unreachable servers give
 //! one line that says what to do and a non-zero exit code; then every command against a real
-//! processor (tansu and Redis, as CI starts them) through its management API.
+//! processor (Apache Kafka and Redis, as CI starts them) through its management API.
 
 use std::process::{Command, Output};
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! End to end against the real broker (tansu) and Redis: the processor applies events, commits
+//! End to end against the real broker (Apache Kafka) and Redis: the processor applies events, commits
 //! to Redis, emits, parks timers, dead-letters bad input and reports metrics.
 
 use std::time::Duration;
