@@ -213,6 +213,17 @@ impl Process {
         Self { child, metrics: format!("127.0.0.1:{port}").parse().expect("addr") }
     }
 
+    /// Whether it answers `/status` and owns at least one partition.
+    pub async fn owns_partitions(&self) -> bool {
+        match tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(self.metrics)).await {
+            Ok(Ok(_)) => {
+                let status = http_get(self.metrics, "/status").await;
+                status.contains("\"partitions\":[") && !status.contains("\"partitions\":[]")
+            }
+            _ => false,
+        }
+    }
+
     /// SIGTERM: a clean stop.
     pub fn terminate(&mut self) {
         let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();

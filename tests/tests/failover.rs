@@ -12,16 +12,6 @@ const PARTITIONS: i32 = 8;
 const COUNTERS: usize = 20;
 const SIGNALS_PER_WAVE: usize = 2_000;
 
-async fn owns_partitions(p: &Process) -> bool {
-    match tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(p.metrics)).await {
-        Ok(Ok(_)) => {
-            let status = e2e::http_get(p.metrics, "/status").await;
-            status.contains("\"partitions\":[") && !status.contains("\"partitions\":[]")
-        }
-        _ => false,
-    }
-}
-
 async fn counted(state: &State, counters: &[InstanceId]) -> i64 {
     let mut total = 0;
     for c in counters {
@@ -50,7 +40,7 @@ async fn failover(kill: bool) {
     let mut a = Process::spawn(binary, &prefix, PARTITIONS, &logs.join("a.log"));
     let mut b = Process::spawn(binary, &prefix, PARTITIONS, &logs.join("b.log"));
     e2e::eventually(Duration::from_secs(60), "both processors own partitions", || async {
-        (owns_partitions(&a).await && owns_partitions(&b).await).then_some(())
+        (a.owns_partitions().await && b.owns_partitions().await).then_some(())
     })
     .await;
 

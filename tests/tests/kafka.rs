@@ -17,16 +17,6 @@ use tests::e2e::{self, Client, InProcess, Process, State};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_test-processor");
 
-async fn owns_partitions(p: &Process) -> bool {
-    match tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(p.metrics)).await {
-        Ok(Ok(_)) => {
-            let status = e2e::http_get(p.metrics, "/status").await;
-            status.contains("\"partitions\":[") && !status.contains("\"partitions\":[]")
-        }
-        _ => false,
-    }
-}
-
 /// The value of `durable_offsets_skipped_total` for `partition` in a processor's /metrics.
 async fn skipped(p: &Process, partition: u32) -> u64 {
     let metrics = e2e::http_get(p.metrics, "/metrics").await;
@@ -49,7 +39,7 @@ async fn transaction_markers_and_aborted_transactions_are_gaps_that_are_skipped_
     let prefix = e2e::unique_prefix("txn");
     let mut processor = Process::spawn(BINARY, &prefix, 2, &logs(&prefix).join("p.log"));
     e2e::eventually(Duration::from_secs(60), "the processor owns partitions", || async {
-        owns_partitions(&processor).await.then_some(())
+        processor.owns_partitions().await.then_some(())
     })
     .await;
     let counter = InstanceId::entity("Counter", "txn");
@@ -101,7 +91,7 @@ async fn records_deleted_before_they_were_read_are_skipped_and_counted() {
     let log = logs(&prefix);
     let mut first = Process::spawn(BINARY, &prefix, 1, &log.join("first.log"));
     e2e::eventually(Duration::from_secs(60), "the processor owns its partition", || async {
-        owns_partitions(&first).await.then_some(())
+        first.owns_partitions().await.then_some(())
     })
     .await;
     let counter = InstanceId::entity("Counter", "deleted");
@@ -127,7 +117,7 @@ async fn records_deleted_before_they_were_read_are_skipped_and_counted() {
 
     let second = Process::spawn(BINARY, &prefix, 1, &log.join("second.log"));
     e2e::eventually(Duration::from_secs(60), "the second processor owns the partition", || async {
-        owns_partitions(&second).await.then_some(())
+        second.owns_partitions().await.then_some(())
     })
     .await;
     let one = client.signal(&counter, "add", 1);
@@ -183,18 +173,13 @@ async fn an_event_over_the_size_limit_is_dead_lettered_with_a_truncated_copy_and
         (counter_value(&state, &counter).await == 1).then_some(())
     })
     .await;
-    let dead = e2e::topic_reader(&prefix, "dead");
-    let m = tokio::time::timeout(Duration::from_secs(30), dead.recv()).await.expect("a dead letter").unwrap();
-    let header = |name: &str| {
-        let h = m.headers().expect("headers");
-        h.iter().find(|h| h.key == name).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
-    };
-    let reason = header(durable_kafka::dead_letter::REASON).expect("a reason");
+    let letter = first_dead_letter(&prefix).await;
+    let reason = &letter.reason;
     assert!(reason.contains("300000 bytes") && reason.contains("DURABLE_MAX_EVENT_BYTES"), "{reason}");
-    assert_eq!(header(durable_kafka::dead_letter::TRUNCATED).as_deref(), Some("300000"));
-    assert_eq!(header(durable_kafka::dead_letter::COMPONENT).as_deref(), Some("processor"));
-    assert_eq!(m.payload().map(<[u8]>::len), Some(durable_kafka::dead_letter::MAX_COPY));
-    assert_eq!(m.key(), Some(counter.canonical().as_bytes()));
+    assert_eq!(letter.truncated.as_deref(), Some("300000"));
+    assert_eq!(letter.component.as_deref(), Some("processor"));
+    assert_eq!(letter.value_len, durable_kafka::dead_letter::MAX_COPY);
+    assert_eq!(letter.key, counter.canonical().as_bytes());
     processor.stop().await;
 }
 
@@ -216,7 +201,7 @@ async fn a_processor_on_sasl_ssl_never_logs_its_credentials() {
     ];
     let mut processor = Process::spawn_with(BINARY, &prefix, 2, &log, &env);
     e2e::eventually(Duration::from_secs(60), "the processor owns partitions over SASL_SSL", || async {
-        owns_partitions(&processor).await.then_some(())
+        processor.owns_partitions().await.then_some(())
     })
     .await;
     let response =
@@ -247,7 +232,7 @@ async fn a_broker_frozen_longer_than_a_produce_timeout_loses_nothing_and_applies
     let mut a = Process::spawn_with(BINARY, &prefix, 4, &dir.join("a.log"), &env);
     let mut b = Process::spawn_with(BINARY, &prefix, 4, &dir.join("b.log"), &env);
     e2e::eventually(Duration::from_secs(90), "both processors own partitions", || async {
-        (owns_partitions(&a).await && owns_partitions(&b).await).then_some(())
+        (a.owns_partitions().await && b.owns_partitions().await).then_some(())
     })
     .await;
     let mut client = Client::connect(&prefix, &brokers, 2);
@@ -291,16 +276,30 @@ async fn a_broker_frozen_longer_than_a_produce_timeout_loses_nothing_and_applies
     drop(consumer.fetch_metadata(None, Duration::from_secs(5)).expect("the broker answers after SIGCONT"));
 }
 
-/// Waits for the first dead letter of `prefix` and returns its reason and truncation header.
-async fn first_dead_letter(prefix: &str) -> (String, Option<String>, Vec<u8>) {
+/// What a test reads of a dead letter.
+struct Letter {
+    reason: String,
+    truncated: Option<String>,
+    component: Option<String>,
+    key: Vec<u8>,
+    value_len: usize,
+}
+
+/// Waits for the first dead letter of `prefix`.
+async fn first_dead_letter(prefix: &str) -> Letter {
     let dead = e2e::topic_reader(prefix, "dead");
     let m = tokio::time::timeout(Duration::from_secs(60), dead.recv()).await.expect("a dead letter").unwrap();
     let header = |name: &str| {
         let h = m.headers().expect("headers");
         h.iter().find(|h| h.key == name).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
     };
-    let reason = header(durable_kafka::dead_letter::REASON).expect("a reason");
-    (reason, header(durable_kafka::dead_letter::TRUNCATED), m.key().unwrap_or_default().to_vec())
+    Letter {
+        reason: header(durable_kafka::dead_letter::REASON).expect("a reason"),
+        truncated: header(durable_kafka::dead_letter::TRUNCATED),
+        component: header(durable_kafka::dead_letter::COMPONENT),
+        key: m.key().unwrap_or_default().to_vec(),
+        value_len: m.payload().map_or(0, <[u8]>::len),
+    }
 }
 
 /// A state record over the producer's own limit (`message.max.bytes`): refused when it is
@@ -356,8 +355,74 @@ async fn undeliverable_state(prefix: &str, bytes: usize) {
     // could not be produced.
     let kept: e2e::Blob = state.entity(&blob).await.expect("the blob's state");
     assert_eq!(kept.data.len(), bytes);
-    let (reason, truncated, key) = first_dead_letter(prefix).await;
+    let letter = first_dead_letter(prefix).await;
+    let reason = &letter.reason;
     assert!(reason.contains(&format!("{prefix}.state")) && reason.contains("cannot produce a record"), "{reason}");
-    assert!(truncated.is_some_and(|n| n.parse::<usize>().unwrap() > bytes), "a truncated copy of the record");
-    assert_eq!(key, blob.canonical().as_bytes());
+    let original: usize = letter.truncated.as_deref().expect("a truncated copy").parse().unwrap();
+    assert!(original > bytes && letter.value_len == durable_kafka::dead_letter::MAX_COPY);
+    assert_eq!(letter.key, blob.canonical().as_bytes());
+}
+
+/// Producers compress as they like (librdkafka is built with zstd, lz4 and gzip): the processor
+/// reads zstd-compressed batches and its own producer can compress too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn zstd_compressed_events_are_applied_and_the_processor_can_compress_its_output() {
+    let prefix = e2e::unique_prefix("zstd");
+    let mut config = InProcess::config(&prefix, 2);
+    config.kafka.options.push(("compression.type".into(), "zstd".into()));
+    let processor = InProcess::start_with(config).await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", e2e::brokers())
+        .set("partitioner", "murmur2_random")
+        .set("compression.type", "zstd")
+        .set("linger.ms", "5")
+        .create()
+        .expect("a zstd producer");
+    let mut client = Client::new(&prefix);
+    let counter = InstanceId::entity("Counter", "zstd");
+    let topic = format!("{prefix}.events");
+    let signals: Vec<_> = (0..200).map(|_| client.signal(&counter, "add", 1)).collect();
+    let mut acks = Vec::new();
+    for e in &signals {
+        let bytes = e.encode();
+        acks.push(
+            producer.send_result(FutureRecord::to(&topic).key(e.target.as_bytes()).payload(&bytes)).expect("enqueued"),
+        );
+    }
+    for ack in acks {
+        e2e::acknowledged(ack).await;
+    }
+    let hello = client.start("HelloSequence", "zstd", Vec::<String>::new());
+    client.send(std::slice::from_ref(&hello)).await;
+    let state = State::connect(&prefix, 2).await;
+    e2e::eventually(Duration::from_secs(60), "200 compressed signals applied", || async {
+        (counter_value(&state, &counter).await == 200).then_some(())
+    })
+    .await;
+    let out: Vec<String> = state.output(&hello.target, Duration::from_secs(60)).await.decode().unwrap();
+    assert_eq!(out.len(), examples::CITIES.len());
+    processor.stop().await;
+}
+
+/// Another language's client on the wire: Python's confluent-kafka and fastavro produce the
+/// documented envelope (key = target id, murmur2) and read the documented state records
+/// (`tests/interop/python_client.py`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_python_client_produces_envelopes_and_reads_state_records() {
+    let prefix = e2e::unique_prefix("python");
+    let processor = InProcess::start(&prefix, 4).await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let python = std::process::Command::new(root.join("scripts/services")).arg("--python").output().unwrap();
+    assert!(python.status.success(), "scripts/services --python: {}", String::from_utf8_lossy(&python.stderr));
+    let python = String::from_utf8(python.stdout).unwrap().trim().to_owned();
+    let script = root.join("tests/interop/python_client.py");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python).arg(script).arg(e2e::brokers()).arg(&prefix).output().unwrap()
+    })
+    .await
+    .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the Python client failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("python: 2 passed, 0 failed"), "{stdout}");
+    processor.stop().await;
 }
