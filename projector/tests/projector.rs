@@ -160,7 +160,7 @@ async fn create_state_topic(topic: &str) {
     let results = admin
         .create_topics(&[NewTopic::new(topic, 4, TopicReplication::Fixed(1))], &AdminOptions::new())
         .await
-        .expect("broker reachable: is tansu running? (scripts/services)");
+        .expect("broker reachable: is Kafka running? (scripts/services)");
     for r in results {
         r.expect("topic created");
     }
