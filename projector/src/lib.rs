@@ -144,12 +144,10 @@ impl Projector {
         warn!(partition = input.partition, offset = input.offset, reason, "state record not projected");
         let topic = self.config.dead_topic();
         let source = self.config.state_topic();
-        let payload = input.payload.clone().unwrap_or_default();
-        let (copy, truncated) = dead_letter::copy(&payload);
+        let (copy, truncated) = dead_letter::copy(input.payload.as_deref().unwrap_or_default());
         let from = dead_letter::Source { topic: &source, partition: input.partition, offset: input.offset };
         let headers = dead_letter::headers("projector", reason, from, truncated);
-        let payload = copy;
-        let record = FutureRecord::<(), _>::to(&topic).payload(payload).headers(headers);
+        let record = FutureRecord::<(), _>::to(&topic).payload(copy).headers(headers);
         if let Err((e, _)) = self.producer.send(record, Duration::from_secs(10)).await {
             warn!(error = %e, "cannot produce the dead letter; the record is only logged");
         }

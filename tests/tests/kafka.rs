@@ -426,3 +426,37 @@ async fn a_python_client_produces_envelopes_and_reads_state_records() {
     assert!(stdout.contains("python: 2 passed, 0 failed"), "{stdout}");
     processor.stop().await;
 }
+
+/// A group whose committed offset lies beyond the end of the log (the topic was recreated, or
+/// the offset was set by hand) starts at the log's beginning, as the consumer does, instead of
+/// taking every record for one it already dispatched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_committed_offset_beyond_the_log_end_starts_from_the_beginning() {
+    let prefix = e2e::unique_prefix("beyond");
+    InProcess::start(&prefix, 1).await.stop().await; // creates the topics
+    let group: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", e2e::brokers())
+        .set("group.id", format!("{prefix}-processors"))
+        .create()
+        .expect("consumer");
+    let mut offsets = TopicPartitionList::new();
+    offsets.add_partition_offset(&format!("{prefix}.events"), 0, rdkafka::Offset::Offset(1_000)).unwrap();
+    // The stopped processor's leave may still be settling in the coordinator: retry until the
+    // empty group accepts a commit from outside.
+    e2e::eventually(Duration::from_secs(30), "the group accepts offset 1000", || async {
+        group.commit(&offsets, rdkafka::consumer::CommitMode::Sync).ok()
+    })
+    .await;
+    drop(group);
+    let mut client = Client::new(&prefix);
+    let counter = InstanceId::entity("Counter", "beyond");
+    let signals: Vec<_> = (0..3).map(|_| client.signal(&counter, "add", 1)).collect();
+    client.send(&signals).await;
+    let processor = InProcess::start(&prefix, 1).await;
+    let state = State::connect(&prefix, 1).await;
+    e2e::eventually(Duration::from_secs(60), "the three signals are applied", || async {
+        (counter_value(&state, &counter).await == 3).then_some(())
+    })
+    .await;
+    processor.stop().await;
+}

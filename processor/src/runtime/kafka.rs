@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::producer::{FutureProducer, Producer as _};
 use rdkafka::ClientContext;
@@ -16,12 +15,6 @@ use crate::config::ProcessorConfig;
 
 /// The consumer type of the processors' group.
 pub type GroupConsumer = StreamConsumer<RebalanceContext>;
-
-/// A client configuration: the connection (brokers, TLS, SASL), then `settings`, then the user's
-/// raw librdkafka options (last, so they win).
-fn client_config(config: &ProcessorConfig, settings: &[(&str, &str)]) -> anyhow::Result<ClientConfig> {
-    config.kafka.client_config(settings)
-}
 
 /// Create `<prefix>.events` (N partitions), `<prefix>.state` (compacted) and `<prefix>.dead` if
 /// they do not exist, with the configured replication and retention.
@@ -70,7 +63,7 @@ pub fn producer(config: &ProcessorConfig) -> anyhow::Result<FutureProducer> {
         // authorized) still fail at once.
         ("message.timeout.ms", "0"),
     ];
-    client_config(config, &settings)?.create().context("cannot create the Kafka producer")
+    config.kafka.client_config(&settings)?.create().context("cannot create the Kafka producer")
 }
 
 /// Ask for the metadata of the topics the producer writes, so that the first group does not wait
@@ -121,11 +114,26 @@ impl ConsumerContext for RebalanceContext {
                         _ => None,
                     })
                 });
-                let start = from_commit.unwrap_or_else(|| {
-                    consumer
-                        .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(10))
-                        .map_or(0, |(low, _)| low)
-                });
+                let (low, high) = consumer
+                    .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(10))
+                    .unwrap_or((0, i64::MAX));
+                // A committed offset beyond the log's end (a topic recreated under a group that
+                // kept its offsets) makes the consumer start at the beginning: so do we, or every
+                // record would look already dispatched. Below the log's start it stays, and the
+                // records retention removed count as skipped.
+                let start = match from_commit {
+                    Some(n) if n <= high => n,
+                    Some(n) => {
+                        tracing::warn!(
+                            partition = e.partition(),
+                            committed = n,
+                            high,
+                            "committed offset beyond the end of the log: starting at its beginning"
+                        );
+                        low
+                    }
+                    None => low,
+                };
                 starts.push((e.partition(), start));
             }
             info!(?starts, "partitions assigned (partition, first offset)");
@@ -152,7 +160,9 @@ pub fn consumer(config: &ProcessorConfig, workers: Arc<Workers>) -> anyhow::Resu
         // of `durable dev`) need a short wait: `durable dev` sets 1 ms.
         ("fetch.wait.max.ms", "100"),
     ];
-    let consumer: GroupConsumer = client_config(config, &settings)?
+    let consumer: GroupConsumer = config
+        .kafka
+        .client_config(&settings)?
         .create_with_context(RebalanceContext { workers })
         .context("cannot create the Kafka consumer")?;
     consumer.subscribe(&[&config.events_topic()]).context("cannot subscribe to the events topic")?;

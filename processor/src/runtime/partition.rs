@@ -775,8 +775,7 @@ impl<'a> Producer<'a> {
                     let (copy, truncated) = dead_letter::copy(&payload);
                     let source = dead_letter::Source { topic: &events, partition: self.partition, offset };
                     let headers = dead_letter::headers("processor", &reason, source, truncated);
-                    let payload = copy;
-                    self.events.push(enqueue(shared, &dead_topic, &key, payload, Some(headers), None).await?);
+                    self.events.push(enqueue(shared, &dead_topic, &key, copy, Some(headers), None).await?);
                 }
             }
         }
