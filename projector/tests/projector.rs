@@ -1,7 +1,9 @@
-//! The projector against the real broker, Redis and Typesense (as `scripts/services` starts them).
+//! The projector against the real broker, Redis and Typesense (as `scripts/services` starts them),
+//! also over SASL_SSL.
 
 use std::time::Duration;
 
+use durable_kafka::SaslMechanism;
 use durable_processor::examples::{Account, Counter};
 use durable_processor::id::InstanceId;
 use durable_projector::typesense::Typesense;
@@ -30,9 +32,18 @@ struct Projector {
 }
 
 impl Projector {
-    async fn start(prefix: &str, url: &str) -> Self {
+    /// The configuration [`Projector::start`] runs with, to change before [`Projector::start_with`].
+    fn config(prefix: &str, url: &str) -> ProjectorConfig {
         let mut config = ProjectorConfig::new(&e2e::brokers(), prefix, url, &api_key());
         config.linger = Duration::from_millis(50);
+        config
+    }
+
+    async fn start(prefix: &str, url: &str) -> Self {
+        Self::start_with(Self::config(prefix, url)).await
+    }
+
+    async fn start_with(config: ProjectorConfig) -> Self {
         let (stop, rx) = tokio::sync::oneshot::channel();
         let (ready, ready_rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(durable_projector::run(
@@ -393,4 +404,62 @@ async fn a_rebuild_while_readers_query_never_shows_an_empty_index() {
     assert_eq!(ts.collection(&before).await.unwrap(), None, "the old collection is dropped");
     assert_eq!(count(ts.clone(), alias.clone()).await, Some(300));
     projector.stop().await;
+}
+
+// Connections as users have them: a processor, its management API's producer and the projector
+// reach Apache Kafka over its SASL_SSL listener (certificates and the SCRAM/PLAIN user made by
+// `scripts/kafka/broker`), with no plaintext path in between.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn processor_api_and_projector_work_over_sasl_ssl() {
+    let prefix = e2e::unique_prefix("sasl");
+    let mut config = InProcess::config(&prefix, 4);
+    config.kafka = e2e::secured(SaslMechanism::ScramSha512);
+    let processor = InProcess::start_with(config).await;
+
+    let mut projector_config = Projector::config(&prefix, &typesense_url());
+    projector_config.kafka = e2e::secured(SaslMechanism::Plain);
+    let projector = Projector::start_with(projector_config).await;
+
+    // The management API produces the start over the processor's SASL_SSL connection.
+    let response = e2e::http_post(
+        processor.metrics,
+        "/v1/orchestrations/HelloSequence",
+        &serde_json::json!({"key": "secured", "input": ["Oslo"]}),
+    )
+    .await;
+    assert!(response.starts_with("HTTP/1.1 202"), "{response}");
+    let state = State::connect(&prefix, 4).await;
+    let id = "orch:HelloSequence:secured";
+    let greetings: Vec<String> = state.output(id, Duration::from_secs(60)).await.decode().unwrap();
+    assert_eq!(greetings, ["Hello Oslo!"]);
+
+    // The projector read the state record over SASL_SSL (PLAIN) and indexed it.
+    let ts = ts(&typesense_url());
+    let alias = mapping::orchestrations_alias(&prefix);
+    let doc = e2e::eventually(Duration::from_secs(60), "the orchestration is indexed as completed", || async {
+        ts.document(&alias, id).await.ok().flatten().filter(|d| d["status"] == "completed")
+    })
+    .await;
+    assert_eq!(doc["name"], "HelloSequence");
+
+    projector.stop().await;
+    processor.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wrong_password_is_an_error_that_names_what_to_check_and_not_the_password() {
+    let prefix = e2e::unique_prefix("sasl-wrong");
+    let mut config = InProcess::config(&prefix, 1);
+    config.kafka = e2e::secured(SaslMechanism::ScramSha256);
+    config.kafka.sasl_password = Some(durable_kafka::Secret::new("not-the-password-4e1f"));
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(90),
+        durable_processor::runtime::run(config, e2e::registry(), std::future::pending(), None),
+    )
+    .await
+    .expect("the processor gives up instead of hanging");
+    let error = format!("{:#}", outcome.expect_err("authentication fails"));
+    assert!(error.contains("DURABLE_KAFKA_SASL"), "{error}");
+    assert!(!error.contains("not-the-password-4e1f"), "{error}");
 }
