@@ -16,23 +16,7 @@ use tracing::info;
 
 use crate::KafkaConnection;
 
-/// The topic names of a prefix.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Topics {
-    /// `<prefix>.events`.
-    pub events: String,
-    /// `<prefix>.state` (compacted).
-    pub state: String,
-    /// `<prefix>.dead`.
-    pub dead: String,
-}
-
-impl Topics {
-    /// The topics of `prefix`.
-    pub fn new(prefix: &str) -> Self {
-        Self { events: format!("{prefix}.events"), state: format!("{prefix}.state"), dead: format!("{prefix}.dead") }
-    }
-}
+pub use durable_schemas::contract::Topics;
 
 /// How topics are created when a component finds them missing. The defaults leave replication
 /// and `min.insync.replicas` to the cluster's own defaults (`default.replication.factor`,

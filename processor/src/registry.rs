@@ -133,6 +133,11 @@ impl Registry {
         self.activities.get(name).map(|f| f(ctx, input))
     }
 
+    /// Whether an activity named `name` is registered.
+    pub fn has_activity(&self, name: &str) -> bool {
+        self.activities.contains_key(name)
+    }
+
     /// Registered names: (orchestrations, entities, activities), sorted.
     pub fn names(&self) -> (Vec<String>, Vec<String>, Vec<String>) {
         let sorted = |mut v: Vec<String>| {

@@ -13,36 +13,10 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-/// A record of the state feed.
-#[derive(Debug, Clone, Deserialize)]
-pub struct StateRecord {
-    /// Canonical instance id.
-    pub instance: String,
-    /// `orch` or `entity`.
-    pub kind: String,
-    /// Orchestration or entity name.
-    pub name: String,
-    /// Instance key.
-    pub key: String,
-    /// Strictly increasing per instance.
-    pub version: u64,
-    /// Status word.
-    pub status: String,
-    /// Entity state or orchestration output.
-    #[serde(default)]
-    pub state: Option<Value>,
-    /// Orchestration custom status.
-    #[serde(default)]
-    pub custom_status: Option<Value>,
-    /// Failure of a failed or terminated orchestration.
-    #[serde(default)]
-    pub failure: Option<Value>,
-    /// Commit time, ms since epoch.
-    pub updated_at: i64,
-}
+/// A record of the state feed: the contract, defined once.
+pub use durable_schemas::contract::StateRecord;
 
 /// What to do in Typesense for one record.
 #[derive(Debug, Clone, PartialEq)]
@@ -139,9 +113,7 @@ pub fn map(prefix: &str, r: &StateRecord) -> Option<Mapped> {
             Some(Mapped { alias, id: r.instance.clone(), version: r.version, action })
         }
         "orch" => {
-            let failure = r.failure.as_ref().map_or(String::new(), |f| {
-                format!("{}: {}", f["kind"].as_str().unwrap_or(""), f["message"].as_str().unwrap_or(""))
-            });
+            let failure = r.failure.as_ref().map_or(String::new(), |f| format!("{}: {}", f.kind, f.message));
             let output = if r.status == "completed" { text(&r.state) } else { String::new() };
             let mut doc = json!({
                 "id": r.instance,

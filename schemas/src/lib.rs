@@ -17,6 +17,8 @@
 //! - [`Codec`]: encode/decode with schema resolution over known writer schemas
 //!   ([`Envelope::encode`] / [`Envelope::decode`] use the current schema).
 //! - `value`: the mapping between typed events and Avro values (private).
+//! - [`contract`]: topic names, the state record and dead-letter headers (the other records
+//!   components exchange).
 //!
 //! ```
 //! use durable_schemas::{Envelope, Event, Payload};
@@ -28,6 +30,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod contract;
 mod value;
 
 use std::collections::HashMap;

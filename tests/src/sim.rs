@@ -1,23 +1,24 @@
-//! A deterministic simulator of the whole commit protocol, with faults.
+//! A deterministic simulator of the whole commit protocol, with faults — driving the same
+//! partition core ([`durable_processor::partition`]) the runtime drives.
 //!
 //! The world: a partitioned log of encoded envelopes (Kafka), a [`MemoryStore`] (Redis, through
-//! the same [`Store`] trait), a consumer group of workers, and clients. Each worker processes a
-//! partition in batches, and each batch goes through phases — fetch, load, compute, commit,
-//! emit, store offset — that a seeded scheduler interleaves with everything else:
+//! the same [`Store`] trait), a consumer group of workers, each with one [`Partition`] core per
+//! owned partition (its record cache, its epoch), producers that deliver asynchronously, and
+//! clients. A seeded scheduler interleaves every step a core asks for — load, commit, run
+//! activities, produce, settle — with everything else:
 //!
 //! - **duplicate deliveries**: a produce appends a record twice; a client retries a send;
 //! - **reordering across instances**: partitions advance independently, in random order;
+//! - **asynchronous produce**: what a core produced reaches the log whenever the producer
+//!   delivers it, in order; only a settle waits for all of it;
 //! - **racing workers**: a rebalance hands a partition to another worker while the old one
-//!   finishes its batch as a zombie (both commit to the same instances → conflicts → reruns);
-//! - **crashes**: a worker loses everything in flight at any phase — between commit and emit,
-//!   between emit and offset store, inside a local round — and restarts from the committed
-//!   offsets.
-//!
-//! Local rounds are modelled as the runtime runs them: after a batch's commit and emit, the
-//! activity invocations it scheduled run in the worker, and their replies are stepped into their
-//! callers and committed (only if the step emits nothing but activity invocations and state,
-//! fenced with the epoch the worker took when it started on the partition), up to
-//! [`Config::local_rounds`] rounds; the rest goes through the log.
+//!   finishes its group as a zombie (both commit to the same instances → conflicts → partial
+//!   reruns; the zombie's local rounds are fenced out);
+//! - **crashes**: a worker loses its cores (caches, groups in flight) and a suffix of what its
+//!   producer held, at any step — between commit and produce, between produce and offset
+//!   store, inside a local round — and restarts from the committed offsets;
+//! - **store failures**: a load or commit fails (a commit possibly after it was applied); the
+//!   driver abandons the group and fetches its records again.
 //!
 //! At quiescence, invariants are checked; the same seed always gives the same trace hash.
 
@@ -26,14 +27,13 @@ use std::fmt::Write as _;
 use std::future::Future;
 use std::task::{Context, Poll, Waker};
 
-use durable_processor::context::ActivityRequest;
-use durable_processor::engine::{DropReason, StepOutput};
 use durable_processor::examples::{self, Account, ApprovalInput, Counter, TransferInput, TransferOutcome};
 use durable_processor::history::{Body, InstanceRecord, OrchestrationStatus};
-use durable_processor::id::{InstanceId, Kind};
-use durable_processor::store::{CommitOutcome, MemoryStore, Store, TimerEntry, Write};
-use durable_processor::{Delivery, Effect, Engine, Registry, StepInput};
-use durable_schemas::{Envelope, Event, Origin, Payload};
+use durable_processor::id::InstanceId;
+use durable_processor::partition::{timer_records, Done, Io, Outgoing, Partition, Ran, Record, Settings, Topic};
+use durable_processor::store::{CommitOutcome, MemoryStore, Store};
+use durable_processor::{Effect, Engine, Registry};
+use durable_schemas::{Envelope, Event, Payload};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -86,11 +86,13 @@ pub struct Faults {
     pub crashes: bool,
     /// Rebalances, with zombies racing the new owner.
     pub rebalances: bool,
+    /// Store calls that fail (a commit sometimes after it was applied).
+    pub store_errors: bool,
 }
 
 impl Default for Faults {
     fn default() -> Self {
-        Self { duplicates: true, crashes: true, rebalances: true }
+        Self { duplicates: true, crashes: true, rebalances: true, store_errors: true }
     }
 }
 
@@ -114,8 +116,8 @@ pub struct Config {
     /// Local rounds per batch (0: every activity invocation and reply goes through the log, as
     /// with `--spread-activities`). Small, so that both paths run.
     pub local_rounds: usize,
-    /// Fence local rounds' commits with the worker's epoch, as the runtime does. Off only to
-    /// show what the fence prevents (a zombie's local commit replacing an outbox behind the
+    /// Fence local rounds' commits with the worker's epoch, as the runtime does (the core asks
+    /// for it; this driver obeys). Off only to show what the fence prevents (a zombie's local commit replacing an outbox behind the
     /// next owner's back: a hung orchestration).
     pub fence_local_commits: bool,
 }
@@ -167,64 +169,44 @@ fn now_or_never<F: Future>(f: F) -> F::Output {
     }
 }
 
-/// One record of a batch after decoding.
-#[derive(Debug, Clone)]
-struct Fetched {
-    offset: i64,
-    envelope: Envelope,
+/// What a worker can do next.
+#[derive(Debug, Clone, Copy)]
+enum Action {
+    /// Read records of a partition and begin a group.
+    Fetch(u32),
+    /// Take a core's next step.
+    Step(Which),
+    /// Let the producer deliver some of what it holds.
+    Deliver,
 }
 
-/// An instance's part of a batch.
-#[derive(Debug, Clone)]
-struct Group {
-    id: InstanceId,
-    deliveries: Vec<Fetched>,
-    loaded: Option<(InstanceRecord, u64)>,
-    output: Option<StepOutput>,
-}
-
-#[derive(Debug, Clone)]
-enum Phase {
-    /// Records read; next: load.
-    Fetched,
-    /// Records loaded; next: compute.
-    Loaded,
-    /// Steps computed; next: commit.
-    Computed,
-    /// Committed; next: emit (what to produce, by input position).
-    Committed(Vec<(i64, Vec<Envelope>)>),
-    /// Emitted everything but these activity invocations; next: run them and commit their
-    /// replies into their callers (a local round).
-    Local(Vec<Envelope>),
-    /// Produced; next: store the offset.
-    Emitted,
-}
-
-#[derive(Debug, Clone)]
-struct Task {
-    partition: u32,
-    end: usize,
-    groups: Vec<Group>,
-    /// Activity invocations in the batch: (offset, request).
-    activities: Vec<(i64, Envelope)>,
-    phase: Phase,
-    /// Lost the partition in a rebalance: finishes its batch, cannot store offsets.
+/// A partition core on a worker: the owner's, or a zombie's finishing its group after the
+/// partition moved.
+struct Core {
+    core: Partition,
     zombie: bool,
-    /// Local rounds run so far.
-    rounds: usize,
-    /// The partition's epoch this worker took (its local commits are fenced with it).
-    epoch: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Worker {
     /// Next offset to fetch, per owned partition.
     positions: BTreeMap<u32, usize>,
-    /// In-flight batches (one per partition; zombies included).
-    tasks: Vec<Task>,
-    /// Per partition, the epoch this worker took at its first fetch since it was assigned the
-    /// partition or restarted (the runtime fences when a partition's worker starts).
-    epochs: BTreeMap<u32, u64>,
+    /// The cores of the partitions this worker owns, created (and fenced) at the partition's
+    /// first fetch since it was assigned or the worker restarted, as the runtime does when a
+    /// partition's worker starts.
+    cores: BTreeMap<u32, Core>,
+    /// Cores of partitions that moved away while a group was in flight: they finish it.
+    zombies: Vec<(u32, Core)>,
+    /// Records enqueued on this worker's producer and not yet in the log: (partition, bytes).
+    /// The idempotent producer keeps their order; a crash loses a suffix of them.
+    producing: VecDeque<(usize, Vec<u8>)>,
+}
+
+/// Which core an action concerns.
+#[derive(Debug, Clone, Copy)]
+enum Which {
+    Owned(u32),
+    Zombie(usize),
 }
 
 struct World {
@@ -391,44 +373,62 @@ impl World {
         out
     }
 
-    fn partition_of(&self, target: &str) -> u32 {
-        durable_processor::id::partition_for_key(target.as_bytes(), self.config.partitions)
+    fn partition_of(&self, key: &[u8]) -> u32 {
+        durable_processor::id::partition_for_key(key, self.config.partitions)
     }
 
-    fn produce(&mut self, envelope: &Envelope) {
-        let p = self.partition_of(&envelope.target) as usize;
-        self.produce_to(p, envelope);
-    }
-
-    fn produce_to(&mut self, p: usize, envelope: &Envelope) {
-        let bytes = envelope.encode();
+    /// Append a record to partition `p`'s log (sometimes twice: a producer retry).
+    fn append(&mut self, p: usize, bytes: Vec<u8>) {
         self.mix(&bytes);
         self.logs[p].push(bytes.clone());
         if self.config.faults.duplicates && self.rng.gen_ratio(1, 20) {
             self.logs[p].push(bytes);
-            self.note(|| format!("duplicate of {} in p{p}", envelope.id));
+            self.note(|| format!("duplicate record in p{p}"));
         }
+    }
+
+    fn produce(&mut self, envelope: &Envelope) {
+        let p = self.partition_of(envelope.target.as_bytes()) as usize;
+        self.append(p, envelope.encode());
     }
 
     fn assign(&mut self, partition: u32, worker: usize) {
         self.owner[partition as usize] = worker;
-        self.workers[worker].epochs.remove(&partition);
         let committed = self.committed[partition as usize];
-        self.workers[worker].positions.insert(partition, committed);
+        let w = &mut self.workers[worker];
+        w.cores.remove(&partition);
+        w.positions.insert(partition, committed);
     }
 
-    /// Every action that can be taken now: (worker, task index or partition to start).
-    fn work(&self) -> Vec<(usize, Result<usize, u32>)> {
+    fn settings(&self, partition: u32) -> Settings {
+        Settings {
+            partition,
+            partitions: self.config.partitions,
+            events_topic: "sim.events".into(),
+            max_event_bytes: 1 << 20,
+            spread_activities: self.config.local_rounds == 0,
+            local_rounds: self.config.local_rounds,
+            cache_limit: Settings::CACHE_LIMIT,
+        }
+    }
+
+    /// Every action that can be taken now: a worker fetches a partition, a core takes its next
+    /// step, a producer delivers what it holds.
+    fn work(&self) -> Vec<(usize, Action)> {
         let mut work = Vec::new();
         for (w, worker) in self.workers.iter().enumerate() {
-            for t in 0..worker.tasks.len() {
-                work.push((w, Ok(t)));
-            }
             for (&p, &pos) in &worker.positions {
-                let busy = worker.tasks.iter().any(|t| t.partition == p && !t.zombie);
-                if !busy && pos < self.logs[p as usize].len() {
-                    work.push((w, Err(p)));
+                match worker.cores.get(&p) {
+                    Some(c) if c.core.busy() => work.push((w, Action::Step(Which::Owned(p)))),
+                    _ if pos < self.logs[p as usize].len() => work.push((w, Action::Fetch(p))),
+                    _ => {}
                 }
+            }
+            for z in 0..worker.zombies.len() {
+                work.push((w, Action::Step(Which::Zombie(z))));
+            }
+            if !worker.producing.is_empty() {
+                work.push((w, Action::Deliver));
             }
         }
         work
@@ -473,8 +473,9 @@ impl World {
                 let (w, what) = work[self.rng.gen_range(0..work.len())];
                 self.mix(&[w as u8, 0xA0]);
                 match what {
-                    Ok(t) => self.advance(w, t),
-                    Err(p) => self.fetch(w, p),
+                    Action::Fetch(p) => self.fetch(w, p),
+                    Action::Step(which) => self.step(w, which),
+                    Action::Deliver => self.deliver(w, false),
                 }
             }
         }
@@ -501,15 +502,43 @@ impl World {
         }
     }
 
+    /// The worker's producer delivers what it holds to the logs: all of it (`all`, an
+    /// acknowledgement awaited), or a random prefix (records on their way).
+    fn deliver(&mut self, w: usize, all: bool) {
+        let held = self.workers[w].producing.len();
+        let n = if all { held } else { self.rng.gen_range(1..=held) };
+        for _ in 0..n {
+            let (p, bytes) = self.workers[w].producing.pop_front().expect("held");
+            self.append(p, bytes);
+        }
+        if n > 0 {
+            self.note(|| format!("worker {w}'s producer delivers {n} of {held} records"));
+        }
+    }
+
     fn crash(&mut self) {
         let w = self.rng.gen_range(0..self.workers.len());
         self.crashes += 1;
         self.mix(&[w as u8, 0xC0]);
-        let phases: Vec<String> =
-            self.workers[w].tasks.iter().map(|t| format!("p{}:{:?}", t.partition, phase_name(&t.phase))).collect();
-        self.note(|| format!("worker {w} crashes (in flight: {})", phases.join(", ")));
-        self.workers[w].tasks.clear();
-        self.workers[w].epochs.clear();
+        // Records on their way may or may not get through: a prefix does, in order.
+        let held = self.workers[w].producing.len();
+        let through = self.rng.gen_range(0..=held);
+        for _ in 0..through {
+            let (p, bytes) = self.workers[w].producing.pop_front().expect("held");
+            self.append(p, bytes);
+        }
+        let worker = &mut self.workers[w];
+        worker.producing.clear();
+        let busy: Vec<String> =
+            worker.cores.iter().filter(|(_, c)| c.core.busy()).map(|(p, _)| format!("p{p}")).collect();
+        worker.cores.clear();
+        worker.zombies.clear();
+        self.note(|| {
+            format!(
+                "worker {w} crashes (groups in flight: {}; {through} of {held} records got through)",
+                busy.join(", ")
+            )
+        });
         let owned: Vec<u32> = self.workers[w].positions.keys().copied().collect();
         for p in owned {
             self.workers[w].positions.insert(p, self.committed[p as usize]);
@@ -527,35 +556,30 @@ impl World {
         let zombie = self.rng.gen_bool(0.8);
         let old = &mut self.workers[from];
         old.positions.remove(&p);
-        if zombie {
-            for t in old.tasks.iter_mut().filter(|t| t.partition == p) {
-                t.zombie = true;
+        let went_on = match old.cores.remove(&p) {
+            Some(mut c) if c.core.busy() && zombie => {
+                c.zombie = true;
+                old.zombies.push((p, c));
+                true
             }
-        } else {
-            old.tasks.retain(|t| t.partition != p);
-        }
+            _ => false,
+        };
         self.note(|| {
             format!(
                 "p{p} moves from worker {from} to {to}{}",
-                if zombie { " (old owner goes on as a zombie)" } else { "" }
+                if went_on { " (old owner goes on as a zombie)" } else { "" }
             )
         });
         self.assign(p, to);
     }
 
     fn release_timers(&mut self) {
-        let due: Vec<u32> = (0..self.config.partitions).collect();
-        for p in due {
+        for p in 0..self.config.partitions {
             let released = now_or_never(self.store.claim_due_timers(p, self.now, 64)).expect("memory store");
-            if released.is_empty() {
-                continue;
-            }
-            let up_to = released.last().map(|t| t.seq).expect("non-empty");
-            for timer in &released {
-                let mut e = Envelope::decode(&timer.envelope).expect("we encoded it");
-                e.origin = Some(Origin { stream: format!("t{p}"), seq: timer.seq });
-                self.note(|| format!("timer t{p}#{} releases {} for {}", timer.seq, e.body.core().name(), e.target));
-                self.produce(&e);
+            let Some(up_to) = released.last().map(|t| t.seq) else { continue };
+            for record in timer_records(p, "sim.events", &released) {
+                self.note(|| format!("timer of p{p} releases an event for {}", String::from_utf8_lossy(&record.key)));
+                self.output(usize::MAX, p, record);
             }
             // A crash between the produce and the ack re-releases the same timers later.
             if self.config.faults.crashes && self.rng.gen_ratio(1, 10) {
@@ -566,308 +590,170 @@ impl World {
         }
     }
 
+    /// A record a core (of worker `w`, on partition `p`) asked to produce: events go to the
+    /// worker's producer (`w == usize::MAX`: straight to the log), dead letters are violations
+    /// (the workloads make none), state records are dropped.
+    fn output(&mut self, w: usize, p: u32, record: Outgoing) {
+        match record.topic {
+            Topic::Events => {
+                let to = record.partition.unwrap_or_else(|| self.partition_of(&record.key)) as usize;
+                if w == usize::MAX {
+                    self.append(to, record.payload);
+                } else {
+                    self.workers[w].producing.push_back((to, record.payload));
+                }
+            }
+            Topic::Dead => {
+                let reason = record.reason().unwrap_or_default().to_owned();
+                self.dead_letters.push(format!("p{p}: {reason}"));
+            }
+            Topic::State => {}
+        }
+    }
+
     fn fetch(&mut self, w: usize, p: u32) {
         let start = self.workers[w].positions[&p];
         let len = self.logs[p as usize].len();
         let end = (start + self.rng.gen_range(1..=8)).min(len);
-        let mut groups: BTreeMap<String, Group> = BTreeMap::new();
-        let mut activities = Vec::new();
-        for offset in start..end {
-            let bytes = &self.logs[p as usize][offset];
-            let envelope = match Envelope::decode(bytes) {
-                Ok(e) => e,
-                Err(e) => {
-                    self.dead_letters.push(format!("p{p}@{offset}: {e}"));
-                    continue;
-                }
-            };
-            let id = match InstanceId::parse(&envelope.target) {
-                Ok(id) => id,
-                Err(e) => {
-                    self.dead_letters.push(format!("p{p}@{offset}: {e}"));
-                    continue;
-                }
-            };
-            if id.kind() == Kind::Activity {
-                activities.push((offset as i64, envelope));
-                continue;
-            }
-            groups
-                .entry(envelope.target.clone())
-                .or_insert_with(|| Group { id, deliveries: Vec::new(), loaded: None, output: None })
-                .deliveries
-                .push(Fetched { offset: offset as i64, envelope });
+        let records: Vec<Record> = (start..end)
+            .map(|offset| Record {
+                offset: offset as i64,
+                key: None,
+                payload: Some(self.logs[p as usize][offset].clone()),
+            })
+            .collect();
+        if !self.workers[w].cores.contains_key(&p) {
+            let epoch = now_or_never(self.store.fence(p)).expect("memory store");
+            self.note(|| format!("worker {w} fences p{p}: epoch {epoch}"));
+            let core = Partition::new(self.settings(p), self.engine.clone(), epoch);
+            self.workers[w].cores.insert(p, Core { core, zombie: false });
         }
-        let epoch = match self.workers[w].epochs.get(&p) {
-            Some(epoch) => *epoch,
-            None => {
-                let epoch = now_or_never(self.store.fence(p)).expect("memory store");
-                self.note(|| format!("worker {w} fences p{p}: epoch {epoch}"));
-                self.workers[w].epochs.insert(p, epoch);
-                epoch
-            }
-        };
         self.note(|| format!("worker {w} fetches p{p}@{start}..{end}"));
         self.workers[w].positions.insert(p, end);
-        let task = Task {
-            partition: p,
-            end,
-            groups: groups.into_values().collect(),
-            activities,
-            phase: Phase::Fetched,
-            zombie: false,
-            rounds: 0,
-            epoch,
-        };
-        self.workers[w].tasks.push(task);
+        let now = self.now;
+        self.workers[w].cores.get_mut(&p).expect("just made").core.begin(records, now);
     }
 
-    fn advance(&mut self, w: usize, t: usize) {
-        let mut task = self.workers[w].tasks.remove(t);
-        let p = task.partition;
-        let done = match task.phase.clone() {
-            Phase::Fetched => {
-                let ids: Vec<String> = task.groups.iter().map(|g| g.id.canonical()).collect();
-                let loaded = now_or_never(self.store.load(p, &ids)).expect("memory store");
-                for (g, stored) in task.groups.iter_mut().zip(loaded) {
-                    g.loaded = stored.map(|s| (InstanceRecord::from_blob(&s.blob).expect("we wrote it"), s.etag));
+    /// One step of a core: do what it asks, answer it.
+    fn step(&mut self, w: usize, which: Which) {
+        let (p, mut c) = match which {
+            Which::Owned(p) => (p, self.workers[w].cores.remove(&p).expect("listed")),
+            Which::Zombie(z) => self.workers[w].zombies.remove(z),
+        };
+        let io = c.core.poll();
+        let mut done = false;
+        match io {
+            Io::Load(ids) => {
+                if self.store_fails() {
+                    self.note(|| format!("worker {w}: the store fails a load of p{p}"));
+                    self.abandon(w, p, &mut c);
+                } else {
+                    let stored = now_or_never(self.store.load(p, &ids)).expect("memory store");
+                    self.note(|| format!("worker {w} loads {} instances of p{p}", ids.len()));
+                    c.core.loaded(stored);
                 }
-                self.note(|| format!("worker {w} loads {} instances of p{p}", ids.len()));
-                task.phase = Phase::Loaded;
-                false
             }
-            Phase::Loaded => {
-                for g in &mut task.groups {
-                    let deliveries = g
-                        .deliveries
+            Io::Commit { writes, epoch } => {
+                let fail = self.store_fails();
+                // A failed commit may still have been applied (the reply was lost).
+                let applied = !fail || self.rng.gen_bool(0.5);
+                let mut outcomes = Vec::new();
+                if applied {
+                    let before: Vec<Option<InstanceRecord>> = writes
                         .iter()
-                        .map(|f| Delivery { envelope: f.envelope.clone(), offset: Some(f.offset) })
+                        .map(|write| {
+                            self.store.get(&write.id).map(|s| InstanceRecord::from_blob(&s.blob).expect("valid"))
+                        })
                         .collect();
-                    let record = g.loaded.as_ref().map(|(r, _)| r.clone());
-                    let input = StepInput { deliveries, now: self.now, partition: Some(p), trigger: None };
-                    g.output = Some(self.engine.step(&g.id, record, input));
-                }
-                if let Some(cut) = split_at(&task.groups) {
-                    // As the runtime does: the batch ends before the first new record of an
-                    // instance that also resends, so that the resent outbox leaves before the
-                    // instance's next commit replaces it; the rest is fetched again.
-                    self.note(|| format!("worker {w} cuts its batch of p{p} at {cut} (a resend comes first)"));
-                    task.end = cut as usize;
-                    for g in &mut task.groups {
-                        g.deliveries.retain(|f| f.offset < cut);
+                    let after: Vec<(String, Vec<u8>)> = writes.iter().map(|w| (w.id.clone(), w.blob.clone())).collect();
+                    outcomes = match epoch {
+                        Some(epoch) if self.config.fence_local_commits => {
+                            now_or_never(self.store.commit_fenced(p, epoch, writes))
+                        }
+                        _ => now_or_never(self.store.commit(p, writes)),
                     }
-                    task.groups.retain(|g| !g.deliveries.is_empty());
-                    task.activities.retain(|(offset, _)| *offset < cut);
-                    if !task.zombie {
-                        self.workers[w].positions.insert(p, cut as usize);
+                    .expect("memory store");
+                    for (((id, blob), before), outcome) in after.into_iter().zip(before).zip(&outcomes) {
+                        if matches!(outcome, CommitOutcome::Committed { .. }) {
+                            let after = InstanceRecord::from_blob(&blob).expect("valid");
+                            self.observe_commit(id, before.as_ref(), &after);
+                        }
                     }
-                    task.phase = Phase::Loaded;
-                    self.workers[w].tasks.insert(t, task);
-                    return;
-                }
-                self.note(|| format!("worker {w} computes {} steps of p{p}", task.groups.len()));
-                task.phase = Phase::Computed;
-                false
-            }
-            Phase::Computed => {
-                let mut writes = Vec::new();
-                for g in &task.groups {
-                    let out = g.output.as_ref().expect("computed");
-                    if out.changed {
-                        let timers =
-                            out.delayed().map(|(fire_at, e)| TimerEntry { fire_at, envelope: e.encode() }).collect();
-                        writes.push(Write {
-                            id: g.id.canonical(),
-                            expected: g.loaded.as_ref().map(|(_, etag)| *etag),
-                            blob: out.record.to_blob(),
-                            timers,
-                        });
-                    }
-                }
-                let outcomes = now_or_never(self.store.commit(p, writes)).expect("memory store");
-                let conflicts = outcomes.iter().filter(|o| **o == CommitOutcome::Conflict).count();
-                self.observe_commits(&task, &outcomes);
-                if conflicts > 0 {
-                    // Throw the results away (nothing left the process), reload, rerun.
-                    self.conflicts += conflicts;
+                    let conflicts = outcomes.iter().filter(|o| **o == CommitOutcome::Conflict).count();
                     self.mix(&[0xCF, conflicts as u8]);
-                    self.note(|| format!("worker {w} commit on p{p}: {conflicts} conflicts, rerun"));
-                    task.phase = Phase::Fetched;
+                    self.note(|| {
+                        let fenced = epoch.map_or(String::new(), |e| format!(" fenced with epoch {e}"));
+                        format!("worker {w} commits {} writes of p{p}{fenced}: {conflicts} conflicts", outcomes.len())
+                    });
+                }
+                if fail {
+                    self.note(|| format!("worker {w}: the store fails a commit of p{p} (applied: {applied})"));
+                    self.abandon(w, p, &mut c);
                 } else {
-                    let emits = self.outbound(&task);
-                    self.note(|| format!("worker {w} commits p{p}..{}", task.end));
-                    task.phase = Phase::Committed(emits);
+                    c.core.committed(outcomes);
                 }
-                false
             }
-            Phase::Committed(emits) => {
-                let local = self.config.local_rounds > 0;
-                let run_here = local && task.rounds < self.config.local_rounds;
-                let mut requests = Vec::new();
-                for (_, envelopes) in &emits {
-                    for e in envelopes {
-                        match (local, Kind::Activity.owns(&e.target)) {
-                            (true, true) if run_here => requests.push(e.clone()),
-                            (true, true) => self.produce_to(p as usize, e),
-                            _ => self.produce(e),
-                        }
+            Io::Run(invocations) => {
+                let results: Vec<Ran> = invocations
+                    .iter()
+                    .map(|req| {
+                        let future =
+                            self.engine.registry().run_activity(req.id.name(), req.context(), req.input.clone());
+                        Ran::Returned(now_or_never(future.expect("the core checks the registry")))
+                    })
+                    .collect();
+                self.note(|| format!("worker {w} runs {} activities of p{p}", results.len()));
+                c.core.ran(results, self.now);
+            }
+            Io::Produce(records) => {
+                self.note(|| format!("worker {w} produces {} records for p{p}", records.len()));
+                for r in records {
+                    self.output(w, p, r);
+                }
+            }
+            Io::Settle => {
+                self.deliver(w, true);
+                c.core.settled();
+            }
+            Io::Done(Done { last, rest }) => {
+                done = true;
+                if !c.zombie && self.owner[p as usize] == w {
+                    let committed = &mut self.committed[p as usize];
+                    *committed = (*committed).max(last as usize + 1);
+                    self.note(|| format!("worker {w} stores offset p{p}={}", last + 1));
+                    if let Some(first) = rest.first() {
+                        self.note(|| format!("worker {w} ends its group of p{p} early: a resend comes first"));
+                        self.workers[w].positions.insert(p, first.offset as usize);
                     }
-                }
-                self.note(|| {
-                    let n = emits.iter().map(|(_, e)| e.len()).sum::<usize>() - requests.len();
-                    format!("worker {w} emits {n} events for p{p}, runs {} activities here", requests.len())
-                });
-                task.phase = if requests.is_empty() { Phase::Emitted } else { Phase::Local(requests) };
-                false
-            }
-            Phase::Local(requests) => {
-                task.rounds += 1;
-                let emits = self.local_round(w, &task, requests);
-                task.phase = Phase::Committed(emits);
-                false
-            }
-            Phase::Emitted => {
-                if !task.zombie && self.owner[p as usize] == w {
-                    let c = &mut self.committed[p as usize];
-                    *c = (*c).max(task.end);
-                    self.note(|| format!("worker {w} stores offset p{p}={}", task.end));
                 } else {
-                    self.note(|| format!("zombie worker {w} cannot store offset p{p}={}", task.end));
+                    self.note(|| format!("zombie worker {w} cannot store offset p{p}={}", last + 1));
                 }
-                true
             }
-        };
-        if !done {
-            self.workers[w].tasks.insert(t, task);
+        }
+        let stats = c.core.take_stats();
+        self.conflicts += stats.conflicts as usize;
+        match which {
+            Which::Owned(p) => {
+                self.workers[w].cores.insert(p, c);
+            }
+            Which::Zombie(z) if !done && c.core.busy() => self.workers[w].zombies.insert(z, (p, c)),
+            Which::Zombie(_) => {}
         }
     }
 
-    /// One local round, as the runtime runs it: run `requests`, step their replies into their
-    /// callers among the batch's instances (loaded from the store: the simulator keeps no
-    /// cache), each new outbox answering to the record its stored outbox answers to, and commit
-    /// the steps whose outbox holds only activity invocations and state, fenced with the task's
-    /// epoch. Replies not applied go out through the log with the round's outboxes.
-    fn local_round(&mut self, w: usize, task: &Task, requests: Vec<Envelope>) -> Vec<(i64, Vec<Envelope>)> {
-        let p = task.partition;
-        let callers: BTreeSet<String> = task.groups.iter().map(|g| g.id.canonical()).collect();
-        let mut replies: BTreeMap<String, Vec<Envelope>> = BTreeMap::new();
-        let mut emits: Vec<(i64, Vec<Envelope>)> = Vec::new();
-        for request in &requests {
-            let Ok(req) = ActivityRequest::parse(request) else { continue };
-            let Some(future) = self.engine.registry().run_activity(req.id.name(), req.context(), req.input.clone())
-            else {
-                self.dead_letters.push(format!("{}: no activity {}", request.id, req.id.name()));
-                continue;
-            };
-            let reply = req.reply(now_or_never(future), self.now);
-            if callers.contains(&reply.target) {
-                replies.entry(reply.target.clone()).or_default().push(reply);
-            } else {
-                emits.push((0, vec![reply]));
-            }
-        }
-        let ids: Vec<String> = replies.keys().cloned().collect();
-        let loaded = now_or_never(self.store.load(p, &ids)).expect("memory store");
-        let mut writes = Vec::new();
-        let mut stepped = Vec::new();
-        for (id, stored) in ids.into_iter().zip(loaded) {
-            let replies = replies.remove(&id).unwrap_or_default();
-            let Some(stored) = stored else {
-                emits.push((0, replies));
-                continue;
-            };
-            let record = InstanceRecord::from_blob(&stored.blob).expect("we wrote it");
-            let input = StepInput {
-                deliveries: replies.iter().map(|e| Delivery { envelope: e.clone(), offset: None }).collect(),
-                now: self.now,
-                partition: Some(p),
-                trigger: record.outbox.offset,
-            };
-            let target = InstanceId::parse(&id).expect("valid id");
-            let out = self.engine.step(&target, Some(record.clone()), input);
-            if !out.stays_local() {
-                emits.push((record.outbox.offset.unwrap_or(0), replies));
-                continue;
-            }
-            let timers = out.delayed().map(|(fire_at, e)| TimerEntry { fire_at, envelope: e.encode() }).collect();
-            writes.push(Write { id: id.clone(), expected: Some(stored.etag), blob: out.record.to_blob(), timers });
-            stepped.push((id, record, out, replies));
-        }
-        let outcomes = if self.config.fence_local_commits {
-            now_or_never(self.store.commit_fenced(p, task.epoch, writes))
-        } else {
-            now_or_never(self.store.commit(p, writes))
-        }
-        .expect("memory store");
-        let mut committed = 0;
-        for ((id, before, out, replies), outcome) in stepped.into_iter().zip(outcomes) {
-            let trigger = out.record.outbox.offset.unwrap_or(0);
-            self.note(|| format!("  local step of {id} (trigger {trigger}, epoch {}): {outcome:?}", task.epoch));
-            if outcome == CommitOutcome::Conflict {
-                self.conflicts += 1;
-                emits.push((trigger, replies));
-                continue;
-            }
-            committed += 1;
-            self.observe_commit(id, Some(&before), &out.record);
-            emits.push((trigger, emitted(&out.record.outbox.effects)));
-        }
-        self.mix(&[0x10, requests.len() as u8, committed as u8]);
-        self.note(|| format!("worker {w} local round on p{p}: {} activities, {committed} commits", requests.len()));
-        emits.sort_by_key(|(offset, _)| *offset);
-        emits
+    /// Whether the store fails this call (a transient error).
+    fn store_fails(&mut self) -> bool {
+        self.config.faults.store_errors && self.rng.gen_ratio(1, 100)
     }
 
-    /// What the batch sends after its commit, ordered by input position: each committed step's
-    /// outbox, the outbox of a step committed earlier that this batch re-delivers, activity
-    /// replies, and dead letters.
-    fn outbound(&mut self, task: &Task) -> Vec<(i64, Vec<Envelope>)> {
-        let mut emits = Vec::new();
-        for g in &task.groups {
-            let out = g.output.as_ref().expect("computed");
-            let last = g.deliveries.last().map(|f| f.offset).unwrap_or(0);
-            if let Some(resend) = &out.resend {
-                let what: Vec<String> = emitted(&resend.effects).iter().map(|e| e.target.clone()).collect();
-                self.note(|| format!("  {} resends its outbox of {:?}: {what:?}", g.id, resend.offset));
-                emits.push((resend.offset.unwrap_or(last), emitted(&resend.effects)));
+    /// The driver's answer to a transient failure: abandon the group; its records are fetched
+    /// again (a zombie's are the next owner's).
+    fn abandon(&mut self, w: usize, p: u32, c: &mut Core) {
+        let records = c.core.abandon();
+        if !c.zombie {
+            if let Some(first) = records.first() {
+                self.workers[w].positions.insert(p, first.offset as usize);
             }
-            if out.changed {
-                emits.push((last, emitted(&out.record.outbox.effects)));
-                for d in &out.dead_letters {
-                    self.dead_letters.push(format!("{}: {}", d.envelope.id, d.reason));
-                }
-            }
-            debug_assert!(out.dropped.iter().all(|d| d.reason != DropReason::AlreadyRunning));
-        }
-        for (offset, request) in &task.activities {
-            match ActivityRequest::parse(request) {
-                Ok(req) => {
-                    let run = self.engine.registry().run_activity(req.id.name(), req.context(), req.input.clone());
-                    match run {
-                        Some(future) => {
-                            let result = now_or_never(future);
-                            emits.push((*offset, vec![req.reply(result, self.now)]));
-                        }
-                        None => self.dead_letters.push(format!("{}: no activity {}", request.id, req.id.name())),
-                    }
-                }
-                Err(reason) => self.dead_letters.push(format!("{}: {reason}", request.id)),
-            }
-        }
-        emits.sort_by_key(|(offset, _)| *offset);
-        emits
-    }
-
-    /// Record what each successful write commits: its outbox (the only events that may leave),
-    /// and, per orchestration, commits that took it from running (or nothing) to finished.
-    fn observe_commits(&mut self, task: &Task, outcomes: &[CommitOutcome]) {
-        let mut outcomes = outcomes.iter();
-        for g in &task.groups {
-            let out = g.output.as_ref().expect("computed");
-            if !out.changed || !matches!(outcomes.next(), Some(CommitOutcome::Committed { .. })) {
-                continue;
-            }
-            self.observe_commit(g.id.canonical(), g.loaded.as_ref().map(|(r, _)| r), &out.record);
         }
     }
 
@@ -1051,24 +937,6 @@ fn emitted(effects: &[Effect]) -> Vec<Envelope> {
             _ => None,
         })
         .collect()
-}
-
-/// Where a batch must end: before the first new record of an instance whose step both resends
-/// an earlier outbox and commits a new one (the commit would replace an outbox that may not have
-/// left yet). `None`: no such instance.
-fn split_at(groups: &[Group]) -> Option<i64> {
-    groups.iter().filter_map(|g| g.output.as_ref()?.end_before).min()
-}
-
-fn phase_name(phase: &Phase) -> &'static str {
-    match phase {
-        Phase::Fetched => "fetched",
-        Phase::Loaded => "loaded",
-        Phase::Computed => "computed",
-        Phase::Committed(_) => "committed",
-        Phase::Local(_) => "local round",
-        Phase::Emitted => "emitted",
-    }
 }
 
 /// Run one simulation.

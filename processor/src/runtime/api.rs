@@ -34,10 +34,11 @@ use rdkafka::producer::FutureRecord;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::partition::{now_ms, payload_json};
+use super::now_ms;
 use super::Shared;
 use crate::history::{Body, Completion, InstanceRecord};
 use crate::id::{InstanceId, Kind};
+use crate::partition::payload_json;
 use crate::store::Store;
 
 /// An API error: status, machine-readable code, and a message that says what to do.

@@ -34,6 +34,19 @@ struct Args {
     /// through the log).
     #[arg(long, default_value_t = Config::new(0).local_rounds)]
     local_rounds: usize,
+    /// Commit local rounds unfenced (the driver ignores the epoch the core gives): shows what the
+    /// fence prevents. Expect violations.
+    #[arg(long)]
+    no_fence: bool,
+}
+
+impl Args {
+    fn config(&self, seed: u64) -> Config {
+        let mut config = Config::new(seed);
+        config.local_rounds = self.local_rounds;
+        config.fence_local_commits = !self.no_fence;
+        config
+    }
 }
 
 fn shrink(config: &Config, outcome: &Outcome) -> (Config, Outcome) {
@@ -70,10 +83,11 @@ fn shrink(config: &Config, outcome: &Outcome) -> (Config, Outcome) {
                 candidates.push(c);
             }
         }
-        for flip in 0..3 {
+        for flip in 0..4 {
             let mut c = base.clone();
-            let f = [&mut c.faults.duplicates, &mut c.faults.crashes, &mut c.faults.rebalances];
-            let flag = f.into_iter().nth(flip).expect("three faults");
+            let f =
+                [&mut c.faults.duplicates, &mut c.faults.crashes, &mut c.faults.rebalances, &mut c.faults.store_errors];
+            let flag = f.into_iter().nth(flip).expect("four faults");
             if *flag {
                 *flag = false;
                 candidates.push(c);
@@ -99,8 +113,7 @@ fn shrink(config: &Config, outcome: &Outcome) -> (Config, Outcome) {
 fn main() {
     let args = Args::parse();
     if let Some(seed) = args.seed {
-        let mut config = Config::new(seed);
-        config.local_rounds = args.local_rounds;
+        let mut config = args.config(seed);
         config.trace = true;
         let outcome = sim::run(config.clone());
         for line in &outcome.trace {
@@ -127,8 +140,7 @@ fn main() {
                 if seed >= end {
                     return;
                 }
-                let mut config = Config::new(seed);
-                config.local_rounds = args.local_rounds;
+                let config = args.config(seed);
                 let outcome = sim::run(config.clone());
                 actions.fetch_add(outcome.actions, Ordering::Relaxed);
                 conflicts.fetch_add(outcome.conflicts, Ordering::Relaxed);

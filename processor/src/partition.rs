@@ -1,0 +1,887 @@
+//! The partition core: the commit protocol of one owned partition of `<prefix>.events`, as a pure
+//! state machine (no I/O, no clock, no async). The runtime drives it with Kafka and Redis
+//! (`runtime::worker`); the simulator drives the very same code with its seeded scheduler and the
+//! in-memory store. Its shape follows quinn-proto: the driver feeds inputs, asks [`Partition::poll`]
+//! what to do next, does it, and reports back.
+//!
+//! # Call order (one group at a time)
+//! 1. [`Partition::begin`] with records read from the partition, in offset order, and the time.
+//!    The core decodes and routes them: undecodable, oversized, misrouted records and invalid
+//!    activity invocations become dead letters; events for instances are grouped per instance;
+//!    activity invocations that arrived through the log are kept to run after the commit.
+//! 2. Loop on [`Partition::poll`] until it returns [`Io::Done`]:
+//!    - [`Io::Load`]: load those ids from the store (one round trip), answer
+//!      [`Partition::loaded`]. Instances whose records are in the core's cache are not asked for.
+//!    - [`Io::Commit`]: commit the writes — fenced with the epoch if one is given — answer
+//!      [`Partition::committed`] with the outcomes in order. Instances that lost the etag check
+//!      are reloaded and stepped again (only those: a partial rerun).
+//!    - [`Io::Run`]: run these activity invocations (concurrently is fine), answer
+//!      [`Partition::ran`] with one [`Ran`] per invocation, in order, and the time.
+//!    - [`Io::Produce`]: enqueue these records in order (an idempotent producer); no answer.
+//!    - [`Io::Settle`]: wait until every record enqueued so far is acknowledged, answer
+//!      [`Partition::settled`].
+//!    - [`Io::Done`]: the group is applied and produced: store `last` as the consumed offset,
+//!      and begin the next group with `rest` (records the group left for later) followed by
+//!      whatever else was read.
+//! 3. On a transient failure of any I/O, [`Partition::abandon`] gives the group's records back;
+//!    begin again with them after a pause. Nothing the core asked for needs undoing: a commit
+//!    that happened is found again as a duplicate, an outbox that may not have left is resent.
+//!
+//! # The protocol (what the sequence above guarantees)
+//! - **Commit before effects.** Every instance of the group is stepped by the pure engine and
+//!   committed by compare-and-set on its etag before anything it emits is produced; the outbox
+//!   is produced in input-offset order (the receivers' origin marks rely on that order).
+//! - **Partial reruns.** Instances that lose a commit are reloaded and re-stepped; the ones that
+//!   won keep their result.
+//! - **Resend before a new commit.** If an instance's step both resends an earlier outbox (some of
+//!   its records came again) and would commit a new one, nothing of the pass is committed: the
+//!   group ends before that instance's first new record ([`Done::rest`] starts there), so the
+//!   resend leaves before the next commit replaces the outbox.
+//! - **Local rounds.** Unless activities are spread, the activity invocations committed by the
+//!   group are not produced but run here ([`Io::Run`]) once every event produced so far is
+//!   acknowledged ([`Io::Settle`]); their replies are stepped into their callers and committed
+//!   *fenced* with this core's epoch, only when the step emits nothing but more invocations and
+//!   its state. The new outbox answers to a record of this group, whose offset is not stored
+//!   yet, so a crash before it leaves makes the next owner resend it; a zombie fenced out by a
+//!   newer owner commits nothing. Replies not applied go through the log. At most
+//!   [`Settings::local_rounds`] rounds per group.
+//! - **Offsets last.** [`Io::Done`] comes only after the final [`Io::Settle`].
+//! - **One state record per instance and group**, its latest version, produced at the end.
+//!
+//! Timers are outside groups: the driver claims due timers from the store, produces
+//! [`timer_records`] in order, waits for them, and acknowledges them.
+
+mod cache;
+mod outbound;
+
+use std::collections::BTreeMap;
+use std::mem;
+
+use durable_schemas::contract::dead_letter;
+use durable_schemas::{Envelope, Failure, Payload};
+
+pub use cache::RecordCache;
+pub use outbound::{payload_json, state_record, timer_records, Outgoing, Topic};
+
+use crate::context::ActivityRequest;
+use crate::effect::{Effect, StateChange};
+use crate::engine::{Delivery, Engine, StepInput, StepOutput};
+use crate::error::Error;
+use crate::history::InstanceRecord;
+use crate::id::{InstanceId, Kind};
+use crate::store::{CommitOutcome, Stored, TimerEntry, Write};
+
+/// One record read from the partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Its offset.
+    pub offset: i64,
+    /// Its key.
+    pub key: Option<Vec<u8>>,
+    /// Its value.
+    pub payload: Option<Vec<u8>>,
+}
+
+/// How a core runs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The partition this core owns.
+    pub partition: u32,
+    /// Partitions of the events topic (to check where a record belongs).
+    pub partitions: u32,
+    /// The events topic's name (dead letters name it as their source).
+    pub events_topic: String,
+    /// Records larger than this are dead-lettered unread.
+    pub max_event_bytes: usize,
+    /// Produce activity invocations by their key's hash (other processors run them) instead of
+    /// running them here; no local rounds.
+    pub spread_activities: bool,
+    /// Most local rounds per group.
+    pub local_rounds: usize,
+    /// Most records the cache keeps.
+    pub cache_limit: usize,
+}
+
+impl Settings {
+    /// Most local rounds one group runs by default; the replies of a further round go through
+    /// the broker, so that an orchestration calling activities in a long loop cannot hold its
+    /// partition's other records back.
+    pub const LOCAL_ROUNDS: usize = 16;
+    /// Most records a core caches by default.
+    pub const CACHE_LIMIT: usize = 20_000;
+}
+
+/// What the driver must do next.
+#[derive(Debug)]
+pub enum Io {
+    /// Load these instances (all of this partition) and answer [`Partition::loaded`].
+    Load(Vec<String>),
+    /// Commit these writes — with [`Store::commit_fenced`](crate::Store::commit_fenced) when
+    /// `epoch` is set — and answer [`Partition::committed`].
+    Commit {
+        /// The writes, each applied atomically and independently.
+        writes: Vec<Write>,
+        /// The epoch to fence with.
+        epoch: Option<u64>,
+    },
+    /// Run these activity invocations and answer [`Partition::ran`].
+    Run(Vec<ActivityRequest>),
+    /// Enqueue these records, in order. No answer.
+    Produce(Vec<Outgoing>),
+    /// Wait for every enqueued record's acknowledgement, then answer [`Partition::settled`].
+    Settle,
+    /// The group is done.
+    Done(Done),
+}
+
+/// The end of a group.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Done {
+    /// The last offset the group applied: store it as consumed.
+    pub last: i64,
+    /// Records the group did not apply (it ended early): begin the next group with them.
+    pub rest: Vec<Record>,
+}
+
+/// How one activity invocation ended.
+#[derive(Debug, Clone)]
+pub enum Ran {
+    /// It returned.
+    Returned(Result<Payload, Failure>),
+    /// It panicked (the message): a dead letter, and a `Panic` failure for its caller.
+    Panicked(String),
+}
+
+/// Counts of what the core did, for the driver's metrics ([`Partition::take_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Successful writes.
+    pub commits: u64,
+    /// Writes that lost the etag check (or were fenced out).
+    pub conflicts: u64,
+    /// Instances stepped again after a conflict.
+    pub reruns: u64,
+    /// Deliveries applied.
+    pub applied: u64,
+    /// Deliveries dropped (duplicates, redeliveries, stale replies …).
+    pub dropped: u64,
+    /// Dead letters produced.
+    pub dead_letters: u64,
+    /// Instance records found in the cache.
+    pub cache_hits: u64,
+    /// Instance records loaded.
+    pub cache_misses: u64,
+    /// Activities that returned `Ok`.
+    pub activities_completed: u64,
+    /// Activities that returned `Err`.
+    pub activities_failed: u64,
+    /// Activities that panicked.
+    pub activities_panicked: u64,
+}
+
+/// An instance's part of a group.
+#[derive(Debug)]
+struct Group {
+    id: InstanceId,
+    deliveries: Vec<Delivery>,
+}
+
+/// Something to send after the commit, keyed by the input offset it answers to.
+#[derive(Debug)]
+enum Out {
+    Effects(Vec<Effect>),
+    Dead { key: Vec<u8>, payload: Vec<u8>, reason: String, offset: i64 },
+}
+
+/// A caller stepped in a local round: its id, the step, the replies it applied (with the offsets
+/// they answer to), and the etag it was computed from.
+type LocalStep = (String, StepOutput, Vec<(i64, Envelope)>, u64);
+
+/// An instance's record as the core sees it: absent, readable, or corrupt.
+type Loaded = Result<Option<(InstanceRecord, u64)>, Error>;
+
+/// Where a group is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Step the pending instances (fetching their records first).
+    Step,
+    WaitLoad,
+    WaitCommit,
+    /// Run the activity invocations that arrived through the log.
+    LogActivities,
+    WaitLogRun,
+    /// Produce the outbound records (and collect local invocations).
+    Send,
+    WaitLocalSettle,
+    WaitLocalRun,
+    /// Ask for the records of a local round's callers that are not in the cache.
+    LocalLoad,
+    WaitLocalLoad,
+    WaitLocalCommit,
+    /// Produce the state records.
+    Finish,
+    WaitFinalSettle,
+    Done,
+}
+
+/// The group in flight.
+#[derive(Debug)]
+struct InFlight {
+    now: i64,
+    records: Vec<Record>,
+    rest: Vec<Record>,
+    groups: BTreeMap<String, Group>,
+    /// Valid invocations that arrived through the log, with the index of their record.
+    activities: Vec<(usize, ActivityRequest)>,
+    outbound: Vec<(i64, Out)>,
+    phase: Phase,
+    /// Instances still to step and commit.
+    pending: Vec<String>,
+    /// A local round: the callers to load.
+    to_load: Vec<String>,
+    /// Records of `pending` taken from the cache (`None`: to load).
+    fetched: Vec<Option<(u64, InstanceRecord)>>,
+    /// Steps waiting for their commit outcomes: (id, output, etag it was computed from).
+    computed: Vec<(String, StepOutput, Option<u64>)>,
+    rounds: usize,
+    /// A local round: the invocations running, with the offsets they answer to.
+    local: Vec<(i64, Envelope, ActivityRequest)>,
+    /// A local round: replies by caller, waiting for the callers' records.
+    replies: BTreeMap<String, Vec<(i64, Envelope)>>,
+    /// A local round: steps waiting for their commit outcomes.
+    stepped: Vec<LocalStep>,
+    /// The latest state change of each instance committed by the group.
+    states: BTreeMap<String, StateChange>,
+}
+
+impl InFlight {
+    fn new(records: Vec<Record>, rest: Vec<Record>, now: i64) -> Self {
+        Self {
+            now,
+            records,
+            rest,
+            groups: BTreeMap::new(),
+            activities: Vec::new(),
+            outbound: Vec::new(),
+            phase: Phase::Step,
+            pending: Vec::new(),
+            to_load: Vec::new(),
+            fetched: Vec::new(),
+            computed: Vec::new(),
+            rounds: 0,
+            local: Vec::new(),
+            replies: BTreeMap::new(),
+            stepped: Vec::new(),
+            states: BTreeMap::new(),
+        }
+    }
+}
+
+/// The core of one owned partition (see the module docs for the call order).
+#[derive(Debug)]
+pub struct Partition {
+    settings: Settings,
+    engine: Engine,
+    epoch: u64,
+    cache: RecordCache,
+    stats: Stats,
+    group: Option<InFlight>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Engine")
+    }
+}
+
+impl Partition {
+    /// The core of `settings.partition`, owned at `epoch` (from
+    /// [`Store::fence`](crate::Store::fence) when the owner started).
+    pub fn new(settings: Settings, engine: Engine, epoch: u64) -> Self {
+        let cache = RecordCache::new(settings.cache_limit);
+        Self { settings, engine, epoch, cache, stats: Stats::default(), group: None }
+    }
+
+    /// The epoch this core's local commits are fenced with.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Whether a group is in flight.
+    pub fn busy(&self) -> bool {
+        self.group.is_some()
+    }
+
+    /// Records in the cache.
+    pub fn cached(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// What the core counted since the last call.
+    pub fn take_stats(&mut self) -> Stats {
+        mem::take(&mut self.stats)
+    }
+
+    /// Start a group with `records` (in offset order, at least one) at time `now`.
+    ///
+    /// # Panics
+    /// If a group is in flight or `records` is empty: a driver bug.
+    pub fn begin(&mut self, records: Vec<Record>, now: i64) {
+        assert!(self.group.is_none(), "a group is in flight: finish or abandon it first");
+        assert!(!records.is_empty(), "a group needs records");
+        let mut g = InFlight::new(records, Vec::new(), now);
+        self.classify(&mut g);
+        self.group = Some(g);
+    }
+
+    /// Give up the group in flight (an I/O failed): its records, to begin again with later.
+    pub fn abandon(&mut self) -> Vec<Record> {
+        match self.group.take() {
+            Some(mut g) => {
+                g.records.append(&mut g.rest);
+                g.records
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// What to do next (see the module docs).
+    ///
+    /// # Panics
+    /// If no group is in flight, or the core waits for an answer: a driver bug.
+    pub fn poll(&mut self) -> Io {
+        let mut g = self.group.take().expect("poll without a group in flight");
+        let io = self.advance(&mut g);
+        if !matches!(io, Io::Done(_)) {
+            self.group = Some(g);
+        }
+        io
+    }
+
+    /// The answer to [`Io::Load`]: the stored records, in the order asked.
+    pub fn loaded(&mut self, stored: Vec<Option<Stored>>) {
+        let g = self.group.as_mut().expect("loaded without a group in flight");
+        let mut stored = stored.into_iter();
+        let decode = |s: Option<Stored>| -> Loaded {
+            match s {
+                None => Ok(None),
+                Some(s) => InstanceRecord::from_blob(&s.blob)
+                    .map(|r| Some((r, s.etag)))
+                    .map_err(|e| Error::corrupt(format!("stored record does not decode: {e}"))),
+            }
+        };
+        let fetched = mem::take(&mut g.fetched);
+        let records: Vec<Loaded> = fetched
+            .into_iter()
+            .map(|cached| match cached {
+                Some((etag, record)) => Ok(Some((record, etag))),
+                None => decode(stored.next().flatten()),
+            })
+            .collect();
+        let mut g = self.group.take().expect("in flight");
+        match g.phase {
+            Phase::WaitLoad => self.step_pending(&mut g, records),
+            Phase::WaitLocalLoad => self.step_local(&mut g, records),
+            other => panic!("loaded while {other:?}"),
+        }
+        self.group = Some(g);
+    }
+
+    /// The answer to [`Io::Commit`]: one outcome per write, in order.
+    pub fn committed(&mut self, outcomes: Vec<CommitOutcome>) {
+        let mut g = self.group.take().expect("committed without a group in flight");
+        match g.phase {
+            Phase::WaitCommit => self.after_commit(&mut g, outcomes),
+            Phase::WaitLocalCommit => self.after_local_commit(&mut g, outcomes),
+            other => panic!("committed while {other:?}"),
+        }
+        self.group = Some(g);
+    }
+
+    /// The answer to [`Io::Run`]: one result per invocation, in order, and the time now.
+    pub fn ran(&mut self, results: Vec<Ran>, now: i64) {
+        let mut g = self.group.take().expect("ran without a group in flight");
+        g.now = now;
+        match g.phase {
+            Phase::WaitLogRun => {
+                let activities = mem::take(&mut g.activities);
+                assert_eq!(activities.len(), results.len(), "one result per invocation");
+                for ((index, req), ran) in activities.into_iter().zip(results) {
+                    let record = &g.records[index];
+                    let (offset, key, payload) = (record.offset, record.key.clone(), record.payload.clone());
+                    let reply = self.reply(&req, ran, now, |reason| Out::Dead {
+                        key: key.unwrap_or_default(),
+                        payload: payload.unwrap_or_default(),
+                        reason,
+                        offset,
+                    });
+                    g.outbound.extend(reply.into_iter().map(|out| (offset, out)));
+                }
+                g.outbound.sort_by_key(|(offset, _)| *offset);
+                g.phase = Phase::Send;
+            }
+            Phase::WaitLocalRun => {
+                let local = mem::take(&mut g.local);
+                assert_eq!(local.len(), results.len(), "one result per invocation");
+                let mut ran = Vec::new();
+                for ((offset, envelope, req), result) in local.into_iter().zip(results) {
+                    let reply = self.reply(&req, result, now, |reason| Out::Dead {
+                        key: envelope.target.as_bytes().to_vec(),
+                        payload: envelope.encode(),
+                        reason,
+                        offset,
+                    });
+                    ran.extend(reply.into_iter().map(|out| (offset, out)));
+                }
+                self.collect_replies(&mut g, ran);
+            }
+            other => panic!("ran while {other:?}"),
+        }
+        self.group = Some(g);
+    }
+
+    /// The answer to [`Io::Settle`].
+    pub fn settled(&mut self) {
+        let g = self.group.as_mut().expect("settled without a group in flight");
+        match g.phase {
+            Phase::WaitLocalSettle => {
+                g.rounds += 1;
+                g.phase = Phase::WaitLocalRun;
+            }
+            Phase::WaitFinalSettle => g.phase = Phase::Done,
+            other => panic!("settled while {other:?}"),
+        }
+    }
+
+    /// Decode and route the records of the group.
+    fn classify(&mut self, g: &mut InFlight) {
+        let (p, partitions) = (self.settings.partition, self.settings.partitions);
+        for (index, record) in g.records.iter().enumerate() {
+            let offset = record.offset;
+            let mut dead = |reason: String| {
+                let key = record.key.clone().unwrap_or_default();
+                let payload = record.payload.clone().unwrap_or_default();
+                g.outbound.push((offset, Out::Dead { key, payload, reason, offset }));
+            };
+            let size = record.payload.as_ref().map_or(0, Vec::len);
+            if size > self.settings.max_event_bytes {
+                let limit = self.settings.max_event_bytes;
+                dead(format!("event of {size} bytes is over the limit of {limit} bytes (DURABLE_MAX_EVENT_BYTES)"));
+                continue;
+            }
+            let envelope = match record.payload.as_deref().map(Envelope::decode) {
+                None => {
+                    dead("empty record: expected an Avro single-object encoded envelope".into());
+                    continue;
+                }
+                Some(Err(e)) => {
+                    dead(format!("cannot decode: {e}"));
+                    continue;
+                }
+                Some(Ok(e)) => e,
+            };
+            let id = match InstanceId::parse(&envelope.target) {
+                Ok(id) => id,
+                Err(e) => {
+                    dead(format!("bad target: {e}"));
+                    continue;
+                }
+            };
+            if id.kind() == Kind::Activity {
+                // Stateless: an invocation runs wherever it arrives (its caller's partition,
+                // unless activities are spread).
+                match self.invocation(&envelope) {
+                    Ok(req) => g.activities.push((index, req)),
+                    Err(reason) => dead(reason),
+                }
+                continue;
+            }
+            let home = id.partition(partitions);
+            if home != p {
+                dead(format!(
+                    "{} belongs to partition {home} but arrived in {p}: produce with key = target id and the murmur2 partitioner",
+                    envelope.target
+                ));
+                continue;
+            }
+            g.groups
+                .entry(envelope.target.clone())
+                .or_insert_with(|| Group { id, deliveries: Vec::new() })
+                .deliveries
+                .push(Delivery { envelope, offset: Some(offset) });
+        }
+        g.pending = g.groups.keys().cloned().collect();
+    }
+
+    /// An activity invocation this process can run, or why not.
+    fn invocation(&self, envelope: &Envelope) -> Result<ActivityRequest, String> {
+        let req = ActivityRequest::parse(envelope)?;
+        if !self.engine.registry().has_activity(req.id.name()) {
+            return Err(format!("no activity named {:?} is registered", req.id.name()));
+        }
+        Ok(req)
+    }
+
+    /// The reply to an invocation (and a dead letter, made by `dead`, if it panicked).
+    fn reply(&mut self, req: &ActivityRequest, ran: Ran, now: i64, dead: impl FnOnce(String) -> Out) -> Vec<Out> {
+        let mut out = Vec::new();
+        let result = match ran {
+            Ran::Returned(result) => {
+                if result.is_ok() {
+                    self.stats.activities_completed += 1;
+                } else {
+                    self.stats.activities_failed += 1;
+                }
+                result
+            }
+            Ran::Panicked(message) => {
+                self.stats.activities_panicked += 1;
+                let reason = format!("activity {} panicked: {message}", req.id);
+                out.push(dead(reason.clone()));
+                Err(Failure::new("Panic", reason))
+            }
+        };
+        out.push(Out::Effects(vec![Effect::Emit(req.reply(result, now))]));
+        out
+    }
+
+    /// Take the records of `ids` from the cache; `Some(Io::Load)` for the ones it does not hold.
+    fn fetch(&mut self, g: &mut InFlight, ids: &[String]) -> Option<Io> {
+        g.fetched = ids.iter().map(|id| self.cache.take(id)).collect();
+        let missing: Vec<String> =
+            ids.iter().zip(&g.fetched).filter(|(_, c)| c.is_none()).map(|(id, _)| id.clone()).collect();
+        self.stats.cache_hits += (ids.len() - missing.len()) as u64;
+        self.stats.cache_misses += missing.len() as u64;
+        (!missing.is_empty()).then_some(Io::Load(missing))
+    }
+
+    /// The records fetched when nothing had to be loaded.
+    fn fetched_from_cache(g: &mut InFlight) -> Vec<Loaded> {
+        mem::take(&mut g.fetched).into_iter().map(|c| Ok(c.map(|(etag, record)| (record, etag)))).collect()
+    }
+
+    /// Run the group forward until it needs the driver.
+    fn advance(&mut self, g: &mut InFlight) -> Io {
+        loop {
+            match g.phase {
+                Phase::Step => {
+                    let ids = g.pending.clone();
+                    if let Some(load) = self.fetch(g, &ids) {
+                        g.phase = Phase::WaitLoad;
+                        return load;
+                    }
+                    let records = Self::fetched_from_cache(g);
+                    self.step_pending(g, records);
+                }
+                Phase::WaitCommit if g.computed.iter().all(|(_, out, _)| !out.changed) => {
+                    // Nothing to write: the outcomes are known.
+                    self.after_commit(g, Vec::new());
+                }
+                Phase::WaitCommit => {
+                    let writes = g
+                        .computed
+                        .iter()
+                        .filter(|(_, out, _)| out.changed)
+                        .map(|(id, out, etag)| write(id, out, *etag))
+                        .collect();
+                    return Io::Commit { writes, epoch: None };
+                }
+                Phase::LogActivities => {
+                    if g.activities.is_empty() {
+                        g.outbound.sort_by_key(|(offset, _)| *offset);
+                        g.phase = Phase::Send;
+                    } else {
+                        g.phase = Phase::WaitLogRun;
+                        return Io::Run(g.activities.iter().map(|(_, req)| req.clone()).collect());
+                    }
+                }
+                Phase::Send => {
+                    let run_here = !self.settings.spread_activities && g.rounds < self.settings.local_rounds;
+                    let (records, local) = self.outgoing(g, run_here);
+                    if local.is_empty() {
+                        g.phase = Phase::Finish;
+                    } else {
+                        g.local = local;
+                        g.phase = Phase::WaitLocalSettle;
+                    }
+                    if !records.is_empty() {
+                        return Io::Produce(records);
+                    }
+                }
+                Phase::WaitLocalSettle | Phase::WaitFinalSettle => return Io::Settle,
+                Phase::WaitLocalRun => return Io::Run(g.local.iter().map(|(_, _, req)| req.clone()).collect()),
+                Phase::LocalLoad => {
+                    g.phase = Phase::WaitLocalLoad;
+                    return Io::Load(mem::take(&mut g.to_load));
+                }
+                Phase::WaitLocalCommit if g.stepped.is_empty() => self.after_local_commit(g, Vec::new()),
+                Phase::WaitLocalCommit => {
+                    let writes = g.stepped.iter().map(|(id, out, _, etag)| write(id, out, Some(*etag))).collect();
+                    return Io::Commit { writes, epoch: Some(self.epoch) };
+                }
+                Phase::Finish => {
+                    let states: Vec<Outgoing> = mem::take(&mut g.states).values().filter_map(state_record).collect();
+                    g.phase = Phase::WaitFinalSettle;
+                    if !states.is_empty() {
+                        return Io::Produce(states);
+                    }
+                }
+                Phase::Done => {
+                    let last = g.records.last().expect("a group has records").offset;
+                    return Io::Done(Done { last, rest: mem::take(&mut g.rest) });
+                }
+                Phase::WaitLoad | Phase::WaitLogRun | Phase::WaitLocalLoad => {
+                    panic!("poll while waiting for an answer ({:?})", g.phase)
+                }
+            }
+        }
+    }
+
+    /// Step every pending instance; end the group early if a resend must come first.
+    fn step_pending(&mut self, g: &mut InFlight, records: Vec<Loaded>) {
+        let p = self.settings.partition;
+        let mut cut: Option<i64> = None;
+        g.computed.clear();
+        for (id, loaded) in mem::take(&mut g.pending).into_iter().zip(records) {
+            let group = &g.groups[&id];
+            let (record, etag) = match loaded {
+                Ok(Some((record, etag))) => (Some(record), Some(etag)),
+                Ok(None) => (None, None),
+                Err(e) => {
+                    // Never overwrite state we cannot read: dead-letter what was meant for it.
+                    for d in &group.deliveries {
+                        let offset = d.offset.unwrap_or(0);
+                        let reason = format!("stored state of {id} is unreadable ({e}); event not applied");
+                        let out =
+                            Out::Dead { key: id.as_bytes().to_vec(), payload: d.envelope.encode(), reason, offset };
+                        g.outbound.push((offset, out));
+                    }
+                    continue;
+                }
+            };
+            let input =
+                StepInput { deliveries: group.deliveries.clone(), now: g.now, partition: Some(p), trigger: None };
+            let out = self.engine.step(&group.id, record, input);
+            if let Some(o) = out.end_before {
+                cut = Some(cut.map_or(o, |c| c.min(o)));
+            }
+            g.computed.push((id, out, etag));
+        }
+        if let Some(cut) = cut {
+            // Nothing of this pass is committed; the group restarts with the records before the
+            // cut (always at least one, so that it advances).
+            let first = g.records[0].offset;
+            let cut = cut.max(first + 1);
+            let end = g.records.iter().position(|r| r.offset >= cut).unwrap_or(g.records.len());
+            let mut rest = g.records.split_off(end);
+            rest.append(&mut g.rest);
+            let records = mem::take(&mut g.records);
+            *g = InFlight::new(records, rest, g.now);
+            self.classify(g);
+        } else {
+            g.phase = Phase::WaitCommit;
+        }
+    }
+
+    /// Apply the commit outcomes of the group's steps.
+    fn after_commit(&mut self, g: &mut InFlight, outcomes: Vec<CommitOutcome>) {
+        let mut outcomes = outcomes.into_iter();
+        let mut next = Vec::new();
+        for (id, out, loaded_etag) in mem::take(&mut g.computed) {
+            let mut etag = loaded_etag;
+            if out.changed {
+                match outcomes.next() {
+                    Some(CommitOutcome::Committed { etag: new }) => {
+                        self.stats.commits += 1;
+                        etag = Some(new);
+                    }
+                    _ => {
+                        self.stats.conflicts += 1;
+                        next.push(id);
+                        continue;
+                    }
+                }
+            }
+            let deliveries = &g.groups[&id].deliveries;
+            let last = deliveries.last().and_then(|d| d.offset).unwrap_or(0);
+            if let Some(resend) = &out.resend {
+                // Committed before, maybe not produced: send that outbox again.
+                g.outbound.push((resend.offset.unwrap_or(last), Out::Effects(resend.effects.clone())));
+            }
+            if out.changed {
+                g.outbound.push((last, Out::Effects(out.record.outbox.effects.clone())));
+            }
+            for d in &out.dead_letters {
+                let key = d.envelope.target.as_bytes().to_vec();
+                let out = Out::Dead { key, payload: d.envelope.encode(), reason: d.reason.clone(), offset: last };
+                g.outbound.push((last, out));
+            }
+            let (dead, dropped) = (out.dead_letters.len() as u64, out.dropped.len() as u64);
+            self.stats.applied += (deliveries.len() as u64).saturating_sub(dead + dropped);
+            self.stats.dropped += dropped;
+            if let Some(etag) = etag {
+                self.cache.put(id, etag, out.record);
+            }
+        }
+        if next.is_empty() {
+            g.phase = Phase::LogActivities;
+        } else {
+            self.stats.reruns += next.len() as u64;
+            g.pending = next;
+            g.phase = Phase::Step;
+        }
+    }
+
+    /// Turn the outbound entries into records to produce; with `run_here`, activity invocations
+    /// are returned to run now instead (with the offset they answer to).
+    fn outgoing(&mut self, g: &mut InFlight, run_here: bool) -> (Vec<Outgoing>, Vec<(i64, Envelope, ActivityRequest)>) {
+        let p = self.settings.partition;
+        let mut records = Vec::new();
+        let mut local = Vec::new();
+        for (offset, out) in mem::take(&mut g.outbound) {
+            match out {
+                Out::Effects(effects) => {
+                    for effect in effects {
+                        match effect {
+                            Effect::Emit(e) if !self.settings.spread_activities && Kind::Activity.owns(&e.target) => {
+                                if run_here {
+                                    match self.invocation(&e) {
+                                        Ok(req) => local.push((offset, e, req)),
+                                        Err(reason) => records.push(self.dead_letter(&e, offset, &reason)),
+                                    }
+                                } else {
+                                    records.push(Outgoing::event(&e, Some(p)));
+                                }
+                            }
+                            Effect::Emit(e) => records.push(Outgoing::event(&e, None)),
+                            Effect::StateChanged(change) => match g.states.get(&change.instance) {
+                                Some(kept) if kept.version > change.version => {}
+                                _ => {
+                                    g.states.insert(change.instance.clone(), change);
+                                }
+                            },
+                            Effect::Delay { .. } => {} // parked in the store with the commit
+                        }
+                    }
+                }
+                Out::Dead { key, payload, reason, offset } => {
+                    self.stats.dead_letters += 1;
+                    let source =
+                        dead_letter::Source { topic: &self.settings.events_topic, partition: p as i32, offset };
+                    records.push(Outgoing::dead(key, &payload, &reason, source));
+                }
+            }
+        }
+        (records, local)
+    }
+
+    /// A dead letter for an event this core made itself.
+    fn dead_letter(&mut self, envelope: &Envelope, offset: i64, reason: &str) -> Outgoing {
+        self.stats.dead_letters += 1;
+        let source = dead_letter::Source {
+            topic: &self.settings.events_topic,
+            partition: self.settings.partition as i32,
+            offset,
+        };
+        Outgoing::dead(envelope.target.as_bytes().to_vec(), &envelope.encode(), reason, source)
+    }
+
+    /// A local round's replies: those for callers among the group's instances wait for the
+    /// callers' records; everything else goes out through the log.
+    fn collect_replies(&mut self, g: &mut InFlight, ran: Vec<(i64, Out)>) {
+        for (offset, out) in ran {
+            match out {
+                Out::Effects(effects) => {
+                    for effect in effects {
+                        match effect {
+                            Effect::Emit(reply) if g.groups.contains_key(&reply.target) => {
+                                g.replies.entry(reply.target.clone()).or_default().push((offset, reply));
+                            }
+                            other => g.outbound.push((offset, Out::Effects(vec![other]))),
+                        }
+                    }
+                }
+                dead => g.outbound.push((offset, dead)),
+            }
+        }
+        let ids: Vec<String> = g.replies.keys().cloned().collect();
+        if let Some(Io::Load(missing)) = self.fetch(g, &ids) {
+            g.to_load = missing;
+            g.phase = Phase::LocalLoad;
+        } else {
+            let records = Self::fetched_from_cache(g);
+            self.step_local(g, records);
+        }
+    }
+
+    /// Step the replies of a local round into their callers; keep the steps a local commit may
+    /// take (see the module docs), send the other replies through the log.
+    fn step_local(&mut self, g: &mut InFlight, records: Vec<Loaded>) {
+        let p = self.settings.partition;
+        g.stepped.clear();
+        let ids: Vec<String> = g.replies.keys().cloned().collect();
+        for (id, loaded) in ids.into_iter().zip(records) {
+            let replies = g.replies.remove(&id).unwrap_or_default();
+            let Ok(Some((record, etag))) = loaded else {
+                unapplied(&mut g.outbound, replies);
+                continue;
+            };
+            let input = StepInput {
+                deliveries: replies.iter().map(|(_, e)| Delivery { envelope: e.clone(), offset: None }).collect(),
+                now: g.now,
+                partition: Some(p),
+                trigger: record.outbox.offset,
+            };
+            let out = self.engine.step(&g.groups[&id].id, Some(record.clone()), input);
+            if !out.stays_local() {
+                self.cache.put(id, etag, record);
+                unapplied(&mut g.outbound, replies);
+                continue;
+            }
+            g.stepped.push((id, out, replies, etag));
+        }
+        g.phase = Phase::WaitLocalCommit;
+    }
+
+    /// Apply the outcomes of a local round's commit.
+    fn after_local_commit(&mut self, g: &mut InFlight, outcomes: Vec<CommitOutcome>) {
+        let mut outcomes = outcomes.into_iter();
+        for (id, out, replies, _) in mem::take(&mut g.stepped) {
+            match outcomes.next() {
+                Some(CommitOutcome::Committed { etag }) => {
+                    self.stats.commits += 1;
+                    let dropped = out.dropped.len() as u64;
+                    self.stats.applied += (replies.len() as u64).saturating_sub(dropped);
+                    self.stats.dropped += dropped;
+                    let trigger = out.record.outbox.offset.unwrap_or(0);
+                    g.outbound.push((trigger, Out::Effects(out.record.outbox.effects.clone())));
+                    self.cache.put(id, etag, out.record);
+                }
+                // Someone else wrote the caller, or a newer owner fenced this core out (a
+                // rebalance): the replies reach the caller through the log.
+                _ => {
+                    self.stats.conflicts += 1;
+                    unapplied(&mut g.outbound, replies);
+                }
+            }
+        }
+        g.outbound.sort_by_key(|(offset, _)| *offset);
+        g.phase = Phase::Send;
+    }
+}
+
+/// Replies that were not applied in process: they go through the log.
+fn unapplied(outbound: &mut Vec<(i64, Out)>, replies: Vec<(i64, Envelope)>) {
+    outbound.extend(replies.into_iter().map(|(offset, reply)| (offset, Out::Effects(vec![Effect::Emit(reply)]))));
+}
+
+/// The write of a changed step computed from `etag`.
+fn write(id: &str, out: &StepOutput, etag: Option<u64>) -> Write {
+    let timers = out.delayed().map(|(fire_at, e)| TimerEntry { fire_at, envelope: e.encode() }).collect();
+    Write { id: id.to_owned(), expected: etag, blob: out.record.to_blob(), timers }
+}

@@ -1,0 +1,239 @@
+//! One partition's worker: it drives the partition core ([`crate::partition`]) with the store,
+//! the producer and the application's activities, stores offsets, and releases timers.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::Consumer;
+use tokio::sync::{mpsc, watch};
+use tracing::{instrument, warn};
+
+use super::produce::Producer;
+use super::{now_ms, timers, Shared};
+use crate::context::ActivityRequest;
+use crate::error::{Error, ErrorKind};
+use crate::metrics::METRICS;
+use crate::partition::{Done, Io, Partition, Ran, Record, Settings, Stats};
+use crate::store::Store;
+
+/// How long a stopping worker lets the group in flight finish (so the next owner does not redo
+/// it) before it abandons the group.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+/// The worker loop of one partition.
+#[instrument(skip_all, fields(partition))]
+pub async fn work(
+    shared: Arc<Shared>,
+    partition: i32,
+    mut rx: mpsc::Receiver<Record>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let p = partition as u32;
+    let label = partition.to_string();
+    let mut tick = tokio::time::interval(shared.config.timer_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut ticks: u64 = 0;
+    let mut last_offset: Option<i64> = None;
+    // This worker's epoch of the partition: its local rounds' commits are fenced with it, so
+    // that once a newer owner started, an older one (a zombie of a rebalance) commits none.
+    let epoch = loop {
+        match shared.store.fence(p).await {
+            Ok(epoch) => break epoch,
+            Err(e) => {
+                warn!(partition, error = %e, "cannot fence the partition; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = stopped_for(&mut stop, Duration::ZERO) => return,
+                }
+            }
+        }
+    };
+    let settings = Settings {
+        partition: p,
+        partitions: shared.partitions,
+        events_topic: shared.config.events_topic(),
+        max_event_bytes: shared.config.max_event_bytes,
+        spread_activities: shared.config.spread_activities,
+        local_rounds: Settings::LOCAL_ROUNDS,
+        cache_limit: Settings::CACHE_LIMIT,
+    };
+    let mut core = Partition::new(settings, shared.engine.clone(), epoch);
+    loop {
+        tokio::select! {
+            biased;
+            // Not `stop.changed()`: a stop that arrived while a group was in flight was already
+            // seen there (by `stopped_for`), and `changed` would then wait for another one.
+            _ = stopped_for(&mut stop, Duration::ZERO) => return,
+            first = rx.recv() => {
+                let Some(first) = first else { return };
+                let mut records = vec![first];
+                while records.len() < shared.config.batch {
+                    match rx.try_recv() {
+                        Ok(r) => records.push(r),
+                        Err(_) => break,
+                    }
+                }
+                last_offset = records.last().map(|r| r.offset);
+                let mut backoff = Duration::from_millis(100);
+                while !records.is_empty() {
+                    let applied = tokio::select! {
+                        applied = apply(&shared, &mut core, &label, records) => applied,
+                        _ = stopped_for(&mut stop, DRAIN_GRACE) => {
+                            // Its offsets were not stored: the next owner applies it again, and
+                            // whatever part of it was committed or produced is deduplicated.
+                            warn!(partition, "stopping: a group still in flight after the grace period is abandoned");
+                            return;
+                        }
+                    };
+                    record_stats(&label, core.take_stats());
+                    records = match applied {
+                        Ok(rest) => rest,
+                        Err(e) if e.kind == ErrorKind::Fatal => {
+                            warn!(partition, error = %e, "the worker stops (offsets of its group not stored)");
+                            return;
+                        }
+                        Err(e) => {
+                            warn!(partition, error = %e, "group not applied; retrying (offsets not stored)");
+                            let again = core.abandon();
+                            tokio::select! {
+                                _ = tokio::time::sleep(backoff) => {}
+                                _ = stopped_for(&mut stop, Duration::ZERO) => return,
+                            }
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                            again
+                        }
+                    };
+                }
+            }
+            _ = tick.tick() => {
+                ticks += 1;
+                // Timers claimed but not acknowledged are released again (same seq) by the next
+                // owner, so a release may be abandoned at a stop.
+                let released = tokio::select! {
+                    released = timers::release(&shared, p, ticks % 10 == 0) => released,
+                    _ = stopped_for(&mut stop, DRAIN_GRACE) => return,
+                };
+                if let Err(e) = released {
+                    warn!(partition, error = %e, "timers not released; retrying");
+                }
+                if ticks % 50 == 0 {
+                    update_lag(&shared, partition, last_offset);
+                }
+            }
+        }
+    }
+}
+
+/// Apply one group: drive the core through its I/O until it is done, then store the offset.
+/// Returns the records the group left for the next one.
+async fn apply(
+    shared: &Arc<Shared>,
+    core: &mut Partition,
+    label: &str,
+    records: Vec<Record>,
+) -> Result<Vec<Record>, Error> {
+    let started = Instant::now();
+    let p = core.settings().partition;
+    tracing::debug!(
+        partition = p,
+        first = records.first().map(|r| r.offset),
+        last = records.last().map(|r| r.offset),
+        records = records.len(),
+        "applying group"
+    );
+    core.begin(records, now_ms());
+    let mut producer = Producer::new(shared, label);
+    let Done { last, rest } = loop {
+        match core.poll() {
+            Io::Load(ids) => {
+                let stored = shared.store.load(p, &ids).await?;
+                core.loaded(stored);
+            }
+            Io::Commit { writes, epoch } => {
+                let t = Instant::now();
+                let outcomes = match epoch {
+                    Some(epoch) => shared.store.commit_fenced(p, epoch, writes).await?,
+                    None => shared.store.commit(p, writes).await?,
+                };
+                METRICS.commit_latency.with_label_values(&[label]).observe(t.elapsed().as_secs_f64());
+                core.committed(outcomes);
+            }
+            Io::Run(invocations) => {
+                let results = run_activities(shared, invocations).await;
+                core.ran(results, now_ms());
+            }
+            Io::Produce(out) => producer.send(out).await?,
+            Io::Settle => {
+                producer.settle().await?;
+                core.settled();
+            }
+            Io::Done(done) => break done,
+        }
+    };
+    if !rest.is_empty() {
+        tracing::debug!(partition = p, next = rest[0].offset, "a resend comes first: the group ended early");
+    }
+    shared
+        .consumer
+        .store_offset(&shared.config.events_topic(), p as i32, last)
+        .map_err(|e| Error::fatal(format!("cannot store offset {last}: {e} (the partition was probably revoked)")))?;
+    METRICS.batch_latency.observe(started.elapsed().as_secs_f64());
+    Ok(rest)
+}
+
+/// Run activity invocations concurrently; results in order.
+async fn run_activities(shared: &Arc<Shared>, invocations: Vec<ActivityRequest>) -> Vec<Ran> {
+    let registry = shared.engine.registry();
+    let running: Vec<_> = invocations
+        .iter()
+        .map(|req| registry.run_activity(req.id.name(), req.context(), req.input.clone()).map(tokio::spawn))
+        .collect();
+    let mut results = Vec::with_capacity(running.len());
+    for (req, handle) in invocations.iter().zip(running) {
+        results.push(match handle {
+            None => Ran::Panicked(format!("no activity named {:?} is registered", req.id.name())),
+            Some(handle) => match handle.await {
+                Ok(result) => Ran::Returned(result),
+                Err(join) => Ran::Panicked(join.to_string()),
+            },
+        });
+    }
+    results
+}
+
+/// The core's counts into the partition's metrics.
+fn record_stats(label: &str, s: Stats) {
+    let m = &METRICS;
+    m.commits.with_label_values(&[label]).inc_by(s.commits);
+    m.conflicts.with_label_values(&[label]).inc_by(s.conflicts);
+    m.reruns.with_label_values(&[label]).inc_by(s.reruns);
+    m.dead_letters.with_label_values(&[label]).inc_by(s.dead_letters);
+    m.events.with_label_values(&[label, "applied"]).inc_by(s.applied);
+    m.events.with_label_values(&[label, "dropped"]).inc_by(s.dropped);
+    m.events.with_label_values(&[label, "dead"]).inc_by(s.dead_letters);
+    m.record_cache.with_label_values(&[label, "hit"]).inc_by(s.cache_hits);
+    m.record_cache.with_label_values(&[label, "miss"]).inc_by(s.cache_misses);
+    m.activities.with_label_values(&[label, "completed"]).inc_by(s.activities_completed);
+    m.activities.with_label_values(&[label, "failed"]).inc_by(s.activities_failed);
+    m.activities.with_label_values(&[label, "panicked"]).inc_by(s.activities_panicked);
+}
+
+/// Resolves `grace` after the worker was told to stop (never, if the stop sender is gone without
+/// a stop).
+async fn stopped_for(stop: &mut watch::Receiver<bool>, grace: Duration) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+    tokio::time::sleep(grace).await;
+}
+
+fn update_lag(shared: &Arc<Shared>, partition: i32, last_offset: Option<i64>) {
+    let consumer = shared.consumer.clone();
+    let topic = shared.config.events_topic();
+    tokio::task::spawn_blocking(move || {
+        if let Ok((_, high)) = consumer.fetch_watermarks(&topic, partition, Duration::from_secs(1)) {
+            let next = last_offset.map_or(0, |o| o + 1);
+            METRICS.consumer_lag.with_label_values(&[&partition.to_string()]).set((high - next).max(0));
+        }
+    });
+}
