@@ -24,6 +24,7 @@
 //!   [`runtime::run`].
 #![warn(missing_docs)]
 
+#[cfg(feature = "runtime")]
 pub mod config;
 pub mod context;
 pub mod critical_sections;
@@ -34,9 +35,11 @@ pub mod examples;
 pub mod harness;
 pub mod history;
 pub mod id;
+#[cfg(feature = "runtime")]
 pub mod metrics;
 pub mod partition;
 pub mod registry;
+#[cfg(feature = "runtime")]
 pub mod runtime;
 pub mod store;
 

@@ -21,10 +21,12 @@
 //!   inputs are not in the log (see `runtime`).
 
 pub mod memory;
+#[cfg(feature = "runtime")]
 pub mod redis;
 
 use std::future::Future;
 
+#[cfg(feature = "runtime")]
 pub use self::redis::RedisStore;
 pub use memory::MemoryStore;
 
@@ -131,6 +133,7 @@ pub trait Store: Send + Sync + 'static {
     fn timer_backlog(&self, partition: u32) -> impl Future<Output = StoreResult<(Option<i64>, usize)>> + Send;
 }
 
+#[cfg(feature = "runtime")]
 /// The store a runtime runs on: Redis in production and tests, memory for `durable dev`.
 #[derive(Debug, Clone)]
 pub enum AnyStore {
@@ -140,6 +143,7 @@ pub enum AnyStore {
     Memory(std::sync::Arc<MemoryStore>),
 }
 
+#[cfg(feature = "runtime")]
 macro_rules! delegate {
     ($self:ident, $s:ident => $call:expr) => {
         match $self {
@@ -149,6 +153,7 @@ macro_rules! delegate {
     };
 }
 
+#[cfg(feature = "runtime")]
 impl Store for AnyStore {
     async fn load(&self, partition: u32, ids: &[String]) -> StoreResult<Vec<Option<Stored>>> {
         delegate!(self, s => s.load(partition, ids))
