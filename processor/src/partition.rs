@@ -53,6 +53,8 @@
 
 mod cache;
 mod outbound;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::mem;

@@ -1,0 +1,346 @@
+//! The partition core driven by hand, step by step, with the memory store: the call order and
+//! the protocol's rules, each shown on the smallest group that exercises it.
+
+use std::future::Future;
+use std::task::{Context, Poll, Waker};
+
+use durable_schemas::contract::dead_letter;
+use durable_schemas::{Envelope, Event, Payload};
+
+use super::*;
+use crate::examples;
+use crate::registry::Registry;
+use crate::store::{MemoryStore, ReleasedTimer, Store};
+
+fn now_or_never<F: Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(v) => v,
+        Poll::Pending => panic!("the memory store answers at once"),
+    }
+}
+
+const NOW: i64 = 1_700_000_000_000;
+
+fn settings(local_rounds: usize) -> Settings {
+    Settings {
+        partition: 0,
+        partitions: 1,
+        events_topic: "t.events".into(),
+        max_event_bytes: 4096,
+        spread_activities: local_rounds == 0,
+        local_rounds,
+        cache_limit: 100,
+    }
+}
+
+fn core(local_rounds: usize, store: &MemoryStore) -> Partition {
+    let epoch = now_or_never(store.fence(0)).expect("memory store");
+    Partition::new(settings(local_rounds), Engine::new(examples::register(Registry::new())), epoch)
+}
+
+fn record(offset: i64, envelope: &Envelope) -> Record {
+    Record { offset, key: Some(envelope.target.as_bytes().to_vec()), payload: Some(envelope.encode()) }
+}
+
+fn add(n: u32, counter: &str) -> Envelope {
+    let target = InstanceId::entity("Counter", counter).canonical();
+    let body = Event::EntityOperation { operation: "add".into(), input: Payload::json(&1i64).expect("json") };
+    Envelope::new(format!("client-{n}"), target, NOW, body)
+}
+
+fn counter_value(store: &MemoryStore, counter: &str) -> i64 {
+    let stored = store.get(&InstanceId::entity("Counter", counter).canonical()).expect("stored");
+    let record = InstanceRecord::from_blob(&stored.blob).expect("decodes");
+    record
+        .entity()
+        .and_then(|e| e.state.clone())
+        .and_then(|p| p.decode::<examples::Counter>().ok())
+        .map_or(0, |c| c.value)
+}
+
+/// What the driver saw, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seen {
+    Load(Vec<String>),
+    Commit { writes: Vec<String>, fenced: bool },
+    Run(usize),
+    Produce(Vec<(Topic, String)>),
+    Settle,
+    Done { last: i64, rest: Vec<i64> },
+}
+
+/// Drive one group to its end against `store`; `before_commit` runs before each commit (to
+/// write behind the core's back).
+fn drive(
+    core: &mut Partition,
+    store: &MemoryStore,
+    records: Vec<Record>,
+    mut before_commit: impl FnMut(&MemoryStore),
+) -> (Vec<Seen>, Vec<Outgoing>) {
+    core.begin(records, NOW);
+    let mut seen = Vec::new();
+    let mut produced = Vec::new();
+    loop {
+        match core.poll() {
+            Io::Load(ids) => {
+                seen.push(Seen::Load(ids.clone()));
+                core.loaded(now_or_never(store.load(0, &ids)).expect("memory store"));
+            }
+            Io::Commit { writes, epoch } => {
+                before_commit(store);
+                seen.push(Seen::Commit {
+                    writes: writes.iter().map(|w| w.id.clone()).collect(),
+                    fenced: epoch.is_some(),
+                });
+                let outcomes = match epoch {
+                    Some(e) => now_or_never(store.commit_fenced(0, e, writes)),
+                    None => now_or_never(store.commit(0, writes)),
+                };
+                core.committed(outcomes.expect("memory store"));
+            }
+            Io::Run(invocations) => {
+                seen.push(Seen::Run(invocations.len()));
+                let registry = examples::register(Registry::new());
+                let results = invocations
+                    .iter()
+                    .map(|r| {
+                        let f = registry.run_activity(r.id.name(), r.context(), r.input.clone()).expect("registered");
+                        Ran::Returned(now_or_never(f))
+                    })
+                    .collect();
+                core.ran(results, NOW);
+            }
+            Io::Produce(out) => {
+                seen.push(Seen::Produce(
+                    out.iter().map(|o| (o.topic, String::from_utf8_lossy(&o.key).into_owned())).collect(),
+                ));
+                produced.extend(out);
+            }
+            Io::Settle => {
+                seen.push(Seen::Settle);
+                core.settled();
+            }
+            Io::Done(done) => {
+                seen.push(Seen::Done { last: done.last, rest: done.rest.iter().map(|r| r.offset).collect() });
+                return (seen, produced);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_group_commits_then_produces_then_settles_and_only_then_is_done() {
+    let store = MemoryStore::new();
+    let mut core = core(0, &store);
+    let c1 = InstanceId::entity("Counter", "c1").canonical();
+    let records = vec![record(0, &add(1, "c1")), record(1, &add(2, "c1"))];
+    let (seen, produced) = drive(&mut core, &store, records, |_| {});
+    assert_eq!(
+        seen,
+        [
+            Seen::Load(vec![c1.clone()]),
+            Seen::Commit { writes: vec![c1.clone()], fenced: false },
+            Seen::Produce(vec![(Topic::State, c1.clone())]),
+            Seen::Settle,
+            Seen::Done { last: 1, rest: vec![] },
+        ]
+    );
+    assert_eq!(counter_value(&store, "c1"), 2);
+    let state: durable_schemas::contract::StateRecord =
+        serde_json::from_slice(&produced[0].payload).expect("a state record");
+    assert_eq!((state.kind.as_str(), state.version, state.state), ("entity", 1, Some(serde_json::json!({"value": 2}))));
+    let stats = core.take_stats();
+    assert_eq!((stats.commits, stats.applied, stats.cache_misses), (1, 2, 1));
+}
+
+#[test]
+fn the_cache_saves_the_load_of_an_instance_it_committed() {
+    let store = MemoryStore::new();
+    let mut core = core(0, &store);
+    drive(&mut core, &store, vec![record(0, &add(1, "c1"))], |_| {});
+    let (seen, _) = drive(&mut core, &store, vec![record(1, &add(2, "c1"))], |_| {});
+    assert!(!seen.iter().any(|s| matches!(s, Seen::Load(_))), "{seen:?}");
+    assert_eq!(counter_value(&store, "c1"), 2);
+    assert_eq!(core.take_stats().cache_hits, 1);
+}
+
+/// Two instances in a group, one of them written behind the core's back: only that one is
+/// reloaded and stepped again, and the other's commit stands.
+#[test]
+fn only_the_instance_that_lost_its_commit_is_rerun() {
+    let store = MemoryStore::new();
+    let mut core = core(0, &store);
+    drive(&mut core, &store, vec![record(0, &add(1, "a")), record(1, &add(2, "b"))], |_| {});
+    let (a, b) = (InstanceId::entity("Counter", "a").canonical(), InstanceId::entity("Counter", "b").canonical());
+    let mut first = true;
+    let interfere = |store: &MemoryStore| {
+        if std::mem::take(&mut first) {
+            // Another owner writes `b` (same blob, new etag).
+            let stored = store.get(&b).expect("stored");
+            let write = Write { id: b.clone(), expected: Some(stored.etag), blob: stored.blob, timers: Vec::new() };
+            now_or_never(store.commit(0, vec![write])).expect("memory store");
+        }
+    };
+    let (seen, _) = drive(&mut core, &store, vec![record(2, &add(3, "a")), record(3, &add(4, "b"))], interfere);
+    assert_eq!(
+        seen[..3],
+        [
+            Seen::Commit { writes: vec![a.clone(), b.clone()], fenced: false },
+            Seen::Load(vec![b.clone()]),
+            Seen::Commit { writes: vec![b.clone()], fenced: false },
+        ]
+    );
+    assert_eq!((counter_value(&store, "a"), counter_value(&store, "b")), (2, 2));
+    let stats = core.take_stats();
+    // Two commits in the first group; `a` once and `b` on its rerun in the second.
+    assert_eq!((stats.conflicts, stats.reruns, stats.commits), (1, 1, 4));
+}
+
+/// A record applied before comes again with a new one for the same instance: the earlier
+/// outbox is resent, nothing is committed before it left, and the group ends before the new
+/// record, which the next group applies.
+#[test]
+fn a_resend_ends_the_group_before_the_instances_new_records() {
+    let store = MemoryStore::new();
+    let mut core = core(0, &store);
+    let first = record(0, &add(1, "c1"));
+    drive(&mut core, &store, vec![first.clone()], |_| {});
+    // A new owner (no cache) reads the record again, followed by a new one.
+    let mut next = self::core(0, &store);
+    let (seen, produced) = drive(&mut next, &store, vec![first, record(1, &add(2, "c1"))], |_| {});
+    assert!(!seen.iter().any(|s| matches!(s, Seen::Commit { .. })), "nothing committed: {seen:?}");
+    assert_eq!(seen.last(), Some(&Seen::Done { last: 0, rest: vec![1] }));
+    assert!(produced.iter().any(|o| o.topic == Topic::State), "the earlier outbox (its state) is resent");
+    let (seen, _) = drive(&mut next, &store, vec![record(1, &add(2, "c1"))], |_| {});
+    assert!(matches!(seen.last(), Some(Seen::Done { last: 1, .. })));
+    assert_eq!(counter_value(&store, "c1"), 2);
+}
+
+/// Hostile records become dead letters with the reason and where they came from; the rest of
+/// the group is applied.
+#[test]
+fn records_that_cannot_be_applied_are_dead_lettered_and_the_group_goes_on() {
+    let store = MemoryStore::new();
+    let mut core = core(0, &store);
+    let mut big = add(9, "c1");
+    big.body =
+        Event::EntityOperation { operation: "add".into(), input: Payload::json(&"x".repeat(5000)).expect("json") };
+    let activity = Envelope::new("x", "activity:NoSuchActivity:1", NOW, Event::Terminate { reason: "?".into() });
+    let records = vec![
+        Record { offset: 0, key: Some(b"k".to_vec()), payload: None },
+        Record { offset: 1, key: None, payload: Some(b"not avro".to_vec()) },
+        record(2, &big),
+        record(3, &activity),
+        record(4, &add(1, "c1")),
+    ];
+    let (_, produced) = drive(&mut core, &store, records, |_| {});
+    let dead: Vec<(&str, &str)> = produced
+        .iter()
+        .filter(|o| o.topic == Topic::Dead)
+        .map(|o| {
+            let offset = o.headers.iter().find(|(k, _)| *k == dead_letter::SOURCE_OFFSET).expect("offset").1.as_str();
+            (offset, o.reason().expect("a reason"))
+        })
+        .collect();
+    assert_eq!(dead.len(), 4, "{dead:?}");
+    assert!(dead[0].1.starts_with("empty record"), "{dead:?}");
+    assert!(dead[1].1.starts_with("cannot decode"), "{dead:?}");
+    assert!(dead[2].1.contains("over the limit of 4096 bytes"), "{dead:?}");
+    assert!(dead[3].1.contains("expects ReplyTo(ScheduleActivity)"), "{dead:?}");
+    assert_eq!(dead.iter().map(|d| d.0).collect::<Vec<_>>(), ["0", "1", "2", "3"]);
+    assert_eq!(counter_value(&store, "c1"), 1);
+}
+
+/// A stored blob that does not decode is never overwritten: the events meant for it are
+/// dead-lettered.
+#[test]
+fn events_for_an_unreadable_record_are_dead_lettered_and_it_is_not_overwritten() {
+    let store = MemoryStore::new();
+    let mut core = core(0, &store);
+    let id = InstanceId::entity("Counter", "c1").canonical();
+    let garbage = Write { id: id.clone(), expected: None, blob: b"garbage".to_vec(), timers: Vec::new() };
+    now_or_never(store.commit(0, vec![garbage])).expect("memory store");
+    let (seen, produced) = drive(&mut core, &store, vec![record(0, &add(1, "c1"))], |_| {});
+    assert!(!seen.iter().any(|s| matches!(s, Seen::Commit { .. })), "{seen:?}");
+    assert!(produced[0].reason().expect("dead").contains("unreadable"), "{produced:?}");
+    assert_eq!(store.get(&id).expect("kept").blob, b"garbage");
+}
+
+/// A sequence of activities runs in local rounds: each round's commit is fenced with the
+/// core's epoch, and a core fenced out by a newer owner commits nothing locally — the replies
+/// go through the log.
+#[test]
+fn local_rounds_commit_fenced_and_a_fenced_out_core_sends_replies_through_the_log() {
+    let store = MemoryStore::new();
+    let mut core = core(Settings::LOCAL_ROUNDS, &store);
+    let id = InstanceId::orchestration("HelloSequence", "h").canonical();
+    let start = Event::StartOrchestration { input: Payload::json(&Vec::<String>::new()).expect("json") };
+    let (seen, _) = drive(&mut core, &store, vec![record(0, &Envelope::new("s", id.clone(), NOW, start))], |_| {});
+    let fenced = seen.iter().filter(|s| matches!(s, Seen::Commit { fenced: true, .. })).count();
+    assert_eq!(fenced, 5, "one local commit per activity: {seen:?}");
+    let record = InstanceRecord::from_blob(&store.get(&id).expect("stored").blob).expect("decodes");
+    assert!(record.orchestration().expect("an orchestration").status.is_finished());
+
+    // Fenced out before its first local round: the reply leaves through the log instead.
+    let mut old = self::core(Settings::LOCAL_ROUNDS, &store);
+    now_or_never(store.fence(0)).expect("a newer owner");
+    let id2 = InstanceId::orchestration("HelloSequence", "h2").canonical();
+    let start = Event::StartOrchestration { input: Payload::json(&Vec::<String>::new()).expect("json") };
+    let (_, produced) =
+        drive(&mut old, &store, vec![self::record(1, &Envelope::new("s2", id2.clone(), NOW, start))], |_| {});
+    let replies = produced.iter().filter(|o| o.topic == Topic::Events && o.key == id2.as_bytes()).count();
+    assert_eq!(replies, 1, "the first reply goes to the log: {produced:?}");
+    assert_eq!(old.take_stats().conflicts, 1);
+}
+
+/// Activities spread over processors: the invocation goes out by its key's hash, and one that
+/// arrives through the log is run and its reply produced.
+#[test]
+fn spread_activities_go_through_the_log() {
+    let store = MemoryStore::new();
+    let mut core = core(0, &store);
+    let id = InstanceId::orchestration("HelloSequence", "h").canonical();
+    let start = Event::StartOrchestration { input: Payload::json(&Vec::<String>::new()).expect("json") };
+    let (_, produced) = drive(&mut core, &store, vec![record(0, &Envelope::new("s", id.clone(), NOW, start))], |_| {});
+    let invocation = produced.iter().find(|o| o.topic == Topic::Events).expect("an invocation");
+    assert_eq!(invocation.partition, None);
+    let envelope = Envelope::decode(&invocation.payload).expect("decodes");
+    let (seen, produced) = drive(
+        &mut core,
+        &store,
+        vec![Record { offset: 1, key: None, payload: Some(invocation.payload.clone()) }],
+        |_| {},
+    );
+    assert!(seen.contains(&Seen::Run(1)), "{seen:?}");
+    let reply = Envelope::decode(&produced[0].payload).expect("a reply");
+    assert_eq!((reply.target.as_str(), reply.source.as_deref()), (id.as_str(), Some(envelope.target.as_str())));
+}
+
+#[test]
+fn an_abandoned_group_gives_back_every_record() {
+    let store = MemoryStore::new();
+    let mut core = core(0, &store);
+    let records = vec![record(0, &add(1, "c1")), record(1, &add(2, "c2"))];
+    core.begin(records.clone(), NOW);
+    assert!(matches!(core.poll(), Io::Load(_)));
+    assert_eq!(core.abandon(), records);
+    assert!(!core.busy());
+    let (seen, _) = drive(&mut core, &store, records, |_| {});
+    assert!(matches!(seen.last(), Some(Seen::Done { last: 1, .. })));
+}
+
+#[test]
+fn an_undecodable_parked_timer_is_dead_lettered_and_the_others_are_released_stamped() {
+    let good = add(1, "c1");
+    let timers = vec![
+        ReleasedTimer { seq: 7, fire_at: NOW, envelope: b"junk".to_vec() },
+        ReleasedTimer { seq: 8, fire_at: NOW, envelope: good.encode() },
+    ];
+    let out = timer_records(3, "t.events", &timers);
+    assert_eq!(out[0].topic, Topic::Dead);
+    assert!(out[0].reason().expect("a reason").starts_with("parked timer t3#7 does not decode"));
+    let released = Envelope::decode(&out[1].payload).expect("decodes");
+    let origin = released.origin.expect("stamped");
+    assert_eq!((origin.stream.as_str(), origin.seq, out[1].topic), ("t3", 8, Topic::Events));
+}
