@@ -241,6 +241,17 @@ pub struct Engine {
     registry: Arc<Registry>,
 }
 
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (orchestrations, entities, activities) = self.registry.names();
+        f.debug_struct("Engine")
+            .field("orchestrations", &orchestrations)
+            .field("entities", &entities)
+            .field("activities", &activities)
+            .finish()
+    }
+}
+
 impl Engine {
     /// An engine running the handlers of `registry`.
     pub fn new(registry: Registry) -> Self {

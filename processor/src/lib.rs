@@ -14,14 +14,19 @@
 //!   [`when_all`]/[`when_any`], [`EntityType`]/[`EntityContext`], activities.
 //! - [`engine`] (pure): one step of one instance; the orchestration executor and replay.
 //! - [`critical_sections`]: the lock protocol (documentation).
+//! - [`partition`] (pure): the commit protocol of one partition as a state machine — grouping,
+//!   the record cache, partial reruns, resends, local rounds, output order — driven by the
+//!   runtime's workers and by the simulator alike.
+//! - [`error`]: errors with kinds (transient, corrupt, fatal).
 //! - [`effect`]: what leaves after a commit.
 //! - [`registry`]: handlers by name.
 //! - [`harness`]: the test harness for application code.
 //! - [`store`]: the storage trait (etag compare-and-set, timers) and [`MemoryStore`].
 //! - [`examples`]: the bundled example applications.
-//! - [`runtime`] (edge): the engine on Kafka and Redis — partition workers, timers, dead letters,
-//!   `/metrics`; [`config`] and [`metrics`] belong to it. The `processor` binary calls
-//!   [`runtime::run`].
+//! - `runtime` (edge, feature `runtime`, on by default): the engine on Kafka and Redis — the
+//!   workers that drive the partition core, timers, the management API, `/metrics`; `config` and
+//!   `metrics` belong to it. The `processor` binary calls `runtime::main`. Without the feature
+//!   the crate builds with none of the edge's dependencies.
 #![warn(missing_docs)]
 
 #[cfg(feature = "runtime")]

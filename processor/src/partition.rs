@@ -290,12 +290,6 @@ pub struct Partition {
     group: Option<InFlight>,
 }
 
-impl std::fmt::Debug for Engine {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Engine")
-    }
-}
-
 impl Partition {
     /// The core of `settings.partition`, owned at `epoch` (from
     /// [`Store::fence`](crate::Store::fence) when the owner started).

@@ -40,7 +40,7 @@ pub struct StateRecord {
     pub key: String,
     /// Strictly increasing per instance.
     pub version: u64,
-    /// Status word: `running`, `completed`, `failed`, `terminated`, `continued` for an
+    /// Status word: `running`, `completed`, `failed` or `terminated` for an
     /// orchestration; `active` or `deleted` for an entity.
     pub status: String,
     /// Entity state or orchestration output (JSON; a payload that is not JSON is described as

@@ -9,8 +9,6 @@
 //! - `<prefix>:{p<N>}:released` — hash `seq → "<fire_at>|<envelope>"` of claimed timers
 //!   not yet acknowledged; `<prefix>:{p<N>}:tseq` — the timer stream's last seq.
 //! - `<prefix>:{p<N>}:epoch` — the partition's owner epoch (`INCR` by [`Store::fence`]).
-//! - `<prefix>:owners` — sorted set of partitions (score = until when, in ms, the partition's
-//!   owner last promised to be alive); see `runtime::ownership`.
 //!
 //! # Commits
 //! A batch is one Lua script: for each write it compares the stored etag with the expected one
