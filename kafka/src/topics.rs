@@ -124,18 +124,32 @@ impl TopicSettings {
     }
 }
 
-/// How many partitions `topic` has, read from the broker. Fails with what to do when the topic
-/// does not exist or the broker cannot be reached.
+/// How many partitions `topic` has, read from the broker. A topic created a moment ago may not
+/// be in every broker's metadata yet (seen on a loaded single broker: the first answer lists
+/// it without partitions), so an empty answer is asked again for up to [`METADATA_WAIT`]. Fails
+/// with what to do when the topic does not exist or the broker cannot be reached.
 pub async fn partition_count(connection: &KafkaConnection, topic: &str) -> anyhow::Result<u32> {
     let client: BaseConsumer = connection.client_config(&[])?.create().context("cannot create a Kafka client")?;
     let (topic, unreachable) = (topic.to_owned(), connection.unreachable());
     tokio::task::spawn_blocking(move || {
-        let metadata = client
-            .fetch_metadata(Some(&topic), Duration::from_secs(20))
-            .map_err(|e| anyhow::anyhow!("{unreachable} ({e})"))?;
-        let n = metadata.topics().first().map_or(0, |t| t.partitions().len() as u32);
-        anyhow::ensure!(n > 0, "topic {topic} has no partitions: create it or let the processor create it");
-        Ok(n)
+        let deadline = std::time::Instant::now() + METADATA_WAIT;
+        loop {
+            let metadata = client
+                .fetch_metadata(Some(&topic), Duration::from_secs(20))
+                .map_err(|e| anyhow::anyhow!("{unreachable} ({e})"))?;
+            let n = metadata.topics().first().map_or(0, |t| t.partitions().len() as u32);
+            if n > 0 {
+                return Ok(n);
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "topic {topic} has no partitions: create it or let the processor create it"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     })
     .await?
 }
+
+/// How long [`partition_count`] waits for a topic's partitions to appear in the metadata.
+pub const METADATA_WAIT: Duration = Duration::from_secs(10);

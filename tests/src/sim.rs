@@ -152,6 +152,10 @@ pub struct Outcome {
     pub trace: Vec<String>,
     /// Engine steps that had to be re-run after a commit conflict.
     pub conflicts: usize,
+    /// Instances the cores stepped again after losing a commit (partial reruns).
+    pub reruns: usize,
+    /// Instance records the cores found in their caches instead of loading them.
+    pub cache_hits: usize,
     /// Worker crashes injected.
     pub crashes: usize,
 }
@@ -226,6 +230,8 @@ struct World {
     finishes: BTreeMap<String, u32>,
     dead_letters: Vec<String>,
     conflicts: usize,
+    reruns: usize,
+    cache_hits: usize,
     crashes: usize,
     /// Encodings of every event in a committed outbox: nothing else may leave a step.
     committed_emits: BTreeSet<Vec<u8>>,
@@ -262,6 +268,8 @@ impl World {
             finishes: BTreeMap::new(),
             dead_letters: Vec::new(),
             conflicts: 0,
+            reruns: 0,
+            cache_hits: 0,
             crashes: 0,
             committed_emits: BTreeSet::new(),
             bank: Bank::default(),
@@ -488,6 +496,8 @@ impl World {
             violations,
             trace: std::mem::take(&mut self.trace),
             conflicts: self.conflicts,
+            reruns: self.reruns,
+            cache_hits: self.cache_hits,
             crashes: self.crashes,
         }
     }
@@ -732,6 +742,8 @@ impl World {
         }
         let stats = c.core.take_stats();
         self.conflicts += stats.conflicts as usize;
+        self.reruns += stats.reruns as usize;
+        self.cache_hits += stats.cache_hits as usize;
         match which {
             Which::Owned(p) => {
                 self.workers[w].cores.insert(p, c);

@@ -54,15 +54,19 @@ fn traces_do_not_depend_on_threads() {
 
 #[test]
 fn faults_are_actually_injected() {
-    let mut crashes = 0;
-    let mut conflicts = 0;
+    let (mut crashes, mut conflicts, mut reruns, mut cache_hits) = (0, 0, 0, 0);
     for seed in 0..40 {
         let outcome = sim::run(Config::new(seed));
         crashes += outcome.crashes;
         conflicts += outcome.conflicts;
+        reruns += outcome.reruns;
+        cache_hits += outcome.cache_hits;
     }
     assert!(crashes > 40, "crashes: {crashes}");
     assert!(conflicts > 5, "conflicts: {conflicts}");
+    // The production core's cache and partial reruns run under the simulator too.
+    assert!(reruns > 5, "reruns: {reruns}");
+    assert!(cache_hits > 1000, "cache hits: {cache_hits}");
 }
 
 #[test]

@@ -129,6 +129,8 @@ fn main() {
     let done = AtomicUsize::new(0);
     let actions = AtomicUsize::new(0);
     let conflicts = AtomicUsize::new(0);
+    let reruns = AtomicUsize::new(0);
+    let cache_hits = AtomicUsize::new(0);
     let crashes = AtomicUsize::new(0);
     let combined = AtomicU64::new(0);
     let failures: Mutex<Vec<(Config, Outcome)>> = Mutex::new(Vec::new());
@@ -144,6 +146,8 @@ fn main() {
                 let outcome = sim::run(config.clone());
                 actions.fetch_add(outcome.actions, Ordering::Relaxed);
                 conflicts.fetch_add(outcome.conflicts, Ordering::Relaxed);
+                reruns.fetch_add(outcome.reruns, Ordering::Relaxed);
+                cache_hits.fetch_add(outcome.cache_hits, Ordering::Relaxed);
                 crashes.fetch_add(outcome.crashes, Ordering::Relaxed);
                 // Order-independent combination of the per-seed trace hashes.
                 combined.fetch_add(outcome.trace_hash.rotate_left((seed % 64) as u32), Ordering::Relaxed);
@@ -179,12 +183,14 @@ fn main() {
         }
     }
     println!(
-        "simulate: seeds={} first_seed={} elapsed={elapsed:.1}s seeds_per_s={:.1} actions={} conflicts={} crashes={} trace_hash={:016x} violations={}",
+        "simulate: seeds={} first_seed={} elapsed={elapsed:.1}s seeds_per_s={:.1} actions={} conflicts={} reruns={} cache_hits={} crashes={} trace_hash={:016x} violations={}",
         args.seeds,
         args.first_seed,
         args.seeds as f64 / elapsed.max(1e-9),
         actions.load(Ordering::Relaxed),
         conflicts.load(Ordering::Relaxed),
+        reruns.load(Ordering::Relaxed),
+        cache_hits.load(Ordering::Relaxed),
         crashes.load(Ordering::Relaxed),
         combined.load(Ordering::Relaxed),
         failures.len()
