@@ -30,6 +30,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod bounded;
 pub mod contract;
 mod value;
 
@@ -279,11 +280,30 @@ pub struct Codec {
     writer: GenericDatumWriter<'static>,
     /// Fingerprint of the reader schema.
     fingerprint: [u8; 8],
-    /// A datum reader for every writer schema this codec can read, by fingerprint (includes the
-    /// reader schema), with the union branch names of its `Event.event`, in index order.
-    readers: HashMap<[u8; 8], (GenericDatumReader<'static>, Vec<String>)>,
+    /// Every writer schema this codec can read, by fingerprint (includes the reader schema).
+    readers: HashMap<[u8; 8], Writer>,
     /// Union branch names of `Event.event` in the reader schema.
     branches: Vec<String>,
+}
+
+/// A writer schema this codec reads: its datum reader, the union branch names of its
+/// `Event.event` in index order, and the schema with its named types for the bounded walk.
+struct Writer {
+    reader: GenericDatumReader<'static>,
+    branches: Vec<String>,
+    schema: &'static Schema,
+    names: bounded::Names<'static>,
+}
+
+impl Writer {
+    fn new(schema: &'static Schema) -> Result<Self, apache_avro::Error> {
+        Ok(Self {
+            reader: GenericDatumReader::builder(schema).build()?,
+            branches: value::event_branches(schema),
+            schema,
+            names: bounded::Names::of(schema)?,
+        })
+    }
 }
 
 static CURRENT: LazyLock<Codec> =
@@ -309,11 +329,10 @@ impl Codec {
         let branches = value::event_branches(reader);
         let writer = GenericDatumWriter::builder(reader).build()?;
         let mut readers = HashMap::new();
-        readers.insert(fingerprint, (GenericDatumReader::builder(reader).build()?, branches.clone()));
+        readers.insert(fingerprint, Writer::new(reader)?);
         for json in other_writers_json {
             let schema: &'static Schema = Box::leak(Box::new(Schema::parse_str(json)?));
-            let names = value::event_branches(schema);
-            readers.insert(self::fingerprint(schema), (GenericDatumReader::builder(schema).build()?, names));
+            readers.insert(self::fingerprint(schema), Writer::new(schema)?);
         }
         Ok(Self { writer, fingerprint, readers, branches })
     }
@@ -338,21 +357,24 @@ impl Codec {
         out
     }
 
-    /// Decode one envelope.
+    /// Decode one envelope. The datum is first walked within bounds (see [`bounded`]): too
+    /// deep a nesting, a length or count larger than the record, or a malformed integer is an
+    /// error before the decoder allocates or recurses.
     pub fn decode(&self, bytes: &[u8]) -> Result<Envelope> {
         if bytes.len() < 10 || bytes[..2] != SINGLE_OBJECT_MAGIC {
             return Err(DecodeError::NotSingleObject);
         }
         let fp: [u8; 8] = bytes[2..10].try_into().expect("checked length");
-        let (reader, branches) = self.readers.get(&fp).ok_or_else(|| DecodeError::UnknownSchema {
+        let writer = self.readers.get(&fp).ok_or_else(|| DecodeError::UnknownSchema {
             fingerprint: fp.iter().map(|b| format!("{b:02x}")).collect(),
         })?;
         let mut rest = &bytes[10..];
-        let datum = reader.read_value(&mut rest).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        bounded::check(writer.schema, &writer.names, rest).map_err(DecodeError::Malformed)?;
+        let datum = writer.reader.read_value(&mut rest).map_err(|e| DecodeError::Malformed(e.to_string()))?;
         if !rest.is_empty() {
             return Err(DecodeError::Malformed(format!("{} trailing bytes after the datum", rest.len())));
         }
-        value::envelope_from_value(datum, branches)
+        value::envelope_from_value(datum, &writer.branches)
     }
 }
 

@@ -397,3 +397,75 @@ fn an_event_produced_by_python_fastavro_decodes() {
     );
     assert_eq!(envelope.encode(), bytes, "and we write the same bytes");
 }
+
+/// Single-object bytes of the current schema around a hand-made datum.
+fn framed(datum: &[u8]) -> Vec<u8> {
+    let mut out = vec![0xC3, 0x01];
+    out.extend_from_slice(&Codec::current().fingerprint());
+    out.extend_from_slice(datum);
+    out
+}
+
+fn zigzag(v: i64) -> Vec<u8> {
+    let mut n = ((v << 1) ^ (v >> 63)) as u64;
+    let mut out = Vec::new();
+    loop {
+        let b = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(b);
+            return out;
+        }
+        out.push(b | 0x80);
+    }
+}
+
+/// An envelope (id "x", target "entity:C:1", no source, no origin, timestamp 0) whose body is
+/// `wrappers` × `WithDelay { fire_at: 0, inner: … }` around `TimerFired { correlation: "" }`.
+fn nested_datum(wrappers: usize) -> Vec<u8> {
+    let mut d = vec![0x02, b'x', 0x14];
+    d.extend_from_slice(b"entity:C:1");
+    d.extend_from_slice(&[0x00, 0x00, 0x00]);
+    for _ in 0..wrappers {
+        d.extend_from_slice(&[0x1c, 0x00]); // branch 14 (WithDelay), fire_at 0, then its inner Event
+    }
+    d.extend_from_slice(&[0x12, 0x00]); // branch 9 (TimerFired), correlation ""
+    d
+}
+
+#[test]
+fn nesting_is_capped_at_the_documented_number_of_wrappers() {
+    let ok = Envelope::decode(&framed(&nested_datum(crate::bounded::MAX_WRAPPERS))).expect("32 wrappers decode");
+    assert!(matches!(ok.body.core(), Event::TimerFired { .. }));
+    let err = Envelope::decode(&framed(&nested_datum(crate::bounded::MAX_WRAPPERS + 1))).expect_err("33 do not");
+    assert!(err.to_string().contains("at most 32 wrappers"), "{err}");
+}
+
+/// Two hundred thousand wrappers (400 KB) used to overflow the decoder's stack and abort the
+/// process; now it is an error, found without recursion.
+#[test]
+fn a_deeply_nested_record_is_an_error_not_a_stack_overflow() {
+    let bytes = framed(&nested_datum(200_000));
+    assert!(bytes.len() > 400_000);
+    let err = Envelope::decode(&bytes).expect_err("far too deep");
+    assert!(matches!(err, DecodeError::Malformed(_)), "{err}");
+}
+
+#[test]
+fn a_length_or_count_larger_than_the_record_is_refused_before_any_allocation() {
+    // The id claims a terabyte.
+    let mut d = zigzag(1 << 40);
+    d.push(b'x');
+    let err = Envelope::decode(&framed(&d)).expect_err("a lying length");
+    assert!(err.to_string().contains("only 1 remain"), "{err}");
+    // A WithLock whose participants array claims 2^50 items.
+    let mut d = nested_datum(0);
+    d.truncate(d.len() - 2);
+    d.extend_from_slice(&[0x20, 0x00]); // branch 16 (WithLock), owner ""
+    d.extend_from_slice(&zigzag(1 << 50));
+    let err = Envelope::decode(&framed(&d)).expect_err("a lying count");
+    assert!(err.to_string().contains("items but only"), "{err}");
+    // A varint that never ends.
+    let err = Envelope::decode(&framed(&[0xff; 12])).expect_err("an endless varint");
+    assert!(err.to_string().contains("varint"), "{err}");
+}

@@ -205,3 +205,71 @@ async fn metrics_and_status_are_served() {
     assert!(status.contains("\"status\":\"ok\""), "{status}");
     processor.stop().await;
 }
+
+/// A string as Avro writes it: zig-zag length, then the bytes.
+fn avro_string(s: &str) -> Vec<u8> {
+    let mut out = avro_long(s.len() as i64);
+    out.extend_from_slice(s.as_bytes());
+    out
+}
+
+fn avro_long(v: i64) -> Vec<u8> {
+    let mut n = ((v << 1) ^ (v >> 63)) as u64;
+    let mut out = Vec::new();
+    loop {
+        let b = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(b);
+            return out;
+        }
+        out.push(b | 0x80);
+    }
+}
+
+/// Records crafted to hurt the decoder — 200,000 nested wrappers (400 KB, which used to overflow
+/// the processor's stack and abort it, on every processor that took the partition over) and a
+/// ten-byte record claiming a terabyte-long id — are dead-lettered with the reason, and a good
+/// signal to an instance of the same partition right behind them is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_envelopes_are_dead_lettered_and_the_partition_keeps_going() {
+    let (processor, mut client, state) = e2e::setup("hostile", PARTITIONS).await;
+    let counter = InstanceId::entity("Counter", "after-the-storm");
+    let target = counter.canonical();
+    let mut deep = vec![0xC3, 0x01];
+    deep.extend_from_slice(&durable_schemas::Codec::current().fingerprint());
+    let header_len = deep.len();
+    deep.extend(avro_string("deep-1"));
+    deep.extend(avro_string(&target));
+    deep.extend([0x00, 0x00, 0x00]); // no source, no origin, timestamp 0
+    for _ in 0..200_000 {
+        deep.extend([0x1c, 0x00]); // WithDelay { fire_at: 0, inner: … }
+    }
+    deep.extend([0x12, 0x00]); // TimerFired { correlation: "" }
+    client.send_raw(&target, &deep).await;
+    let mut lying = deep[..header_len].to_vec();
+    lying.extend(avro_long(1 << 40));
+    lying.push(b'x');
+    client.send_raw(&target, &lying).await;
+    let good = client.signal(&counter, "add", 3);
+    client.send(&[good]).await;
+    let c: Counter =
+        e2e::eventually(Duration::from_secs(60), "the good signal is applied", || state.entity(&counter)).await;
+    assert_eq!(c.value, 3);
+
+    let consumer = e2e::topic_reader(client.prefix(), "dead");
+    let mut reasons = Vec::new();
+    while reasons.len() < 2 {
+        let m =
+            tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await.expect("dead letters arrive").unwrap();
+        let headers = m.headers().expect("dead letters carry headers");
+        let reason = headers.iter().find(|h| h.key == "durable.reason").and_then(|h| h.value).expect("a reason");
+        reasons.push(String::from_utf8_lossy(reason).into_owned());
+    }
+    let all = reasons.join("\n");
+    assert!(all.contains("at most 32 wrappers"), "{all}");
+    assert!(all.contains("only 1 remain"), "{all}");
+    let status = e2e::http_get(processor.metrics, "/status").await;
+    assert!(status.contains("\"ok\""), "the processor still answers: {status}");
+    processor.stop().await;
+}

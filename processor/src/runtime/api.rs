@@ -216,6 +216,21 @@ async fn history(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> A
     Ok((StatusCode::OK, Json(history_view(&id, &record))))
 }
 
+/// The request body, refused with 413 past the largest event the processor accepts
+/// (`DURABLE_MAX_EVENT_BYTES`): a body larger than that could never be produced as an event.
+async fn read(shared: &Shared, raw: axum::body::Body) -> Result<axum::body::Bytes, ApiError> {
+    let limit = shared.config.max_event_bytes;
+    axum::body::to_bytes(raw, limit).await.map_err(|_| too_large(limit))
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        format!("the request is larger than the largest event accepted, {limit} bytes (DURABLE_MAX_EVENT_BYTES)"),
+    )
+}
+
 /// A JSON body that may be absent or empty.
 fn body<T: for<'de> Deserialize<'de> + Default>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -282,9 +297,21 @@ async fn send(shared: &Shared, target: &InstanceId, id: Option<String>, body: Ev
     let mut envelope = Envelope::new(id.unwrap_or_else(event_id), target.canonical(), now_ms(), body);
     envelope.source = Some("api".into());
     let bytes = envelope.encode();
+    if bytes.len() > shared.config.max_event_bytes {
+        return Err(too_large(shared.config.max_event_bytes));
+    }
     let topic = shared.config.events_topic();
     let record = FutureRecord::to(&topic).key(envelope.target.as_bytes()).payload(&bytes);
     let delivered = shared.producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| {
+        use rdkafka::types::RDKafkaErrorCode as Code;
+        if matches!(e.rdkafka_error_code(), Some(Code::MessageSizeTooLarge | Code::InvalidMessageSize)) {
+            // Under the processor's limit but over the producer's or the broker's.
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the event ({} bytes) is larger than Kafka accepts: {e}", bytes.len()),
+            );
+        }
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "kafka_unavailable",
@@ -302,8 +329,8 @@ async fn send(shared: &Shared, target: &InstanceId, id: Option<String>, body: Ev
     ))
 }
 
-async fn start(State(shared): State<Arc<Shared>>, Path(name): Path<String>, bytes: axum::body::Bytes) -> ApiResult {
-    let b: StartBody = body(&bytes)?;
+async fn start(State(shared): State<Arc<Shared>>, Path(name): Path<String>, raw: axum::body::Body) -> ApiResult {
+    let b: StartBody = body(&read(&shared, raw).await?)?;
     registered(shared.engine.registry().names().0, &name, "orchestration")?;
     let key = b.key.unwrap_or_else(event_id);
     let target = InstanceId::orchestration(&name, key);
@@ -313,9 +340,9 @@ async fn start(State(shared): State<Arc<Shared>>, Path(name): Path<String>, byte
 async fn signal(
     State(shared): State<Arc<Shared>>,
     Path((name, key, operation)): Path<(String, String, String)>,
-    bytes: axum::body::Bytes,
+    raw: axum::body::Body,
 ) -> ApiResult {
-    let b: SignalBody = body(&bytes)?;
+    let b: SignalBody = body(&read(&shared, raw).await?)?;
     registered(shared.engine.registry().names().1, &name, "entity")?;
     let target = InstanceId::entity(&name, key);
     send(&shared, &target, b.event_id, Event::EntityOperation { operation, input: payload(b.input) }).await
@@ -324,15 +351,15 @@ async fn signal(
 async fn raise(
     State(shared): State<Arc<Shared>>,
     Path((id, event)): Path<(String, String)>,
-    bytes: axum::body::Bytes,
+    raw: axum::body::Body,
 ) -> ApiResult {
-    let b: RaiseBody = body(&bytes)?;
+    let b: RaiseBody = body(&read(&shared, raw).await?)?;
     let target = orchestration_id(&id)?;
     send(&shared, &target, b.event_id, Event::RaiseEvent { name: event, payload: payload(b.payload) }).await
 }
 
-async fn terminate(State(shared): State<Arc<Shared>>, Path(id): Path<String>, bytes: axum::body::Bytes) -> ApiResult {
-    let b: TerminateBody = body(&bytes)?;
+async fn terminate(State(shared): State<Arc<Shared>>, Path(id): Path<String>, raw: axum::body::Body) -> ApiResult {
+    let b: TerminateBody = body(&read(&shared, raw).await?)?;
     let target = orchestration_id(&id)?;
     let reason = b.reason.unwrap_or_else(|| "terminated through the management API".into());
     send(&shared, &target, b.event_id, Event::Terminate { reason }).await
