@@ -48,6 +48,11 @@ pub struct ProcessorConfig {
     /// two trips through the broker.
     #[arg(long, env = "DURABLE_SPREAD_ACTIVITIES")]
     pub spread_activities: bool,
+    /// How long one activity call may run: past it the call fails with kind `Timeout` (the
+    /// caller's retry policy applies) and its partition goes on. The group that runs it waits
+    /// at most this long.
+    #[arg(long, env = "DURABLE_ACTIVITY_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub activity_timeout: Duration,
 }
 
 impl ProcessorConfig {
@@ -65,6 +70,7 @@ impl ProcessorConfig {
             max_event_bytes: 1_000_000,
             timer_interval: Duration::from_millis(100),
             spread_activities: false,
+            activity_timeout: Duration::from_secs(300),
         }
     }
 

@@ -73,6 +73,18 @@ async fn boom(_: ()) -> Result<(), Failure> {
     panic!("activity exploded on purpose")
 }
 
+async fn hang(_: ()) -> Result<(), Failure> {
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+async fn calls_hang(ctx: durable_processor::OrchestrationContext, (): ()) -> Result<String, Failure> {
+    match ctx.call_activity::<_, ()>("Hang", ()).await {
+        Ok(()) => Ok("returned?".into()),
+        Err(f) => Ok(format!("{}: {}", f.kind, f.message)),
+    }
+}
+
 async fn calls_boom(ctx: durable_processor::OrchestrationContext, (): ()) -> Result<String, Failure> {
     match ctx.call_activity::<_, ()>("Boom", ()).await {
         Ok(()) => Ok("no panic?".into()),
@@ -87,7 +99,8 @@ pub struct Blob {
     pub data: String,
 }
 
-/// The handlers of the end-to-end tests: the bundled examples, a panicking activity and the
+/// The handlers of the end-to-end tests: the bundled examples, a panicking activity (`Boom`,
+/// called by `CallsBoom`), one that never returns (`Hang`, called by `CallsHang`) and the
 /// `Blob` entity (operation `set`).
 pub fn registry() -> Registry {
     let blob = durable_processor::EntityType::<Blob>::new().operation("set", |b: &mut Blob, _ctx, data: String| {
@@ -97,6 +110,8 @@ pub fn registry() -> Registry {
     examples::register(Registry::new())
         .activity("Boom", boom)
         .orchestration("CallsBoom", calls_boom)
+        .activity("Hang", hang)
+        .orchestration("CallsHang", calls_hang)
         .entity("Blob", blob)
 }
 

@@ -273,3 +273,27 @@ async fn hostile_envelopes_are_dead_lettered_and_the_partition_keeps_going() {
     assert!(status.contains("\"ok\""), "the processor still answers: {status}");
     processor.stop().await;
 }
+
+/// An activity that never returns fails its call with kind `Timeout` after the activity timeout,
+/// and the partition it ran in goes on: a signal sent behind it to an instance of the same
+/// partition is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hung_activity_times_out_and_its_partition_goes_on() {
+    let prefix = e2e::unique_prefix("hang");
+    let mut config = e2e::InProcess::config(&prefix, 1);
+    config.activity_timeout = Duration::from_secs(1);
+    let processor = e2e::InProcess::start_with(config).await;
+    let mut client = e2e::Client::new(&prefix);
+    let state = e2e::State::connect(&prefix, 1).await;
+    let hung = client.start("CallsHang", "h", ());
+    let counter = InstanceId::entity("Counter", "behind-the-hang");
+    let signal = client.signal(&counter, "add", 2);
+    client.send(&[hung.clone(), signal]).await;
+    let output: String = state.output(&hung.target, Duration::from_secs(60)).await.decode().unwrap();
+    assert!(output.starts_with("Timeout: activity activity:Hang:"), "{output}");
+    assert!(output.contains("did not finish within 1s"), "{output}");
+    let c: Counter =
+        e2e::eventually(Duration::from_secs(30), "the signal behind it is applied", || state.entity(&counter)).await;
+    assert_eq!(c.value, 2);
+    processor.stop().await;
+}

@@ -181,9 +181,12 @@ async fn apply(
     Ok(rest)
 }
 
-/// Run activity invocations concurrently; results in order.
+/// Run activity invocations concurrently; results in order. A call still running after the
+/// activity timeout is aborted and fails with kind `Timeout`.
 async fn run_activities(shared: &Arc<Shared>, invocations: Vec<ActivityRequest>) -> Vec<Ran> {
     let registry = shared.engine.registry();
+    let timeout = shared.config.activity_timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
     let running: Vec<_> = invocations
         .iter()
         .map(|req| registry.run_activity(req.id.name(), req.context(), req.input.clone()).map(tokio::spawn))
@@ -192,9 +195,15 @@ async fn run_activities(shared: &Arc<Shared>, invocations: Vec<ActivityRequest>)
     for (req, handle) in invocations.iter().zip(running) {
         results.push(match handle {
             None => Ran::Panicked(format!("no activity named {:?} is registered", req.id.name())),
-            Some(handle) => match handle.await {
-                Ok(result) => Ran::Returned(result),
-                Err(join) => Ran::Panicked(join.to_string()),
+            Some(mut handle) => match tokio::time::timeout_at(deadline, &mut handle).await {
+                Ok(Ok(result)) => Ran::Returned(result),
+                Ok(Err(join)) => Ran::Panicked(join.to_string()),
+                Err(_) => {
+                    handle.abort();
+                    warn!(activity = %req.id, ?timeout, "an activity timed out: aborted, its caller gets a Timeout failure");
+                    let message = format!("activity {} did not finish within {timeout:?} (DURABLE_ACTIVITY_TIMEOUT)", req.id);
+                    Ran::Returned(Err(durable_schemas::Failure::new("Timeout", message)))
+                }
             },
         });
     }
