@@ -406,18 +406,12 @@ fn framed(datum: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A long as Avro writes it: a zig-zag varint (apache-avro's encoder).
 fn zigzag(v: i64) -> Vec<u8> {
-    let mut n = ((v << 1) ^ (v >> 63)) as u64;
     let mut out = Vec::new();
-    loop {
-        let b = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(b);
-            return out;
-        }
-        out.push(b | 0x80);
-    }
+    let writer = GenericDatumWriter::builder(&Schema::Long).build().expect("a writer");
+    writer.write_value(&mut out, Value::Long(v)).expect("a long encodes");
+    out
 }
 
 /// An envelope (id "x", target "entity:C:1", no source, no origin, timestamp 0) whose body is

@@ -125,6 +125,21 @@ async fn timers_retries_external_events_entity_calls_and_a_sub_orchestration() {
     processor.stop().await;
 }
 
+/// The reasons of the first `n` dead letters of `prefix`; each carries its source offset too.
+async fn dead_letter_reasons(prefix: &str, n: usize) -> Vec<String> {
+    let consumer = e2e::topic_reader(prefix, "dead");
+    let mut reasons = Vec::new();
+    while reasons.len() < n {
+        let m =
+            tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await.expect("dead letters arrive").unwrap();
+        let headers = m.headers().expect("dead letters carry headers");
+        let reason = headers.iter().find(|h| h.key == "durable.reason").and_then(|h| h.value).expect("a reason");
+        assert!(headers.iter().any(|h| h.key == "durable.source.offset"));
+        reasons.push(String::from_utf8_lossy(reason).into_owned());
+    }
+    reasons
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_input_goes_to_the_dead_letter_topic_with_the_reason_and_the_partition_keeps_going() {
     let (processor, mut client, state) = e2e::setup("dead", PARTITIONS).await;
@@ -149,16 +164,7 @@ async fn bad_input_goes_to_the_dead_letter_topic_with_the_reason_and_the_partiti
     let boom_output: String = state.output(&boom.target, Duration::from_secs(60)).await.decode().unwrap();
     assert!(boom_output.starts_with("Panic:"), "{boom_output}");
 
-    let consumer = e2e::topic_reader(client.prefix(), "dead");
-    let mut reasons = Vec::new();
-    while reasons.len() < 4 {
-        let m =
-            tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await.expect("dead letters arrive").unwrap();
-        let headers = m.headers().expect("dead letters carry headers");
-        let reason = headers.iter().find(|h| h.key == "durable.reason").and_then(|h| h.value).expect("a reason");
-        assert!(headers.iter().any(|h| h.key == "durable.source.offset"));
-        reasons.push(String::from_utf8_lossy(reason).into_owned());
-    }
+    let mut reasons = dead_letter_reasons(client.prefix(), 4).await;
     reasons.sort();
     let all = reasons.join("\n");
     assert!(all.contains("not Avro single-object encoding"), "{all}");
@@ -206,25 +212,22 @@ async fn metrics_and_status_are_served() {
     processor.stop().await;
 }
 
-/// A string as Avro writes it: zig-zag length, then the bytes.
-fn avro_string(s: &str) -> Vec<u8> {
-    let mut out = avro_long(s.len() as i64);
-    out.extend_from_slice(s.as_bytes());
+/// One value as Avro writes it under `schema` (apache-avro's encoder).
+fn avro(schema: &apache_avro::Schema, value: apache_avro::types::Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    let writer = apache_avro::writer::datum::GenericDatumWriter::builder(schema).build().expect("a writer");
+    writer.write_value(&mut out, value).expect("the value fits the schema");
     out
 }
 
+/// A string as Avro writes it: zig-zag length, then the bytes.
+fn avro_string(s: &str) -> Vec<u8> {
+    avro(&apache_avro::Schema::String, apache_avro::types::Value::String(s.into()))
+}
+
+/// A long as Avro writes it: a zig-zag varint.
 fn avro_long(v: i64) -> Vec<u8> {
-    let mut n = ((v << 1) ^ (v >> 63)) as u64;
-    let mut out = Vec::new();
-    loop {
-        let b = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(b);
-            return out;
-        }
-        out.push(b | 0x80);
-    }
+    avro(&apache_avro::Schema::Long, apache_avro::types::Value::Long(v))
 }
 
 /// Records crafted to hurt the decoder — 200,000 nested wrappers (400 KB, which used to overflow
@@ -257,16 +260,7 @@ async fn hostile_envelopes_are_dead_lettered_and_the_partition_keeps_going() {
         e2e::eventually(Duration::from_secs(60), "the good signal is applied", || state.entity(&counter)).await;
     assert_eq!(c.value, 3);
 
-    let consumer = e2e::topic_reader(client.prefix(), "dead");
-    let mut reasons = Vec::new();
-    while reasons.len() < 2 {
-        let m =
-            tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await.expect("dead letters arrive").unwrap();
-        let headers = m.headers().expect("dead letters carry headers");
-        let reason = headers.iter().find(|h| h.key == "durable.reason").and_then(|h| h.value).expect("a reason");
-        reasons.push(String::from_utf8_lossy(reason).into_owned());
-    }
-    let all = reasons.join("\n");
+    let all = dead_letter_reasons(client.prefix(), 2).await.join("\n");
     assert!(all.contains("at most 32 wrappers"), "{all}");
     assert!(all.contains("only 1 remain"), "{all}");
     let status = e2e::http_get(processor.metrics, "/status").await;
