@@ -313,11 +313,6 @@ impl Partition {
         self.group.is_some()
     }
 
-    /// Records in the cache.
-    pub fn cached(&self) -> usize {
-        self.cache.len()
-    }
-
     /// What the core counted since the last call.
     pub fn take_stats(&mut self) -> Stats {
         mem::take(&mut self.stats)

@@ -36,14 +36,4 @@ impl RecordCache {
         }
         self.records.insert(id, (etag, record));
     }
-
-    /// How many records are cached.
-    pub fn len(&self) -> usize {
-        self.records.len()
-    }
-
-    /// Whether nothing is cached.
-    pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
-    }
 }

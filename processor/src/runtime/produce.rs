@@ -78,7 +78,7 @@ pub fn topic_name(shared: &Shared, topic: Topic) -> String {
 /// Enqueue one record (to `partition`, or where the key's hash puts it); waits while the
 /// producer's queue is full. A record the producer refuses as too large goes to the dead-letter
 /// topic instead (see [`undeliverable`]).
-pub async fn enqueue(
+async fn enqueue(
     shared: &Shared,
     topic: &str,
     key: &[u8],
@@ -111,6 +111,22 @@ pub async fn enqueue(
             Err((e, _)) => return Err(produce_error(to, &e)),
         }
     }
+}
+
+/// Enqueue one record a partition core asked for (see [`enqueue`]); a dead letter is logged with
+/// its reason, under the partition `label`.
+pub async fn enqueue_outgoing(shared: &Shared, r: &Outgoing, label: &str) -> Result<DeliveryFuture, Error> {
+    let topic = topic_name(shared, r.topic);
+    let headers = if r.headers.is_empty() {
+        None
+    } else {
+        if let Some(reason) = r.reason() {
+            warn!(partition = label, %topic, reason, "dead letter");
+        }
+        Some(dead_letter::kafka_headers(&r.headers))
+    };
+    let partition = r.partition.map(|p| p as i32);
+    enqueue(shared, &topic, &r.key, &r.payload, headers, partition).await
 }
 
 /// Wait for a record's acknowledgement. A record the broker refused as too large or malformed
@@ -152,17 +168,7 @@ impl<'a> Producer<'a> {
     pub async fn send(&mut self, records: Vec<Outgoing>) -> Result<(), Error> {
         for r in records {
             self.started.get_or_insert_with(Instant::now);
-            let topic = topic_name(self.shared, r.topic);
-            let headers = if r.headers.is_empty() {
-                None
-            } else {
-                if let Some(reason) = r.reason() {
-                    warn!(partition = self.label, %topic, reason, "dead letter");
-                }
-                Some(dead_letter::kafka_headers(&r.headers))
-            };
-            let partition = r.partition.map(|p| p as i32);
-            self.pending.push(enqueue(self.shared, &topic, &r.key, &r.payload, headers, partition).await?);
+            self.pending.push(enqueue_outgoing(self.shared, &r, self.label).await?);
         }
         Ok(())
     }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::produce::{acknowledged, enqueue, topic_name};
+use super::produce::{acknowledged, enqueue_outgoing};
 use super::{now_ms, Shared};
 use crate::error::Error;
 use crate::metrics::METRICS;
@@ -17,15 +17,13 @@ pub async fn release(shared: &Arc<Shared>, partition: u32, gauge: bool) -> Resul
     let released = shared.store.claim_due_timers(partition, now_ms(), 512).await?;
     if let Some(last) = released.last().map(|t| t.seq) {
         let records = timer_records(partition, &shared.config.events_topic(), &released);
+        let label = partition.to_string();
         let mut deliveries = Vec::with_capacity(records.len());
         for r in &records {
-            let topic = topic_name(shared, r.topic);
-            let headers = (!r.headers.is_empty()).then(|| durable_kafka::dead_letter::kafka_headers(&r.headers));
-            if let Some(reason) = r.reason() {
-                tracing::warn!(partition, reason, "a parked timer is dead-lettered");
-                METRICS.dead_letters.with_label_values(&[&partition.to_string()]).inc();
+            if r.reason().is_some() {
+                METRICS.dead_letters.with_label_values(&[&label]).inc();
             }
-            deliveries.push(enqueue(shared, &topic, &r.key, &r.payload, headers, None).await?);
+            deliveries.push(enqueue_outgoing(shared, r, &label).await?);
         }
         for d in deliveries {
             acknowledged(shared, d).await.map_err(|e| Error { message: format!("timer {e}"), ..e })?;
