@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use durable_kafka::{KafkaConnection, TopicSettings, Topics};
+use durable_kafka::{KafkaConnection, Secret, TopicSettings, Topics};
 
 /// How a processor connects and behaves. Every flag has an environment fallback.
 #[derive(Debug, Clone, clap::Args)]
@@ -53,6 +53,13 @@ pub struct ProcessorConfig {
     /// at most this long.
     #[arg(long, env = "DURABLE_ACTIVITY_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
     pub activity_timeout: Duration,
+    /// The deployment secret: processors seal every record they produce to <prefix>.events with
+    /// it, and a record without a valid seal may only start, raise, signal or terminate
+    /// (schemas/README.md, "Who may send what"). At least 16 bytes; during a rotation give
+    /// several, comma separated: the first seals, all are accepted. Unset, the processors share
+    /// a random one kept in Redis (<prefix>:secret).
+    #[arg(long, env = "DURABLE_SECRET", hide_env_values = true, value_delimiter = ',')]
+    pub secret: Vec<Secret>,
 }
 
 impl ProcessorConfig {
@@ -71,6 +78,7 @@ impl ProcessorConfig {
             timer_interval: Duration::from_millis(100),
             spread_activities: false,
             activity_timeout: Duration::from_secs(300),
+            secret: Vec::new(),
         }
     }
 

@@ -17,6 +17,7 @@
 //! - [`partition`] (pure): the commit protocol of one partition as a state machine — grouping,
 //!   the record cache, partial reruns, resends, local rounds, output order — driven by the
 //!   runtime's workers and by the simulator alike.
+//! - [`trust`] (pure): what an event may do when no processor sealed it.
 //! - [`error`]: errors with kinds (transient, corrupt, fatal).
 //! - [`effect`]: what leaves after a commit.
 //! - [`registry`]: handlers by name.
@@ -47,6 +48,7 @@ pub mod registry;
 #[cfg(feature = "runtime")]
 pub mod runtime;
 pub mod store;
+pub mod trust;
 
 pub use context::{
     when_all, when_any, when_any2, ActivityContext, Either, EntityContext, EntityType, OrchestrationContext,

@@ -6,8 +6,9 @@
 //!
 //! # Call order (one group at a time)
 //! 1. [`Partition::begin`] with records read from the partition, in offset order, and the time.
-//!    The core decodes and routes them: undecodable, oversized, misrouted records and invalid
-//!    activity invocations become dead letters; events for instances are grouped per instance;
+//!    The core decodes and routes them: undecodable, oversized, misrouted records, unsealed
+//!    records carrying what only processors may send ([`crate::trust`]) and invalid activity
+//!    invocations become dead letters; events for instances are grouped per instance;
 //!    activity invocations that arrived through the log are kept to run after the commit.
 //! 2. Loop on [`Partition::poll`] until it returns [`Io::Done`]:
 //!    - [`Io::Load`]: load those ids from the store (one round trip), answer
@@ -82,6 +83,9 @@ pub struct Record {
     pub key: Option<Vec<u8>>,
     /// Its value.
     pub payload: Option<Vec<u8>>,
+    /// Whether a processor of this deployment sealed it (see [`crate::trust`]): an unsealed
+    /// record may only carry what outside producers may send.
+    pub sealed: bool,
 }
 
 /// How a core runs.
@@ -476,6 +480,13 @@ impl Partition {
                 }
                 Some(Ok(e)) => e,
             };
+            let mut envelope = envelope;
+            if !record.sealed {
+                if let Err(reason) = crate::trust::admit_outside(&mut envelope) {
+                    dead(reason);
+                    continue;
+                }
+            }
             let id = match InstanceId::parse(&envelope.target) {
                 Ok(id) => id,
                 Err(e) => {

@@ -44,7 +44,9 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
+use durable_schemas::contract::seal::{self, Seal};
 use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::message::Headers as _;
 use rdkafka::Message;
 use tracing::{info, warn};
 
@@ -53,7 +55,7 @@ use crate::engine::Engine;
 use crate::metrics::METRICS;
 use crate::partition::Record;
 use crate::registry::Registry;
-use crate::store::{AnyStore, RedisStore};
+use crate::store::{AnyStore, RedisStore, Store as _};
 
 /// What every worker shares.
 pub struct Shared {
@@ -69,6 +71,34 @@ pub struct Shared {
     pub producer: rdkafka::producer::FutureProducer,
     /// The group consumer (workers store offsets through it).
     pub consumer: Arc<kafka::GroupConsumer>,
+    /// Seals the records this processor produces to the events topic and checks the seals of
+    /// the records it reads ([`crate::trust`]).
+    pub seal: Seal,
+}
+
+/// The seal of `DURABLE_SECRET`, if it is set; an error (which never shows the secret) if it is
+/// not usable.
+fn configured_seal(config: &ProcessorConfig) -> anyhow::Result<Option<Seal>> {
+    if config.secret.is_empty() {
+        return Ok(None);
+    }
+    let secrets: Vec<&str> = config.secret.iter().map(|s| s.expose()).collect();
+    Seal::new(&secrets).map(Some).map_err(|e| anyhow::anyhow!("DURABLE_SECRET is not usable: {e}"))
+}
+
+/// The deployment's seal: from `DURABLE_SECRET`, or the secret the store keeps (the first
+/// processor to start keeps a random one there).
+async fn seal(config: &ProcessorConfig, store: &AnyStore) -> anyhow::Result<Seal> {
+    if let Some(seal) = configured_seal(config)? {
+        return Ok(seal);
+    }
+    let mut fresh = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut fresh);
+    let kept = store
+        .deployment_secret(hex::encode(fresh).into_bytes())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read the deployment secret from the store: {}", e.0))?;
+    Seal::new(&[kept]).map_err(|e| anyhow::anyhow!("the deployment secret kept in the store is not usable ({e}): delete the key <prefix>:secret or set DURABLE_SECRET"))
 }
 
 /// Wall-clock milliseconds: the runtime is the only place that reads the clock.
@@ -86,6 +116,7 @@ pub async fn run(
     ready: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
 ) -> anyhow::Result<()> {
     config.kafka.validate()?;
+    configured_seal(&config)?;
     // The store's error names the URL (without its password) and what to set.
     let store = RedisStore::connect(&config.redis_url, &config.prefix).await.map_err(|e| anyhow::anyhow!("{}", e.0))?;
     kafka::ensure_topics(&config).await?;
@@ -110,6 +141,7 @@ pub async fn run_with(
         .with_context(|| format!("cannot listen on {} for /metrics: set DURABLE_METRICS_ADDR", config.metrics_addr))?;
     let metrics_addr = listener.local_addr()?;
     let partitions = kafka::partition_count(&config).await?;
+    let seal = seal(&config, &store).await?;
     let shared = Arc::new(Shared {
         config,
         engine: Engine::new(registry),
@@ -117,6 +149,7 @@ pub async fn run_with(
         partitions,
         producer,
         consumer: consumer.clone(),
+        seal,
     });
     let server = tokio::spawn(http::serve(listener, shared.clone(), workers.clone()));
     info!(%metrics_addr, topic = %shared.config.events_topic(), group = %shared.config.group, "processor running");
@@ -145,11 +178,11 @@ pub async fn run_with(
                             METRICS.offsets_skipped.with_label_values(&[&partition.to_string()]).inc_by(skipped as u64);
                         }
                     }
-                    let record = Record {
-                        offset,
-                        key: message.key().map(<[u8]>::to_vec),
-                        payload: message.payload().map(<[u8]>::to_vec),
-                    };
+                    let key = message.key().map(<[u8]>::to_vec);
+                    let payload = message.payload().map(<[u8]>::to_vec);
+                    let mac = message.headers().and_then(|h| h.iter().find(|h| h.key == seal::HEADER)).and_then(|h| h.value);
+                    let sealed = shared.seal.verify(key.as_deref().unwrap_or_default(), payload.as_deref().unwrap_or_default(), mac);
+                    let record = Record { offset, key, payload, sealed };
                     let tx = dispatch::workers_sender(&workers, &shared, partition);
                     if tx.send(record).await.is_err() {
                         warn!(partition, "worker stopped while a record was handed to it; it will be redelivered");

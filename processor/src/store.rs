@@ -131,6 +131,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Fire time of the earliest parked timer of `partition`, and how many are parked.
     fn timer_backlog(&self, partition: u32) -> impl Future<Output = StoreResult<(Option<i64>, usize)>> + Send;
+
+    /// The deployment secret the store keeps for the processors' seals (see [`crate::trust`]):
+    /// the one kept, or `fresh` (kept from now on) if there is none yet. Every processor of a
+    /// deployment gets the same one.
+    fn deployment_secret(&self, fresh: Vec<u8>) -> impl Future<Output = StoreResult<Vec<u8>>> + Send;
 }
 
 #[cfg(feature = "runtime")]
@@ -181,5 +186,9 @@ impl Store for AnyStore {
 
     async fn timer_backlog(&self, partition: u32) -> StoreResult<(Option<i64>, usize)> {
         delegate!(self, s => s.timer_backlog(partition))
+    }
+
+    async fn deployment_secret(&self, fresh: Vec<u8>) -> StoreResult<Vec<u8>> {
+        delegate!(self, s => s.deployment_secret(fresh))
     }
 }

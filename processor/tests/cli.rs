@@ -31,6 +31,8 @@ fn help_lists_every_flag_with_its_environment_variable() {
         ("--min-insync-replicas", "DURABLE_MIN_INSYNC_REPLICAS"),
         ("--events-retention", "DURABLE_EVENTS_RETENTION"),
         ("--max-event-bytes", "DURABLE_MAX_EVENT_BYTES"),
+        ("--activity-timeout", "DURABLE_ACTIVITY_TIMEOUT"),
+        ("--secret", "DURABLE_SECRET"),
         ("--log", "DURABLE_LOG"),
     ] {
         assert!(help.contains(flag) && help.contains(env), "{flag} / {env} missing from --help:\n{help}");
@@ -62,11 +64,12 @@ fn secrets_in_the_environment_stay_out_of_help_and_errors() {
         .env("DURABLE_KAFKA_SASL_PASSWORD", "kafka-pw-6f1d")
         .env("DURABLE_KAFKA_OPTIONS", "ssl.key.password=key-pw-93ab")
         .env("DURABLE_REDIS_URL", "redis://app:redis-pw-77c2@127.0.0.1:1")
+        .env("DURABLE_SECRET", "deployment-secret-5e0c")
         .arg("--help")
         .output()
         .unwrap();
     let help = String::from_utf8(out.stdout).unwrap();
-    for secret in ["kafka-pw-6f1d", "key-pw-93ab", "redis-pw-77c2"] {
+    for secret in ["kafka-pw-6f1d", "key-pw-93ab", "redis-pw-77c2", "deployment-secret-5e0c"] {
         assert!(!help.contains(secret), "--help shows {secret}:\n{help}");
     }
     let out = processor().env("DURABLE_REDIS_URL", "redis://app:redis-pw-77c2@127.0.0.1:1").output().unwrap();
@@ -74,6 +77,19 @@ fn secrets_in_the_environment_stay_out_of_help_and_errors() {
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("cannot reach Redis at redis://app:***@127.0.0.1:1"), "{stderr}");
     assert!(!stderr.contains("redis-pw-77c2"), "{stderr}");
+}
+
+#[test]
+fn a_short_deployment_secret_is_refused_without_being_shown() {
+    let out = processor()
+        .env("DURABLE_SECRET", "long-enough-secret-0001,tiny-9c")
+        .args(["--redis-url", "redis://127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("DURABLE_SECRET is not usable: secret number 2 has 7 bytes"), "{stderr}");
+    assert!(!stderr.contains("tiny-9c") && !stderr.contains("long-enough-secret-0001"), "{stderr}");
 }
 
 #[test]

@@ -161,8 +161,22 @@ async fn fenced_commits_fail_once_a_newer_owner_fenced<S: Store>(store: &S) {
     assert!(store.commit_fenced(p, new, Vec::new()).await.unwrap().is_empty());
 }
 
+/// The deployment secret: the first one offered is kept; later offers get it back.
+async fn the_first_deployment_secret_offered_is_kept<S: Store>(store: &S) {
+    assert_eq!(store.deployment_secret(b"first-secret-of-sixteen".to_vec()).await.unwrap(), b"first-secret-of-sixteen");
+    assert_eq!(
+        store.deployment_secret(b"second-secret-of-sixteen".to_vec()).await.unwrap(),
+        b"first-secret-of-sixteen"
+    );
+}
+
 mod memory {
     use super::*;
+    #[tokio::test]
+    async fn the_first_deployment_secret_offered_is_kept() {
+        super::the_first_deployment_secret_offered_is_kept(&MemoryStore::new()).await
+    }
+
     #[tokio::test]
     async fn fenced_commits_fail_once_a_newer_owner_fenced() {
         super::fenced_commits_fail_once_a_newer_owner_fenced(&MemoryStore::new()).await
@@ -216,6 +230,11 @@ mod redis {
     #[tokio::test]
     async fn fenced_commits_fail_once_a_newer_owner_fenced() {
         super::fenced_commits_fail_once_a_newer_owner_fenced(&store().await).await
+    }
+
+    #[tokio::test]
+    async fn the_first_deployment_secret_offered_is_kept() {
+        super::the_first_deployment_secret_offered_is_kept(&store().await).await
     }
 
     #[tokio::test]

@@ -123,6 +123,89 @@ pub mod dead_letter {
     }
 }
 
+/// The seal: how a processor marks the records it produces to `<prefix>.events`, so that
+/// protocol fields (origin stamps, replies, lock messages, `ReplyTo`, `WithLock`,
+/// `WithPrincipal`, instance senders) count only when Durable itself wrote them.
+///
+/// Every record a processor produces to the events topic carries the header [`HEADER`]: the
+/// lowercase hex of the first 16 bytes of HMAC-SHA256 under the deployment secret over
+/// `u32 big-endian length of the key ‖ key ‖ value`. A record without the header, or with one
+/// no current secret produces, is an *outside* record: see `schemas/README.md` ("Who may send
+/// what") for what those may carry. Several secrets may be valid at once (rotation): the first
+/// signs, all verify.
+pub mod seal {
+    use hmac::{Hmac, Mac};
+    use sha2::Sha256;
+
+    /// The header carrying a record's seal.
+    pub const HEADER: &str = "durable.mac";
+    /// The shortest secret accepted, in bytes.
+    pub const MIN_SECRET_BYTES: usize = 16;
+    /// Bytes of the MAC kept (hex-encoded in the header: twice as many characters).
+    pub const MAC_BYTES: usize = 16;
+
+    /// The deployment's secrets. Its `Debug` shows how many there are, never what they are.
+    #[derive(Clone)]
+    pub struct Seal {
+        keys: Vec<Hmac<Sha256>>,
+    }
+
+    impl std::fmt::Debug for Seal {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "Seal({} secret(s))", self.keys.len())
+        }
+    }
+
+    impl Seal {
+        /// A seal signing with the first of `secrets` and accepting any of them; `Err` names
+        /// what is wrong (never the secret): none given, or one shorter than
+        /// [`MIN_SECRET_BYTES`].
+        pub fn new<S: AsRef<[u8]>>(secrets: &[S]) -> Result<Self, String> {
+            if secrets.is_empty() {
+                return Err("no secret given".into());
+            }
+            let mut keys = Vec::with_capacity(secrets.len());
+            for (i, s) in secrets.iter().enumerate() {
+                let s = s.as_ref();
+                if s.len() < MIN_SECRET_BYTES {
+                    return Err(format!(
+                        "secret number {} has {} bytes; at least {MIN_SECRET_BYTES} are needed",
+                        i + 1,
+                        s.len()
+                    ));
+                }
+                keys.push(Hmac::<Sha256>::new_from_slice(s).expect("HMAC takes keys of any length"));
+            }
+            Ok(Self { keys })
+        }
+
+        fn mac(key: &Hmac<Sha256>, record_key: &[u8], value: &[u8]) -> Hmac<Sha256> {
+            let mut m = key.clone();
+            m.update(&(record_key.len() as u32).to_be_bytes());
+            m.update(record_key);
+            m.update(value);
+            m
+        }
+
+        /// The header value for a record with `key` and `value`.
+        pub fn sign(&self, key: &[u8], value: &[u8]) -> String {
+            let tag = Self::mac(&self.keys[0], key, value).finalize().into_bytes();
+            hex::encode(&tag[..MAC_BYTES])
+        }
+
+        /// Whether `header` (the [`HEADER`] value, if the record has one) seals `key` and `value`
+        /// under one of the secrets. Constant time in the MAC.
+        pub fn verify(&self, key: &[u8], value: &[u8], header: Option<&[u8]>) -> bool {
+            let Some(header) = header else { return false };
+            let mut tag = [0u8; MAC_BYTES];
+            if header.len() != 2 * MAC_BYTES || hex::decode_to_slice(header, &mut tag).is_err() {
+                return false;
+            }
+            self.keys.iter().any(|k| Self::mac(k, key, value).verify_truncated_left(&tag).is_ok())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::dead_letter::*;
@@ -160,5 +243,27 @@ mod tests {
         let m: StateRecord = serde_json::from_str(minimal).expect("optional fields may be absent");
         assert_eq!((m.state, m.failure), (None, None));
         assert_eq!(Topics::new("x").dead, "x.dead");
+    }
+
+    #[test]
+    fn a_seal_verifies_under_any_current_secret_and_nothing_else() {
+        use super::seal::*;
+        let old = Seal::new(&["an old secret, long enough"]).unwrap();
+        let rotated = Seal::new(&["the new secret, long enough", "an old secret, long enough"]).unwrap();
+        let mac = old.sign(b"entity:C:1", b"value");
+        assert_eq!(mac.len(), 2 * MAC_BYTES);
+        assert!(old.verify(b"entity:C:1", b"value", Some(mac.as_bytes())));
+        assert!(rotated.verify(b"entity:C:1", b"value", Some(mac.as_bytes())), "old secrets still verify");
+        assert!(!old.verify(b"entity:C:1", b"value", Some(rotated.sign(b"entity:C:1", b"value").as_bytes())));
+        assert!(!old.verify(b"entity:C:1", b"valuE", Some(mac.as_bytes())), "the value is covered");
+        assert!(!old.verify(b"entity:C:2", b"value", Some(mac.as_bytes())), "the key is covered");
+        // The key's length is framed: moving a byte between key and value changes the MAC.
+        assert!(!old.verify(b"entity:C:1v", b"alue", Some(mac.as_bytes())));
+        assert!(!old.verify(b"entity:C:1", b"value", None));
+        assert!(!old.verify(b"entity:C:1", b"value", Some(b"zz")));
+        assert!(!old.verify(b"entity:C:1", b"value", Some(&[b'g'; 32])));
+        assert!(Seal::new(&["short"]).unwrap_err().contains("at least 16"));
+        assert!(Seal::new::<&str>(&[]).is_err());
+        assert_eq!(format!("{old:?}"), "Seal(1 secret(s))");
     }
 }

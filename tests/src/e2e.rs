@@ -374,6 +374,17 @@ impl Client {
         }
     }
 
+    /// Produce raw bytes under `key` with Kafka `headers`.
+    pub async fn send_raw_with_headers(&self, key: &str, bytes: &[u8], headers: &[(&str, &[u8])]) {
+        let headers = headers.iter().fold(rdkafka::message::OwnedHeaders::new(), |h, (key, value)| {
+            h.insert(rdkafka::message::Header { key, value: Some(*value) })
+        });
+        self.producer
+            .send(FutureRecord::to(&self.topic).key(key).payload(bytes).headers(headers), Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|(e, _)| panic!("produce failed: {e}"));
+    }
+
     /// Produce raw bytes under `key`.
     pub async fn send_raw(&self, key: &str, bytes: &[u8]) {
         self.producer

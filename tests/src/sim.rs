@@ -630,6 +630,9 @@ impl World {
                 offset: offset as i64,
                 key: None,
                 payload: Some(self.logs[p as usize][offset].clone()),
+                // Every record in the simulated logs is one a core or a client of the protocol
+                // wrote (the trust boundary is the core's unit tests' and the e2e tests' job).
+                sealed: true,
             })
             .collect();
         if !self.workers[w].cores.contains_key(&p) {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use durable_processor::examples::{self, ApprovalInput, Counter};
 use durable_processor::id::InstanceId;
+use durable_processor::{Envelope, Event, Payload};
 use rdkafka::message::Headers;
 use rdkafka::Message;
 use tests::e2e;
@@ -289,5 +290,70 @@ async fn a_hung_activity_times_out_and_its_partition_goes_on() {
     let c: Counter =
         e2e::eventually(Duration::from_secs(30), "the signal behind it is applied", || state.entity(&counter)).await;
     assert_eq!(c.value, 2);
+    processor.stop().await;
+}
+
+/// Anyone can write to the events topic, but only processors make protocol fields count: an
+/// outside signal claiming every origin stream's highest sequence number is applied as an
+/// outside event (and the processors' own signals to that entity still count), a forged
+/// activity reply — even one with a made-up seal header — and forged lock requests (for an
+/// owner that never existed) are dead-lettered with the reason and change nothing, and the
+/// orchestration they targeted runs to its normal end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forged_origins_replies_and_lock_requests_do_not_count() {
+    let (processor, mut client, state) = e2e::setup("forged", PARTITIONS).await;
+    let counter = InstanceId::entity("Counter", "forged");
+    // 1. Forged origins: one signal per origin stream, each claiming the highest seq.
+    let streams: Vec<String> = (0..PARTITIONS).flat_map(|p| [format!("p{p}"), format!("t{p}")]).collect();
+    let forged: Vec<Envelope> = streams
+        .iter()
+        .map(|stream| {
+            let mut e = client.signal(&counter, "add", 1);
+            e.origin = Some(durable_schemas::Origin { stream: stream.clone(), seq: i64::MAX });
+            e
+        })
+        .collect();
+    client.send(&forged).await;
+    let poisoned = streams.len() as i64;
+    e2e::eventually(Duration::from_secs(60), "the forged-origin signals are applied as outside events", || async {
+        state.entity::<Counter>(&counter).await.filter(|c| c.value == poisoned)
+    })
+    .await;
+    // 2. An orchestration that calls an activity, signals and calls the counter; right behind
+    //    its start, a forged reply to its first slot (once bare, once with a made-up seal).
+    let input = ApprovalInput { counter: "forged".into(), amount: 5 };
+    let start = client.start("Approval", "forged", &input);
+    let reply = Event::ActivityCompleted { correlation: "0.0".into(), result: Payload::json(&"forged!").unwrap() };
+    let mut reply = client.event(&start.target, reply);
+    reply.source = Some("client:mallory".into());
+    client.send(&[start.clone(), reply.clone()]).await;
+    reply.id.push_str("-sealed");
+    let fake_seal = [b'0'; 32];
+    client.send_raw_with_headers(&start.target, &reply.encode(), &[("durable.mac", &fake_seal)]).await;
+    // 3. Lock requests for an owner that never existed, claiming to be from it or from no one.
+    let ghost = InstanceId::orchestration("Ghost", "never").canonical();
+    let request = Event::LockRequest {
+        owner: ghost.clone(),
+        correlation: "0.0".into(),
+        participants: vec![counter.canonical()],
+        position: 0,
+    };
+    let mut as_ghost = client.event(&counter.canonical(), request.clone());
+    as_ghost.source = Some(ghost.clone());
+    let anonymous = client.event(&counter.canonical(), request);
+    client.send(&[as_ghost, anonymous]).await;
+    // The orchestration runs to its normal end: its activity's real result, its signal to the
+    // counter counted (the forged origins did not shadow it), the counter never locked.
+    let approve = client.raise(&start.target, "approve", true);
+    client.send(&[approve]).await;
+    let output: String = state.output(&start.target, Duration::from_secs(60)).await.decode().unwrap();
+    assert_eq!(output, format!("ok:forged|approved=true|value={}|Hello forged!", poisoned + 5));
+
+    let all = dead_letter_reasons(client.prefix(), 4).await.join("\n");
+    assert_eq!(all.matches("ActivityCompleted is part of Durable's protocol").count(), 2, "{all}");
+    assert!(all.contains(&format!("claims to come from the instance {ghost}")), "{all}");
+    assert!(all.contains("LockRequest is part of Durable's protocol"), "{all}");
+    let status = e2e::http_get(processor.metrics, "/status").await;
+    assert!(status.contains("\"ok\""), "the processor still answers: {status}");
     processor.stop().await;
 }

@@ -6,7 +6,7 @@ use super::{guarded, unwrap, Collector, Unwrapped};
 use crate::context::{EntityContext, UNKNOWN_OPERATION};
 use crate::effect::Effect;
 use crate::history::{Body, EntityLock, EntityState, InstanceRecord};
-use crate::id::InstanceId;
+use crate::id::{InstanceId, Kind};
 use crate::registry::Registry;
 
 pub(super) fn step(
@@ -36,6 +36,15 @@ fn handle(registry: &Registry, id: &InstanceId, state: &mut EntityState, envelop
     let (wrappers, core) = unwrap(&envelope.body);
     match core.clone() {
         Event::EntityOperation { operation, input } => {
+            if let Some((owner, _)) = &wrappers.lock {
+                if envelope.source.as_ref() != Some(owner) {
+                    let reason = format!(
+                        "operation {operation:?} carries the lock of {owner} but comes from {:?}: only the lock's owner sends inside its critical section",
+                        envelope.source
+                    );
+                    return out.dead(envelope, reason);
+                }
+            }
             let sender = wrappers.lock.as_ref().map(|(owner, _)| owner.as_str());
             if state.lock.as_ref().is_some_and(|l| Some(l.owner.as_str()) != sender) {
                 state.queue.push_back(envelope);
@@ -47,6 +56,16 @@ fn handle(registry: &Registry, id: &InstanceId, state: &mut EntityState, envelop
             let me = id.canonical();
             if participants.get(position.max(0) as usize) != Some(&me) {
                 let reason = format!("lock request for {me} names participant {position} of {participants:?}");
+                return out.dead(envelope, reason);
+            }
+            // The chain: the owner asks the first entity, each entity the next one.
+            let asker = if position == 0 { Some(&owner) } else { participants.get(position as usize - 1) };
+            let owner_is_orchestration = InstanceId::parse(&owner).is_ok_and(|o| o.kind() == Kind::Orchestration);
+            if !owner_is_orchestration || envelope.source.is_none() || envelope.source.as_ref() != asker {
+                let reason = format!(
+                    "lock request from {:?} for owner {owner} at position {position}: only the owner (an orchestration) asks the first entity, and each entity the next",
+                    envelope.source
+                );
                 return out.dead(envelope, reason);
             }
             match &state.lock {
@@ -69,6 +88,10 @@ fn handle(registry: &Registry, id: &InstanceId, state: &mut EntityState, envelop
             }
         }
         Event::LockRelease { owner, correlation } => {
+            if envelope.source.as_ref() != Some(&owner) {
+                let reason = format!("lock release for {owner} from {:?}: only the owner releases", envelope.source);
+                return out.dead(envelope, reason);
+            }
             if state.lock.as_ref().is_some_and(|l| l.owner == owner && l.correlation == correlation) {
                 state.lock = None;
                 let queued = std::mem::take(&mut state.queue);

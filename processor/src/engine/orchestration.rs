@@ -16,9 +16,10 @@ use crate::context::orchestration::{lock_releases, Shared};
 use crate::context::OrchestrationContext;
 use crate::effect::Effect;
 use crate::history::{
-    Body, Completion, HeldLocks, InstanceRecord, LogEntry, OrchestrationHistory, OrchestrationStatus, ReplyAddress,
+    Body, Command, CommandKind, Completion, HeldLocks, InstanceRecord, LogEntry, OrchestrationHistory,
+    OrchestrationStatus, ReplyAddress,
 };
-use crate::id::InstanceId;
+use crate::id::{InstanceId, Kind};
 use crate::registry::{OrchestrationFuture, Registry};
 
 /// How many generations one step may run through `continue_as_new` before it is a loop.
@@ -161,6 +162,49 @@ pub(super) fn step(
     run.sync_history();
 }
 
+/// Whether `event` from `source` may answer `slot` of generation `generation` of `me`, which
+/// issued `command`: only the instance the slot commanded may, with the kind of answer the
+/// command expects ([`crate::trust`]).
+fn check_replier(
+    me: &str,
+    generation: u32,
+    slot: u32,
+    command: &Command,
+    event: &Event,
+    source: Option<&str>,
+) -> Result<(), String> {
+    let from = source.unwrap_or_default();
+    let name = command.name.as_str();
+    let ok = match (command.kind, event) {
+        (CommandKind::CallActivity, Event::ActivityCompleted { .. } | Event::ActivityFailed { .. }) => {
+            InstanceId::new(Kind::Activity, name, format!("{me}#{generation}.{slot}"))
+                .is_ok_and(|id| id.canonical() == from)
+        }
+        (
+            CommandKind::CallSubOrchestration,
+            Event::OrchestrationCompleted { .. } | Event::OrchestrationFailed { .. },
+        ) => InstanceId::parse(from).is_ok_and(|id| id.kind() == Kind::Orchestration && id.name() == name),
+        (CommandKind::CallEntity, Event::OperationResult { .. }) => {
+            !from.is_empty() && name.strip_prefix(from).is_some_and(|op| op.starts_with('/'))
+        }
+        (CommandKind::CreateTimer, Event::TimerFired { .. }) => from == me,
+        // The grant comes from the last entity of the set (ids sorted, joined by commas).
+        (CommandKind::Lock, Event::LockGranted { .. }) => {
+            !from.is_empty() && (name == from || name.ends_with(&format!(",{from}")))
+        }
+        _ => false,
+    };
+    if ok {
+        return Ok(());
+    }
+    let source = source.map_or_else(|| "no source".to_owned(), |s| format!("source {s}"));
+    Err(format!(
+        "{} from {source} cannot answer slot {slot} of {me} ({:?} {name}): only the instance the slot commanded answers it",
+        event.name(),
+        command.kind
+    ))
+}
+
 fn parse_correlation(correlation: &str) -> Option<(u32, u32)> {
     let (generation, slot) = correlation.split_once('.')?;
     Some((generation.parse().ok()?, slot.parse().ok()?))
@@ -252,6 +296,17 @@ impl Run<'_> {
         if !self.ensure_exec() {
             return self.out.drop(&envelope, DropReason::Finished);
         }
+        let exec = self.exec.as_ref().expect("ensure_exec checked");
+        let command = exec.shared.borrow().commands.get(slot as usize).cloned();
+        let Some(command) = command else {
+            let reason =
+                format!("{} answers slot {slot}, which {} never issued", unwrap(&envelope.body).1.name(), self.id);
+            return self.out.dead(envelope, reason);
+        };
+        let (me, source) = (self.id.canonical(), envelope.source.as_deref());
+        if let Err(reason) = check_replier(&me, generation, slot, &command, unwrap(&envelope.body).1, source) {
+            return self.out.dead(envelope, reason);
+        }
         let delivered = self.exec.as_ref().is_some_and(|e| e.shared.borrow().delivered.contains_key(&slot));
         let h = self.running().expect("ensure_exec checked");
         if delivered || h.early.iter().any(|(s, _)| *s == slot) {
@@ -265,6 +320,13 @@ impl Run<'_> {
     /// withdrew the request, moved to another generation, or never existed), answer with a
     /// release so that no entity stays locked for an owner that does not want it.
     fn grant(&mut self, envelope: Envelope, correlation: String, participants: Vec<String>) {
+        if participants.last().is_none_or(|last| envelope.source.as_ref() != Some(last)) {
+            let reason = format!(
+                "LockGranted from {:?} for {participants:?}: only the last entity of the set grants it",
+                envelope.source
+            );
+            return self.out.dead(envelope, reason);
+        }
         let current = parse_correlation(&correlation)
             .filter(|(generation, _)| self.running().is_some_and(|h| h.generation == *generation));
         if let Some((_, slot)) = current {

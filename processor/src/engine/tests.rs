@@ -17,13 +17,22 @@ fn activity_requests(pending: &[Envelope]) -> Vec<Envelope> {
     pending.iter().filter(|e| e.target.starts_with("activity:")).cloned().collect()
 }
 
-fn reply(target: &str, correlation: &str, result: &str) -> Envelope {
-    Envelope::new(
+/// The reply of activity `activity` to `correlation` of `target`, as the runtime sends it (from
+/// the invocation's id).
+fn reply_from(activity: &str, target: &str, correlation: &str, result: &str) -> Envelope {
+    let mut e = Envelope::new(
         format!("{target}/{correlation}/manual"),
         target,
         0,
         Event::ActivityCompleted { correlation: correlation.into(), result: Payload::json(result).unwrap() },
-    )
+    );
+    e.source = Some(InstanceId::new(Kind::Activity, activity, format!("{target}#{correlation}")).unwrap().canonical());
+    e
+}
+
+/// A reply of the `Square` activity.
+fn reply(target: &str, correlation: &str, result: &str) -> Envelope {
+    reply_from("Square", target, correlation, result)
 }
 
 #[test]
@@ -63,30 +72,36 @@ impl ActivityRequestView {
 }
 
 #[test]
-fn completion_received_before_command_is_buffered_then_delivered() {
+fn replies_count_only_for_issued_slots_from_the_commanded_instance() {
     let mut h = harness();
     let start = h.start("HelloSequence", "early", vec!["A", "B", "C"]);
     let id = start.target.clone();
     h.deliver(start);
     h.take_pending();
-    // The reply for slot 1 arrives before slot 0's, before the code has asked for slot 1.
-    let out = h.deliver(reply(&id, "0.1", "Hello B!"));
-    assert!(out.changed);
-    let history = h.record(&id).unwrap().orchestration().unwrap();
-    assert_eq!(history.early.len(), 1);
-    assert_eq!(history.commands.len(), 1, "slot 1 not issued yet");
-    // Slot 0 completes: the code asks for slot 1 and gets the buffered reply at once, then asks
-    // for slot 2, all in one step.
-    let out = h.deliver(reply(&id, "0.0", "Hello A!"));
-    let requests: Vec<_> = out.emitted().filter(|e| e.target.starts_with("activity:")).collect();
-    assert_eq!(requests.len(), 2, "slot 1 and slot 2 are scheduled");
-    let history = h.record(&id).unwrap().orchestration().unwrap();
-    assert!(history.early.is_empty());
-    assert_eq!(history.log.iter().map(|e| e.slot).collect::<Vec<_>>(), [0, 1]);
-    // The real reply to slot 1 comes later and is dropped.
-    let late = h.deliver(reply(&id, "0.1", "Hello again B!"));
-    assert_eq!(late.dropped[0].reason, DropReason::SlotAlreadyCompleted);
-    h.deliver(reply(&id, "0.2", "Hello C!"));
+    // A reply for slot 1, which the code has not asked for: no one could have sent it.
+    let out = h.deliver(reply_from("SayHello", &id, "0.1", "Hello B!"));
+    assert!(out.dead_letters[0].reason.contains("never issued"), "{:?}", out.dead_letters);
+    assert!(h.record(&id).unwrap().orchestration().unwrap().early.is_empty(), "nothing is buffered");
+    // Slot 0 is a SayHello call: a reply from another activity, an entity, or with no source is
+    // refused, and so is a timer's answer from the right instance.
+    let mut forged = vec![reply_from("Square", &id, "0.0", "x"), reply_from("SayHello", &id, "0.0", "x")];
+    forged[1].source = Some("entity:Counter:c".into());
+    let mut anonymous = reply_from("SayHello", &id, "0.0", "x");
+    anonymous.source = None;
+    forged.push(anonymous);
+    let mut timer = Envelope::new("t", id.clone(), 0, Event::TimerFired { correlation: "0.0".into() });
+    timer.source = Some(id.clone());
+    forged.push(timer);
+    for e in forged {
+        let out = h.deliver(e);
+        assert!(out.dead_letters[0].reason.contains("only the instance the slot commanded"), "{:?}", out.dead_letters);
+    }
+    assert!(h.record(&id).unwrap().orchestration().unwrap().log.is_empty());
+    // The real replies complete the slots in turn.
+    for (slot, city) in ["A", "B", "C"].iter().enumerate() {
+        h.deliver(reply_from("SayHello", &id, &format!("0.{slot}"), &format!("Hello {city}!")));
+        h.take_pending();
+    }
     assert_eq!(h.output::<Vec<String>>(&id).unwrap(), ["Hello A!", "Hello B!", "Hello C!"]);
 }
 

@@ -40,7 +40,7 @@ fn core(local_rounds: usize, store: &MemoryStore) -> Partition {
 }
 
 fn record(offset: i64, envelope: &Envelope) -> Record {
-    Record { offset, key: Some(envelope.target.as_bytes().to_vec()), payload: Some(envelope.encode()) }
+    Record { offset, key: Some(envelope.target.as_bytes().to_vec()), payload: Some(envelope.encode()), sealed: true }
 }
 
 fn add(n: u32, counter: &str) -> Envelope {
@@ -228,8 +228,8 @@ fn records_that_cannot_be_applied_are_dead_lettered_and_the_group_goes_on() {
         Event::EntityOperation { operation: "add".into(), input: Payload::json(&"x".repeat(5000)).expect("json") };
     let activity = Envelope::new("x", "activity:NoSuchActivity:1", NOW, Event::Terminate { reason: "?".into() });
     let records = vec![
-        Record { offset: 0, key: Some(b"k".to_vec()), payload: None },
-        Record { offset: 1, key: None, payload: Some(b"not avro".to_vec()) },
+        Record { offset: 0, key: Some(b"k".to_vec()), payload: None, sealed: false },
+        Record { offset: 1, key: None, payload: Some(b"not avro".to_vec()), sealed: false },
         record(2, &big),
         record(3, &activity),
         record(4, &add(1, "c1")),
@@ -309,7 +309,7 @@ fn spread_activities_go_through_the_log() {
     let (seen, produced) = drive(
         &mut core,
         &store,
-        vec![Record { offset: 1, key: None, payload: Some(invocation.payload.clone()) }],
+        vec![Record { offset: 1, key: None, payload: Some(invocation.payload.clone()), sealed: true }],
         |_| {},
     );
     assert!(seen.contains(&Seen::Run(1)), "{seen:?}");

@@ -301,7 +301,8 @@ async fn send(shared: &Shared, target: &InstanceId, id: Option<String>, body: Ev
         return Err(too_large(shared.config.max_event_bytes));
     }
     let topic = shared.config.events_topic();
-    let record = FutureRecord::to(&topic).key(envelope.target.as_bytes()).payload(&bytes);
+    let headers = super::produce::sealed(shared, envelope.target.as_bytes(), &bytes);
+    let record = FutureRecord::to(&topic).key(envelope.target.as_bytes()).payload(&bytes).headers(headers);
     let delivered = shared.producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| {
         use rdkafka::types::RDKafkaErrorCode as Code;
         if matches!(e.rdkafka_error_code(), Some(Code::MessageSizeTooLarge | Code::InvalidMessageSize)) {

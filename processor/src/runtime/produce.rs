@@ -4,7 +4,8 @@
 use std::time::{Duration, Instant};
 
 use durable_kafka::dead_letter;
-use rdkafka::message::OwnedHeaders;
+use durable_schemas::contract::seal;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::future_producer::DeliveryFuture;
 use rdkafka::producer::FutureRecord;
 use rdkafka::Message;
@@ -66,6 +67,13 @@ fn topic_kind(topic: &str) -> &'static str {
     }
 }
 
+/// The headers of a record this processor produces to the events topic: its seal
+/// ([`crate::trust`]).
+pub fn sealed(shared: &Shared, key: &[u8], payload: &[u8]) -> OwnedHeaders {
+    let mac = shared.seal.sign(key, payload);
+    OwnedHeaders::new_with_capacity(1).insert(Header { key: seal::HEADER, value: Some(mac.as_bytes()) })
+}
+
 /// The topic's name.
 pub fn topic_name(shared: &Shared, topic: Topic) -> String {
     match topic {
@@ -117,7 +125,9 @@ async fn enqueue(
 /// its reason, under the partition `label`.
 pub async fn enqueue_outgoing(shared: &Shared, r: &Outgoing, label: &str) -> Result<DeliveryFuture, Error> {
     let topic = topic_name(shared, r.topic);
-    let headers = if r.headers.is_empty() {
+    let headers = if r.topic == Topic::Events {
+        Some(sealed(shared, &r.key, &r.payload))
+    } else if r.headers.is_empty() {
         None
     } else {
         if let Some(reason) = r.reason() {

@@ -20,6 +20,8 @@ struct Inner {
     partitions: BTreeMap<u32, Timers>,
     /// Partition → owner epoch (see [`Store::fence`]).
     epochs: BTreeMap<u32, u64>,
+    /// See [`Store::deployment_secret`].
+    secret: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Default)]
@@ -153,5 +155,10 @@ impl Store for MemoryStore {
             .partitions
             .get(&partition)
             .map_or((None, 0), |t| (t.parked.keys().next().map(|(at, _)| *at), t.parked.len() + t.released.len())))
+    }
+
+    async fn deployment_secret(&self, fresh: Vec<u8>) -> StoreResult<Vec<u8>> {
+        let mut inner = self.inner.lock().expect("store lock");
+        Ok(inner.secret.get_or_insert(fresh).clone())
     }
 }

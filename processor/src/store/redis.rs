@@ -9,6 +9,8 @@
 //! - `<prefix>:{p<N>}:released` — hash `seq → "<fire_at>|<envelope>"` of claimed timers
 //!   not yet acknowledged; `<prefix>:{p<N>}:tseq` — the timer stream's last seq.
 //! - `<prefix>:{p<N>}:epoch` — the partition's owner epoch (`INCR` by [`Store::fence`]).
+//! - `<prefix>:secret` — the deployment secret of the processors' seals when `DURABLE_SECRET`
+//!   is not set ([`Store::deployment_secret`]).
 //!
 //! # Commits
 //! A batch is one Lua script: for each write it compares the stored etag with the expected one
@@ -270,5 +272,21 @@ impl Store for RedisStore {
             .await
             .map_err(unavailable)?;
         Ok((first.first().map(|(_, score)| *score as i64), parked + released))
+    }
+
+    async fn deployment_secret(&self, fresh: Vec<u8>) -> StoreResult<Vec<u8>> {
+        let key = format!("{}:secret", self.prefix);
+        let (kept,): (Vec<u8>,) = redis::pipe()
+            .cmd("SET")
+            .arg(&key)
+            .arg(fresh)
+            .arg("NX")
+            .ignore()
+            .cmd("GET")
+            .arg(&key)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(kept)
     }
 }
