@@ -254,6 +254,10 @@ async fn the_management_api_speaks_json() {
         ("POST", "/v1/orchestrations/HelloSequence", "{not json", 400, "bad_body"),
         ("POST", "/v1/orchestrations/HelloSequence", r#"{"kee":"typo"}"#, 400, "bad_body"),
         ("POST", "/v1/instances/entity:Counter:c/terminate", "", 400, "not_an_orchestration"),
+        ("GET", "/v1/instances/orch:FanOut:paged/history?limit=0", "", 400, "bad_query"),
+        ("GET", "/v1/instances/orch:FanOut:paged/history?limit=1001", "", 400, "bad_query"),
+        ("GET", "/v1/instances/orch:FanOut:paged/history?offset=-1", "", 400, "bad_query"),
+        ("GET", "/v1/instances/orch:FanOut:paged/history?page=2", "", 400, "bad_query"),
     ] {
         let request = match method {
             "GET" => http.get(format!("{base}{path}")),
@@ -265,6 +269,34 @@ async fn the_management_api_speaks_json() {
         assert_eq!(error["code"], code, "{method} {path}: {error}");
         assert!(error["message"].as_str().is_some_and(|m| m.len() > 10), "{error}");
     }
+
+    // History pages: each list cut to the page, with the totals.
+    let started = http
+        .post(format!("{base}/v1/orchestrations/FanOut"))
+        .json(&serde_json::json!({ "key": "paged", "input": 12 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status().as_u16(), 202);
+    let history = |query: &'static str| {
+        let http = http.clone();
+        let base = base.clone();
+        async move {
+            let url = format!("{base}/v1/instances/orch:FanOut:paged/history{query}");
+            http.get(url).send().await.ok()?.json::<Value>().await.ok()
+        }
+    };
+    let full = e2e::eventually(Duration::from_secs(30), "the fan-out completes", || async {
+        history("").await.filter(|h| h["status"] == "completed")
+    })
+    .await;
+    assert_eq!(full["commands"].as_array().unwrap().len(), 12, "{full}");
+    assert_eq!(full["page"]["totals"]["commands"], 12, "{full}");
+    let page = history("?offset=10&limit=5").await.unwrap();
+    let slots: Vec<&Value> = page["commands"].as_array().unwrap().iter().map(|c| &c["slot"]).collect();
+    assert_eq!(slots, [10, 11], "{page}");
+    assert_eq!(page["deliveries"].as_array().unwrap().len(), 2, "{page}");
+    assert_eq!((page["page"]["offset"].clone(), page["page"]["limit"].clone()), (10.into(), 5.into()));
     processor.stop().await;
 }
 

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use durable_kafka::{KafkaConnection, Secret, TopicSettings, Topics};
 
+use crate::engine::Limits;
+
 /// How a processor connects and behaves. Every flag has an environment fallback.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ProcessorConfig {
@@ -60,6 +62,26 @@ pub struct ProcessorConfig {
     /// a random one kept in Redis (<prefix>:secret).
     #[arg(long, env = "DURABLE_SECRET", hide_env_values = true, value_delimiter = ',')]
     pub secret: Vec<Secret>,
+    /// Largest entity state, orchestration output or custom status (bytes; it travels in a state
+    /// record, so keep it under DURABLE_MAX_EVENT_BYTES): an operation that would store more
+    /// fails with kind StateTooLarge and changes nothing; an orchestration fails with it.
+    #[arg(long, env = "DURABLE_MAX_STATE_BYTES", default_value_t = Limits::default().max_state_bytes)]
+    pub max_state_bytes: usize,
+    /// Largest orchestration history (approximate bytes of the current generation): past it the
+    /// orchestration fails with kind HistoryTooLarge. Long-running ones use continue_as_new.
+    #[arg(long, env = "DURABLE_MAX_HISTORY_BYTES", default_value_t = Limits::default().max_history_bytes)]
+    pub max_history_bytes: usize,
+    /// Most external events an orchestration buffers before a wait_for_event takes them; more
+    /// are dead-lettered.
+    #[arg(long, env = "DURABLE_MAX_INBOX", default_value_t = Limits::default().max_inbox)]
+    pub max_inbox: usize,
+    /// Most operations waiting at a locked entity; more are dead-lettered (calls get QueueFull).
+    #[arg(long, env = "DURABLE_MAX_ENTITY_QUEUE", default_value_t = Limits::default().max_entity_queue)]
+    pub max_entity_queue: usize,
+    /// Most new commands one orchestration issues in one step: past it, it fails with kind
+    /// FanOutTooLarge.
+    #[arg(long, env = "DURABLE_MAX_FAN_OUT", default_value_t = Limits::default().max_fan_out)]
+    pub max_fan_out: usize,
 }
 
 impl ProcessorConfig {
@@ -79,6 +101,22 @@ impl ProcessorConfig {
             spread_activities: false,
             activity_timeout: Duration::from_secs(300),
             secret: Vec::new(),
+            max_state_bytes: Limits::default().max_state_bytes,
+            max_history_bytes: Limits::default().max_history_bytes,
+            max_inbox: Limits::default().max_inbox,
+            max_entity_queue: Limits::default().max_entity_queue,
+            max_fan_out: Limits::default().max_fan_out,
+        }
+    }
+
+    /// The limits the engine enforces.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_state_bytes: self.max_state_bytes,
+            max_history_bytes: self.max_history_bytes,
+            max_inbox: self.max_inbox,
+            max_entity_queue: self.max_entity_queue,
+            max_fan_out: self.max_fan_out,
         }
     }
 

@@ -167,6 +167,7 @@ struct Collector {
     /// Counter for those ids.
     next_id: u32,
     now: i64,
+    limits: Limits,
 }
 
 impl Collector {
@@ -235,10 +236,47 @@ pub(crate) fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     catch_unwind(AssertUnwindSafe(f)).map_err(panic_message)
 }
 
+/// Bounds on what one instance may hold and do. Hitting one fails that instance or
+/// dead-letters that event with the reason — never the partition. The runtime sets them from
+/// `DURABLE_MAX_*` ([`crate::config`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest entity state, orchestration output or custom status, in bytes: each travels in a
+    /// state record, which must fit in one Kafka record. An operation that would store more
+    /// fails with kind `StateTooLarge` and changes nothing; an orchestration fails with it.
+    pub max_state_bytes: usize,
+    /// Largest orchestration history (the current generation's log, commands and buffers, in
+    /// approximate stored bytes): past it the orchestration fails with kind `HistoryTooLarge`.
+    /// A long-running orchestration keeps its history small with `continue_as_new`.
+    pub max_history_bytes: usize,
+    /// Most external events an orchestration buffers before a `wait_for_event` takes them;
+    /// further ones are dead-lettered.
+    pub max_inbox: usize,
+    /// Most operations waiting at a locked entity; further ones are dead-lettered (a call is
+    /// answered with kind `QueueFull`).
+    pub max_entity_queue: usize,
+    /// Most new commands (activity calls, timers, messages …) one orchestration issues in one
+    /// step: past it the orchestration fails with kind `FanOutTooLarge`.
+    pub max_fan_out: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_state_bytes: 512 * 1024,
+            max_history_bytes: 8 * 1024 * 1024,
+            max_inbox: 10_000,
+            max_entity_queue: 10_000,
+            max_fan_out: 10_000,
+        }
+    }
+}
+
 /// The pure engine. Cheap to clone; shares its [`Registry`].
 #[derive(Clone)]
 pub struct Engine {
     registry: Arc<Registry>,
+    limits: Limits,
 }
 
 impl std::fmt::Debug for Engine {
@@ -255,12 +293,23 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// An engine running the handlers of `registry`.
     pub fn new(registry: Registry) -> Self {
-        Self { registry: Arc::new(registry) }
+        Self::with_registry(Arc::new(registry))
     }
 
     /// An engine sharing an existing registry.
     pub fn with_registry(registry: Arc<Registry>) -> Self {
-        Self { registry }
+        Self { registry, limits: Limits::default() }
+    }
+
+    /// This engine with other [`Limits`].
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The limits it enforces.
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 
     /// The handlers.
@@ -279,6 +328,7 @@ impl Engine {
             id_prefix: format!("{}@{}", record.id, record.version + 1),
             next_id: 0,
             now,
+            limits: self.limits,
         };
         let min_offset = deliveries.iter().filter_map(|d| d.offset).min();
         let max_offset = deliveries.iter().filter_map(|d| d.offset).max();

@@ -91,6 +91,13 @@ impl Harness {
         }
     }
 
+    /// This harness with other engine [`Limits`](crate::engine::Limits) (to test what hitting one
+    /// does).
+    pub fn with_limits(mut self, limits: crate::engine::Limits) -> Self {
+        self.engine = self.engine.with_limits(limits);
+        self
+    }
+
     /// The logical clock (ms since the Unix epoch).
     pub fn now(&self) -> i64 {
         self.now

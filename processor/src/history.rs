@@ -384,6 +384,26 @@ impl OrchestrationHistory {
         }
     }
 
+    /// About how many bytes this history takes when stored: what
+    /// [`Limits::max_history_bytes`](crate::engine::Limits::max_history_bytes) bounds. Counts the
+    /// payloads, names and a fixed overhead per entry, without serializing.
+    pub fn approx_bytes(&self) -> usize {
+        fn completion(c: &Completion) -> usize {
+            match c {
+                Completion::Value(p) => p.data.len() + p.content_type.len(),
+                Completion::Failure(f) => f.kind.len() + f.message.len() + f.details.as_ref().map_or(0, String::len),
+                Completion::Done => 0,
+            }
+        }
+        const ENTRY: usize = 16;
+        self.input.data.len()
+            + self.commands.iter().map(|c| c.name.len() + ENTRY).sum::<usize>()
+            + self.log.iter().map(|e| completion(&e.completion) + ENTRY).sum::<usize>()
+            + self.early.iter().map(|(_, c)| completion(c) + ENTRY).sum::<usize>()
+            + self.inbox.iter().map(|(n, p)| n.len() + p.data.len() + ENTRY).sum::<usize>()
+            + self.custom_status.as_ref().map_or(0, |p| p.data.len())
+    }
+
     /// Whether `slot` already has a delivery or a buffered reply.
     pub fn has_completion(&self, slot: u32) -> bool {
         self.early.iter().any(|(s, _)| *s == slot) || self.log.iter().any(|e| e.slot == slot)

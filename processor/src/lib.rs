@@ -56,7 +56,7 @@ pub use context::{
 };
 pub use durable_schemas::{Envelope, Event, Failure, Payload};
 pub use effect::{Effect, StateChange};
-pub use engine::{DeadLetter, Delivery, DropReason, Engine, StepInput, StepOutput};
+pub use engine::{DeadLetter, Delivery, DropReason, Engine, Limits, StepInput, StepOutput};
 pub use harness::Harness;
 pub use history::{InstanceRecord, OrchestrationStatus};
 pub use id::{InstanceId, Kind};

@@ -142,9 +142,10 @@ pub async fn run_with(
     let metrics_addr = listener.local_addr()?;
     let partitions = kafka::partition_count(&config).await?;
     let seal = seal(&config, &store).await?;
+    let limits = config.limits();
     let shared = Arc::new(Shared {
         config,
-        engine: Engine::new(registry),
+        engine: Engine::new(registry).with_limits(limits),
         store,
         partitions,
         producer,

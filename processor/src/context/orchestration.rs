@@ -57,6 +57,10 @@ pub(crate) struct Shared {
     pub random_calls: u64,
     /// Lock set held or requested: (slot of the request, sorted canonical participant ids).
     pub lock: Option<(u32, Vec<String>)>,
+    /// Most new commands this execution may issue ([`crate::engine::Limits::max_fan_out`]).
+    pub max_new_commands: usize,
+    /// New commands issued so far by this execution.
+    pub new_commands: usize,
 }
 
 impl Shared {
@@ -78,6 +82,8 @@ impl Shared {
             custom_status: None,
             random_calls: 0,
             lock: None,
+            max_new_commands: usize::MAX,
+            new_commands: 0,
         }
     }
 
@@ -116,7 +122,21 @@ impl Shared {
                 self.error = Some(nondeterminism(slot, None, &Command { kind, name }));
                 Err(())
             }
+            None if self.new_commands >= self.max_new_commands => {
+                // The orchestration fails: none of this step's commands leave.
+                self.effects.clear();
+                self.error = Some(Failure::new(
+                    "FanOutTooLarge",
+                    format!(
+                        "{} issued more than {} commands in one step (DURABLE_MAX_FAN_OUT): split the work into \
+                         sub-orchestrations or batches",
+                        self.id_str, self.max_new_commands
+                    ),
+                ));
+                Err(())
+            }
             None => {
+                self.new_commands += 1;
                 self.commands.push(Command { kind, name });
                 Ok((slot, true))
             }

@@ -47,6 +47,15 @@ fn handle(registry: &Registry, id: &InstanceId, state: &mut EntityState, envelop
             }
             let sender = wrappers.lock.as_ref().map(|(owner, _)| owner.as_str());
             if state.lock.as_ref().is_some_and(|l| Some(l.owner.as_str()) != sender) {
+                let limit = out.limits.max_entity_queue;
+                if state.queue.len() >= limit {
+                    let failure = durable_schemas::Failure::new(
+                        "QueueFull",
+                        format!("{id} is locked and {limit} operations already wait for it (DURABLE_MAX_ENTITY_QUEUE)"),
+                    );
+                    out.dead(envelope.clone(), failure.message.clone());
+                    return answer(id, &wrappers, Err(failure), out);
+                }
                 state.queue.push_back(envelope);
             } else {
                 run_operation(registry, id, state, &envelope, &wrappers, &operation, &input, out);
@@ -136,6 +145,17 @@ fn run_operation(
         Some(handler) => {
             let mut ctx = EntityContext::new(id.clone(), out.now, envelope.source.clone(), wrappers.principal.clone());
             match guarded(|| handler.run(state.state.as_ref(), &mut ctx, operation, input)) {
+                Ok(Ok((new_state, _)))
+                    if new_state.as_ref().is_some_and(|s| s.data.len() > out.limits.max_state_bytes) =>
+                {
+                    let size = new_state.as_ref().map_or(0, |s| s.data.len());
+                    let message = format!(
+                        "operation {operation:?} would make the state of {id} {size} bytes, over the limit of {} (DURABLE_MAX_STATE_BYTES); the state is unchanged",
+                        out.limits.max_state_bytes
+                    );
+                    out.dead(envelope.clone(), message.clone());
+                    Err(durable_schemas::Failure::new("StateTooLarge", message))
+                }
                 Ok(Ok((new_state, result))) => {
                     state.state = new_state;
                     for (target, body, fire_at) in ctx.take_outgoing() {
@@ -161,6 +181,16 @@ fn run_operation(
             }
         }
     };
+    answer(id, wrappers, outcome, out);
+}
+
+/// Answer a call (an operation inside `ReplyTo`) with `outcome`; nothing for a signal.
+fn answer(
+    id: &InstanceId,
+    wrappers: &Unwrapped,
+    outcome: Result<Payload, durable_schemas::Failure>,
+    out: &mut Collector,
+) {
     if let Some((address, correlation)) = &wrappers.reply_to {
         let body = Event::OperationResult { correlation: correlation.clone(), outcome };
         let mut e = Envelope::new(out.event_id(), address.clone(), out.now, body);

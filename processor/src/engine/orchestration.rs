@@ -11,7 +11,7 @@ use std::task::{Context, Poll, Waker};
 
 use durable_schemas::{Envelope, Event, Failure, Payload};
 
-use super::{guarded, unwrap, Collector, DropReason};
+use super::{guarded, unwrap, Collector, DropReason, Limits};
 use crate::context::orchestration::{lock_releases, Shared};
 use crate::context::OrchestrationContext;
 use crate::effect::Effect;
@@ -36,11 +36,12 @@ struct Execution {
 
 impl Execution {
     /// Start the code for `history` and replay its log.
-    fn replay(registry: &Registry, id: &InstanceId, h: &OrchestrationHistory) -> Result<Self, Failure> {
+    fn replay(registry: &Registry, id: &InstanceId, h: &OrchestrationHistory, limits: Limits) -> Result<Self, Failure> {
         let handler = registry.orchestration_handler(id.name()).ok_or_else(|| {
             Failure::new("NotRegistered", format!("no orchestration named {:?} is registered", id.name()))
         })?;
         let mut shared = Shared::new(id.clone(), h.generation, h.commands.clone(), h.started_at);
+        shared.max_new_commands = limits.max_fan_out;
         shared.replaying = !(h.commands.is_empty() && h.log.is_empty());
         let shared = Rc::new(RefCell::new(shared));
         let fut = handler(OrchestrationContext::new(shared.clone()), h.input.clone());
@@ -160,6 +161,7 @@ pub(super) fn step(
         run.apply(envelope);
     }
     run.sync_history();
+    run.check_size();
 }
 
 /// Whether `event` from `source` may answer `slot` of generation `generation` of `me`, which
@@ -351,12 +353,21 @@ impl Run<'_> {
     }
 
     fn raise(&mut self, envelope: Envelope, name: String, payload: Payload) {
+        let max_inbox = self.out.limits.max_inbox;
         match self.history() {
             None => {
                 let reason = "event raised on an orchestration that never started".to_owned();
                 self.out.dead(envelope, reason)
             }
             Some(h) if h.status.is_finished() => self.out.drop(&envelope, DropReason::Finished),
+            Some(h) if h.inbox.len() >= max_inbox => {
+                let reason = format!(
+                    "{} already buffers {} events no wait_for_event has taken (DURABLE_MAX_INBOX); {name:?} is not applied",
+                    envelope.target,
+                    h.inbox.len()
+                );
+                self.out.dead(envelope, reason)
+            }
             Some(h) => {
                 h.inbox.push_back((name, payload));
                 if self.ensure_exec() {
@@ -395,7 +406,7 @@ impl Run<'_> {
             if self.exec.is_none() {
                 // Start the code and replay its history (nothing to replay for a new generation).
                 let Some(h) = self.running().cloned() else { return };
-                match Execution::replay(self.registry, self.id, &h) {
+                match Execution::replay(self.registry, self.id, &h, self.out.limits) {
                     Ok(exec) => self.exec = Some(exec),
                     Err(failure) => {
                         return self.conclude(OrchestrationStatus::Failed { failure: failure.clone() }, Err(failure))
@@ -484,8 +495,61 @@ impl Run<'_> {
         }
     }
 
+    /// After a step: an orchestration whose custom status or history grew past the limits fails
+    /// (its history is dropped: nothing will replay it).
+    fn check_size(&mut self) {
+        let limits = self.out.limits;
+        let id = self.id.to_string();
+        let Some(h) = self.running() else { return };
+        let custom = h.custom_status.as_ref().map_or(0, |p| p.data.len());
+        let size = h.approx_bytes();
+        let failure = if custom > limits.max_state_bytes {
+            h.custom_status = None;
+            Failure::new(
+                "StateTooLarge",
+                format!(
+                    "the custom status of {id} is {custom} bytes, over the limit of {} (DURABLE_MAX_STATE_BYTES)",
+                    limits.max_state_bytes
+                ),
+            )
+        } else if size > limits.max_history_bytes {
+            Failure::new(
+                "HistoryTooLarge",
+                format!(
+                    "the history of {id} is about {size} bytes, over the limit of {} (DURABLE_MAX_HISTORY_BYTES): \
+                     a long-running orchestration should continue_as_new to start a fresh history",
+                    limits.max_history_bytes
+                ),
+            )
+        } else {
+            return;
+        };
+        self.exec = None;
+        self.conclude(OrchestrationStatus::Failed { failure: failure.clone() }, Err(failure));
+        if let Some(h) = self.history() {
+            h.log.clear();
+            h.commands.clear();
+            h.inbox.clear();
+        }
+    }
+
     /// Record the end of the orchestration and answer whoever waits for it.
     fn conclude(&mut self, status: OrchestrationStatus, outcome: Result<Payload, Failure>) {
+        let limit = self.out.limits.max_state_bytes;
+        let (status, outcome) = match outcome {
+            Ok(output) if output.data.len() > limit => {
+                let failure = Failure::new(
+                    "StateTooLarge",
+                    format!(
+                        "the output of {} is {} bytes, over the limit of {limit} (DURABLE_MAX_STATE_BYTES)",
+                        self.id,
+                        output.data.len()
+                    ),
+                );
+                (OrchestrationStatus::Failed { failure: failure.clone() }, Err(failure))
+            }
+            other => (status, other),
+        };
         self.release_locks();
         let now = self.out.now;
         let id = self.record.id.clone();

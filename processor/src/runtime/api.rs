@@ -9,7 +9,7 @@
 //! | method and path | does |
 //! | --- | --- |
 //! | `GET /v1/instances/{id}` | status, input/output/failure or entity state, versions, times |
-//! | `GET /v1/instances/{id}/history` | an orchestration's commands, deliveries and inbox; an entity's lock and queue |
+//! | `GET /v1/instances/{id}/history?offset=&limit=` | an orchestration's commands, deliveries and inbox; an entity's lock and queue (each list paged: at most 1,000 entries) |
 //! | `POST /v1/orchestrations/{name}` `{"key"?, "input"?, "event_id"?}` | start (or restart a finished) orchestration |
 //! | `POST /v1/entities/{name}/{key}/{operation}` `{"input"?, "event_id"?}` | signal an entity |
 //! | `POST /v1/instances/{id}/events/{event}` `{"payload"?, "event_id"?}` | raise an external event |
@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -171,8 +171,61 @@ fn completion_json(c: &Completion) -> Value {
     }
 }
 
-/// The history view of an instance (what `durable history` prints).
-pub fn history_view(id: &InstanceId, r: &InstanceRecord) -> Value {
+/// Most commands, deliveries, inbox events or queued operations one history page lists.
+pub const MAX_PAGE: usize = 1000;
+
+/// Which part of a history to list: `?offset=N&limit=M` (default 0 and [`MAX_PAGE`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    /// Entries to skip in each list.
+    pub offset: usize,
+    /// Most entries of each list.
+    pub limit: usize,
+}
+
+impl Page {
+    /// The page a query string asks for; a 400 with what is wrong otherwise.
+    pub fn parse(query: Option<&str>) -> Result<Self, ApiError> {
+        let mut page = Page { offset: 0, limit: MAX_PAGE };
+        for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let number = || {
+                value.parse::<usize>().map_err(|_| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad_query",
+                        format!("{key} must be a whole number, not {value:?}"),
+                    )
+                })
+            };
+            match key {
+                "offset" => page.offset = number()?,
+                "limit" => page.limit = number()?,
+                _ => {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad_query",
+                        format!("unknown query parameter {key:?}: this endpoint takes offset and limit"),
+                    ))
+                }
+            }
+        }
+        if page.limit == 0 || page.limit > MAX_PAGE {
+            let message = format!("limit must be between 1 and {MAX_PAGE}, not {}", page.limit);
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_query", message));
+        }
+        Ok(page)
+    }
+
+    fn list<T>(&self, items: impl IntoIterator<Item = T>) -> Vec<T> {
+        items.into_iter().skip(self.offset).take(self.limit).collect()
+    }
+}
+
+/// The history view of an instance (what `durable history` prints): each list cut to `page`, with
+/// the totals under `page`.
+pub fn history_view(id: &InstanceId, r: &InstanceRecord, page: Page) -> Value {
+    let totals = |lists: Value| json!({ "offset": page.offset, "limit": page.limit, "totals": lists });
     match &r.body {
         Body::Orchestration(h) => json!({
             "instance": id.canonical(),
@@ -180,20 +233,22 @@ pub fn history_view(id: &InstanceId, r: &InstanceRecord) -> Value {
             "generation": h.generation,
             "started_at": h.started_at,
             "input": payload_json(&h.input),
-            "commands": h.commands.iter().enumerate().map(|(slot, c)| json!({
+            "commands": page.list(h.commands.iter().enumerate().map(|(slot, c)| json!({
                 "slot": slot, "kind": format!("{:?}", c.kind), "name": c.name,
-            })).collect::<Vec<_>>(),
-            "deliveries": h.log.iter().map(|e| json!({
+            }))),
+            "deliveries": page.list(h.log.iter().map(|e| json!({
                 "slot": e.slot, "at": e.at, "completion": completion_json(&e.completion),
-            })).collect::<Vec<_>>(),
-            "inbox": h.inbox.iter().map(|(name, p)| json!({ "name": name, "payload": payload_json(p) })).collect::<Vec<_>>(),
+            }))),
+            "inbox": page.list(h.inbox.iter().map(|(name, p)| json!({ "name": name, "payload": payload_json(p) }))),
             "locks": h.locks.as_ref().map(|l| json!({ "participants": l.participants, "granted": l.granted })),
+            "page": totals(json!({ "commands": h.commands.len(), "deliveries": h.log.len(), "inbox": h.inbox.len() })),
         }),
         Body::Entity(e) => json!({
             "instance": id.canonical(),
             "state": e.state.as_ref().map_or(Value::Null, payload_json),
             "locked_by": e.lock.as_ref().map(|l| l.owner.clone()),
-            "queued": e.queue.iter().map(|q| json!({ "event": q.body.name(), "id": q.id })).collect::<Vec<_>>(),
+            "queued": page.list(e.queue.iter().map(|q| json!({ "event": q.body.name(), "id": q.id }))),
+            "page": totals(json!({ "queued": e.queue.len() })),
         }),
         Body::Empty => json!({ "instance": id.canonical() }),
     }
@@ -210,10 +265,11 @@ async fn instance(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> 
     Ok((StatusCode::OK, Json(instance_view(&id, &record))))
 }
 
-async fn history(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> ApiResult {
+async fn history(State(shared): State<Arc<Shared>>, Path(id): Path<String>, RawQuery(query): RawQuery) -> ApiResult {
     let id = parse_id(&id)?;
+    let page = Page::parse(query.as_deref())?;
     let record = load(&shared, &id).await?;
-    Ok((StatusCode::OK, Json(history_view(&id, &record))))
+    Ok((StatusCode::OK, Json(history_view(&id, &record, page))))
 }
 
 /// The request body, refused with 413 past the largest event the processor accepts
