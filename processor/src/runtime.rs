@@ -184,8 +184,8 @@ pub async fn run_with(
                     let mac = message.headers().and_then(|h| h.iter().find(|h| h.key == seal::HEADER)).and_then(|h| h.value);
                     let sealed = shared.seal.verify(key.as_deref().unwrap_or_default(), payload.as_deref().unwrap_or_default(), mac);
                     let record = Record { offset, key, payload, sealed };
-                    let tx = dispatch::workers_sender(&workers, &shared, partition);
-                    if tx.send(record).await.is_err() {
+                    let inbox = dispatch::workers_inbox(&workers, &shared, partition);
+                    if !inbox.push(&shared, record) {
                         warn!(partition, "worker stopped while a record was handed to it; it will be redelivered");
                     }
                 }

@@ -357,3 +357,54 @@ async fn forged_origins_replies_and_lock_requests_do_not_count() {
     assert!(status.contains("\"ok\""), "the processor still answers: {status}");
     processor.stop().await;
 }
+
+/// One partition's worker stuck on a hung activity, with hundreds of records queued behind it,
+/// holds back its own partition only: a signal to an instance of another partition is applied
+/// at once (the dispatcher used to wait on the stuck worker's full channel, which stalled every
+/// partition of the process).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_partition_holds_back_only_its_own_records() {
+    let prefix = e2e::unique_prefix("stall");
+    let mut config = e2e::InProcess::config(&prefix, 2);
+    config.activity_timeout = Duration::from_secs(10);
+    config.batch = 4; // a small queue bound (16 records) that the flood goes far past
+    let processor = e2e::InProcess::start_with(config).await;
+    let mut client = e2e::Client::new(&prefix);
+    let state = e2e::State::connect(&prefix, 2).await;
+    let key_in = |partition: u32, name: &str| {
+        (0..)
+            .map(|i| format!("{name}-{i}"))
+            .find(|k| InstanceId::entity("Counter", k.clone()).partition(2) == partition)
+            .unwrap()
+    };
+    let hung = (0..)
+        .map(|i| format!("h-{i}"))
+        .find(|k| InstanceId::orchestration("CallsHang", k.clone()).partition(2) == 0)
+        .unwrap();
+    let stuck = InstanceId::entity("Counter", key_in(0, "stuck"));
+    let free = InstanceId::entity("Counter", key_in(1, "free"));
+    let start = client.start("CallsHang", &hung, ());
+    client.send(&[start.clone()]).await;
+    let flood: Vec<Envelope> = (0..300).map(|_| client.signal(&stuck, "add", 1)).collect();
+    client.send(&flood).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sent = std::time::Instant::now();
+    let signal = client.signal(&free, "add", 1);
+    client.send(&[signal]).await;
+    e2e::eventually(Duration::from_secs(5), "the other partition's signal is applied while the hang lasts", || async {
+        state.entity::<Counter>(&free).await
+    })
+    .await;
+    let behind = state.entity::<Counter>(&stuck).await.map_or(0, |c| c.value);
+    assert!(behind < 300, "the stuck partition was still stuck ({behind} of 300 applied) after {:?}", sent.elapsed());
+    // Once the hung call times out, every queued record is applied, none skipped or doubled.
+    e2e::eventually(Duration::from_secs(60), "the stuck partition catches up", || async {
+        state.entity::<Counter>(&stuck).await.filter(|c| c.value == 300)
+    })
+    .await;
+    let output: String = state.output(&start.target, Duration::from_secs(30)).await.decode().unwrap();
+    assert!(output.starts_with("Timeout:"), "{output}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(state.entity::<Counter>(&stuck).await.unwrap().value, 300);
+    processor.stop().await;
+}

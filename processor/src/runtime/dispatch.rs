@@ -1,9 +1,19 @@
 //! The dispatcher's side of partitions: which partitions this consumer owns, where each record
 //! goes (its partition's worker), and stopping workers when partitions are revoked.
+//!
+//! The single dispatcher never waits for one partition: each worker's queue is unbounded, and a
+//! partition whose worker falls behind by four groups (`DURABLE_BATCH` × 4 records) is paused at
+//! the consumer until the worker is back under a quarter of that. librdkafka drops what it
+//! prefetched for a paused partition and fetches again from the next record the dispatcher has
+//! not seen, so nothing is skipped and the queue stays bounded. A hung or slow partition holds
+//! back its own records only.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use rdkafka::consumer::Consumer;
+use rdkafka::TopicPartitionList;
 use tokio::sync::mpsc;
 use tracing::warn;
 
@@ -11,9 +21,86 @@ use super::{worker, Shared};
 use crate::metrics::METRICS;
 use crate::partition::Record;
 
+/// How far one worker's queue may fill: pause its partition at `high` records, resume at a
+/// quarter of it.
+#[derive(Debug)]
+pub struct Queue {
+    partition: i32,
+    high: usize,
+    depth: AtomicUsize,
+    /// Whether the partition is paused at the consumer; pause and resume happen under this lock,
+    /// so the dispatcher's pause and the worker's resume cannot cross.
+    paused: Mutex<bool>,
+}
+
+impl Queue {
+    fn new(partition: i32, high: usize) -> Self {
+        Self { partition, high: high.max(4), depth: AtomicUsize::new(0), paused: Mutex::new(false) }
+    }
+
+    fn set_paused(&self, shared: &Shared, pause: bool) {
+        let mut paused = self.paused.lock().expect("pause lock");
+        if *paused == pause {
+            return;
+        }
+        let depth = self.depth.load(Ordering::SeqCst);
+        if (pause && depth < self.high) || (!pause && depth > self.high / 4) {
+            return; // the other side moved the depth back meanwhile
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&shared.config.events_topic(), self.partition);
+        let done = if pause { shared.consumer.pause(&tpl) } else { shared.consumer.resume(&tpl) };
+        match done {
+            Ok(()) => {
+                *paused = pause;
+                tracing::debug!(partition = self.partition, depth, pause, "partition fetching paused or resumed");
+            }
+            Err(e) => warn!(partition = self.partition, error = %e, pause, "cannot pause or resume the partition"),
+        }
+    }
+
+    /// The dispatcher queued one record.
+    fn pushed(&self, shared: &Shared) {
+        if self.depth.fetch_add(1, Ordering::SeqCst) + 1 >= self.high {
+            self.set_paused(shared, true);
+        }
+    }
+
+    /// The worker took `n` records off the queue.
+    pub fn taken(&self, shared: &Shared, n: usize) {
+        if self.depth.fetch_sub(n, Ordering::SeqCst) - n <= self.high / 4 {
+            self.set_paused(shared, false);
+        }
+    }
+
+    /// The worker stops: never leave its partition paused (a later owner starts afresh).
+    pub fn release(&self, shared: &Shared) {
+        self.depth.store(0, Ordering::SeqCst);
+        self.set_paused(shared, false);
+    }
+}
+
+/// Where the dispatcher hands a partition's records: its worker's queue.
+pub struct Inbox {
+    tx: mpsc::UnboundedSender<Record>,
+    queue: Arc<Queue>,
+}
+
+impl Inbox {
+    /// Queue `record` for the worker without waiting; `false` if the worker has stopped.
+    pub fn push(&self, shared: &Shared, record: Record) -> bool {
+        if self.tx.send(record).is_err() {
+            return false;
+        }
+        self.queue.pushed(shared);
+        true
+    }
+}
+
 /// A running worker.
 struct Worker {
-    tx: mpsc::Sender<Record>,
+    tx: mpsc::UnboundedSender<Record>,
+    queue: Arc<Queue>,
     stop: tokio::sync::watch::Sender<bool>,
     done: tokio::task::JoinHandle<()>,
 }
@@ -120,11 +207,11 @@ impl Workers {
     }
 }
 
-/// The sender of `partition`'s worker, starting the worker if it has none (or it stopped).
-pub fn workers_sender(workers: &Workers, shared: &Arc<Shared>, partition: i32) -> mpsc::Sender<Record> {
+/// The inbox of `partition`'s worker, starting the worker if it has none (or it stopped).
+pub fn workers_inbox(workers: &Workers, shared: &Arc<Shared>, partition: i32) -> Inbox {
     let mut map = workers.map.lock().expect("workers lock");
     if let Some(w) = map.get(&partition).filter(|w| !w.done.is_finished()) {
-        return w.tx.clone();
+        return Inbox { tx: w.tx.clone(), queue: w.queue.clone() };
     }
     // Show every partition metric from the start, at zero, rather than only after its first event.
     let label = partition.to_string();
@@ -140,10 +227,11 @@ pub fn workers_sender(workers: &Workers, shared: &Arc<Shared>, partition: i32) -
     METRICS.timer_backlog.with_label_values(&[&label]);
     METRICS.consumer_lag.with_label_values(&[&label]);
     tracing::debug!(partition, "starting a worker");
-    let (tx, rx) = mpsc::channel(shared.config.batch * 4);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let queue = Arc::new(Queue::new(partition, shared.config.batch * 4));
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let done = tokio::spawn(worker::work(shared.clone(), partition, rx, stopped));
-    map.insert(partition, Worker { tx: tx.clone(), stop, done });
+    let done = tokio::spawn(worker::work(shared.clone(), partition, rx, queue.clone(), stopped));
+    map.insert(partition, Worker { tx: tx.clone(), queue: queue.clone(), stop, done });
     METRICS.owned.with_label_values(&[] as &[&str]).set(map.len() as i64);
-    tx
+    Inbox { tx, queue }
 }

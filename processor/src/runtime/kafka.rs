@@ -138,6 +138,11 @@ impl ConsumerContext for RebalanceContext {
             }
             info!(?starts, "partitions assigned (partition, first offset)");
             self.workers.assign(&starts);
+            // A partition paused by a worker of an earlier assignment stays paused in librdkafka
+            // across rebalances: start every assigned one fetching.
+            if let Err(e) = consumer.resume(list) {
+                tracing::warn!(error = %e, "cannot resume the assigned partitions");
+            }
         }
     }
 }

@@ -8,6 +8,7 @@ use rdkafka::consumer::Consumer;
 use tokio::sync::{mpsc, watch};
 use tracing::{instrument, warn};
 
+use super::dispatch::Queue;
 use super::produce::Producer;
 use super::{now_ms, timers, Shared};
 use crate::context::ActivityRequest;
@@ -25,9 +26,18 @@ pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
 pub async fn work(
     shared: Arc<Shared>,
     partition: i32,
-    mut rx: mpsc::Receiver<Record>,
+    mut rx: mpsc::UnboundedReceiver<Record>,
+    queue: Arc<Queue>,
     mut stop: watch::Receiver<bool>,
 ) {
+    /// However the worker ends, its partition is not left paused.
+    struct Unpause(Arc<Shared>, Arc<Queue>);
+    impl Drop for Unpause {
+        fn drop(&mut self) {
+            self.1.release(&self.0);
+        }
+    }
+    let _unpause = Unpause(shared.clone(), queue.clone());
     let p = partition as u32;
     let label = partition.to_string();
     let mut tick = tokio::time::interval(shared.config.timer_interval);
@@ -73,6 +83,7 @@ pub async fn work(
                         Err(_) => break,
                     }
                 }
+                queue.taken(&shared, records.len());
                 last_offset = records.last().map(|r| r.offset);
                 let mut backoff = Duration::from_millis(100);
                 while !records.is_empty() {
