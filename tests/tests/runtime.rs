@@ -384,7 +384,7 @@ async fn a_stalled_partition_holds_back_only_its_own_records() {
     let stuck = InstanceId::entity("Counter", key_in(0, "stuck"));
     let free = InstanceId::entity("Counter", key_in(1, "free"));
     let start = client.start("CallsHang", &hung, ());
-    client.send(&[start.clone()]).await;
+    client.send(std::slice::from_ref(&start)).await;
     let flood: Vec<Envelope> = (0..300).map(|_| client.signal(&stuck, "add", 1)).collect();
     client.send(&flood).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
