@@ -17,6 +17,7 @@
 //! - [`partition`] (pure): the commit protocol of one partition as a state machine — grouping,
 //!   the record cache, partial reruns, resends, local rounds, output order — driven by the
 //!   runtime's workers and by the simulator alike.
+//! - [`requests`] (pure): the management API's writes, read from their path and body.
 //! - [`trust`] (pure): what an event may do when no processor sealed it.
 //! - [`error`]: errors with kinds (transient, corrupt, fatal).
 //! - [`effect`]: what leaves after a commit.
@@ -45,6 +46,7 @@ pub mod id;
 pub mod metrics;
 pub mod partition;
 pub mod registry;
+pub mod requests;
 #[cfg(feature = "runtime")]
 pub mod runtime;
 pub mod store;

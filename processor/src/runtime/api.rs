@@ -29,16 +29,16 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use durable_schemas::{Envelope, Event, Payload};
+use durable_schemas::{Envelope, Event};
 use rdkafka::producer::FutureRecord;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::now_ms;
 use super::Shared;
 use crate::history::{Body, Completion, InstanceRecord};
-use crate::id::{InstanceId, Kind};
+use crate::id::InstanceId;
 use crate::partition::payload_json;
+use crate::requests::{self, Refusal, Write};
 use crate::store::Store;
 
 /// An API error: status, machine-readable code, and a message that says what to do.
@@ -85,16 +85,6 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(PATHS[5], post(raise))
         .route(PATHS[6], post(terminate))
         .with_state(shared)
-}
-
-fn parse_id(id: &str) -> Result<InstanceId, ApiError> {
-    InstanceId::parse(id).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_instance_id",
-            format!("{id:?} is not an instance id ({e}); ids look like orch:<name>:<key> or entity:<name>:<key>"),
-        )
-    })
 }
 
 async fn load(shared: &Shared, id: &InstanceId) -> Result<InstanceRecord, ApiError> {
@@ -287,49 +277,6 @@ fn too_large(limit: usize) -> ApiError {
     )
 }
 
-/// A JSON body that may be absent or empty.
-fn body<T: for<'de> Deserialize<'de> + Default>(bytes: &[u8]) -> Result<T, ApiError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(bytes).map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_body", format!("the request body is not the expected JSON: {e}"))
-    })
-}
-
-fn payload(value: Option<Value>) -> Payload {
-    Payload::json(&value.unwrap_or(Value::Null)).expect("a JSON value serializes")
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StartBody {
-    key: Option<String>,
-    input: Option<Value>,
-    event_id: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SignalBody {
-    input: Option<Value>,
-    event_id: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RaiseBody {
-    payload: Option<Value>,
-    event_id: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TerminateBody {
-    reason: Option<String>,
-    event_id: Option<String>,
-}
-
 static SENT: AtomicU64 = AtomicU64::new(0);
 
 /// A fresh event id: unique per process and time.
@@ -386,12 +333,33 @@ async fn send(shared: &Shared, target: &InstanceId, id: Option<String>, body: Ev
     ))
 }
 
+/// A refusal of [`requests::read`] with its code: 404 for a name not registered, else 400.
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        let status = if r.code == "not_registered" { StatusCode::NOT_FOUND } else { StatusCode::BAD_REQUEST };
+        ApiError::new(status, r.code, r.message)
+    }
+}
+
+fn parse_id(id: &str) -> Result<InstanceId, ApiError> {
+    Ok(requests::parse_id(id)?)
+}
+
+/// Read a write's body (413 past the limit) and send its event.
+async fn write(shared: &Shared, write: Write<'_>, raw: axum::body::Body) -> ApiResult {
+    let bytes = read(shared, raw).await?;
+    let request = requests::read(&write, &bytes, event_id)?;
+    let names = shared.engine.registry().names();
+    match write {
+        Write::Start { name } => registered(names.0, name, "orchestration")?,
+        Write::Signal { name, .. } => registered(names.1, name, "entity")?,
+        Write::Raise { .. } | Write::Terminate { .. } => {}
+    }
+    send(shared, &request.target, request.event_id, request.event).await
+}
+
 async fn start(State(shared): State<Arc<Shared>>, Path(name): Path<String>, raw: axum::body::Body) -> ApiResult {
-    let b: StartBody = body(&read(&shared, raw).await?)?;
-    registered(shared.engine.registry().names().0, &name, "orchestration")?;
-    let key = b.key.unwrap_or_else(event_id);
-    let target = InstanceId::orchestration(&name, key);
-    send(&shared, &target, b.event_id, Event::StartOrchestration { input: payload(b.input) }).await
+    write(&shared, Write::Start { name: &name }, raw).await
 }
 
 async fn signal(
@@ -399,10 +367,7 @@ async fn signal(
     Path((name, key, operation)): Path<(String, String, String)>,
     raw: axum::body::Body,
 ) -> ApiResult {
-    let b: SignalBody = body(&read(&shared, raw).await?)?;
-    registered(shared.engine.registry().names().1, &name, "entity")?;
-    let target = InstanceId::entity(&name, key);
-    send(&shared, &target, b.event_id, Event::EntityOperation { operation, input: payload(b.input) }).await
+    write(&shared, Write::Signal { name: &name, key: &key, operation: &operation }, raw).await
 }
 
 async fn raise(
@@ -410,28 +375,11 @@ async fn raise(
     Path((id, event)): Path<(String, String)>,
     raw: axum::body::Body,
 ) -> ApiResult {
-    let b: RaiseBody = body(&read(&shared, raw).await?)?;
-    let target = orchestration_id(&id)?;
-    send(&shared, &target, b.event_id, Event::RaiseEvent { name: event, payload: payload(b.payload) }).await
+    write(&shared, Write::Raise { id: &id, event: &event }, raw).await
 }
 
 async fn terminate(State(shared): State<Arc<Shared>>, Path(id): Path<String>, raw: axum::body::Body) -> ApiResult {
-    let b: TerminateBody = body(&read(&shared, raw).await?)?;
-    let target = orchestration_id(&id)?;
-    let reason = b.reason.unwrap_or_else(|| "terminated through the management API".into());
-    send(&shared, &target, b.event_id, Event::Terminate { reason }).await
-}
-
-fn orchestration_id(id: &str) -> Result<InstanceId, ApiError> {
-    let target = parse_id(id)?;
-    if target.kind() != Kind::Orchestration {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "not_an_orchestration",
-            format!("{id} is not an orchestration: events and terminate go to orch:<name>:<key> instances"),
-        ));
-    }
-    Ok(target)
+    write(&shared, Write::Terminate { id: &id }, raw).await
 }
 
 #[cfg(test)]

@@ -1,0 +1,16 @@
+//! Any bytes as a record value: decoding never panics, never overflows the stack and never
+//! allocates past the record's size; what decodes re-encodes to something that decodes to the
+//! same envelope, and the trust boundary's check of an outside record never panics either.
+#![no_main]
+
+use durable_schemas::Envelope;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(envelope) = Envelope::decode(data) {
+        let again = Envelope::decode(&envelope.encode()).expect("what decoded re-encodes to a valid record");
+        assert_eq!(again, envelope);
+        let mut outside = envelope;
+        let _ = durable_processor::trust::admit_outside(&mut outside);
+    }
+});

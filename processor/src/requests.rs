@@ -1,0 +1,192 @@
+//! What the management API's writes accept, read without I/O: a write's path parts and body
+//! become the target and the event to send, or a [`Refusal`] with a code and a message. Pure (the
+//! API adds the HTTP status, the registry check and the producer), so it can be fuzzed.
+
+use durable_schemas::{Event, Payload};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::id::{InstanceId, Kind};
+
+/// Why a request is refused: a stable code and a message that says what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// `bad_body`, `bad_instance_id`, `not_an_orchestration` (400) or `not_registered` (404).
+    pub code: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl Refusal {
+    fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+}
+
+/// A write, with what its path says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write<'a> {
+    /// `POST /v1/orchestrations/{name}`.
+    Start {
+        /// Orchestration name.
+        name: &'a str,
+    },
+    /// `POST /v1/entities/{name}/{key}/{operation}`.
+    Signal {
+        /// Entity name.
+        name: &'a str,
+        /// Entity key.
+        key: &'a str,
+        /// Operation.
+        operation: &'a str,
+    },
+    /// `POST /v1/instances/{id}/events/{event}`.
+    Raise {
+        /// The orchestration's id.
+        id: &'a str,
+        /// Event name.
+        event: &'a str,
+    },
+    /// `POST /v1/instances/{id}/terminate`.
+    Terminate {
+        /// The orchestration's id.
+        id: &'a str,
+    },
+}
+
+/// A write read: where the event goes, its id if the client chose one, and the event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    /// The target instance.
+    pub target: InstanceId,
+    /// The client's event id (makes a retry idempotent).
+    pub event_id: Option<String>,
+    /// The event.
+    pub event: Event,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartBody {
+    key: Option<String>,
+    input: Option<Value>,
+    event_id: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignalBody {
+    input: Option<Value>,
+    event_id: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RaiseBody {
+    payload: Option<Value>,
+    event_id: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TerminateBody {
+    reason: Option<String>,
+    event_id: Option<String>,
+}
+
+/// A JSON body that may be absent or empty.
+fn body<T: for<'de> Deserialize<'de> + Default>(bytes: &[u8]) -> Result<T, Refusal> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|e| Refusal::new("bad_body", format!("the request body is not the expected JSON: {e}")))
+}
+
+fn payload(value: Option<Value>) -> Payload {
+    Payload::json(&value.unwrap_or(Value::Null)).expect("a JSON value serializes")
+}
+
+/// An instance id from a path.
+pub fn parse_id(id: &str) -> Result<InstanceId, Refusal> {
+    InstanceId::parse(id).map_err(|e| {
+        Refusal::new(
+            "bad_instance_id",
+            format!("{id:?} is not an instance id ({e}); ids look like orch:<name>:<key> or entity:<name>:<key>"),
+        )
+    })
+}
+
+/// The id of `name` and `key`; a name that is no valid name is not registered either.
+fn named(kind: Kind, name: &str, key: impl Into<String>) -> Result<InstanceId, Refusal> {
+    InstanceId::new(kind, name, key).map_err(|e| {
+        let what = if kind == Kind::Entity { "entity" } else { "orchestration" };
+        Refusal::new("not_registered", format!("no {what} named {name:?} is registered ({e})"))
+    })
+}
+
+fn orchestration_id(id: &str) -> Result<InstanceId, Refusal> {
+    let target = parse_id(id)?;
+    if target.kind() != Kind::Orchestration {
+        return Err(Refusal::new(
+            "not_an_orchestration",
+            format!("{id} is not an orchestration: events and terminate go to orch:<name>:<key> instances"),
+        ));
+    }
+    Ok(target)
+}
+
+/// Read a write: `new_key` names a started orchestration whose body gives no key.
+pub fn read(write: &Write<'_>, bytes: &[u8], new_key: impl FnOnce() -> String) -> Result<Request, Refusal> {
+    Ok(match *write {
+        Write::Start { name } => {
+            let b: StartBody = body(bytes)?;
+            let key = b.key.unwrap_or_else(new_key);
+            let target = named(Kind::Orchestration, name, key)?;
+            Request { target, event_id: b.event_id, event: Event::StartOrchestration { input: payload(b.input) } }
+        }
+        Write::Signal { name, key, operation } => {
+            let b: SignalBody = body(bytes)?;
+            let event = Event::EntityOperation { operation: operation.to_owned(), input: payload(b.input) };
+            Request { target: named(Kind::Entity, name, key)?, event_id: b.event_id, event }
+        }
+        Write::Raise { id, event } => {
+            let b: RaiseBody = body(bytes)?;
+            let target = orchestration_id(id)?;
+            let event = Event::RaiseEvent { name: event.to_owned(), payload: payload(b.payload) };
+            Request { target, event_id: b.event_id, event }
+        }
+        Write::Terminate { id } => {
+            let b: TerminateBody = body(bytes)?;
+            let target = orchestration_id(id)?;
+            let reason = b.reason.unwrap_or_else(|| "terminated through the management API".into());
+            Request { target, event_id: b.event_id, event: Event::Terminate { reason } }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_optional_strict_and_refused_with_a_code() {
+        let start = read(&Write::Start { name: "Hello" }, b"  ", || "k1".into()).unwrap();
+        assert_eq!(start.target.canonical(), "orch:Hello:k1");
+        let start = read(&Write::Start { name: "Hello" }, br#"{"key":"a b","input":[1]}"#, || unreachable!()).unwrap();
+        assert_eq!(start.target.canonical(), "orch:Hello:a%20b");
+        let typo = read(&Write::Start { name: "Hello" }, br#"{"kee":"x"}"#, || "k".into()).unwrap_err();
+        assert_eq!(typo.code, "bad_body");
+        let wrong = read(&Write::Terminate { id: "entity:C:1" }, b"", || "k".into()).unwrap_err();
+        assert_eq!(wrong.code, "not_an_orchestration");
+        let garbage = read(&Write::Raise { id: "garbage", event: "e" }, b"{}", || "k".into()).unwrap_err();
+        assert_eq!(garbage.code, "bad_instance_id");
+        // Found by the api_request fuzz target: a name that is not a valid name used to panic.
+        for name in ["", "a b", "\u{0}"] {
+            let refused = read(&Write::Start { name }, b"", || "k".into()).unwrap_err();
+            assert_eq!(refused.code, "not_registered", "{name:?}");
+            let write = Write::Signal { name, key: "k", operation: "op" };
+            assert_eq!(read(&write, b"", || "k".into()).unwrap_err().code, "not_registered");
+        }
+    }
+}
