@@ -408,3 +408,39 @@ async fn a_stalled_partition_holds_back_only_its_own_records() {
     assert_eq!(state.entity::<Counter>(&stuck).await.unwrap().value, 300);
     processor.stop().await;
 }
+
+/// A parked timer that does not decode (a corrupt entry in Redis) is dead-lettered with the
+/// reason and acknowledged, and the partition's other timers still fire: an orchestration whose
+/// retries wait on durable timers in the same partition completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_corrupt_parked_timer_is_dead_lettered_and_the_others_fire() {
+    let prefix = e2e::unique_prefix("badtimer");
+    let client_redis = redis::Client::open(e2e::redis_url()).expect("redis url");
+    let mut conn = client_redis.get_multiplexed_async_connection().await.expect("redis: is it running?");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let _: () = redis::cmd("ZADD")
+        .arg(format!("{prefix}:{{p0}}:timers"))
+        .arg(now)
+        .arg(b"\xC3\x01 not an envelope".as_slice())
+        .query_async(&mut conn)
+        .await
+        .expect("park a corrupt timer");
+    let processor = e2e::InProcess::start(&prefix, 1).await;
+    let mut client = e2e::Client::new(&prefix);
+    let state = e2e::State::connect(&prefix, 1).await;
+    let input = ApprovalInput { counter: "after-a-bad-timer".into(), amount: 2 };
+    let start = client.start("Approval", "t", &input);
+    let approve = client.raise(&start.target, "approve", true);
+    client.send(&[start.clone(), approve]).await;
+    // Flaky fails twice; its retries wait on 1 s and 2 s durable timers of partition 0.
+    let output: String = state.output(&start.target, Duration::from_secs(60)).await.decode().unwrap();
+    assert_eq!(output, examples::approval_expected(&input));
+    let reasons = dead_letter_reasons(&prefix, 1).await;
+    assert!(reasons[0].contains("parked timer t0#") && reasons[0].contains("does not decode"), "{reasons:?}");
+    let parked: i64 = redis::cmd("ZCARD").arg(format!("{prefix}:{{p0}}:timers")).query_async(&mut conn).await.unwrap();
+    let released: i64 =
+        redis::cmd("HLEN").arg(format!("{prefix}:{{p0}}:released")).query_async(&mut conn).await.unwrap();
+    assert_eq!(released, 0, "the corrupt timer was acknowledged like the others");
+    assert_eq!(parked, 1, "only the approval's one-hour timeout is still parked");
+    processor.stop().await;
+}
