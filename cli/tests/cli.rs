@@ -155,7 +155,11 @@ async fn every_command_works_against_a_real_processor() {
     // Refusals: exit 4 with the API's message.
     let unknown = durable_async(api, &["start", "NoSuchThing"]).await;
     assert_eq!(unknown.status.code(), Some(4));
-    assert!(stderr(&unknown).contains("registered: Approval, CallsBoom, CallsHang, FanOut"), "{}", stderr(&unknown));
+    assert!(
+        stderr(&unknown).contains("registered: Approval, CallsBeats, CallsBoom, CallsHang, FanOut"),
+        "{}",
+        stderr(&unknown)
+    );
     let missing = durable_async(api, &["status", "orch:HelloSequence:never"]).await;
     assert_eq!(missing.status.code(), Some(4));
     assert!(stderr(&missing).contains("start it first"), "{}", stderr(&missing));

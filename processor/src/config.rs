@@ -50,11 +50,15 @@ pub struct ProcessorConfig {
     /// two trips through the broker.
     #[arg(long, env = "DURABLE_SPREAD_ACTIVITIES")]
     pub spread_activities: bool,
-    /// How long one activity call may run: past it the call fails with kind `Timeout` (the
-    /// caller's retry policy applies) and its partition goes on. The group that runs it waits
-    /// at most this long.
+    /// How long one activity call may run past its start or its last heartbeat
+    /// (ActivityContext::heartbeat): past it the call fails with kind `Timeout` (the caller's
+    /// retry policy applies) and its partition goes on.
     #[arg(long, env = "DURABLE_ACTIVITY_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
     pub activity_timeout: Duration,
+    /// Most activity calls running at once in this process, across all its partitions; more wait
+    /// for room.
+    #[arg(long, env = "DURABLE_ACTIVITY_CONCURRENCY", default_value_t = 512)]
+    pub activity_concurrency: usize,
     /// The deployment secret: processors seal every record they produce to <prefix>.events with
     /// it, and a record without a valid seal may only start, raise, signal or terminate
     /// (schemas/README.md, "Who may send what"). At least 16 bytes; during a rotation give
@@ -100,6 +104,7 @@ impl ProcessorConfig {
             timer_interval: Duration::from_millis(100),
             spread_activities: false,
             activity_timeout: Duration::from_secs(300),
+            activity_concurrency: 512,
             secret: Vec::new(),
             max_state_bytes: Limits::default().max_state_bytes,
             max_history_bytes: Limits::default().max_history_bytes,

@@ -71,6 +71,9 @@ pub struct Shared {
     pub producer: rdkafka::producer::FutureProducer,
     /// The group consumer (workers store offsets through it).
     pub consumer: Arc<kafka::GroupConsumer>,
+    /// Room for activity calls running at once, across every partition of this process
+    /// (`DURABLE_ACTIVITY_CONCURRENCY`).
+    pub activity_pool: Arc<tokio::sync::Semaphore>,
     /// Seals the records this processor produces to the events topic and checks the seals of
     /// the records it reads ([`crate::trust`]).
     pub seal: Seal,
@@ -143,6 +146,7 @@ pub async fn run_with(
     let partitions = kafka::partition_count(&config).await?;
     let seal = seal(&config, &store).await?;
     let limits = config.limits();
+    let activity_concurrency = config.activity_concurrency.max(1);
     let shared = Arc::new(Shared {
         config,
         engine: Engine::new(registry).with_limits(limits),
@@ -150,6 +154,7 @@ pub async fn run_with(
         partitions,
         producer,
         consumer: consumer.clone(),
+        activity_pool: Arc::new(tokio::sync::Semaphore::new(activity_concurrency)),
         seal,
     });
     let server = tokio::spawn(http::serve(listener, shared.clone(), workers.clone()));

@@ -85,6 +85,22 @@ async fn calls_hang(ctx: durable_processor::OrchestrationContext, (): ()) -> Res
     }
 }
 
+/// Runs `ms` milliseconds in steps of 200 ms, heartbeating after each.
+async fn beats(ctx: durable_processor::ActivityContext, ms: u64) -> Result<u64, Failure> {
+    for _ in 0..ms / 200 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        ctx.heartbeat();
+    }
+    Ok(ctx.heartbeats())
+}
+
+async fn calls_beats(ctx: durable_processor::OrchestrationContext, ms: u64) -> Result<String, Failure> {
+    match ctx.call_activity::<_, u64>("Beats", ms).await {
+        Ok(n) => Ok(format!("finished after {n} heartbeats")),
+        Err(f) => Ok(format!("{}: {}", f.kind, f.message)),
+    }
+}
+
 async fn calls_boom(ctx: durable_processor::OrchestrationContext, (): ()) -> Result<String, Failure> {
     match ctx.call_activity::<_, ()>("Boom", ()).await {
         Ok(()) => Ok("no panic?".into()),
@@ -100,7 +116,8 @@ pub struct Blob {
 }
 
 /// The handlers of the end-to-end tests: the bundled examples, a panicking activity (`Boom`,
-/// called by `CallsBoom`), one that never returns (`Hang`, called by `CallsHang`) and the
+/// called by `CallsBoom`), one that never returns (`Hang`, called by `CallsHang`), one that runs
+/// long but heartbeats (`Beats`, called by `CallsBeats`) and the
 /// `Blob` entity (operation `set`).
 pub fn registry() -> Registry {
     let blob = durable_processor::EntityType::<Blob>::new().operation("set", |b: &mut Blob, _ctx, data: String| {
@@ -112,6 +129,8 @@ pub fn registry() -> Registry {
         .orchestration("CallsBoom", calls_boom)
         .activity("Hang", hang)
         .orchestration("CallsHang", calls_hang)
+        .activity_with_context("Beats", beats)
+        .orchestration("CallsBeats", calls_beats)
         .entity("Blob", blob)
 }
 

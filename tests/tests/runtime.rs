@@ -271,7 +271,7 @@ async fn hostile_envelopes_are_dead_lettered_and_the_partition_keeps_going() {
 
 /// An activity that never returns fails its call with kind `Timeout` after the activity timeout,
 /// and the partition it ran in goes on: a signal sent behind it to an instance of the same
-/// partition is applied.
+/// partition is applied. One that runs past the timeout but heartbeats finishes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hung_activity_times_out_and_its_partition_goes_on() {
     let prefix = e2e::unique_prefix("hang");
@@ -283,10 +283,14 @@ async fn a_hung_activity_times_out_and_its_partition_goes_on() {
     let hung = client.start("CallsHang", "h", ());
     let counter = InstanceId::entity("Counter", "behind-the-hang");
     let signal = client.signal(&counter, "add", 2);
-    client.send(&[hung.clone(), signal]).await;
+    // A call running 3 s, three times the timeout, that heartbeats every 200 ms finishes.
+    let beating = client.start("CallsBeats", "b", 3000u64);
+    client.send(&[hung.clone(), signal, beating.clone()]).await;
     let output: String = state.output(&hung.target, Duration::from_secs(60)).await.decode().unwrap();
     assert!(output.starts_with("Timeout: activity activity:Hang:"), "{output}");
     assert!(output.contains("did not finish within 1s"), "{output}");
+    let output: String = state.output(&beating.target, Duration::from_secs(60)).await.decode().unwrap();
+    assert_eq!(output, "finished after 15 heartbeats");
     let c: Counter =
         e2e::eventually(Duration::from_secs(30), "the signal behind it is applied", || state.entity(&counter)).await;
     assert_eq!(c.value, 2);

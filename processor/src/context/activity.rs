@@ -2,6 +2,9 @@
 //! scheduled them, at least once; their result is recorded once in the caller's history (a
 //! reply to an already completed slot is dropped).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use durable_schemas::{Envelope, Event, Failure, Payload};
 
 use crate::id::InstanceId;
@@ -15,6 +18,23 @@ pub struct ActivityContext {
     pub attempt: u32,
     /// The orchestration that called it.
     pub caller: String,
+    /// Heartbeats so far (see [`ActivityContext::heartbeat`]).
+    beats: Arc<AtomicU64>,
+}
+
+impl ActivityContext {
+    /// Tell the runtime this call is making progress: the activity timeout
+    /// (`DURABLE_ACTIVITY_TIMEOUT`) counts from the last heartbeat, so a long call that
+    /// heartbeats more often than that runs to its end, and one that stops heartbeating fails
+    /// with kind `Timeout` one timeout after its last heartbeat.
+    pub fn heartbeat(&self) {
+        self.beats.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many heartbeats this call sent (what the runtime's watchdog reads).
+    pub fn heartbeats(&self) -> u64 {
+        self.beats.load(Ordering::Relaxed)
+    }
 }
 
 /// A `ScheduleActivity` request taken apart: where the reply goes and what to run.
@@ -63,7 +83,12 @@ impl ActivityRequest {
 
     /// The context the activity function gets.
     pub fn context(&self) -> ActivityContext {
-        ActivityContext { id: self.id.clone(), attempt: self.attempt, caller: self.reply_to.clone() }
+        ActivityContext {
+            id: self.id.clone(),
+            attempt: self.attempt,
+            caller: self.reply_to.clone(),
+            beats: Arc::new(AtomicU64::new(0)),
+        }
     }
 
     /// The reply for `result`, with an id derived from the request's (so a re-run's reply is

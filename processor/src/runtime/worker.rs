@@ -192,33 +192,62 @@ async fn apply(
     Ok(rest)
 }
 
-/// Run activity invocations concurrently; results in order. A call still running after the
-/// activity timeout is aborted and fails with kind `Timeout`.
+/// Run activity invocations concurrently, each when the process-wide pool
+/// (`DURABLE_ACTIVITY_CONCURRENCY`) has room; results in order. A call that runs the activity
+/// timeout past its start or its last heartbeat is aborted and fails with kind `Timeout`.
 async fn run_activities(shared: &Arc<Shared>, invocations: Vec<ActivityRequest>) -> Vec<Ran> {
     let registry = shared.engine.registry();
     let timeout = shared.config.activity_timeout;
-    let deadline = tokio::time::Instant::now() + timeout;
     let running: Vec<_> = invocations
         .iter()
-        .map(|req| registry.run_activity(req.id.name(), req.context(), req.input.clone()).map(tokio::spawn))
+        .map(|req| {
+            let ctx = req.context();
+            let beats = ctx.clone();
+            let call = registry.run_activity(req.id.name(), ctx, req.input.clone())?;
+            let pool = shared.activity_pool.clone();
+            let id = req.id.clone();
+            Some(tokio::spawn(async move {
+                let _slot = pool.acquire_owned().await.expect("the pool is never closed");
+                watched(call, &beats, timeout, &id).await
+            }))
+        })
         .collect();
     let mut results = Vec::with_capacity(running.len());
     for (req, handle) in invocations.iter().zip(running) {
         results.push(match handle {
             None => Ran::Panicked(format!("no activity named {:?} is registered", req.id.name())),
-            Some(mut handle) => match tokio::time::timeout_at(deadline, &mut handle).await {
-                Ok(Ok(result)) => Ran::Returned(result),
-                Ok(Err(join)) => Ran::Panicked(join.to_string()),
-                Err(_) => {
-                    handle.abort();
-                    warn!(activity = %req.id, ?timeout, "an activity timed out: aborted, its caller gets a Timeout failure");
-                    let message = format!("activity {} did not finish within {timeout:?} (DURABLE_ACTIVITY_TIMEOUT)", req.id);
-                    Ran::Returned(Err(durable_schemas::Failure::new("Timeout", message)))
-                }
+            Some(handle) => match handle.await {
+                Ok(result) => Ran::Returned(result),
+                Err(join) => Ran::Panicked(join.to_string()),
             },
         });
     }
     results
+}
+
+/// Run one call under the watchdog: past `timeout` since its start or its last heartbeat, it is
+/// dropped (aborted at its next await) and fails with kind `Timeout`.
+async fn watched(
+    call: impl std::future::Future<Output = Result<durable_schemas::Payload, durable_schemas::Failure>>,
+    ctx: &crate::context::ActivityContext,
+    timeout: Duration,
+    id: &crate::id::InstanceId,
+) -> Result<durable_schemas::Payload, durable_schemas::Failure> {
+    let mut call = std::pin::pin!(call);
+    let mut seen = ctx.heartbeats();
+    loop {
+        match tokio::time::timeout(timeout, &mut call).await {
+            Ok(result) => return result,
+            Err(_) if ctx.heartbeats() != seen => seen = ctx.heartbeats(),
+            Err(_) => {
+                warn!(activity = %id, ?timeout, "an activity timed out: aborted, its caller gets a Timeout failure");
+                let message = format!(
+                    "activity {id} did not finish within {timeout:?} of its start or last heartbeat (DURABLE_ACTIVITY_TIMEOUT)"
+                );
+                return Err(durable_schemas::Failure::new("Timeout", message));
+            }
+        }
+    }
 }
 
 /// The core's counts into the partition's metrics.
