@@ -156,7 +156,7 @@ async fn every_command_works_against_a_real_processor() {
     let unknown = durable_async(api, &["start", "NoSuchThing"]).await;
     assert_eq!(unknown.status.code(), Some(4));
     assert!(
-        stderr(&unknown).contains("registered: Approval, CallsBeats, CallsBoom, CallsHang, FanOut"),
+        stderr(&unknown).contains("registered: Approval, CallsBeats, CallsBoom, CallsHang, CallsHangBriefly, FanOut"),
         "{}",
         stderr(&unknown)
     );

@@ -15,4 +15,6 @@ pub mod orchestration;
 pub use activity::{ActivityContext, ActivityRequest};
 pub use combinators::{when_all, when_any, when_any2, Either};
 pub use entity::{EntityContext, EntityType, UNKNOWN_OPERATION};
-pub use orchestration::{LockGuard, OrchestrationContext, RetryOn, RetryPolicy, LOCK_VIOLATION, NONDETERMINISM};
+pub use orchestration::{
+    ActivityOptions, LockGuard, OrchestrationContext, RetryOn, RetryPolicy, LOCK_VIOLATION, NONDETERMINISM,
+};

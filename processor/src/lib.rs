@@ -53,8 +53,8 @@ pub mod store;
 pub mod trust;
 
 pub use context::{
-    when_all, when_any, when_any2, ActivityContext, Either, EntityContext, EntityType, OrchestrationContext,
-    RetryPolicy,
+    when_all, when_any, when_any2, ActivityContext, ActivityOptions, Either, EntityContext, EntityType,
+    OrchestrationContext, RetryPolicy,
 };
 pub use durable_schemas::{Envelope, Event, Failure, Payload};
 pub use effect::{Effect, StateChange};

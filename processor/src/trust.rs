@@ -107,7 +107,7 @@ mod tests {
             },
             Event::LockRelease { owner: "orch:O:1".into(), correlation: "0.0".into() },
             Event::LockGranted { correlation: "0.0".into(), participants: vec![] },
-            Event::ScheduleActivity { input: Payload::null(), attempt: 1 },
+            Event::ScheduleActivity { input: Payload::null(), attempt: 1, timeout_ms: None },
             Event::ReplyTo { address: "orch:O:1".into(), correlation: "0.3".into(), inner: Box::new(op()) },
             Event::WithLock { owner: "orch:O:1".into(), participants: vec![], inner: Box::new(op()) },
             Event::WithPrincipal { user: "root".into(), roles: vec![], inner: Box::new(op()) },

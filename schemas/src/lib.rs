@@ -47,6 +47,10 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 /// The envelope schema as shipped (`avro/envelope.avsc`).
 pub const ENVELOPE_SCHEMA: &str = include_str!("../avro/envelope.avsc");
 
+/// Earlier envelope schemas, which every reader still reads (`avro/history/`, named by their
+/// fingerprints): data written by an older producer or processor resolves to the current schema.
+pub const EARLIER_SCHEMAS: [&str; 1] = [include_str!("../avro/history/envelope-8659713f73004692.avsc")];
+
 /// Content type of JSON payloads, the default.
 pub const JSON: &str = "application/json";
 
@@ -150,7 +154,8 @@ pub enum Event {
     /// Start (or restart, after it finished) the orchestration named by the target.
     StartOrchestration { input: Payload },
     /// Run the activity named by the target; the reply goes to the surrounding `ReplyTo`.
-    ScheduleActivity { input: Payload, attempt: i32 },
+    /// `timeout_ms`: this call's own activity timeout (`None`: the processor's).
+    ScheduleActivity { input: Payload, attempt: i32, timeout_ms: Option<i64> },
     /// An activity's result.
     ActivityCompleted { correlation: String, result: Payload },
     /// An activity's failure.
@@ -307,7 +312,7 @@ impl Writer {
 }
 
 static CURRENT: LazyLock<Codec> =
-    LazyLock::new(|| Codec::new(ENVELOPE_SCHEMA, &[]).expect("the shipped envelope schema parses"));
+    LazyLock::new(|| Codec::new(ENVELOPE_SCHEMA, &EARLIER_SCHEMAS).expect("the shipped envelope schemas parse"));
 
 /// The CRC-64-AVRO fingerprint of a schema, as the 8 bytes single-object encoding puts on the wire.
 pub fn fingerprint(schema: &Schema) -> [u8; 8] {

@@ -20,7 +20,7 @@ fn golden_cases() -> Vec<(&'static str, Envelope)> {
         Event::ReplyTo {
             address: "orch:Hello:h1".into(),
             correlation: "0.2".into(),
-            inner: Box::new(Event::ScheduleActivity { input: p("\"Tokyo\""), attempt: 1 }),
+            inner: Box::new(Event::ScheduleActivity { input: p("\"Tokyo\""), attempt: 1, timeout_ms: None }),
         },
     );
     with_origin.source = Some("orch:Hello:h1".into());
@@ -301,7 +301,8 @@ fn arb_core() -> impl Strategy<Value = Event> {
     let s = || ".{0,16}";
     prop_oneof![
         arb_payload().prop_map(|input| Event::StartOrchestration { input }),
-        (arb_payload(), any::<i32>()).prop_map(|(input, attempt)| Event::ScheduleActivity { input, attempt }),
+        (arb_payload(), any::<i32>(), any::<Option<i64>>())
+            .prop_map(|(input, attempt, timeout_ms)| Event::ScheduleActivity { input, attempt, timeout_ms }),
         (s(), arb_payload()).prop_map(|(correlation, result)| Event::ActivityCompleted { correlation, result }),
         (s(), arb_failure()).prop_map(|(correlation, failure)| Event::ActivityFailed { correlation, failure }),
         (s(), arb_payload()).prop_map(|(name, payload)| Event::RaiseEvent { name, payload }),
@@ -380,7 +381,8 @@ proptest! {
     }
 }
 
-/// Written by the Python snippet in schemas/README.md (fastavro 1.13), checked in as produced.
+/// Written by the Python snippet in schemas/README.md (fastavro 1.13) under the first schema,
+/// checked in as produced.
 #[test]
 fn an_event_produced_by_python_fastavro_decodes() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("golden-foreign/python_fastavro_entity_signal.hex");
@@ -395,7 +397,12 @@ fn an_event_produced_by_python_fastavro_decodes() {
             input: Payload { content_type: JSON.into(), data: b"5".to_vec() }
         }
     );
-    assert_eq!(envelope.encode(), bytes, "and we write the same bytes");
+    // It was written under the first schema (before ScheduleActivity.timeout_ms): readers keep
+    // reading that schema's data, and what they write back under the current one reads the same.
+    assert_eq!(hex::encode(&bytes[2..10]), "8659713f73004692");
+    assert_ne!(bytes[2..10], Codec::current().fingerprint());
+    assert_eq!(Envelope::decode(&envelope.encode()).unwrap(), envelope);
+    assert_eq!(envelope.encode()[10..], bytes[10..], "an entity signal's datum is the same in both schemas");
 }
 
 /// Single-object bytes of the current schema around a hand-made datum.
@@ -462,4 +469,20 @@ fn a_length_or_count_larger_than_the_record_is_refused_before_any_allocation() {
     // A varint that never ends.
     let err = Envelope::decode(&framed(&[0xff; 12])).expect_err("an endless varint");
     assert!(err.to_string().contains("varint"), "{err}");
+}
+
+/// The fingerprint `README.md` gives for the shipped schema is the shipped schema's (it had gone
+/// stale once), and every earlier schema file is named by its own fingerprint.
+#[test]
+fn the_documented_fingerprints_are_the_real_ones() {
+    let readme = include_str!("../README.md");
+    let current = hex::encode(Codec::current().fingerprint());
+    assert!(readme.contains(&format!("`{current}` (hex, in wire order)")), "README.md should give {current}");
+    let history = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("avro/history");
+    for entry in std::fs::read_dir(history).unwrap() {
+        let path = entry.unwrap().path();
+        let schema = Schema::parse_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(name, format!("envelope-{}.avsc", hex::encode(fingerprint(&schema))));
+    }
 }

@@ -81,8 +81,12 @@ fn event_to_value(event: &Event, branches: &[String]) -> Value {
     let corr = |c: &str| ("correlation", string(c));
     let fields = match event {
         Event::StartOrchestration { input } => vec![("input", payload(input))],
-        Event::ScheduleActivity { input, attempt } => {
-            vec![("input", payload(input)), ("attempt", Value::Int(*attempt))]
+        Event::ScheduleActivity { input, attempt, timeout_ms } => {
+            let timeout = match timeout_ms {
+                None => Value::Union(0, Box::new(Value::Null)),
+                Some(ms) => Value::Union(1, Box::new(Value::Long(*ms))),
+            };
+            vec![("input", payload(input)), ("attempt", Value::Int(*attempt)), ("timeout_ms", timeout)]
         }
         Event::ActivityCompleted { correlation, result } => vec![corr(correlation), ("result", payload(result))],
         Event::ActivityFailed { correlation, failure: f } => vec![corr(correlation), ("failure", failure(f))],
@@ -189,6 +193,18 @@ impl Fields {
         }
     }
 
+    /// An optional `["null", "long"]` field; `None` also when the writer's schema lacks it.
+    fn opt_long(&mut self, name: &str) -> Result<Option<i64>> {
+        if !self.fields.iter().any(|(k, _)| k == name) {
+            return Ok(None);
+        }
+        match unwrap_union(self.take(name)?) {
+            Value::Null => Ok(None),
+            Value::Long(n) => Ok(Some(n)),
+            other => Err(shape(format!("{}.{name}: expected null or a long, found {other:?}", self.what))),
+        }
+    }
+
     fn int(&mut self, name: &str) -> Result<i32> {
         match unwrap_union(self.take(name)?) {
             Value::Int(n) => Ok(n),
@@ -272,7 +288,12 @@ fn event_from_value(v: Value, branches: &[String]) -> Result<Event> {
     let mut f = Fields::of(what, inner)?;
     let event = match name.as_str() {
         "StartOrchestration" => Event::StartOrchestration { input: f.payload("input")? },
-        "ScheduleActivity" => Event::ScheduleActivity { input: f.payload("input")?, attempt: f.int("attempt")? },
+        "ScheduleActivity" => Event::ScheduleActivity {
+            input: f.payload("input")?,
+            attempt: f.int("attempt")?,
+            // Absent from the first schema's data.
+            timeout_ms: f.opt_long("timeout_ms")?,
+        },
         "ActivityCompleted" => {
             Event::ActivityCompleted { correlation: f.string("correlation")?, result: f.payload("result")? }
         }

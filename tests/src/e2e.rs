@@ -85,6 +85,14 @@ async fn calls_hang(ctx: durable_processor::OrchestrationContext, (): ()) -> Res
     }
 }
 
+async fn calls_hang_briefly(ctx: durable_processor::OrchestrationContext, (): ()) -> Result<String, Failure> {
+    let options = durable_processor::ActivityOptions::default().timeout(Duration::from_millis(200));
+    match ctx.call_activity_with_options::<_, ()>("Hang", (), options).await {
+        Ok(()) => Ok("returned?".into()),
+        Err(f) => Ok(format!("{}: {}", f.kind, f.message)),
+    }
+}
+
 /// Runs `ms` milliseconds in steps of 200 ms, heartbeating after each.
 async fn beats(ctx: durable_processor::ActivityContext, ms: u64) -> Result<u64, Failure> {
     for _ in 0..ms / 200 {
@@ -116,7 +124,8 @@ pub struct Blob {
 }
 
 /// The handlers of the end-to-end tests: the bundled examples, a panicking activity (`Boom`,
-/// called by `CallsBoom`), one that never returns (`Hang`, called by `CallsHang`), one that runs
+/// called by `CallsBoom`), one that never returns (`Hang`, called by `CallsHang`, and by
+/// `CallsHangBriefly` with a 200 ms timeout of its own), one that runs
 /// long but heartbeats (`Beats`, called by `CallsBeats`) and the
 /// `Blob` entity (operation `set`).
 pub fn registry() -> Registry {
@@ -129,6 +138,7 @@ pub fn registry() -> Registry {
         .orchestration("CallsBoom", calls_boom)
         .activity("Hang", hang)
         .orchestration("CallsHang", calls_hang)
+        .orchestration("CallsHangBriefly", calls_hang_briefly)
         .activity_with_context("Beats", beats)
         .orchestration("CallsBeats", calls_beats)
         .entity("Blob", blob)

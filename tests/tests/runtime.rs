@@ -285,7 +285,11 @@ async fn a_hung_activity_times_out_and_its_partition_goes_on() {
     let signal = client.signal(&counter, "add", 2);
     // A call running 3 s, three times the timeout, that heartbeats every 200 ms finishes.
     let beating = client.start("CallsBeats", "b", 3000u64);
-    client.send(&[hung.clone(), signal, beating.clone()]).await;
+    // A call with its own 200 ms timeout times out after that, not after the processor's 1 s.
+    let brief = client.start("CallsHangBriefly", "b", ());
+    client.send(&[hung.clone(), signal, beating.clone(), brief.clone()]).await;
+    let output: String = state.output(&brief.target, Duration::from_secs(60)).await.decode().unwrap();
+    assert!(output.starts_with("Timeout:") && output.contains("within 200ms"), "{output}");
     let output: String = state.output(&hung.target, Duration::from_secs(60)).await.decode().unwrap();
     assert!(output.starts_with("Timeout: activity activity:Hang:"), "{output}");
     assert!(output.contains("did not finish within 1s"), "{output}");

@@ -46,6 +46,8 @@ pub struct ActivityRequest {
     pub input: Payload,
     /// Attempt number.
     pub attempt: u32,
+    /// This call's own timeout, if its caller set one.
+    pub timeout: Option<std::time::Duration>,
     /// Address of the caller.
     pub reply_to: String,
     /// Correlation to quote.
@@ -65,10 +67,11 @@ impl ActivityRequest {
         }
         match body {
             Event::ReplyTo { address, correlation, inner } => match inner.as_ref() {
-                Event::ScheduleActivity { input, attempt } => Ok(Self {
+                Event::ScheduleActivity { input, attempt, timeout_ms } => Ok(Self {
                     id,
                     input: input.clone(),
                     attempt: (*attempt).max(1) as u32,
+                    timeout: timeout_ms.map(|ms| std::time::Duration::from_millis(ms.max(1) as u64)),
                     reply_to: address.clone(),
                     correlation: correlation.clone(),
                     event_id: envelope.id.clone(),

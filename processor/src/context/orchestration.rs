@@ -232,6 +232,30 @@ impl Drop for SlotFuture {
     }
 }
 
+/// How one activity call runs ([`OrchestrationContext::call_activity_with_options`]).
+#[derive(Debug, Clone, Default)]
+pub struct ActivityOptions {
+    /// How long each attempt may run past its start or last heartbeat before it fails with kind
+    /// `Timeout`; `None`: the processor's `DURABLE_ACTIVITY_TIMEOUT`.
+    pub timeout: Option<Duration>,
+    /// How failed attempts are retried; `None`: not at all.
+    pub retry: Option<RetryPolicy>,
+}
+
+impl ActivityOptions {
+    /// These options with `timeout` for each attempt.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// These options with failed attempts retried as `policy` says.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = Some(policy);
+        self
+    }
+}
+
 /// How `call_activity_with_retry` retries.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
@@ -407,11 +431,12 @@ impl OrchestrationContext {
         }
     }
 
-    fn activity_attempt(&self, name: &str, input: Payload, attempt: u32) -> SlotFuture {
+    fn activity_attempt(&self, name: &str, input: Payload, attempt: u32, timeout: Option<Duration>) -> SlotFuture {
         let slot = self.shared.borrow_mut().command(CommandKind::CallActivity, name.to_owned(), |s, slot| {
             let key = format!("{}#{}.{}", s.id_str, s.generation, slot);
             let target = InstanceId::new(Kind::Activity, name, key).map(|id| id.canonical()).unwrap_or_default();
-            let body = s.reply_to(slot, Event::ScheduleActivity { input, attempt: attempt as i32 });
+            let timeout_ms = timeout.map(|t| t.as_millis().min(i64::MAX as u128) as i64);
+            let body = s.reply_to(slot, Event::ScheduleActivity { input, attempt: attempt as i32, timeout_ms });
             Some(Effect::Emit(s.envelope(slot, target, body)))
         });
         self.slot_future(slot)
@@ -423,8 +448,7 @@ impl OrchestrationContext {
         name: &str,
         input: I,
     ) -> impl Future<Output = Result<O, Failure>> + 'static {
-        let call = encode(&input).map(|p| self.activity_attempt(name, p, 1));
-        async move { decode_value(call?.await) }
+        self.call_activity_with_options(name, input, ActivityOptions::default())
     }
 
     /// Run activity `name`, retrying failures as `policy` says. Retries wait on durable timers,
@@ -435,10 +459,21 @@ impl OrchestrationContext {
         input: I,
         policy: RetryPolicy,
     ) -> impl Future<Output = Result<O, Failure>> + 'static {
+        self.call_activity_with_options(name, input, ActivityOptions::default().retry(policy))
+    }
+
+    /// Run activity `name` with `options`: its own timeout, a retry policy.
+    pub fn call_activity_with_options<I: Serialize, O: DeserializeOwned>(
+        &self,
+        name: &str,
+        input: I,
+        options: ActivityOptions,
+    ) -> impl Future<Output = Result<O, Failure>> + 'static {
         let ctx = self.clone();
         let name = name.to_owned();
         let input = encode(&input);
-        let first = input.clone().map(|p| self.activity_attempt(&name, p, 1));
+        let ActivityOptions { timeout, retry } = options;
+        let first = input.clone().map(|p| self.activity_attempt(&name, p, 1, timeout));
         async move {
             let input = input?;
             let mut attempt = 1;
@@ -446,10 +481,11 @@ impl OrchestrationContext {
             loop {
                 match decode_value::<O>(pending.await) {
                     Ok(v) => return Ok(v),
-                    Err(f) if policy.should_retry(&f, attempt) => {
+                    Err(f) if retry.as_ref().is_some_and(|policy| policy.should_retry(&f, attempt)) => {
+                        let policy = retry.as_ref().expect("checked");
                         ctx.create_timer_after(policy.delay(attempt)).await;
                         attempt += 1;
-                        pending = ctx.activity_attempt(&name, input.clone(), attempt);
+                        pending = ctx.activity_attempt(&name, input.clone(), attempt, timeout);
                     }
                     Err(f) => return Err(f),
                 }

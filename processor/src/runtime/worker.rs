@@ -193,14 +193,15 @@ async fn apply(
 }
 
 /// Run activity invocations concurrently, each when the process-wide pool
-/// (`DURABLE_ACTIVITY_CONCURRENCY`) has room; results in order. A call that runs the activity
-/// timeout past its start or its last heartbeat is aborted and fails with kind `Timeout`.
+/// (`DURABLE_ACTIVITY_CONCURRENCY`) has room; results in order. A call that runs its timeout (its
+/// caller's option, else `DURABLE_ACTIVITY_TIMEOUT`) past its start or its last heartbeat is
+/// aborted and fails with kind `Timeout`.
 async fn run_activities(shared: &Arc<Shared>, invocations: Vec<ActivityRequest>) -> Vec<Ran> {
     let registry = shared.engine.registry();
-    let timeout = shared.config.activity_timeout;
     let running: Vec<_> = invocations
         .iter()
         .map(|req| {
+            let timeout = req.timeout.unwrap_or(shared.config.activity_timeout);
             let ctx = req.context();
             let beats = ctx.clone();
             let call = registry.run_activity(req.id.name(), ctx, req.input.clone())?;
@@ -242,7 +243,7 @@ async fn watched(
             Err(_) => {
                 warn!(activity = %id, ?timeout, "an activity timed out: aborted, its caller gets a Timeout failure");
                 let message = format!(
-                    "activity {id} did not finish within {timeout:?} of its start or last heartbeat (DURABLE_ACTIVITY_TIMEOUT)"
+                    "activity {id} did not finish within {timeout:?} of its start or last heartbeat (its call's timeout, or DURABLE_ACTIVITY_TIMEOUT)"
                 );
                 return Err(durable_schemas::Failure::new("Timeout", message));
             }
