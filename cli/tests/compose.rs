@@ -321,6 +321,8 @@ fn init_env_generates_the_secrets_once() {
     let key = first.lines().find_map(|l| l.strip_prefix("TYPESENSE_API_KEY=")).expect("a generated key");
     assert_eq!(key.len(), 48);
     assert!(first.lines().any(|l| l.starts_with("GRAFANA_ADMIN_PASSWORD=")));
+    let secret = first.lines().find_map(|l| l.strip_prefix("DURABLE_SECRET=")).expect("a generated seal secret");
+    assert_eq!(secret.len(), 64, "32 random bytes, hex");
     assert!(first.contains("\nDURABLE_PARTITIONS="), "the defaults come along");
     assert_eq!(std::fs::metadata(dir.join(".env")).unwrap().permissions().mode() & 0o777, 0o600);
     assert_eq!(run(), first, "a second run keeps the secrets");

@@ -82,10 +82,11 @@ pub struct Shared {
 /// The seal of `DURABLE_SECRET`, if it is set; an error (which never shows the secret) if it is
 /// not usable.
 fn configured_seal(config: &ProcessorConfig) -> anyhow::Result<Option<Seal>> {
-    if config.secret.is_empty() {
+    // An empty value (`DURABLE_SECRET=` in an env file) means none.
+    let secrets: Vec<&str> = config.secret.iter().map(|s| s.expose()).filter(|s| !s.is_empty()).collect();
+    if secrets.is_empty() {
         return Ok(None);
     }
-    let secrets: Vec<&str> = config.secret.iter().map(|s| s.expose()).collect();
     Seal::new(&secrets).map(Some).map_err(|e| anyhow::anyhow!("DURABLE_SECRET is not usable: {e}"))
 }
 
