@@ -59,16 +59,10 @@ impl Queue {
         }
     }
 
-    /// The dispatcher queued one record.
-    fn pushed(&self, shared: &Shared) {
-        if self.depth.fetch_add(1, Ordering::SeqCst) + 1 >= self.high {
-            self.set_paused(shared, true);
-        }
-    }
-
-    /// The worker took `n` records off the queue.
+    /// The worker took `n` records off the queue (each was counted before it was queued, so the
+    /// depth never goes below zero).
     pub fn taken(&self, shared: &Shared, n: usize) {
-        if self.depth.fetch_sub(n, Ordering::SeqCst) - n <= self.high / 4 {
+        if self.depth.fetch_sub(n, Ordering::SeqCst).saturating_sub(n) <= self.high / 4 {
             self.set_paused(shared, false);
         }
     }
@@ -89,10 +83,15 @@ pub struct Inbox {
 impl Inbox {
     /// Queue `record` for the worker without waiting; `false` if the worker has stopped.
     pub fn push(&self, shared: &Shared, record: Record) -> bool {
+        // Counted before it is queued: the worker may take it at once.
+        let depth = self.queue.depth.fetch_add(1, Ordering::SeqCst) + 1;
         if self.tx.send(record).is_err() {
+            self.queue.depth.fetch_sub(1, Ordering::SeqCst);
             return false;
         }
-        self.queue.pushed(shared);
+        if depth >= self.queue.high {
+            self.queue.set_paused(shared, true);
+        }
         true
     }
 }
