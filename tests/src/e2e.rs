@@ -469,8 +469,19 @@ impl State {
 /// The usual start of an end-to-end test: a processor in this process under a fresh prefix,
 /// a client for it and a reader of its state.
 pub async fn setup(name: &str, partitions: i32) -> (InProcess, Client, State) {
+    setup_with(name, partitions, |_| {}).await
+}
+
+/// [`setup`] with a processor whose configuration `configure` changed first.
+pub async fn setup_with(
+    name: &str,
+    partitions: i32,
+    configure: impl FnOnce(&mut ProcessorConfig),
+) -> (InProcess, Client, State) {
     let prefix = unique_prefix(name);
-    let processor = InProcess::start(&prefix, partitions).await;
+    let mut config = InProcess::config(&prefix, partitions);
+    configure(&mut config);
+    let processor = InProcess::start_with(config).await;
     (processor, Client::new(&prefix), State::connect(&prefix, partitions as u32).await)
 }
 

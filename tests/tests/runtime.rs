@@ -126,6 +126,13 @@ async fn timers_retries_external_events_entity_calls_and_a_sub_orchestration() {
     processor.stop().await;
 }
 
+/// The processor is up and answers `/status`; then stop it.
+async fn still_answers(processor: e2e::InProcess) {
+    let status = e2e::http_get(processor.metrics, "/status").await;
+    assert!(status.contains("\"ok\""), "the processor still answers: {status}");
+    processor.stop().await;
+}
+
 /// The reasons of the first `n` dead letters of `prefix`; each carries its source offset too.
 async fn dead_letter_reasons(prefix: &str, n: usize) -> Vec<String> {
     let consumer = e2e::topic_reader(prefix, "dead");
@@ -264,9 +271,7 @@ async fn hostile_envelopes_are_dead_lettered_and_the_partition_keeps_going() {
     let all = dead_letter_reasons(client.prefix(), 2).await.join("\n");
     assert!(all.contains("at most 32 wrappers"), "{all}");
     assert!(all.contains("only 1 remain"), "{all}");
-    let status = e2e::http_get(processor.metrics, "/status").await;
-    assert!(status.contains("\"ok\""), "the processor still answers: {status}");
-    processor.stop().await;
+    still_answers(processor).await;
 }
 
 /// An activity that never returns fails its call with kind `Timeout` after the activity timeout,
@@ -274,12 +279,8 @@ async fn hostile_envelopes_are_dead_lettered_and_the_partition_keeps_going() {
 /// partition is applied. One that runs past the timeout but heartbeats finishes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hung_activity_times_out_and_its_partition_goes_on() {
-    let prefix = e2e::unique_prefix("hang");
-    let mut config = e2e::InProcess::config(&prefix, 1);
-    config.activity_timeout = Duration::from_secs(1);
-    let processor = e2e::InProcess::start_with(config).await;
-    let mut client = e2e::Client::new(&prefix);
-    let state = e2e::State::connect(&prefix, 1).await;
+    let (processor, mut client, state) =
+        e2e::setup_with("hang", 1, |c| c.activity_timeout = Duration::from_secs(1)).await;
     let hung = client.start("CallsHang", "h", ());
     let counter = InstanceId::entity("Counter", "behind-the-hang");
     let signal = client.signal(&counter, "add", 2);
@@ -361,9 +362,7 @@ async fn forged_origins_replies_and_lock_requests_do_not_count() {
     assert_eq!(all.matches("ActivityCompleted is part of Durable's protocol").count(), 2, "{all}");
     assert!(all.contains(&format!("claims to come from the instance {ghost}")), "{all}");
     assert!(all.contains("LockRequest is part of Durable's protocol"), "{all}");
-    let status = e2e::http_get(processor.metrics, "/status").await;
-    assert!(status.contains("\"ok\""), "the processor still answers: {status}");
-    processor.stop().await;
+    still_answers(processor).await;
 }
 
 /// One partition's worker stuck on a hung activity, with hundreds of records queued behind it,
@@ -372,13 +371,11 @@ async fn forged_origins_replies_and_lock_requests_do_not_count() {
 /// partition of the process).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stalled_partition_holds_back_only_its_own_records() {
-    let prefix = e2e::unique_prefix("stall");
-    let mut config = e2e::InProcess::config(&prefix, 2);
-    config.activity_timeout = Duration::from_secs(10);
-    config.batch = 4; // a small queue bound (16 records) that the flood goes far past
-    let processor = e2e::InProcess::start_with(config).await;
-    let mut client = e2e::Client::new(&prefix);
-    let state = e2e::State::connect(&prefix, 2).await;
+    let (processor, mut client, state) = e2e::setup_with("stall", 2, |c| {
+        c.activity_timeout = Duration::from_secs(10);
+        c.batch = 4; // a small queue bound (16 records) that the flood goes far past
+    })
+    .await;
     let key_in = |partition: u32, name: &str| {
         (0..)
             .map(|i| format!("{name}-{i}"))
