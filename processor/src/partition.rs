@@ -469,7 +469,7 @@ impl Partition {
                 dead(format!("event of {size} bytes is over the limit of {limit} bytes (DURABLE_MAX_EVENT_BYTES)"));
                 continue;
             }
-            let envelope = match record.payload.as_deref().map(Envelope::decode) {
+            let mut envelope = match record.payload.as_deref().map(Envelope::decode) {
                 None => {
                     dead("empty record: expected an Avro single-object encoded envelope".into());
                     continue;
@@ -480,7 +480,6 @@ impl Partition {
                 }
                 Some(Ok(e)) => e,
             };
-            let mut envelope = envelope;
             if !record.sealed {
                 if let Err(reason) = crate::trust::admit_outside(&mut envelope) {
                     dead(reason);

@@ -300,13 +300,13 @@ impl Run<'_> {
         }
         let exec = self.exec.as_ref().expect("ensure_exec checked");
         let command = exec.shared.borrow().commands.get(slot as usize).cloned();
+        let answer = unwrap(&envelope.body).1;
         let Some(command) = command else {
-            let reason =
-                format!("{} answers slot {slot}, which {} never issued", unwrap(&envelope.body).1.name(), self.id);
+            let reason = format!("{} answers slot {slot}, which {} never issued", answer.name(), self.id);
             return self.out.dead(envelope, reason);
         };
         let (me, source) = (self.id.canonical(), envelope.source.as_deref());
-        if let Err(reason) = check_replier(&me, generation, slot, &command, unwrap(&envelope.body).1, source) {
+        if let Err(reason) = check_replier(&me, generation, slot, &command, answer, source) {
             return self.out.dead(envelope, reason);
         }
         let delivered = self.exec.as_ref().is_some_and(|e| e.shared.borrow().delivered.contains_key(&slot));
