@@ -108,12 +108,8 @@ async fn a_write_behind_the_record_cache_is_never_overwritten() {
 async fn timers_retries_external_events_entity_calls_and_a_sub_orchestration() {
     let (processor, mut client, state) = e2e::setup("approval", PARTITIONS).await;
     let input = ApprovalInput { counter: "approvals".into(), amount: 3 };
-    let start = client.start("Approval", "a1", &input);
-    let approve = client.raise(&start.target, "approve", true);
-    client.send(&[start.clone(), approve]).await;
     // The Flaky activity fails twice and is retried after 1 s and 2 s durable timers.
-    let output: String = state.output(&start.target, Duration::from_secs(60)).await.decode().unwrap();
-    assert_eq!(output, examples::approval_expected(&input));
+    let start = approved_to_the_end(&mut client, &state, "a1", &input).await;
     let h = state.record(&start.target).await.unwrap();
     let timers = h
         .orchestration()
@@ -124,6 +120,21 @@ async fn timers_retries_external_events_entity_calls_and_a_sub_orchestration() {
         .count();
     assert_eq!(timers, 3, "two retry timers and the approval timeout");
     processor.stop().await;
+}
+
+/// Start `Approval` with `key`, approve it, and check it ends with the expected output; its start.
+async fn approved_to_the_end(
+    client: &mut e2e::Client,
+    state: &e2e::State,
+    key: &str,
+    input: &ApprovalInput,
+) -> Envelope {
+    let start = client.start("Approval", key, input);
+    let approve = client.raise(&start.target, "approve", true);
+    client.send(&[start.clone(), approve]).await;
+    let output: String = state.output(&start.target, Duration::from_secs(60)).await.decode().unwrap();
+    assert_eq!(output, examples::approval_expected(input));
+    start
 }
 
 /// The processor is up and answers `/status`; then stop it.
@@ -434,12 +445,8 @@ async fn a_corrupt_parked_timer_is_dead_lettered_and_the_others_fire() {
     let mut client = e2e::Client::new(&prefix);
     let state = e2e::State::connect(&prefix, 1).await;
     let input = ApprovalInput { counter: "after-a-bad-timer".into(), amount: 2 };
-    let start = client.start("Approval", "t", &input);
-    let approve = client.raise(&start.target, "approve", true);
-    client.send(&[start.clone(), approve]).await;
     // Flaky fails twice; its retries wait on 1 s and 2 s durable timers of partition 0.
-    let output: String = state.output(&start.target, Duration::from_secs(60)).await.decode().unwrap();
-    assert_eq!(output, examples::approval_expected(&input));
+    approved_to_the_end(&mut client, &state, "t", &input).await;
     let reasons = dead_letter_reasons(&prefix, 1).await;
     assert!(reasons[0].contains("parked timer t0#") && reasons[0].contains("does not decode"), "{reasons:?}");
     let parked: i64 = redis::cmd("ZCARD").arg(format!("{prefix}:{{p0}}:timers")).query_async(&mut conn).await.unwrap();
