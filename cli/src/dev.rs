@@ -37,12 +37,7 @@ const PREFIX: &str = "dev";
 
 /// Run until Ctrl-C or SIGTERM.
 pub async fn run(args: DevArgs) -> Result<u8, CliError> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log))
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+    runtime::log_to_stderr(&args.log);
     if args.partitions < 1 {
         return Err(CliError::unreachable("--partitions must be at least 1"));
     }

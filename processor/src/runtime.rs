@@ -35,7 +35,7 @@ mod produce;
 mod timers;
 mod worker;
 
-pub use cli::{main, shutdown_signal, Cli};
+pub use cli::{log_to_stderr, main, shutdown_signal, Cli, STOP_GRACE};
 pub use dispatch::{Admit, Workers};
 pub use worker::DRAIN_GRACE;
 
@@ -208,5 +208,6 @@ pub async fn run_with(
         warn!(error = %e, "final offset commit failed; the last records will be redelivered (harmless)");
     }
     server.abort();
+    info!("stopped");
     Ok(())
 }

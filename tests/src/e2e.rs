@@ -216,6 +216,10 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
+/// How long [`Process::terminate`] waits for the exit: the processor's own bound
+/// ([`durable_processor::runtime::STOP_GRACE`]) and some slack.
+pub const STOP_WITHIN: Duration = Duration::from_secs(40);
+
 /// A processor running as a child process (the `test-processor` binary).
 pub struct Process {
     /// The child.
@@ -268,10 +272,24 @@ impl Process {
         }
     }
 
-    /// SIGTERM: a clean stop.
+    /// SIGTERM: a clean stop. Panics (after a SIGKILL) when the process has not exited within
+    /// [`STOP_WITHIN`], or exited with a failure code: a processor must always stop when asked.
     pub fn terminate(&mut self) {
         let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
-        let _ = self.child.wait();
+        let asked = Instant::now();
+        loop {
+            match self.child.try_wait().expect("wait for the process") {
+                Some(status) => {
+                    assert!(status.success(), "the process exited with {status} after SIGTERM (see its log)");
+                    return;
+                }
+                None if asked.elapsed() > STOP_WITHIN => {
+                    self.kill();
+                    panic!("the process did not exit within {STOP_WITHIN:?} of SIGTERM (see its log)");
+                }
+                None => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
     }
 
     /// SIGKILL: no goodbye, no offset commit, no drain.
@@ -305,11 +323,16 @@ pub async fn http_post(addr: SocketAddr, path: &str, body: &serde_json::Value) -
 
 async fn http(addr: SocketAddr, request: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect to the HTTP server");
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.expect("read");
-    response
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect to the HTTP server");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.expect("read");
+        response
+    };
+    tokio::time::timeout(Duration::from_secs(30), exchange)
+        .await
+        .unwrap_or_else(|_| panic!("{addr} did not answer within 30 s: {}", request.lines().next().unwrap_or_default()))
 }
 
 /// A client producing events like any Kafka client would.

@@ -19,27 +19,48 @@ pub struct Cli {
     pub log: String,
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM: the shutdown of a processor binary (and of `durable dev`).
+/// How long a processor binary (and `durable dev`) may take to stop once asked before it exits
+/// anyway with code 1: a stop must never hang (an orchestrator would SIGKILL it after its own
+/// grace period; what was not committed is redelivered either way).
+pub const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM: the shutdown of a processor binary (and of `durable
+/// dev`). From then on the process has [`STOP_GRACE`] to exit.
 pub async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+    std::thread::spawn(|| {
+        std::thread::sleep(STOP_GRACE);
+        eprintln!(
+            "error: the stop did not finish within {} s; exiting now (records not yet committed are redelivered to the next owner)",
+            STOP_GRACE.as_secs()
+        );
+        std::process::exit(1);
+    });
 }
 
-/// The whole `main` of a processor binary with `registry`'s handlers: parse the command line,
-/// log to stderr, run until SIGINT or SIGTERM. Exit code 0 after a clean shutdown, 2 when it
-/// cannot start (the error says what to do).
-pub fn main(registry: Registry) -> std::process::ExitCode {
-    use clap::Parser as _;
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
+/// Log to stderr with `filter` (a `tracing` filter such as `info` or `durable=debug`), coloured
+/// on a terminal: how the processor, projector and `durable dev` log. Does nothing when this
+/// process already has a logger (a test running `durable dev` in-process).
+pub fn log_to_stderr(filter: &str) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_target(false)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .try_init();
+}
+
+/// The whole `main` of a processor binary with `registry`'s handlers: parse the command line,
+/// log to stderr, run until SIGINT or SIGTERM. Exit code 0 after a clean shutdown, 1 when the
+/// stop took longer than [`STOP_GRACE`], 2 when it cannot start (the error says what to do).
+pub fn main(registry: Registry) -> std::process::ExitCode {
+    use clap::Parser as _;
+    let cli = Cli::parse();
+    log_to_stderr(&cli.log);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build();
     let result = match runtime {
         Ok(rt) => rt.block_on(run(cli.config, registry, shutdown_signal(), None)),
