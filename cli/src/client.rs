@@ -95,9 +95,26 @@ impl Api {
         }
     }
 
+    /// Send a request, again while the API answers 503 (its store or Kafka is unavailable for a
+    /// moment, e.g. while Redis restarts): backing off from 200 ms to 2 s, for up to
+    /// [`RETRY_FOR`]. Writes carry an event id, so a retried one is applied once.
+    async fn send(&self, request: impl Fn() -> reqwest::RequestBuilder) -> Result<reqwest::Response, reqwest::Error> {
+        let started = std::time::Instant::now();
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let response = request().send().await?;
+            if response.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE || started.elapsed() + backoff > RETRY_FOR
+            {
+                return Ok(response);
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
     /// `GET path`; `None` if the instance does not exist.
     pub async fn get_optional(&self, path: &str) -> Result<Option<Value>, CliError> {
-        let response = self.http.get(format!("{}{path}", self.base)).send().await;
+        let response = self.send(|| self.http.get(format!("{}{path}", self.base))).await;
         self.answer(response).await
     }
 
@@ -111,11 +128,27 @@ impl Api {
         })
     }
 
-    /// `POST path` with a JSON body.
+    /// `POST path` with a JSON body. A write without an `event_id` gets a fresh one, so that
+    /// its retries are one event.
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value, CliError> {
-        let response = self.http.post(format!("{}{path}", self.base)).json(body).send().await;
+        let mut body = body.clone();
+        if let Some(fields) = body.as_object_mut().filter(|f| !f.contains_key("event_id") || f["event_id"].is_null()) {
+            fields.insert("event_id".into(), Value::String(fresh_event_id()));
+        }
+        let response = self.send(|| self.http.post(format!("{}{path}", self.base)).json(&body)).await;
         self.answer(response).await?.ok_or_else(|| CliError::refused(format!("{path}: not found")))
     }
+}
+
+/// How long the CLI retries a request the API answers with 503.
+pub const RETRY_FOR: Duration = Duration::from_secs(30);
+
+/// A unique event id for a write of this process (`cli-<pid>-<nanoseconds>-<n>`).
+fn fresh_event_id() -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("cli-{}-{nanos}-{n}", std::process::id())
 }
 
 fn root_cause(e: &dyn std::error::Error) -> String {

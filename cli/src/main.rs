@@ -120,6 +120,13 @@ enum Command {
         /// Instance id.
         instance: String,
     },
+    /// Accept that Redis lost state of a partition (its owner stopped it: /status shows it in
+    /// lost_partitions, the log says why): the owner goes on from Kafka's committed offset with
+    /// what Redis still has. Exit 4 if no loss of that partition is recorded.
+    AcceptLoss {
+        /// The partition of <prefix>.events.
+        partition: u32,
+    },
     /// Terminate a running orchestration.
     Terminate {
         /// Orchestration instance id.
@@ -267,6 +274,11 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             let path = format!("/v1/instances/{}/terminate", client::segment(&instance));
             let accepted = api.post(&path, &serde_json::json!({ "reason": reason })).await?;
             println!("{}", accepted["instance"].as_str().unwrap_or_default());
+            Ok(exit::OK)
+        }
+        Command::AcceptLoss { partition } => {
+            api.post(&format!("/v1/partitions/{partition}/accept-loss"), &serde_json::json!({})).await?;
+            println!("partition {partition}: loss accepted; its owner goes on within a second");
             Ok(exit::OK)
         }
         Command::Status { instance, json } => {

@@ -8,8 +8,21 @@ use std::time::Duration;
 use serde_json::Value;
 use tests::e2e::{self, InProcess};
 
-const COMMANDS: [&str; 12] =
-    ["start", "signal", "raise", "status", "wait", "state", "history", "terminate", "search", "dev", "demo", "health"];
+const COMMANDS: [&str; 13] = [
+    "start",
+    "signal",
+    "raise",
+    "status",
+    "wait",
+    "state",
+    "history",
+    "terminate",
+    "accept-loss",
+    "search",
+    "dev",
+    "demo",
+    "health",
+];
 
 fn durable(api: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_durable"))
@@ -168,6 +181,11 @@ async fn every_command_works_against_a_real_processor() {
     assert!(stderr(&bad).contains("ids look like orch:<name>:<key>"), "{}", stderr(&bad));
     let entity_event = durable_async(api, &["raise", "entity:Counter:c1", "tick"]).await;
     assert_eq!(entity_event.status.code(), Some(4));
+    let nothing_lost = durable_async(api, &["accept-loss", "0"]).await;
+    assert_eq!(nothing_lost.status.code(), Some(4));
+    assert!(stderr(&nothing_lost).contains("no recorded loss"), "{}", stderr(&nothing_lost));
+    let no_partition = durable_async(api, &["accept-loss", "9999"]).await;
+    assert_eq!(no_partition.status.code(), Some(4));
 
     // health (the compose healthcheck) and the bank demo workload.
     assert_eq!(run(args(&["health"]), 0).await.trim(), "ok");

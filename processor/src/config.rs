@@ -30,6 +30,11 @@ pub struct ProcessorConfig {
     /// Redis URL of the state store (redis://[user:password@]host:port[/db], rediss:// for TLS).
     #[arg(long, env = "DURABLE_REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true)]
     pub redis_url: String,
+    /// Start even though Redis evicts keys under memory pressure (a maxmemory-policy other than
+    /// noeviction): evicted instance state is lost without a trace. Without it such a Redis is
+    /// refused at start.
+    #[arg(long, env = "DURABLE_REDIS_ALLOW_EVICTION")]
+    pub redis_allow_eviction: bool,
     /// Address serving the management API (/v1/…), /metrics and /status.
     #[arg(long, env = "DURABLE_METRICS_ADDR", default_value = "127.0.0.1:9464")]
     pub metrics_addr: SocketAddr,
@@ -98,6 +103,7 @@ impl ProcessorConfig {
             partitions: 32,
             group: format!("{prefix}-processors"),
             redis_url: redis_url.to_owned(),
+            redis_allow_eviction: false,
             metrics_addr: "127.0.0.1:0".parse().expect("valid address"),
             batch: 256,
             max_event_bytes: 1_000_000,

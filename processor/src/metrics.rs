@@ -42,6 +42,12 @@ pub struct Metrics {
     pub timer_backlog: IntGaugeVec,
     /// `durable_consumer_lag{partition}`: records behind the partition's high watermark.
     pub consumer_lag: IntGaugeVec,
+    /// `durable_state_lost{partition}`: 1 while the partition is stopped because the store lost
+    /// state of it (until an operator accepts the loss).
+    pub state_lost: IntGaugeVec,
+    /// `durable_store_durable`: 1 if the store's settings make an acknowledged commit survive
+    /// a crash of the store (see `/status`), 0 if not.
+    pub store_durable: IntGaugeVec,
     /// `durable_activities_total{partition, outcome}`: outcome is completed, failed or panicked.
     pub activities: IntCounterVec,
     /// `durable_record_cache_total{partition, outcome}`: instances of a group found in the
@@ -116,6 +122,18 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         activities: counter(&registry, "durable_activities_total", "Activity runs, by outcome", &[PARTITION, OUTCOME]),
         timer_backlog: gauge(&registry, "durable_timer_backlog", "Parked and unacknowledged timers", &[PARTITION]),
         consumer_lag: gauge(&registry, "durable_consumer_lag", "Records behind the high watermark", &[PARTITION]),
+        state_lost: gauge(
+            &registry,
+            "durable_state_lost",
+            "1 while the partition is stopped because the store lost state of it",
+            &[PARTITION],
+        ),
+        store_durable: gauge(
+            &registry,
+            "durable_store_durable",
+            "1 if an acknowledged commit survives a crash of the store",
+            &[],
+        ),
         record_cache: counter(
             &registry,
             "durable_record_cache_total",

@@ -77,6 +77,11 @@ pub struct Shared {
     /// Seals the records this processor produces to the events topic and checks the seals of
     /// the records it reads ([`crate::trust`]).
     pub seal: Seal,
+    /// Partitions whose state the store lost, waiting for an operator (see
+    /// [`crate::store::Taken::check`]).
+    pub lost: std::sync::Mutex<std::collections::BTreeSet<u32>>,
+    /// What the store's settings promise (`None`: the in-memory store of `durable dev`).
+    pub store_health: Option<crate::store::StoreHealth>,
 }
 
 /// The seal of `DURABLE_SECRET`, if it is set; an error (which never shows the secret) if it is
@@ -92,6 +97,35 @@ fn configured_seal(config: &ProcessorConfig) -> anyhow::Result<Option<Seal>> {
 
 /// The deployment's seal: from `DURABLE_SECRET`, or the secret the store keeps (the first
 /// processor to start keeps a random one there).
+/// Read the Redis server's settings: refuse one that evicts keys (unless allowed), warn about
+/// commits that a crash of Redis can lose, and report both in `/status` and the metrics.
+async fn store_health(config: &ProcessorConfig, store: &AnyStore) -> anyhow::Result<Option<crate::store::StoreHealth>> {
+    let AnyStore::Redis(redis) = store else {
+        METRICS.store_durable.with_label_values(&[] as &[&str]).set(0);
+        return Ok(None);
+    };
+    let health = redis.health().await;
+    if health.evicts() {
+        let policy = health.maxmemory_policy.as_deref().unwrap_or_default();
+        if !config.redis_allow_eviction {
+            anyhow::bail!(
+                "Redis evicts keys under memory pressure (maxmemory-policy {policy}): instance state would disappear without a trace. Set maxmemory-policy noeviction on the server, or start with DURABLE_REDIS_ALLOW_EVICTION=true to accept it"
+            );
+        }
+        warn!(policy, "Redis evicts keys under memory pressure and DURABLE_REDIS_ALLOW_EVICTION is set: evicted instance state is lost");
+    }
+    METRICS.store_durable.with_label_values(&[] as &[&str]).set(i64::from(health.durable()));
+    if !health.durable() {
+        warn!(
+            appendonly = ?health.appendonly,
+            appendfsync = ?health.appendfsync,
+            replicas = ?health.replicas,
+            "a crash of the Redis machine can lose the last acknowledged commits (durable commits need appendonly yes and appendfsync always); the processors detect such a loss and stop the affected partitions"
+        );
+    }
+    Ok(Some(health))
+}
+
 async fn seal(config: &ProcessorConfig, store: &AnyStore) -> anyhow::Result<Seal> {
     if let Some(seal) = configured_seal(config)? {
         return Ok(seal);
@@ -146,6 +180,7 @@ pub async fn run_with(
     let metrics_addr = listener.local_addr()?;
     let partitions = kafka::partition_count(&config).await?;
     let seal = seal(&config, &store).await?;
+    let store_health = store_health(&config, &store).await?;
     let limits = config.limits();
     let activity_concurrency = config.activity_concurrency.max(1);
     let shared = Arc::new(Shared {
@@ -157,6 +192,8 @@ pub async fn run_with(
         consumer: consumer.clone(),
         activity_pool: Arc::new(tokio::sync::Semaphore::new(activity_concurrency)),
         seal,
+        lost: Default::default(),
+        store_health,
     });
     let server = tokio::spawn(http::serve(listener, shared.clone(), workers.clone()));
     info!(%metrics_addr, topic = %shared.config.events_topic(), group = %shared.config.group, "processor running");

@@ -14,11 +14,16 @@
 //!   queue (earlier unacknowledged claims first). The driver stamps each released event with
 //!   origin `t<partition>`/seq, produces them in seq order, then calls [`Store::ack_timers`]. A
 //!   crash in between re-releases the same events with the same seq; receivers drop the copies.
-//! - Fencing: [`Store::fence`] gives a partition's new owner the next *epoch* of the partition.
+//! - Fencing: [`Store::take`] gives a partition's new owner the next *epoch* of the partition.
 //!   [`Store::commit_fenced`] is [`Store::commit`] on condition that the partition's epoch is
 //!   still the one given: once a newer owner fenced the partition, every write of an older one
 //!   gets [`CommitOutcome::Conflict`]. The runtime fences the commits of local rounds, whose
 //!   inputs are not in the log (see `runtime`).
+//! - Lost state is detected: each partition has an *applied mark* that only goes up
+//!   ([`Store::mark_applied`], [`Store::commit_applied`]); a processor raises it before it stores
+//!   an offset in Kafka, and a new owner compares it with Kafka's committed offset
+//!   ([`Taken::check`]). Etags, timer seqs and epochs of a store that can lose writes must stay
+//!   unique across the loss (the Redis store derives them from its clock).
 
 pub mod memory;
 #[cfg(feature = "runtime")]
@@ -27,7 +32,7 @@ pub mod redis;
 use std::future::Future;
 
 #[cfg(feature = "runtime")]
-pub use self::redis::RedisStore;
+pub use self::redis::{RedisStore, StoreHealth};
 pub use memory::MemoryStore;
 
 /// A stored blob and its etag.
@@ -84,6 +89,45 @@ pub struct ReleasedTimer {
     pub envelope: Vec<u8>,
 }
 
+/// What [`Store::take`] found of a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Taken {
+    /// The new owner's epoch.
+    pub epoch: u64,
+    /// The applied mark (see [`Store::mark_applied`]); `None` if never raised.
+    pub applied: Option<i64>,
+    /// Whether the partition had been taken before (it had an epoch).
+    pub known: bool,
+}
+
+/// Whether a partition's state in the store is whole, given Kafka's committed offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Continuity {
+    /// The store has applied at least everything Kafka says was processed.
+    Whole,
+    /// The partition predates applied marks (written by an older version): raise the mark to
+    /// Kafka's committed offset and go on.
+    Adopt,
+    /// The store is behind Kafka: it restarted empty, was rolled back, or was restored from an
+    /// older copy. The partition must not be processed until an operator accepts the loss.
+    Lost,
+}
+
+impl Taken {
+    /// The rule for lost state: Kafka's committed offset (`None`: the group never committed
+    /// one) is above the applied mark, or there is no mark and no trace of the partition
+    /// although Kafka says records of it were processed.
+    pub fn check(&self, committed: Option<i64>) -> Continuity {
+        match (committed.filter(|&c| c > 0), self.applied) {
+            (None, _) => Continuity::Whole,
+            (Some(c), Some(applied)) if c > applied => Continuity::Lost,
+            (Some(_), Some(_)) => Continuity::Whole,
+            (Some(_), None) if self.known => Continuity::Adopt,
+            (Some(_), None) => Continuity::Lost,
+        }
+    }
+}
+
 /// Why the store could not answer. Always transient for the driver: back off, retry, do not
 /// acknowledge input.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -105,9 +149,50 @@ pub trait Store: Send + Sync + 'static {
         writes: Vec<Write>,
     ) -> impl Future<Output = StoreResult<Vec<CommitOutcome>>> + Send;
 
-    /// Take `partition` for a new owner: its epoch goes up by one and is returned. From now on
+    /// [`Store::commit`] of a group of `<prefix>.events` records that ends before offset
+    /// `applied`, raising the partition's applied mark to it (see [`Store::mark_applied`]) with
+    /// the same round trip where the store can.
+    fn commit_applied(
+        &self,
+        partition: u32,
+        applied: i64,
+        writes: Vec<Write>,
+    ) -> impl Future<Output = StoreResult<Vec<CommitOutcome>>> + Send {
+        async move {
+            let outcomes = self.commit(partition, writes).await?;
+            self.mark_applied(partition, applied).await?;
+            Ok(outcomes)
+        }
+    }
+
+    /// Take `partition` for a new owner: its epoch goes up and is returned, with what the
+    /// store knows of the partition (see [`Taken::check`]). From now on
     /// [`Store::commit_fenced`] with an older epoch writes nothing.
-    fn fence(&self, partition: u32) -> impl Future<Output = StoreResult<u64>> + Send;
+    fn take(&self, partition: u32) -> impl Future<Output = StoreResult<Taken>> + Send;
+
+    /// [`Store::take`]'s epoch alone.
+    fn fence(&self, partition: u32) -> impl Future<Output = StoreResult<u64>> + Send {
+        async move { self.take(partition).await.map(|t| t.epoch) }
+    }
+
+    /// Raise the partition's *applied mark* to `next` (it never goes down): every record of
+    /// `<prefix>.events` below offset `next` has been applied and its effects committed. A
+    /// processor stores an offset in Kafka only after raising the mark to it, so a mark below
+    /// Kafka's committed offset means the store lost writes.
+    fn mark_applied(&self, partition: u32, next: i64) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// The owner of `partition` found its state lost ([`Continuity::Lost`]) and waits for an
+    /// operator.
+    fn record_loss(&self, partition: u32) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// An operator accepts that `partition`'s state was lost (`durable accept-loss`): its owner
+    /// goes on from Kafka's committed offset with what the store still has. False (nothing
+    /// done) if no loss of it is recorded: an acceptance never waits for a future loss.
+    fn accept_loss(&self, partition: u32) -> impl Future<Output = StoreResult<bool>> + Send;
+
+    /// Whether an operator accepted the recorded loss of `partition`; if so the acceptance and
+    /// the record are used up.
+    fn loss_accepted(&self, partition: u32) -> impl Future<Output = StoreResult<bool>> + Send;
 
     /// [`Store::commit`], if `epoch` is still the partition's epoch; otherwise every write gets
     /// [`CommitOutcome::Conflict`] and nothing is written.
@@ -168,8 +253,33 @@ impl Store for AnyStore {
         delegate!(self, s => s.commit(partition, writes))
     }
 
-    async fn fence(&self, partition: u32) -> StoreResult<u64> {
-        delegate!(self, s => s.fence(partition))
+    async fn commit_applied(
+        &self,
+        partition: u32,
+        applied: i64,
+        writes: Vec<Write>,
+    ) -> StoreResult<Vec<CommitOutcome>> {
+        delegate!(self, s => s.commit_applied(partition, applied, writes))
+    }
+
+    async fn take(&self, partition: u32) -> StoreResult<Taken> {
+        delegate!(self, s => s.take(partition))
+    }
+
+    async fn mark_applied(&self, partition: u32, next: i64) -> StoreResult<()> {
+        delegate!(self, s => s.mark_applied(partition, next))
+    }
+
+    async fn record_loss(&self, partition: u32) -> StoreResult<()> {
+        delegate!(self, s => s.record_loss(partition))
+    }
+
+    async fn accept_loss(&self, partition: u32) -> StoreResult<bool> {
+        delegate!(self, s => s.accept_loss(partition))
+    }
+
+    async fn loss_accepted(&self, partition: u32) -> StoreResult<bool> {
+        delegate!(self, s => s.loss_accepted(partition))
     }
 
     async fn commit_fenced(&self, partition: u32, epoch: u64, writes: Vec<Write>) -> StoreResult<Vec<CommitOutcome>> {

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use durable_processor::store::{CommitOutcome, MemoryStore, RedisStore, Store, TimerEntry, Write};
+use durable_processor::store::{CommitOutcome, Continuity, MemoryStore, RedisStore, Store, TimerEntry, Write};
 
 fn write(id: &str, expected: Option<u64>, blob: &str, timers: &[(i64, &str)]) -> Write {
     Write {
@@ -162,6 +162,43 @@ async fn fenced_commits_fail_once_a_newer_owner_fenced<S: Store>(store: &S) {
 }
 
 /// The deployment secret: the first one offered is kept; later offers get it back.
+/// The applied mark only goes up, a new owner learns it with its epoch, and the rule for lost
+/// state follows from it.
+async fn the_applied_mark_only_goes_up_and_tells_a_new_owner_what_was_lost<S: Store>(store: &S) {
+    let p = 5;
+    let fresh = store.take(p).await.unwrap();
+    assert_eq!((fresh.applied, fresh.known), (None, false));
+    assert_eq!(fresh.check(None), Continuity::Whole, "nothing committed in Kafka: nothing to lose");
+    assert_eq!(fresh.check(Some(0)), Continuity::Whole);
+    assert_eq!(fresh.check(Some(10)), Continuity::Lost, "Kafka processed records the store never saw");
+    let known = store.take(p).await.unwrap();
+    assert!(known.epoch > fresh.epoch && known.known);
+    assert_eq!(known.check(Some(10)), Continuity::Adopt, "a partition from before applied marks is adopted");
+    store.commit_applied(p, 7, vec![write("entity:E:m", None, "b", &[])]).await.unwrap();
+    store.mark_applied(p, 3).await.unwrap();
+    assert_eq!(store.take(p).await.unwrap().applied, Some(7), "the mark never goes down");
+    store.commit_applied(p, 12, Vec::new()).await.unwrap();
+    store.mark_applied(p, 9).await.unwrap();
+    let taken = store.take(p).await.unwrap();
+    assert_eq!(taken.applied, Some(12), "a commit with no writes raises the mark too");
+    assert_eq!(taken.check(Some(12)), Continuity::Whole);
+    assert_eq!(taken.check(Some(11)), Continuity::Whole, "the store may be ahead of Kafka's commit");
+    assert_eq!(taken.check(Some(13)), Continuity::Lost);
+}
+
+/// A loss is accepted only once recorded, and the acceptance is used up once.
+async fn a_loss_is_accepted_only_once_recorded<S: Store>(store: &S) {
+    let p = 6;
+    assert!(!store.accept_loss(p).await.unwrap(), "nothing recorded: an acceptance never waits for a future loss");
+    assert!(!store.loss_accepted(p).await.unwrap());
+    store.record_loss(p).await.unwrap();
+    assert!(!store.loss_accepted(p).await.unwrap(), "recorded, not yet accepted");
+    assert!(store.accept_loss(p).await.unwrap());
+    assert!(store.loss_accepted(p).await.unwrap());
+    assert!(!store.loss_accepted(p).await.unwrap(), "used up");
+    assert!(!store.accept_loss(p).await.unwrap(), "the record is used up too");
+}
+
 async fn the_first_deployment_secret_offered_is_kept<S: Store>(store: &S) {
     assert_eq!(store.deployment_secret(b"first-secret-of-sixteen".to_vec()).await.unwrap(), b"first-secret-of-sixteen");
     assert_eq!(
@@ -172,6 +209,16 @@ async fn the_first_deployment_secret_offered_is_kept<S: Store>(store: &S) {
 
 mod memory {
     use super::*;
+    #[tokio::test]
+    async fn the_applied_mark_only_goes_up_and_tells_a_new_owner_what_was_lost() {
+        super::the_applied_mark_only_goes_up_and_tells_a_new_owner_what_was_lost(&MemoryStore::new()).await
+    }
+
+    #[tokio::test]
+    async fn a_loss_is_accepted_only_once_recorded() {
+        super::a_loss_is_accepted_only_once_recorded(&MemoryStore::new()).await
+    }
+
     #[tokio::test]
     async fn the_first_deployment_secret_offered_is_kept() {
         super::the_first_deployment_secret_offered_is_kept(&MemoryStore::new()).await
@@ -203,11 +250,22 @@ mod memory {
 mod redis {
     use super::*;
 
+    fn url() -> String {
+        std::env::var("DURABLE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+    }
+
     async fn store() -> RedisStore {
-        let url = std::env::var("DURABLE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        store_and_prefix().await.0
+    }
+
+    async fn store_and_prefix() -> (RedisStore, String) {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
         let prefix = format!("durable-test-{}-{nanos}", std::process::id());
-        RedisStore::connect(&url, &prefix).await.unwrap_or_else(|e| panic!("{e}"))
+        (RedisStore::connect(&url(), &prefix).await.unwrap_or_else(|e| panic!("{e}")), prefix)
+    }
+
+    async fn redis_connection() -> ::redis::aio::MultiplexedConnection {
+        ::redis::Client::open(url()).unwrap().get_multiplexed_async_connection().await.unwrap()
     }
 
     #[tokio::test]
@@ -235,6 +293,49 @@ mod redis {
     #[tokio::test]
     async fn the_first_deployment_secret_offered_is_kept() {
         super::the_first_deployment_secret_offered_is_kept(&store().await).await
+    }
+
+    #[tokio::test]
+    async fn the_applied_mark_only_goes_up_and_tells_a_new_owner_what_was_lost() {
+        super::the_applied_mark_only_goes_up_and_tells_a_new_owner_what_was_lost(&store().await).await
+    }
+
+    #[tokio::test]
+    async fn a_loss_is_accepted_only_once_recorded() {
+        super::a_loss_is_accepted_only_once_recorded(&store().await).await
+    }
+
+    /// Redis restarted empty or rolled back: etags, timer seqs and epochs handed out afterwards
+    /// are still larger than any handed out before.
+    #[tokio::test]
+    async fn counters_stay_ahead_of_a_rollback() {
+        let (s, prefix) = store_and_prefix().await;
+        let p = 2;
+        let id = "entity:E:r".to_string();
+        let e1 = etag(s.commit(p, vec![write(&id, None, "v1", &[(5, "t1")])]).await.unwrap()[0]);
+        let seq1 = s.claim_due_timers(p, 10, 10).await.unwrap()[0].seq;
+        let epoch1 = s.take(p).await.unwrap().epoch;
+        // Roll back: every key of the prefix goes back to before these writes (here: gone).
+        let mut conn = redis_connection().await;
+        let keys: Vec<String> = ::redis::cmd("KEYS").arg(format!("{prefix}:*")).query_async(&mut conn).await.unwrap();
+        let _: () = ::redis::cmd("DEL").arg(&keys).query_async(&mut conn).await.unwrap();
+        let e2 = etag(s.commit(p, vec![write(&id, None, "v1 again", &[(5, "t2")])]).await.unwrap()[0]);
+        assert!(e2 > e1, "a new etag ({e2}) repeats none from before the rollback ({e1})");
+        let seq2 = s.claim_due_timers(p, 10, 10).await.unwrap()[0].seq;
+        assert!(seq2 > seq1, "a new timer seq ({seq2}) repeats none from before ({seq1})");
+        let taken = s.take(p).await.unwrap();
+        assert!(taken.epoch > epoch1, "a new epoch ({}) is above every earlier one ({epoch1})", taken.epoch);
+        assert!(!taken.known, "the rolled-back partition looks new");
+    }
+
+    #[tokio::test]
+    async fn the_servers_settings_are_reported() {
+        let health = store().await.health().await;
+        // scripts/services starts the test Redis without persistence and without eviction.
+        assert_eq!(health.appendonly, Some(false), "{health:?}");
+        assert_eq!(health.maxmemory_policy.as_deref(), Some("noeviction"), "{health:?}");
+        assert!(!health.durable() && !health.evicts(), "{health:?}");
+        assert_eq!(health.replicas, Some(0), "{health:?}");
     }
 
     #[tokio::test]

@@ -15,6 +15,7 @@
 //! | `POST /v1/instances/{id}/events/{event}` `{"payload"?, "event_id"?}` | raise an external event |
 //! | `POST /v1/instances/{id}/terminate` `{"reason"?, "event_id"?}` | terminate a running orchestration |
 //! | `GET /v1/registry` | the registered orchestrations, entities and activities |
+//! | `POST /v1/partitions/{partition}/accept-loss` | accept that Redis lost state of a partition its owner stopped (see `store::Taken::check`) |
 //!
 //! Errors: an HTTP status and `{"code": "...", "message": "..."}` where the message says what to
 //! do. Writes answer `202 Accepted` with `{"instance", "event_id", "partition", "offset"}` once
@@ -64,7 +65,7 @@ impl IntoResponse for ApiError {
 type ApiResult = Result<(StatusCode, Json<Value>), ApiError>;
 
 /// Every path of the API (each is documented in `openapi.yaml`).
-pub const PATHS: [&str; 7] = [
+pub const PATHS: [&str; 8] = [
     "/v1/registry",
     "/v1/instances/{id}",
     "/v1/instances/{id}/history",
@@ -72,6 +73,7 @@ pub const PATHS: [&str; 7] = [
     "/v1/entities/{name}/{key}/{operation}",
     "/v1/instances/{id}/events/{event}",
     "/v1/instances/{id}/terminate",
+    "/v1/partitions/{partition}/accept-loss",
 ];
 
 /// The API routes.
@@ -84,6 +86,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(PATHS[4], post(signal))
         .route(PATHS[5], post(raise))
         .route(PATHS[6], post(terminate))
+        .route(PATHS[7], post(accept_loss))
         .with_state(shared)
 }
 
@@ -380,6 +383,31 @@ async fn raise(
 
 async fn terminate(State(shared): State<Arc<Shared>>, Path(id): Path<String>, raw: axum::body::Body) -> ApiResult {
     write(&shared, Write::Terminate { id: &id }, raw).await
+}
+
+/// An operator accepts that Redis lost state of `partition`, whose owner stopped it: the owner
+/// goes on from Kafka's committed offset with what Redis still has. 409 if no loss of it is
+/// recorded (an acceptance never waits for a future loss).
+async fn accept_loss(State(shared): State<Arc<Shared>>, Path(partition): Path<String>) -> ApiResult {
+    let p = partition.parse::<u32>().ok().filter(|p| *p < shared.partitions).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no partition {partition:?}: partitions are 0 to {}", shared.partitions - 1),
+        )
+    })?;
+    let accepted = shared.store.accept_loss(p).await.map_err(|e| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", format!("{e}; retry later"))
+    })?;
+    if !accepted {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_lost",
+            format!("partition {p} has no recorded loss of state: nothing to accept (see /status lost_partitions of its owner)"),
+        ));
+    }
+    tracing::warn!(partition = p, "an operator accepted the loss of this partition's state");
+    Ok((StatusCode::ACCEPTED, Json(json!({ "partition": p, "accepted": true }))))
 }
 
 #[cfg(test)]

@@ -118,6 +118,9 @@ pub struct Workers {
     /// before a rebalance or a seek), so a gap is never records still to come. A partition not
     /// in the map is not owned.
     expected: Mutex<HashMap<i32, i64>>,
+    /// Per owned partition, the group's committed offset at assignment (absent: none), which
+    /// its worker checks the store against (see [`crate::store::Taken::check`]).
+    committed: Mutex<HashMap<i32, i64>>,
 }
 
 /// What to do with a received record.
@@ -139,6 +142,15 @@ impl Workers {
     /// The partitions were assigned to this consumer, each starting at the given offset.
     pub fn assign(&self, starts: &[(i32, i64)]) {
         self.expected.lock().expect("assignment lock").extend(starts.iter().copied());
+    }
+
+    /// The group's committed offsets of newly assigned partitions (those that have one).
+    pub fn committed_at_assignment(&self, committed: &[(i32, i64)]) {
+        let mut map = self.committed.lock().expect("assignment lock");
+        for (p, _) in committed {
+            map.remove(p);
+        }
+        map.extend(committed.iter().copied());
     }
 
     /// Decide about the record at `offset` of `partition` (and advance past it unless skipped).
@@ -172,6 +184,12 @@ impl Workers {
             let mut map = self.map.lock().expect("workers lock");
             partitions.iter().filter_map(|p| map.remove(p)).collect()
         };
+        {
+            let mut committed = self.committed.lock().expect("assignment lock");
+            for p in partitions {
+                committed.remove(p);
+            }
+        }
         if stopping.is_empty() {
             return;
         }
@@ -229,7 +247,8 @@ pub fn workers_inbox(workers: &Workers, shared: &Arc<Shared>, partition: i32) ->
     let (tx, rx) = mpsc::unbounded_channel();
     let queue = Arc::new(Queue::new(partition, shared.config.batch * 4));
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let done = tokio::spawn(worker::work(shared.clone(), partition, rx, queue.clone(), stopped));
+    let committed = workers.committed.lock().expect("assignment lock").get(&partition).copied();
+    let done = tokio::spawn(worker::work(shared.clone(), partition, committed, rx, queue.clone(), stopped));
     map.insert(partition, Worker { tx: tx.clone(), queue: queue.clone(), stop, done });
     METRICS.owned.with_label_values(&[] as &[&str]).set(map.len() as i64);
     Inbox { tx, queue }

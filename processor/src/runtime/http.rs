@@ -30,12 +30,26 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, worke
                     assigned.sort();
                     let mut active = workers.all();
                     active.sort();
+                    let lost: Vec<u32> = shared.lost.lock().expect("lost lock").iter().copied().collect();
+                    let store = match &shared.store_health {
+                        Some(h) => serde_json::json!({
+                            "kind": "redis",
+                            "durable": h.durable(),
+                            "appendonly": h.appendonly,
+                            "appendfsync": h.appendfsync,
+                            "maxmemory_policy": h.maxmemory_policy,
+                            "replicas": h.replicas,
+                        }),
+                        None => serde_json::json!({ "kind": "memory", "durable": false }),
+                    };
                     Json(serde_json::json!({
-                        "status": "ok",
+                        "status": if lost.is_empty() { "ok" } else { "state_lost" },
                         "events_topic": shared.config.events_topic(),
                         "group": shared.config.group,
                         "partitions": assigned,
                         "active_partitions": active,
+                        "lost_partitions": lost,
+                        "store": store,
                     }))
                 }
             }),

@@ -107,6 +107,7 @@ impl ConsumerContext for RebalanceContext {
             // Where each partition starts: its committed offset, or its beginning if none.
             let committed = consumer.committed_offsets((*list).clone(), Duration::from_secs(10));
             let mut starts = Vec::new();
+            let mut committed_offsets = Vec::new();
             for e in list.elements() {
                 let from_commit = committed.as_ref().ok().and_then(|c| {
                     c.find_partition(e.topic(), e.partition()).and_then(|tp| match tp.offset() {
@@ -122,7 +123,10 @@ impl ConsumerContext for RebalanceContext {
                 // record would look already dispatched. Below the log's start it stays, and the
                 // records retention removed count as skipped.
                 let start = match from_commit {
-                    Some(n) if n <= high => n,
+                    Some(n) if n <= high => {
+                        committed_offsets.push((e.partition(), n));
+                        n
+                    }
                     Some(n) => {
                         tracing::warn!(
                             partition = e.partition(),
@@ -137,6 +141,7 @@ impl ConsumerContext for RebalanceContext {
                 starts.push((e.partition(), start));
             }
             info!(?starts, "partitions assigned (partition, first offset)");
+            self.workers.committed_at_assignment(&committed_offsets);
             self.workers.assign(&starts);
             // A partition paused by a worker of an earlier assignment stays paused in librdkafka
             // across rebalances: start every assigned one fetching.

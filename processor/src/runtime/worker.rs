@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
 use tokio::sync::{mpsc, watch};
-use tracing::{instrument, warn};
+use tracing::{error, info, instrument, warn};
 
 use super::dispatch::Queue;
 use super::produce::Producer;
@@ -15,7 +15,7 @@ use crate::context::ActivityRequest;
 use crate::error::{Error, ErrorKind};
 use crate::metrics::METRICS;
 use crate::partition::{Done, Io, Partition, Ran, Record, Settings, Stats};
-use crate::store::Store;
+use crate::store::{Continuity, Store};
 
 /// How long a stopping worker lets the group in flight finish (so the next owner does not redo
 /// it) before it abandons the group.
@@ -26,6 +26,7 @@ pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
 pub async fn work(
     shared: Arc<Shared>,
     partition: i32,
+    committed: Option<i64>,
     mut rx: mpsc::UnboundedReceiver<Record>,
     queue: Arc<Queue>,
     mut stop: watch::Receiver<bool>,
@@ -46,9 +47,9 @@ pub async fn work(
     let mut last_offset: Option<i64> = None;
     // This worker's epoch of the partition: its local rounds' commits are fenced with it, so
     // that once a newer owner started, an older one (a zombie of a rebalance) commits none.
-    let epoch = loop {
-        match shared.store.fence(p).await {
-            Ok(epoch) => break epoch,
+    let taken = loop {
+        match shared.store.take(p).await {
+            Ok(taken) => break taken,
             Err(e) => {
                 warn!(partition, error = %e, "cannot fence the partition; retrying");
                 tokio::select! {
@@ -58,6 +59,22 @@ pub async fn work(
             }
         }
     };
+    let epoch = taken.epoch;
+    // Is the store whole? Kafka's committed offset says how far this partition was processed.
+    match (taken.check(committed), committed) {
+        (Continuity::Whole, _) | (_, None) => {}
+        (Continuity::Adopt, Some(committed)) => {
+            info!(partition, committed, "the partition has no applied mark yet (written by an older version): adopting Kafka's committed offset");
+            if !mark_until_done(&shared, p, committed, &mut stop).await {
+                return;
+            }
+        }
+        (Continuity::Lost, Some(committed)) => {
+            if !wait_for_acceptance(&shared, p, committed, taken.applied, &mut stop).await {
+                return;
+            }
+        }
+    }
     let settings = Settings {
         partition: p,
         partitions: shared.partitions,
@@ -152,6 +169,9 @@ async fn apply(
         records = records.len(),
         "applying group"
     );
+    // One past the group's last record: the applied mark its commits raise (see `Store::take`).
+    let group_end = records.last().map_or(0, |r| r.offset + 1);
+    let mut marked = false;
     core.begin(records, now_ms());
     let mut producer = Producer::new(shared, label);
     let Done { last, rest } = loop {
@@ -164,7 +184,11 @@ async fn apply(
                 let t = Instant::now();
                 let outcomes = match epoch {
                     Some(epoch) => shared.store.commit_fenced(p, epoch, writes).await?,
-                    None => shared.store.commit(p, writes).await?,
+                    None => {
+                        let outcomes = shared.store.commit_applied(p, group_end, writes).await?;
+                        marked = true;
+                        outcomes
+                    }
                 };
                 METRICS.commit_latency.with_label_values(&[label]).observe(t.elapsed().as_secs_f64());
                 core.committed(outcomes);
@@ -184,12 +208,86 @@ async fn apply(
     if !rest.is_empty() {
         tracing::debug!(partition = p, next = rest[0].offset, "a resend comes first: the group ended early");
     }
+    // `store_offset(last)` makes Kafka's committed offset `last + 1`: the mark must be there
+    // first. A group that committed nothing (duplicates, dead letters) raises it on its own.
+    if !marked {
+        shared.store.mark_applied(p, last + 1).await?;
+    }
     shared
         .consumer
         .store_offset(&shared.config.events_topic(), p as i32, last)
         .map_err(|e| Error::fatal(format!("cannot store offset {last}: {e} (the partition was probably revoked)")))?;
     METRICS.batch_latency.observe(started.elapsed().as_secs_f64());
     Ok(rest)
+}
+
+/// Raise the applied mark of `p` to `next`, retrying while the store is unavailable; false if
+/// the worker was told to stop first.
+async fn mark_until_done(shared: &Shared, p: u32, next: i64, stop: &mut watch::Receiver<bool>) -> bool {
+    loop {
+        match shared.store.mark_applied(p, next).await {
+            Ok(()) => return true,
+            Err(e) => warn!(partition = p, error = %e, "cannot raise the applied mark; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stopped_for(stop, Duration::ZERO) => return false,
+        }
+    }
+}
+
+/// The store lost state of `p` (see [`crate::store::Taken::check`]): process nothing of it until
+/// an operator accepts the loss (`durable accept-loss`), then go on from Kafka's committed
+/// offset. Its records wait in the worker's queue (the partition is paused when it is full).
+/// False if the worker was told to stop first.
+async fn wait_for_acceptance(
+    shared: &Shared,
+    p: u32,
+    committed: i64,
+    applied: Option<i64>,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    let label = p.to_string();
+    loop {
+        match shared.store.record_loss(p).await {
+            Ok(()) => break,
+            Err(e) => warn!(partition = p, error = %e, "cannot record the loss of state; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stopped_for(stop, Duration::ZERO) => return false,
+        }
+    }
+    METRICS.state_lost.with_label_values(&[&label]).set(1);
+    shared.lost.lock().expect("lost lock").insert(p);
+    let applied_text = applied.map_or_else(|| "nothing (no mark)".to_owned(), |a| format!("offsets below {a}"));
+    error!(
+        partition = p,
+        committed,
+        applied = applied.unwrap_or(-1),
+        "Redis lost state of this partition: Kafka's committed offset is {committed} but Redis holds the effects of {applied_text} (Redis restarted without its data, failed over to a replica that lagged, or was restored from an older copy). The partition is stopped: its instances would run on stale state. Restore Redis, or accept the loss with `durable accept-loss {p}` to go on with what Redis has"
+    );
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stopped_for(stop, Duration::ZERO) => return false,
+        }
+        match shared.store.loss_accepted(p).await {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => warn!(partition = p, error = %e, "cannot read whether the loss was accepted; retrying"),
+        }
+    }
+    if !mark_until_done(shared, p, committed, stop).await {
+        return false;
+    }
+    warn!(
+        partition = p,
+        committed, "the loss of state was accepted by an operator: processing goes on from Kafka's committed offset"
+    );
+    METRICS.state_lost.with_label_values(&[&label]).set(0);
+    shared.lost.lock().expect("lost lock").remove(&p);
+    true
 }
 
 /// Run activity invocations concurrently, each when the process-wide pool

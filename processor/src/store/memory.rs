@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 
-use super::{CommitOutcome, ReleasedTimer, Store, StoreResult, Stored, Write};
+use super::{CommitOutcome, ReleasedTimer, Store, StoreResult, Stored, Taken, Write};
 
 /// In-memory store. Deterministic: iteration orders do not depend on hashing.
 #[derive(Debug, Default)]
@@ -18,8 +18,13 @@ struct Inner {
     /// Last etag handed out (etags are unique store-wide).
     last_etag: u64,
     partitions: BTreeMap<u32, Timers>,
-    /// Partition → owner epoch (see [`Store::fence`]).
+    /// Partition → owner epoch (see [`Store::take`]).
     epochs: BTreeMap<u32, u64>,
+    /// Partition → applied mark (see [`Store::mark_applied`]).
+    applied: BTreeMap<u32, i64>,
+    /// Partitions whose loss is recorded → whether an operator accepted it (see
+    /// [`Store::accept_loss`]).
+    losses: BTreeMap<u32, bool>,
     /// See [`Store::deployment_secret`].
     secret: Option<Vec<u8>>,
 }
@@ -108,11 +113,39 @@ impl Store for MemoryStore {
         Ok(inner.commit(partition, writes))
     }
 
-    async fn fence(&self, partition: u32) -> StoreResult<u64> {
+    async fn take(&self, partition: u32) -> StoreResult<Taken> {
         let mut inner = self.inner.lock().expect("store lock");
+        let known = inner.epochs.contains_key(&partition);
         let epoch = inner.epochs.entry(partition).or_default();
         *epoch += 1;
-        Ok(*epoch)
+        let epoch = *epoch;
+        Ok(Taken { epoch, applied: inner.applied.get(&partition).copied(), known })
+    }
+
+    async fn mark_applied(&self, partition: u32, next: i64) -> StoreResult<()> {
+        let mut inner = self.inner.lock().expect("store lock");
+        let mark = inner.applied.entry(partition).or_insert(next);
+        *mark = (*mark).max(next);
+        Ok(())
+    }
+
+    async fn record_loss(&self, partition: u32) -> StoreResult<()> {
+        self.inner.lock().expect("store lock").losses.entry(partition).or_insert(false);
+        Ok(())
+    }
+
+    async fn accept_loss(&self, partition: u32) -> StoreResult<bool> {
+        let mut inner = self.inner.lock().expect("store lock");
+        Ok(inner.losses.get_mut(&partition).map(|accepted| *accepted = true).is_some())
+    }
+
+    async fn loss_accepted(&self, partition: u32) -> StoreResult<bool> {
+        let mut inner = self.inner.lock().expect("store lock");
+        let accepted = inner.losses.get(&partition) == Some(&true);
+        if accepted {
+            inner.losses.remove(&partition);
+        }
+        Ok(accepted)
     }
 
     async fn commit_fenced(&self, partition: u32, epoch: u64, writes: Vec<Write>) -> StoreResult<Vec<CommitOutcome>> {

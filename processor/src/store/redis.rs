@@ -8,7 +8,12 @@
 //!   the encoded envelope, unique because event ids are);
 //! - `<prefix>:{p<N>}:released` — hash `seq → "<fire_at>|<envelope>"` of claimed timers
 //!   not yet acknowledged; `<prefix>:{p<N>}:tseq` — the timer stream's last seq.
-//! - `<prefix>:{p<N>}:epoch` — the partition's owner epoch (`INCR` by [`Store::fence`]).
+//! - `<prefix>:{p<N>}:epoch` — the partition's owner epoch (raised by [`Store::take`]).
+//! - `<prefix>:{p<N>}:applied` — one past the last offset of `<prefix>.events` whose group was
+//!   committed (raised by every commit of a group and by [`Store::mark_applied`]); the
+//!   processors compare it with Kafka's committed offset to detect lost state (see
+//!   [`Store::take`]). `<prefix>:{p<N>}:lost` — `waiting` while the partition's owner waits
+//!   for an operator to accept a loss of its state, `accepted` once one did.
 //! - `<prefix>:secret` — the deployment secret of the processors' seals when `DURABLE_SECRET`
 //!   is not set ([`Store::deployment_secret`]).
 //!
@@ -21,17 +26,38 @@
 //! (each write gets its own outcome), and it is safe on one shared multiplexed connection
 //! (WATCH state belongs to a connection, and interleaved WATCHes on a shared connection lose
 //! updates). A batch of any size costs one round trip.
+//!
+//! # Counters that survive a rollback
+//! Etags, timer sequence numbers and epochs are never simply incremented: each new value is the
+//! larger of the old one plus one and the Redis server's clock in microseconds (`TIME`). So after
+//! Redis lost writes (restarted without them, failed over to a replica that lagged, restored
+//! from an older copy) a new value is still larger than any handed out before the loss: a
+//! processor's cached copy never matches a new etag, a released timer never reuses a sequence
+//! number its receivers saw, and a stale owner's epoch never becomes current again. (This
+//! holds as long as the server's clock does not go back further than the loss.)
 
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 
-use super::{CommitOutcome, ReleasedTimer, Store, StoreError, StoreResult, Stored, Write};
+use super::{CommitOutcome, ReleasedTimer, Store, StoreError, StoreResult, Stored, Taken, Write};
 
-/// Compare-and-set of many instances. KEYS: state keys..., timers key, epoch key. ARGV: n, the
-/// epoch the commit is fenced with ("" = not fenced), then per write: expected etag ("" = must
-/// not exist), blob, timer count, then (fire_at, envelope) pairs.
+/// The server's clock in microseconds, and `raise(v)`: the larger of `v + 1` and the clock,
+/// written without an exponent (Lua 5.1 would print `1.7e+15`). Prepended to the scripts that
+/// hand out etags, sequence numbers or epochs.
+const CLOCK: &str = r#"
+local clock = redis.call('TIME')
+local now_us = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local function raise(v)
+  return string.format('%d', math.max((tonumber(v) or 0) + 1, now_us))
+end
+"#;
+
+/// Compare-and-set of many instances. KEYS: state keys..., timers key, epoch key, applied key.
+/// ARGV: n, the epoch the commit is fenced with ("" = not fenced), the offset to raise the
+/// applied mark to ("" = none), then per write: expected etag ("" = must not exist), blob, timer
+/// count, then (fire_at, envelope) pairs.
 const COMMIT: &str = r#"
 local n = tonumber(ARGV[1])
 local timers = KEYS[n + 1]
@@ -42,7 +68,7 @@ if ARGV[2] ~= '' and redis.call('GET', KEYS[n + 2]) ~= ARGV[2] then
   end
   return out
 end
-local a = 3
+local a = 4
 for i = 1, n do
   local expected = ARGV[a]
   local blob = ARGV[a + 1]
@@ -50,19 +76,48 @@ for i = 1, n do
   a = a + 3
   local current = redis.call('HGET', KEYS[i], 'e')
   if (current == false and expected == '') or (current ~= false and current == expected) then
-    local etag = (tonumber(current) or 0) + 1
-    redis.call('HSET', KEYS[i], 'b', blob, 'e', tostring(etag))
+    local etag = raise(current)
+    redis.call('HSET', KEYS[i], 'b', blob, 'e', etag)
     for t = 1, count do
       redis.call('ZADD', timers, ARGV[a], ARGV[a + 1])
       a = a + 2
     end
-    out[i] = etag
+    out[i] = tonumber(etag)
   else
     a = a + 2 * count
     out[i] = -1
   end
 end
+if ARGV[3] ~= '' and tonumber(ARGV[3]) > (tonumber(redis.call('GET', KEYS[n + 3])) or -1) then
+  redis.call('SET', KEYS[n + 3], ARGV[3])
+end
 return out
+"#;
+
+/// Raise the applied mark to ARGV[1] (never lower it). KEYS: applied.
+const MARK: &str = r#"
+if tonumber(ARGV[1]) > (tonumber(redis.call('GET', KEYS[1])) or -1) then
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return 0
+"#;
+
+/// Use up an operator's acceptance of a recorded loss: 1 if there was one. KEYS: lost.
+const ACCEPTED: &str = r#"
+if redis.call('GET', KEYS[1]) == 'accepted' then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"#;
+
+/// Take a partition: a new epoch, the applied mark (-1: none) and whether the partition had an
+/// epoch before (1/0). KEYS: epoch, applied.
+const TAKE: &str = r#"
+local before = redis.call('GET', KEYS[1])
+local epoch = raise(before)
+redis.call('SET', KEYS[1], epoch)
+return {tonumber(epoch), tonumber(redis.call('GET', KEYS[2]) or '-1'), before and 1 or 0}
 "#;
 
 /// Move due timers to the release queue with fresh seqs; return the whole queue.
@@ -73,8 +128,9 @@ local room = tonumber(ARGV[2]) - released
 if room > 0 then
   local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, room)
   for i = 1, #due, 2 do
-    local seq = redis.call('INCR', KEYS[3])
-    redis.call('HSET', KEYS[2], tostring(seq), due[i + 1] .. '|' .. due[i])
+    local seq = raise(redis.call('GET', KEYS[3]))
+    redis.call('SET', KEYS[3], seq)
+    redis.call('HSET', KEYS[2], seq, due[i + 1] .. '|' .. due[i])
     redis.call('ZREM', KEYS[1], due[i])
   end
 end
@@ -97,9 +153,17 @@ return 0
 pub struct RedisStore {
     conn: ConnectionManager,
     prefix: String,
+    scripts: std::sync::Arc<Scripts>,
+}
+
+/// The Lua scripts, loaded once per store and shared by its clones.
+struct Scripts {
     commit: Script,
     claim: Script,
     ack: Script,
+    mark: Script,
+    take: Script,
+    accepted: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -138,9 +202,14 @@ impl RedisStore {
         Ok(Self {
             conn,
             prefix: prefix.to_owned(),
-            commit: Script::new(COMMIT),
-            claim: Script::new(CLAIM),
-            ack: Script::new(ACK),
+            scripts: std::sync::Arc::new(Scripts {
+                commit: Script::new(&format!("{CLOCK}{COMMIT}")),
+                claim: Script::new(&format!("{CLOCK}{CLAIM}")),
+                ack: Script::new(ACK),
+                mark: Script::new(MARK),
+                take: Script::new(&format!("{CLOCK}{TAKE}")),
+                accepted: Script::new(ACCEPTED),
+            }),
         })
     }
 
@@ -153,24 +222,31 @@ impl RedisStore {
         format!("{}:{{p{partition}}}:{what}", self.prefix)
     }
 
-    /// One run of the commit script (fenced with `epoch` if given).
+    /// One run of the commit script (fenced with `epoch` if given, raising the applied mark to
+    /// `applied` if given).
     async fn commit_script(
         &self,
         partition: u32,
         epoch: Option<u64>,
+        applied: Option<i64>,
         writes: Vec<Write>,
     ) -> StoreResult<Vec<CommitOutcome>> {
         if writes.is_empty() {
+            if let Some(next) = applied {
+                self.mark_applied(partition, next).await?;
+            }
             return Ok(Vec::new());
         }
-        let mut invocation = self.commit.prepare_invoke();
+        let mut invocation = self.scripts.commit.prepare_invoke();
         for w in &writes {
             invocation.key(self.state_key(partition, &w.id));
         }
         invocation.key(self.partition_key(partition, "timers"));
         invocation.key(self.partition_key(partition, "epoch"));
+        invocation.key(self.partition_key(partition, "applied"));
         invocation.arg(writes.len());
         invocation.arg(epoch.map(|e| e.to_string()).unwrap_or_default());
+        invocation.arg(applied.map(|o| o.to_string()).unwrap_or_default());
         for w in &writes {
             invocation.arg(w.expected.map(|e| e.to_string()).unwrap_or_default());
             invocation.arg(&w.blob[..]);
@@ -184,6 +260,54 @@ impl RedisStore {
             .into_iter()
             .map(|e| if e < 0 { CommitOutcome::Conflict } else { CommitOutcome::Committed { etag: e as u64 } })
             .collect())
+    }
+}
+
+/// What a Redis server's settings promise about the commits it acknowledges
+/// ([`RedisStore::health`]). A setting the server does not let us read (managed Redis often
+/// refuses `CONFIG`) is `None`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StoreHealth {
+    /// `appendonly`: whether writes go to the append-only file.
+    pub appendonly: Option<bool>,
+    /// `appendfsync`: `always` (fsync before every reply), `everysec` or `no`.
+    pub appendfsync: Option<String>,
+    /// `maxmemory-policy`: anything but `noeviction` drops keys under memory pressure.
+    pub maxmemory_policy: Option<String>,
+    /// Replicas connected to this server (`INFO replication`).
+    pub replicas: Option<u64>,
+}
+
+impl StoreHealth {
+    /// Whether an acknowledged commit survives a crash of the Redis machine: the append-only
+    /// file is fsynced before each reply (`appendonly yes`, `appendfsync always`).
+    pub fn durable(&self) -> bool {
+        self.appendonly == Some(true) && self.appendfsync.as_deref() == Some("always")
+    }
+
+    /// Whether the server may evict keys (known to).
+    pub fn evicts(&self) -> bool {
+        self.maxmemory_policy.as_deref().is_some_and(|p| p != "noeviction")
+    }
+}
+
+impl RedisStore {
+    /// Read the server's persistence, eviction and replication settings (what it refuses to
+    /// tell stays `None`).
+    pub async fn health(&self) -> StoreHealth {
+        let setting = async |name: &str| -> Option<String> {
+            let pair: Vec<String> =
+                redis::cmd("CONFIG").arg("GET").arg(name).query_async(&mut self.conn.clone()).await.ok()?;
+            pair.into_iter().nth(1)
+        };
+        let appendonly = setting("appendonly").await.map(|v| v == "yes");
+        let appendfsync = setting("appendfsync").await;
+        let maxmemory_policy = setting("maxmemory-policy").await;
+        let info: Option<String> = redis::cmd("INFO").arg("replication").query_async(&mut self.conn.clone()).await.ok();
+        let replicas = info.as_deref().and_then(|info| {
+            info.lines().find_map(|l| l.strip_prefix("connected_slaves:")).and_then(|n| n.trim().parse().ok())
+        });
+        StoreHealth { appendonly, appendfsync, maxmemory_policy, replicas }
     }
 }
 
@@ -208,23 +332,81 @@ impl Store for RedisStore {
     }
 
     async fn commit(&self, partition: u32, writes: Vec<Write>) -> StoreResult<Vec<CommitOutcome>> {
-        self.commit_script(partition, None, writes).await
+        self.commit_script(partition, None, None, writes).await
     }
 
-    async fn fence(&self, partition: u32) -> StoreResult<u64> {
-        redis::cmd("INCR")
-            .arg(self.partition_key(partition, "epoch"))
-            .query_async(&mut self.conn.clone())
+    async fn commit_applied(
+        &self,
+        partition: u32,
+        applied: i64,
+        writes: Vec<Write>,
+    ) -> StoreResult<Vec<CommitOutcome>> {
+        self.commit_script(partition, None, Some(applied), writes).await
+    }
+
+    async fn take(&self, partition: u32) -> StoreResult<Taken> {
+        let (epoch, applied, known): (u64, i64, i64) = self
+            .scripts
+            .take
+            .key(self.partition_key(partition, "epoch"))
+            .key(self.partition_key(partition, "applied"))
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(Taken { epoch, applied: (applied >= 0).then_some(applied), known: known == 1 })
+    }
+
+    async fn commit_fenced(&self, partition: u32, epoch: u64, writes: Vec<Write>) -> StoreResult<Vec<CommitOutcome>> {
+        self.commit_script(partition, Some(epoch), None, writes).await
+    }
+
+    async fn mark_applied(&self, partition: u32, next: i64) -> StoreResult<()> {
+        let _: i64 = self
+            .scripts
+            .mark
+            .key(self.partition_key(partition, "applied"))
+            .arg(next)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn record_loss(&self, partition: u32) -> StoreResult<()> {
+        redis::cmd("SET")
+            .arg(self.partition_key(partition, "lost"))
+            .arg("waiting")
+            .arg("NX")
+            .query_async::<()>(&mut self.conn.clone())
             .await
             .map_err(unavailable)
     }
 
-    async fn commit_fenced(&self, partition: u32, epoch: u64, writes: Vec<Write>) -> StoreResult<Vec<CommitOutcome>> {
-        self.commit_script(partition, Some(epoch), writes).await
+    async fn accept_loss(&self, partition: u32) -> StoreResult<bool> {
+        let set: Option<String> = redis::cmd("SET")
+            .arg(self.partition_key(partition, "lost"))
+            .arg("accepted")
+            .arg("XX")
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(set.is_some())
+    }
+
+    async fn loss_accepted(&self, partition: u32) -> StoreResult<bool> {
+        let taken: i64 = self
+            .scripts
+            .accepted
+            .key(self.partition_key(partition, "lost"))
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(taken == 1)
     }
 
     async fn claim_due_timers(&self, partition: u32, now: i64, max: usize) -> StoreResult<Vec<ReleasedTimer>> {
         let fields: Vec<(String, Vec<u8>)> = self
+            .scripts
             .claim
             .key(self.partition_key(partition, "timers"))
             .key(self.partition_key(partition, "released"))
@@ -248,6 +430,7 @@ impl Store for RedisStore {
 
     async fn ack_timers(&self, partition: u32, up_to_seq: i64) -> StoreResult<()> {
         let _: i64 = self
+            .scripts
             .ack
             .key(self.partition_key(partition, "released"))
             .arg(up_to_seq)
