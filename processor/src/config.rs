@@ -30,6 +30,10 @@ pub struct ProcessorConfig {
     /// Redis URL of the state store (redis://[user:password@]host:port[/db], rediss:// for TLS).
     #[arg(long, env = "DURABLE_REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true)]
     pub redis_url: String,
+    /// PEM file of the CA certificate that signed the Redis server's (for a rediss:// URL);
+    /// unset: the system's trusted roots.
+    #[arg(long, env = "DURABLE_REDIS_CA")]
+    pub redis_ca: Option<std::path::PathBuf>,
     /// Start even though Redis evicts keys under memory pressure (a maxmemory-policy other than
     /// noeviction): evicted instance state is lost without a trace. Without it such a Redis is
     /// refused at start.
@@ -103,6 +107,7 @@ impl ProcessorConfig {
             partitions: 32,
             group: format!("{prefix}-processors"),
             redis_url: redis_url.to_owned(),
+            redis_ca: None,
             redis_allow_eviction: false,
             metrics_addr: "127.0.0.1:0".parse().expect("valid address"),
             batch: 256,

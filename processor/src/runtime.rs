@@ -114,6 +114,9 @@ async fn store_health(config: &ProcessorConfig, store: &AnyStore) -> anyhow::Res
         }
         warn!(policy, "Redis evicts keys under memory pressure and DURABLE_REDIS_ALLOW_EVICTION is set: evicted instance state is lost");
     }
+    if health.maxmemory_policy.is_none() {
+        warn!("cannot read Redis's maxmemory-policy (CONFIG GET refused, as managed Redis often does): make sure it is noeviction, or instance state can be evicted");
+    }
     METRICS.store_durable.with_label_values(&[] as &[&str]).set(i64::from(health.durable()));
     if !health.durable() {
         warn!(
@@ -156,7 +159,9 @@ pub async fn run(
     config.kafka.validate()?;
     configured_seal(&config)?;
     // The store's error names the URL (without its password) and what to set.
-    let store = RedisStore::connect(&config.redis_url, &config.prefix).await.map_err(|e| anyhow::anyhow!("{}", e.0))?;
+    let store = RedisStore::connect_with(&config.redis_url, &config.prefix, config.redis_ca.as_deref())
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.0))?;
     kafka::ensure_topics(&config).await?;
     run_with(config, registry, AnyStore::Redis(store), shutdown, ready).await
 }

@@ -571,6 +571,7 @@ impl Drop for Broker {
 pub struct RedisServer {
     child: Child,
     port: u16,
+    tls: bool,
     _dir: TempDir,
 }
 
@@ -587,10 +588,38 @@ impl RedisServer {
     /// Start one and wait until it answers (panics after 10 s).
     pub fn start(args: &[&str]) -> Self {
         let port = free_port();
+        Self::spawn(port, false, &[&["--port", &port.to_string()], args].concat())
+    }
+
+    /// Start one that only speaks TLS, with the test CA's server certificate (the one
+    /// `scripts/kafka/broker` made for the SASL_SSL listener; see [`test_ca`]).
+    pub fn start_tls(args: &[&str]) -> Self {
+        let port = free_port();
+        let tls = cache_dir().join("kafka-tls");
+        let path = |f: &str| tls.join(f).to_str().expect("utf-8 path").to_owned();
+        let (cert, key, ca) = (path("server.pem"), path("server.key"), test_ca());
+        let tls_args = [
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            ca.to_str().expect("utf-8 path"),
+            "--tls-auth-clients",
+            "no",
+        ];
+        Self::spawn(port, true, &[&tls_args[..], args].concat())
+    }
+
+    fn spawn(port: u16, tls: bool, args: &[&str]) -> Self {
         let dir = std::env::temp_dir().join(format!("durable-redis-{port}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("redis dir");
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--bind", "127.0.0.1", "--save", ""])
             .arg("--dir")
             .arg(&dir)
             .args(args)
@@ -598,7 +627,7 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn redis-server (scripts/services installs it)");
-        let server = Self { child, port, _dir: TempDir(dir) };
+        let server = Self { child, port, tls, _dir: TempDir(dir) };
         let started = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(started.elapsed() < Duration::from_secs(10), "redis-server did not start on port {port}");
@@ -607,9 +636,16 @@ impl RedisServer {
         server
     }
 
+    /// Its URL (`rediss://` for TLS, with `credentials` as `user:password` if given).
+    pub fn url_as(&self, credentials: Option<&str>) -> String {
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        let user = credentials.map(|c| format!("{c}@")).unwrap_or_default();
+        format!("{scheme}://{user}127.0.0.1:{}", self.port)
+    }
+
     /// Its URL.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        self.url_as(None)
     }
 }
 
@@ -618,6 +654,13 @@ impl Drop for RedisServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The test CA's certificate (made by `scripts/kafka/broker`, which `scripts/services` runs).
+pub fn test_ca() -> std::path::PathBuf {
+    let ca = cache_dir().join("kafka-tls").join("ca.pem");
+    assert!(ca.exists(), "no test CA at {}: run scripts/services", ca.display());
+    ca
 }
 
 /// The JSON body of an HTTP response (after its headers).

@@ -217,3 +217,74 @@ async fn try_status(metrics: SocketAddr) -> Option<String> {
     tokio::net::TcpStream::connect(metrics).await.ok()?;
     Some(e2e::http_get(metrics, "/status").await)
 }
+
+/// Managed Redis: TLS (`rediss://`, the server's CA in DURABLE_REDIS_CA) and an ACL user that
+/// may touch only its prefix's keys and no dangerous command (no CONFIG, no INFO). A processor
+/// runs on it end to end; a wrong password is an error that names what to check and never the
+/// password, which appears in no log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_processor_runs_on_redis_over_tls_as_an_acl_user() {
+    let prefix = e2e::unique_prefix("redis-tls");
+    let password = "redis-acl-pw-5d41c9";
+    let acl = format!("~{prefix}:*");
+    let pass = format!(">{password}");
+    let server = RedisServer::start_tls(&[
+        "--user",
+        "default",
+        "off",
+        "--user",
+        "app",
+        "on",
+        &pass,
+        &acl,
+        "&*",
+        "+@all",
+        "-@dangerous",
+    ]);
+    let ca = e2e::test_ca();
+    let dir = std::env::temp_dir().join(&prefix);
+    std::fs::create_dir_all(&dir).unwrap();
+
+    let wrong = server.url_as(Some("app:not-the-password-93"));
+    let out = std::process::Command::new(BINARY)
+        .env("DURABLE_BROKERS", e2e::brokers())
+        .env("DURABLE_PREFIX", &prefix)
+        .env("DURABLE_REDIS_URL", &wrong)
+        .env("DURABLE_REDIS_CA", &ca)
+        .env("DURABLE_METRICS_ADDR", "127.0.0.1:0")
+        .output()
+        .expect("run the processor");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cannot reach Redis at rediss://app:***@127.0.0.1"), "{stderr}");
+    assert!(!stderr.contains("not-the-password-93"), "the password is never shown: {stderr}");
+
+    let url = server.url_as(Some(&format!("app:{password}")));
+    let ca_path = ca.to_str().unwrap();
+    let log = dir.join("processor.log");
+    let mut processor = Process::spawn_with(
+        BINARY,
+        &prefix,
+        2,
+        &log,
+        &[("DURABLE_REDIS_URL", &url), ("DURABLE_REDIS_CA", ca_path), ("DURABLE_LOG", "debug")],
+    );
+    let mut client = Client::new(&prefix);
+    let c = InstanceId::entity("Counter", "over-tls");
+    add(&mut client, &c, 4).await;
+    let store = durable_processor::store::RedisStore::connect_with(&url, &prefix, Some(&ca)).await.expect("TLS store");
+    e2e::eventually(Duration::from_secs(60), "applied over TLS", || async {
+        let stored =
+            durable_processor::store::Store::load(&store, c.partition(2), &[c.canonical()]).await.ok()?.remove(0)?;
+        let record = durable_processor::history::InstanceRecord::from_blob(&stored.blob).ok()?;
+        let value = record.entity()?.state.as_ref()?.decode::<Counter>().ok()?.value;
+        (value == 4).then_some(())
+    })
+    .await;
+    let s = status(processor.metrics).await;
+    assert_eq!(s["store"]["maxmemory_policy"], json!(null), "CONFIG is refused to this user: {s}");
+    processor.terminate();
+    let written = std::fs::read_to_string(&log).unwrap();
+    assert!(!written.contains(password), "the password appears in no log");
+    assert!(written.contains("cannot read Redis's maxmemory-policy"), "the unknown policy is warned about");
+}

@@ -179,10 +179,33 @@ fn unavailable(e: redis::RedisError) -> StoreError {
 impl RedisStore {
     /// Connect to `url` (e.g. `redis://127.0.0.1:6379`); keys start with `prefix`.
     pub async fn connect(url: &str, prefix: &str) -> StoreResult<Self> {
+        Self::connect_with(url, prefix, None).await
+    }
+
+    /// [`RedisStore::connect`], trusting the CA certificate in PEM file `ca` for a `rediss://`
+    /// URL (instead of the system's roots). An ACL user and its password go in the URL:
+    /// `rediss://user:password@host:port`.
+    pub async fn connect_with(url: &str, prefix: &str, ca: Option<&std::path::Path>) -> StoreResult<Self> {
         // Errors name the URL without its password.
         let shown = crate::config::redact_url(url);
-        let client = redis::Client::open(url)
-            .map_err(|e| StoreError(format!("invalid Redis URL {shown}: {e} (expected redis://host:port)")))?;
+        let invalid = |e: redis::RedisError| {
+            StoreError(format!(
+                "invalid Redis URL {shown}: {e} (expected redis://host:port or rediss://user:password@host:port)"
+            ))
+        };
+        let client = match ca {
+            None => redis::Client::open(url).map_err(invalid)?,
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    StoreError(format!(
+                        "cannot read the Redis CA certificate {} (DURABLE_REDIS_CA): {e}",
+                        path.display()
+                    ))
+                })?;
+                let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(pem) };
+                redis::Client::build_with_tls(url, certificates).map_err(invalid)?
+            }
+        };
         let unreachable = |e: &dyn std::fmt::Display| {
             StoreError(format!("cannot reach Redis at {shown}: {e}: is redis-server running? set DURABLE_REDIS_URL"))
         };
