@@ -30,6 +30,10 @@ pub struct ProcessorConfig {
     /// Redis URL of the state store (redis://[user:password@]host:port[/db], rediss:// for TLS).
     #[arg(long, env = "DURABLE_REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true)]
     pub redis_url: String,
+    /// DURABLE_REDIS_URL names nodes of a Redis Cluster, comma separated (some of them are
+    /// enough: the client learns the rest).
+    #[arg(long, env = "DURABLE_REDIS_CLUSTER")]
+    pub redis_cluster: bool,
     /// PEM file of the CA certificate that signed the Redis server's (for a rediss:// URL);
     /// unset: the system's trusted roots.
     #[arg(long, env = "DURABLE_REDIS_CA")]
@@ -108,6 +112,7 @@ impl ProcessorConfig {
             group: format!("{prefix}-processors"),
             redis_url: redis_url.to_owned(),
             redis_ca: None,
+            redis_cluster: false,
             redis_allow_eviction: false,
             metrics_addr: "127.0.0.1:0".parse().expect("valid address"),
             batch: 256,

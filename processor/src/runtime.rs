@@ -159,9 +159,13 @@ pub async fn run(
     config.kafka.validate()?;
     configured_seal(&config)?;
     // The store's error names the URL (without its password) and what to set.
-    let store = RedisStore::connect_with(&config.redis_url, &config.prefix, config.redis_ca.as_deref())
-        .await
-        .map_err(|e| anyhow::anyhow!("{}", e.0))?;
+    let store = if config.redis_cluster {
+        let seeds: Vec<&str> = config.redis_url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+        RedisStore::connect_cluster(&seeds, &config.prefix, config.redis_ca.as_deref()).await
+    } else {
+        RedisStore::connect_with(&config.redis_url, &config.prefix, config.redis_ca.as_deref()).await
+    }
+    .map_err(|e| anyhow::anyhow!("{}", e.0))?;
     kafka::ensure_topics(&config).await?;
     run_with(config, registry, AnyStore::Redis(store), shutdown, ready).await
 }

@@ -1,6 +1,7 @@
-//! The `Store` contract, checked against every implementation: the in-memory store and Redis
-//! (a real server at `DURABLE_REDIS_URL`, default `redis://127.0.0.1:6379`; the Redis tests fail
-//! loudly if it does not answer — `scripts/services` starts one).
+//! The `Store` contract, checked against every implementation: the in-memory store, Redis (a real
+//! server at `DURABLE_REDIS_URL`, default `redis://127.0.0.1:6379`) and a Redis Cluster (three
+//! masters from `DURABLE_REDIS_CLUSTER_URL`, default `redis://127.0.0.1:7000`). The Redis tests
+//! fail loudly if their server does not answer — `scripts/services` starts both.
 
 use std::sync::Arc;
 
@@ -350,5 +351,82 @@ mod redis {
         let err = RedisStore::connect("redis://127.0.0.1:1", "x").await.unwrap_err();
         assert!(err.to_string().contains("cannot reach Redis at redis://127.0.0.1:1"), "{err}");
         assert!(err.to_string().contains("DURABLE_REDIS_URL"), "{err}");
+    }
+}
+
+mod cluster {
+    use super::*;
+
+    async fn store() -> RedisStore {
+        let seeds = std::env::var("DURABLE_REDIS_CLUSTER_URL").unwrap_or_else(|_| "redis://127.0.0.1:7000".into());
+        let seeds: Vec<&str> = seeds.split(',').collect();
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let prefix = format!("durable-test-{}-{nanos}", std::process::id());
+        RedisStore::connect_cluster(&seeds, &prefix, None).await.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[tokio::test]
+    async fn compare_and_set() {
+        super::compare_and_set(&store().await).await
+    }
+    #[tokio::test]
+    async fn batches_have_one_outcome_per_write() {
+        super::batches_have_one_outcome_per_write(&store().await).await
+    }
+    #[tokio::test]
+    async fn timers_are_released_in_seq_order_and_re_released_until_acknowledged() {
+        super::timers_are_released_in_seq_order_and_re_released_until_acknowledged(&store().await).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_writers_never_lose_updates() {
+        super::concurrent_writers_never_lose_updates(Arc::new(store().await)).await
+    }
+    #[tokio::test]
+    async fn fenced_commits_fail_once_a_newer_owner_fenced() {
+        super::fenced_commits_fail_once_a_newer_owner_fenced(&store().await).await
+    }
+    #[tokio::test]
+    async fn the_first_deployment_secret_offered_is_kept() {
+        super::the_first_deployment_secret_offered_is_kept(&store().await).await
+    }
+    #[tokio::test]
+    async fn the_applied_mark_only_goes_up_and_tells_a_new_owner_what_was_lost() {
+        super::the_applied_mark_only_goes_up_and_tells_a_new_owner_what_was_lost(&store().await).await
+    }
+    #[tokio::test]
+    async fn a_loss_is_accepted_only_once_recorded() {
+        super::a_loss_is_accepted_only_once_recorded(&store().await).await
+    }
+
+    /// Every partition's keys land in one slot, and the partitions spread over the masters.
+    #[tokio::test]
+    async fn partitions_spread_over_the_masters() {
+        let s = store().await;
+        let mut conn =
+            ::redis::Client::open("redis://127.0.0.1:7000").unwrap().get_multiplexed_async_connection().await.unwrap();
+        let mut slots = std::collections::BTreeSet::new();
+        for p in 0..32 {
+            let state: i64 = ::redis::cmd("CLUSTER")
+                .arg("KEYSLOT")
+                .arg(s.state_key(p, "entity:A:x"))
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            let other: i64 = ::redis::cmd("CLUSTER")
+                .arg("KEYSLOT")
+                .arg(s.state_key(p, "orch:B:y"))
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            assert_eq!(state, other, "one slot per partition");
+            slots.insert(state / (16384 / 3 + 1));
+        }
+        assert_eq!(slots.len(), 3, "32 partitions use every master's slot range");
+    }
+
+    #[tokio::test]
+    async fn unreachable_nodes_say_what_to_do() {
+        let err = RedisStore::connect_cluster(&["redis://127.0.0.1:1"], "x", None).await.unwrap_err();
+        assert!(err.to_string().contains("cannot reach the Redis Cluster at redis://127.0.0.1:1"), "{err}");
     }
 }

@@ -288,3 +288,83 @@ async fn a_processor_runs_on_redis_over_tls_as_an_acl_user() {
     assert!(!written.contains(password), "the password appears in no log");
     assert!(written.contains("cannot read Redis's maxmemory-policy"), "the unknown policy is warned about");
 }
+
+/// The bank example end to end on a Redis Cluster of three masters (`scripts/services`), with
+/// two processors: every transfer finishes once and money is conserved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_bank_runs_on_a_redis_cluster() {
+    use durable_processor::examples::{Account, TransferInput, TransferOutcome};
+    use durable_processor::history::{InstanceRecord, OrchestrationStatus};
+    use durable_processor::store::{RedisStore, Store as _};
+    let seeds = std::env::var("DURABLE_REDIS_CLUSTER_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:7000,redis://127.0.0.1:7001".into());
+    let prefix = e2e::unique_prefix("cluster-bank");
+    let dir = std::env::temp_dir().join(&prefix);
+    std::fs::create_dir_all(&dir).unwrap();
+    let env = [("DURABLE_REDIS_CLUSTER", "true"), ("DURABLE_REDIS_URL", seeds.as_str())];
+    let mut a = Process::spawn_with(BINARY, &prefix, 8, &dir.join("a.log"), &env);
+    let mut b = Process::spawn_with(BINARY, &prefix, 8, &dir.join("b.log"), &env);
+    let store =
+        RedisStore::connect_cluster(&seeds.split(',').collect::<Vec<_>>(), &prefix, None).await.expect("cluster");
+    let record = |id: String| {
+        let store = store.clone();
+        async move {
+            let p = InstanceId::parse(&id).unwrap().partition(8);
+            let stored = store.load(p, std::slice::from_ref(&id)).await.expect("cluster load").remove(0)?;
+            Some(InstanceRecord::from_blob(&stored.blob).expect("readable"))
+        }
+    };
+    let mut client = Client::new(&prefix);
+    let accounts: Vec<InstanceId> = (0..8).map(|i| InstanceId::entity("Account", format!("acc{i}"))).collect();
+    let mut setup = Vec::new();
+    for (i, acc) in accounts.iter().enumerate() {
+        setup.push(client.signal(acc, "open", format!("owner{i}")));
+        setup.push(client.signal(acc, "deposit", 1_000));
+    }
+    client.send(&setup).await;
+    let transfers: Vec<_> = (0..40)
+        .map(|t| {
+            let input = TransferInput {
+                from: format!("acc{}", t % 8),
+                to: format!("acc{}", (t * 3 + 1) % 8),
+                amount: 10 + t as i64,
+            };
+            client.start("Transfer", &format!("t{t}"), input)
+        })
+        .collect();
+    client.send(&transfers).await;
+    let mut moved = 0;
+    for t in &transfers {
+        let outcome = e2e::eventually(Duration::from_secs(120), &format!("{} finishes", t.target), || async {
+            match record(t.target.clone()).await?.orchestration()?.status.clone() {
+                OrchestrationStatus::Running => None,
+                OrchestrationStatus::Completed { output } => {
+                    Some(output.decode::<TransferOutcome>().map_err(|e| e.to_string()))
+                }
+                OrchestrationStatus::Failed { failure } => Some(Err(failure.message)),
+                other => Some(Err(format!("{other:?}"))),
+            }
+        })
+        .await;
+        match outcome {
+            Ok(TransferOutcome::Transferred) => moved += 1,
+            Ok(TransferOutcome::Refused { .. }) => {}
+            Err(e) => panic!("{} did not complete: {e}", t.target),
+        }
+    }
+    assert!(moved > 0, "some transfers moved money");
+    let mut total = 0;
+    for acc in &accounts {
+        let balance = e2e::eventually(Duration::from_secs(30), "the account is unlocked", || async {
+            let record = record(acc.canonical()).await?;
+            let entity = record.entity()?;
+            entity.lock.is_none().then(|| entity.state.as_ref()?.decode::<Account>().ok()).flatten()
+        })
+        .await
+        .balance;
+        total += balance;
+    }
+    assert_eq!(total, 8 * 1_000, "money is conserved");
+    a.terminate();
+    b.terminate();
+}

@@ -151,9 +151,45 @@ return 0
 /// Instance blobs and timers in Redis.
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Conn,
     prefix: String,
     scripts: std::sync::Arc<Scripts>,
+}
+
+/// One Redis server (through a manager that reconnects), or a Redis Cluster (whose client
+/// follows the slots: every key of a partition is in one slot).
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
 }
 
 /// The Lua scripts, loaded once per store and shared by its clones.
@@ -170,6 +206,12 @@ impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore").field("prefix", &self.prefix).finish()
     }
+}
+
+fn read_ca(path: &std::path::Path) -> StoreResult<Vec<u8>> {
+    std::fs::read(path).map_err(|e| {
+        StoreError(format!("cannot read the Redis CA certificate {} (DURABLE_REDIS_CA): {e}", path.display()))
+    })
 }
 
 fn unavailable(e: redis::RedisError) -> StoreError {
@@ -196,13 +238,7 @@ impl RedisStore {
         let client = match ca {
             None => redis::Client::open(url).map_err(invalid)?,
             Some(path) => {
-                let pem = std::fs::read(path).map_err(|e| {
-                    StoreError(format!(
-                        "cannot read the Redis CA certificate {} (DURABLE_REDIS_CA): {e}",
-                        path.display()
-                    ))
-                })?;
-                let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(pem) };
+                let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(read_ca(path)?) };
                 redis::Client::build_with_tls(url, certificates).map_err(invalid)?
             }
         };
@@ -222,7 +258,46 @@ impl RedisStore {
             .set_number_of_retries(6)
             .set_max_delay(Duration::from_secs(2));
         let conn = ConnectionManager::new_with_config(client, config).await.map_err(|e| unreachable(&e))?;
-        Ok(Self {
+        Ok(Self::over(Conn::Single(conn), prefix))
+    }
+
+    /// Connect to a Redis Cluster through `seeds` (URLs of some of its nodes, e.g.
+    /// `redis://10.0.0.1:6379`; `rediss://user:password@…` for TLS, checked against the system's
+    /// roots, and an ACL user; a CA of its own (`ca`) is refused). Each partition's keys share a
+    /// hash tag, so each commit is a single-slot script.
+    pub async fn connect_cluster(seeds: &[&str], prefix: &str, ca: Option<&std::path::Path>) -> StoreResult<Self> {
+        let shown: Vec<String> = seeds.iter().map(|u| crate::config::redact_url(u)).collect();
+        let shown = shown.join(",");
+        let builder = redis::cluster::ClusterClient::builder(seeds.iter().map(|s| s.to_string()))
+            .connection_timeout(Duration::from_secs(3))
+            .response_timeout(Duration::from_secs(10))
+            .retries(6);
+        if let Some(path) = ca {
+            return Err(StoreError(format!(
+                "DURABLE_REDIS_CA ({}) is not supported with DURABLE_REDIS_CLUSTER: add the CA to the system's trusted roots instead (rediss:// cluster nodes are checked against them)",
+                path.display()
+            )));
+        }
+        let client = builder.build().map_err(|e| {
+            StoreError(format!(
+                "invalid Redis Cluster nodes {shown}: {e} (expected redis://host:port,redis://host:port,…)"
+            ))
+        })?;
+        let unreachable = |e: &dyn std::fmt::Display| {
+            StoreError(format!(
+                "cannot reach the Redis Cluster at {shown}: {e}: are its nodes up and is the cluster formed? set DURABLE_REDIS_URL"
+            ))
+        };
+        let conn = match tokio::time::timeout(Duration::from_secs(5), client.get_async_connection()).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => return Err(unreachable(&e)),
+            Err(_) => return Err(unreachable(&"no answer within 5 s")),
+        };
+        Ok(Self::over(Conn::Cluster(conn), prefix))
+    }
+
+    fn over(conn: Conn, prefix: &str) -> Self {
+        Self {
             conn,
             prefix: prefix.to_owned(),
             scripts: std::sync::Arc::new(Scripts {
@@ -233,7 +308,7 @@ impl RedisStore {
                 take: Script::new(&format!("{CLOCK}{TAKE}")),
                 accepted: Script::new(ACCEPTED),
             }),
-        })
+        }
     }
 
     /// The key of an instance's state.
