@@ -572,7 +572,8 @@ pub struct RedisServer {
     child: Child,
     port: u16,
     tls: bool,
-    _dir: TempDir,
+    args: Vec<String>,
+    dir: TempDir,
 }
 
 /// A directory removed when dropped.
@@ -618,22 +619,45 @@ impl RedisServer {
     fn spawn(port: u16, tls: bool, args: &[&str]) -> Self {
         let dir = std::env::temp_dir().join(format!("durable-redis-{port}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("redis dir");
-        let child = Command::new("redis-server")
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let child = Self::run(&dir, &args);
+        let server = Self { child, port, tls, args, dir: TempDir(dir) };
+        server.wait_until_it_answers();
+        server
+    }
+
+    fn run(dir: &std::path::Path, args: &[String]) -> Child {
+        Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--save", ""])
             .arg("--dir")
-            .arg(&dir)
+            .arg(dir)
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("spawn redis-server (scripts/services installs it)");
-        let server = Self { child, port, tls, _dir: TempDir(dir) };
+            .expect("spawn redis-server (scripts/services installs it)")
+    }
+
+    fn wait_until_it_answers(&self) {
         let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(10), "redis-server did not start on port {port}");
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(10), "redis-server did not start on port {}", self.port);
             std::thread::sleep(Duration::from_millis(50));
         }
-        server
+    }
+
+    /// SIGKILL it: no goodbye, no final write (what it fsynced is all that is left).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Start it again on the same port and directory (so from its append-only file, if it keeps
+    /// one), and wait until it answers.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = Self::run(&self.dir.0, &self.args);
+        self.wait_until_it_answers();
     }
 
     /// Its URL (`rediss://` for TLS, with `credentials` as `user:password` if given).
