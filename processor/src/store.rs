@@ -150,20 +150,16 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = StoreResult<Vec<CommitOutcome>>> + Send;
 
     /// [`Store::commit`] of a group of `<prefix>.events` records that ends before offset
-    /// `applied`, raising the partition's applied mark to it (see [`Store::mark_applied`]) with
-    /// the same round trip where the store can.
+    /// `applied`, raising the partition's applied mark to it (see [`Store::mark_applied`]) in the
+    /// same step. `Err(mark)`, with nothing written, if the mark is below `floor` — the mark this
+    /// owner saw or raised before: the store lost writes under it (see [`Taken::check`]).
     fn commit_applied(
         &self,
         partition: u32,
+        floor: Option<i64>,
         applied: i64,
         writes: Vec<Write>,
-    ) -> impl Future<Output = StoreResult<Vec<CommitOutcome>>> + Send {
-        async move {
-            let outcomes = self.commit(partition, writes).await?;
-            self.mark_applied(partition, applied).await?;
-            Ok(outcomes)
-        }
-    }
+    ) -> impl Future<Output = StoreResult<Result<Vec<CommitOutcome>, Option<i64>>>> + Send;
 
     /// Take `partition` for a new owner: its epoch goes up and is returned, with what the
     /// store knows of the partition (see [`Taken::check`]). From now on
@@ -179,7 +175,14 @@ pub trait Store: Send + Sync + 'static {
     /// `<prefix>.events` below offset `next` has been applied and its effects committed. A
     /// processor stores an offset in Kafka only after raising the mark to it, so a mark below
     /// Kafka's committed offset means the store lost writes.
-    fn mark_applied(&self, partition: u32, next: i64) -> impl Future<Output = StoreResult<()>> + Send;
+    /// `Err(mark)`, with nothing written, if the mark is below `floor` (as for
+    /// [`Store::commit_applied`]).
+    fn mark_applied(
+        &self,
+        partition: u32,
+        floor: Option<i64>,
+        next: i64,
+    ) -> impl Future<Output = StoreResult<Result<(), Option<i64>>>> + Send;
 
     /// The owner of `partition` found its state lost ([`Continuity::Lost`]) and waits for an
     /// operator.
@@ -256,18 +259,24 @@ impl Store for AnyStore {
     async fn commit_applied(
         &self,
         partition: u32,
+        floor: Option<i64>,
         applied: i64,
         writes: Vec<Write>,
-    ) -> StoreResult<Vec<CommitOutcome>> {
-        delegate!(self, s => s.commit_applied(partition, applied, writes))
+    ) -> StoreResult<Result<Vec<CommitOutcome>, Option<i64>>> {
+        delegate!(self, s => s.commit_applied(partition, floor, applied, writes))
     }
 
     async fn take(&self, partition: u32) -> StoreResult<Taken> {
         delegate!(self, s => s.take(partition))
     }
 
-    async fn mark_applied(&self, partition: u32, next: i64) -> StoreResult<()> {
-        delegate!(self, s => s.mark_applied(partition, next))
+    async fn mark_applied(
+        &self,
+        partition: u32,
+        floor: Option<i64>,
+        next: i64,
+    ) -> StoreResult<Result<(), Option<i64>>> {
+        delegate!(self, s => s.mark_applied(partition, floor, next))
     }
 
     async fn record_loss(&self, partition: u32) -> StoreResult<()> {

@@ -175,16 +175,28 @@ async fn the_applied_mark_only_goes_up_and_tells_a_new_owner_what_was_lost<S: St
     let known = store.take(p).await.unwrap();
     assert!(known.epoch > fresh.epoch && known.known);
     assert_eq!(known.check(Some(10)), Continuity::Adopt, "a partition from before applied marks is adopted");
-    store.commit_applied(p, 7, vec![write("entity:E:m", None, "b", &[])]).await.unwrap();
-    store.mark_applied(p, 3).await.unwrap();
+    let committed = store.commit_applied(p, None, 7, vec![write("entity:E:m", None, "b", &[])]).await.unwrap();
+    assert!(matches!(committed.as_deref(), Ok([CommitOutcome::Committed { .. }])), "{committed:?}");
+    store.mark_applied(p, Some(7), 3).await.unwrap().unwrap();
     assert_eq!(store.take(p).await.unwrap().applied, Some(7), "the mark never goes down");
-    store.commit_applied(p, 12, Vec::new()).await.unwrap();
-    store.mark_applied(p, 9).await.unwrap();
+    store.commit_applied(p, Some(7), 12, Vec::new()).await.unwrap().unwrap();
+    store.mark_applied(p, None, 9).await.unwrap().unwrap();
     let taken = store.take(p).await.unwrap();
     assert_eq!(taken.applied, Some(12), "a commit with no writes raises the mark too");
     assert_eq!(taken.check(Some(12)), Continuity::Whole);
     assert_eq!(taken.check(Some(11)), Continuity::Whole, "the store may be ahead of Kafka's commit");
     assert_eq!(taken.check(Some(13)), Continuity::Lost);
+    // An owner that raised the mark to 12 finds it lower (the store lost writes under it):
+    // nothing is written.
+    let blob = "entity:E:after-the-loss";
+    assert_eq!(
+        store.commit_applied(p, Some(20), 25, vec![write(blob, None, "b", &[])]).await.unwrap(),
+        Err(Some(12)),
+        "a commit over a mark below its floor is refused"
+    );
+    assert_eq!(store.load(p, &[blob.to_string()]).await.unwrap(), vec![None], "and writes nothing");
+    assert_eq!(store.mark_applied(p, Some(20), 25).await.unwrap(), Err(Some(12)));
+    assert_eq!(store.take(p).await.unwrap().applied, Some(12), "the mark stays where it was");
 }
 
 /// A loss is accepted only once recorded, and the acceptance is used up once.

@@ -646,6 +646,11 @@ impl RedisServer {
         }
     }
 
+    /// Where it keeps its files (its append-only file, if it keeps one).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir.0
+    }
+
     /// SIGKILL it: no goodbye, no final write (what it fsynced is all that is left).
     pub fn kill(&mut self) {
         let _ = self.child.kill();

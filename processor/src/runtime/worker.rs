@@ -61,6 +61,7 @@ pub async fn work(
     };
     let epoch = taken.epoch;
     // Is the store whole? Kafka's committed offset says how far this partition was processed.
+    let mut floor = Floor { mark: taken.applied, lost: None };
     match (taken.check(committed), committed) {
         (Continuity::Whole, _) | (_, None) => {}
         (Continuity::Adopt, Some(committed)) => {
@@ -68,11 +69,13 @@ pub async fn work(
             if !mark_until_done(&shared, p, committed, &mut stop).await {
                 return;
             }
+            floor.mark = Some(committed);
         }
         (Continuity::Lost, Some(committed)) => {
             if !wait_for_acceptance(&shared, p, committed, taken.applied, &mut stop).await {
                 return;
             }
+            floor.mark = Some(committed);
         }
     }
     let settings = Settings {
@@ -105,7 +108,7 @@ pub async fn work(
                 let mut backoff = Duration::from_millis(100);
                 while !records.is_empty() {
                     let applied = tokio::select! {
-                        applied = apply(&shared, &mut core, &label, records) => applied,
+                        applied = apply(&shared, &mut core, &label, &mut floor, records) => applied,
                         _ = stopped_for(&mut stop, DRAIN_GRACE) => {
                             // Its offsets were not stored: the next owner applies it again, and
                             // whatever part of it was committed or produced is deduplicated.
@@ -119,6 +122,16 @@ pub async fn work(
                         Err(e) if e.kind == ErrorKind::Fatal => {
                             warn!(partition, error = %e, "the worker stops (offsets of its group not stored)");
                             return;
+                        }
+                        Err(_) if floor.lost.is_some() => {
+                            // Redis lost writes under this owner (rolled back, failed over to a
+                            // replica that lagged): nothing more until an operator accepts.
+                            let found = floor.lost.take().flatten();
+                            let reached = floor.mark.unwrap_or(0);
+                            if !wait_for_acceptance(&shared, p, reached, found, &mut stop).await {
+                                return;
+                            }
+                            core.abandon()
                         }
                         Err(e) => {
                             warn!(partition, error = %e, "group not applied; retrying (offsets not stored)");
@@ -152,12 +165,35 @@ pub async fn work(
     }
 }
 
+/// The applied mark this owner saw at its start or raised since, and whether Redis was found
+/// below it (`Some(the mark found)`).
+struct Floor {
+    mark: Option<i64>,
+    lost: Option<Option<i64>>,
+}
+
+impl Floor {
+    /// What a commit or mark refused for the floor returns: the group stops here.
+    fn found_below(&mut self, p: u32, found: Option<i64>) -> Error {
+        self.lost = Some(found);
+        Error::transient(format!(
+            "Redis's applied mark of partition {p} went back from {:?} to {found:?}: it lost writes",
+            self.mark
+        ))
+    }
+
+    fn raised(&mut self, to: i64) {
+        self.mark = Some(self.mark.map_or(to, |m| m.max(to)));
+    }
+}
+
 /// Apply one group: drive the core through its I/O until it is done, then store the offset.
 /// Returns the records the group left for the next one.
 async fn apply(
     shared: &Arc<Shared>,
     core: &mut Partition,
     label: &str,
+    floor: &mut Floor,
     records: Vec<Record>,
 ) -> Result<Vec<Record>, Error> {
     let started = Instant::now();
@@ -184,11 +220,14 @@ async fn apply(
                 let t = Instant::now();
                 let outcomes = match epoch {
                     Some(epoch) => shared.store.commit_fenced(p, epoch, writes).await?,
-                    None => {
-                        let outcomes = shared.store.commit_applied(p, group_end, writes).await?;
-                        marked = true;
-                        outcomes
-                    }
+                    None => match shared.store.commit_applied(p, floor.mark, group_end, writes).await? {
+                        Ok(outcomes) => {
+                            floor.raised(group_end);
+                            marked = true;
+                            outcomes
+                        }
+                        Err(found) => return Err(floor.found_below(p, found)),
+                    },
                 };
                 METRICS.commit_latency.with_label_values(&[label]).observe(t.elapsed().as_secs_f64());
                 core.committed(outcomes);
@@ -211,7 +250,10 @@ async fn apply(
     // `store_offset(last)` makes Kafka's committed offset `last + 1`: the mark must be there
     // first. A group that committed nothing (duplicates, dead letters) raises it on its own.
     if !marked {
-        shared.store.mark_applied(p, last + 1).await?;
+        match shared.store.mark_applied(p, floor.mark, last + 1).await? {
+            Ok(()) => floor.raised(last + 1),
+            Err(found) => return Err(floor.found_below(p, found)),
+        }
     }
     shared
         .consumer
@@ -225,8 +267,8 @@ async fn apply(
 /// the worker was told to stop first.
 async fn mark_until_done(shared: &Shared, p: u32, next: i64, stop: &mut watch::Receiver<bool>) -> bool {
     loop {
-        match shared.store.mark_applied(p, next).await {
-            Ok(()) => return true,
+        match shared.store.mark_applied(p, None, next).await {
+            Ok(_) => return true,
             Err(e) => warn!(partition = p, error = %e, "cannot raise the applied mark; retrying"),
         }
         tokio::select! {
@@ -265,7 +307,7 @@ async fn wait_for_acceptance(
         partition = p,
         committed,
         applied = applied.unwrap_or(-1),
-        "Redis lost state of this partition: Kafka's committed offset is {committed} but Redis holds the effects of {applied_text} (Redis restarted without its data, failed over to a replica that lagged, or was restored from an older copy). The partition is stopped: its instances would run on stale state. Restore Redis, or accept the loss with `durable accept-loss {p}` to go on with what Redis has"
+        "Redis lost state of this partition: it was processed up to offset {committed} (Kafka's committed offset, or what this processor applied) but Redis holds the effects of {applied_text} (Redis restarted without its data, failed over to a replica that lagged, or was restored from an older copy). The partition is stopped: its instances would run on stale state. Restore Redis, or accept the loss with `durable accept-loss {p}` to go on with what Redis has"
     );
     loop {
         tokio::select! {

@@ -80,6 +80,16 @@ impl MemoryStore {
 }
 
 impl Inner {
+    /// Raise the applied mark of `partition` to `next`, unless it is below `floor`.
+    fn raise_mark(&mut self, partition: u32, floor: Option<i64>, next: i64) -> Result<(), Option<i64>> {
+        let mark = self.applied.get(&partition).copied();
+        if floor.is_some_and(|f| mark.unwrap_or(-1) < f) {
+            return Err(mark);
+        }
+        self.applied.insert(partition, mark.map_or(next, |m| m.max(next)));
+        Ok(())
+    }
+
     fn commit(&mut self, partition: u32, writes: Vec<Write>) -> Vec<CommitOutcome> {
         let mut outcomes = Vec::with_capacity(writes.len());
         for write in writes {
@@ -122,11 +132,27 @@ impl Store for MemoryStore {
         Ok(Taken { epoch, applied: inner.applied.get(&partition).copied(), known })
     }
 
-    async fn mark_applied(&self, partition: u32, next: i64) -> StoreResult<()> {
+    async fn commit_applied(
+        &self,
+        partition: u32,
+        floor: Option<i64>,
+        applied: i64,
+        writes: Vec<Write>,
+    ) -> StoreResult<Result<Vec<CommitOutcome>, Option<i64>>> {
         let mut inner = self.inner.lock().expect("store lock");
-        let mark = inner.applied.entry(partition).or_insert(next);
-        *mark = (*mark).max(next);
-        Ok(())
+        if let Err(mark) = inner.raise_mark(partition, floor, applied) {
+            return Ok(Err(mark));
+        }
+        Ok(Ok(inner.commit(partition, writes)))
+    }
+
+    async fn mark_applied(
+        &self,
+        partition: u32,
+        floor: Option<i64>,
+        next: i64,
+    ) -> StoreResult<Result<(), Option<i64>>> {
+        Ok(self.inner.lock().expect("store lock").raise_mark(partition, floor, next))
     }
 
     async fn record_loss(&self, partition: u32) -> StoreResult<()> {

@@ -56,19 +56,26 @@ end
 
 /// Compare-and-set of many instances. KEYS: state keys..., timers key, epoch key, applied key.
 /// ARGV: n, the epoch the commit is fenced with ("" = not fenced), the offset to raise the
-/// applied mark to ("" = none), then per write: expected etag ("" = must not exist), blob, timer
-/// count, then (fire_at, envelope) pairs.
+/// applied mark to ("" = none), the floor of the applied mark ("" = none: below it, nothing is
+/// written and the answer is {-2, mark}), then per write: expected etag ("" = must not exist),
+/// blob, timer count, then (fire_at, envelope) pairs.
 const COMMIT: &str = r#"
 local n = tonumber(ARGV[1])
 local timers = KEYS[n + 1]
 local out = {}
+if ARGV[4] ~= '' then
+  local mark = tonumber(redis.call('GET', KEYS[n + 3]) or '-1')
+  if mark < tonumber(ARGV[4]) then
+    return {-2, mark}
+  end
+end
 if ARGV[2] ~= '' and redis.call('GET', KEYS[n + 2]) ~= ARGV[2] then
   for i = 1, n do
     out[i] = -1
   end
   return out
 end
-local a = 4
+local a = 5
 for i = 1, n do
   local expected = ARGV[a]
   local blob = ARGV[a + 1]
@@ -94,9 +101,14 @@ end
 return out
 "#;
 
-/// Raise the applied mark to ARGV[1] (never lower it). KEYS: applied.
+/// Raise the applied mark to ARGV[1] (never lower it), unless it is below the floor ARGV[2]
+/// ("" = none): then -2. KEYS: applied.
 const MARK: &str = r#"
-if tonumber(ARGV[1]) > (tonumber(redis.call('GET', KEYS[1])) or -1) then
+local mark = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if ARGV[2] ~= '' and mark < tonumber(ARGV[2]) then
+  return -2
+end
+if tonumber(ARGV[1]) > mark then
   redis.call('SET', KEYS[1], ARGV[1])
 end
 return 0
@@ -321,19 +333,22 @@ impl RedisStore {
     }
 
     /// One run of the commit script (fenced with `epoch` if given, raising the applied mark to
-    /// `applied` if given).
+    /// `applied` if given, refused if the mark is below `floor`).
     async fn commit_script(
         &self,
         partition: u32,
         epoch: Option<u64>,
         applied: Option<i64>,
+        floor: Option<i64>,
         writes: Vec<Write>,
-    ) -> StoreResult<Vec<CommitOutcome>> {
+    ) -> StoreResult<Result<Vec<CommitOutcome>, Option<i64>>> {
         if writes.is_empty() {
             if let Some(next) = applied {
-                self.mark_applied(partition, next).await?;
+                if let Err(mark) = self.mark_applied(partition, floor, next).await? {
+                    return Ok(Err(mark));
+                }
             }
-            return Ok(Vec::new());
+            return Ok(Ok(Vec::new()));
         }
         let mut invocation = self.scripts.commit.prepare_invoke();
         for w in &writes {
@@ -345,6 +360,7 @@ impl RedisStore {
         invocation.arg(writes.len());
         invocation.arg(epoch.map(|e| e.to_string()).unwrap_or_default());
         invocation.arg(applied.map(|o| o.to_string()).unwrap_or_default());
+        invocation.arg(floor.map(|o| o.to_string()).unwrap_or_default());
         for w in &writes {
             invocation.arg(w.expected.map(|e| e.to_string()).unwrap_or_default());
             invocation.arg(&w.blob[..]);
@@ -354,10 +370,24 @@ impl RedisStore {
             }
         }
         let etags: Vec<i64> = invocation.invoke_async(&mut self.conn.clone()).await.map_err(unavailable)?;
-        Ok(etags
+        if etags.first() == Some(&-2) {
+            let mark = etags.get(1).copied().filter(|m| *m >= 0);
+            return Ok(Err(mark));
+        }
+        Ok(Ok(etags
             .into_iter()
             .map(|e| if e < 0 { CommitOutcome::Conflict } else { CommitOutcome::Committed { etag: e as u64 } })
-            .collect())
+            .collect()))
+    }
+
+    /// A commit that cannot be refused for a floor.
+    async fn commit_plain(
+        &self,
+        partition: u32,
+        epoch: Option<u64>,
+        writes: Vec<Write>,
+    ) -> StoreResult<Vec<CommitOutcome>> {
+        Ok(self.commit_script(partition, epoch, None, None, writes).await?.expect("no floor, never refused"))
     }
 }
 
@@ -430,16 +460,17 @@ impl Store for RedisStore {
     }
 
     async fn commit(&self, partition: u32, writes: Vec<Write>) -> StoreResult<Vec<CommitOutcome>> {
-        self.commit_script(partition, None, None, writes).await
+        self.commit_plain(partition, None, writes).await
     }
 
     async fn commit_applied(
         &self,
         partition: u32,
+        floor: Option<i64>,
         applied: i64,
         writes: Vec<Write>,
-    ) -> StoreResult<Vec<CommitOutcome>> {
-        self.commit_script(partition, None, Some(applied), writes).await
+    ) -> StoreResult<Result<Vec<CommitOutcome>, Option<i64>>> {
+        self.commit_script(partition, None, Some(applied), floor, writes).await
     }
 
     async fn take(&self, partition: u32) -> StoreResult<Taken> {
@@ -455,19 +486,31 @@ impl Store for RedisStore {
     }
 
     async fn commit_fenced(&self, partition: u32, epoch: u64, writes: Vec<Write>) -> StoreResult<Vec<CommitOutcome>> {
-        self.commit_script(partition, Some(epoch), None, writes).await
+        self.commit_plain(partition, Some(epoch), writes).await
     }
 
-    async fn mark_applied(&self, partition: u32, next: i64) -> StoreResult<()> {
-        let _: i64 = self
+    async fn mark_applied(
+        &self,
+        partition: u32,
+        floor: Option<i64>,
+        next: i64,
+    ) -> StoreResult<Result<(), Option<i64>>> {
+        let key = self.partition_key(partition, "applied");
+        let answer: i64 = self
             .scripts
             .mark
-            .key(self.partition_key(partition, "applied"))
+            .key(&key)
             .arg(next)
+            .arg(floor.map(|f| f.to_string()).unwrap_or_default())
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(unavailable)?;
-        Ok(())
+        if answer == -2 {
+            let mark: Option<i64> =
+                redis::cmd("GET").arg(&key).query_async(&mut self.conn.clone()).await.map_err(unavailable)?;
+            return Ok(Err(mark));
+        }
+        Ok(Ok(()))
     }
 
     async fn record_loss(&self, partition: u32) -> StoreResult<()> {
