@@ -148,9 +148,12 @@ enum Command {
         /// Most documents to print.
         #[arg(long, default_value_t = 20)]
         limit: u32,
-        /// Typesense base URL.
+        /// Typesense base URL (https:// for TLS).
         #[arg(long, env = "DURABLE_TYPESENSE_URL", default_value = "http://127.0.0.1:8108")]
         typesense_url: String,
+        /// PEM file of the CA certificate that signed Typesense's (https:// with a CA of its own).
+        #[arg(long, env = "DURABLE_TYPESENSE_CA")]
+        typesense_ca: Option<std::path::PathBuf>,
         /// Typesense API key (a search-only key is enough).
         #[arg(long, env = "DURABLE_TYPESENSE_API_KEY", hide_env_values = true)]
         typesense_api_key: String,
@@ -306,25 +309,29 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             Ok(exit::OK)
         }
         Command::Wait { instance, timeout } => wait(&api, &instance, timeout).await,
-        Command::Search { r#type, query, filter, limit, typesense_url, typesense_api_key, prefix } => {
-            search(&typesense_url, &typesense_api_key, &prefix, &r#type, &query, filter.as_deref(), limit).await
+        Command::Search { r#type, query, filter, limit, typesense_url, typesense_ca, typesense_api_key, prefix } => {
+            let ts = durable_projector::typesense::Typesense::with_ca(
+                &typesense_url,
+                &typesense_api_key,
+                Duration::from_secs(10),
+                typesense_ca.as_deref(),
+            )
+            .map_err(|e| CliError::unreachable(format!("{e:#}")))?;
+            search(&ts, &prefix, &r#type, &query, filter.as_deref(), limit).await
         }
     }
 }
 
 async fn search(
-    url: &str,
-    key: &str,
+    ts: &durable_projector::typesense::Typesense,
     prefix: &str,
     type_name: &str,
     query: &str,
     filter: Option<&str>,
     limit: u32,
 ) -> Result<u8, CliError> {
-    use durable_projector::typesense::{TsError, Typesense};
-    let ts = Typesense::new(url, key, Duration::from_secs(10))
-        .map_err(|e| CliError::unreachable(format!("cannot create an HTTP client: {e}")))?;
-    match durable_projector::search(&ts, prefix, type_name, query, filter, limit).await {
+    use durable_projector::typesense::TsError;
+    match durable_projector::search(ts, prefix, type_name, query, filter, limit).await {
         Ok(docs) => {
             for d in docs {
                 println!("{d}");

@@ -25,9 +25,13 @@ pub struct ProjectorConfig {
     /// Consumer group of the projectors.
     #[arg(long, env = "DURABLE_PROJECTOR_GROUP", default_value = "durable-projector")]
     pub group: String,
-    /// Typesense base URL.
+    /// Typesense base URL (https:// for TLS).
     #[arg(long, env = "DURABLE_TYPESENSE_URL", default_value = "http://127.0.0.1:8108")]
     pub typesense_url: String,
+    /// PEM file of the CA certificate that signed Typesense's (for an https:// URL whose
+    /// certificate is not from a public CA).
+    #[arg(long, env = "DURABLE_TYPESENSE_CA")]
+    pub typesense_ca: Option<std::path::PathBuf>,
     /// Typesense API key (admin key: the projector creates collections and aliases).
     #[arg(long, env = "DURABLE_TYPESENSE_API_KEY", hide_env_values = true)]
     pub typesense_api_key: String,
@@ -56,6 +60,7 @@ impl ProjectorConfig {
             prefix: prefix.to_owned(),
             group: format!("{prefix}-projector"),
             typesense_url: typesense_url.to_owned(),
+            typesense_ca: None,
             typesense_api_key: api_key.to_owned(),
             batch: 500,
             linger: Duration::from_millis(200),

@@ -94,7 +94,12 @@ pub struct Projector {
 
 impl Projector {
     fn new(config: ProjectorConfig, mode: Mode) -> anyhow::Result<Self> {
-        let ts = Typesense::new(&config.typesense_url, &config.typesense_api_key, Duration::from_secs(10))?;
+        let ts = Typesense::with_ca(
+            &config.typesense_url,
+            &config.typesense_api_key,
+            Duration::from_secs(10),
+            config.typesense_ca.as_deref(),
+        )?;
         let schemas = config.schema_config()?;
         let producer = config.client()?.create().context("cannot create the Kafka producer")?;
         Ok(Self { config, ts, schemas, producer, mode, versions: HashMap::new(), targets: HashMap::new() })

@@ -46,9 +46,29 @@ fn enc(s: &str) -> String {
 }
 
 impl Typesense {
-    /// A client of the server at `base` (e.g. `http://127.0.0.1:8108`) with `api_key`.
+    /// A client of the server at `base` (e.g. `http://127.0.0.1:8108`, or `https://…`: TLS by
+    /// rustls against the bundled web roots) with `api_key`.
     pub fn new(base: &str, api_key: &str, timeout: Duration) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(2)).timeout(timeout).build()?;
+        Self::with_ca(base, api_key, timeout, None)
+    }
+
+    /// [`Typesense::new`], trusting the CA certificate in PEM file `ca` (for an `https://` server
+    /// whose certificate a CA of its own signed) besides the web roots.
+    pub fn with_ca(base: &str, api_key: &str, timeout: Duration, ca: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(2)).timeout(timeout);
+        if let Some(path) = ca {
+            let pem = std::fs::read(path).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot read the Typesense CA certificate {} (DURABLE_TYPESENSE_CA): {e}",
+                    path.display()
+                )
+            })?;
+            let certificate = reqwest::Certificate::from_pem(&pem).map_err(|e| {
+                anyhow::anyhow!("{} is not a PEM certificate (DURABLE_TYPESENSE_CA): {e}", path.display())
+            })?;
+            builder = builder.add_root_certificate(certificate);
+        }
+        let http = builder.build()?;
         Ok(Self { base: base.trim_end_matches('/').to_owned(), key: api_key.to_owned(), http })
     }
 

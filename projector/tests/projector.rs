@@ -252,6 +252,8 @@ struct OwnTypesense {
     child: std::process::Child,
     port: u16,
     data: std::path::PathBuf,
+    /// Served over https with the test CA's server certificate.
+    tls: bool,
 }
 
 impl OwnTypesense {
@@ -266,9 +268,16 @@ impl OwnTypesense {
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
 
-    fn start(port: u16, data: &std::path::Path) -> std::process::Child {
+    fn start(port: u16, data: &std::path::Path, tls: bool) -> std::process::Child {
         std::fs::create_dir_all(data).unwrap();
-        std::process::Command::new(Self::binary())
+        let mut command = std::process::Command::new(Self::binary());
+        if tls {
+            let dir = e2e::test_ca().parent().unwrap().to_owned();
+            command
+                .arg(format!("--ssl-certificate={}", dir.join("server.pem").display()))
+                .arg(format!("--ssl-certificate-key={}", dir.join("server.key").display()));
+        }
+        command
             .arg(format!("--data-dir={}", data.display()))
             .arg(format!("--api-key={}", api_key()))
             .args(["--api-address=127.0.0.1", &format!("--api-port={port}"), "--peering-address=127.0.0.1"])
@@ -280,21 +289,32 @@ impl OwnTypesense {
     }
 
     async fn new(name: &str) -> Self {
+        Self::with_tls(name, false).await
+    }
+
+    async fn with_tls(name: &str, tls: bool) -> Self {
         let port = e2e::free_port();
         let data = std::env::temp_dir().join(name);
         let _ = std::fs::remove_dir_all(&data);
-        let child = Self::start(port, &data);
-        let me = Self { child, port, data };
+        let child = Self::start(port, &data, tls);
+        let me = Self { child, port, data, tls };
         me.wait_healthy().await;
         me
     }
 
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// A client of it (trusting the test CA when it speaks https).
+    fn client(&self) -> Typesense {
+        let ca = self.tls.then(e2e::test_ca);
+        Typesense::with_ca(&self.url(), &api_key(), Duration::from_secs(10), ca.as_deref()).expect("client")
     }
 
     async fn wait_healthy(&self) {
-        let ts = ts(&self.url());
+        let ts = self.client();
         e2e::eventually(Duration::from_secs(60), "typesense is healthy", || async { ts.healthy().await.then_some(()) })
             .await;
     }
@@ -305,7 +325,7 @@ impl OwnTypesense {
     }
 
     async fn restart(&mut self) {
-        self.child = Self::start(self.port, &self.data);
+        self.child = Self::start(self.port, &self.data, self.tls);
         self.wait_healthy().await;
     }
 }
@@ -462,4 +482,35 @@ async fn a_wrong_password_is_an_error_that_names_what_to_check_and_not_the_passw
     let error = format!("{:#}", outcome.expect_err("authentication fails"));
     assert!(error.contains("DURABLE_KAFKA_SASL"), "{error}");
     assert!(!error.contains("not-the-password-4e1f"), "{error}");
+}
+
+/// Typesense over https with a certificate from a CA of its own: the projector (and search,
+/// which `durable search` runs) trust it through DURABLE_TYPESENSE_CA; a client that does not
+/// is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_projector_and_search_work_with_typesense_over_https() {
+    let prefix = e2e::unique_prefix("ts-https");
+    let server = OwnTypesense::with_tls(&prefix, true).await;
+    assert!(server.url().starts_with("https://"));
+    let untrusting = ts(&server.url());
+    assert!(!untrusting.healthy().await, "a client without the CA refuses the certificate");
+    let processor = InProcess::start(&prefix, 2).await;
+    let mut config = Projector::config(&prefix, &server.url());
+    config.typesense_ca = Some(e2e::test_ca());
+    let projector = Projector::start_with(config).await;
+    let mut client = Client::new(&prefix);
+    let counter = InstanceId::entity("Counter", "over-https");
+    let events: Vec<_> = (0..5).map(|_| client.signal(&counter, "add", 1)).collect();
+    client.send(&events).await;
+    let ts = server.client();
+    let alias = mapping::entity_alias(&prefix, "Counter");
+    e2e::eventually(Duration::from_secs(60), "the counter is projected over https", || async {
+        let d = doc(&ts, &alias, &counter.canonical()).await?;
+        (d["value"] == 5).then_some(())
+    })
+    .await;
+    let found = durable_projector::search(&ts, &prefix, "Counter", "*", None, 10).await.expect("search over https");
+    assert_eq!(found.len(), 1, "{found:?}");
+    projector.stop().await;
+    processor.stop().await;
 }

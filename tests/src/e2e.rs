@@ -586,15 +586,30 @@ impl Drop for TempDir {
 }
 
 impl RedisServer {
-    /// Start one and wait until it answers (panics after 10 s).
+    /// Start one and wait until it answers (panics after 10 s). A port taken between choosing
+    /// and binding it (by another test's process) is replaced by another.
     pub fn start(args: &[&str]) -> Self {
-        let port = free_port();
-        Self::spawn(port, false, &[&["--port", &port.to_string()], args].concat())
+        for _ in 0..5 {
+            let port = free_port();
+            if let Some(server) = Self::spawn(port, false, &[&["--port", &port.to_string()], args].concat()) {
+                return server;
+            }
+        }
+        panic!("redis-server did not start on any of 5 free ports");
     }
 
     /// Start one that only speaks TLS, with the test CA's server certificate (the one
     /// `scripts/kafka/broker` made for the SASL_SSL listener; see [`test_ca`]).
     pub fn start_tls(args: &[&str]) -> Self {
+        for _ in 0..5 {
+            if let Some(server) = Self::try_tls(args) {
+                return server;
+            }
+        }
+        panic!("redis-server did not start with TLS on any of 5 free ports");
+    }
+
+    fn try_tls(args: &[&str]) -> Option<Self> {
         let port = free_port();
         let tls = cache_dir().join("kafka-tls");
         let path = |f: &str| tls.join(f).to_str().expect("utf-8 path").to_owned();
@@ -616,14 +631,14 @@ impl RedisServer {
         Self::spawn(port, true, &[&tls_args[..], args].concat())
     }
 
-    fn spawn(port: u16, tls: bool, args: &[&str]) -> Self {
+    /// `None` if it exited before answering (its port was taken).
+    fn spawn(port: u16, tls: bool, args: &[&str]) -> Option<Self> {
         let dir = std::env::temp_dir().join(format!("durable-redis-{port}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("redis dir");
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let child = Self::run(&dir, &args);
-        let server = Self { child, port, tls, args, dir: TempDir(dir) };
-        server.wait_until_it_answers();
-        server
+        let mut server = Self { child, port, tls, args, dir: TempDir(dir) };
+        server.wait_until_it_answers().then_some(server)
     }
 
     fn run(dir: &std::path::Path, args: &[String]) -> Child {
@@ -638,12 +653,33 @@ impl RedisServer {
             .expect("spawn redis-server (scripts/services installs it)")
     }
 
-    fn wait_until_it_answers(&self) {
+    /// Wait until this server (not another process on its port) answers; false if it exited.
+    fn wait_until_it_answers(&mut self) -> bool {
         let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        loop {
+            if self.child.try_wait().expect("wait for redis-server").is_some() {
+                return false;
+            }
+            if self.answers() {
+                return true;
+            }
             assert!(started.elapsed() < Duration::from_secs(10), "redis-server did not start on port {}", self.port);
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// A PING answered with PONG (TLS: a connection accepted while the child runs).
+    fn answers(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        if self.tls {
+            return true;
+        }
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut reply = [0u8; 7];
+        stream.write_all(b"PING\r\n").is_ok() && stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
     }
 
     /// Where it keeps its files (its append-only file, if it keeps one).
@@ -662,7 +698,7 @@ impl RedisServer {
     pub fn restart(&mut self) {
         self.kill();
         self.child = Self::run(&self.dir.0, &self.args);
-        self.wait_until_it_answers();
+        assert!(self.wait_until_it_answers(), "redis-server did not start again on port {}", self.port);
     }
 
     /// Its URL (`rediss://` for TLS, with `credentials` as `user:password` if given).
