@@ -26,8 +26,9 @@ use tests::e2e::{self, Client, InProcess};
 #[derive(Debug, Parser)]
 #[command(about = "Durable's benchmark: workloads against the raw floor (see BENCHMARKS.md)")]
 struct Args {
-    /// counter, hello5, fanout, bank, scale (a million distinct entities touched once; Redis
-    /// bytes per instance), hello3-latency, floor, or all.
+    /// counter, counter-durable (counter on a Redis that fsyncs every write), hello5, fanout,
+    /// bank, scale (a million distinct entities touched once; Redis bytes per instance),
+    /// hello3-latency, floor, or all; several comma separated.
     #[arg(long, default_value = "all")]
     workload: String,
     /// Size multiplier: 1 is the full run (a few minutes on 2 cores); CI uses a small one.
@@ -300,30 +301,33 @@ async fn floor(n: u64, partitions: i32) -> Figure {
 }
 
 /// Redis's `used_memory`.
-async fn redis_used_memory() -> u64 {
-    let client = redis::Client::open(e2e::redis_url()).expect("redis url");
+async fn redis_used_memory(url: &str) -> u64 {
+    let client = redis::Client::open(url).expect("redis url");
     let mut c = client.get_multiplexed_async_connection().await.expect("redis");
     let info: String = redis::cmd("INFO").arg("memory").query_async(&mut c).await.expect("INFO memory");
     info.lines().find_map(|l| l.strip_prefix("used_memory:")).and_then(|v| v.trim().parse().ok()).expect("used_memory")
 }
 
-/// `n` signals over `k` counters (`k` = `n`: every record is a cold instance, touched once).
-async fn counter(workload: &'static str, n: u64, k: u64, partitions: i32) -> Figure {
+/// `n` signals over `k` counters (`k` = `n`: every record is a cold instance, touched once), on
+/// the Redis at `redis_url`.
+async fn counter(workload: &'static str, n: u64, k: u64, partitions: i32, redis_url: &str) -> Figure {
     // Like the floor: the signals are in the topic before the processor starts.
     let prefix = e2e::unique_prefix(&format!("bench-{workload}"));
     let mut client = Client::new(&prefix);
     let counters: Vec<InstanceId> = (0..k).map(|i| InstanceId::entity("Counter", format!("c{i}"))).collect();
     let events: Vec<_> = (0..n).map(|i| client.signal(&counters[(i % k) as usize], "add", 1)).collect();
     drop(counters);
-    let mut config = durable_processor::config::ProcessorConfig::new(&e2e::brokers(), &e2e::redis_url(), &prefix);
+    let mut config = durable_processor::config::ProcessorConfig::new(&e2e::brokers(), redis_url, &prefix);
     config.partitions = partitions;
     durable_processor::runtime::kafka::ensure_topics(&config).await.expect("topics");
     client.send(&events).await;
     drop(events);
-    let memory_before = redis_used_memory().await;
+    let memory_before = redis_used_memory(redis_url).await;
     let mut feed = Feed::start(&prefix, partitions);
     // The clock starts when the group has formed (polled every 5 ms): the records wait in the topic.
-    let processor = InProcess::start(&prefix, partitions).await;
+    let mut processor_config = InProcess::config(&prefix, partitions);
+    processor_config.redis_url = redis_url.to_owned();
+    let processor = InProcess::start_with(processor_config).await;
     loop {
         let response = e2e::http_get(processor.metrics, "/status").await;
         let owned = response
@@ -350,7 +354,7 @@ async fn counter(workload: &'static str, n: u64, k: u64, partitions: i32) -> Fig
     .await;
     processor.stop().await;
     let secs = (finished - started).as_secs_f64().max(1e-3);
-    let bytes = (redis_used_memory().await.saturating_sub(memory_before)) as f64 / k as f64;
+    let bytes = (redis_used_memory(redis_url).await.saturating_sub(memory_before)) as f64 / k as f64;
     eprintln!("  {workload}: Redis used_memory grew by {bytes:.0} bytes per instance ({k} instances)");
     // Per instance only means something when every record made one (`scale`).
     let bytes_per_instance = (k == n).then_some(bytes);
@@ -547,11 +551,12 @@ async fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     let size = |full: u64| ((full as f64 * args.scale).round() as u64).max(10);
-    let all = args.workload == "all";
-    let want = |w: &str| all || args.workload == w;
-    let known = ["all", "counter", "hello5", "fanout", "bank", "scale", "hello3-latency", "floor"];
-    if !known.contains(&args.workload.as_str()) {
-        eprintln!("error: unknown workload {:?}; one of {known:?} (see bench --help)", args.workload);
+    let wanted: Vec<&str> = args.workload.split(',').map(str::trim).collect();
+    let all = wanted.contains(&"all");
+    let want = |w: &str| all || wanted.contains(&w);
+    let known = ["all", "counter", "counter-durable", "hello5", "fanout", "bank", "scale", "hello3-latency", "floor"];
+    if let Some(unknown) = wanted.iter().find(|w| !known.contains(w)) {
+        eprintln!("error: unknown workload {unknown:?}; one or more of {known:?}, comma separated (see bench --help)");
         std::process::exit(2);
     }
     eprintln!("bench: floor first (same run), then the workloads; scale {}", args.scale);
@@ -562,7 +567,14 @@ async fn main() {
     }
     if want("counter") {
         eprintln!("bench: counter");
-        print(&counter("counter", size(200_000), 100, args.partitions).await, Some(floor_per_s));
+        print(&counter("counter", size(200_000), 100, args.partitions, &e2e::redis_url()).await, Some(floor_per_s));
+    }
+    if want("counter-durable") {
+        // What durable commits cost: the counter workload on a Redis that fsyncs its
+        // append-only file before every reply (appendfsync always), started for it.
+        eprintln!("bench: counter-durable (Redis with appendonly yes, appendfsync always)");
+        let redis = e2e::RedisServer::start(&["--appendonly", "yes", "--appendfsync", "always"]);
+        print(&counter("counter-durable", size(200_000), 100, args.partitions, &redis.url()).await, Some(floor_per_s));
     }
     if want("hello5") {
         eprintln!("bench: hello5");
@@ -593,7 +605,7 @@ async fn main() {
     if want("scale") {
         eprintln!("bench: scale (distinct entities, each touched once: nothing cached)");
         let n = size(1_000_000);
-        print(&counter("scale", n, n, args.partitions).await, Some(floor_per_s));
+        print(&counter("scale", n, n, args.partitions, &e2e::redis_url()).await, Some(floor_per_s));
     }
     if want("hello3-latency") {
         eprintln!("bench: hello3-latency (the sustained open-loop peak first, then half of it)");
