@@ -220,48 +220,52 @@ async fn the_first_deployment_secret_offered_is_kept<S: Store>(store: &S) {
     );
 }
 
+/// The contract's tests for one implementation: `$store` makes a fresh store.
+macro_rules! contract_tests {
+    ($store:expr) => {
+        #[tokio::test]
+        async fn compare_and_set() {
+            super::compare_and_set(&$store).await
+        }
+        #[tokio::test]
+        async fn batches_have_one_outcome_per_write() {
+            super::batches_have_one_outcome_per_write(&$store).await
+        }
+        #[tokio::test]
+        async fn timers_are_released_in_seq_order_and_re_released_until_acknowledged() {
+            super::timers_are_released_in_seq_order_and_re_released_until_acknowledged(&$store).await
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn concurrent_writers_never_lose_updates() {
+            super::concurrent_writers_never_lose_updates(Arc::new($store)).await
+        }
+        #[tokio::test]
+        async fn fenced_commits_fail_once_a_newer_owner_fenced() {
+            super::fenced_commits_fail_once_a_newer_owner_fenced(&$store).await
+        }
+        #[tokio::test]
+        async fn the_first_deployment_secret_offered_is_kept() {
+            super::the_first_deployment_secret_offered_is_kept(&$store).await
+        }
+        #[tokio::test]
+        async fn the_applied_mark_only_goes_up_and_tells_a_new_owner_what_was_lost() {
+            super::the_applied_mark_only_goes_up_and_tells_a_new_owner_what_was_lost(&$store).await
+        }
+        #[tokio::test]
+        async fn a_loss_is_accepted_only_once_recorded() {
+            super::a_loss_is_accepted_only_once_recorded(&$store).await
+        }
+    };
+}
+
 mod memory {
     use super::*;
-    #[tokio::test]
-    async fn the_applied_mark_only_goes_up_and_tells_a_new_owner_what_was_lost() {
-        super::the_applied_mark_only_goes_up_and_tells_a_new_owner_what_was_lost(&MemoryStore::new()).await
-    }
-
-    #[tokio::test]
-    async fn a_loss_is_accepted_only_once_recorded() {
-        super::a_loss_is_accepted_only_once_recorded(&MemoryStore::new()).await
-    }
-
-    #[tokio::test]
-    async fn the_first_deployment_secret_offered_is_kept() {
-        super::the_first_deployment_secret_offered_is_kept(&MemoryStore::new()).await
-    }
-
-    #[tokio::test]
-    async fn fenced_commits_fail_once_a_newer_owner_fenced() {
-        super::fenced_commits_fail_once_a_newer_owner_fenced(&MemoryStore::new()).await
-    }
-
-    #[tokio::test]
-    async fn compare_and_set() {
-        super::compare_and_set(&MemoryStore::new()).await
-    }
-    #[tokio::test]
-    async fn batches_have_one_outcome_per_write() {
-        super::batches_have_one_outcome_per_write(&MemoryStore::new()).await
-    }
-    #[tokio::test]
-    async fn timers_are_released_in_seq_order_and_re_released_until_acknowledged() {
-        super::timers_are_released_in_seq_order_and_re_released_until_acknowledged(&MemoryStore::new()).await
-    }
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn concurrent_writers_never_lose_updates() {
-        super::concurrent_writers_never_lose_updates(Arc::new(MemoryStore::new())).await
-    }
+    contract_tests!(MemoryStore::new());
 }
 
 mod redis {
     use super::*;
+    contract_tests!(store().await);
 
     fn url() -> String {
         std::env::var("DURABLE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
@@ -279,43 +283,6 @@ mod redis {
 
     async fn redis_connection() -> ::redis::aio::MultiplexedConnection {
         ::redis::Client::open(url()).unwrap().get_multiplexed_async_connection().await.unwrap()
-    }
-
-    #[tokio::test]
-    async fn compare_and_set() {
-        super::compare_and_set(&store().await).await
-    }
-    #[tokio::test]
-    async fn batches_have_one_outcome_per_write() {
-        super::batches_have_one_outcome_per_write(&store().await).await
-    }
-    #[tokio::test]
-    async fn timers_are_released_in_seq_order_and_re_released_until_acknowledged() {
-        super::timers_are_released_in_seq_order_and_re_released_until_acknowledged(&store().await).await
-    }
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn concurrent_writers_never_lose_updates() {
-        super::concurrent_writers_never_lose_updates(Arc::new(store().await)).await
-    }
-
-    #[tokio::test]
-    async fn fenced_commits_fail_once_a_newer_owner_fenced() {
-        super::fenced_commits_fail_once_a_newer_owner_fenced(&store().await).await
-    }
-
-    #[tokio::test]
-    async fn the_first_deployment_secret_offered_is_kept() {
-        super::the_first_deployment_secret_offered_is_kept(&store().await).await
-    }
-
-    #[tokio::test]
-    async fn the_applied_mark_only_goes_up_and_tells_a_new_owner_what_was_lost() {
-        super::the_applied_mark_only_goes_up_and_tells_a_new_owner_what_was_lost(&store().await).await
-    }
-
-    #[tokio::test]
-    async fn a_loss_is_accepted_only_once_recorded() {
-        super::a_loss_is_accepted_only_once_recorded(&store().await).await
     }
 
     /// Redis restarted empty or rolled back: etags, timer seqs and epochs handed out afterwards
@@ -368,6 +335,7 @@ mod redis {
 
 mod cluster {
     use super::*;
+    contract_tests!(store().await);
 
     async fn store() -> RedisStore {
         let seeds = std::env::var("DURABLE_REDIS_CLUSTER_URL").unwrap_or_else(|_| "redis://127.0.0.1:7000".into());
@@ -375,39 +343,6 @@ mod cluster {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
         let prefix = format!("durable-test-{}-{nanos}", std::process::id());
         RedisStore::connect_cluster(&seeds, &prefix, None).await.unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    #[tokio::test]
-    async fn compare_and_set() {
-        super::compare_and_set(&store().await).await
-    }
-    #[tokio::test]
-    async fn batches_have_one_outcome_per_write() {
-        super::batches_have_one_outcome_per_write(&store().await).await
-    }
-    #[tokio::test]
-    async fn timers_are_released_in_seq_order_and_re_released_until_acknowledged() {
-        super::timers_are_released_in_seq_order_and_re_released_until_acknowledged(&store().await).await
-    }
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn concurrent_writers_never_lose_updates() {
-        super::concurrent_writers_never_lose_updates(Arc::new(store().await)).await
-    }
-    #[tokio::test]
-    async fn fenced_commits_fail_once_a_newer_owner_fenced() {
-        super::fenced_commits_fail_once_a_newer_owner_fenced(&store().await).await
-    }
-    #[tokio::test]
-    async fn the_first_deployment_secret_offered_is_kept() {
-        super::the_first_deployment_secret_offered_is_kept(&store().await).await
-    }
-    #[tokio::test]
-    async fn the_applied_mark_only_goes_up_and_tells_a_new_owner_what_was_lost() {
-        super::the_applied_mark_only_goes_up_and_tells_a_new_owner_what_was_lost(&store().await).await
-    }
-    #[tokio::test]
-    async fn a_loss_is_accepted_only_once_recorded() {
-        super::a_loss_is_accepted_only_once_recorded(&store().await).await
     }
 
     /// Every partition's keys land in one slot, and the partitions spread over the masters.

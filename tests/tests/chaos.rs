@@ -34,6 +34,17 @@ impl Reader {
         Some(InstanceRecord::from_blob(&stored.blob).expect("a readable blob"))
     }
 
+    /// The account `id` once no lock and no queued operation is left on it (panics after 60 s).
+    async fn idle_account(&self, id: &str) -> Account {
+        e2e::eventually(Duration::from_secs(60), &format!("{id} is idle"), || async {
+            let record = self.record(id).await?;
+            let entity = record.entity()?;
+            (entity.lock.is_none() && entity.queue.is_empty())
+                .then(|| entity.state.as_ref()?.decode::<Account>().ok())?
+        })
+        .await
+    }
+
     /// The orchestration's outcome once it finished: `Ok(output)`, or `Err` for any other end.
     async fn finished(&self, id: &str) -> Option<Result<durable_schemas::Payload, String>> {
         match self.record(id).await?.orchestration()?.status.clone() {
@@ -42,6 +53,30 @@ impl Reader {
             other => Some(Err(format!("{other:?}"))),
         }
     }
+}
+
+/// Waits until each of `processors` owns partitions (panics after 90 s).
+async fn every_one_owns_partitions(processors: &[Process]) {
+    e2e::eventually(Duration::from_secs(90), "the processors own the partitions", || async {
+        for p in processors {
+            if !p.owns_partitions().await {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+}
+
+/// The events that open `keys` as accounts with [`OPENING`] each.
+fn open_accounts(client: &mut Client, keys: &[String]) -> Vec<durable_schemas::Envelope> {
+    let mut events = Vec::new();
+    for key in keys {
+        let id = InstanceId::entity("Account", key.clone());
+        events.push(client.signal(&id, "open", format!("owner of {key}")));
+        events.push(client.signal(&id, "deposit", OPENING));
+    }
+    events
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -62,26 +97,13 @@ async fn the_bank_survives_processor_and_redis_kills() {
     };
     let mut incarnations = [0usize; 3];
     let mut processors: Vec<Process> = (0..3).map(|slot| spawn(slot, 0)).collect();
-    e2e::eventually(Duration::from_secs(90), "the processors own the partitions", || async {
-        for p in &processors {
-            if !p.owns_partitions().await {
-                return None;
-            }
-        }
-        Some(())
-    })
-    .await;
+    every_one_owns_partitions(&processors).await;
     let reader = Reader { store: RedisStore::connect(&url, &prefix).await.expect("the chaos Redis") };
     let mut client = Client::new(&prefix);
 
     // The accounts, and approvals whose flaky check is retried on durable timers.
     let accounts: Vec<String> = (0..ACCOUNTS).map(|i| format!("acc{i}")).collect();
-    let mut setup = Vec::new();
-    for key in &accounts {
-        let id = InstanceId::entity("Account", key.clone());
-        setup.push(client.signal(&id, "open", format!("owner of {key}")));
-        setup.push(client.signal(&id, "deposit", OPENING));
-    }
+    let mut setup = open_accounts(&mut client, &accounts);
     let approvals: Vec<ApprovalInput> =
         (0..10).map(|i| ApprovalInput { counter: format!("{prefix}-approval{i}"), amount: i + 1 }).collect();
     for (i, input) in approvals.iter().enumerate() {
@@ -171,14 +193,7 @@ async fn the_bank_survives_processor_and_redis_kills() {
     let mut total = 0;
     for key in &accounts {
         let id = InstanceId::entity("Account", key.clone()).canonical();
-        let account = e2e::eventually(Duration::from_secs(60), &format!("{id} is idle"), || async {
-            let record = reader.record(&id).await?;
-            let entity = record.entity()?;
-            // No lock and no queued operation left once every transfer finished.
-            (entity.lock.is_none() && entity.queue.is_empty())
-                .then(|| entity.state.as_ref()?.decode::<Account>().ok())?
-        })
-        .await;
+        let account = reader.idle_account(&id).await;
         assert_eq!(account.balance, expected[key], "{id}: each transfer's effect applied exactly once");
         total += account.balance;
     }
@@ -244,26 +259,9 @@ async fn a_redis_rolled_back_under_running_processors_is_detected_and_accepted()
             Process::spawn_with(BINARY, &prefix, PARTITIONS as i32, &log, &[("DURABLE_REDIS_URL", url.as_str())])
         })
         .collect();
-    e2e::eventually(Duration::from_secs(90), "the processors own the partitions", || async {
-        for p in &processors {
-            if !p.owns_partitions().await {
-                return None;
-            }
-        }
-        Some(())
-    })
-    .await;
+    every_one_owns_partitions(&processors).await;
     let reader = Reader { store: RedisStore::connect(&url, &prefix).await.expect("the chaos Redis") };
     let mut client = Client::new(&prefix);
-    let open = |client: &mut Client, keys: &[String]| {
-        let mut events = Vec::new();
-        for key in keys {
-            let id = InstanceId::entity("Account", key.clone());
-            events.push(client.signal(&id, "open", format!("owner of {key}")));
-            events.push(client.signal(&id, "deposit", OPENING));
-        }
-        events
-    };
     let transfer = |client: &mut Client, keys: &[String], n: usize, name: &str| {
         (0..n)
             .map(|i| {
@@ -277,7 +275,7 @@ async fn a_redis_rolled_back_under_running_processors_is_detected_and_accepted()
             .collect::<Vec<_>>()
     };
     let old: Vec<String> = (0..ACCOUNTS).map(|i| format!("old{i}")).collect();
-    let setup = open(&mut client, &old);
+    let setup = open_accounts(&mut client, &old);
     client.send(&setup).await;
     let first = transfer(&mut client, &old, 40, "before");
     client.send(&first).await;
@@ -352,7 +350,7 @@ async fn a_redis_rolled_back_under_running_processors_is_detected_and_accepted()
 
     // New work after the acceptance finishes with every invariant.
     let fresh: Vec<String> = (0..ACCOUNTS).map(|i| format!("new{i}")).collect();
-    let setup = open(&mut client, &fresh);
+    let setup = open_accounts(&mut client, &fresh);
     client.send(&setup).await;
     let third = transfer(&mut client, &fresh, 40, "after-the-acceptance");
     client.send(&third).await;
@@ -364,13 +362,7 @@ async fn a_redis_rolled_back_under_running_processors_is_detected_and_accepted()
     let mut total = 0;
     for key in &fresh {
         let id = InstanceId::entity("Account", key.clone()).canonical();
-        let account = e2e::eventually(Duration::from_secs(60), "idle", || async {
-            let record = reader.record(&id).await?;
-            let entity = record.entity()?;
-            (entity.lock.is_none() && entity.queue.is_empty())
-                .then(|| entity.state.as_ref()?.decode::<Account>().ok())?
-        })
-        .await;
+        let account = reader.idle_account(&id).await;
         total += account.balance;
     }
     assert_eq!(total, OPENING * ACCOUNTS as i64, "money is conserved among the new accounts");

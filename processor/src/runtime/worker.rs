@@ -309,10 +309,18 @@ async fn wait_for_acceptance(
         applied = applied.unwrap_or(-1),
         "Redis lost state of this partition: it was processed up to offset {committed} (Kafka's committed offset, or what this processor applied) but Redis holds the effects of {applied_text} (Redis restarted without its data, failed over to a replica that lagged, or was restored from an older copy). The partition is stopped: its instances would run on stale state. Restore Redis, or accept the loss with `durable accept-loss {p}` to go on with what Redis has"
     );
+    let cleared = || {
+        METRICS.state_lost.with_label_values(&[&label]).set(0);
+        shared.lost.lock().expect("lost lock").remove(&p);
+    };
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = stopped_for(stop, Duration::ZERO) => return false,
+            _ = stopped_for(stop, Duration::ZERO) => {
+                // No longer this processor's to report: its next owner finds the loss itself.
+                cleared();
+                return false;
+            }
         }
         match shared.store.loss_accepted(p).await {
             Ok(true) => break,
@@ -320,16 +328,16 @@ async fn wait_for_acceptance(
             Err(e) => warn!(partition = p, error = %e, "cannot read whether the loss was accepted; retrying"),
         }
     }
-    if !mark_until_done(shared, p, committed, stop).await {
-        return false;
+    let marked = mark_until_done(shared, p, committed, stop).await;
+    cleared();
+    if marked {
+        warn!(
+            partition = p,
+            committed,
+            "the loss of state was accepted by an operator: processing goes on from Kafka's committed offset"
+        );
     }
-    warn!(
-        partition = p,
-        committed, "the loss of state was accepted by an operator: processing goes on from Kafka's committed offset"
-    );
-    METRICS.state_lost.with_label_values(&[&label]).set(0);
-    shared.lost.lock().expect("lost lock").remove(&p);
-    true
+    marked
 }
 
 /// Run activity invocations concurrently, each when the process-wide pool
