@@ -308,6 +308,29 @@ mod redis {
         assert!(!taken.known, "the rolled-back partition looks new");
     }
 
+    /// A mark that is not a number (written by hand) counts as none: a new owner sees no mark,
+    /// and an owner with a floor finds its state lost; no script fails on it.
+    #[tokio::test]
+    async fn a_mark_that_is_not_a_number_counts_as_none() {
+        let (s, prefix) = store_and_prefix().await;
+        let p = 4;
+        let mut conn = redis_connection().await;
+        let _: () = ::redis::cmd("SET")
+            .arg(format!("{prefix}:{{p{p}}}:applied"))
+            .arg("garbage")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(s.take(p).await.unwrap().applied, None);
+        assert_eq!(
+            s.commit_applied(p, Some(5), 9, vec![write("entity:E:g", None, "b", &[])]).await.unwrap(),
+            Err(None)
+        );
+        assert_eq!(s.mark_applied(p, Some(5), 9).await.unwrap(), Err(None));
+        s.mark_applied(p, None, 9).await.unwrap().unwrap();
+        assert_eq!(s.take(p).await.unwrap().applied, Some(9), "raising it repairs it");
+    }
+
     #[tokio::test]
     async fn the_servers_settings_are_reported() {
         let health = store().await.health().await;

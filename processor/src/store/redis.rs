@@ -64,7 +64,7 @@ local n = tonumber(ARGV[1])
 local timers = KEYS[n + 1]
 local out = {}
 if ARGV[4] ~= '' then
-  local mark = tonumber(redis.call('GET', KEYS[n + 3]) or '-1')
+  local mark = tonumber(redis.call('GET', KEYS[n + 3]) or '') or -1
   if mark < tonumber(ARGV[4]) then
     return {-2, mark}
   end
@@ -104,7 +104,7 @@ return out
 /// Raise the applied mark to ARGV[1] (never lower it), unless it is below the floor ARGV[2]
 /// ("" = none): then -2. KEYS: applied.
 const MARK: &str = r#"
-local mark = tonumber(redis.call('GET', KEYS[1]) or '-1')
+local mark = tonumber(redis.call('GET', KEYS[1]) or '') or -1
 if ARGV[2] ~= '' and mark < tonumber(ARGV[2]) then
   return -2
 end
@@ -123,13 +123,13 @@ end
 return 0
 "#;
 
-/// Take a partition: a new epoch, the applied mark (-1: none) and whether the partition had an
-/// epoch before (1/0). KEYS: epoch, applied.
+/// Take a partition: a new epoch, the applied mark (-1: none, or not a number) and whether the
+/// partition had an epoch before (1/0). KEYS: epoch, applied.
 const TAKE: &str = r#"
 local before = redis.call('GET', KEYS[1])
 local epoch = raise(before)
 redis.call('SET', KEYS[1], epoch)
-return {tonumber(epoch), tonumber(redis.call('GET', KEYS[2]) or '-1'), before and 1 or 0}
+return {tonumber(epoch), tonumber(redis.call('GET', KEYS[2]) or '') or -1, before and 1 or 0}
 "#;
 
 /// Move due timers to the release queue with fresh seqs; return the whole queue.
@@ -506,9 +506,9 @@ impl Store for RedisStore {
             .await
             .map_err(unavailable)?;
         if answer == -2 {
-            let mark: Option<i64> =
+            let mark: Option<String> =
                 redis::cmd("GET").arg(&key).query_async(&mut self.conn.clone()).await.map_err(unavailable)?;
-            return Ok(Err(mark));
+            return Ok(Err(mark.and_then(|m| m.parse().ok())));
         }
         Ok(Ok(()))
     }
