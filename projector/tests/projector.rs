@@ -13,13 +13,7 @@ use rdkafka::ClientConfig;
 use serde_json::{json, Value};
 use tests::e2e::{self, Client, InProcess, State};
 
-fn typesense_url() -> String {
-    std::env::var("DURABLE_TYPESENSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8108".into())
-}
-
-fn api_key() -> String {
-    std::env::var("DURABLE_TYPESENSE_API_KEY").unwrap_or_else(|_| "durable-test-key".into())
-}
+use tests::e2e::{typesense_api_key as api_key, typesense_url};
 
 fn ts(url: &str) -> Typesense {
     Typesense::new(url, &api_key(), Duration::from_secs(10)).expect("client")

@@ -28,6 +28,54 @@ pub fn redis_url() -> String {
     std::env::var("DURABLE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+/// The Typesense under test.
+pub fn typesense_url() -> String {
+    std::env::var("DURABLE_TYPESENSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8108".into())
+}
+
+/// Its admin API key.
+pub fn typesense_api_key() -> String {
+    std::env::var("DURABLE_TYPESENSE_API_KEY").unwrap_or_else(|_| "durable-test-key".into())
+}
+
+/// Every document of a Typesense collection (or alias), by id; empty when it does not exist.
+pub async fn typesense_documents(collection: &str) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let response = reqwest::Client::new()
+        .get(format!("{}/collections/{collection}/documents/export", typesense_url()))
+        .header("X-TYPESENSE-API-KEY", typesense_api_key())
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .expect("Typesense answers");
+    if response.status() == reqwest::StatusCode::NOT_FOUND {
+        return Default::default();
+    }
+    assert!(response.status().is_success(), "export of {collection}: {}", response.status());
+    let text = response.text().await.expect("the export");
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let doc: serde_json::Value = serde_json::from_str(l).expect("a JSON document");
+            (doc["id"].as_str().expect("an id").to_owned(), doc)
+        })
+        .collect()
+}
+
+/// A binary of another package of the workspace, next to this test's own (`cargo test
+/// --workspace` builds every package's binaries before it runs a test). Panics when it is
+/// missing, naming the command that builds it.
+pub fn workspace_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("this test's path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let path = exe.parent().and_then(|deps| deps.parent()).expect("a target directory").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build --release --workspace` (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
 /// Where `scripts/services` keeps tools, certificates and the test broker (`DURABLE_CACHE`).
 pub fn cache_dir() -> std::path::PathBuf {
     std::env::var_os("DURABLE_CACHE").map(Into::into).unwrap_or_else(|| {
@@ -258,6 +306,27 @@ impl Process {
             .stderr(log)
             .spawn()
             .expect("spawn test-processor");
+        Self { child, metrics: format!("127.0.0.1:{port}").parse().expect("addr") }
+    }
+
+    /// The projector binary (built with the workspace, see [`workspace_binary`]) projecting
+    /// `prefix` into the Typesense of [`typesense_url`].
+    pub fn spawn_projector(prefix: &str, log: &std::path::Path) -> Self {
+        let port = free_port();
+        let log = std::fs::File::create(log).expect("log file");
+        let child = Command::new(workspace_binary("projector"))
+            .env("DURABLE_BROKERS", brokers())
+            .env("DURABLE_PREFIX", prefix)
+            .env("DURABLE_PROJECTOR_GROUP", format!("{prefix}-projector"))
+            .env("DURABLE_TYPESENSE_URL", typesense_url())
+            .env("DURABLE_TYPESENSE_API_KEY", typesense_api_key())
+            .env("DURABLE_PROJECTOR_METRICS_ADDR", format!("127.0.0.1:{port}"))
+            .env("DURABLE_LOG", std::env::var("E2E_LOG").unwrap_or_else(|_| "info".into()))
+            .env("DURABLE_KAFKA_OPTIONS", std::env::var("E2E_KAFKA_OPTIONS").unwrap_or_default())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn the projector");
         Self { child, metrics: format!("127.0.0.1:{port}").parse().expect("addr") }
     }
 
