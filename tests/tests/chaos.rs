@@ -269,3 +269,179 @@ async fn typesense_equals_redis(
     }
     Ok(())
 }
+
+/// A copy of directory `from` at `to` (files only, one level of subdirectories).
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// The partitions the processors report lost in `/status`.
+async fn reported_lost(processors: &[Process]) -> std::collections::BTreeSet<u64> {
+    let mut lost = std::collections::BTreeSet::new();
+    for p in processors {
+        let status = e2e::json_body(&e2e::http_get(p.metrics, "/status").await);
+        lost.extend(status["lost_partitions"].as_array().into_iter().flatten().filter_map(|v| v.as_u64()));
+    }
+    lost
+}
+
+/// Redis restored from a copy of its data taken seconds earlier, under three running
+/// processors: every partition that committed since the copy is detected (its owner's next
+/// commit is refused, nothing is written on the stale state), reported, and stopped until an
+/// operator accepts the loss; then the processors go on and new work finishes with every
+/// invariant. What the loss broke in the old work is reported, never silent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_rolled_back_under_running_processors_is_detected_and_accepted() {
+    let mut redis = RedisServer::start(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let url = redis.url();
+    let prefix = e2e::unique_prefix("chaos-rollback");
+    let dir = std::env::temp_dir().join(&prefix);
+    std::fs::create_dir_all(&dir).unwrap();
+    let processors: Vec<Process> = (0..3)
+        .map(|slot| {
+            let log = dir.join(format!("p{slot}.log"));
+            Process::spawn_with(BINARY, &prefix, PARTITIONS as i32, &log, &[("DURABLE_REDIS_URL", url.as_str())])
+        })
+        .collect();
+    every_one_owns_partitions(&processors).await;
+    let reader = Reader { store: RedisStore::connect(&url, &prefix).await.expect("the chaos Redis") };
+    let mut client = Client::new(&prefix);
+    let transfer = |client: &mut Client, keys: &[String], n: usize, name: &str| {
+        (0..n)
+            .map(|i| {
+                let input = TransferInput {
+                    from: keys[i % keys.len()].clone(),
+                    to: keys[(i * 3 + 1) % keys.len()].clone(),
+                    amount: 5,
+                };
+                client.start("Transfer", &format!("{name}{i}"), input)
+            })
+            .collect::<Vec<_>>()
+    };
+    let old: Vec<String> = (0..ACCOUNTS).map(|i| format!("old{i}")).collect();
+    let setup = open_accounts(&mut client, &old);
+    client.send(&setup).await;
+    let first = transfer(&mut client, &old, 40, "before");
+    client.send(&first).await;
+    for t in &first {
+        e2e::eventually(Duration::from_secs(60), "the first transfers finish", || reader.finished(&t.target))
+            .await
+            .expect("completed");
+    }
+    let copy = dir.join("redis-copy");
+    copy_dir(redis.dir(), &copy);
+    let second = transfer(&mut client, &old, 40, "after-the-copy");
+    client.send(&second).await;
+    for t in &second {
+        e2e::eventually(Duration::from_secs(60), "the later transfers finish", || reader.finished(&t.target))
+            .await
+            .expect("completed");
+    }
+
+    // Restore Redis from the copy: the forty later transfers are gone from it, not from Kafka.
+    redis.kill();
+    std::fs::remove_dir_all(redis.dir().join("appendonlydir")).unwrap();
+    copy_dir(&copy.join("appendonlydir"), &redis.dir().join("appendonlydir"));
+    redis.restart();
+    // Traffic on every partition, so each owner commits (or finds its state lost).
+    let probes: Vec<InstanceId> = (0..PARTITIONS)
+        .map(|p| {
+            (0..)
+                .map(|i| InstanceId::entity("Counter", format!("probe{i}")))
+                .find(|c| c.partition(PARTITIONS) == p)
+                .unwrap()
+        })
+        .collect();
+    let signals: Vec<_> = probes.iter().map(|c| client.signal(c, "add", 1)).collect();
+    client.send(&signals).await;
+    let lost =
+        e2e::eventually(Duration::from_secs(60), "every partition applied its probe or is reported lost", || async {
+            let lost = reported_lost(&processors).await;
+            for (p, probe) in probes.iter().enumerate() {
+                let applied = reader.record(&probe.canonical()).await.is_some();
+                if !applied && !lost.contains(&(p as u64)) {
+                    return None;
+                }
+            }
+            Some(lost)
+        })
+        .await;
+    eprintln!("partitions reported lost after the rollback: {lost:?}");
+    assert!(!lost.is_empty(), "the rollback is detected");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for p in &lost {
+        let probe = probes[*p as usize].canonical();
+        assert!(reader.record(&probe).await.is_none(), "{probe}: nothing is applied on a lost partition's stale state");
+    }
+    let mut logs = String::new();
+    for slot in 0..3 {
+        logs.push_str(&std::fs::read_to_string(dir.join(format!("p{slot}.log"))).unwrap());
+    }
+    assert!(logs.contains("Redis lost state of this partition"), "the owners say what happened");
+    for p in &lost {
+        let accepted =
+            e2e::http_post(processors[0].metrics, &format!("/v1/partitions/{p}/accept-loss"), &serde_json::json!({}))
+                .await;
+        assert!(accepted.starts_with("HTTP/1.1 202"), "{accepted}");
+    }
+    e2e::eventually(Duration::from_secs(60), "every probe applied after the acceptance", || async {
+        for probe in &probes {
+            reader.record(&probe.canonical()).await?;
+        }
+        reported_lost(&processors).await.is_empty().then_some(())
+    })
+    .await;
+
+    // New work after the acceptance finishes with every invariant.
+    let fresh: Vec<String> = (0..ACCOUNTS).map(|i| format!("new{i}")).collect();
+    let setup = open_accounts(&mut client, &fresh);
+    client.send(&setup).await;
+    let third = transfer(&mut client, &fresh, 40, "after-the-acceptance");
+    client.send(&third).await;
+    for t in &third {
+        let outcome =
+            e2e::eventually(Duration::from_secs(120), "the new transfers finish", || reader.finished(&t.target)).await;
+        assert!(matches!(outcome.expect("completed").decode::<TransferOutcome>(), Ok(TransferOutcome::Transferred)));
+    }
+    let mut total = 0;
+    for key in &fresh {
+        let id = InstanceId::entity("Account", key.clone()).canonical();
+        let account = reader.idle_account(&id).await;
+        total += account.balance;
+    }
+    assert_eq!(total, OPENING * ACCOUNTS as i64, "money is conserved among the new accounts");
+
+    // What the loss did to the old work: reported.
+    let mut old_total = 0;
+    for key in &old {
+        let id = InstanceId::entity("Account", key.clone()).canonical();
+        old_total += reader
+            .record(&id)
+            .await
+            .and_then(|r| r.entity()?.state.as_ref()?.decode::<Account>().ok())
+            .map_or(0, |a| a.balance);
+    }
+    let mut unfinished = 0;
+    for t in &second {
+        if reader.finished(&t.target).await.is_none() {
+            unfinished += 1;
+        }
+    }
+    eprintln!(
+        "after the accepted loss: the old accounts hold {old_total} of {} (transfers lost with the rollback), {unfinished} of the {} later transfers are not finished in the restored state",
+        OPENING * ACCOUNTS as i64,
+        second.len()
+    );
+    for mut p in processors {
+        p.terminate();
+    }
+}
