@@ -32,6 +32,7 @@
 #![warn(missing_docs)]
 
 #[cfg(feature = "runtime")]
+pub mod access;
 pub mod config;
 pub mod context;
 pub mod critical_sections;

@@ -49,7 +49,10 @@ pub const ENVELOPE_SCHEMA: &str = include_str!("../avro/envelope.avsc");
 
 /// Earlier envelope schemas, which every reader still reads (`avro/history/`, named by their
 /// fingerprints): data written by an older producer or processor resolves to the current schema.
-pub const EARLIER_SCHEMAS: [&str; 1] = [include_str!("../avro/history/envelope-8659713f73004692.avsc")];
+pub const EARLIER_SCHEMAS: [&str; 2] = [
+    include_str!("../avro/history/envelope-8659713f73004692.avsc"),
+    include_str!("../avro/history/envelope-26917e7e9cb0d840.avsc"),
+];
 
 /// Content type of JSON payloads, the default.
 pub const JSON: &str = "application/json";
@@ -188,6 +191,44 @@ pub enum Event {
     WithLock { owner: String, participants: Vec<String>, inner: Box<Event> },
     /// `inner` was sent on behalf of `user` with `roles`.
     WithPrincipal { user: String, roles: Vec<String>, inner: Box<Event> },
+    /// Core: change who may do what to the target instance (one of six Avro records).
+    Access(AccessChange),
+}
+
+/// A change to an instance's owners or shares: the sharing events. Each is its own record in
+/// the Avro schema; operations are named as in [`AccessChange::OPERATIONS`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[allow(missing_docs)] // fields are documented in avro/envelope.avsc
+pub enum AccessChange {
+    /// Grant `user` `operations` (added to what the user had).
+    ShareWithUser { user: String, operations: Vec<String> },
+    /// Grant every principal with `role` `operations`.
+    ShareWithRole { role: String, operations: Vec<String> },
+    /// Withdraw everything shared with `user`.
+    RevokeUser { user: String },
+    /// Withdraw everything shared with `role`.
+    RevokeRole { role: String },
+    /// `user` becomes the only owner.
+    TransferOwnership { user: String },
+    /// `user` becomes an owner besides the present ones.
+    AddOwner { user: String },
+}
+
+impl AccessChange {
+    /// The operations an access change may name.
+    pub const OPERATIONS: [&'static str; 8] = ["start", "signal", "call", "read", "terminate", "lock", "share", "own"];
+
+    /// The Avro record name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AccessChange::ShareWithUser { .. } => "ShareWithUser",
+            AccessChange::ShareWithRole { .. } => "ShareWithRole",
+            AccessChange::RevokeUser { .. } => "RevokeUser",
+            AccessChange::RevokeRole { .. } => "RevokeRole",
+            AccessChange::TransferOwnership { .. } => "TransferOwnership",
+            AccessChange::AddOwner { .. } => "AddOwner",
+        }
+    }
 }
 
 impl Event {
@@ -212,6 +253,7 @@ impl Event {
             Event::ReplyTo { .. } => "ReplyTo",
             Event::WithLock { .. } => "WithLock",
             Event::WithPrincipal { .. } => "WithPrincipal",
+            Event::Access(change) => change.name(),
         }
     }
 

@@ -153,6 +153,35 @@ fn golden_cases() -> Vec<(&'static str, Envelope)> {
                 },
             ),
         ),
+        (
+            "share_with_user",
+            env(
+                "s-1",
+                "orch:Transfer:t1",
+                Event::Access(AccessChange::ShareWithUser {
+                    user: "bob".into(),
+                    operations: vec!["read".into(), "signal".into()],
+                }),
+            ),
+        ),
+        (
+            "share_with_role",
+            env(
+                "s-2",
+                "entity:Account:a",
+                Event::Access(AccessChange::ShareWithRole { role: "auditor".into(), operations: vec!["read".into()] }),
+            ),
+        ),
+        ("revoke_user", env("s-3", "orch:Transfer:t1", Event::Access(AccessChange::RevokeUser { user: "bob".into() }))),
+        (
+            "revoke_role",
+            env("s-4", "entity:Account:a", Event::Access(AccessChange::RevokeRole { role: "auditor".into() })),
+        ),
+        (
+            "transfer_ownership",
+            env("s-5", "entity:Account:a", Event::Access(AccessChange::TransferOwnership { user: "carol".into() })),
+        ),
+        ("add_owner", env("s-6", "entity:Account:a", Event::Access(AccessChange::AddOwner { user: "dave".into() }))),
     ]
 }
 
@@ -178,7 +207,7 @@ fn golden_vectors_decode_and_reencode_byte_for_byte() {
         assert_eq!(stored, bytes, "{name}: encoding changed; bless only for a deliberate schema change");
         index.push(name);
     }
-    assert_eq!(index.len(), 16);
+    assert_eq!(index.len(), 22);
 }
 
 #[test]

@@ -7,7 +7,7 @@
 use apache_avro::types::Value;
 use apache_avro::Schema;
 
-use crate::{DecodeError, Envelope, Event, Failure, Origin, Payload, Result};
+use crate::{AccessChange, DecodeError, Envelope, Event, Failure, Origin, Payload, Result};
 
 /// Union branch names of `Envelope.body.event`, in index order.
 pub(crate) fn event_branches(schema: &Schema) -> Vec<String> {
@@ -135,6 +135,18 @@ fn event_to_value(event: &Event, branches: &[String]) -> Value {
         Event::WithPrincipal { user, roles, inner } => {
             vec![("user", string(user)), ("roles", strings(roles)), ("inner", event_to_value(inner, branches))]
         }
+        Event::Access(change) => match change {
+            AccessChange::ShareWithUser { user, operations } => {
+                vec![("user", string(user)), ("operations", strings(operations))]
+            }
+            AccessChange::ShareWithRole { role, operations } => {
+                vec![("role", string(role)), ("operations", strings(operations))]
+            }
+            AccessChange::RevokeUser { user }
+            | AccessChange::TransferOwnership { user }
+            | AccessChange::AddOwner { user } => vec![("user", string(user))],
+            AccessChange::RevokeRole { role } => vec![("role", string(role))],
+        },
     };
     let index = branches
         .iter()
@@ -343,6 +355,16 @@ fn event_from_value(v: Value, branches: &[String]) -> Result<Event> {
         "WithPrincipal" => {
             Event::WithPrincipal { user: f.string("user")?, roles: f.strings("roles")?, inner: inner_event(&mut f)? }
         }
+        "ShareWithUser" => {
+            Event::Access(AccessChange::ShareWithUser { user: f.string("user")?, operations: f.strings("operations")? })
+        }
+        "ShareWithRole" => {
+            Event::Access(AccessChange::ShareWithRole { role: f.string("role")?, operations: f.strings("operations")? })
+        }
+        "RevokeUser" => Event::Access(AccessChange::RevokeUser { user: f.string("user")? }),
+        "RevokeRole" => Event::Access(AccessChange::RevokeRole { role: f.string("role")? }),
+        "TransferOwnership" => Event::Access(AccessChange::TransferOwnership { user: f.string("user")? }),
+        "AddOwner" => Event::Access(AccessChange::AddOwner { user: f.string("user")? }),
         other => return Err(shape(format!("event type {other} is not known to this version"))),
     };
     Ok(event)
