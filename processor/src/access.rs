@@ -26,7 +26,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use durable_schemas::AccessChange;
+use durable_schemas::{AccessChange, Event};
 use serde::{Deserialize, Serialize};
 
 use crate::id::{InstanceId, Kind};
@@ -137,6 +137,21 @@ impl Principal {
 impl fmt::Display for Principal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.user)
+    }
+}
+
+/// `body` sent on behalf of `principal`: wrapped in `WithPrincipal`, beneath any `WithDelay`
+/// (so the delay is still seen first and the principal travels with the delayed event).
+pub fn with_principal(body: Event, principal: &Principal) -> Event {
+    match body {
+        Event::WithDelay { fire_at, inner } => {
+            Event::WithDelay { fire_at, inner: Box::new(with_principal(*inner, principal)) }
+        }
+        other => Event::WithPrincipal {
+            user: principal.user.clone(),
+            roles: principal.roles.clone(),
+            inner: Box::new(other),
+        },
     }
 }
 

@@ -29,6 +29,7 @@ use std::sync::Arc;
 
 use durable_schemas::{Envelope, Event, Origin};
 
+use crate::access::{self, Grant, Operation, Policy, Principal, FORBIDDEN};
 use crate::effect::{Effect, StateChange};
 use crate::history::{Admission, Body, InstanceRecord, OrchestrationStatus, Outbox};
 use crate::id::{InstanceId, Kind};
@@ -277,6 +278,7 @@ impl Default for Limits {
 pub struct Engine {
     registry: Arc<Registry>,
     limits: Limits,
+    policy: Arc<Policy>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -298,7 +300,18 @@ impl Engine {
 
     /// An engine sharing an existing registry.
     pub fn with_registry(registry: Arc<Registry>) -> Self {
-        Self { registry, limits: Limits::default() }
+        Self { registry, limits: Limits::default(), policy: Arc::new(Policy::open()) }
+    }
+
+    /// This engine with another authorization [`Policy`] (the default is [`Policy::open`]).
+    pub fn with_policy(mut self, policy: Policy) -> Self {
+        self.policy = Arc::new(policy);
+        self
+    }
+
+    /// The authorization policy it enforces.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
     }
 
     /// This engine with other [`Limits`].
@@ -375,12 +388,25 @@ impl Engine {
                 _ => ready.push(envelope),
             }
         }
+        // Infrastructure layer: authorization. Sharing events end here.
+        let ready = authorize(&self.policy, target, &mut record, ready, &mut out);
+        let before = out.effects.len();
         match target.kind() {
             Kind::Orchestration => orchestration::step(&self.registry, target, &mut record, ready, &mut out),
             Kind::Entity => entity::step(&self.registry, target, &mut record, ready, &mut out),
             Kind::Activity => {
                 for envelope in ready {
                     out.dead(envelope, "activity invocations are executed by the runtime, not stepped");
+                }
+            }
+        }
+        // An orchestration acts for whoever started its run: what it sends carries that principal.
+        if target.kind() == Kind::Orchestration {
+            if let Some(principal) = &record.access.run_as {
+                for effect in &mut out.effects[before..] {
+                    if let Effect::Emit(e) | Effect::Delay { envelope: e, .. } = effect {
+                        run_as(principal, e);
+                    }
                 }
             }
         }
@@ -419,6 +445,114 @@ impl Engine {
             changed,
             resend,
         }
+    }
+}
+
+/// The operation an event asks of its target, `None` for the protocol's own messages (replies,
+/// releases, activity invocations), which their parties' checks cover ([`crate::trust`]).
+fn operation(wrappers: &Unwrapped, core: &Event) -> Option<Operation> {
+    Some(match core {
+        Event::StartOrchestration { .. } => Operation::Start,
+        Event::RaiseEvent { .. } => Operation::Signal,
+        Event::EntityOperation { .. } if wrappers.reply_to.is_some() => Operation::Call,
+        Event::EntityOperation { .. } => Operation::Signal,
+        Event::Terminate { .. } => Operation::Terminate,
+        Event::LockRequest { .. } => Operation::Lock,
+        _ => return None,
+    })
+}
+
+/// The authorization step: every event that asks something of `target` is decided by
+/// [`access::decide`] for the principal it carries; a refused one is dead-lettered (a refused
+/// call, sub-orchestration start or lock request is answered with a [`FORBIDDEN`] failure) and
+/// changes nothing else. The first principal to create the instance becomes its owner. Sharing
+/// events are applied to the record's access here. Returns the events that pass inward.
+fn authorize(
+    policy: &Policy,
+    target: &InstanceId,
+    record: &mut InstanceRecord,
+    events: Vec<Envelope>,
+    out: &mut Collector,
+) -> Vec<Envelope> {
+    let mut passed = Vec::with_capacity(events.len());
+    for envelope in events {
+        let (wrappers, core) = unwrap(&envelope.body);
+        let principal = wrappers.principal.as_ref().map(|(user, roles)| Principal::new(user.clone(), roles.clone()));
+        if let Event::Access(change) = core {
+            let change = change.clone();
+            match access::change(policy, principal.as_ref(), target, &mut record.access, &change) {
+                Ok(()) => {}
+                Err(reason) => out.dead(envelope, reason),
+            }
+            continue;
+        }
+        let Some(op) = operation(&wrappers, core) else {
+            passed.push(envelope);
+            continue;
+        };
+        let exists = !matches!(record.body, Body::Empty);
+        match access::decide(policy, principal.as_ref(), op, target, &record.access, exists) {
+            Ok(Grant::Creates) => {
+                if let Some(p) = principal {
+                    record.access.owners.insert(p.user);
+                }
+                passed.push(envelope);
+            }
+            Ok(Grant::Allowed) => passed.push(envelope),
+            Err(reason) => refuse(target, &wrappers, core, envelope.clone(), reason, out),
+        }
+    }
+    passed
+}
+
+/// Dead-letter a refused event and answer whoever waits for it with a [`FORBIDDEN`] failure.
+fn refuse(
+    target: &InstanceId,
+    wrappers: &Unwrapped,
+    core: &Event,
+    envelope: Envelope,
+    reason: String,
+    out: &mut Collector,
+) {
+    let failure = durable_schemas::Failure::new(FORBIDDEN, reason.clone());
+    let answer = match (core, &wrappers.reply_to) {
+        (Event::EntityOperation { .. }, Some((address, correlation))) => {
+            Some((address.clone(), Event::OperationResult { correlation: correlation.clone(), outcome: Err(failure) }))
+        }
+        (Event::StartOrchestration { .. }, Some((address, correlation))) => {
+            Some((address.clone(), Event::OrchestrationFailed { correlation: correlation.clone(), failure }))
+        }
+        // The lock's owner waits for a grant: it gets the refusal instead, and releases what
+        // the participants before this one hold.
+        (Event::LockRequest { owner, correlation, .. }, _) => {
+            Some((owner.clone(), Event::OperationResult { correlation: correlation.clone(), outcome: Err(failure) }))
+        }
+        _ => None,
+    };
+    out.dead(envelope, reason);
+    if let Some((address, body)) = answer {
+        let mut e = Envelope::new(out.event_id(), address, out.now, body);
+        e.source = Some(target.canonical());
+        out.effects.push(Effect::Emit(e));
+    }
+}
+
+/// Wrap a request `e` an instance sends in the principal it acts for (replies and the lock
+/// protocol's releases travel without one: their parties' checks cover them).
+pub(crate) fn run_as(principal: &Principal, e: &mut Envelope) {
+    let request = matches!(
+        e.body.core(),
+        Event::StartOrchestration { .. }
+            | Event::RaiseEvent { .. }
+            | Event::EntityOperation { .. }
+            | Event::Terminate { .. }
+            | Event::LockRequest { .. }
+            | Event::ScheduleActivity { .. }
+            | Event::Access(_)
+    );
+    if request && unwrap(&e.body).0.principal.is_none() {
+        let body = std::mem::replace(&mut e.body, Event::Terminate { reason: String::new() });
+        e.body = access::with_principal(body, principal);
     }
 }
 

@@ -98,6 +98,23 @@ impl Harness {
         self
     }
 
+    /// This harness with another authorization [`Policy`](crate::access::Policy).
+    pub fn with_policy(mut self, policy: crate::access::Policy) -> Self {
+        self.engine = self.engine.with_policy(policy);
+        self
+    }
+
+    /// `envelope` sent on behalf of `principal` (as the management API sends what a token proves).
+    pub fn as_principal(mut envelope: Envelope, principal: &crate::access::Principal) -> Envelope {
+        envelope.body = crate::access::with_principal(envelope.body, principal);
+        envelope
+    }
+
+    /// A client's sharing event for `target` (not delivered yet).
+    pub fn change_access(&mut self, target: &str, change: durable_schemas::AccessChange) -> Envelope {
+        self.client_event(target.to_owned(), Event::Access(change))
+    }
+
     /// The logical clock (ms since the Unix epoch).
     pub fn now(&self) -> i64 {
         self.now

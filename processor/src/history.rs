@@ -32,13 +32,15 @@ use std::collections::{BTreeMap, VecDeque};
 use durable_schemas::{Envelope, Event, Failure, Payload};
 use serde::{Deserialize, Serialize};
 
+use crate::access::Access;
 use crate::effect::Effect;
 
 /// How many outside-producer event ids each instance remembers.
 pub const EXTERNAL_ID_WINDOW: usize = 1000;
 
-/// Current blob format version (first byte of a stored blob).
-const BLOB_FORMAT: u8 = 1;
+/// Current blob format version (first byte of a stored blob): 2 is the record then its
+/// [`Access`]; 1 (still read) is the record alone, from before authorization.
+const BLOB_FORMAT: u8 = 2;
 
 /// The whole stored state of one instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -58,6 +60,9 @@ pub struct InstanceRecord {
     pub outbox: Outbox,
     /// The kind-specific state.
     pub body: Body,
+    /// Who may do what to it (stored after the record in the blob, see [`BLOB_FORMAT`]).
+    #[serde(skip)]
+    pub access: Access,
 }
 
 /// The effects of the last committed step that must leave after the commit.
@@ -102,19 +107,26 @@ impl InstanceRecord {
             dedup: Dedup::default(),
             outbox: Outbox::default(),
             body: Body::Empty,
+            access: Access::default(),
         }
     }
 
     /// Serialize for the store.
     pub fn to_blob(&self) -> Vec<u8> {
-        let out = vec![BLOB_FORMAT];
-        postcard::to_extend(self, out).expect("records always serialize")
+        let out = postcard::to_extend(self, vec![BLOB_FORMAT]).expect("records always serialize");
+        postcard::to_extend(&self.access, out).expect("access always serializes")
     }
 
     /// Read a stored blob.
     pub fn from_blob(blob: &[u8]) -> Result<Self, BlobError> {
+        let corrupt = |e: postcard::Error| BlobError::Corrupt(e.to_string());
         match blob.first() {
-            Some(&BLOB_FORMAT) => postcard::from_bytes(&blob[1..]).map_err(|e| BlobError::Corrupt(e.to_string())),
+            Some(1) => postcard::from_bytes(&blob[1..]).map_err(corrupt),
+            Some(&BLOB_FORMAT) => {
+                let (mut record, rest): (Self, _) = postcard::take_from_bytes(&blob[1..]).map_err(corrupt)?;
+                record.access = postcard::from_bytes(rest).map_err(corrupt)?;
+                Ok(record)
+            }
             Some(&other) => Err(BlobError::UnknownFormat(other)),
             None => Err(BlobError::Corrupt("empty blob".into())),
         }
@@ -507,5 +519,24 @@ mod tests {
         assert!(matches!(InstanceRecord::from_blob(&[]), Err(BlobError::Corrupt(_))));
         assert!(matches!(InstanceRecord::from_blob(&[9, 1, 2]), Err(BlobError::UnknownFormat(9))));
         assert!(matches!(InstanceRecord::from_blob(&blob[..blob.len() / 2]), Err(BlobError::Corrupt(_))));
+    }
+
+    #[test]
+    fn access_is_stored_with_the_record_and_blobs_from_before_it_still_read() {
+        let mut r = InstanceRecord::new("orch:Transfer:t", 7);
+        r.access.owners.insert("alice".into());
+        r.access.users.insert("bob".into(), [crate::access::Operation::Read].into());
+        r.access.run_as = Some(crate::access::Principal::new("alice", ["staff"]));
+        let blob = r.to_blob();
+        assert_eq!(blob[0], 2);
+        assert_eq!(InstanceRecord::from_blob(&blob).unwrap(), r);
+        // Format 1: the record alone (what processors before authorization wrote).
+        let mut v1 = postcard::to_extend(&r, vec![1]).unwrap();
+        let old = InstanceRecord::from_blob(&v1).unwrap();
+        assert_eq!(old.access, Access::default(), "no owner, no share");
+        assert_eq!(old.id, r.id);
+        v1.truncate(v1.len() - 1);
+        assert!(matches!(InstanceRecord::from_blob(&v1), Err(BlobError::Corrupt(_))));
+        assert!(matches!(InstanceRecord::from_blob(&blob[..blob.len() - 1]), Err(BlobError::Corrupt(_))));
     }
 }

@@ -481,7 +481,7 @@ impl Partition {
                 Some(Ok(e)) => e,
             };
             if !record.sealed {
-                if let Err(reason) = crate::trust::admit_outside(&mut envelope) {
+                if let Err(reason) = crate::trust::admit_outside(&mut envelope, self.engine.policy().ingress.as_ref()) {
                     dead(reason);
                     continue;
                 }

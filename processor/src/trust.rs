@@ -8,13 +8,13 @@
 //!
 //! | field or event | from an outside producer |
 //! |---|---|
-//! | `StartOrchestration`, `RaiseEvent`, `EntityOperation`, `Terminate` | applied |
+//! | `StartOrchestration`, `RaiseEvent`, `EntityOperation`, `Terminate`, sharing events | applied, as the ingress principal |
 //! | `WithDelay` around one of those | applied when due |
 //! | `origin` | ignored: the event is deduplicated by its id ([`crate::history`]) |
 //! | `source` naming an instance (`orch:…`, `entity:…`, `activity:…`) | dead letter |
 //! | replies (`ActivityCompleted`, `OperationResult`, `TimerFired`, `LockGranted` …) | dead letter |
 //! | `LockRequest`, `LockRelease`, `ScheduleActivity` | dead letter |
-//! | `ReplyTo`, `WithLock`, `WithPrincipal` wrappers | dead letter |
+//! | `ReplyTo`, `WithLock`, `WithPrincipal` wrappers | dead letter: a principal is never believed from outside |
 //!
 //! Inside the boundary the engine checks the protocol's parties as well (a forged message that
 //! got a seal through a bug still cannot complete someone else's slot): a reply counts only
@@ -24,11 +24,13 @@
 
 use durable_schemas::{Envelope, Event};
 
+use crate::access::{with_principal, Principal};
 use crate::id::InstanceId;
 
-/// Check an event that arrived without a valid seal: `Ok` (its `origin` cleared) if an outside
-/// producer may send it, or why not.
-pub fn admit_outside(envelope: &mut Envelope) -> Result<(), String> {
+/// Check an event that arrived without a valid seal: `Ok` (its `origin` cleared, and its body
+/// wrapped in the principal the deployment configured for outside producers, if any: see
+/// [`crate::access::Policy::ingress`]) if an outside producer may send it, or why not.
+pub fn admit_outside(envelope: &mut Envelope, ingress: Option<&Principal>) -> Result<(), String> {
     if let Some(source) = &envelope.source {
         if InstanceId::parse(source).is_ok() {
             return Err(format!(
@@ -45,19 +47,24 @@ pub fn admit_outside(envelope: &mut Envelope) -> Result<(), String> {
             Event::StartOrchestration { .. }
             | Event::RaiseEvent { .. }
             | Event::EntityOperation { .. }
-            | Event::Terminate { .. } => break,
+            | Event::Terminate { .. }
+            | Event::Access(_) => break,
             other => {
                 return Err(format!(
                     "{} is part of Durable's protocol and counts only when a processor sealed it; \
-                     outside producers may send StartOrchestration, RaiseEvent, EntityOperation and \
-                     Terminate, each optionally inside WithDelay (if a processor sent it, every \
-                     processor needs the same DURABLE_SECRET)",
+                     outside producers may send StartOrchestration, RaiseEvent, EntityOperation, \
+                     Terminate and the sharing events, each optionally inside WithDelay (if a \
+                     processor sent it, every processor needs the same DURABLE_SECRET)",
                     other.name()
                 ))
             }
         }
     }
     envelope.origin = None;
+    if let Some(principal) = ingress {
+        let body = std::mem::replace(&mut envelope.body, Event::Terminate { reason: String::new() });
+        envelope.body = with_principal(body, principal);
+    }
     Ok(())
 }
 
@@ -84,12 +91,13 @@ mod tests {
             Event::RaiseEvent { name: "go".into(), payload: Payload::null() },
             op(),
             Event::Terminate { reason: "r".into() },
+            Event::Access(durable_schemas::AccessChange::RevokeUser { user: "bob".into() }),
             Event::WithDelay { fire_at: 5, inner: Box::new(Event::WithDelay { fire_at: 6, inner: Box::new(op()) }) },
         ];
         for body in allowed {
             let mut e = outside(body);
             e.origin = Some(Origin { stream: "p5".into(), seq: i64::MAX });
-            assert_eq!(admit_outside(&mut e), Ok(()));
+            assert_eq!(admit_outside(&mut e, None), Ok(()));
             assert_eq!(e.origin, None, "an outside origin never counts");
         }
     }
@@ -118,11 +126,24 @@ mod tests {
         ];
         for body in refused {
             let name = body.name();
-            let reason = admit_outside(&mut outside(body)).unwrap_err();
+            let reason = admit_outside(&mut outside(body), None).unwrap_err();
             assert!(reason.contains("counts only when a processor sealed it"), "{name}: {reason}");
         }
         let mut e = outside(op());
         e.source = Some("orch:Admin:1".into());
-        assert!(admit_outside(&mut e).unwrap_err().contains("claims to come from the instance orch:Admin:1"));
+        assert!(admit_outside(&mut e, None).unwrap_err().contains("claims to come from the instance orch:Admin:1"));
+    }
+
+    #[test]
+    fn outside_events_act_as_the_ingress_principal_and_a_forged_one_is_refused() {
+        let kafka = Principal::new("kafka-ingress", ["producer"]);
+        let mut e = outside(Event::WithDelay { fire_at: 5, inner: Box::new(op()) });
+        admit_outside(&mut e, Some(&kafka)).unwrap();
+        let Event::WithDelay { inner, .. } = &e.body else { panic!("the delay stays outermost: {:?}", e.body) };
+        assert!(matches!(inner.as_ref(), Event::WithPrincipal { user, .. } if user == "kafka-ingress"));
+        let forged = Event::WithPrincipal { user: "root".into(), roles: vec!["admin".into()], inner: Box::new(op()) };
+        let mut e = outside(Event::WithDelay { fire_at: 5, inner: Box::new(forged) });
+        let reason = admit_outside(&mut e, Some(&kafka)).unwrap_err();
+        assert!(reason.starts_with("WithPrincipal is part of Durable's protocol"), "{reason}");
     }
 }

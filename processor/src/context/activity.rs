@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use durable_schemas::{Envelope, Event, Failure, Payload};
 
+use crate::access::Principal;
 use crate::id::InstanceId;
 
 /// What an activity sees besides its input.
@@ -18,6 +19,9 @@ pub struct ActivityContext {
     pub attempt: u32,
     /// The orchestration that called it.
     pub caller: String,
+    /// The principal the call acts for (who started the calling orchestration); `None` when it
+    /// was started anonymously.
+    pub principal: Option<Principal>,
     /// Heartbeats so far (see [`ActivityContext::heartbeat`]).
     beats: Arc<AtomicU64>,
 }
@@ -54,6 +58,8 @@ pub struct ActivityRequest {
     pub correlation: String,
     /// The request's event id (the reply's id is derived from it).
     pub event_id: String,
+    /// The principal it acts for.
+    pub principal: Option<Principal>,
 }
 
 impl ActivityRequest {
@@ -62,8 +68,16 @@ impl ActivityRequest {
     pub fn parse(envelope: &Envelope) -> Result<Self, String> {
         let id = InstanceId::parse(&envelope.target).map_err(|e| e.to_string())?;
         let mut body = &envelope.body;
-        while let Event::WithPrincipal { inner, .. } | Event::WithLock { inner, .. } = body {
-            body = inner;
+        let mut principal = None;
+        loop {
+            match body {
+                Event::WithPrincipal { user, roles, inner } => {
+                    principal.get_or_insert_with(|| Principal::new(user.clone(), roles.clone()));
+                    body = inner;
+                }
+                Event::WithLock { inner, .. } => body = inner,
+                _ => break,
+            }
         }
         match body {
             Event::ReplyTo { address, correlation, inner } => match inner.as_ref() {
@@ -75,6 +89,7 @@ impl ActivityRequest {
                     reply_to: address.clone(),
                     correlation: correlation.clone(),
                     event_id: envelope.id.clone(),
+                    principal,
                 }),
                 other => Err(format!("activity {} cannot handle {}", envelope.target, other.name())),
             },
@@ -90,6 +105,7 @@ impl ActivityRequest {
             id: self.id.clone(),
             attempt: self.attempt,
             caller: self.reply_to.clone(),
+            principal: self.principal.clone(),
             beats: Arc::new(AtomicU64::new(0)),
         }
     }

@@ -789,7 +789,13 @@ impl Future for LockFuture {
                 };
                 Poll::Ready(Ok(LockGuard { shared: self.inner.shared.clone(), slot, participants }))
             }
-            Poll::Ready(Completion::Failure(f)) => Poll::Ready(Err(f)),
+            Poll::Ready(Completion::Failure(f)) => {
+                // Refused by a participant: release the ones before it, and the code may lock again.
+                if let Some(slot) = slot {
+                    self.inner.shared.borrow_mut().release_lock(slot);
+                }
+                Poll::Ready(Err(f))
+            }
             Poll::Ready(Completion::Value(_)) => {
                 Poll::Ready(Err(lock_violation("unexpected value for a lock request")))
             }

@@ -2,7 +2,8 @@
 
 use durable_schemas::{Envelope, Event, Payload};
 
-use super::{guarded, unwrap, Collector, Unwrapped};
+use super::{guarded, run_as, unwrap, Collector, Unwrapped};
+use crate::access::Principal;
 use crate::context::{EntityContext, UNKNOWN_OPERATION};
 use crate::effect::Effect;
 use crate::history::{Body, EntityLock, EntityState, InstanceRecord};
@@ -92,6 +93,10 @@ fn handle(registry: &Registry, id: &InstanceId, state: &mut EntityState, envelop
                     };
                     let mut e = Envelope::new(out.event_id(), target, out.now, body);
                     e.source = Some(me);
+                    // The next participant decides the same principal's request.
+                    if let Some(principal) = principal(&wrappers) {
+                        run_as(&principal, &mut e);
+                    }
                     out.effects.push(Effect::Emit(e));
                 }
             }
@@ -158,9 +163,14 @@ fn run_operation(
                 }
                 Ok(Ok((new_state, result))) => {
                     state.state = new_state;
+                    // An operation acts for its caller: what it sends carries the caller's principal.
+                    let caller = principal(wrappers);
                     for (target, body, fire_at) in ctx.take_outgoing() {
                         let mut e = Envelope::new(out.event_id(), target, out.now, body);
                         e.source = Some(id.canonical());
+                        if let Some(caller) = &caller {
+                            run_as(caller, &mut e);
+                        }
                         out.effects.push(match fire_at {
                             Some(fire_at) if fire_at > out.now => Effect::Delay { fire_at, envelope: e },
                             _ => Effect::Emit(e),
@@ -197,4 +207,9 @@ fn answer(
         e.source = Some(id.canonical());
         out.effects.push(Effect::Emit(e));
     }
+}
+
+/// The principal an event carries.
+fn principal(wrappers: &Unwrapped) -> Option<Principal> {
+    wrappers.principal.as_ref().map(|(user, roles)| Principal::new(user.clone(), roles.clone()))
 }

@@ -12,6 +12,7 @@ use std::task::{Context, Poll, Waker};
 use durable_schemas::{Envelope, Event, Failure, Payload};
 
 use super::{guarded, unwrap, Collector, DropReason, Limits};
+use crate::access::{Principal, FORBIDDEN};
 use crate::context::orchestration::{lock_releases, Shared};
 use crate::context::OrchestrationContext;
 use crate::effect::Effect;
@@ -194,6 +195,10 @@ fn check_replier(
         (CommandKind::Lock, Event::LockGranted { .. }) => {
             !from.is_empty() && (name == from || name.ends_with(&format!(",{from}")))
         }
+        // A participant refused the lock to the principal this orchestration acts for.
+        (CommandKind::Lock, Event::OperationResult { outcome: Err(f), .. }) => {
+            f.kind == FORBIDDEN && !from.is_empty() && name.split(',').any(|p| p == from)
+        }
         _ => false,
     };
     if ok {
@@ -234,7 +239,8 @@ impl Run<'_> {
         match core.clone() {
             Event::StartOrchestration { input } => {
                 let reply_to = wrappers.reply_to.map(|(address, correlation)| ReplyAddress { address, correlation });
-                self.start(envelope, input, reply_to)
+                let principal = wrappers.principal.map(|(user, roles)| Principal::new(user, roles));
+                self.start(envelope, input, reply_to, principal)
             }
             Event::ActivityCompleted { correlation, result } => {
                 self.reply(envelope, &correlation, Completion::Value(result))
@@ -266,12 +272,20 @@ impl Run<'_> {
         }
     }
 
-    fn start(&mut self, envelope: Envelope, input: Payload, reply_to: Option<ReplyAddress>) {
+    fn start(
+        &mut self,
+        envelope: Envelope,
+        input: Payload,
+        reply_to: Option<ReplyAddress>,
+        principal: Option<Principal>,
+    ) {
         let generation = match self.history() {
             None => 0,
             Some(h) if h.status.is_finished() => h.generation + 1,
             Some(_) => return self.out.drop(&envelope, DropReason::AlreadyRunning),
         };
+        // The run acts for whoever started it.
+        self.record.access.run_as = principal;
         self.sync_history();
         let now = self.out.now;
         let history = OrchestrationHistory::start(input, reply_to, generation, now);

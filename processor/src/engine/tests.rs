@@ -3,6 +3,7 @@ use proptest::prelude::*;
 
 use super::*;
 
+mod access;
 mod limits;
 mod locks;
 use crate::context::{when_any, OrchestrationContext};
