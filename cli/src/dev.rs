@@ -88,7 +88,7 @@ pub async fn run(args: DevArgs) -> Result<u8, CliError> {
     if !args.no_demo {
         demo(&api).await?;
     }
-    println!("Durable dev is running: in-process Kafka, in-memory state, the bundled examples. Ctrl-C stops it (nothing is kept).");
+    println!("Durable dev is running: in-process Kafka, in-memory state, the bundled examples, anonymous access (no tokens: for development only). Ctrl-C stops it (nothing is kept).");
     println!("  management API  {base}/v1   (the CLI's default; elsewhere set DURABLE_API={base})");
     println!("  metrics         {base}/metrics");
     println!("Try, from another terminal:");

@@ -234,8 +234,14 @@ impl Policy {
         Self { anonymous: false, ..Self::open() }
     }
 
+    /// Whether `principal` may run the deployment's own operations (accept a loss of state …):
+    /// an admin, or anyone when anonymous access is on and there is no principal.
+    pub fn may_administer(&self, principal: Option<&Principal>) -> bool {
+        principal.map_or(self.anonymous, |p| self.is_admin(p))
+    }
+
     fn is_admin(&self, principal: &Principal) -> bool {
-        principal.roles.iter().any(|r| *r == self.admin_role)
+        principal.roles.contains(&self.admin_role)
     }
 
     fn may_create(&self, principal: &Principal, name: &str) -> bool {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use durable_kafka::{KafkaConnection, Secret, TopicSettings, Topics};
 
+use crate::access::{Creation, Policy, Principal};
 use crate::engine::Limits;
 
 /// How a processor connects and behaves. Every flag has an environment fallback.
@@ -99,10 +100,105 @@ pub struct ProcessorConfig {
     /// FanOutTooLarge.
     #[arg(long, env = "DURABLE_MAX_FAN_OUT", default_value_t = Limits::default().max_fan_out)]
     pub max_fan_out: usize,
+    /// Who may do what (bearer tokens, anonymous access, creation policies).
+    #[command(flatten)]
+    pub auth: AuthConfig,
+}
+
+/// Authentication and authorization settings (`processor/src/access.rs` has the model).
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuthConfig {
+    /// Allow anonymous access: API requests without a bearer token, and events from outside
+    /// Kafka producers when DURABLE_KAFKA_PRINCIPAL is unset, may do everything. For
+    /// development only (`durable dev` runs so, and says it). Without it a processor needs a way
+    /// to verify tokens (DURABLE_JWT_SECRETS or DURABLE_JWT_PUBLIC_KEYS).
+    #[arg(long, env = "DURABLE_ANONYMOUS")]
+    pub anonymous: bool,
+    /// HS256 secrets that sign the API's bearer tokens (JWT), comma separated: during a rotation
+    /// give the new one and the old one. At least 32 bytes each.
+    #[arg(long, env = "DURABLE_JWT_SECRETS", hide_env_values = true, value_delimiter = ',')]
+    pub jwt_secrets: Vec<Secret>,
+    /// PEM files of public keys that sign bearer tokens, comma separated: an RSA key verifies
+    /// RS256 tokens, an EC P-256 key ES256 tokens.
+    #[arg(long, env = "DURABLE_JWT_PUBLIC_KEYS", value_delimiter = ',')]
+    pub jwt_public_keys: Vec<std::path::PathBuf>,
+    /// The audience (`aud`) every token must name (required with token keys).
+    #[arg(long, env = "DURABLE_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// The issuer (`iss`) every token must name (required with token keys).
+    #[arg(long, env = "DURABLE_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// The claim that lists a token's roles (an array of strings); `sub` is the user.
+    #[arg(long, env = "DURABLE_JWT_ROLES_CLAIM", default_value = "roles")]
+    pub jwt_roles_claim: String,
+    /// The role that may do everything.
+    #[arg(long, env = "DURABLE_ADMIN_ROLE", default_value = "admin")]
+    pub admin_role: String,
+    /// Who may create instances, per orchestration or entity name: comma separated
+    /// `Name=rule`, rule `*` (anyone authenticated), `none` (admins only) or roles joined by
+    /// `|`; `*=rule` sets the rule of unlisted names (default `*`). E.g.
+    /// `Transfer=teller|manager,Vault=none`.
+    #[arg(long, env = "DURABLE_CREATE_POLICY")]
+    pub create_policy: Option<String>,
+    /// The principal events from outside Kafka producers act as: `user` or `user:role|role`.
+    /// Unset: anonymous (refused unless DURABLE_ANONYMOUS). A principal written into such an
+    /// event is never believed.
+    #[arg(long, env = "DURABLE_KAFKA_PRINCIPAL")]
+    pub kafka_principal: Option<String>,
+}
+
+impl AuthConfig {
+    /// Anonymous access, no token keys: what tests and embedding start from.
+    pub fn anonymous() -> Self {
+        Self {
+            anonymous: true,
+            jwt_secrets: Vec::new(),
+            jwt_public_keys: Vec::new(),
+            jwt_audience: None,
+            jwt_issuer: None,
+            jwt_roles_claim: "roles".into(),
+            admin_role: "admin".into(),
+            create_policy: None,
+            kafka_principal: None,
+        }
+    }
+
+    /// The authorization policy these settings give, or what is wrong with them.
+    pub fn policy(&self) -> Result<Policy, String> {
+        let mut policy = Policy { anonymous: self.anonymous, admin_role: self.admin_role.clone(), ..Policy::open() };
+        if let Some(spec) = self.create_policy.as_deref() {
+            for item in spec.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+                let (name, rule) = item.split_once('=').ok_or_else(|| {
+                    format!("DURABLE_CREATE_POLICY: {item:?} is not Name=rule (rule: *, none or role|role)")
+                })?;
+                let rule = match rule.trim() {
+                    "*" => Creation::Anyone,
+                    "none" => Creation::Nobody,
+                    roles => Creation::Roles(
+                        roles.split('|').map(str::trim).filter(|r| !r.is_empty()).map(str::to_owned).collect(),
+                    ),
+                };
+                match name.trim() {
+                    "*" => policy.default_creation = rule,
+                    name => {
+                        policy.creation.insert(name.to_owned(), rule);
+                    }
+                }
+            }
+        }
+        if let Some(spec) = self.kafka_principal.as_deref() {
+            let (user, roles) = spec.split_once(':').unwrap_or((spec, ""));
+            let principal = Principal::new(user.trim(), roles.split('|').map(str::trim).filter(|r| !r.is_empty()));
+            principal.check().map_err(|e| format!("DURABLE_KAFKA_PRINCIPAL: {e}"))?;
+            policy.ingress = Some(principal);
+        }
+        Ok(policy)
+    }
 }
 
 impl ProcessorConfig {
-    /// A configuration with the defaults, for tests and embedding.
+    /// A configuration with the defaults, for tests and embedding: anonymous access is on
+    /// (set [`ProcessorConfig::auth`] to require tokens).
     pub fn new(brokers: &str, redis_url: &str, prefix: &str) -> Self {
         Self {
             kafka: KafkaConnection::plaintext(brokers),
@@ -127,6 +223,7 @@ impl ProcessorConfig {
             max_inbox: Limits::default().max_inbox,
             max_entity_queue: Limits::default().max_entity_queue,
             max_fan_out: Limits::default().max_fan_out,
+            auth: AuthConfig::anonymous(),
         }
     }
 
@@ -180,7 +277,26 @@ pub fn redact_url(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::*;
+
+    #[test]
+    fn creation_policies_and_the_kafka_principal_read_from_their_settings() {
+        let mut auth = AuthConfig::anonymous();
+        auth.anonymous = false;
+        auth.create_policy = Some("Transfer=teller|manager, Vault=none,*=staff".into());
+        auth.kafka_principal = Some("shop-backend:producer|staff".into());
+        let policy = auth.policy().unwrap();
+        assert!(!policy.anonymous);
+        assert_eq!(policy.creation["Transfer"], Creation::Roles(["teller".into(), "manager".into()].into()));
+        assert_eq!(policy.creation["Vault"], Creation::Nobody);
+        assert_eq!(policy.default_creation, Creation::Roles(["staff".into()].into()));
+        assert_eq!(policy.ingress, Some(Principal::new("shop-backend", ["producer", "staff"])));
+        auth.create_policy = Some("Transfer".into());
+        assert!(auth.policy().unwrap_err().contains("is not Name=rule"));
+        auth.create_policy = None;
+        auth.kafka_principal = Some(":admin".into());
+        assert!(auth.policy().unwrap_err().contains("needs a user"));
+    }
 
     #[test]
     fn redis_urls_lose_their_password() {

@@ -2,7 +2,7 @@
 //! become the target and the event to send, or a [`Refusal`] with a code and a message. Pure (the
 //! API adds the HTTP status, the registry check and the producer), so it can be fuzzed.
 
-use durable_schemas::{Event, Payload};
+use durable_schemas::{AccessChange, Event, Payload};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -52,6 +52,11 @@ pub enum Write<'a> {
         /// The orchestration's id.
         id: &'a str,
     },
+    /// `POST /v1/instances/{id}/access`: share, revoke, transfer ownership, add an owner.
+    Access {
+        /// The instance's id.
+        id: &'a str,
+    },
 }
 
 /// A write read: where the event goes, its id if the client chose one, and the event.
@@ -92,6 +97,61 @@ struct RaiseBody {
 struct TerminateBody {
     reason: Option<String>,
     event_id: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccessBody {
+    action: Option<String>,
+    user: Option<String>,
+    role: Option<String>,
+    operations: Option<Vec<String>>,
+    event_id: Option<String>,
+}
+
+impl AccessBody {
+    /// The sharing event this body asks for.
+    fn change(self) -> Result<AccessChange, Refusal> {
+        let bad = |m: String| Refusal::new("bad_body", m);
+        let action = self.action.ok_or_else(|| {
+            bad("say what to do: {\"action\": \"share\" | \"revoke\" | \"transfer\" | \"add_owner\", ...}".into())
+        })?;
+        let operations = || -> Result<Vec<String>, Refusal> {
+            let ops = self.operations.clone().unwrap_or_default();
+            if ops.is_empty() {
+                return Err(bad(format!("share needs operations, some of: {}", AccessChange::OPERATIONS.join(", "))));
+            }
+            match ops.iter().find(|o| !AccessChange::OPERATIONS.contains(&o.as_str())) {
+                Some(o) => {
+                    Err(bad(format!("unknown operation {o:?}; operations: {}", AccessChange::OPERATIONS.join(", "))))
+                }
+                None => Ok(ops),
+            }
+        };
+        let only_user = |what: &str| -> Result<String, Refusal> {
+            match (&self.user, &self.role) {
+                (Some(user), None) => Ok(user.clone()),
+                _ => Err(bad(format!("{what} names one user: {{\"action\": \"{what}\", \"user\": \"...\"}}"))),
+            }
+        };
+        Ok(match action.as_str() {
+            "share" => match (&self.user, &self.role) {
+                (Some(user), None) => AccessChange::ShareWithUser { user: user.clone(), operations: operations()? },
+                (None, Some(role)) => AccessChange::ShareWithRole { role: role.clone(), operations: operations()? },
+                _ => return Err(bad("share with either a user or a role".into())),
+            },
+            "revoke" => match (&self.user, &self.role) {
+                (Some(user), None) => AccessChange::RevokeUser { user: user.clone() },
+                (None, Some(role)) => AccessChange::RevokeRole { role: role.clone() },
+                _ => return Err(bad("revoke from either a user or a role".into())),
+            },
+            "transfer" => AccessChange::TransferOwnership { user: only_user("transfer")? },
+            "add_owner" => AccessChange::AddOwner { user: only_user("add_owner")? },
+            other => {
+                return Err(bad(format!("unknown action {other:?}: share, revoke, transfer or add_owner")));
+            }
+        })
+    }
 }
 
 /// A JSON body that may be absent or empty.
@@ -162,6 +222,15 @@ pub fn read(write: &Write<'_>, bytes: &[u8], new_key: impl FnOnce() -> String) -
             let reason = b.reason.unwrap_or_else(|| "terminated through the management API".into());
             Request { target, event_id: b.event_id, event: Event::Terminate { reason } }
         }
+        Write::Access { id } => {
+            let mut b: AccessBody = body(bytes)?;
+            let target = parse_id(id)?;
+            if target.kind() == Kind::Activity {
+                return Err(Refusal::new("bad_instance_id", format!("{id} is an activity call: it has no owners")));
+            }
+            let event_id = b.event_id.take();
+            Request { target, event_id, event: Event::Access(b.change()?) }
+        }
     })
 }
 
@@ -181,6 +250,26 @@ mod tests {
         assert_eq!(wrong.code, "not_an_orchestration");
         let garbage = read(&Write::Raise { id: "garbage", event: "e" }, b"{}", || "k".into()).unwrap_err();
         assert_eq!(garbage.code, "bad_instance_id");
+        let access = |body: &str| read(&Write::Access { id: "orch:T:1" }, body.as_bytes(), || "k".into());
+        let share = access(r#"{"action":"share","role":"auditor","operations":["read"],"event_id":"e1"}"#).unwrap();
+        assert_eq!(share.event_id.as_deref(), Some("e1"));
+        assert_eq!(
+            share.event,
+            Event::Access(AccessChange::ShareWithRole { role: "auditor".into(), operations: vec!["read".into()] })
+        );
+        let transfer = access(r#"{"action":"transfer","user":"bob"}"#).unwrap().event;
+        assert_eq!(transfer, Event::Access(AccessChange::TransferOwnership { user: "bob".into() }));
+        for (body, says) in [
+            ("", "say what to do"),
+            (r#"{"action":"share","user":"bob"}"#, "share needs operations"),
+            (r#"{"action":"share","user":"bob","operations":["delete"]}"#, "unknown operation"),
+            (r#"{"action":"share","user":"bob","role":"r","operations":["read"]}"#, "either a user or a role"),
+            (r#"{"action":"transfer","role":"r"}"#, "names one user"),
+            (r#"{"action":"give"}"#, "unknown action"),
+        ] {
+            let refused = access(body).unwrap_err();
+            assert!(refused.message.contains(says), "{body}: {}", refused.message);
+        }
         // Found by the api_request fuzz target: a name that is not a valid name used to panic.
         for name in ["", "a b", "\u{0}"] {
             let refused = read(&Write::Start { name }, b"", || "k".into()).unwrap_err();

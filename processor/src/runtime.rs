@@ -27,6 +27,7 @@
 //! The processor binary's command line and `main` are in [`cli`].
 
 pub mod api;
+pub mod auth;
 mod cli;
 mod dispatch;
 pub mod http;
@@ -82,6 +83,8 @@ pub struct Shared {
     pub lost: std::sync::Mutex<std::collections::BTreeSet<u32>>,
     /// What the store's settings promise (`None`: the in-memory store of `durable dev`).
     pub store_health: Option<crate::store::StoreHealth>,
+    /// Verifies the API's bearer tokens.
+    pub auth: auth::Authenticator,
 }
 
 /// The seal of `DURABLE_SECRET`, if it is set; an error (which never shows the secret) if it is
@@ -158,6 +161,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     config.kafka.validate()?;
     configured_seal(&config)?;
+    auth::Authenticator::new(&config.auth)?;
+    config.auth.policy().map_err(|e| anyhow::anyhow!(e))?;
     // The store's error names the URL (without its password) and what to set.
     let store = if config.redis_cluster {
         let seeds: Vec<&str> = config.redis_url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
@@ -179,6 +184,11 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()>,
     ready: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
 ) -> anyhow::Result<()> {
+    let auth = auth::Authenticator::new(&config.auth)?;
+    let policy = config.auth.policy().map_err(|e| anyhow::anyhow!(e))?;
+    if policy.anonymous {
+        warn!("anonymous access is on (DURABLE_ANONYMOUS): requests without a token and outside events may do everything; for development only");
+    }
     let producer = kafka::producer(&config)?;
     kafka::warm_producer(&producer, &config).await;
     let workers = Arc::new(Workers::default());
@@ -194,7 +204,7 @@ pub async fn run_with(
     let activity_concurrency = config.activity_concurrency.max(1);
     let shared = Arc::new(Shared {
         config,
-        engine: Engine::new(registry).with_limits(limits),
+        engine: Engine::new(registry).with_limits(limits).with_policy(policy),
         store,
         partitions,
         producer,
@@ -203,6 +213,7 @@ pub async fn run_with(
         seal,
         lost: Default::default(),
         store_health,
+        auth,
     });
     let server = tokio::spawn(http::serve(listener, shared.clone(), workers.clone()));
     info!(%metrics_addr, topic = %shared.config.events_topic(), group = %shared.config.group, "processor running");

@@ -301,6 +301,7 @@ impl Process {
             .env("DURABLE_METRICS_ADDR", format!("127.0.0.1:{port}"))
             .env("DURABLE_LOG", std::env::var("E2E_LOG").unwrap_or_else(|_| "info".into()))
             .env("DURABLE_KAFKA_OPTIONS", std::env::var("E2E_KAFKA_OPTIONS").unwrap_or_default())
+            .env("DURABLE_ANONYMOUS", "true")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)

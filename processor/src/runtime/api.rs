@@ -15,7 +15,15 @@
 //! | `POST /v1/instances/{id}/events/{event}` `{"payload"?, "event_id"?}` | raise an external event |
 //! | `POST /v1/instances/{id}/terminate` `{"reason"?, "event_id"?}` | terminate a running orchestration |
 //! | `GET /v1/registry` | the registered orchestrations, entities and activities |
-//! | `POST /v1/partitions/{partition}/accept-loss` | accept that Redis lost state of a partition its owner stopped (see `store::Taken::check`) |
+//! | `POST /v1/instances/{id}/access` `{"action", "user"?, "role"?, "operations"?, "event_id"?}` | share, revoke, transfer ownership, add an owner |
+//! | `POST /v1/partitions/{partition}/accept-loss` | accept that Redis lost state of a partition its owner stopped (see `store::Taken::check`); admins only |
+//!
+//! Every request acts for the principal its bearer token proves ([`super::auth`]); without one
+//! it is anonymous, which only a deployment with anonymous access allows (else 401). Reads need
+//! `read` on the instance and answer 404 otherwise, as for an instance that does not exist
+//! (existence is not leaked). A write is checked before it is sent: 403 when the principal may
+//! read the instance but not do this, 404 when it may not even read it, 403 when it may not
+//! create it. The engine checks every event again when it applies it ([`crate::access`]).
 //!
 //! Errors: an HTTP status and `{"code": "...", "message": "..."}` where the message says what to
 //! do. Writes answer `202 Accepted` with `{"instance", "event_id", "partition", "offset"}` once
@@ -26,7 +34,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, RawQuery, State};
-use axum::http::StatusCode;
+use axum::http::header::AUTHORIZATION;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -36,6 +45,7 @@ use serde_json::{json, Value};
 
 use super::now_ms;
 use super::Shared;
+use crate::access::{holds, with_principal, Operation, Principal};
 use crate::history::{Body, Completion, InstanceRecord};
 use crate::id::InstanceId;
 use crate::partition::payload_json;
@@ -65,7 +75,7 @@ impl IntoResponse for ApiError {
 type ApiResult = Result<(StatusCode, Json<Value>), ApiError>;
 
 /// Every path of the API (each is documented in `openapi.yaml`).
-pub const PATHS: [&str; 8] = [
+pub const PATHS: [&str; 9] = [
     "/v1/registry",
     "/v1/instances/{id}",
     "/v1/instances/{id}/history",
@@ -74,6 +84,7 @@ pub const PATHS: [&str; 8] = [
     "/v1/instances/{id}/events/{event}",
     "/v1/instances/{id}/terminate",
     "/v1/partitions/{partition}/accept-loss",
+    "/v1/instances/{id}/access",
 ];
 
 /// The API routes.
@@ -87,10 +98,12 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(PATHS[5], post(raise))
         .route(PATHS[6], post(terminate))
         .route(PATHS[7], post(accept_loss))
+        .route(PATHS[8], post(change_access))
         .with_state(shared)
 }
 
-async fn load(shared: &Shared, id: &InstanceId) -> Result<InstanceRecord, ApiError> {
+/// The stored record of `id`, if any.
+async fn stored(shared: &Shared, id: &InstanceId) -> Result<Option<InstanceRecord>, ApiError> {
     let canonical = id.canonical();
     let stored = shared
         .store
@@ -98,17 +111,81 @@ async fn load(shared: &Shared, id: &InstanceId) -> Result<InstanceRecord, ApiErr
         .await
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", format!("{e}; retry later")))?
         .remove(0);
-    let record = stored
+    stored
         .map(|s| InstanceRecord::from_blob(&s.blob))
         .transpose()
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "corrupt_state", e.to_string()))?;
-    match record {
-        Some(r) if !matches!(r.body, Body::Empty) => Ok(r),
-        _ => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no instance {canonical}: start it first, or check the name and key"),
-        )),
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "corrupt_state", e.to_string()))
+}
+
+fn not_found(id: &InstanceId) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no instance {id}: start it first, or check the name and key (and that you may read it)"),
+    )
+}
+
+/// The record of `id` if it exists and `principal` may read it; 404 otherwise, either way.
+async fn load(shared: &Shared, id: &InstanceId, principal: Option<&Principal>) -> Result<InstanceRecord, ApiError> {
+    match stored(shared, id).await? {
+        Some(r)
+            if !matches!(r.body, Body::Empty)
+                && holds(shared.engine.policy(), principal, &r.access, Operation::Read) =>
+        {
+            Ok(r)
+        }
+        _ => Err(not_found(id)),
+    }
+}
+
+/// Who the request acts for: its bearer token's principal, `None` when anonymous (where that
+/// is allowed); 401 otherwise.
+fn caller(shared: &Shared, headers: &HeaderMap) -> Result<Option<Principal>, ApiError> {
+    let authorization = match headers.get(AUTHORIZATION) {
+        None => None,
+        Some(v) => Some(v.to_str().map_err(|_| unauthenticated("the Authorization header is not text".into()))?),
+    };
+    shared.auth.principal(authorization).map_err(unauthenticated)
+}
+
+fn unauthenticated(message: String) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", message)
+}
+
+/// Whether `principal` may send `event` to `target` as things stand: 403 when it may read the
+/// instance but not do this (or may not create it), 404 when it may not even read it. The
+/// engine decides again when it applies the event.
+async fn may_send(
+    shared: &Shared,
+    principal: Option<&Principal>,
+    target: &InstanceId,
+    event: &Event,
+) -> Result<(), ApiError> {
+    let policy = shared.engine.policy();
+    let record = stored(shared, target).await?;
+    let (access, exists) =
+        record.as_ref().map_or((Default::default(), false), |r| (r.access.clone(), !matches!(r.body, Body::Empty)));
+    let decision = match event {
+        Event::Access(change) => {
+            let mut scratch = access.clone();
+            crate::access::change(policy, principal, target, &mut scratch, change).map(|_| ())
+        }
+        other => {
+            let op = match other {
+                Event::StartOrchestration { .. } => Operation::Start,
+                Event::Terminate { .. } => Operation::Terminate,
+                _ => Operation::Signal,
+            };
+            crate::access::decide(policy, principal, op, target, &access, exists).map(|_| ())
+        }
+    };
+    match decision {
+        Ok(()) => Ok(()),
+        Err(_) if exists && !holds(policy, principal, &access, Operation::Read) => Err(not_found(target)),
+        Err(reason) if reason.starts_with("Forbidden: ") => {
+            Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", reason))
+        }
+        Err(reason) => Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_body", reason)),
     }
 }
 
@@ -247,21 +324,32 @@ pub fn history_view(id: &InstanceId, r: &InstanceRecord, page: Page) -> Value {
     }
 }
 
-async fn registry(State(shared): State<Arc<Shared>>) -> Json<Value> {
+async fn registry(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> ApiResult {
+    caller(&shared, &headers)?;
     let (orchestrations, entities, activities) = shared.engine.registry().names();
-    Json(json!({ "orchestrations": orchestrations, "entities": entities, "activities": activities }))
+    Ok((
+        StatusCode::OK,
+        Json(json!({ "orchestrations": orchestrations, "entities": entities, "activities": activities })),
+    ))
 }
 
-async fn instance(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> ApiResult {
+async fn instance(State(shared): State<Arc<Shared>>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult {
+    let principal = caller(&shared, &headers)?;
     let id = parse_id(&id)?;
-    let record = load(&shared, &id).await?;
+    let record = load(&shared, &id, principal.as_ref()).await?;
     Ok((StatusCode::OK, Json(instance_view(&id, &record))))
 }
 
-async fn history(State(shared): State<Arc<Shared>>, Path(id): Path<String>, RawQuery(query): RawQuery) -> ApiResult {
+async fn history(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> ApiResult {
+    let principal = caller(&shared, &headers)?;
     let id = parse_id(&id)?;
     let page = Page::parse(query.as_deref())?;
-    let record = load(&shared, &id).await?;
+    let record = load(&shared, &id, principal.as_ref()).await?;
     Ok((StatusCode::OK, Json(history_view(&id, &record, page))))
 }
 
@@ -298,8 +386,18 @@ fn registered(names: Vec<String>, name: &str, what: &str) -> Result<(), ApiError
     ))
 }
 
-/// Produce `body` to `target` and answer with where it landed.
-async fn send(shared: &Shared, target: &InstanceId, id: Option<String>, body: Event) -> ApiResult {
+/// Produce `body` to `target` on behalf of `principal` and answer with where it landed.
+async fn send(
+    shared: &Shared,
+    principal: Option<&Principal>,
+    target: &InstanceId,
+    id: Option<String>,
+    body: Event,
+) -> ApiResult {
+    let body = match principal {
+        Some(p) => with_principal(body, p),
+        None => body,
+    };
     let mut envelope = Envelope::new(id.unwrap_or_else(event_id), target.canonical(), now_ms(), body);
     envelope.source = Some("api".into());
     let bytes = envelope.encode();
@@ -348,47 +446,83 @@ fn parse_id(id: &str) -> Result<InstanceId, ApiError> {
     Ok(requests::parse_id(id)?)
 }
 
-/// Read a write's body (413 past the limit) and send its event.
-async fn write(shared: &Shared, write: Write<'_>, raw: axum::body::Body) -> ApiResult {
+/// Authenticate, read a write's body (413 past the limit), check it may be sent, and send its
+/// event on the caller's behalf.
+async fn write(shared: &Shared, headers: &HeaderMap, write: Write<'_>, raw: axum::body::Body) -> ApiResult {
+    let principal = caller(shared, headers)?;
     let bytes = read(shared, raw).await?;
     let request = requests::read(&write, &bytes, event_id)?;
     let names = shared.engine.registry().names();
     match write {
         Write::Start { name } => registered(names.0, name, "orchestration")?,
         Write::Signal { name, .. } => registered(names.1, name, "entity")?,
-        Write::Raise { .. } | Write::Terminate { .. } => {}
+        Write::Raise { .. } | Write::Terminate { .. } | Write::Access { .. } => {}
     }
-    send(shared, &request.target, request.event_id, request.event).await
+    may_send(shared, principal.as_ref(), &request.target, &request.event).await?;
+    send(shared, principal.as_ref(), &request.target, request.event_id, request.event).await
 }
 
-async fn start(State(shared): State<Arc<Shared>>, Path(name): Path<String>, raw: axum::body::Body) -> ApiResult {
-    write(&shared, Write::Start { name: &name }, raw).await
+async fn start(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    raw: axum::body::Body,
+) -> ApiResult {
+    write(&shared, &headers, Write::Start { name: &name }, raw).await
 }
 
 async fn signal(
     State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
     Path((name, key, operation)): Path<(String, String, String)>,
     raw: axum::body::Body,
 ) -> ApiResult {
-    write(&shared, Write::Signal { name: &name, key: &key, operation: &operation }, raw).await
+    write(&shared, &headers, Write::Signal { name: &name, key: &key, operation: &operation }, raw).await
 }
 
 async fn raise(
     State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
     Path((id, event)): Path<(String, String)>,
     raw: axum::body::Body,
 ) -> ApiResult {
-    write(&shared, Write::Raise { id: &id, event: &event }, raw).await
+    write(&shared, &headers, Write::Raise { id: &id, event: &event }, raw).await
 }
 
-async fn terminate(State(shared): State<Arc<Shared>>, Path(id): Path<String>, raw: axum::body::Body) -> ApiResult {
-    write(&shared, Write::Terminate { id: &id }, raw).await
+async fn terminate(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    raw: axum::body::Body,
+) -> ApiResult {
+    write(&shared, &headers, Write::Terminate { id: &id }, raw).await
+}
+
+async fn change_access(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    raw: axum::body::Body,
+) -> ApiResult {
+    write(&shared, &headers, Write::Access { id: &id }, raw).await
 }
 
 /// An operator accepts that Redis lost state of `partition`, whose owner stopped it: the owner
 /// goes on from Kafka's committed offset with what Redis still has. 409 if no loss of it is
 /// recorded (an acceptance never waits for a future loss).
-async fn accept_loss(State(shared): State<Arc<Shared>>, Path(partition): Path<String>) -> ApiResult {
+async fn accept_loss(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(partition): Path<String>,
+) -> ApiResult {
+    let principal = caller(&shared, &headers)?;
+    if !shared.engine.policy().may_administer(principal.as_ref()) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("accepting a loss of state is for admins (role {:?})", shared.engine.policy().admin_role),
+        ));
+    }
     let p = partition.parse::<u32>().ok().filter(|p| *p < shared.partitions).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,

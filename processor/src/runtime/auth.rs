@@ -1,0 +1,229 @@
+//! Bearer tokens: who a management API request acts for.
+//!
+//! A request carries `Authorization: Bearer <JWT>`. The token is verified with one of the
+//! configured keys (HS256 secrets, RS256 or ES256 public keys; several for a rotation), its
+//! algorithm must be one those keys verify, and `exp`, `aud` and `iss` are checked. The
+//! principal is `sub` plus the roles claim. Without a token a request is anonymous, which only a
+//! deployment with anonymous access on allows.
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+
+use crate::access::Principal;
+use crate::config::AuthConfig;
+
+/// Shortest HS256 secret accepted, in bytes.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// Verifies bearer tokens.
+pub struct Authenticator {
+    keys: Vec<(Algorithm, DecodingKey)>,
+    audience: String,
+    issuer: String,
+    roles_claim: String,
+    anonymous: bool,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let algorithms: Vec<_> = self.keys.iter().map(|(a, _)| a).collect();
+        f.debug_struct("Authenticator").field("algorithms", &algorithms).field("anonymous", &self.anonymous).finish()
+    }
+}
+
+impl Authenticator {
+    /// The verifier the settings describe, or what to fix (never quoting a secret).
+    pub fn new(config: &AuthConfig) -> anyhow::Result<Self> {
+        let mut keys = Vec::new();
+        for (i, secret) in config.jwt_secrets.iter().enumerate() {
+            let bytes = secret.expose().as_bytes();
+            if bytes.len() < MIN_SECRET_BYTES {
+                anyhow::bail!(
+                    "DURABLE_JWT_SECRETS: secret {} of {} is {} bytes; HS256 secrets need at least {MIN_SECRET_BYTES}",
+                    i + 1,
+                    config.jwt_secrets.len(),
+                    bytes.len()
+                );
+            }
+            keys.push((Algorithm::HS256, DecodingKey::from_secret(bytes)));
+        }
+        for path in &config.jwt_public_keys {
+            let pem = std::fs::read(path)
+                .map_err(|e| anyhow::anyhow!("DURABLE_JWT_PUBLIC_KEYS: cannot read {}: {e}", path.display()))?;
+            let key = DecodingKey::from_rsa_pem(&pem)
+                .map(|k| (Algorithm::RS256, k))
+                .or_else(|_| DecodingKey::from_ec_pem(&pem).map(|k| (Algorithm::ES256, k)))
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "DURABLE_JWT_PUBLIC_KEYS: {} is not a PEM RSA or EC (P-256) public key",
+                        path.display()
+                    )
+                })?;
+            keys.push(key);
+        }
+        let (audience, issuer) = match (&config.jwt_audience, &config.jwt_issuer) {
+            (Some(a), Some(i)) => (a.clone(), i.clone()),
+            _ if keys.is_empty() => (String::new(), String::new()),
+            _ => anyhow::bail!(
+                "bearer tokens are checked for their audience and issuer: set DURABLE_JWT_AUDIENCE and DURABLE_JWT_ISSUER"
+            ),
+        };
+        if keys.is_empty() && !config.anonymous {
+            anyhow::bail!(
+                "no way to tell who a request is: set DURABLE_JWT_SECRETS or DURABLE_JWT_PUBLIC_KEYS (with \
+                 DURABLE_JWT_AUDIENCE and DURABLE_JWT_ISSUER) to verify bearer tokens, or DURABLE_ANONYMOUS=true \
+                 for development"
+            );
+        }
+        Ok(Self { keys, audience, issuer, roles_claim: config.jwt_roles_claim.clone(), anonymous: config.anonymous })
+    }
+
+    /// Whether tokens can be verified at all.
+    pub fn verifies_tokens(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
+    /// The principal of a request with this `Authorization` header value: `Ok(None)` for an
+    /// anonymous request where that is allowed, `Err` (why, for a 401) otherwise.
+    pub fn principal(&self, authorization: Option<&str>) -> Result<Option<Principal>, String> {
+        let Some(value) = authorization else {
+            return if self.anonymous {
+                Ok(None)
+            } else {
+                Err("this API needs a bearer token: send Authorization: Bearer <JWT> (durable --token or DURABLE_TOKEN)"
+                    .into())
+            };
+        };
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .map(str::trim)
+            .ok_or("the Authorization header must be Bearer <JWT>")?;
+        if !self.verifies_tokens() {
+            return Err("this deployment verifies no bearer tokens (anonymous access only): send none".into());
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|e| format!("the bearer token is not a JWT: {e}"))?;
+        let mut last = None;
+        for (algorithm, key) in self.keys.iter().filter(|(a, _)| *a == header.alg) {
+            let mut validation = Validation::new(*algorithm);
+            validation.set_audience(&[&self.audience]);
+            validation.set_issuer(&[&self.issuer]);
+            validation.set_required_spec_claims(&["exp", "sub", "aud", "iss"]);
+            match jsonwebtoken::decode::<serde_json::Value>(token, key, &validation) {
+                Ok(data) => return self.claims(&data.claims).map(Some),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(match last {
+            Some(e) => format!("the bearer token is not valid: {e}"),
+            None => format!("the bearer token is signed with {:?}, which no configured key verifies", header.alg),
+        })
+    }
+
+    fn claims(&self, claims: &serde_json::Value) -> Result<Principal, String> {
+        let user = claims["sub"].as_str().unwrap_or_default().to_owned();
+        let roles = match &claims[&self.roles_claim] {
+            serde_json::Value::Null => Vec::new(),
+            serde_json::Value::Array(items) => items
+                .iter()
+                .map(|r| r.as_str().map(str::to_owned))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| format!("the token's {:?} claim must be an array of strings", self.roles_claim))?,
+            _ => return Err(format!("the token's {:?} claim must be an array of strings", self.roles_claim)),
+        };
+        let principal = Principal { user, roles };
+        principal.check().map_err(|e| format!("the bearer token's principal is not valid: {e}"))?;
+        Ok(principal)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use durable_kafka::Secret;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    use serde_json::json;
+
+    use super::*;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn config() -> AuthConfig {
+        let mut c = AuthConfig::anonymous();
+        c.anonymous = false;
+        c.jwt_secrets = vec![Secret::new(SECRET)];
+        c.jwt_audience = Some("durable".into());
+        c.jwt_issuer = Some("https://id.example".into());
+        c
+    }
+
+    fn token(secret: &str, claims: serde_json::Value) -> String {
+        encode(&Header::default(), &claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
+    }
+
+    fn claims(exp_in: i64) -> serde_json::Value {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        json!({"sub": "alice", "roles": ["staff"], "aud": "durable", "iss": "https://id.example", "exp": now + exp_in})
+    }
+
+    #[test]
+    fn a_valid_token_gives_its_principal_and_anything_else_is_refused_with_the_reason() {
+        let auth = Authenticator::new(&config()).unwrap();
+        let ok = format!("Bearer {}", token(SECRET, claims(600)));
+        assert_eq!(auth.principal(Some(&ok)).unwrap(), Some(Principal::new("alice", ["staff"])));
+        let refused = |header: &str| match auth.principal(Some(header)) {
+            Err(e) => e,
+            Ok(p) => panic!("accepted {header}: {p:?}"),
+        };
+        assert!(refused(&format!("Bearer {}", token(SECRET, claims(-600)))).contains("ExpiredSignature"));
+        let other = token("another secret of thirty-two bytes!", claims(600));
+        assert!(refused(&format!("Bearer {other}")).contains("InvalidSignature"));
+        let mut wrong_aud = claims(600);
+        wrong_aud["aud"] = json!("someone-else");
+        assert!(refused(&format!("Bearer {}", token(SECRET, wrong_aud))).contains("InvalidAudience"));
+        let mut wrong_iss = claims(600);
+        wrong_iss["iss"] = json!("https://evil.example");
+        assert!(refused(&format!("Bearer {}", token(SECRET, wrong_iss))).contains("InvalidIssuer"));
+        let mut no_exp = claims(600);
+        no_exp.as_object_mut().unwrap().remove("exp");
+        assert!(refused(&format!("Bearer {}", token(SECRET, no_exp))).contains("Missing required claim: exp"));
+        let mut bad_roles = claims(600);
+        bad_roles["roles"] = json!("admin");
+        assert!(refused(&format!("Bearer {}", token(SECRET, bad_roles))).contains("array of strings"));
+        assert!(refused("Basic YWxpY2U6c2VjcmV0").contains("Bearer <JWT>"));
+        assert!(refused("Bearer not-a-jwt").contains("not a JWT"));
+        // An unsigned token ("alg": "none") never passes.
+        let unsigned = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJyb290Iiwicm9sZXMiOlsiYWRtaW4iXX0.";
+        assert!(auth.principal(Some(&format!("Bearer {unsigned}"))).is_err());
+        // No token: refused unless anonymous access is on.
+        assert!(auth.principal(None).unwrap_err().contains("needs a bearer token"));
+        let open = Authenticator::new(&AuthConfig { anonymous: true, ..config() }).unwrap();
+        assert_eq!(open.principal(None).unwrap(), None);
+        // No error quotes the secret.
+        for e in [refused("Bearer x.y.z"), refused(&format!("Bearer {}", token(SECRET, claims(-600))))] {
+            assert!(!e.contains(SECRET), "{e}");
+        }
+    }
+
+    #[test]
+    fn rotation_accepts_every_configured_secret() {
+        let old = "the old secret, thirty-two bytes!";
+        let auth =
+            Authenticator::new(&AuthConfig { jwt_secrets: vec![Secret::new(SECRET), Secret::new(old)], ..config() })
+                .unwrap();
+        for secret in [SECRET, old] {
+            assert!(auth.principal(Some(&format!("Bearer {}", token(secret, claims(60))))).is_ok());
+        }
+    }
+
+    #[test]
+    fn settings_that_cannot_work_are_refused_at_start_without_quoting_secrets() {
+        let short = Authenticator::new(&AuthConfig { jwt_secrets: vec![Secret::new("short")], ..config() });
+        let e = short.unwrap_err().to_string();
+        assert!(e.contains("at least 32") && !e.contains("short\""), "{e}");
+        let no_audience = Authenticator::new(&AuthConfig { jwt_audience: None, ..config() });
+        assert!(no_audience.unwrap_err().to_string().contains("DURABLE_JWT_AUDIENCE"));
+        let nothing = Authenticator::new(&AuthConfig { jwt_secrets: vec![], ..config() });
+        assert!(nothing.unwrap_err().to_string().contains("DURABLE_ANONYMOUS=true"));
+        let missing = Authenticator::new(&AuthConfig { jwt_public_keys: vec!["/nonexistent.pem".into()], ..config() });
+        assert!(missing.unwrap_err().to_string().contains("cannot read /nonexistent.pem"));
+    }
+}
