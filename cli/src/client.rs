@@ -44,22 +44,45 @@ pub struct Api {
 }
 
 impl Api {
-    /// A client of the API at `base` (e.g. `http://127.0.0.1:9464`).
+    /// A client of the API at `base` (e.g. `http://127.0.0.1:9464`), anonymous.
     pub fn new(base: &str) -> Result<Self, CliError> {
+        Self::with(base, None, None)
+    }
+
+    /// A client of the API at `base` (`http://` or `https://`) sending `token` as its bearer
+    /// token, trusting `ca` (a PEM file) besides the system's roots for https.
+    pub fn with(base: &str, token: Option<&str>, ca: Option<&std::path::Path>) -> Result<Self, CliError> {
         let base = base.trim_end_matches('/').to_owned();
         let parsed = reqwest::Url::parse(&base).map_err(|e| {
             CliError::unreachable(format!("--api/DURABLE_API {base:?} is not a URL ({e}); e.g. http://127.0.0.1:9464"))
         })?;
-        if parsed.scheme() != "http" {
+        if !matches!(parsed.scheme(), "http" | "https") {
             return Err(CliError::unreachable(format!(
-                "--api/DURABLE_API {base:?} is not an http:// URL; e.g. http://127.0.0.1:9464 (for https, put a TLS proxy in front)"
+                "--api/DURABLE_API {base:?} is not an http:// or https:// URL; e.g. http://127.0.0.1:9464"
             )));
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| CliError::unreachable(format!("cannot create an HTTP client: {e}")))?;
+        let mut builder =
+            reqwest::Client::builder().connect_timeout(Duration::from_secs(3)).timeout(Duration::from_secs(30));
+        if let Some(token) = token.filter(|t| !t.is_empty()) {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                CliError::unreachable("--token/DURABLE_TOKEN is not a token (it holds characters a header cannot)")
+            })?;
+            value.set_sensitive(true);
+            builder = builder.default_headers([(reqwest::header::AUTHORIZATION, value)].into_iter().collect());
+        }
+        if let Some(ca) = ca {
+            let pem = std::fs::read(ca).map_err(|e| {
+                CliError::unreachable(format!("--api-ca/DURABLE_API_CA: cannot read {}: {e}", ca.display()))
+            })?;
+            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| {
+                CliError::unreachable(format!(
+                    "--api-ca/DURABLE_API_CA: {} is not a PEM certificate: {e}",
+                    ca.display()
+                ))
+            })?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let http = builder.build().map_err(|e| CliError::unreachable(format!("cannot create an HTTP client: {e}")))?;
         Ok(Self { base, http })
     }
 
@@ -173,6 +196,9 @@ mod tests {
     fn only_http_urls_are_accepted() {
         assert!(Api::new("http://127.0.0.1:9464/").is_ok());
         assert_eq!(Api::new("127.0.0.1:9464").err().map(|e| e.exit), Some(exit::USAGE_OR_UNREACHABLE));
-        assert_eq!(Api::new("https://x").err().map(|e| e.exit), Some(exit::USAGE_OR_UNREACHABLE));
+        assert!(Api::new("https://x").is_ok());
+        assert_eq!(Api::new("ftp://x").err().map(|e| e.exit), Some(exit::USAGE_OR_UNREACHABLE));
+        let bad = Api::with("http://x", Some("a\nb"), None).err().map(|e| e.message).unwrap_or_default();
+        assert!(bad.contains("not a token") && !bad.contains("a\nb"), "{bad}");
     }
 }

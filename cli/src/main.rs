@@ -23,7 +23,8 @@ pub mod exit {
     pub const USAGE_OR_UNREACHABLE: u8 = 2;
     /// `wait`: the timeout passed first.
     pub const TIMEOUT: u8 = 3;
-    /// The API refused the request (unknown instance, unregistered name, bad input).
+    /// The API refused the request (unknown instance, unregistered name, bad input, no or a
+    /// wrong token, not allowed).
     pub const REFUSED: u8 = 4;
 }
 
@@ -32,16 +33,27 @@ Instances are named by id: orch:<orchestration>:<key> or entity:<entity>:<key>.
 Every command talks to the management API of any processor (or of `durable dev`): set --api or
 DURABLE_API (default http://127.0.0.1:9464).
 
+Requests act for the principal of --token/DURABLE_TOKEN (a JWT); without one they are anonymous,
+which only a deployment with anonymous access (DURABLE_ANONYMOUS, `durable dev`) allows.
+
 Exit codes: 0 ok · 1 wait: the instance failed or was terminated · 2 wrong arguments or the API
-cannot be reached · 3 wait: timed out · 4 the API refused (unknown instance or name, bad input).";
+cannot be reached · 3 wait: timed out · 4 the API refused (unknown instance or name, bad input, no
+or a wrong token, not allowed).";
 
 /// Durable's command line.
 #[derive(Debug, Parser)]
 #[command(name = "durable", version, about = "Drive and inspect Durable orchestrations and entities", after_help = AFTER_HELP)]
 struct Cli {
-    /// Base URL of a processor's management API.
+    /// Base URL of a processor's management API (http:// or https://).
     #[arg(long, env = "DURABLE_API", default_value = "http://127.0.0.1:9464", global = true)]
     api: String,
+    /// Bearer token (a JWT) the API requests act for; unset: anonymous (only where the
+    /// deployment allows it). `durable token` makes one for development.
+    #[arg(long, env = "DURABLE_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// PEM file of the CA certificate that signed the API's (https:// with a CA of its own).
+    #[arg(long, env = "DURABLE_API_CA", global = true)]
+    api_ca: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -127,6 +139,72 @@ enum Command {
         /// The partition of <prefix>.events.
         partition: u32,
     },
+    /// Share an instance with a user or a role: they may then do the given operations (needs
+    /// `share`; you grant only what you hold).
+    Share {
+        /// Instance id.
+        instance: String,
+        /// The user to share with.
+        #[arg(long, conflicts_with = "role", required_unless_present = "role")]
+        user: Option<String>,
+        /// The role to share with.
+        #[arg(long)]
+        role: Option<String>,
+        /// Operations, comma separated: start, signal, call, read, terminate, lock, share, own.
+        #[arg(long, value_delimiter = ',', required = true)]
+        operations: Vec<String>,
+    },
+    /// Withdraw everything shared with a user or a role (needs `share`).
+    Revoke {
+        /// Instance id.
+        instance: String,
+        /// The user.
+        #[arg(long, conflicts_with = "role", required_unless_present = "role")]
+        user: Option<String>,
+        /// The role.
+        #[arg(long)]
+        role: Option<String>,
+    },
+    /// Make a user the only owner of an instance (needs `own`; you stop owning it).
+    TransferOwnership {
+        /// Instance id.
+        instance: String,
+        /// The new owner.
+        user: String,
+    },
+    /// Add an owner to an instance (needs `own`).
+    AddOwner {
+        /// Instance id.
+        instance: String,
+        /// The new owner.
+        user: String,
+    },
+    /// Make a bearer token for development: HS256, signed with the first of DURABLE_JWT_SECRETS,
+    /// for DURABLE_JWT_AUDIENCE and DURABLE_JWT_ISSUER (as the processors are configured).
+    /// Prints it: `export DURABLE_TOKEN=$(durable token --user alice)`.
+    Token {
+        /// The user (`sub`).
+        #[arg(long)]
+        user: String,
+        /// Roles, comma separated.
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+        /// How long the token is valid.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// The signing secrets (the first signs).
+        #[arg(long, env = "DURABLE_JWT_SECRETS", hide_env_values = true, value_delimiter = ',', required = true)]
+        jwt_secrets: Vec<String>,
+        /// The audience the processors check.
+        #[arg(long, env = "DURABLE_JWT_AUDIENCE")]
+        jwt_audience: String,
+        /// The issuer the processors check.
+        #[arg(long, env = "DURABLE_JWT_ISSUER")]
+        jwt_issuer: String,
+        /// The claim that lists the roles.
+        #[arg(long, env = "DURABLE_JWT_ROLES_CLAIM", default_value = "roles")]
+        jwt_roles_claim: String,
+    },
     /// Terminate a running orchestration.
     Terminate {
         /// Orchestration instance id.
@@ -154,9 +232,10 @@ enum Command {
         /// PEM file of the CA certificate that signed Typesense's (https:// with a CA of its own).
         #[arg(long, env = "DURABLE_TYPESENSE_CA")]
         typesense_ca: Option<std::path::PathBuf>,
-        /// Typesense API key (a search-only key is enough).
+        /// Typesense API key (a search-only key is enough). Unset: a key scoped to what you may
+        /// read, from the API (POST /v1/search/key, as --token).
         #[arg(long, env = "DURABLE_TYPESENSE_API_KEY", hide_env_values = true)]
-        typesense_api_key: String,
+        typesense_api_key: Option<String>,
         /// Topic prefix the projector runs with (collection aliases start with it).
         #[arg(long, env = "DURABLE_PREFIX", default_value = "durable")]
         prefix: String,
@@ -237,7 +316,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<u8, CliError> {
-    let api = Api::new(&cli.api)?;
+    let api = Api::with(&cli.api, cli.token.as_deref(), cli.api_ca.as_deref())?;
     match cli.command {
         Command::Dev(args) => dev::run(args).await,
         Command::Demo(args) => demo::run(&api, args).await,
@@ -279,6 +358,38 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             println!("{}", accepted["instance"].as_str().unwrap_or_default());
             Ok(exit::OK)
         }
+        Command::Share { instance, user, role, operations } => {
+            let body = serde_json::json!({ "action": "share", "user": user, "role": role, "operations": operations });
+            change_access(&api, &instance, body).await
+        }
+        Command::Revoke { instance, user, role } => {
+            change_access(&api, &instance, serde_json::json!({ "action": "revoke", "user": user, "role": role })).await
+        }
+        Command::TransferOwnership { instance, user } => {
+            change_access(&api, &instance, serde_json::json!({ "action": "transfer", "user": user })).await
+        }
+        Command::AddOwner { instance, user } => {
+            change_access(&api, &instance, serde_json::json!({ "action": "add_owner", "user": user })).await
+        }
+        Command::Token { user, roles, ttl, jwt_secrets, jwt_audience, jwt_issuer, jwt_roles_claim } => {
+            let secret = jwt_secrets.first().map(String::as_str).unwrap_or_default();
+            if secret.len() < 32 {
+                return Err(CliError::unreachable(format!(
+                    "DURABLE_JWT_SECRETS: the first secret is {} bytes; processors accept HS256 secrets of at least 32",
+                    secret.len()
+                )));
+            }
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+            let mut claims = serde_json::json!({
+                "sub": user, "aud": jwt_audience, "iss": jwt_issuer, "iat": now, "exp": now + ttl.as_secs(),
+            });
+            claims[jwt_roles_claim] = serde_json::json!(roles);
+            let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+            let token = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key)
+                .map_err(|e| CliError::unreachable(format!("cannot make a token: {e}")))?;
+            println!("{token}");
+            Ok(exit::OK)
+        }
         Command::AcceptLoss { partition } => {
             api.post(&format!("/v1/partitions/{partition}/accept-loss"), &serde_json::json!({})).await?;
             println!("partition {partition}: loss accepted; its owner goes on within a second");
@@ -310,9 +421,16 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
         }
         Command::Wait { instance, timeout } => wait(&api, &instance, timeout).await,
         Command::Search { r#type, query, filter, limit, typesense_url, typesense_ca, typesense_api_key, prefix } => {
+            let key = match typesense_api_key.filter(|k| !k.is_empty()) {
+                Some(key) => key,
+                None => {
+                    let scoped = api.post("/v1/search/key", &serde_json::json!({})).await?;
+                    scoped["key"].as_str().unwrap_or_default().to_owned()
+                }
+            };
             let ts = durable_projector::typesense::Typesense::with_ca(
                 &typesense_url,
-                &typesense_api_key,
+                &key,
                 Duration::from_secs(10),
                 typesense_ca.as_deref(),
             )
@@ -320,6 +438,13 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             search(&ts, &prefix, &r#type, &query, filter.as_deref(), limit).await
         }
     }
+}
+
+/// Send a sharing request for `instance`; prints the instance id once Kafka took it.
+async fn change_access(api: &Api, instance: &str, body: Value) -> Result<u8, CliError> {
+    let accepted = api.post(&format!("/v1/instances/{}/access", client::segment(instance)), &body).await?;
+    println!("{}", accepted["instance"].as_str().unwrap_or_default());
+    Ok(exit::OK)
 }
 
 async fn search(

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tests::e2e::{self, InProcess};
 
-const COMMANDS: [&str; 13] = [
+const COMMANDS: [&str; 18] = [
     "start",
     "signal",
     "raise",
@@ -18,6 +18,11 @@ const COMMANDS: [&str; 13] = [
     "history",
     "terminate",
     "accept-loss",
+    "share",
+    "revoke",
+    "transfer-ownership",
+    "add-owner",
+    "token",
     "search",
     "dev",
     "demo",

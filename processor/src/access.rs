@@ -190,6 +190,22 @@ impl Access {
     }
 }
 
+/// The Typesense filter that limits a search to the documents `principal` may read (`None`:
+/// an admin, who reads everything), or why no filter can be made (a name with a backtick).
+pub fn search_filter(policy: &Policy, principal: &Principal) -> Result<Option<String>, String> {
+    if policy.is_admin(principal) {
+        return Ok(None);
+    }
+    let names = std::iter::once(format!("user:{}", principal.user))
+        .chain(principal.roles.iter().map(|r| format!("role:{r}")))
+        .collect::<Vec<_>>();
+    if names.iter().any(|n| n.contains('`')) {
+        return Err("user and role names with a backtick cannot be searched for".into());
+    }
+    let quoted: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+    Ok(Some(format!("readers:=[{}]", quoted.join(","))))
+}
+
 /// Who may create instances of a type.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Creation {

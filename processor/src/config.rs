@@ -103,6 +103,11 @@ pub struct ProcessorConfig {
     /// Who may do what (bearer tokens, anonymous access, creation policies).
     #[command(flatten)]
     pub auth: AuthConfig,
+    /// A Typesense search-only API key (documents:search on the <prefix>_* collections): the
+    /// API derives from it the scoped keys it gives out (POST /v1/search/key), each limited to
+    /// what its principal may read. The admin key stays with the projector.
+    #[arg(long, env = "DURABLE_TYPESENSE_SEARCH_KEY", hide_env_values = true)]
+    pub typesense_search_key: Option<Secret>,
 }
 
 /// Authentication and authorization settings (`processor/src/access.rs` has the model).
@@ -224,6 +229,7 @@ impl ProcessorConfig {
             max_entity_queue: Limits::default().max_entity_queue,
             max_fan_out: Limits::default().max_fan_out,
             auth: AuthConfig::anonymous(),
+            typesense_search_key: None,
         }
     }
 

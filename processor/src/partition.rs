@@ -258,6 +258,8 @@ struct InFlight {
     stepped: Vec<LocalStep>,
     /// The latest state change of each instance committed by the group.
     states: BTreeMap<String, StateChange>,
+    /// Who may read each instance the group committed (for its state record).
+    readers: BTreeMap<String, Vec<String>>,
 }
 
 impl InFlight {
@@ -279,6 +281,7 @@ impl InFlight {
             replies: BTreeMap::new(),
             stepped: Vec::new(),
             states: BTreeMap::new(),
+            readers: BTreeMap::new(),
         }
     }
 }
@@ -626,7 +629,11 @@ impl Partition {
                     return Io::Commit { writes, epoch: Some(self.epoch) };
                 }
                 Phase::Finish => {
-                    let states: Vec<Outgoing> = mem::take(&mut g.states).values().filter_map(state_record).collect();
+                    let readers = mem::take(&mut g.readers);
+                    let states: Vec<Outgoing> = mem::take(&mut g.states)
+                        .values()
+                        .filter_map(|c| state_record(c, readers.get(&c.instance).map_or(&[][..], Vec::as_slice)))
+                        .collect();
                     g.phase = Phase::WaitFinalSettle;
                     if !states.is_empty() {
                         return Io::Produce(states);
@@ -716,6 +723,9 @@ impl Partition {
             }
             if out.changed {
                 g.outbound.push((last, Out::Effects(out.record.outbox.effects.clone())));
+            }
+            if out.changed || out.resend.is_some() {
+                g.readers.insert(out.record.id.clone(), out.record.access.readers());
             }
             for d in &out.dead_letters {
                 let key = d.envelope.target.as_bytes().to_vec();
@@ -861,6 +871,7 @@ impl Partition {
                     self.stats.dropped += dropped;
                     let trigger = out.record.outbox.offset.unwrap_or(0);
                     g.outbound.push((trigger, Out::Effects(out.record.outbox.effects.clone())));
+                    g.readers.insert(out.record.id.clone(), out.record.access.readers());
                     self.cache.put(id, etag, out.record);
                 }
                 // Someone else wrote the caller, or a newer owner fenced this core out (a

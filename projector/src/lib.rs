@@ -502,8 +502,9 @@ fn caught_up(consumer: &FeedConsumer, topic: &str) -> bool {
         })
 }
 
-/// Search a type's collection (`orchestrations` or an entity name) the way `durable search`
-/// does: `query` over the collection's string fields, optional Typesense `filter_by`.
+/// Search `type_name`'s documents (an entity name or `orchestrations`) for `query` in their
+/// string fields (only `instance` and `key` with a key that may not read the collection's
+/// schema, such as a scoped search key), with an optional Typesense `filter`.
 pub async fn search(
     ts: &Typesense,
     prefix: &str,
@@ -517,10 +518,16 @@ pub async fn search(
     } else {
         mapping::entity_alias(prefix, type_name)
     };
-    let schema = ts.collection(&alias).await?.ok_or_else(|| TsError::Refused {
-        status: 404,
-        message: format!("nothing projected for {type_name:?} yet (no collection {alias}): is the projector running, and is the type name right?"),
-    })?;
+    let schema = match ts.collection(&alias).await {
+        // A scoped search key may only search: match the text on the instance id and key.
+        Err(TsError::Refused { status: 401 | 403, .. }) => serde_json::json!({ "fields": [
+            { "name": "instance", "type": "string" }, { "name": "key", "type": "string" },
+        ] }),
+        other => other?.ok_or_else(|| TsError::Refused {
+            status: 404,
+            message: format!("nothing projected for {type_name:?} yet (no collection {alias}): is the projector running, and is the type name right?"),
+        })?,
+    };
     let mut query_by: Vec<String> = schema["fields"]
         .as_array()
         .map(|f| {

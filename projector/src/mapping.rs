@@ -9,6 +9,8 @@
 //!   `name`, `key`, `status`, `custom_status` and `output_summary` (JSON text, cut at 1,000
 //!   characters), `failure` (`kind: message`), `created_at` (from the version-1 record),
 //!   `updated_at`, `version`.
+//! - Every document has `readers`: who may read the instance (`user:<id>`, `role:<name>`; see
+//!   the state record), the field a scoped search key filters on.
 //! - Document id = the canonical instance id, so ids never collide across types.
 
 use std::collections::BTreeMap;
@@ -41,7 +43,7 @@ pub struct Mapped {
 }
 
 /// Fields the projector sets itself.
-const OWN: [&str; 5] = ["id", "instance", "key", "version", "updated_at"];
+const OWN: [&str; 6] = ["id", "instance", "key", "version", "updated_at", "readers"];
 
 /// Characters kept in collection names.
 fn clean(s: &str) -> String {
@@ -107,6 +109,7 @@ pub fn map(prefix: &str, r: &StateRecord) -> Option<Mapped> {
                     doc.insert("key".into(), r.key.clone().into());
                     doc.insert("version".into(), r.version.into());
                     doc.insert("updated_at".into(), r.updated_at.into());
+                    doc.insert("readers".into(), json!(r.readers));
                     Action::Upsert(Value::Object(doc))
                 }
             };
@@ -126,6 +129,7 @@ pub fn map(prefix: &str, r: &StateRecord) -> Option<Mapped> {
                 "failure": failure,
                 "updated_at": r.updated_at,
                 "version": r.version,
+                "readers": r.readers,
             });
             if r.version == 1 {
                 doc["created_at"] = r.updated_at.into();
@@ -154,6 +158,7 @@ pub fn default_schema(orchestrations: bool) -> Value {
         json!({ "name": "key", "type": "string", "facet": true }),
         json!({ "name": "version", "type": "int64" }),
         json!({ "name": "updated_at", "type": "int64" }),
+        json!({ "name": "readers", "type": "string[]", "facet": true, "optional": true }),
     ];
     if orchestrations {
         fields.extend([
@@ -205,6 +210,7 @@ mod tests {
             custom_status: None,
             failure: None,
             updated_at: 7,
+            readers: vec!["user:alice".into()],
         }
     }
 
@@ -223,6 +229,7 @@ mod tests {
         assert_eq!(doc["tags"], json!(["a"]));
         assert_eq!(doc["state.version"], "x", "a state field named like ours moves aside");
         assert_eq!(doc["version"], 3);
+        assert_eq!(doc["readers"], json!(["user:alice"]), "who may read it, for scoped search keys");
         assert_eq!(doc["id"], "entity:Account:a1");
     }
 
@@ -259,7 +266,7 @@ mod tests {
         );
         let s = schema_for(&config, "Account", "bank_entity_Account_1");
         let names: Vec<&str> = s["fields"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
-        assert_eq!(names, ["instance", "key", "version", "updated_at", "balance"]);
+        assert_eq!(names, ["instance", "key", "version", "updated_at", "readers", "balance"]);
         assert_eq!(s["default_sorting_field"], "balance");
         assert_eq!(s["name"], "bank_entity_Account_1");
     }

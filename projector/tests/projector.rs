@@ -508,3 +508,182 @@ async fn the_projector_and_search_work_with_typesense_over_https() {
     projector.stop().await;
     processor.stop().await;
 }
+
+/// A bearer token for `user` with `roles`, signed as the authorization test's processor checks.
+fn bearer(user: &str, roles: &[&str]) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let claims = json!({"sub": user, "roles": roles, "aud": "durable-e2e", "iss": "e2e", "exp": now + 600});
+    let key = jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes());
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+}
+
+const JWT_SECRET: &str = "an e2e secret of at least 32 bytes, for HS256";
+
+/// A management API request with an optional bearer token: (status, JSON body).
+async fn api(addr: std::net::SocketAddr, method: &str, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+    let client = reqwest::Client::new();
+    let url = format!("http://{addr}{path}");
+    let mut request = if method == "GET" { client.get(url) } else { client.post(url).json(&body) };
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.timeout(Duration::from_secs(30)).send().await.expect("the API answers");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// A search-only Typesense key (what an operator gives the processors), made with the admin key.
+async fn search_only_key() -> String {
+    let response = reqwest::Client::new()
+        .post(format!("{}/keys", typesense_url()))
+        .header("X-TYPESENSE-API-KEY", api_key())
+        .json(&json!({"description": "e2e search-only", "actions": ["documents:search"], "collections": ["*"]}))
+        .send()
+        .await
+        .expect("Typesense answers");
+    let key: Value = response.json().await.unwrap();
+    key["value"].as_str().expect("a key value").to_owned()
+}
+
+/// What `principal`'s scoped search key finds among the Counter documents.
+async fn counters_found(
+    processor: std::net::SocketAddr,
+    prefix: &str,
+    token: &str,
+    filter: Option<&str>,
+) -> Vec<String> {
+    let (status, scoped) = api(processor, "POST", "/v1/search/key", Some(token), json!({})).await;
+    assert_eq!(status, 200, "{scoped}");
+    let ts = Typesense::new(&typesense_url(), scoped["key"].as_str().unwrap(), Duration::from_secs(10)).unwrap();
+    let docs = durable_projector::search(&ts, prefix, "Counter", "*", filter, 100).await.expect("a search");
+    let mut ids: Vec<String> = docs.iter().map(|d| d["id"].as_str().unwrap().to_owned()).collect();
+    ids.sort();
+    ids
+}
+
+/// Authorization end to end on the real servers: alice starts an orchestration and owns the
+/// entity it creates; bob is refused (404 on reads, 404/403 on writes, Forbidden dead letters
+/// for what reaches the engine); alice shares `read` with bob and he reads, alice revokes and he
+/// is refused again; a search with bob's scoped key finds only what he may read; a principal
+/// forged on an outside Kafka record grants nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn alice_owns_bob_is_refused_until_shared_and_search_shows_each_only_theirs() {
+    use durable_kafka::Secret;
+    let prefix = e2e::unique_prefix("authz");
+    let mut config = InProcess::config(&prefix, 4);
+    config.auth.anonymous = false;
+    config.auth.jwt_secrets = vec![Secret::new(JWT_SECRET)];
+    config.auth.jwt_audience = Some("durable-e2e".into());
+    config.auth.jwt_issuer = Some("e2e".into());
+    config.auth.kafka_principal = Some("kafka-ingress".into());
+    config.typesense_search_key = Some(Secret::new(search_only_key().await));
+    let processor = InProcess::start_with(config).await;
+    let projector = Projector::start(&prefix, &typesense_url()).await;
+    let addr = processor.metrics;
+    let (alice, bob, root) = (bearer("alice", &["staff"]), bearer("bob", &[]), bearer("root", &["admin"]));
+
+    // No token, or one that does not verify: 401.
+    let (status, body) = api(addr, "GET", "/v1/registry", None, Value::Null).await;
+    assert_eq!((status, body["code"].as_str()), (401, Some("unauthenticated")), "{body}");
+    let forged = bearer("alice", &[]).replace('.', ".x");
+    assert_eq!(api(addr, "GET", "/v1/registry", Some(&forged), Value::Null).await.0, 401);
+
+    // alice starts an Approval that adds to a counter it creates: she owns both.
+    let counter = format!("{prefix}-alices");
+    let input = json!({"counter": counter, "amount": 5});
+    let (status, body) =
+        api(addr, "POST", "/v1/orchestrations/Approval", Some(&alice), json!({"key": "a1", "input": input})).await;
+    assert_eq!(status, 202, "{body}");
+    e2e::eventually(Duration::from_secs(30), "alice's approval started", || async {
+        (api(addr, "GET", "/v1/instances/orch:Approval:a1", Some(&alice), Value::Null).await.0 == 200).then_some(())
+    })
+    .await;
+    let (status, _) =
+        api(addr, "POST", "/v1/instances/orch:Approval:a1/events/approve", Some(&alice), json!({"payload": true}))
+            .await;
+    assert_eq!(status, 202);
+    let counter_id = format!("entity:Counter:{counter}");
+    let counter_path = format!("/v1/instances/{counter_id}");
+    e2e::eventually(Duration::from_secs(60), "alice's counter holds 5", || async {
+        let (status, body) = api(addr, "GET", &counter_path, Some(&alice), Value::Null).await;
+        (status == 200 && body["state"]["value"] == 5).then_some(())
+    })
+    .await;
+    // Another counter of alice's, never shared.
+    let (status, _) =
+        api(addr, "POST", &format!("/v1/entities/Counter/{prefix}-private/add"), Some(&alice), json!({"input": 1}))
+            .await;
+    assert_eq!(status, 202);
+
+    // bob may not read either (404, as if they did not exist) nor write to them.
+    assert_eq!(api(addr, "GET", "/v1/instances/orch:Approval:a1", Some(&bob), Value::Null).await.0, 404);
+    assert_eq!(api(addr, "GET", &counter_path, Some(&bob), Value::Null).await.0, 404);
+    let add = format!("/v1/entities/Counter/{counter}/add");
+    assert_eq!(api(addr, "POST", &add, Some(&bob), json!({"input": 100})).await.0, 404);
+    let share = json!({"action": "share", "user": "bob", "operations": ["read"]});
+    assert_eq!(api(addr, "POST", &format!("{counter_path}/access"), Some(&bob), share.clone()).await.0, 404);
+
+    // alice shares read with bob: he reads, but still may not add (403 now that he can see it).
+    assert_eq!(api(addr, "POST", &format!("{counter_path}/access"), Some(&alice), share).await.0, 202);
+    e2e::eventually(Duration::from_secs(30), "bob reads the shared counter", || async {
+        (api(addr, "GET", &counter_path, Some(&bob), Value::Null).await.0 == 200).then_some(())
+    })
+    .await;
+    let (status, body) = api(addr, "POST", &add, Some(&bob), json!({"input": 100})).await;
+    assert_eq!((status, body["code"].as_str()), (403, Some("forbidden")), "{body}");
+
+    // Search: bob finds the shared counter only; alice both; an admin everything. bob's own
+    // filter is added to the embedded one, never replaces it.
+    let private_id = format!("entity:Counter:{prefix}-private");
+    e2e::eventually(Duration::from_secs(60), "the projector shows what each may read", || async {
+        let theirs = counters_found(addr, &prefix, &bob, None).await;
+        let hers = counters_found(addr, &prefix, &alice, None).await;
+        (theirs == [counter_id.clone()] && hers.len() == 2).then_some(())
+    })
+    .await;
+    let escape = format!("id:={private_id} || readers:!=[`nobody`]");
+    assert!(counters_found(addr, &prefix, &bob, Some(&escape)).await.iter().all(|id| *id != private_id));
+    assert_eq!(counters_found(addr, &prefix, &root, None).await.len(), 2);
+
+    // A principal forged on an outside Kafka record grants nothing; a plain outside record acts
+    // as the ingress principal, which may not touch alice's counter.
+    let mut client = Client::new(&prefix);
+    let mut forged = client.signal(&InstanceId::entity("Counter", counter.clone()), "add", 1000);
+    forged.body = durable_schemas::Event::WithPrincipal {
+        user: "alice".into(),
+        roles: vec!["admin".into()],
+        inner: Box::new(forged.body),
+    };
+    let plain = client.signal(&InstanceId::entity("Counter", counter.clone()), "add", 1000);
+    client.send(&[forged, plain]).await;
+    let dead = e2e::topic_reader(&prefix, "dead");
+    let mut reasons = Vec::new();
+    while reasons.len() < 2 {
+        use rdkafka::Message as _;
+        let m = tokio::time::timeout(Duration::from_secs(60), dead.recv()).await.expect("dead letters").unwrap();
+        let h = rdkafka::message::Headers::iter(m.headers().expect("headers"))
+            .find(|h| h.key == durable_kafka::dead_letter::REASON)
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap();
+        reasons.push(h);
+    }
+    assert!(reasons.iter().any(|r| r.starts_with("WithPrincipal is part of Durable's protocol")), "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r == &format!("Forbidden: kafka-ingress may not signal {counter_id}")),
+        "{reasons:?}"
+    );
+
+    // alice revokes: bob is refused again, and his search finds nothing.
+    let revoke = json!({"action": "revoke", "user": "bob"});
+    assert_eq!(api(addr, "POST", &format!("{counter_path}/access"), Some(&alice), revoke).await.0, 202);
+    e2e::eventually(Duration::from_secs(60), "bob is refused and finds nothing again", || async {
+        let refused = api(addr, "GET", &counter_path, Some(&bob), Value::Null).await.0 == 404;
+        (refused && counters_found(addr, &prefix, &bob, None).await.is_empty()).then_some(())
+    })
+    .await;
+    let (_, body) = api(addr, "GET", &counter_path, Some(&alice), Value::Null).await;
+    assert_eq!(body["state"]["value"], 5, "nothing bob or the forged records sent changed it");
+    projector.stop().await;
+    processor.stop().await;
+}

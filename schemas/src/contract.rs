@@ -55,6 +55,11 @@ pub struct StateRecord {
     pub failure: Option<Failure>,
     /// Commit time, ms since the Unix epoch.
     pub updated_at: i64,
+    /// Who may read the instance: `user:<id>` for its owners and the users it is shared `read`
+    /// with, `role:<name>` for the roles (admins read everything). Empty for an instance nobody
+    /// owns (created anonymously). Absent from records written before authorization.
+    #[serde(default)]
+    pub readers: Vec<String>,
 }
 
 /// Dead letters: what every record on `<prefix>.dead` carries, whoever wrote it.
@@ -236,12 +241,13 @@ mod tests {
             custom_status: Some(serde_json::json!({"step": 2})),
             failure: Some(Failure::new("Boom", "it broke")),
             updated_at: 5,
+            readers: vec!["user:alice".into(), "role:auditor".into()],
         };
         let json = serde_json::to_vec(&r).expect("serializes");
         assert_eq!(serde_json::from_slice::<StateRecord>(&json).expect("reads back"), r);
         let minimal = r#"{"instance":"entity:C:1","kind":"entity","name":"C","key":"1","version":1,"status":"active","updated_at":1}"#;
         let m: StateRecord = serde_json::from_str(minimal).expect("optional fields may be absent");
-        assert_eq!((m.state, m.failure), (None, None));
+        assert_eq!((m.state, m.failure, m.readers), (None, None, vec![]));
         assert_eq!(Topics::new("x").dead, "x.dead");
     }
 

@@ -268,3 +268,20 @@ fn shares_and_owners_are_bounded() {
     assert!(decide(&policy, Some(&many), Operation::Read, &orch(), &access, true).is_err());
     assert!(decide(&policy, Some(&Principal::new("", ["admin"])), Operation::Read, &orch(), &access, true).is_err());
 }
+
+#[test]
+fn a_search_filter_names_the_user_and_its_roles_and_admins_get_none() {
+    let policy = Policy::enforcing();
+    assert_eq!(
+        search_filter(&policy, &Principal::new("bob", ["auditor"])).unwrap().as_deref(),
+        Some("readers:=[`user:bob`,`role:auditor`]")
+    );
+    assert_eq!(search_filter(&policy, &root()).unwrap(), None);
+    assert!(search_filter(&policy, &Principal::new("x`||readers:*", Vec::<String>::new())).is_err());
+    // The filter matches exactly what Access::readers lists for a reader.
+    let mut access = owned_by("alice");
+    let c = AccessChange::ShareWithRole { role: "auditor".into(), operations: vec!["read".into()] };
+    apply(&policy, &alice(), &orch(), &mut access, c);
+    assert!(access.readers().contains(&"role:auditor".to_owned()));
+    assert!(access.readers().contains(&"user:alice".to_owned()));
+}

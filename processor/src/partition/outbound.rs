@@ -70,9 +70,9 @@ pub fn payload_json(p: &Payload) -> serde_json::Value {
         .unwrap_or_else(|_| serde_json::json!({ "content_type": p.content_type, "bytes": p.data.len() }))
 }
 
-/// The state record of a committed change (`None` for an instance id that does not parse, which
-/// a committed change never has).
-pub fn state_record(change: &StateChange) -> Option<Outgoing> {
+/// The state record of a committed change, readable by `readers` (`None` for an instance id
+/// that does not parse, which a committed change never has).
+pub fn state_record(change: &StateChange, readers: &[String]) -> Option<Outgoing> {
     let id = InstanceId::parse(&change.instance).ok()?;
     let record = StateRecord {
         instance: change.instance.clone(),
@@ -85,6 +85,7 @@ pub fn state_record(change: &StateChange) -> Option<Outgoing> {
         custom_status: change.custom_status.as_ref().map(payload_json),
         failure: change.failure.clone(),
         updated_at: change.updated_at,
+        readers: readers.to_vec(),
     };
     let payload = serde_json::to_vec(&record).ok()?;
     Some(Outgoing {

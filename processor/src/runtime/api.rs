@@ -16,14 +16,16 @@
 //! | `POST /v1/instances/{id}/terminate` `{"reason"?, "event_id"?}` | terminate a running orchestration |
 //! | `GET /v1/registry` | the registered orchestrations, entities and activities |
 //! | `POST /v1/instances/{id}/access` `{"action", "user"?, "role"?, "operations"?, "event_id"?}` | share, revoke, transfer ownership, add an owner |
+//! | `POST /v1/search/key` | a Typesense key that searches only what the caller may read (an hour) |
 //! | `POST /v1/partitions/{partition}/accept-loss` | accept that Redis lost state of a partition its owner stopped (see `store::Taken::check`); admins only |
 //!
 //! Every request acts for the principal its bearer token proves ([`super::auth`]); without one
 //! it is anonymous, which only a deployment with anonymous access allows (else 401). Reads need
 //! `read` on the instance and answer 404 otherwise, as for an instance that does not exist
 //! (existence is not leaked). A write is checked before it is sent: 403 when the principal may
-//! read the instance but not do this, 404 when it may not even read it, 403 when it may not
-//! create it. The engine checks every event again when it applies it ([`crate::access`]).
+//! read the instance but not do this, or may not create it; 404 when it may not even read it
+//! (nobody may read an instance that does not exist yet, so an event for an orchestration not
+//! started yet is a 404: wait for the start). The engine checks every event again when it applies it ([`crate::access`]).
 //!
 //! Errors: an HTTP status and `{"code": "...", "message": "..."}` where the message says what to
 //! do. Writes answer `202 Accepted` with `{"instance", "event_id", "partition", "offset"}` once
@@ -75,7 +77,7 @@ impl IntoResponse for ApiError {
 type ApiResult = Result<(StatusCode, Json<Value>), ApiError>;
 
 /// Every path of the API (each is documented in `openapi.yaml`).
-pub const PATHS: [&str; 9] = [
+pub const PATHS: [&str; 10] = [
     "/v1/registry",
     "/v1/instances/{id}",
     "/v1/instances/{id}/history",
@@ -85,6 +87,7 @@ pub const PATHS: [&str; 9] = [
     "/v1/instances/{id}/terminate",
     "/v1/partitions/{partition}/accept-loss",
     "/v1/instances/{id}/access",
+    "/v1/search/key",
 ];
 
 /// The API routes.
@@ -99,6 +102,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(PATHS[6], post(terminate))
         .route(PATHS[7], post(accept_loss))
         .route(PATHS[8], post(change_access))
+        .route(PATHS[9], post(search_key))
         .with_state(shared)
 }
 
@@ -181,11 +185,18 @@ async fn may_send(
     };
     match decision {
         Ok(()) => Ok(()),
-        Err(_) if exists && !holds(policy, principal, &access, Operation::Read) => Err(not_found(target)),
-        Err(reason) if reason.starts_with("Forbidden: ") => {
+        Err(reason) if !reason.starts_with("Forbidden: ") => {
+            Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_body", reason))
+        }
+        // Refused: say so to whoever may see the instance (or was refused creating it); to
+        // anyone else it does not exist — an instance that does not exist yet, nobody may read.
+        Err(reason)
+            if (exists && holds(policy, principal, &access, Operation::Read))
+                || (!exists && reason.contains(" may not create ")) =>
+        {
             Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", reason))
         }
-        Err(reason) => Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_body", reason)),
+        Err(_) => Err(not_found(target)),
     }
 }
 
@@ -507,6 +518,48 @@ async fn change_access(
     write(&shared, &headers, Write::Access { id: &id }, raw).await
 }
 
+/// How long a scoped search key is valid.
+pub const SEARCH_KEY_TTL: Duration = Duration::from_secs(3600);
+
+/// A Typesense scoped search key for the caller: derived from the search-only key
+/// (`DURABLE_TYPESENSE_SEARCH_KEY`) with the filter of what the caller may read embedded, which
+/// Typesense adds to every search made with it (a search's own `filter_by` is joined with `&&`).
+/// Admins (and anonymous callers where anonymous access is on) get a key with no filter.
+async fn search_key(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> ApiResult {
+    let principal = caller(&shared, &headers)?;
+    let parent = shared.config.typesense_search_key.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "not_configured",
+            "this deployment gives out no search keys: set DURABLE_TYPESENSE_SEARCH_KEY (a search-only Typesense key)",
+        )
+    })?;
+    let filter = match &principal {
+        Some(p) => crate::access::search_filter(shared.engine.policy(), p)
+            .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, "forbidden", e))?,
+        None => None,
+    };
+    let expires_at = (now_ms() / 1000) as u64 + SEARCH_KEY_TTL.as_secs();
+    let mut params = json!({ "expires_at": expires_at });
+    if let Some(filter) = &filter {
+        params["filter_by"] = filter.clone().into();
+    }
+    let key = scoped_search_key(parent.expose(), &params.to_string());
+    Ok((StatusCode::OK, Json(json!({ "key": key, "expires_at": expires_at, "filter_by": filter }))))
+}
+
+/// Typesense's scoped search key: base64 of (base64 of HMAC-SHA256(parent, params) ‖ the
+/// parent's first four characters ‖ params).
+pub fn scoped_search_key(parent: &str, params: &str) -> String {
+    use base64::Engine as _;
+    use hmac::Mac as _;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(parent.as_bytes()).expect("HMAC takes any key length");
+    mac.update(params.as_bytes());
+    let digest = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    let prefix: String = parent.chars().take(4).collect();
+    base64::engine::general_purpose::STANDARD.encode(format!("{digest}{prefix}{params}"))
+}
+
 /// An operator accepts that Redis lost state of `partition`, whose owner stopped it: the owner
 /// goes on from Kafka's committed offset with what Redis still has. 409 if no loss of it is
 /// recorded (an acceptance never waits for a future loss).
@@ -547,6 +600,20 @@ async fn accept_loss(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scoped_search_keys_are_typesenses() {
+        // Typesense's documented example: parent key RN23GFr1s6jQ9kgSNg2O7fYcAUXU7127 with
+        // {"filter_by":"company_id:124","expires_at":1906054106}.
+        let key = scoped_search_key(
+            "RN23GFr1s6jQ9kgSNg2O7fYcAUXU7127",
+            r#"{"filter_by":"company_id:124","expires_at":1906054106}"#,
+        );
+        assert_eq!(
+            key,
+            "OW9DYWZGS1Q1RGdSbmo0S1QrOWxhbk9PL2kxbTU1eXA3bCthdmE5eXJKRT1STjIzeyJmaWx0ZXJfYnkiOiJjb21wYW55X2lkOjEyNCIsImV4cGlyZXNfYXQiOjE5MDYwNTQxMDZ9"
+        );
+    }
 
     #[test]
     fn every_path_is_documented_in_openapi_yaml() {
