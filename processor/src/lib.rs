@@ -31,8 +31,8 @@
 //!   the crate builds with none of the edge's dependencies.
 #![warn(missing_docs)]
 
-#[cfg(feature = "runtime")]
 pub mod access;
+#[cfg(feature = "runtime")]
 pub mod config;
 pub mod context;
 pub mod critical_sections;

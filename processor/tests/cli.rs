@@ -2,8 +2,12 @@
 
 use std::process::Command;
 
+/// The binary, with anonymous access on (what each test overrides when it is about
+/// authentication).
 fn processor() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_processor"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_processor"));
+    command.env("DURABLE_ANONYMOUS", "true");
+    command
 }
 
 #[test]
@@ -65,11 +69,20 @@ fn secrets_in_the_environment_stay_out_of_help_and_errors() {
         .env("DURABLE_KAFKA_OPTIONS", "ssl.key.password=key-pw-93ab")
         .env("DURABLE_REDIS_URL", "redis://app:redis-pw-77c2@127.0.0.1:1")
         .env("DURABLE_SECRET", "deployment-secret-5e0c")
+        .env("DURABLE_JWT_SECRETS", "jwt-secret-2b7e-0123456789abcdef0123")
+        .env("DURABLE_TYPESENSE_SEARCH_KEY", "search-key-8d1f")
         .arg("--help")
         .output()
         .unwrap();
     let help = String::from_utf8(out.stdout).unwrap();
-    for secret in ["kafka-pw-6f1d", "key-pw-93ab", "redis-pw-77c2", "deployment-secret-5e0c"] {
+    for secret in [
+        "kafka-pw-6f1d",
+        "key-pw-93ab",
+        "redis-pw-77c2",
+        "deployment-secret-5e0c",
+        "jwt-secret-2b7e",
+        "search-key-8d1f",
+    ] {
         assert!(!help.contains(secret), "--help shows {secret}:\n{help}");
     }
     let out = processor().env("DURABLE_REDIS_URL", "redis://app:redis-pw-77c2@127.0.0.1:1").output().unwrap();
@@ -125,4 +138,25 @@ fn an_empty_kafka_options_variable_means_no_options() {
         processor().env("DURABLE_KAFKA_OPTIONS", "").args(["--redis-url", "redis://127.0.0.1:1"]).output().unwrap();
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("cannot reach Redis"), "argument parsing should pass and fail later on Redis: {stderr}");
+}
+
+#[test]
+fn a_processor_that_cannot_tell_who_calls_refuses_to_start_and_says_what_to_set() {
+    let out =
+        processor().env_remove("DURABLE_ANONYMOUS").args(["--redis-url", "redis://127.0.0.1:1"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("DURABLE_JWT_SECRETS") && stderr.contains("DURABLE_ANONYMOUS=true"), "{stderr}");
+    // A short token secret is refused without being shown.
+    let out = processor()
+        .env("DURABLE_ANONYMOUS", "false")
+        .env("DURABLE_JWT_SECRETS", "short-jwt-4c1a")
+        .env("DURABLE_JWT_AUDIENCE", "a")
+        .env("DURABLE_JWT_ISSUER", "i")
+        .args(["--redis-url", "redis://127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("at least 32") && !stderr.contains("short-jwt-4c1a"), "{stderr}");
 }
