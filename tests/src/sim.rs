@@ -20,6 +20,11 @@
 //! - **store failures**: a load or commit fails (a commit possibly after it was applied); the
 //!   driver abandons the group and fetches its records again.
 //!
+//! Every event acts for a principal, as the management API sends them: the classic workloads as
+//! an `operator`, the access workload as alice (who owns vaults), bob (to whom alice shares one)
+//! and mallory (who tries everything alice did not allow, also with no principal at all). The
+//! engine enforces [`Policy::enforcing`]; at the end, nothing mallory sent changed anything.
+//!
 //! At quiescence, invariants are checked; the same seed always gives the same trace hash.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -27,13 +32,14 @@ use std::fmt::Write as _;
 use std::future::Future;
 use std::task::{Context, Poll, Waker};
 
+use durable_processor::access::{with_principal, Policy, Principal, FORBIDDEN};
 use durable_processor::examples::{self, Account, ApprovalInput, Counter, TransferInput, TransferOutcome};
 use durable_processor::history::{Body, InstanceRecord, OrchestrationStatus};
 use durable_processor::id::InstanceId;
 use durable_processor::partition::{timer_records, Done, Io, Outgoing, Partition, Ran, Record, Settings, Topic};
 use durable_processor::store::{CommitOutcome, MemoryStore, Store};
 use durable_processor::{Effect, Engine, Registry};
-use durable_schemas::{Envelope, Event, Payload};
+use durable_schemas::{AccessChange, Envelope, Event, Payload};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -59,6 +65,11 @@ pub struct Scale {
     /// `Transfer` orchestrations between random pairs of accounts (about one in four is also
     /// terminated at a random moment).
     pub transfers: usize,
+    /// alice's vault accounts of the access workload (she moves money between them).
+    pub vaults: usize,
+    /// What mallory tries against them (withdrawals, transfers out, taking ownership, sharing,
+    /// terminating alice's transfers, anonymous deposits).
+    pub intrusions: usize,
 }
 
 impl Default for Scale {
@@ -73,6 +84,8 @@ impl Default for Scale {
             tickers: 1,
             accounts: 4,
             transfers: 10,
+            vaults: 3,
+            intrusions: 8,
         }
     }
 }
@@ -237,6 +250,8 @@ struct World {
     committed_emits: BTreeSet<Vec<u8>>,
     /// The bank workload: opening deposits and transfers (and which were terminated).
     bank: Bank,
+    /// The access workload.
+    vaults: Vaults,
 }
 
 /// What the bank workload sent, to check the books at the end.
@@ -245,6 +260,24 @@ struct Bank {
     deposits: BTreeMap<String, i64>,
     transfers: Vec<(String, TransferInput, bool)>,
 }
+
+/// What the access workload sent.
+#[derive(Debug, Default)]
+struct Vaults {
+    /// Opening deposits (alice's), and bob's deposit into the vault alice shared with him.
+    deposits: BTreeMap<String, i64>,
+    /// alice's transfers between her vaults.
+    transfers: Vec<(String, TransferInput)>,
+    /// mallory's transfers out of alice's vaults (each must fail `Forbidden`).
+    thefts: Vec<String>,
+    /// Events mallory (or nobody) sent: each must be refused.
+    intrusions: usize,
+}
+
+/// The opening balance of each vault.
+const VAULT_OPENING: i64 = 100;
+/// What bob deposits into the vault alice shared with him.
+const BOB_DEPOSIT: i64 = 7;
 
 const T0: i64 = 1_700_000_000_000;
 
@@ -256,7 +289,7 @@ impl World {
         let mut world = Self {
             rng,
             now: T0,
-            engine: Engine::new(registry()),
+            engine: Engine::new(registry()).with_policy(Policy::enforcing()),
             store: MemoryStore::new(),
             logs: vec![Vec::new(); partitions],
             committed: vec![0; partitions],
@@ -273,6 +306,7 @@ impl World {
             crashes: 0,
             committed_emits: BTreeSet::new(),
             bank: Bank::default(),
+            vaults: Vaults::default(),
             config,
         };
         for p in 0..world.config.partitions {
@@ -297,7 +331,17 @@ impl World {
         }
     }
 
+    /// A client's event on behalf of the operator who runs the classic workloads.
     fn client_event(&self, n: usize, target: String, body: Event) -> Envelope {
+        self.event_as(Some(&operator()), n, target, body)
+    }
+
+    /// A client's event on behalf of `principal` (`None`: anonymous), as the API sends it.
+    fn event_as(&self, principal: Option<&Principal>, n: usize, target: String, body: Event) -> Envelope {
+        let body = match principal {
+            Some(p) => with_principal(body, p),
+            None => body,
+        };
         let mut e = Envelope::new(format!("client-{}-{n}", self.config.seed), target, self.now, body);
         e.source = Some("client:sim".into());
         e
@@ -307,10 +351,14 @@ impl World {
     fn workload(&mut self) -> VecDeque<Envelope> {
         let s = self.config.scale;
         let mut per_instance: Vec<VecDeque<Envelope>> = Vec::new();
-        let mut n = 0;
-        let mut next = |world: &World, target: String, body: Event| {
-            n += 1;
-            world.client_event(n, target, body)
+        let n = std::cell::Cell::new(0);
+        let next = |world: &World, target: String, body: Event| {
+            n.set(n.get() + 1);
+            world.client_event(n.get(), target, body)
+        };
+        let next_as = |world: &World, principal: Option<&Principal>, target: String, body: Event| {
+            n.set(n.get() + 1);
+            world.event_as(principal, n.get(), target, body)
         };
         let json = |v: &dyn erased::Json| v.payload();
         for i in 0..s.hello {
@@ -372,6 +420,70 @@ impl World {
             }
             self.bank.transfers.push((id, input, terminated));
             per_instance.push(events);
+        }
+        // The access workload: alice's vaults, one shared with bob, and mallory's attempts.
+        let (alice, bob, mallory) = (principal("alice"), principal("bob"), principal("mallory"));
+        let vault = |i: usize| InstanceId::entity("Account", format!("vault{i}")).canonical();
+        let deposit = |amount: i64| Event::EntityOperation { operation: "deposit".into(), input: json(&amount) };
+        for i in 0..s.vaults {
+            self.vaults.deposits.insert(format!("vault{i}"), VAULT_OPENING);
+            out.push_back(next_as(self, Some(&alice), vault(i), deposit(VAULT_OPENING)));
+        }
+        if s.vaults > 0 {
+            let share = AccessChange::ShareWithUser { user: "bob".into(), operations: vec!["signal".into()] };
+            let shared = next_as(self, Some(&alice), vault(0), Event::Access(share));
+            let bobs = next_as(self, Some(&bob), vault(0), deposit(BOB_DEPOSIT));
+            *self.vaults.deposits.get_mut("vault0").expect("opened") += BOB_DEPOSIT;
+            per_instance.push([shared, bobs].into());
+        }
+        for j in 0..if s.vaults >= 2 { s.vaults } else { 0 } {
+            let input =
+                TransferInput { from: format!("vault{j}"), to: format!("vault{}", (j + 1) % s.vaults), amount: 10 };
+            let id = InstanceId::orchestration("Transfer", format!("alice{j}")).canonical();
+            per_instance.push(
+                [next_as(self, Some(&alice), id.clone(), Event::StartOrchestration { input: json(&input) })].into(),
+            );
+            self.vaults.transfers.push((id, input));
+        }
+        for k in 0..if s.vaults > 0 { s.intrusions } else { 0 } {
+            let target = self.rng.gen_range(0..s.vaults);
+            let event = match self.rng.gen_range(0..6) {
+                0 => next_as(
+                    self,
+                    Some(&mallory),
+                    vault(target),
+                    Event::EntityOperation { operation: "withdraw".into(), input: json(&50i64) },
+                ),
+                1 => {
+                    let input = TransferInput { from: format!("vault{target}"), to: "mallory".into(), amount: 50 };
+                    let id = InstanceId::orchestration("Transfer", format!("mallory{k}")).canonical();
+                    self.vaults.thefts.push(id.clone());
+                    next_as(self, Some(&mallory), id, Event::StartOrchestration { input: json(&input) })
+                }
+                2 => next_as(
+                    self,
+                    Some(&mallory),
+                    vault(target),
+                    Event::Access(AccessChange::TransferOwnership { user: "mallory".into() }),
+                ),
+                // bob may signal vault0, not share it.
+                3 => next_as(
+                    self,
+                    Some(&bob),
+                    vault(0),
+                    Event::Access(AccessChange::ShareWithUser {
+                        user: "mallory".into(),
+                        operations: vec!["signal".into()],
+                    }),
+                ),
+                4 if s.vaults >= 2 => {
+                    let id = InstanceId::orchestration("Transfer", format!("alice{}", target % s.vaults)).canonical();
+                    next_as(self, Some(&mallory), id, Event::Terminate { reason: "mallory".into() })
+                }
+                _ => next_as(self, None, vault(target), deposit(1_000_000)),
+            };
+            self.vaults.intrusions += 1;
+            per_instance.push([event].into());
         }
         while per_instance.iter().any(|q| !q.is_empty()) {
             let live: Vec<usize> = (0..per_instance.len()).filter(|&i| !per_instance[i].is_empty()).collect();
@@ -805,9 +917,18 @@ impl World {
         if self.store.pending_timers() != 0 {
             v.push(format!("{} timers still pending", self.store.pending_timers()));
         }
+        let mut refused = 0;
         for d in &self.dead_letters {
-            v.push(format!("unexpected dead letter {d}"));
+            if d.contains(": Forbidden: ") {
+                refused += 1;
+            } else {
+                v.push(format!("unexpected dead letter {d}"));
+            }
         }
+        if refused > self.vaults.intrusions {
+            v.push(format!("{refused} events refused, but only {} were not allowed", self.vaults.intrusions));
+        }
+        self.check_vaults(&mut v);
         let s = self.config.scale;
         let record = |id: &str| self.store.get(id).map(|s| InstanceRecord::from_blob(&s.blob).expect("valid blob"));
         let output = |id: &str| -> Result<Payload, String> {
@@ -942,6 +1063,64 @@ impl World {
             ));
         }
     }
+}
+
+impl World {
+    /// Nothing mallory (or an anonymous sender, or bob beyond what he was granted) sent changed
+    /// anything: alice still owns every vault, only bob was granted anything (signal, on vault0),
+    /// the balances are explained exactly by alice's transfers and bob's deposit, mallory's
+    /// transfers failed `Forbidden` and alice's all completed.
+    fn check_vaults(&self, v: &mut Vec<String>) {
+        if self.vaults.deposits.is_empty() {
+            return;
+        }
+        let load = |id: &str| self.store.get(id).map(|s| InstanceRecord::from_blob(&s.blob).expect("valid blob"));
+        let mut expected = self.vaults.deposits.clone();
+        for (id, input) in &self.vaults.transfers {
+            match load(id).as_ref().and_then(|r| r.orchestration()).map(|h| h.status.clone()) {
+                Some(OrchestrationStatus::Completed { output }) => {
+                    if output.decode::<TransferOutcome>().ok() == Some(TransferOutcome::Transferred) {
+                        *expected.get_mut(&input.from).expect("vault") -= input.amount;
+                        *expected.get_mut(&input.to).expect("vault") += input.amount;
+                    }
+                }
+                other => v.push(format!("{id}: alice's transfer should complete, found {other:?}")),
+            }
+        }
+        for (key, want) in &expected {
+            let id = InstanceId::entity("Account", key.clone()).canonical();
+            let Some(record) = load(&id) else {
+                v.push(format!("{id}: missing"));
+                continue;
+            };
+            let balance = record.entity().and_then(|e| e.state.as_ref()?.decode::<Account>().ok()).map(|a| a.balance);
+            if balance != Some(*want) {
+                v.push(format!("{id}: balance {balance:?}, but alice's transfers and bob's deposit explain {want}"));
+            }
+            if record.access.owners != BTreeSet::from(["alice".to_owned()]) {
+                v.push(format!("{id}: owners {:?}, not alice alone", record.access.owners));
+            }
+            let granted: Vec<&String> = record.access.users.keys().chain(record.access.roles.keys()).collect();
+            let want_granted: Vec<&str> = if key == "vault0" { vec!["bob"] } else { vec![] };
+            if granted != want_granted {
+                v.push(format!("{id}: shared with {granted:?}, expected {want_granted:?}"));
+            }
+        }
+        for id in &self.vaults.thefts {
+            match load(id).as_ref().and_then(|r| r.orchestration()).map(|h| h.status.clone()) {
+                Some(OrchestrationStatus::Failed { failure }) if failure.kind == FORBIDDEN => {}
+                other => v.push(format!("{id}: mallory's transfer should fail Forbidden, found {other:?}")),
+            }
+        }
+    }
+}
+
+fn operator() -> Principal {
+    principal("operator")
+}
+
+fn principal(user: &str) -> Principal {
+    Principal::new(user, Vec::<String>::new())
 }
 
 fn emitted(effects: &[Effect]) -> Vec<Envelope> {

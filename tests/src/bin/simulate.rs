@@ -56,7 +56,18 @@ fn shrink(config: &Config, outcome: &Outcome) -> (Config, Outcome) {
         let base = best.0.clone();
         let mut candidates = Vec::new();
         let s = base.scale;
-        let fields = [s.hello, s.fanout, s.counters, s.signals, s.approvals, s.tickers, s.accounts, s.transfers];
+        let fields = [
+            s.hello,
+            s.fanout,
+            s.counters,
+            s.signals,
+            s.approvals,
+            s.tickers,
+            s.accounts,
+            s.transfers,
+            s.vaults,
+            s.intrusions,
+        ];
         for (i, field) in fields.iter().enumerate() {
             for smaller in [0, field / 2, field.saturating_sub(1)] {
                 if smaller < *field {
@@ -70,8 +81,10 @@ fn shrink(config: &Config, outcome: &Outcome) -> (Config, Outcome) {
                         &mut c.scale.tickers,
                         &mut c.scale.accounts,
                         &mut c.scale.transfers,
+                        &mut c.scale.vaults,
+                        &mut c.scale.intrusions,
                     ];
-                    *f.into_iter().nth(i).expect("eight fields") = smaller;
+                    *f.into_iter().nth(i).expect("ten fields") = smaller;
                     candidates.push(c);
                 }
             }
