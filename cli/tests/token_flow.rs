@@ -78,3 +78,45 @@ async fn the_readme_token_flow_works_against_a_processor_that_requires_tokens() 
 fn env_exports(env: &[(String, String)]) -> String {
     env.iter().map(|(k, v)| format!("export {k}={v}\n")).collect()
 }
+
+/// The management API on its own address over https (the test CA's certificate), `/metrics` and
+/// `/status` on theirs over plain HTTP: the CLI talks to it with --api-ca, a plain HTTP request
+/// to the API's port gets no answer, and the metrics address has no API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_api_serves_https_on_its_own_address() {
+    let tls = e2e::test_ca().parent().expect("the CA's directory").to_path_buf();
+    let prefix = e2e::unique_prefix("api-tls");
+    let api_port = e2e::free_port();
+    let mut config = InProcess::config(&prefix, 2);
+    config.api_addr = Some(format!("127.0.0.1:{api_port}").parse().unwrap());
+    config.api_tls_cert = Some(tls.join("server.pem"));
+    config.api_tls_key = Some(tls.join("server.key"));
+    let processor = InProcess::start_with(config).await;
+    let api = format!("https://127.0.0.1:{api_port}");
+    let out = durable_over_https(&api, &["start", "HelloSequence", "--key", "tls1", "--input", "[\"Oslo\"]"]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "orch:HelloSequence:tls1");
+    let waited = durable_over_https(&api, &["wait", "orch:HelloSequence:tls1", "--timeout", "60s"]).await;
+    assert_eq!(waited.status.code(), Some(0), "{}", String::from_utf8_lossy(&waited.stdout));
+    // Without the CA the certificate is not trusted: exit 2, saying it cannot reach the API.
+    let untrusted = Command::new(env!("CARGO_BIN_EXE_durable"))
+        .args(["--api", &api, "status", "orch:HelloSequence:tls1"])
+        .output()
+        .unwrap();
+    assert_eq!(untrusted.status.code(), Some(2));
+    // Plain HTTP to the API's port gets no HTTP answer; the metrics address serves no API.
+    let plain = reqwest::Client::new().get(format!("http://127.0.0.1:{api_port}/v1/registry")).send().await;
+    assert!(plain.is_err() || !plain.unwrap().status().is_success());
+    let metrics = format!("http://{}", processor.metrics);
+    let http = reqwest::Client::new();
+    assert!(http.get(format!("{metrics}/metrics")).send().await.unwrap().status().is_success());
+    assert_eq!(http.get(format!("{metrics}/v1/registry")).send().await.unwrap().status(), 404);
+    processor.stop().await;
+}
+
+/// `durable --api <api> --api-ca <test CA> <args>`, off the runtime's threads.
+async fn durable_over_https(api: &str, args: &[&str]) -> std::process::Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_durable"));
+    command.args(["--api", api, "--api-ca"]).arg(e2e::test_ca()).args(args).env_remove("DURABLE_TOKEN");
+    tokio::task::spawn_blocking(move || command.output().expect("run durable")).await.expect("joined")
+}

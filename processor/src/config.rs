@@ -44,9 +44,20 @@ pub struct ProcessorConfig {
     /// refused at start.
     #[arg(long, env = "DURABLE_REDIS_ALLOW_EVICTION")]
     pub redis_allow_eviction: bool,
-    /// Address serving the management API (/v1/…), /metrics and /status.
+    /// Address serving /metrics and /status, and the management API (/v1/…) unless
+    /// DURABLE_API_ADDR gives it one of its own.
     #[arg(long, env = "DURABLE_METRICS_ADDR", default_value = "127.0.0.1:9464")]
     pub metrics_addr: SocketAddr,
+    /// Address of the management API (/v1/…) on its own, so that /metrics need not share its
+    /// exposure.
+    #[arg(long, env = "DURABLE_API_ADDR")]
+    pub api_addr: Option<SocketAddr>,
+    /// PEM certificate chain the management API serves https with (with DURABLE_API_TLS_KEY).
+    #[arg(long, env = "DURABLE_API_TLS_CERT", requires = "api_tls_key")]
+    pub api_tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of that certificate.
+    #[arg(long, env = "DURABLE_API_TLS_KEY", requires = "api_tls_cert")]
+    pub api_tls_key: Option<std::path::PathBuf>,
     /// Most records a partition applies and commits in one group.
     #[arg(long, env = "DURABLE_BATCH", default_value_t = 256)]
     pub batch: usize,
@@ -216,6 +227,9 @@ impl ProcessorConfig {
             redis_cluster: false,
             redis_allow_eviction: false,
             metrics_addr: "127.0.0.1:0".parse().expect("valid address"),
+            api_addr: None,
+            api_tls_cert: None,
+            api_tls_key: None,
             batch: 256,
             max_event_bytes: 1_000_000,
             timer_interval: Duration::from_millis(100),

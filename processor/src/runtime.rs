@@ -197,6 +197,15 @@ pub async fn run_with(
         .await
         .with_context(|| format!("cannot listen on {} for /metrics: set DURABLE_METRICS_ADDR", config.metrics_addr))?;
     let metrics_addr = listener.local_addr()?;
+    let api_tls = http::api_tls(&config)?;
+    let api_listener = match config.api_addr {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for the management API: set DURABLE_API_ADDR"))?,
+        ),
+        None => None,
+    };
     let partitions = kafka::partition_count(&config).await?;
     let seal = seal(&config, &store).await?;
     let store_health = store_health(&config, &store).await?;
@@ -215,8 +224,19 @@ pub async fn run_with(
         store_health,
         auth,
     });
-    let server = tokio::spawn(http::serve(listener, shared.clone(), workers.clone()));
-    info!(%metrics_addr, topic = %shared.config.events_topic(), group = %shared.config.group, "processor running");
+    let status = http::status_router(shared.clone(), workers.clone());
+    let mut servers = Vec::new();
+    match api_listener {
+        None => {
+            let app = api::router(shared.clone()).merge(status);
+            servers.push(tokio::spawn(http::serve(listener, app, api_tls)));
+        }
+        Some(api_listener) => {
+            servers.push(tokio::spawn(http::serve(listener, status, None)));
+            servers.push(tokio::spawn(http::serve(api_listener, api::router(shared.clone()), api_tls)));
+        }
+    }
+    info!(%metrics_addr, api = ?shared.config.api_addr, https = shared.config.api_tls_cert.is_some(), topic = %shared.config.events_topic(), group = %shared.config.group, "processor running");
     if let Some(ready) = ready {
         let _ = ready.send(metrics_addr);
     }
@@ -264,7 +284,9 @@ pub async fn run_with(
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
         warn!(error = %e, "final offset commit failed; the last records will be redelivered (harmless)");
     }
-    server.abort();
+    for server in servers {
+        server.abort();
+    }
     info!("stopped");
     Ok(())
 }

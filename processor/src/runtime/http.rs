@@ -4,14 +4,70 @@
 use std::sync::Arc;
 
 use axum::routing::get;
-use axum::Json;
+use axum::{Json, Router};
+use tokio_rustls::rustls;
 
 use super::{Shared, Workers};
 use crate::metrics;
 
-/// Serve until the task is aborted.
-pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, workers: Arc<Workers>) {
-    let app = super::api::router(shared.clone())
+/// The TLS settings of the management API (`DURABLE_API_TLS_CERT`/`_KEY`), if it serves https.
+pub fn api_tls(config: &crate::config::ProcessorConfig) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let (Some(cert), Some(key)) = (&config.api_tls_cert, &config.api_tls_key) else { return Ok(None) };
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| anyhow::anyhow!("DURABLE_API_TLS_CERT: cannot read certificates from {}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        anyhow::bail!("DURABLE_API_TLS_CERT: {} holds no PEM certificate", cert.display());
+    }
+    let private = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| anyhow::anyhow!("DURABLE_API_TLS_KEY: cannot read a private key from {}: {e}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(certs, private))
+        .map_err(|e| anyhow::anyhow!("DURABLE_API_TLS_CERT/KEY do not make a TLS server: {e}"))?;
+    Ok(Some(Arc::new(tls)))
+}
+
+/// Serve `app` on `listener` until the task is aborted: plain HTTP, or https with `tls`.
+pub async fn serve(listener: tokio::net::TcpListener, app: Router, tls: Option<Arc<rustls::ServerConfig>>) {
+    let Some(tls) = tls else {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!(error = %e, "HTTP server stopped");
+        }
+        return;
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::debug!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        tokio::spawn(async move {
+            // A client that never finishes its handshake holds nothing for long.
+            let Ok(Ok(stream)) =
+                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await
+            else {
+                return;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// `/metrics` and `/status`.
+pub fn status_router(shared: Arc<Shared>, workers: Arc<Workers>) -> Router {
+    Router::new()
         .route(
             "/metrics",
             get(|| async { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics::render()) }),
@@ -53,8 +109,5 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, worke
                     }))
                 }
             }),
-        );
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::warn!(error = %e, "metrics server stopped");
-    }
+        )
 }
