@@ -288,6 +288,22 @@ pub enum Grant {
     Creates,
 }
 
+/// The operation an event asks of its target (`call`: it is an entity operation that expects a
+/// reply), `None` for the protocol's own messages (replies, releases, activity invocations),
+/// which their parties' checks cover ([`crate::trust`]), and for sharing events, which
+/// [`change`] decides.
+pub fn operation(core: &Event, call: bool) -> Option<Operation> {
+    Some(match core {
+        Event::StartOrchestration { .. } => Operation::Start,
+        Event::RaiseEvent { .. } => Operation::Signal,
+        Event::EntityOperation { .. } if call => Operation::Call,
+        Event::EntityOperation { .. } => Operation::Signal,
+        Event::Terminate { .. } => Operation::Terminate,
+        Event::LockRequest { .. } => Operation::Lock,
+        _ => return None,
+    })
+}
+
 /// Whether the operations `op` creates an instance of `kind`.
 fn creates(kind: Kind, op: Operation) -> bool {
     match kind {
@@ -378,22 +394,24 @@ pub fn change(
         Ok(ops)
     };
     let shares = access.users.len() + access.roles.len();
+    // Add `ops` to what `grantee` holds in `map` (users or roles), within the bound on shares.
+    let share = |map: &mut BTreeMap<String, BTreeSet<Operation>>, grantee: &String, ops| {
+        if !map.contains_key(grantee) && shares >= MAX_SHARES {
+            return Err(format!("{target} is shared with {MAX_SHARES} users and roles already"));
+        }
+        map.entry(grantee.clone()).or_default().extend(ops);
+        Ok(())
+    };
     match change {
         AccessChange::ShareWithUser { user, operations: names } => {
             name_ok(user)?;
             let ops = operations(names)?;
-            if !access.users.contains_key(user) && shares >= MAX_SHARES {
-                return Err(format!("{target} is shared with {MAX_SHARES} users and roles already"));
-            }
-            access.users.entry(user.clone()).or_default().extend(ops);
+            share(&mut access.users, user, ops)?;
         }
         AccessChange::ShareWithRole { role, operations: names } => {
             name_ok(role)?;
             let ops = operations(names)?;
-            if !access.roles.contains_key(role) && shares >= MAX_SHARES {
-                return Err(format!("{target} is shared with {MAX_SHARES} users and roles already"));
-            }
-            access.roles.entry(role.clone()).or_default().extend(ops);
+            share(&mut access.roles, role, ops)?;
         }
         AccessChange::RevokeUser { user } => {
             access.users.remove(user);

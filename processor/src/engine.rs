@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use durable_schemas::{Envelope, Event, Origin};
 
-use crate::access::{self, Grant, Operation, Policy, Principal, FORBIDDEN};
+use crate::access::{self, Grant, Policy, Principal, FORBIDDEN};
 use crate::effect::{Effect, StateChange};
 use crate::history::{Admission, Body, InstanceRecord, OrchestrationStatus, Outbox};
 use crate::id::{InstanceId, Kind};
@@ -190,8 +190,8 @@ impl Collector {
 /// The wrappers the infrastructure and context layers read, peeled off an event.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Unwrapped {
-    /// `WithPrincipal`: (user, roles).
-    pub principal: Option<(String, Vec<String>)>,
+    /// `WithPrincipal`: who the event acts for.
+    pub principal: Option<Principal>,
     /// `ReplyTo`: (address, correlation).
     pub reply_to: Option<(String, String)>,
     /// `WithLock`: (owner, participants).
@@ -205,7 +205,7 @@ pub(crate) fn unwrap(event: &Event) -> (Unwrapped, &Event) {
     loop {
         match e {
             Event::WithPrincipal { user, roles, inner } => {
-                w.principal.get_or_insert_with(|| (user.clone(), roles.clone()));
+                w.principal.get_or_insert_with(|| Principal::new(user.clone(), roles.clone()));
                 e = inner;
             }
             Event::ReplyTo { address, correlation, inner } => {
@@ -448,20 +448,6 @@ impl Engine {
     }
 }
 
-/// The operation an event asks of its target, `None` for the protocol's own messages (replies,
-/// releases, activity invocations), which their parties' checks cover ([`crate::trust`]).
-fn operation(wrappers: &Unwrapped, core: &Event) -> Option<Operation> {
-    Some(match core {
-        Event::StartOrchestration { .. } => Operation::Start,
-        Event::RaiseEvent { .. } => Operation::Signal,
-        Event::EntityOperation { .. } if wrappers.reply_to.is_some() => Operation::Call,
-        Event::EntityOperation { .. } => Operation::Signal,
-        Event::Terminate { .. } => Operation::Terminate,
-        Event::LockRequest { .. } => Operation::Lock,
-        _ => return None,
-    })
-}
-
 /// The authorization step: every event that asks something of `target` is decided by
 /// [`access::decide`] for the principal it carries; a refused one is dead-lettered (a refused
 /// call, sub-orchestration start or lock request is answered with a [`FORBIDDEN`] failure) and
@@ -477,7 +463,7 @@ fn authorize(
     let mut passed = Vec::with_capacity(events.len());
     for envelope in events {
         let (wrappers, core) = unwrap(&envelope.body);
-        let principal = wrappers.principal.as_ref().map(|(user, roles)| Principal::new(user.clone(), roles.clone()));
+        let principal = wrappers.principal.clone();
         if let Event::Access(change) = core {
             let change = change.clone();
             match access::change(policy, principal.as_ref(), target, &mut record.access, &change) {
@@ -486,7 +472,7 @@ fn authorize(
             }
             continue;
         }
-        let Some(op) = operation(&wrappers, core) else {
+        let Some(op) = access::operation(core, wrappers.reply_to.is_some()) else {
             passed.push(envelope);
             continue;
         };

@@ -247,6 +247,7 @@ async fn a_processor_runs_on_redis_over_tls_as_an_acl_user() {
 
     let wrong = server.url_as(Some("app:not-the-password-93"));
     let out = std::process::Command::new(BINARY)
+        .env("DURABLE_ANONYMOUS", "true")
         .env("DURABLE_BROKERS", e2e::brokers())
         .env("DURABLE_PREFIX", &prefix)
         .env("DURABLE_REDIS_URL", &wrong)

@@ -11,13 +11,13 @@ fn a_batch_of_seeds_passes_every_invariant() {
     }
 }
 
-/// Seed 288 makes a zombie of a rebalance run a local round after the next owner read past the
+/// Seed 746 makes a zombie of a rebalance run a local round after the next owner read past the
 /// record its outbox answers to: fenced (the core asks for the fence, the driver obeys), its
 /// commit fails and the replies go through the log; unfenced, it replaces the outbox behind the
 /// next owner's back, and the orchestration waits forever.
 #[test]
 fn local_commits_need_the_fence() {
-    let mut config = Config::new(288);
+    let mut config = Config::new(746);
     let fenced = sim::run(config.clone());
     assert!(fenced.violations.is_empty(), "{}", sim::describe(&config, &fenced));
     config.fence_local_commits = false;

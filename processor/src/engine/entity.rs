@@ -3,7 +3,6 @@
 use durable_schemas::{Envelope, Event, Payload};
 
 use super::{guarded, run_as, unwrap, Collector, Unwrapped};
-use crate::access::Principal;
 use crate::context::{EntityContext, UNKNOWN_OPERATION};
 use crate::effect::Effect;
 use crate::history::{Body, EntityLock, EntityState, InstanceRecord};
@@ -94,8 +93,8 @@ fn handle(registry: &Registry, id: &InstanceId, state: &mut EntityState, envelop
                     let mut e = Envelope::new(out.event_id(), target, out.now, body);
                     e.source = Some(me);
                     // The next participant decides the same principal's request.
-                    if let Some(principal) = principal(&wrappers) {
-                        run_as(&principal, &mut e);
+                    if let Some(principal) = &wrappers.principal {
+                        run_as(principal, &mut e);
                     }
                     out.effects.push(Effect::Emit(e));
                 }
@@ -148,7 +147,8 @@ fn run_operation(
             Err(failure)
         }
         Some(handler) => {
-            let mut ctx = EntityContext::new(id.clone(), out.now, envelope.source.clone(), wrappers.principal.clone());
+            let principal = wrappers.principal.clone().map(|p| (p.user, p.roles));
+            let mut ctx = EntityContext::new(id.clone(), out.now, envelope.source.clone(), principal);
             match guarded(|| handler.run(state.state.as_ref(), &mut ctx, operation, input)) {
                 Ok(Ok((new_state, _)))
                     if new_state.as_ref().is_some_and(|s| s.data.len() > out.limits.max_state_bytes) =>
@@ -164,11 +164,10 @@ fn run_operation(
                 Ok(Ok((new_state, result))) => {
                     state.state = new_state;
                     // An operation acts for its caller: what it sends carries the caller's principal.
-                    let caller = principal(wrappers);
                     for (target, body, fire_at) in ctx.take_outgoing() {
                         let mut e = Envelope::new(out.event_id(), target, out.now, body);
                         e.source = Some(id.canonical());
-                        if let Some(caller) = &caller {
+                        if let Some(caller) = &wrappers.principal {
                             run_as(caller, &mut e);
                         }
                         out.effects.push(match fire_at {
@@ -207,9 +206,4 @@ fn answer(
         e.source = Some(id.canonical());
         out.effects.push(Effect::Emit(e));
     }
-}
-
-/// The principal an event carries.
-fn principal(wrappers: &Unwrapped) -> Option<Principal> {
-    wrappers.principal.as_ref().map(|(user, roles)| Principal::new(user.clone(), roles.clone()))
 }

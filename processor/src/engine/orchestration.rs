@@ -239,8 +239,7 @@ impl Run<'_> {
         match core.clone() {
             Event::StartOrchestration { input } => {
                 let reply_to = wrappers.reply_to.map(|(address, correlation)| ReplyAddress { address, correlation });
-                let principal = wrappers.principal.map(|(user, roles)| Principal::new(user, roles));
-                self.start(envelope, input, reply_to, principal)
+                self.start(envelope, input, reply_to, wrappers.principal)
             }
             Event::ActivityCompleted { correlation, result } => {
                 self.reply(envelope, &correlation, Completion::Value(result))

@@ -175,11 +175,8 @@ async fn may_send(
             crate::access::change(policy, principal, target, &mut scratch, change).map(|_| ())
         }
         other => {
-            let op = match other {
-                Event::StartOrchestration { .. } => Operation::Start,
-                Event::Terminate { .. } => Operation::Terminate,
-                _ => Operation::Signal,
-            };
+            // The API sends no calls.
+            let op = crate::access::operation(other, false).unwrap_or(Operation::Signal);
             crate::access::decide(policy, principal, op, target, &access, exists).map(|_| ())
         }
     };
