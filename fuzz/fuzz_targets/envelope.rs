@@ -10,7 +10,13 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(envelope) = Envelope::decode(data) {
         let again = Envelope::decode(&envelope.encode()).expect("what decoded re-encodes to a valid record");
         assert_eq!(again, envelope);
+        let mut outside = envelope.clone();
+        let _ = durable_processor::trust::admit_outside(&mut outside, None);
+        // With an ingress principal the admitted event is wrapped in it (never panics either).
+        let ingress = durable_processor::access::Principal::new("kafka-ingress", ["producer"]);
         let mut outside = envelope;
-        let _ = durable_processor::trust::admit_outside(&mut outside);
+        if durable_processor::trust::admit_outside(&mut outside, Some(&ingress)).is_ok() {
+            let _ = outside.encode();
+        }
     }
 });
