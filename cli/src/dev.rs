@@ -37,6 +37,8 @@ const PREFIX: &str = "dev";
 
 /// Run until Ctrl-C or SIGTERM.
 pub async fn run(args: DevArgs) -> Result<u8, CliError> {
+    // Ctrl-C while it starts stops it once it runs.
+    let shutdown = runtime::shutdown_signal();
     runtime::log_to_stderr(&args.log);
     if args.partitions < 1 {
         return Err(CliError::unreachable("--partitions must be at least 1"));
@@ -95,7 +97,7 @@ pub async fn run(args: DevArgs) -> Result<u8, CliError> {
     println!("  durable status orch:HelloSequence:demo-1");
     println!("  durable signal Counter demo add --input 5 && durable state entity:Counter:demo");
     println!("  durable start Transfer --key t1 --input '{{\"from\":\"alice\",\"to\":\"bob\",\"amount\":5}}' && durable wait orch:Transfer:t1");
-    runtime::shutdown_signal().await;
+    shutdown.await;
     eprintln!("stopping");
     let _ = stop_tx.send(());
     match tokio::time::timeout(Duration::from_secs(30), processor).await {

@@ -25,13 +25,25 @@ pub struct Cli {
 pub const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM: the shutdown of a processor binary (and of `durable
-/// dev`). From then on the process has [`STOP_GRACE`] to exit.
-pub async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// dev`). The handlers are installed when this is called (inside the runtime), not when the
+/// future is first polled, so a signal that arrives while the processor is still starting is
+/// kept and stops it cleanly once it runs, instead of killing it. From then on the process has
+/// [`STOP_GRACE`] to exit.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = term.recv() => {}
+        }
+        arm_stop_watchdog();
     }
+}
+
+/// Exit with code 1 if the stop has not finished within [`STOP_GRACE`].
+fn arm_stop_watchdog() {
     std::thread::spawn(|| {
         std::thread::sleep(STOP_GRACE);
         eprintln!(
@@ -63,7 +75,10 @@ pub fn main(registry: Registry) -> std::process::ExitCode {
     log_to_stderr(&cli.log);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build();
     let result = match runtime {
-        Ok(rt) => rt.block_on(run(cli.config, registry, shutdown_signal(), None)),
+        Ok(rt) => rt.block_on(async {
+            let shutdown = shutdown_signal();
+            run(cli.config, registry, shutdown, None).await
+        }),
         Err(e) => Err(e.into()),
     };
     match result {
