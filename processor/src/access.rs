@@ -155,6 +155,12 @@ pub fn with_principal(body: Event, principal: &Principal) -> Event {
     }
 }
 
+/// Send `envelope` on behalf of `principal`: its body wrapped by [`with_principal`].
+pub fn send_as(envelope: &mut durable_schemas::Envelope, principal: &Principal) {
+    let body = std::mem::replace(&mut envelope.body, Event::Terminate { reason: String::new() });
+    envelope.body = with_principal(body, principal);
+}
+
 /// Who may do what to one instance; stored in its record.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Access {

@@ -537,8 +537,7 @@ pub(crate) fn run_as(principal: &Principal, e: &mut Envelope) {
             | Event::Access(_)
     );
     if request && unwrap(&e.body).0.principal.is_none() {
-        let body = std::mem::replace(&mut e.body, Event::Terminate { reason: String::new() });
-        e.body = access::with_principal(body, principal);
+        access::send_as(e, principal);
     }
 }
 

@@ -106,7 +106,7 @@ impl Harness {
 
     /// `envelope` sent on behalf of `principal` (as the management API sends what a token proves).
     pub fn as_principal(mut envelope: Envelope, principal: &crate::access::Principal) -> Envelope {
-        envelope.body = crate::access::with_principal(envelope.body, principal);
+        crate::access::send_as(&mut envelope, principal);
         envelope
     }
 

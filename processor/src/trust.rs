@@ -24,7 +24,7 @@
 
 use durable_schemas::{Envelope, Event};
 
-use crate::access::{with_principal, Principal};
+use crate::access::{send_as, Principal};
 use crate::id::InstanceId;
 
 /// Check an event that arrived without a valid seal: `Ok` (its `origin` cleared, and its body
@@ -62,8 +62,7 @@ pub fn admit_outside(envelope: &mut Envelope, ingress: Option<&Principal>) -> Re
     }
     envelope.origin = None;
     if let Some(principal) = ingress {
-        let body = std::mem::replace(&mut envelope.body, Event::Terminate { reason: String::new() });
-        envelope.body = with_principal(body, principal);
+        send_as(envelope, principal);
     }
     Ok(())
 }
