@@ -237,6 +237,9 @@ pub struct Policy {
     pub default_creation: Creation,
     /// The principal events from outside Kafka producers act as (`None`: anonymous).
     pub ingress: Option<Principal>,
+    /// Most live instances one user may have created, by orchestration or entity name
+    /// (unlisted names: no limit); enforced by [`crate::quota`].
+    pub limits: BTreeMap<String, u32>,
 }
 
 impl Policy {
@@ -248,6 +251,7 @@ impl Policy {
             creation: BTreeMap::new(),
             default_creation: Creation::Anyone,
             ingress: None,
+            limits: BTreeMap::new(),
         }
     }
 
@@ -310,8 +314,9 @@ pub fn operation(core: &Event, call: bool) -> Option<Operation> {
     })
 }
 
-/// Whether the operations `op` creates an instance of `kind`.
-fn creates(kind: Kind, op: Operation) -> bool {
+/// Whether the operation `op` creates an instance of `kind` (or revives one that is not live:
+/// see [`crate::quota`]).
+pub(crate) fn creates(kind: Kind, op: Operation) -> bool {
     match kind {
         Kind::Orchestration => op == Operation::Start,
         Kind::Entity => matches!(op, Operation::Signal | Operation::Call | Operation::Lock),

@@ -7,6 +7,7 @@ use durable_kafka::{KafkaConnection, Secret, TopicSettings, Topics};
 
 use crate::access::{Creation, Policy, Principal};
 use crate::engine::Limits;
+use crate::quota;
 
 /// How a processor connects and behaves. Every flag has an environment fallback.
 #[derive(Debug, Clone, clap::Args)]
@@ -156,6 +157,11 @@ pub struct AuthConfig {
     /// `Transfer=teller|manager,Vault=none`.
     #[arg(long, env = "DURABLE_CREATE_POLICY")]
     pub create_policy: Option<String>,
+    /// Most live instances one user may have created, per orchestration or entity name: comma
+    /// separated `Name=N`, e.g. `Transfer=5,Cart=1` (unlisted names: no limit; admins are not
+    /// limited). An orchestration is live until it finishes, an entity while it holds state.
+    #[arg(long, env = "DURABLE_CREATE_LIMITS")]
+    pub create_limits: Option<String>,
     /// The principal events from outside Kafka producers act as: `user` or `user:role|role`.
     /// Unset: anonymous (refused unless DURABLE_ANONYMOUS). A principal written into such an
     /// event is never believed.
@@ -175,6 +181,7 @@ impl AuthConfig {
             jwt_roles_claim: "roles".into(),
             admin_role: "admin".into(),
             create_policy: None,
+            create_limits: None,
             kafka_principal: None,
         }
     }
@@ -200,6 +207,23 @@ impl AuthConfig {
                         policy.creation.insert(name.to_owned(), rule);
                     }
                 }
+            }
+        }
+        if let Some(spec) = self.create_limits.as_deref() {
+            for item in spec.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+                let bad = || {
+                    format!(
+                        "DURABLE_CREATE_LIMITS: {item:?} is not Name=N (an orchestration or entity name, N from 0 to {})",
+                        quota::MAX_LIMIT
+                    )
+                };
+                let (name, limit) = item.split_once('=').ok_or_else(bad)?;
+                let limit: u32 = limit.trim().parse().map_err(|_| bad())?;
+                let name = name.trim();
+                if limit > quota::MAX_LIMIT || crate::id::validate_name(name).is_err() {
+                    return Err(bad());
+                }
+                policy.limits.insert(name.to_owned(), limit);
             }
         }
         if let Some(spec) = self.kafka_principal.as_deref() {
@@ -311,6 +335,14 @@ mod tests {
         assert_eq!(policy.creation["Vault"], Creation::Nobody);
         assert_eq!(policy.default_creation, Creation::Roles(["staff".into()].into()));
         assert_eq!(policy.ingress, Some(Principal::new("shop-backend", ["producer", "staff"])));
+        auth.create_limits = Some("Transfer=5, Cart=0".into());
+        let policy = auth.policy().unwrap();
+        assert_eq!(policy.limits, [("Transfer".to_owned(), 5), ("Cart".to_owned(), 0)].into());
+        for bad in ["Transfer", "Transfer=-1", "Transfer=10001", "Trans fer=3", "=3"] {
+            auth.create_limits = Some(bad.into());
+            assert!(auth.policy().unwrap_err().contains("is not Name=N"), "{bad}");
+        }
+        auth.create_limits = None;
         auth.create_policy = Some("Transfer".into());
         assert!(auth.policy().unwrap_err().contains("is not Name=rule"));
         auth.create_policy = None;

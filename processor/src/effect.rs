@@ -2,7 +2,8 @@
 //!
 //! A step of the engine never performs I/O; it returns [`Effect`]s. The driver (the runtime, the
 //! simulator or the test harness) commits the new state first and only then acts on them:
-//! [`Effect::Emit`] and [`Effect::StateChanged`] are produced after the commit succeeded,
+//! [`Effect::Emit`], [`Effect::StateChanged`] and [`Effect::DeadLetter`] are produced after the
+//! commit succeeded,
 //! [`Effect::Delay`] is parked in the partition's timer set *in the same atomic commit* as the
 //! state. A failed commit throws all effects away.
 
@@ -24,6 +25,16 @@ pub enum Effect {
     },
     /// Publish the new committed state for projections.
     StateChanged(StateChange),
+    /// Produce this event to the dead-letter topic with the reason, after the commit. Only in
+    /// a record's [`crate::history::Outbox`] (a step returns them as
+    /// [`crate::engine::StepOutput::dead_letters`]): kept there like the emits, so a crash
+    /// before they left sends them again and no dead letter is lost.
+    DeadLetter {
+        /// The event that could not be applied.
+        envelope: Envelope,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// A record of an instance's committed state, for the `<prefix>.state` feed.

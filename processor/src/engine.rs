@@ -22,8 +22,10 @@
 //! commit; the event counts as applied, so it is never retried.
 
 mod entity;
+mod ledger;
 mod orchestration;
 
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
@@ -33,6 +35,7 @@ use crate::access::{self, Grant, Policy, Principal, FORBIDDEN};
 use crate::effect::{Effect, StateChange};
 use crate::history::{Admission, Body, InstanceRecord, OrchestrationStatus, Outbox};
 use crate::id::{InstanceId, Kind};
+use crate::quota::{self, Reservation};
 use crate::registry::Registry;
 
 /// One event to apply, with its position in the instance's partition (if it came from one).
@@ -388,16 +391,38 @@ impl Engine {
                 _ => ready.push(envelope),
             }
         }
-        // Infrastructure layer: authorization. Sharing events end here.
-        let ready = authorize(&self.policy, target, &mut record, ready, &mut out);
+        // Infrastructure layer: authorization and creation limits. Sharing events end here.
+        let ready = if quota::is_ledger(target) {
+            ready
+        } else {
+            authorize(&self.policy, target, &mut record, ready, &mut out)
+        };
         let before = out.effects.len();
         match target.kind() {
+            _ if quota::is_ledger(target) => ledger::step(&self.policy, target, &mut record, ready, &mut out),
             Kind::Orchestration => orchestration::step(&self.registry, target, &mut record, ready, &mut out),
             Kind::Entity => entity::step(&self.registry, target, &mut record, ready, &mut out),
             Kind::Activity => {
                 for envelope in ready {
                     out.dead(envelope, "activity invocations are executed by the runtime, not stepped");
                 }
+            }
+        }
+        // The ledgers are Durable's own: application code does not address them.
+        let mut i = before;
+        while i < out.effects.len() {
+            match &out.effects[i] {
+                Effect::Emit(e) | Effect::Delay { envelope: e, .. } if quota::names_ledger(&e.target) => {
+                    let (Effect::Emit(e) | Effect::Delay { envelope: e, .. }) = out.effects.remove(i) else {
+                        unreachable!("matched above")
+                    };
+                    let reason = format!(
+                        "{} is Durable's own ledger of the creation limits: {target} may not send to it",
+                        e.target
+                    );
+                    out.dead(e, reason);
+                }
+                _ => i += 1,
             }
         }
         // An orchestration acts for whoever started its run: what it sends carries that principal.
@@ -408,6 +433,19 @@ impl Engine {
                         run_as(principal, e);
                     }
                 }
+            }
+        }
+        // A charged instance that is no longer live gives its place back.
+        if record.quota.waiting.is_none() && !quota::live(&record) {
+            if let Some(user) = record.quota.charged.take() {
+                let ledger = quota::ledger_of(target, &user);
+                let body = Event::EntityOperation {
+                    operation: quota::RELEASE.into(),
+                    input: durable_schemas::Payload::json(&record.id).expect("ids serialize"),
+                };
+                let mut e = Envelope::new(out.event_id(), ledger.canonical(), now, body);
+                e.source = Some(record.id.clone());
+                out.effects.push(Effect::Emit(e));
             }
         }
         // Every delivery was dropped (here or by the orchestration: a reply to a completed slot)
@@ -431,9 +469,19 @@ impl Engine {
                     e.origin = Some(Origin { stream: stream.clone(), seq: (offset << 20) | i as i64 });
                 }
             }
+            let dead = out
+                .dead_letters
+                .iter()
+                .map(|d| Effect::DeadLetter { envelope: d.envelope.clone(), reason: d.reason.clone() });
             record.outbox = Outbox {
                 offset: max_offset.or(trigger),
-                effects: out.effects.iter().filter(|e| !matches!(e, Effect::Delay { .. })).cloned().collect(),
+                effects: out
+                    .effects
+                    .iter()
+                    .filter(|e| !matches!(e, Effect::Delay { .. }))
+                    .cloned()
+                    .chain(dead)
+                    .collect(),
             };
         }
         StepOutput {
@@ -452,7 +500,9 @@ impl Engine {
 /// [`access::decide`] for the principal it carries; a refused one is dead-lettered (a refused
 /// call, sub-orchestration start or lock request is answered with a [`FORBIDDEN`] failure) and
 /// changes nothing else. The first principal to create the instance becomes its owner. Sharing
-/// events are applied to the record's access here. Returns the events that pass inward.
+/// events are applied to the record's access here. An event that creates an instance of a
+/// limited type waits, with every later one, for its user's ledger ([`crate::quota`]). Returns
+/// the events that pass inward.
 fn authorize(
     policy: &Policy,
     target: &InstanceId,
@@ -461,8 +511,52 @@ fn authorize(
     out: &mut Collector,
 ) -> Vec<Envelope> {
     let mut passed = Vec::with_capacity(events.len());
-    for envelope in events {
+    let mut work = VecDeque::from(events);
+    while let Some(envelope) = work.pop_front() {
         let (wrappers, core) = unwrap(&envelope.body);
+        if let Some(waiting) = &mut record.quota.waiting {
+            let ledger = quota::ledger_of(target, &waiting.user).canonical();
+            let answer = match core {
+                Event::OperationResult { correlation, outcome }
+                    if *correlation == waiting.correlation && envelope.source.as_deref() == Some(ledger.as_str()) =>
+                {
+                    Some(outcome.clone())
+                }
+                _ => None,
+            };
+            match answer {
+                Some(outcome) => {
+                    let Reservation { user, mut events, .. } = record.quota.waiting.take().expect("waiting");
+                    match outcome {
+                        Ok(_) => record.quota.charged = Some(user),
+                        Err(failure) => {
+                            let creating = events.pop_front().expect("a reservation holds its creating event");
+                            let (wrappers, core) = unwrap(&creating.body);
+                            refuse(target, &wrappers, core, creating.clone(), failure.message, out);
+                        }
+                    }
+                    // The held events are decided again, before what came after the answer.
+                    for e in events.into_iter().rev() {
+                        work.push_front(e);
+                    }
+                }
+                None if waiting.events.len() > out.limits.max_entity_queue => {
+                    let reason = format!(
+                        "{target} waits for its creation to be counted and {} events already wait behind it (DURABLE_MAX_ENTITY_QUEUE)",
+                        out.limits.max_entity_queue
+                    );
+                    refuse(target, &wrappers, core, envelope.clone(), reason, out);
+                }
+                None => waiting.events.push_back(envelope),
+            }
+            continue;
+        }
+        // A ledger's answer again (replies are not deduplicated by their origin): applied already.
+        if matches!(core, Event::OperationResult { .. }) && envelope.source.as_deref().is_some_and(quota::names_ledger)
+        {
+            out.drop(&envelope, DropReason::Duplicate);
+            continue;
+        }
         let principal = wrappers.principal.clone();
         if let Event::Access(change) = core {
             let change = change.clone();
@@ -477,16 +571,38 @@ fn authorize(
             continue;
         };
         let exists = !matches!(record.body, Body::Empty);
-        match access::decide(policy, principal.as_ref(), op, target, &record.access, exists) {
-            Ok(Grant::Creates) => {
-                if let Some(p) = principal {
-                    record.access.owners.insert(p.user);
-                }
-                passed.push(envelope);
+        let grant = match access::decide(policy, principal.as_ref(), op, target, &record.access, exists) {
+            Ok(grant) => grant,
+            Err(reason) => {
+                refuse(target, &wrappers, core, envelope.clone(), reason, out);
+                continue;
             }
-            Ok(Grant::Allowed) => passed.push(envelope),
-            Err(reason) => refuse(target, &wrappers, core, envelope.clone(), reason, out),
+        };
+        if let Some(user) = quota::needs_charge(policy, principal.as_ref(), op, target, record) {
+            // Held, with everything after it, until the user's ledger has counted it.
+            let correlation = out.event_id();
+            let ledger = quota::ledger_of(target, &user);
+            let reserve = Event::EntityOperation {
+                operation: quota::RESERVE.into(),
+                input: durable_schemas::Payload::json(&record.id).expect("ids serialize"),
+            };
+            let body = Event::ReplyTo {
+                address: record.id.clone(),
+                correlation: correlation.clone(),
+                inner: Box::new(reserve),
+            };
+            let mut e = Envelope::new(out.event_id(), ledger.canonical(), out.now, body);
+            e.source = Some(record.id.clone());
+            out.effects.push(Effect::Emit(e));
+            record.quota.waiting = Some(Reservation { correlation, user, events: VecDeque::from([envelope]) });
+            continue;
         }
+        if grant == Grant::Creates {
+            if let Some(p) = principal {
+                record.access.owners.insert(p.user);
+            }
+        }
+        passed.push(envelope);
     }
     passed
 }

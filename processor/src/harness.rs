@@ -190,7 +190,7 @@ impl Harness {
             match effect {
                 Effect::Emit(e) => self.pending.push_back(e.clone()),
                 Effect::Delay { fire_at, envelope } => self.timers.push((*fire_at, envelope.clone())),
-                Effect::StateChanged(_) => {}
+                Effect::StateChanged(_) | Effect::DeadLetter { .. } => {}
             }
         }
         self.dead_letters.extend(output.dead_letters.iter().cloned());

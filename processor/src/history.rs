@@ -34,13 +34,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::access::Access;
 use crate::effect::Effect;
+use crate::quota::Charge;
 
 /// How many outside-producer event ids each instance remembers.
 pub const EXTERNAL_ID_WINDOW: usize = 1000;
 
-/// Current blob format version (first byte of a stored blob): 2 is the record then its
-/// [`Access`]; 1 (still read) is the record alone, from before authorization.
-const BLOB_FORMAT: u8 = 2;
+/// Current blob format version (first byte of a stored blob): 3 is the record, its [`Access`],
+/// then its [`Charge`]; 2 (still read) has no charge, from before creation limits; 1 (still
+/// read) is the record alone, from before authorization.
+const BLOB_FORMAT: u8 = 3;
 
 /// The whole stored state of one instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,6 +65,9 @@ pub struct InstanceRecord {
     /// Who may do what to it (stored after the record in the blob, see [`BLOB_FORMAT`]).
     #[serde(skip)]
     pub access: Access,
+    /// Its standing with the creation limits (stored after its access, see [`BLOB_FORMAT`]).
+    #[serde(skip)]
+    pub quota: Charge,
 }
 
 /// The effects of the last committed step that must leave after the commit.
@@ -108,13 +113,15 @@ impl InstanceRecord {
             outbox: Outbox::default(),
             body: Body::Empty,
             access: Access::default(),
+            quota: Charge::default(),
         }
     }
 
     /// Serialize for the store.
     pub fn to_blob(&self) -> Vec<u8> {
         let out = postcard::to_extend(self, vec![BLOB_FORMAT]).expect("records always serialize");
-        postcard::to_extend(&self.access, out).expect("access always serializes")
+        let out = postcard::to_extend(&self.access, out).expect("access always serializes");
+        postcard::to_extend(&self.quota, out).expect("charges always serialize")
     }
 
     /// Read a stored blob.
@@ -122,9 +129,16 @@ impl InstanceRecord {
         let corrupt = |e: postcard::Error| BlobError::Corrupt(e.to_string());
         match blob.first() {
             Some(1) => postcard::from_bytes(&blob[1..]).map_err(corrupt),
-            Some(&BLOB_FORMAT) => {
+            Some(2) => {
                 let (mut record, rest): (Self, _) = postcard::take_from_bytes(&blob[1..]).map_err(corrupt)?;
                 record.access = postcard::from_bytes(rest).map_err(corrupt)?;
+                Ok(record)
+            }
+            Some(&BLOB_FORMAT) => {
+                let (mut record, rest): (Self, _) = postcard::take_from_bytes(&blob[1..]).map_err(corrupt)?;
+                let (access, rest) = postcard::take_from_bytes(rest).map_err(corrupt)?;
+                record.access = access;
+                record.quota = postcard::from_bytes(rest).map_err(corrupt)?;
                 Ok(record)
             }
             Some(&other) => Err(BlobError::UnknownFormat(other)),
@@ -527,9 +541,19 @@ mod tests {
         r.access.owners.insert("alice".into());
         r.access.users.insert("bob".into(), [crate::access::Operation::Read].into());
         r.access.run_as = Some(crate::access::Principal::new("alice", ["staff"]));
+        r.quota.charged = Some("alice".into());
+        r.quota.waiting = Some(crate::quota::Reservation {
+            correlation: "c".into(),
+            user: "alice".into(),
+            events: [signal("a", None)].into(),
+        });
         let blob = r.to_blob();
-        assert_eq!(blob[0], 2);
+        assert_eq!(blob[0], 3);
         assert_eq!(InstanceRecord::from_blob(&blob).unwrap(), r);
+        // Format 2: the record and its access (what processors before creation limits wrote).
+        let v2 = postcard::to_extend(&r.access, postcard::to_extend(&r, vec![2]).unwrap()).unwrap();
+        let old = InstanceRecord::from_blob(&v2).unwrap();
+        assert_eq!((&old.access, &old.quota), (&r.access, &crate::quota::Charge::default()));
         // Format 1: the record alone (what processors before authorization wrote).
         let mut v1 = postcard::to_extend(&r, vec![1]).unwrap();
         let old = InstanceRecord::from_blob(&v1).unwrap();

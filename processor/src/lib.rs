@@ -46,6 +46,7 @@ pub mod id;
 #[cfg(feature = "runtime")]
 pub mod metrics;
 pub mod partition;
+pub mod quota;
 pub mod registry;
 pub mod requests;
 #[cfg(feature = "runtime")]

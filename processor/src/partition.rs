@@ -727,11 +727,7 @@ impl Partition {
             if out.changed || out.resend.is_some() {
                 g.readers.insert(out.record.id.clone(), out.record.access.readers());
             }
-            for d in &out.dead_letters {
-                let key = d.envelope.target.as_bytes().to_vec();
-                let out = Out::Dead { key, payload: d.envelope.encode(), reason: d.reason.clone(), offset: last };
-                g.outbound.push((last, out));
-            }
+            // Dead letters leave with the outbox (`Effect::DeadLetter`): a resend sends them again.
             let (dead, dropped) = (out.dead_letters.len() as u64, out.dropped.len() as u64);
             self.stats.applied += (deliveries.len() as u64).saturating_sub(dead + dropped);
             self.stats.dropped += dropped;
@@ -777,6 +773,9 @@ impl Partition {
                                 }
                             },
                             Effect::Delay { .. } => {} // parked in the store with the commit
+                            Effect::DeadLetter { envelope, reason } => {
+                                records.push(self.dead_letter(&envelope, offset, &reason));
+                            }
                         }
                     }
                 }

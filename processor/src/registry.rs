@@ -22,7 +22,8 @@ type ActivityFn = Arc<dyn Fn(ActivityContext, Payload) -> ActivityFuture + Send 
 
 /// Handlers by name. Build it once with the builder methods and share it (`Arc`).
 ///
-/// Names must be 1–128 characters from `A-Z a-z 0-9 _ . -`; registering an invalid name panics
+/// Names must be 1–128 characters from `A-Z a-z 0-9 _ . -`, not starting with `durable.`
+/// (Durable's own, such as the ledgers of [`crate::quota`]); registering an invalid name panics
 /// (it is a programming error, found at start-up).
 #[derive(Clone, Default)]
 pub struct Registry {
@@ -44,6 +45,9 @@ fn encode_output<O: Serialize>(output: &O) -> Result<Payload, Failure> {
 fn checked(name: &str) -> String {
     if let Err(e) = validate_name(name) {
         panic!("cannot register handler: {e}");
+    }
+    if name.starts_with("durable.") {
+        panic!("cannot register handler {name:?}: names starting with \"durable.\" are Durable's own");
     }
     name.to_owned()
 }

@@ -576,6 +576,7 @@ async fn alice_owns_bob_is_refused_until_shared_and_search_shows_each_only_their
     config.auth.jwt_audience = Some("durable-e2e".into());
     config.auth.jwt_issuer = Some("e2e".into());
     config.auth.kafka_principal = Some("kafka-ingress".into());
+    config.auth.create_limits = Some("Counter=3".into());
     config.typesense_search_key = Some(Secret::new(search_only_key().await));
     let processor = InProcess::start_with(config).await;
     let projector = Projector::start(&prefix, &typesense_url()).await;
@@ -684,6 +685,40 @@ async fn alice_owns_bob_is_refused_until_shared_and_search_shows_each_only_their
     .await;
     let (_, body) = api(addr, "GET", &counter_path, Some(&alice), Value::Null).await;
     assert_eq!(body["state"]["value"], 5, "nothing bob or the forged records sent changed it");
+
+    // Creation limits: alice may have 3 live counters. She has 2; a third is created, a fourth
+    // is refused (dead-lettered Forbidden, never created) until she deletes one.
+    let add_to = |key: &str| format!("/v1/entities/Counter/{prefix}-{key}/add");
+    let read = |key: &str| format!("/v1/instances/entity:Counter:{prefix}-{key}");
+    assert_eq!(api(addr, "POST", &add_to("third"), Some(&alice), json!({"input": 3})).await.0, 202);
+    e2e::eventually(Duration::from_secs(30), "alice's third counter", || async {
+        (api(addr, "GET", &read("third"), Some(&alice), Value::Null).await.0 == 200).then_some(())
+    })
+    .await;
+    assert_eq!(api(addr, "POST", &add_to("fourth"), Some(&alice), json!({"input": 4})).await.0, 202);
+    let over = format!("Forbidden: alice has 3 live Counter instances, the most one user may have (DURABLE_CREATE_LIMITS); entity:Counter:{prefix}-fourth was not created");
+    loop {
+        use rdkafka::Message as _;
+        let m = tokio::time::timeout(Duration::from_secs(60), dead.recv()).await.expect("the refusal").unwrap();
+        let reason = rdkafka::message::Headers::iter(m.headers().expect("headers"))
+            .find(|h| h.key == durable_kafka::dead_letter::REASON)
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned());
+        if reason.as_deref() == Some(over.as_str()) {
+            break;
+        }
+    }
+    assert_eq!(api(addr, "GET", &read("fourth"), Some(&alice), Value::Null).await.0, 404);
+    assert_eq!(api(addr, "GET", &read("fourth"), Some(&root), Value::Null).await.0, 404, "not created");
+    let delete = format!("/v1/entities/Counter/{prefix}-private/delete");
+    assert_eq!(api(addr, "POST", &delete, Some(&alice), json!({"input": null})).await.0, 202);
+    e2e::eventually(Duration::from_secs(60), "the fourth counter once a place is free", || async {
+        let _ = api(addr, "POST", &add_to("fourth"), Some(&alice), json!({"input": 4})).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (status, body) = api(addr, "GET", &read("fourth"), Some(&alice), Value::Null).await;
+        (status == 200 && body["state"]["value"].as_i64() >= Some(4)).then_some(())
+    })
+    .await;
     projector.stop().await;
     processor.stop().await;
 }

@@ -37,6 +37,7 @@ use durable_processor::examples::{self, Account, ApprovalInput, Counter, Transfe
 use durable_processor::history::{Body, InstanceRecord, OrchestrationStatus};
 use durable_processor::id::InstanceId;
 use durable_processor::partition::{timer_records, Done, Io, Outgoing, Partition, Ran, Record, Settings, Topic};
+use durable_processor::quota;
 use durable_processor::store::{CommitOutcome, MemoryStore, Store};
 use durable_processor::{Effect, Engine, Registry};
 use durable_schemas::{AccessChange, Envelope, Event, Payload};
@@ -70,6 +71,9 @@ pub struct Scale {
     /// What mallory tries against them (withdrawals, transfers out, taking ownership, sharing,
     /// terminating alice's transfers, anonymous deposits).
     pub intrusions: usize,
+    /// `Locker` entities each of quinn and rita tries to create, over their limit of
+    /// [`LOCKER_LIMIT`] live lockers: quinn's stay, rita's are deleted right after.
+    pub lockers: usize,
 }
 
 impl Default for Scale {
@@ -86,6 +90,7 @@ impl Default for Scale {
             transfers: 10,
             vaults: 3,
             intrusions: 8,
+            lockers: 4,
         }
     }
 }
@@ -175,7 +180,17 @@ pub struct Outcome {
 
 /// The registry the simulator runs: the bundled examples.
 pub fn registry() -> Registry {
-    examples::register(Registry::new())
+    examples::register(Registry::new()).entity("Locker", examples::counter())
+}
+
+/// Most live `Locker` entities one user may have (the creation-limit workload).
+pub const LOCKER_LIMIT: u32 = 2;
+
+/// The policy the simulated engine enforces: principals required, and the locker limit.
+pub fn policy() -> Policy {
+    let mut policy = Policy::enforcing();
+    policy.limits.insert("Locker".into(), LOCKER_LIMIT);
+    policy
 }
 
 fn now_or_never<F: Future>(f: F) -> F::Output {
@@ -242,6 +257,8 @@ struct World {
     /// Times each orchestration was observed to go from running to finished at a commit.
     finishes: BTreeMap<String, u32>,
     dead_letters: Vec<String>,
+    /// Every dead letter produced, as (headers, payload), to count repeats once.
+    dead_letter_seen: BTreeSet<DeadLetterRecord>,
     conflicts: usize,
     reruns: usize,
     cache_hits: usize,
@@ -253,6 +270,9 @@ struct World {
     /// The access workload.
     vaults: Vaults,
 }
+
+/// A dead letter as produced: its headers and payload.
+type DeadLetterRecord = (Vec<(&'static str, String)>, Vec<u8>);
 
 /// What the bank workload sent, to check the books at the end.
 #[derive(Debug, Default)]
@@ -289,7 +309,7 @@ impl World {
         let mut world = Self {
             rng,
             now: T0,
-            engine: Engine::new(registry()).with_policy(Policy::enforcing()),
+            engine: Engine::new(registry()).with_policy(policy()),
             store: MemoryStore::new(),
             logs: vec![Vec::new(); partitions],
             committed: vec![0; partitions],
@@ -300,6 +320,7 @@ impl World {
             trace: Vec::new(),
             finishes: BTreeMap::new(),
             dead_letters: Vec::new(),
+            dead_letter_seen: BTreeSet::new(),
             conflicts: 0,
             reruns: 0,
             cache_hits: 0,
@@ -484,6 +505,18 @@ impl World {
             };
             self.vaults.intrusions += 1;
             per_instance.push([event].into());
+        }
+        // The creation-limit workload: quinn's lockers stay (only LOCKER_LIMIT of them may be
+        // created), rita's are deleted right after their first operation (their places come back).
+        let locker = |user: &str, i: usize| InstanceId::entity("Locker", format!("{user}{i}")).canonical();
+        let add = Event::EntityOperation { operation: "add".into(), input: json(&1i64) };
+        let delete = Event::EntityOperation { operation: "delete".into(), input: json(&()) };
+        for i in 0..s.lockers {
+            let (quinn, rita) = (principal("quinn"), principal("rita"));
+            per_instance.push([next_as(self, Some(&quinn), locker("quinn", i), add.clone())].into());
+            let adds = next_as(self, Some(&rita), locker("rita", i), add.clone());
+            let deletes = next_as(self, Some(&rita), locker("rita", i), delete.clone());
+            per_instance.push([adds, deletes].into());
         }
         while per_instance.iter().any(|q| !q.is_empty()) {
             let live: Vec<usize> = (0..per_instance.len()).filter(|&i| !per_instance[i].is_empty()).collect();
@@ -726,8 +759,12 @@ impl World {
                 }
             }
             Topic::Dead => {
+                // Dead letters leave with their outbox, at least once: a resend repeats one with
+                // the same headers and payload, which is the same dead letter.
                 let reason = record.reason().unwrap_or_default().to_owned();
-                self.dead_letters.push(format!("p{p}: {reason}"));
+                if self.dead_letter_seen.insert((record.headers.clone(), record.payload.clone())) {
+                    self.dead_letters.push(format!("p{p}: {reason}"));
+                }
             }
             Topic::State => {}
         }
@@ -918,13 +955,18 @@ impl World {
             v.push(format!("{} timers still pending", self.store.pending_timers()));
         }
         let mut refused = 0;
+        let mut over_limit = BTreeMap::<&str, usize>::new();
         for d in &self.dead_letters {
-            if d.contains(": Forbidden: ") {
+            let limited = ["quinn", "rita"].into_iter().find(|u| d.contains(&format!(": Forbidden: {u} has ")));
+            if let Some(user) = limited.filter(|_| d.contains("the most one user may have")) {
+                *over_limit.entry(user).or_default() += 1;
+            } else if d.contains(": Forbidden: ") {
                 refused += 1;
             } else {
                 v.push(format!("unexpected dead letter {d}"));
             }
         }
+        self.check_lockers(&over_limit, &mut v);
         if refused > self.vaults.intrusions {
             v.push(format!("{refused} events refused, but only {} were not allowed", self.vaults.intrusions));
         }
@@ -1066,6 +1108,59 @@ impl World {
 }
 
 impl World {
+    /// The creation limits held: each user's ledger lists exactly its live lockers, charged to
+    /// it and owned by it, never more than [`LOCKER_LIMIT`]; quinn (whose lockers stay) has
+    /// exactly that many and was refused for each other one; rita (who deletes hers) has none
+    /// live and her ledger is empty — every place came back.
+    fn check_lockers(&self, over_limit: &BTreeMap<&str, usize>, v: &mut Vec<String>) {
+        let s = self.config.scale;
+        let load = |id: &str| self.store.get(id).map(|s| InstanceRecord::from_blob(&s.blob).expect("valid blob"));
+        for user in ["quinn", "rita"] {
+            let ledger_id = quota::ledger_of(&InstanceId::entity("Locker", "x"), user).canonical();
+            let ledger: BTreeSet<String> = load(&ledger_id)
+                .and_then(|r| r.entity()?.state.as_ref()?.decode::<quota::Ledger>().ok())
+                .map(|l| l.instances)
+                .unwrap_or_default();
+            let mut live = BTreeSet::new();
+            for i in 0..s.lockers {
+                let id = InstanceId::entity("Locker", format!("{user}{i}")).canonical();
+                let Some(record) = load(&id) else { continue };
+                if record.quota.waiting.is_some() {
+                    v.push(format!("{id}: still waits for its ledger"));
+                }
+                if quota::live(&record) {
+                    live.insert(id.clone());
+                    if record.quota.charged.as_deref() != Some(user) || !record.access.owners.contains(user) {
+                        v.push(format!(
+                            "{id}: live but charged to {:?}, owned by {:?}",
+                            record.quota.charged, record.access.owners
+                        ));
+                    }
+                } else if record.quota.charged.is_some() {
+                    v.push(format!("{id}: not live but still charged to {:?}", record.quota.charged));
+                }
+            }
+            if ledger != live {
+                v.push(format!("{user}'s ledger lists {ledger:?} but {live:?} are live"));
+            }
+            if live.len() > LOCKER_LIMIT as usize {
+                v.push(format!("{user} has {} live lockers, over the limit of {LOCKER_LIMIT}", live.len()));
+            }
+            let refusals = over_limit.get(user).copied().unwrap_or(0);
+            let want_live = s.lockers.min(LOCKER_LIMIT as usize);
+            if user == "quinn" && (live.len() != want_live || refusals != s.lockers - want_live) {
+                v.push(format!(
+                    "quinn has {} live lockers and {refusals} refusals; expected {want_live} and {}",
+                    live.len(),
+                    s.lockers - want_live
+                ));
+            }
+            if user == "rita" && (!live.is_empty() || refusals > 2 * s.lockers) {
+                v.push(format!("rita has {live:?} live and {refusals} refusals"));
+            }
+        }
+    }
+
     /// Nothing mallory (or an anonymous sender, or bob beyond what he was granted) sent changed
     /// anything: alice still owns every vault, only bob was granted anything (signal, on vault0),
     /// the balances are explained exactly by alice's transfers and bob's deposit, mallory's

@@ -16,6 +16,11 @@ pub(super) fn step(
     events: Vec<Envelope>,
     out: &mut Collector,
 ) {
+    // Nothing passed authorization: a refused first event creates nothing (an ownerless body
+    // would keep its rightful creator out).
+    if events.is_empty() {
+        return;
+    }
     if matches!(record.body, Body::Empty) {
         record.body = Body::Entity(EntityState::default());
     }

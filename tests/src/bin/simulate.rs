@@ -67,6 +67,7 @@ fn shrink(config: &Config, outcome: &Outcome) -> (Config, Outcome) {
             s.transfers,
             s.vaults,
             s.intrusions,
+            s.lockers,
         ];
         for (i, field) in fields.iter().enumerate() {
             for smaller in [0, field / 2, field.saturating_sub(1)] {
@@ -83,8 +84,9 @@ fn shrink(config: &Config, outcome: &Outcome) -> (Config, Outcome) {
                         &mut c.scale.transfers,
                         &mut c.scale.vaults,
                         &mut c.scale.intrusions,
+                        &mut c.scale.lockers,
                     ];
-                    *f.into_iter().nth(i).expect("ten fields") = smaller;
+                    *f.into_iter().nth(i).expect("eleven fields") = smaller;
                     candidates.push(c);
                 }
             }

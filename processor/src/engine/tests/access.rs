@@ -212,3 +212,19 @@ fn activities_and_sub_orchestrations_receive_the_starters_principal() {
     );
     assert!(matches!(h.status(&h1), Some(OrchestrationStatus::Completed { .. })), "not restarted");
 }
+
+#[test]
+fn a_refused_first_event_creates_nothing_and_the_rightful_creator_still_can() {
+    let policy = Policy {
+        creation: [("Account".to_owned(), crate::access::Creation::Roles(["staff".into()].into()))].into(),
+        ..Policy::enforcing()
+    };
+    let mut h = Harness::new(examples::register(Registry::new())).with_policy(policy);
+    // bob may not create accounts: his signal to a1 is refused and leaves no ownerless body.
+    let squat = h.signal(&account("a1"), "open", "bob");
+    let out = h.deliver(Harness::as_principal(squat, &bob()));
+    assert!(out.dead_letters[0].reason.contains("bob may not create a Account"), "{:?}", out.dead_letters);
+    assert!(h.record(&account("a1").canonical()).unwrap().entity().is_none());
+    open(&mut h, &alice(), "a1", 5);
+    assert_eq!(balance(&h, "a1"), Some(5));
+}
