@@ -30,8 +30,14 @@ pub enum Effect {
     /// [`crate::engine::StepOutput::dead_letters`]): kept there like the emits, so a crash
     /// before they left sends them again and no dead letter is lost.
     DeadLetter {
-        /// The event that could not be applied.
-        envelope: Envelope,
+        /// Its key: the target of the event that could not be applied.
+        key: String,
+        /// The encoded event, or its first [`durable_schemas::contract::dead_letter::MAX_COPY`]
+        /// bytes (what the dead-letter topic carries; a refused large event costs the outbox
+        /// no more than that).
+        value: Vec<u8>,
+        /// The encoded event's size when `value` is a truncated copy.
+        truncated_from: Option<u64>,
         /// Why.
         reason: String,
     },

@@ -469,10 +469,16 @@ impl Engine {
                     e.origin = Some(Origin { stream: stream.clone(), seq: (offset << 20) | i as i64 });
                 }
             }
-            let dead = out
-                .dead_letters
-                .iter()
-                .map(|d| Effect::DeadLetter { envelope: d.envelope.clone(), reason: d.reason.clone() });
+            let dead = out.dead_letters.iter().map(|d| {
+                let encoded = d.envelope.encode();
+                let (copy, truncated_from) = durable_schemas::contract::dead_letter::copy(&encoded);
+                Effect::DeadLetter {
+                    key: d.envelope.target.clone(),
+                    value: copy.to_vec(),
+                    truncated_from: truncated_from.map(|n| n as u64),
+                    reason: d.reason.clone(),
+                }
+            });
             record.outbox = Outbox {
                 offset: max_offset.or(trigger),
                 effects: out

@@ -773,8 +773,21 @@ impl Partition {
                                 }
                             },
                             Effect::Delay { .. } => {} // parked in the store with the commit
-                            Effect::DeadLetter { envelope, reason } => {
-                                records.push(self.dead_letter(&envelope, offset, &reason));
+                            Effect::DeadLetter { key, value, truncated_from, reason } => {
+                                self.stats.dead_letters += 1;
+                                let source = dead_letter::Source {
+                                    topic: &self.settings.events_topic,
+                                    partition: p as i32,
+                                    offset,
+                                };
+                                let truncated_from = truncated_from.map(|n| n as usize);
+                                records.push(Outgoing::dead_copy(
+                                    key.into_bytes(),
+                                    value,
+                                    truncated_from,
+                                    &reason,
+                                    source,
+                                ));
                             }
                         }
                     }

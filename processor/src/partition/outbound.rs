@@ -49,12 +49,24 @@ impl Outgoing {
     /// A dead letter for `payload` (copied up to the contract's limit) read from `source`.
     pub fn dead(key: Vec<u8>, payload: &[u8], reason: &str, source: dead_letter::Source<'_>) -> Self {
         let (copy, truncated) = dead_letter::copy(payload);
+        Self::dead_copy(key, copy.to_vec(), truncated, reason, source)
+    }
+
+    /// A dead letter whose value is already the copy [`dead_letter::copy`] made of a payload of
+    /// `truncated_from` bytes (`None`: the whole payload).
+    pub fn dead_copy(
+        key: Vec<u8>,
+        copy: Vec<u8>,
+        truncated_from: Option<usize>,
+        reason: &str,
+        source: dead_letter::Source<'_>,
+    ) -> Self {
         Self {
             topic: Topic::Dead,
             key,
-            payload: copy.to_vec(),
+            payload: copy,
             partition: None,
-            headers: dead_letter::headers("processor", reason, source, truncated),
+            headers: dead_letter::headers("processor", reason, source, truncated_from),
         }
     }
 

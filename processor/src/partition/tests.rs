@@ -217,6 +217,29 @@ fn a_resend_ends_the_group_before_the_instances_new_records() {
     assert_eq!(counter_value(&store, "c1"), 2);
 }
 
+/// A dead letter is committed with its instance's outbox: a processor that crashed after the
+/// commit, before it produced, has it produced again by the next owner when the record is
+/// redelivered — with the same headers and value, so nothing is lost and a repeat is the same.
+#[test]
+fn a_dead_letter_committed_but_not_produced_is_produced_by_the_next_owner() {
+    let store = MemoryStore::new();
+    let mut core = core(0, &store);
+    let mut unknown = add(1, "c1");
+    unknown.body = Event::EntityOperation { operation: "explode".into(), input: Payload::null() };
+    let first = record(0, &unknown);
+    let (_, produced) = drive(&mut core, &store, vec![first.clone()], |_| {});
+    let dead: Vec<&Outgoing> = produced.iter().filter(|o| o.topic == Topic::Dead).collect();
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].reason().unwrap().contains("explode"), "{:?}", dead[0].reason());
+    // The processor crashed before those records left: a new owner reads the record again.
+    let mut next = self::core(0, &store);
+    let (seen, again) = drive(&mut next, &store, vec![first], |_| {});
+    assert!(!seen.iter().any(|s| matches!(s, Seen::Commit { .. })), "nothing new to commit: {seen:?}");
+    let dead_again: Vec<&Outgoing> = again.iter().filter(|o| o.topic == Topic::Dead).collect();
+    assert_eq!(dead_again.len(), 1, "{again:?}");
+    assert_eq!((&dead_again[0].headers, &dead_again[0].payload), (&dead[0].headers, &dead[0].payload));
+}
+
 /// Hostile records become dead letters with the reason and where they came from; the rest of
 /// the group is applied.
 #[test]
