@@ -43,6 +43,7 @@ pub mod examples;
 pub mod harness;
 pub mod history;
 pub mod id;
+pub mod index;
 #[cfg(feature = "runtime")]
 pub mod metrics;
 pub mod partition;

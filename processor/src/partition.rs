@@ -907,5 +907,6 @@ fn unapplied(outbound: &mut Vec<(i64, Out)>, replies: Vec<(i64, Envelope)>) {
 /// The write of a changed step computed from `etag`.
 fn write(id: &str, out: &StepOutput, etag: Option<u64>) -> Write {
     let timers = out.delayed().map(|(fire_at, e)| TimerEntry { fire_at, envelope: e.encode() }).collect();
-    Write { id: id.to_owned(), expected: etag, blob: out.record.to_blob(), timers }
+    let index = crate::index::Summary::of(&out.record).map(|s| crate::store::Indexed::of(&s));
+    Write { id: id.to_owned(), expected: etag, blob: out.record.to_blob(), timers, index }
 }

@@ -24,6 +24,10 @@
 //!   an offset in Kafka, and a new owner compares it with Kafka's committed offset
 //!   ([`Taken::check`]). Etags, timer seqs and epochs of a store that can lose writes must stay
 //!   unique across the loss (the Redis store derives them from its clock).
+//! - The instance index: a write with [`Write::index`] puts that entry in the partition's index
+//!   in the same atomic step as the blob, and moves the instance from the count of its previous
+//!   group to the count of its new one. [`Store::list`] reads entries in id byte order after a
+//!   given id; [`Store::counts`] reads the counts.
 
 pub mod memory;
 #[cfg(feature = "runtime")]
@@ -64,6 +68,25 @@ pub struct Write {
     pub blob: Vec<u8>,
     /// Delayed events parked with this write.
     pub timers: Vec<TimerEntry>,
+    /// The instance's entry in the partition's index after this write (see [`Store::list`]);
+    /// `None` leaves the index as it is.
+    pub index: Option<Indexed>,
+}
+
+/// An instance's entry in its partition's index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Indexed {
+    /// What it is counted under ([`crate::index::Summary::group`]).
+    pub group: String,
+    /// Its [`crate::index::Summary`], as JSON.
+    pub summary: String,
+}
+
+impl Indexed {
+    /// The entry of `summary`.
+    pub fn of(summary: &crate::index::Summary) -> Self {
+        Self { group: summary.group(), summary: serde_json::to_string(summary).expect("summaries serialize") }
+    }
 }
 
 /// The result of one [`Write`].
@@ -220,6 +243,20 @@ pub trait Store: Send + Sync + 'static {
     /// Fire time of the earliest parked timer of `partition`, and how many are parked.
     fn timer_backlog(&self, partition: u32) -> impl Future<Output = StoreResult<(Option<i64>, usize)>> + Send;
 
+    /// Up to `count` entries of `partition`'s index whose ids start with `prefix`, after the id
+    /// `after` (`None`: from the first), in id byte order: `(id, summary JSON)`.
+    fn list(
+        &self,
+        partition: u32,
+        prefix: &str,
+        after: Option<&str>,
+        count: usize,
+    ) -> impl Future<Output = StoreResult<Vec<(String, String)>>> + Send;
+
+    /// How many of `partition`'s indexed instances are in each group (groups with none left
+    /// may be absent or 0).
+    fn counts(&self, partition: u32) -> impl Future<Output = StoreResult<Vec<(String, u64)>>> + Send;
+
     /// The deployment secret the store keeps for the processors' seals (see [`crate::trust`]):
     /// the one kept, or `fresh` (kept from now on) if there is none yet. Every processor of a
     /// deployment gets the same one.
@@ -305,6 +342,20 @@ impl Store for AnyStore {
 
     async fn timer_backlog(&self, partition: u32) -> StoreResult<(Option<i64>, usize)> {
         delegate!(self, s => s.timer_backlog(partition))
+    }
+
+    async fn list(
+        &self,
+        partition: u32,
+        prefix: &str,
+        after: Option<&str>,
+        count: usize,
+    ) -> StoreResult<Vec<(String, String)>> {
+        delegate!(self, s => s.list(partition, prefix, after, count))
+    }
+
+    async fn counts(&self, partition: u32) -> StoreResult<Vec<(String, u64)>> {
+        delegate!(self, s => s.counts(partition))
     }
 
     async fn deployment_secret(&self, fresh: Vec<u8>) -> StoreResult<Vec<u8>> {

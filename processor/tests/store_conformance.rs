@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use durable_processor::store::{CommitOutcome, Continuity, MemoryStore, RedisStore, Store, TimerEntry, Write};
+use durable_processor::store::{CommitOutcome, Continuity, Indexed, MemoryStore, RedisStore, Store, TimerEntry, Write};
 
 fn write(id: &str, expected: Option<u64>, blob: &str, timers: &[(i64, &str)]) -> Write {
     Write {
@@ -13,7 +13,14 @@ fn write(id: &str, expected: Option<u64>, blob: &str, timers: &[(i64, &str)]) ->
         expected,
         blob: blob.as_bytes().to_vec(),
         timers: timers.iter().map(|(at, e)| TimerEntry { fire_at: *at, envelope: e.as_bytes().to_vec() }).collect(),
+        index: None,
     }
+}
+
+fn indexed(id: &str, expected: Option<u64>, group: &str) -> Write {
+    let mut w = write(id, expected, group, &[]);
+    w.index = Some(Indexed { group: group.into(), summary: format!("{{\"id\":\"{id}\",\"group\":\"{group}\"}}") });
+    w
 }
 
 fn etag(outcome: CommitOutcome) -> u64 {
@@ -116,6 +123,7 @@ async fn concurrent_writers_never_lose_updates<S: Store>(store: Arc<S>) {
                         expected: current.map(|s| s.etag),
                         blob: (value + 1).to_string().into_bytes(),
                         timers: vec![],
+                        index: None,
                     };
                     match store.commit(p, vec![w]).await.unwrap()[0] {
                         CommitOutcome::Committed { .. } => break,
@@ -220,6 +228,67 @@ async fn the_first_deployment_secret_offered_is_kept<S: Store>(store: &S) {
     );
 }
 
+/// The index follows the committed writes: entries in id order after a given id, within a
+/// prefix; counts move with an instance's group; a conflicting write changes nothing; a write
+/// without an entry leaves the index as it is; partitions are separate.
+async fn the_index_lists_in_id_order_and_counts_by_group<S: Store>(store: &S) {
+    let p = 5;
+    let mut etags = std::collections::BTreeMap::new();
+    for (id, group) in [
+        ("orch:Approval:a2", "orch:Approval|running"),
+        ("orch:Approval:a1", "orch:Approval|running"),
+        ("entity:Counter:c1", "entity:Counter|active"),
+        ("orch:ApprovalX:z", "orch:ApprovalX|running"),
+        ("orch:Hello:h1", "orch:Hello|completed"),
+    ] {
+        etags.insert(id, etag(store.commit(p, vec![indexed(id, None, group)]).await.unwrap()[0]));
+    }
+    let ids = |page: Vec<(String, String)>| page.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.list(p, "", None, 100).await.unwrap()),
+        ["entity:Counter:c1", "orch:Approval:a1", "orch:Approval:a2", "orch:ApprovalX:z", "orch:Hello:h1"]
+    );
+    assert_eq!(
+        ids(store.list(p, "orch:Approval:", None, 100).await.unwrap()),
+        ["orch:Approval:a1", "orch:Approval:a2"]
+    );
+    assert_eq!(
+        ids(store.list(p, "orch:Approval:", Some("orch:Approval:a1"), 100).await.unwrap()),
+        ["orch:Approval:a2"]
+    );
+    assert_eq!(
+        ids(store.list(p, "orch:", Some("entity:zzz"), 2).await.unwrap()),
+        ["orch:Approval:a1", "orch:Approval:a2"]
+    );
+    assert_eq!(ids(store.list(p, "", Some("orch:Hello:h1"), 100).await.unwrap()), Vec::<String>::new());
+    let page = store.list(p, "entity:", None, 1).await.unwrap();
+    assert_eq!(page[0].1, r#"{"id":"entity:Counter:c1","group":"entity:Counter|active"}"#);
+    assert!(store.list(p + 1, "", None, 100).await.unwrap().is_empty(), "partitions are separate");
+    let counts =
+        |c: Vec<(String, u64)>| c.into_iter().filter(|(_, n)| *n > 0).collect::<std::collections::BTreeMap<_, _>>();
+    assert_eq!(counts(store.counts(p).await.unwrap())["orch:Approval|running"], 2);
+    // a1 completes: it moves between counts; a write of a2 in the same group counts once.
+    let a1 = etag(
+        store
+            .commit(p, vec![indexed("orch:Approval:a1", Some(etags["orch:Approval:a1"]), "orch:Approval|completed")])
+            .await
+            .unwrap()[0],
+    );
+    store
+        .commit(p, vec![indexed("orch:Approval:a2", Some(etags["orch:Approval:a2"]), "orch:Approval|running")])
+        .await
+        .unwrap();
+    // A conflicting write and a write without an entry change nothing in the index.
+    let stale = indexed("orch:Approval:a1", Some(etags["orch:Approval:a1"]), "orch:Approval|failed");
+    assert_eq!(store.commit(p, vec![stale]).await.unwrap(), [CommitOutcome::Conflict]);
+    store.commit(p, vec![write("orch:Approval:a1", Some(a1), "x", &[])]).await.unwrap();
+    let c = counts(store.counts(p).await.unwrap());
+    assert_eq!((c["orch:Approval|running"], c["orch:Approval|completed"]), (1, 1));
+    assert_eq!((c.get("orch:Approval|failed"), c["orch:Hello|completed"], c.len()), (None, 1, 5));
+    let a1_summary = store.list(p, "orch:Approval:a1", None, 1).await.unwrap().remove(0).1;
+    assert!(a1_summary.contains("orch:Approval|completed"), "{a1_summary}");
+}
+
 /// The contract's tests for one implementation: `$store` makes a fresh store.
 macro_rules! contract_tests {
     ($store:expr) => {
@@ -250,6 +319,10 @@ macro_rules! contract_tests {
         #[tokio::test]
         async fn the_applied_mark_only_goes_up_and_tells_a_new_owner_what_was_lost() {
             super::the_applied_mark_only_goes_up_and_tells_a_new_owner_what_was_lost(&$store).await
+        }
+        #[tokio::test]
+        async fn the_index_lists_in_id_order_and_counts_by_group() {
+            super::the_index_lists_in_id_order_and_counts_by_group(&$store).await
         }
         #[tokio::test]
         async fn a_loss_is_accepted_only_once_recorded() {

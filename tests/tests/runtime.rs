@@ -88,7 +88,13 @@ async fn a_write_behind_the_record_cache_is_never_overwritten() {
     let mut record = InstanceRecord::from_blob(&stored.blob).unwrap();
     let Body::Entity(entity) = &mut record.body else { panic!("an entity") };
     entity.state = Some(durable_schemas::Payload::json(&Counter { value: 100 }).unwrap());
-    let write = Write { id: counter.canonical(), expected: Some(stored.etag), blob: record.to_blob(), timers: vec![] };
+    let write = Write {
+        id: counter.canonical(),
+        expected: Some(stored.etag),
+        blob: record.to_blob(),
+        timers: vec![],
+        index: None,
+    };
     assert!(matches!(store.commit(p, vec![write]).await.unwrap()[0], CommitOutcome::Committed { .. }));
     // The next signal goes through the processor, whose cache still holds value 1.
     let second = vec![client.signal(&counter, "add", 1)];

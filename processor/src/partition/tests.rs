@@ -178,7 +178,13 @@ fn only_the_instance_that_lost_its_commit_is_rerun() {
         if std::mem::take(&mut first) {
             // Another owner writes `b` (same blob, new etag).
             let stored = store.get(&b).expect("stored");
-            let write = Write { id: b.clone(), expected: Some(stored.etag), blob: stored.blob, timers: Vec::new() };
+            let write = Write {
+                id: b.clone(),
+                expected: Some(stored.etag),
+                blob: stored.blob,
+                timers: Vec::new(),
+                index: None,
+            };
             now_or_never(store.commit(0, vec![write])).expect("memory store");
         }
     };
@@ -282,7 +288,7 @@ fn events_for_an_unreadable_record_are_dead_lettered_and_it_is_not_overwritten()
     let store = MemoryStore::new();
     let mut core = core(0, &store);
     let id = InstanceId::entity("Counter", "c1").canonical();
-    let garbage = Write { id: id.clone(), expected: None, blob: b"garbage".to_vec(), timers: Vec::new() };
+    let garbage = Write { id: id.clone(), expected: None, blob: b"garbage".to_vec(), timers: Vec::new(), index: None };
     now_or_never(store.commit(0, vec![garbage])).expect("memory store");
     let (seen, produced) = drive(&mut core, &store, vec![record(0, &add(1, "c1"))], |_| {});
     assert!(!seen.iter().any(|s| matches!(s, Seen::Commit { .. })), "{seen:?}");

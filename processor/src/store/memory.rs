@@ -27,6 +27,16 @@ struct Inner {
     losses: BTreeMap<u32, bool>,
     /// See [`Store::deployment_secret`].
     secret: Option<Vec<u8>>,
+    /// Partition → its instance index (see [`Store::list`]).
+    indexes: BTreeMap<u32, Index>,
+}
+
+#[derive(Debug, Default)]
+struct Index {
+    /// id → (group, summary).
+    entries: BTreeMap<String, (String, String)>,
+    /// group → instances in it.
+    counts: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Default)]
@@ -100,7 +110,18 @@ impl Inner {
             }
             self.last_etag += 1;
             let etag = self.last_etag;
-            self.instances.insert(write.id, (write.blob, etag));
+            let id = write.id;
+            self.instances.insert(id.clone(), (write.blob, etag));
+            if let Some(indexed) = write.index {
+                let index = self.indexes.entry(partition).or_default();
+                let old = index.entries.insert(id.clone(), (indexed.group.clone(), indexed.summary));
+                if old.as_ref().map(|(group, _)| group) != Some(&indexed.group) {
+                    if let Some((group, _)) = old {
+                        *index.counts.entry(group).or_default() -= 1;
+                    }
+                    *index.counts.entry(indexed.group).or_default() += 1;
+                }
+            }
             let timers = self.partitions.entry(partition).or_default();
             for t in write.timers {
                 timers.arrivals += 1;
@@ -214,6 +235,37 @@ impl Store for MemoryStore {
             .partitions
             .get(&partition)
             .map_or((None, 0), |t| (t.parked.keys().next().map(|(at, _)| *at), t.parked.len() + t.released.len())))
+    }
+
+    async fn list(
+        &self,
+        partition: u32,
+        prefix: &str,
+        after: Option<&str>,
+        count: usize,
+    ) -> StoreResult<Vec<(String, String)>> {
+        use std::ops::Bound;
+        let inner = self.inner.lock().expect("store lock");
+        let Some(index) = inner.indexes.get(&partition) else { return Ok(Vec::new()) };
+        let start = match after {
+            Some(after) if after >= prefix => Bound::Excluded(after.to_owned()),
+            _ => Bound::Included(prefix.to_owned()),
+        };
+        Ok(index
+            .entries
+            .range((start, Bound::Unbounded))
+            .take_while(|(id, _)| id.starts_with(prefix))
+            .take(count)
+            .map(|(id, (_, summary))| (id.clone(), summary.clone()))
+            .collect())
+    }
+
+    async fn counts(&self, partition: u32) -> StoreResult<Vec<(String, u64)>> {
+        let inner = self.inner.lock().expect("store lock");
+        Ok(inner
+            .indexes
+            .get(&partition)
+            .map_or_else(Vec::new, |i| i.counts.iter().map(|(g, n)| (g.clone(), *n)).collect()))
     }
 
     async fn deployment_secret(&self, fresh: Vec<u8>) -> StoreResult<Vec<u8>> {

@@ -14,6 +14,11 @@
 //!   processors compare it with Kafka's committed offset to detect lost state (see
 //!   [`Store::take`]). `<prefix>:{p<N>}:lost` — `waiting` while the partition's owner waits
 //!   for an operator to accept a loss of its state, `accepted` once one did.
+//! - The instance index (see [`Store::list`]): `<prefix>:{p<N>}:ids` — sorted set of the
+//!   partition's indexed instance ids (all score 0, so read by id with `ZRANGEBYLEX`);
+//!   `<prefix>:{p<N>}:summaries` — hash `id → summary JSON`; `<prefix>:{p<N>}:groups` — hash
+//!   `id → group`; `<prefix>:{p<N>}:counts` — hash `group → instances in it`. The commit script
+//!   keeps them with the blobs.
 //! - `<prefix>:secret` — the deployment secret of the processors' seals when `DURABLE_SECRET`
 //!   is not set ([`Store::deployment_secret`]).
 //!
@@ -54,11 +59,13 @@ local function raise(v)
 end
 "#;
 
-/// Compare-and-set of many instances. KEYS: state keys..., timers key, epoch key, applied key.
+/// Compare-and-set of many instances. KEYS: state keys..., timers key, epoch key, applied key,
+/// then the index keys: ids (sorted set), summaries (hash), groups (hash), counts (hash).
 /// ARGV: n, the epoch the commit is fenced with ("" = not fenced), the offset to raise the
 /// applied mark to ("" = none), the floor of the applied mark ("" = none: below it, nothing is
 /// written and the answer is {-2, mark}), then per write: expected etag ("" = must not exist),
-/// blob, timer count, then (fire_at, envelope) pairs.
+/// blob, instance id, index group ("" = leave the index), index summary, timer count, then
+/// (fire_at, envelope) pairs.
 const COMMIT: &str = r#"
 local n = tonumber(ARGV[1])
 local timers = KEYS[n + 1]
@@ -75,16 +82,33 @@ if ARGV[2] ~= '' and redis.call('GET', KEYS[n + 2]) ~= ARGV[2] then
   end
   return out
 end
+local ids, summaries, groups, counts = KEYS[n + 4], KEYS[n + 5], KEYS[n + 6], KEYS[n + 7]
 local a = 5
 for i = 1, n do
   local expected = ARGV[a]
   local blob = ARGV[a + 1]
-  local count = tonumber(ARGV[a + 2])
-  a = a + 3
+  local id = ARGV[a + 2]
+  local group = ARGV[a + 3]
+  local summary = ARGV[a + 4]
+  local count = tonumber(ARGV[a + 5])
+  a = a + 6
   local current = redis.call('HGET', KEYS[i], 'e')
   if (current == false and expected == '') or (current ~= false and current == expected) then
     local etag = raise(current)
     redis.call('HSET', KEYS[i], 'b', blob, 'e', etag)
+    if group ~= '' then
+      local old = redis.call('HGET', groups, id)
+      if old ~= group then
+        if old then
+          redis.call('HINCRBY', counts, old, -1)
+        else
+          redis.call('ZADD', ids, 0, id)
+        end
+        redis.call('HINCRBY', counts, group, 1)
+        redis.call('HSET', groups, id, group)
+      end
+      redis.call('HSET', summaries, id, summary)
+    end
     for t = 1, count do
       redis.call('ZADD', timers, ARGV[a], ARGV[a + 1])
       a = a + 2
@@ -97,6 +121,22 @@ for i = 1, n do
 end
 if ARGV[3] ~= '' and tonumber(ARGV[3]) > (tonumber(redis.call('GET', KEYS[n + 3])) or -1) then
   redis.call('SET', KEYS[n + 3], ARGV[3])
+end
+return out
+"#;
+
+/// A page of a partition's index. KEYS: ids, summaries. ARGV: the ZRANGEBYLEX min and max,
+/// the most ids. Returns id, summary, id, summary, ….
+const LIST: &str = r#"
+local ids = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[1], ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
+if #ids == 0 then
+  return {}
+end
+local summaries = redis.call('HMGET', KEYS[2], unpack(ids))
+local out = {}
+for i, id in ipairs(ids) do
+  out[2 * i - 1] = id
+  out[2 * i] = summaries[i] or ''
 end
 return out
 "#;
@@ -212,6 +252,7 @@ struct Scripts {
     mark: Script,
     take: Script,
     accepted: Script,
+    list: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -319,6 +360,7 @@ impl RedisStore {
                 mark: Script::new(MARK),
                 take: Script::new(&format!("{CLOCK}{TAKE}")),
                 accepted: Script::new(ACCEPTED),
+                list: Script::new(LIST),
             }),
         }
     }
@@ -357,6 +399,9 @@ impl RedisStore {
         invocation.key(self.partition_key(partition, "timers"));
         invocation.key(self.partition_key(partition, "epoch"));
         invocation.key(self.partition_key(partition, "applied"));
+        for what in ["ids", "summaries", "groups", "counts"] {
+            invocation.key(self.partition_key(partition, what));
+        }
         invocation.arg(writes.len());
         invocation.arg(epoch.map(|e| e.to_string()).unwrap_or_default());
         invocation.arg(applied.map(|o| o.to_string()).unwrap_or_default());
@@ -364,6 +409,11 @@ impl RedisStore {
         for w in &writes {
             invocation.arg(w.expected.map(|e| e.to_string()).unwrap_or_default());
             invocation.arg(&w.blob[..]);
+            invocation.arg(&w.id);
+            match &w.index {
+                Some(indexed) => invocation.arg(&indexed.group).arg(&indexed.summary),
+                None => invocation.arg("").arg(""),
+            };
             invocation.arg(w.timers.len());
             for t in &w.timers {
                 invocation.arg(t.fire_at).arg(&t.envelope[..]);
@@ -596,6 +646,42 @@ impl Store for RedisStore {
             .await
             .map_err(unavailable)?;
         Ok((first.first().map(|(_, score)| *score as i64), parked + released))
+    }
+
+    async fn list(
+        &self,
+        partition: u32,
+        prefix: &str,
+        after: Option<&str>,
+        count: usize,
+    ) -> StoreResult<Vec<(String, String)>> {
+        // Ids are printable ASCII (`crate::id`): prefix + 0xFF bounds every id with the prefix.
+        let min = match after {
+            Some(after) if after >= prefix => format!("({after}").into_bytes(),
+            _ => format!("[{prefix}").into_bytes(),
+        };
+        let max = if prefix.is_empty() { b"+".to_vec() } else { [b"[", prefix.as_bytes(), &[0xFF]].concat() };
+        let flat: Vec<String> = self
+            .scripts
+            .list
+            .key(self.partition_key(partition, "ids"))
+            .key(self.partition_key(partition, "summaries"))
+            .arg(min)
+            .arg(max)
+            .arg(count.min(10_000))
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(flat.chunks_exact(2).map(|pair| (pair[0].clone(), pair[1].clone())).collect())
+    }
+
+    async fn counts(&self, partition: u32) -> StoreResult<Vec<(String, u64)>> {
+        let counts: Vec<(String, i64)> = redis::cmd("HGETALL")
+            .arg(self.partition_key(partition, "counts"))
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(counts.into_iter().map(|(group, n)| (group, n.max(0) as u64)).collect())
     }
 
     async fn deployment_secret(&self, fresh: Vec<u8>) -> StoreResult<Vec<u8>> {
