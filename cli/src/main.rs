@@ -126,6 +126,33 @@ enum Command {
         /// Instance id.
         instance: String,
     },
+    /// List the instances you may read, with their status and when they last changed (a
+    /// table, or --json), from the processors' index: no Typesense needed. Filters combine.
+    /// --counts prints how many there are per type and status instead.
+    List {
+        /// Only orchestrations (orch) or entities (entity).
+        #[arg(long, value_parser = ["orch", "entity"])]
+        kind: Option<String>,
+        /// Only this orchestration or entity name (needs --kind).
+        #[arg(long, requires = "kind")]
+        name: Option<String>,
+        /// Only this status: running, completed, failed, terminated (orchestrations), active or
+        /// deleted (entities).
+        #[arg(long, value_parser = ["running", "completed", "failed", "terminated", "active", "deleted"])]
+        status: Option<String>,
+        /// Only instances that changed within this long (e.g. 10m, 2h, 7d).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        changed_within: Option<Duration>,
+        /// Most instances to print (pages are followed until this many).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print how many instances there are per type and status instead.
+        #[arg(long, conflicts_with_all = ["changed_within", "limit"])]
+        counts: bool,
+        /// Print the API's JSON (an array of instance summaries, or the counts).
+        #[arg(long)]
+        json: bool,
+    },
     /// Print an instance's history as JSON: an orchestration's commands, deliveries and inbox;
     /// an entity's lock and queued operations.
     History {
@@ -414,6 +441,46 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             println!("{}", pretty(&state));
             Ok(exit::OK)
         }
+        Command::List { kind, name, status, changed_within, limit, counts, json } => {
+            let mut query: Vec<String> = [("kind", kind), ("name", name), ("status", status)]
+                .into_iter()
+                .filter_map(|(k, v)| v.map(|v| format!("{k}={}", client::segment(&v))))
+                .collect();
+            if counts {
+                let view = api.get(&format!("/v1/counts?{}", query.join("&"))).await?;
+                if json {
+                    println!("{}", pretty(&view));
+                } else {
+                    print!("{}", counts_table(&view));
+                }
+                return Ok(exit::OK);
+            }
+            if let Some(within) = changed_within {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                query.push(format!("updated_from={}", now.saturating_sub(within).as_millis()));
+            }
+            let mut found: Vec<Value> = Vec::new();
+            let mut cursor: Option<String> = None;
+            while found.len() < limit {
+                let mut q = query.clone();
+                q.push(format!("limit={}", (limit - found.len()).min(1000)));
+                if let Some(c) = &cursor {
+                    q.push(format!("cursor={c}"));
+                }
+                let page = api.get(&format!("/v1/instances?{}", q.join("&"))).await?;
+                found.extend(page["instances"].as_array().cloned().unwrap_or_default());
+                match page["next"].as_str() {
+                    Some(next) => cursor = Some(next.to_owned()),
+                    None => break,
+                }
+            }
+            if json {
+                println!("{}", pretty(&Value::Array(found)));
+            } else {
+                print!("{}", instances_table(&found));
+            }
+            Ok(exit::OK)
+        }
         Command::History { instance } => {
             let view = api.get(&format!("/v1/instances/{}/history", client::segment(&instance))).await?;
             println!("{}", pretty(&view));
@@ -502,6 +569,47 @@ fn summary(view: &Value) -> String {
     out
 }
 
+/// Instance summaries as a table: id, status, when it last changed (UTC).
+fn instances_table(instances: &[Value]) -> String {
+    if instances.is_empty() {
+        return "no instances\n".into();
+    }
+    let width = instances.iter().filter_map(|i| i["instance"].as_str()).map(str::len).max().unwrap_or(8).max(8);
+    let mut out = format!("{:<width$}  {:<10}  UPDATED\n", "INSTANCE", "STATUS");
+    for i in instances {
+        let updated = i["updated_at"]
+            .as_u64()
+            .map(|ms| humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string())
+            .unwrap_or_default();
+        let (id, status) = (i["instance"].as_str().unwrap_or("?"), i["status"].as_str().unwrap_or("?"));
+        out.push_str(&format!("{id:<width$}  {status:<10}  {updated}\n"));
+    }
+    out
+}
+
+/// Counts per type and status as a table, with the total.
+fn counts_table(view: &Value) -> String {
+    let rows: Vec<(String, String, u64)> = view["counts"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|c| {
+                    let kind_name =
+                        format!("{}:{}", c["kind"].as_str().unwrap_or("?"), c["name"].as_str().unwrap_or("?"));
+                    (kind_name, c["status"].as_str().unwrap_or("?").to_owned(), c["count"].as_u64().unwrap_or(0))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(4).max(4);
+    let mut out = format!("{:<width$}  {:<10}  {:>8}\n", "TYPE", "STATUS", "COUNT");
+    for (kind_name, status, n) in &rows {
+        out.push_str(&format!("{kind_name:<width$}  {status:<10}  {n:>8}\n"));
+    }
+    out.push_str(&format!("{:<width$}  {:<10}  {:>8}\n", "total", "", view["total"].as_u64().unwrap_or(0)));
+    out
+}
+
 async fn wait(api: &Api, instance: &str, timeout: Duration) -> Result<u8, CliError> {
     let path = format!("/v1/instances/{}", client::segment(instance));
     let started = Instant::now();
@@ -567,6 +675,26 @@ mod tests {
         assert!(!line.contains('\n'), "{line}");
         assert!(line.starts_with("error: the following required arguments were not provided: <NAME>"), "{line}");
         assert!(line.ends_with("(see `durable start --help`)"), "{line}");
+    }
+
+    #[test]
+    fn instances_and_counts_print_as_tables() {
+        let instances = [
+            serde_json::json!({"instance": "orch:Approval:a1", "status": "running", "updated_at": 1_700_000_000_000u64}),
+            serde_json::json!({"instance": "entity:Counter:c1", "status": "active", "updated_at": 1_700_000_060_000u64}),
+        ];
+        assert_eq!(
+            instances_table(&instances),
+            "INSTANCE           STATUS      UPDATED\n\
+             orch:Approval:a1   running     2023-11-14T22:13:20Z\n\
+             entity:Counter:c1  active      2023-11-14T22:14:20Z\n"
+        );
+        assert_eq!(instances_table(&[]), "no instances\n");
+        let counts = serde_json::json!({"counts": [{"kind": "orch", "name": "Approval", "status": "running", "count": 3}], "total": 3});
+        assert_eq!(
+            counts_table(&counts),
+            "TYPE           STATUS         COUNT\norch:Approval  running            3\ntotal                             3\n"
+        );
     }
 
     #[test]

@@ -289,6 +289,17 @@ pub fn holds(policy: &Policy, principal: Option<&Principal>, access: &Access, op
         || p.roles.iter().any(|r| access.roles.get(r).is_some_and(|ops| ops.contains(&op)))
 }
 
+/// Whether `principal` may read an instance whose readers ([`Access::readers`]) are `readers`:
+/// what [`holds`] says of `read`, from the list the index and search keep.
+pub fn reads(policy: &Policy, principal: Option<&Principal>, readers: &[String]) -> bool {
+    let Some(p) = principal else { return policy.anonymous };
+    policy.is_admin(p)
+        || readers.iter().any(|r| {
+            r.strip_prefix("user:").is_some_and(|u| *u == p.user)
+                || r.strip_prefix("role:").is_some_and(|role| p.roles.iter().any(|mine| mine == role))
+        })
+}
+
 /// What [`decide`] allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Grant {

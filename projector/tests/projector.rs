@@ -633,9 +633,23 @@ async fn alice_owns_bob_is_refused_until_shared_and_search_shows_each_only_their
     let (status, body) = api(addr, "POST", &add, Some(&bob), json!({"input": 100})).await;
     assert_eq!((status, body["code"].as_str()), (403, Some("forbidden")), "{body}");
 
+    // Listing and counting (the index) show each only what they may read.
+    let private_id = format!("entity:Counter:{prefix}-private");
+    let mut both = vec![counter_id.clone(), private_id.clone()];
+    both.sort();
+    e2e::eventually(Duration::from_secs(30), "alice lists both her counters", || async {
+        (listed_counters(addr, &alice).await == both).then_some(())
+    })
+    .await;
+    assert_eq!(listed_counters(addr, &bob).await, [counter_id.clone()]);
+    assert_eq!(listed_counters(addr, &root).await, both);
+    let (_, counted) = api(addr, "GET", "/v1/counts?kind=entity&name=Counter", Some(&bob), Value::Null).await;
+    assert_eq!(counted["total"], 1, "{counted}");
+    let (_, counted) = api(addr, "GET", "/v1/counts?kind=entity&name=Counter", Some(&root), Value::Null).await;
+    assert_eq!(counted["total"], 2, "{counted}");
+
     // Search: bob finds the shared counter only; alice both; an admin everything. bob's own
     // filter is added to the embedded one, never replaces it.
-    let private_id = format!("entity:Counter:{prefix}-private");
     e2e::eventually(Duration::from_secs(60), "the projector shows what each may read", || async {
         let theirs = counters_found(addr, &prefix, &bob, None).await;
         let hers = counters_found(addr, &prefix, &alice, None).await;
@@ -721,4 +735,14 @@ async fn alice_owns_bob_is_refused_until_shared_and_search_shows_each_only_their
     .await;
     projector.stop().await;
     processor.stop().await;
+}
+
+/// The Counter instances `token`'s principal sees in `GET /v1/instances`, sorted.
+async fn listed_counters(addr: std::net::SocketAddr, token: &str) -> Vec<String> {
+    let (status, body) = api(addr, "GET", "/v1/instances?kind=entity&name=Counter", Some(token), Value::Null).await;
+    assert_eq!(status, 200, "{body}");
+    let mut ids: Vec<String> =
+        body["instances"].as_array().unwrap().iter().map(|i| i["instance"].as_str().unwrap().to_owned()).collect();
+    ids.sort();
+    ids
 }

@@ -285,3 +285,24 @@ fn a_search_filter_names_the_user_and_its_roles_and_admins_get_none() {
     assert!(access.readers().contains(&"role:auditor".to_owned()));
     assert!(access.readers().contains(&"user:alice".to_owned()));
 }
+
+#[test]
+fn reading_from_the_readers_list_agrees_with_holds_read() {
+    let policy = Policy::enforcing();
+    let mut access = owned_by("alice");
+    let c = AccessChange::ShareWithRole { role: "auditor".into(), operations: vec!["read".into()] };
+    apply(&policy, &alice(), &orch(), &mut access, c);
+    let c = AccessChange::ShareWithUser { user: "carol".into(), operations: vec!["signal".into()] };
+    apply(&policy, &alice(), &orch(), &mut access, c);
+    let readers = access.readers();
+    for p in [alice(), bob(), bob_auditor(), carol_teller(), root()] {
+        assert_eq!(
+            reads(&policy, Some(&p), &readers),
+            holds(&policy, Some(&p), &access, Operation::Read),
+            "{p} {:?}",
+            p.roles
+        );
+    }
+    assert!(!reads(&policy, None, &readers));
+    assert!(reads(&Policy::open(), None, &[]));
+}

@@ -8,6 +8,8 @@
 //!
 //! | method and path | does |
 //! | --- | --- |
+//! | `GET /v1/instances?kind=&name=&status=&updated_from=&updated_before=&created_from=&created_before=&limit=&cursor=` | list instances (the index, [`crate::index`]): a page of summaries and the cursor of the next |
+//! | `GET /v1/counts?kind=&name=&status=` | how many instances per type and status |
 //! | `GET /v1/instances/{id}` | status, input/output/failure or entity state, versions, times |
 //! | `GET /v1/instances/{id}/history?offset=&limit=` | an orchestration's commands, deliveries and inbox; an entity's lock and queue (each list paged: at most 1,000 entries) |
 //! | `POST /v1/orchestrations/{name}` `{"key"?, "input"?, "event_id"?}` | start (or restart a finished) orchestration |
@@ -47,9 +49,10 @@ use serde_json::{json, Value};
 
 use super::now_ms;
 use super::Shared;
-use crate::access::{holds, with_principal, Operation, Principal};
+use crate::access::{self, holds, with_principal, Operation, Principal};
 use crate::history::{Body, Completion, InstanceRecord};
 use crate::id::InstanceId;
+use crate::index::{Cursor, Filter, Summary};
 use crate::partition::payload_json;
 use crate::requests::{self, Refusal, Write};
 use crate::store::Store;
@@ -77,7 +80,7 @@ impl IntoResponse for ApiError {
 type ApiResult = Result<(StatusCode, Json<Value>), ApiError>;
 
 /// Every path of the API (each is documented in `openapi.yaml`).
-pub const PATHS: [&str; 10] = [
+pub const PATHS: [&str; 12] = [
     "/v1/registry",
     "/v1/instances/{id}",
     "/v1/instances/{id}/history",
@@ -88,6 +91,8 @@ pub const PATHS: [&str; 10] = [
     "/v1/partitions/{partition}/accept-loss",
     "/v1/instances/{id}/access",
     "/v1/search/key",
+    "/v1/instances",
+    "/v1/counts",
 ];
 
 /// The API routes.
@@ -103,6 +108,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(PATHS[7], post(accept_loss))
         .route(PATHS[8], post(change_access))
         .route(PATHS[9], post(search_key))
+        .route(PATHS[10], get(list))
+        .route(PATHS[11], get(counts))
         .with_state(shared)
 }
 
@@ -251,6 +258,178 @@ fn completion_json(c: &Completion) -> Value {
 
 /// Most commands, deliveries, inbox events or queued operations one history page lists.
 pub const MAX_PAGE: usize = 1000;
+
+/// Most instances one listing returns.
+pub const MAX_LIST: usize = 1000;
+
+fn bad_query(message: String) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "bad_query", message)
+}
+
+/// The filter, page size and cursor a listing's query string asks for (`counts` takes only
+/// kind, name and status); a 400 with what is wrong otherwise.
+pub fn list_query(query: Option<&str>, counts: bool) -> Result<(Filter, usize, Cursor), ApiError> {
+    let mut filter = Filter::default();
+    let (mut limit, mut cursor) = (100, Cursor::default());
+    for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode(value).ok_or_else(|| bad_query(format!("{key}: bad percent-encoding")))?;
+        let time =
+            || value.parse::<i64>().map_err(|_| bad_query(format!("{key} is ms since the Unix epoch, not {value:?}")));
+        match key {
+            "kind" if value == "orch" || value == "entity" => filter.kind = Some(value.clone()),
+            "kind" => return Err(bad_query(format!("kind is orch or entity, not {value:?}"))),
+            "name" => {
+                crate::id::validate_name(&value).map_err(|e| bad_query(e.to_string()))?;
+                filter.name = Some(value.clone());
+            }
+            "status" if STATUSES.contains(&value.as_str()) => filter.status = Some(value.clone()),
+            "status" => return Err(bad_query(format!("status is one of {}, not {value:?}", STATUSES.join(", ")))),
+            "updated_from" if !counts => filter.updated_from = Some(time()?),
+            "updated_before" if !counts => filter.updated_before = Some(time()?),
+            "created_from" if !counts => filter.created_from = Some(time()?),
+            "created_before" if !counts => filter.created_before = Some(time()?),
+            "limit" if !counts => {
+                limit = value
+                    .parse()
+                    .ok()
+                    .filter(|l| (1..=MAX_LIST).contains(l))
+                    .ok_or_else(|| bad_query(format!("limit must be between 1 and {MAX_LIST}, not {value:?}")))?
+            }
+            "cursor" if !counts => {
+                cursor = Cursor::decode(&value)
+                    .ok_or_else(|| bad_query(format!("{value:?} is not a cursor this API gave out (its `next`)")))?
+            }
+            _ => {
+                let takes = if counts {
+                    "kind, name and status"
+                } else {
+                    "kind, name, status, updated_from, updated_before, created_from, created_before, limit and cursor"
+                };
+                return Err(bad_query(format!("unknown query parameter {key:?}: this endpoint takes {takes}")));
+            }
+        }
+    }
+    if filter.name.is_some() && filter.kind.is_none() {
+        return Err(bad_query("name needs kind (orch or entity)".into()));
+    }
+    Ok((filter, limit, cursor))
+}
+
+/// Every status word.
+const STATUSES: [&str; 6] = ["running", "completed", "failed", "terminated", "active", "deleted"];
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                out.push(u8::from_str_radix(s.get(i + 1..i + 3)?, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn store_unavailable(e: crate::store::StoreError) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", format!("{e}; retry later"))
+}
+
+/// `GET /v1/instances`: a page of the instances the caller may read that match the filter, in
+/// (partition, id) order, and the cursor of the next page (`null` at the end). A page may hold
+/// fewer than `limit` with a cursor still to follow: one request reads at most 10 × `limit` +
+/// 1,000 index entries.
+async fn list(State(shared): State<Arc<Shared>>, headers: HeaderMap, RawQuery(query): RawQuery) -> ApiResult {
+    let principal = caller(&shared, &headers)?;
+    let (filter, limit, mut cursor) = list_query(query.as_deref(), false)?;
+    let policy = shared.engine.policy();
+    let prefix = filter.prefix();
+    let budget = limit * 10 + 1000;
+    let (mut found, mut scanned) = (Vec::new(), 0);
+    'partitions: while cursor.partition < shared.partitions {
+        let batch = shared
+            .store
+            .list(cursor.partition, &prefix, cursor.after.as_deref(), (limit * 2).min(MAX_LIST))
+            .await
+            .map_err(store_unavailable)?;
+        if batch.is_empty() {
+            cursor = Cursor { partition: cursor.partition + 1, after: None };
+            continue;
+        }
+        for (id, summary) in batch {
+            cursor.after = Some(id);
+            scanned += 1;
+            let Ok(summary) = serde_json::from_str::<Summary>(&summary) else { continue };
+            if filter.matches(&summary) && access::reads(policy, principal.as_ref(), &summary.readers) {
+                found.push(summary);
+                if found.len() == limit {
+                    break 'partitions;
+                }
+            }
+        }
+        if scanned >= budget {
+            break;
+        }
+    }
+    let next = (cursor.partition < shared.partitions).then(|| cursor.encode());
+    Ok((StatusCode::OK, Json(json!({ "instances": found, "next": next }))))
+}
+
+/// `GET /v1/counts`: how many instances the caller may read there are per type and status.
+/// Admins (and anonymous access) read the counts the commits keep, one read per partition;
+/// anyone else's are counted from the index entries they may read.
+async fn counts(State(shared): State<Arc<Shared>>, headers: HeaderMap, RawQuery(query): RawQuery) -> ApiResult {
+    let principal = caller(&shared, &headers)?;
+    let (filter, _, _) = list_query(query.as_deref(), true)?;
+    let policy = shared.engine.policy();
+    let mut totals = std::collections::BTreeMap::<String, u64>::new();
+    if policy.may_administer(principal.as_ref()) {
+        for p in 0..shared.partitions {
+            for (group, n) in shared.store.counts(p).await.map_err(store_unavailable)? {
+                if n > 0 && filter.matches_group(&group) {
+                    *totals.entry(group).or_default() += n;
+                }
+            }
+        }
+    } else {
+        let prefix = filter.prefix();
+        for p in 0..shared.partitions {
+            let mut after: Option<String> = None;
+            loop {
+                let batch =
+                    shared.store.list(p, &prefix, after.as_deref(), MAX_LIST).await.map_err(store_unavailable)?;
+                let Some((last, _)) = batch.last() else { break };
+                after = Some(last.clone());
+                for (_, summary) in batch {
+                    let Ok(s) = serde_json::from_str::<Summary>(&summary) else { continue };
+                    if filter.matches(&s) && access::reads(policy, principal.as_ref(), &s.readers) {
+                        *totals.entry(s.group()).or_default() += 1;
+                    }
+                }
+            }
+        }
+    }
+    let total: u64 = totals.values().sum();
+    let counts: Vec<Value> = totals
+        .iter()
+        .filter_map(|(group, n)| {
+            let (kind, name, status) = crate::index::parse_group(group)?;
+            Some(json!({ "kind": kind, "name": name, "status": status, "count": n }))
+        })
+        .collect();
+    Ok((StatusCode::OK, Json(json!({ "counts": counts, "total": total }))))
+}
 
 /// Which part of a history to list: `?offset=N&limit=M` (default 0 and [`MAX_PAGE`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -610,6 +789,34 @@ mod tests {
             key,
             "OW9DYWZGS1Q1RGdSbmo0S1QrOWxhbk9PL2kxbTU1eXA3bCthdmE5eXJKRT1STjIzeyJmaWx0ZXJfYnkiOiJjb21wYW55X2lkOjEyNCIsImV4cGlyZXNfYXQiOjE5MDYwNTQxMDZ9"
         );
+    }
+
+    #[test]
+    fn list_queries_parse_and_say_what_is_wrong() {
+        let (filter, limit, cursor) =
+            list_query(Some("kind=orch&name=Approval&status=running&updated_from=5&limit=7&cursor=3"), false).unwrap();
+        assert_eq!(
+            (filter.kind.as_deref(), filter.name.as_deref(), filter.status.as_deref(), filter.updated_from),
+            (Some("orch"), Some("Approval"), Some("running"), Some(5))
+        );
+        assert_eq!((limit, cursor), (7, Cursor { partition: 3, after: None }));
+        assert_eq!(list_query(None, false).unwrap().1, 100);
+        for (query, says) in [
+            ("kind=job", "kind is orch or entity"),
+            ("name=Approval", "name needs kind"),
+            ("kind=orch&name=a%20b", "invalid name"),
+            ("status=sleeping", "status is one of"),
+            ("limit=0", "limit must be between 1 and 1000"),
+            ("limit=1001", "limit must be between 1 and 1000"),
+            ("cursor=zz", "not a cursor"),
+            ("updated_from=yesterday", "ms since the Unix epoch"),
+            ("order=asc", "unknown query parameter \"order\""),
+            ("name=%zz", "bad percent-encoding"),
+        ] {
+            let e = list_query(Some(query), false).unwrap_err();
+            assert!(e.status == StatusCode::BAD_REQUEST && e.message.contains(says), "{query}: {}", e.message);
+        }
+        assert!(list_query(Some("limit=5"), true).unwrap_err().message.contains("takes kind, name and status"));
     }
 
     #[test]
