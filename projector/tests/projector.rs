@@ -641,7 +641,7 @@ async fn alice_owns_bob_is_refused_until_shared_and_search_shows_each_only_their
         (listed_counters(addr, &alice).await == both).then_some(())
     })
     .await;
-    assert_eq!(listed_counters(addr, &bob).await, [counter_id.clone()]);
+    assert_eq!(listed_counters(addr, &bob).await, std::slice::from_ref(&counter_id));
     assert_eq!(listed_counters(addr, &root).await, both);
     let (_, counted) = api(addr, "GET", "/v1/counts?kind=entity&name=Counter", Some(&bob), Value::Null).await;
     assert_eq!(counted["total"], 1, "{counted}");
