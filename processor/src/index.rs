@@ -1,8 +1,9 @@
 //! The instance index: what listing and counting instances reads, without Typesense. Pure.
 //!
-//! Every commit that changes an instance also writes its [`Summary`] to the store's index of
-//! that partition, in the same atomic step (see [`crate::store::Store::list`]), and moves it
-//! between the per-partition counts of its [`Summary::group`] (type and status). So the index is
+//! Every commit that changes an instance also writes its [`Summary`] (in the compact
+//! [`Summary::entry`] form) to the store's index of that partition, in the same atomic step (see
+//! [`crate::store::Store::list`]), and moves it between the per-partition counts of its
+//! [`Summary::group`] (type and status). So the index is
 //! exactly what is committed — no second writer, no lag — and counting is one read per
 //! partition. Listing walks the partitions in order and each partition's ids in byte order,
 //! resuming after the last id seen ([`Cursor`]), so an instance that exists for the whole walk is
@@ -60,7 +61,41 @@ impl Summary {
 
     /// What it is counted under: `<kind>:<name>|<status>`.
     pub fn group(&self) -> String {
-        format!("{}:{}|{}", self.kind, self.name, self.status)
+        format!("{}|{}", self.type_name(), self.status)
+    }
+
+    /// `<kind>:<name>`.
+    pub fn type_name(&self) -> String {
+        format!("{}:{}", self.kind, self.name)
+    }
+
+    /// The compact form the store keeps (the id gives kind, name and key):
+    /// `<status>|<version>|<created_at>|<updated_at>|<readers as a JSON array>`.
+    pub fn entry(&self) -> String {
+        let readers = serde_json::to_string(&self.readers).expect("strings serialize");
+        format!("{}|{}|{}|{}|{readers}", self.status, self.version, self.created_at, self.updated_at)
+    }
+
+    /// The summary of `instance` from its [`Summary::entry`], `None` if either does not parse.
+    pub fn from_entry(instance: &str, entry: &str) -> Option<Self> {
+        let id = InstanceId::parse(instance).ok()?;
+        let mut fields = entry.splitn(5, '|');
+        let status = fields.next()?.to_owned();
+        let version = fields.next()?.parse().ok()?;
+        let created_at = fields.next()?.parse().ok()?;
+        let updated_at = fields.next()?.parse().ok()?;
+        let readers = serde_json::from_str(fields.next()?).ok()?;
+        Some(Self {
+            instance: instance.to_owned(),
+            kind: id.kind().prefix().to_owned(),
+            name: id.name().to_owned(),
+            key: id.key().to_owned(),
+            status,
+            version,
+            created_at,
+            updated_at,
+            readers,
+        })
     }
 }
 
@@ -187,6 +222,14 @@ mod tests {
         assert_eq!((s.version, s.created_at, s.updated_at), (3, 5, 9));
         assert_eq!(s.readers, ["user:alice"]);
         assert_eq!(s.group(), "entity:Counter|active");
+        assert_eq!(s.entry(), r#"active|3|5|9|["user:alice"]"#);
+        assert_eq!(Summary::from_entry(&s.instance, &s.entry()), Some(s.clone()));
+        let odd = Summary { readers: vec!["user:a|b\"c".into()], ..s.clone() };
+        assert_eq!(Summary::from_entry(&odd.instance, &odd.entry()), Some(odd));
+        for bad in ["", "active", "active|x|5|9|[]", "active|3|5|9|nope"] {
+            assert_eq!(Summary::from_entry(&s.instance, bad), None, "{bad}");
+        }
+        assert_eq!(Summary::from_entry("not an id", &s.entry()), None);
         assert_eq!(parse_group(&s.group()), Some(("entity", "Counter", "active")));
     }
 

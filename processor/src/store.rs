@@ -76,16 +76,24 @@ pub struct Write {
 /// An instance's entry in its partition's index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Indexed {
-    /// What it is counted under ([`crate::index::Summary::group`]).
-    pub group: String,
-    /// Its [`crate::index::Summary`], as JSON.
-    pub summary: String,
+    /// Its type, `<kind>:<name>` ([`crate::index::Summary::type_name`]).
+    pub type_name: String,
+    /// Its status word: it is counted under `<type>|<status>`. The entry starts with it and a
+    /// `|` (the store reads the previous status from there).
+    pub status: String,
+    /// Its [`crate::index::Summary::entry`].
+    pub entry: String,
 }
 
 impl Indexed {
     /// The entry of `summary`.
     pub fn of(summary: &crate::index::Summary) -> Self {
-        Self { group: summary.group(), summary: serde_json::to_string(summary).expect("summaries serialize") }
+        Self { type_name: summary.type_name(), status: summary.status.clone(), entry: summary.entry() }
+    }
+
+    /// The group it is counted under.
+    pub fn group(&self) -> String {
+        format!("{}|{}", self.type_name, self.status)
     }
 }
 
@@ -244,7 +252,8 @@ pub trait Store: Send + Sync + 'static {
     fn timer_backlog(&self, partition: u32) -> impl Future<Output = StoreResult<(Option<i64>, usize)>> + Send;
 
     /// Up to `count` entries of `partition`'s index whose ids start with `prefix`, after the id
-    /// `after` (`None`: from the first), in id byte order: `(id, summary JSON)`.
+    /// `after` (`None`: from the first), in id byte order: `(id, entry)` (see
+    /// [`crate::index::Summary::from_entry`]).
     fn list(
         &self,
         partition: u32,

@@ -367,10 +367,11 @@ async fn list(State(shared): State<Arc<Shared>>, headers: HeaderMap, RawQuery(qu
             cursor = Cursor { partition: cursor.partition + 1, after: None };
             continue;
         }
-        for (id, summary) in batch {
-            cursor.after = Some(id);
+        for (id, entry) in batch {
             scanned += 1;
-            let Ok(summary) = serde_json::from_str::<Summary>(&summary) else { continue };
+            let summary = Summary::from_entry(&id, &entry);
+            cursor.after = Some(id);
+            let Some(summary) = summary else { continue };
             if filter.matches(&summary) && access::reads(policy, principal.as_ref(), &summary.readers) {
                 found.push(summary);
                 if found.len() == limit {
@@ -411,8 +412,8 @@ async fn counts(State(shared): State<Arc<Shared>>, headers: HeaderMap, RawQuery(
                     shared.store.list(p, &prefix, after.as_deref(), MAX_LIST).await.map_err(store_unavailable)?;
                 let Some((last, _)) = batch.last() else { break };
                 after = Some(last.clone());
-                for (_, summary) in batch {
-                    let Ok(s) = serde_json::from_str::<Summary>(&summary) else { continue };
+                for (id, entry) in batch {
+                    let Some(s) = Summary::from_entry(&id, &entry) else { continue };
                     if filter.matches(&s) && access::reads(policy, principal.as_ref(), &s.readers) {
                         *totals.entry(s.group()).or_default() += 1;
                     }

@@ -33,7 +33,7 @@ struct Inner {
 
 #[derive(Debug, Default)]
 struct Index {
-    /// id → (group, summary).
+    /// id → (group, entry).
     entries: BTreeMap<String, (String, String)>,
     /// group → instances in it.
     counts: BTreeMap<String, u64>,
@@ -114,12 +114,13 @@ impl Inner {
             self.instances.insert(id.clone(), (write.blob, etag));
             if let Some(indexed) = write.index {
                 let index = self.indexes.entry(partition).or_default();
-                let old = index.entries.insert(id.clone(), (indexed.group.clone(), indexed.summary));
-                if old.as_ref().map(|(group, _)| group) != Some(&indexed.group) {
-                    if let Some((group, _)) = old {
-                        *index.counts.entry(group).or_default() -= 1;
+                let group = indexed.group();
+                let old = index.entries.insert(id.clone(), (group.clone(), indexed.entry));
+                if old.as_ref().map(|(g, _)| g) != Some(&group) {
+                    if let Some((g, _)) = old {
+                        *index.counts.entry(g).or_default() -= 1;
                     }
-                    *index.counts.entry(indexed.group).or_default() += 1;
+                    *index.counts.entry(group).or_default() += 1;
                 }
             }
             let timers = self.partitions.entry(partition).or_default();

@@ -14,11 +14,10 @@
 //!   processors compare it with Kafka's committed offset to detect lost state (see
 //!   [`Store::take`]). `<prefix>:{p<N>}:lost` — `waiting` while the partition's owner waits
 //!   for an operator to accept a loss of its state, `accepted` once one did.
-//! - The instance index (see [`Store::list`]): `<prefix>:{p<N>}:ids` — sorted set of the
-//!   partition's indexed instance ids (all score 0, so read by id with `ZRANGEBYLEX`);
-//!   `<prefix>:{p<N>}:summaries` — hash `id → summary JSON`; `<prefix>:{p<N>}:groups` — hash
-//!   `id → group`; `<prefix>:{p<N>}:counts` — hash `group → instances in it`. The commit script
-//!   keeps them with the blobs.
+//! - The instance index (see [`Store::list`]): each instance's entry is field `x` of its state
+//!   hash; `<prefix>:{p<N>}:ids` — sorted set of the partition's indexed instance ids (all score
+//!   0, so read by id with `ZRANGEBYLEX`); `<prefix>:{p<N>}:counts` — hash `group → instances in
+//!   it`. The commit script keeps them with the blobs.
 //! - `<prefix>:secret` — the deployment secret of the processors' seals when `DURABLE_SECRET`
 //!   is not set ([`Store::deployment_secret`]).
 //!
@@ -60,12 +59,12 @@ end
 "#;
 
 /// Compare-and-set of many instances. KEYS: state keys..., timers key, epoch key, applied key,
-/// then the index keys: ids (sorted set), summaries (hash), groups (hash), counts (hash).
+/// then the index keys: ids (sorted set), counts (hash).
 /// ARGV: n, the epoch the commit is fenced with ("" = not fenced), the offset to raise the
 /// applied mark to ("" = none), the floor of the applied mark ("" = none: below it, nothing is
 /// written and the answer is {-2, mark}), then per write: expected etag ("" = must not exist),
-/// blob, instance id, index group ("" = leave the index), index summary, timer count, then
-/// (fire_at, envelope) pairs.
+/// blob, instance id, its type ("" = leave the index), its status, its index entry (which
+/// starts with `<status>|`), timer count, then (fire_at, envelope) pairs.
 const COMMIT: &str = r#"
 local n = tonumber(ARGV[1])
 local timers = KEYS[n + 1]
@@ -82,32 +81,35 @@ if ARGV[2] ~= '' and redis.call('GET', KEYS[n + 2]) ~= ARGV[2] then
   end
   return out
 end
-local ids, summaries, groups, counts = KEYS[n + 4], KEYS[n + 5], KEYS[n + 6], KEYS[n + 7]
+local ids, counts = KEYS[n + 4], KEYS[n + 5]
 local a = 5
 for i = 1, n do
   local expected = ARGV[a]
   local blob = ARGV[a + 1]
   local id = ARGV[a + 2]
-  local group = ARGV[a + 3]
-  local summary = ARGV[a + 4]
-  local count = tonumber(ARGV[a + 5])
-  a = a + 6
-  local current = redis.call('HGET', KEYS[i], 'e')
+  local typ = ARGV[a + 3]
+  local group = typ .. '|' .. ARGV[a + 4]
+  local entry = ARGV[a + 5]
+  local count = tonumber(ARGV[a + 6])
+  a = a + 7
+  local stored = redis.call('HMGET', KEYS[i], 'e', 'x')
+  local current, old = stored[1], stored[2]
   if (current == false and expected == '') or (current ~= false and current == expected) then
     local etag = raise(current)
-    redis.call('HSET', KEYS[i], 'b', blob, 'e', etag)
-    if group ~= '' then
-      local old = redis.call('HGET', groups, id)
-      if old ~= group then
-        if old then
-          redis.call('HINCRBY', counts, old, -1)
-        else
-          redis.call('ZADD', ids, 0, id)
-        end
+    if typ ~= '' then
+      if not old then
+        redis.call('ZADD', ids, 0, id)
         redis.call('HINCRBY', counts, group, 1)
-        redis.call('HSET', groups, id, group)
+      else
+        local was = typ .. '|' .. string.match(old, '^[^|]*')
+        if was ~= group then
+          redis.call('HINCRBY', counts, was, -1)
+          redis.call('HINCRBY', counts, group, 1)
+        end
       end
-      redis.call('HSET', summaries, id, summary)
+      redis.call('HSET', KEYS[i], 'b', blob, 'e', etag, 'x', entry)
+    else
+      redis.call('HSET', KEYS[i], 'b', blob, 'e', etag)
     end
     for t = 1, count do
       redis.call('ZADD', timers, ARGV[a], ARGV[a + 1])
@@ -121,22 +123,6 @@ for i = 1, n do
 end
 if ARGV[3] ~= '' and tonumber(ARGV[3]) > (tonumber(redis.call('GET', KEYS[n + 3])) or -1) then
   redis.call('SET', KEYS[n + 3], ARGV[3])
-end
-return out
-"#;
-
-/// A page of a partition's index. KEYS: ids, summaries. ARGV: the ZRANGEBYLEX min and max,
-/// the most ids. Returns id, summary, id, summary, ….
-const LIST: &str = r#"
-local ids = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[1], ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
-if #ids == 0 then
-  return {}
-end
-local summaries = redis.call('HMGET', KEYS[2], unpack(ids))
-local out = {}
-for i, id in ipairs(ids) do
-  out[2 * i - 1] = id
-  out[2 * i] = summaries[i] or ''
 end
 return out
 "#;
@@ -252,7 +238,6 @@ struct Scripts {
     mark: Script,
     take: Script,
     accepted: Script,
-    list: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -360,7 +345,6 @@ impl RedisStore {
                 mark: Script::new(MARK),
                 take: Script::new(&format!("{CLOCK}{TAKE}")),
                 accepted: Script::new(ACCEPTED),
-                list: Script::new(LIST),
             }),
         }
     }
@@ -399,7 +383,7 @@ impl RedisStore {
         invocation.key(self.partition_key(partition, "timers"));
         invocation.key(self.partition_key(partition, "epoch"));
         invocation.key(self.partition_key(partition, "applied"));
-        for what in ["ids", "summaries", "groups", "counts"] {
+        for what in ["ids", "counts"] {
             invocation.key(self.partition_key(partition, what));
         }
         invocation.arg(writes.len());
@@ -411,8 +395,8 @@ impl RedisStore {
             invocation.arg(&w.blob[..]);
             invocation.arg(&w.id);
             match &w.index {
-                Some(indexed) => invocation.arg(&indexed.group).arg(&indexed.summary),
-                None => invocation.arg("").arg(""),
+                Some(indexed) => invocation.arg(&indexed.type_name).arg(&indexed.status).arg(&indexed.entry),
+                None => invocation.arg("").arg("").arg(""),
             };
             invocation.arg(w.timers.len());
             for t in &w.timers {
@@ -661,18 +645,25 @@ impl Store for RedisStore {
             _ => format!("[{prefix}").into_bytes(),
         };
         let max = if prefix.is_empty() { b"+".to_vec() } else { [b"[", prefix.as_bytes(), &[0xFF]].concat() };
-        let flat: Vec<String> = self
-            .scripts
-            .list
-            .key(self.partition_key(partition, "ids"))
-            .key(self.partition_key(partition, "summaries"))
+        let ids: Vec<String> = redis::cmd("ZRANGEBYLEX")
+            .arg(self.partition_key(partition, "ids"))
             .arg(min)
             .arg(max)
+            .arg("LIMIT")
+            .arg(0)
             .arg(count.min(10_000))
-            .invoke_async(&mut self.conn.clone())
+            .query_async(&mut self.conn.clone())
             .await
             .map_err(unavailable)?;
-        Ok(flat.chunks_exact(2).map(|pair| (pair[0].clone(), pair[1].clone())).collect())
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.cmd("HGET").arg(self.state_key(partition, id)).arg("x");
+        }
+        let entries: Vec<Option<String>> = pipe.query_async(&mut self.conn.clone()).await.map_err(unavailable)?;
+        Ok(ids.into_iter().zip(entries).filter_map(|(id, entry)| Some((id, entry?))).collect())
     }
 
     async fn counts(&self, partition: u32) -> StoreResult<Vec<(String, u64)>> {
