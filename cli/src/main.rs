@@ -153,11 +153,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print an instance's history as JSON: an orchestration's commands, deliveries and inbox;
-    /// an entity's lock and queued operations.
+    /// Print an instance's history as a timeline: an orchestration's input, each command with
+    /// what answered it and when, and its inbox; an entity's state, lock and queued operations.
+    /// --json prints the API's JSON instead.
     History {
         /// Instance id.
         instance: String,
+        /// Print the API's JSON instead of the timeline.
+        #[arg(long)]
+        json: bool,
     },
     /// Accept that Redis lost state of a partition (its owner stopped it: /status shows it in
     /// lost_partitions, the log says why): the owner goes on from Kafka's committed offset with
@@ -481,9 +485,13 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             }
             Ok(exit::OK)
         }
-        Command::History { instance } => {
+        Command::History { instance, json } => {
             let view = api.get(&format!("/v1/instances/{}/history", client::segment(&instance))).await?;
-            println!("{}", pretty(&view));
+            if json {
+                println!("{}", pretty(&view));
+            } else {
+                print!("{}", timeline(&view));
+            }
             Ok(exit::OK)
         }
         Command::Wait { instance, timeout } => wait(&api, &instance, timeout).await,
@@ -565,6 +573,91 @@ fn summary(view: &Value) -> String {
             Value::String(s) => out.push_str(&format!("{field:<14}{s}\n")),
             v => out.push_str(&format!("{field:<14}{v}\n")),
         }
+    }
+    out
+}
+
+/// A time (ms since the Unix epoch) as UTC with milliseconds.
+fn utc(ms: &Value) -> String {
+    ms.as_u64()
+        .map(|ms| humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string())
+        .unwrap_or_else(|| "?".into())
+}
+
+/// JSON on one line, cut to `max` characters.
+fn short(v: &Value, max: usize) -> String {
+    let text = match v {
+        Value::String(s) => format!("{s:?}"),
+        other => other.to_string(),
+    };
+    if text.chars().count() <= max {
+        text
+    } else {
+        format!("{}…", text.chars().take(max).collect::<String>())
+    }
+}
+
+/// A history (the API's JSON) as a timeline people can read.
+fn timeline(view: &Value) -> String {
+    let mut out = format!("{}\n", view["instance"].as_str().unwrap_or("?"));
+    if let Some(commands) = view["commands"].as_array() {
+        out.push_str(&format!(
+            "  {}  started {}  generation {}\n  input {}\n",
+            view["status"].as_str().unwrap_or("?"),
+            utc(&view["started_at"]),
+            view["generation"],
+            short(&view["input"], 100)
+        ));
+        let deliveries = view["deliveries"].as_array().cloned().unwrap_or_default();
+        for (i, c) in commands.iter().enumerate() {
+            let slot = c["slot"].as_u64().unwrap_or(i as u64);
+            let what = format!("#{slot} {} {}", c["kind"].as_str().unwrap_or("?"), c["name"].as_str().unwrap_or(""));
+            let answer = deliveries.iter().find(|d| d["slot"].as_u64() == Some(slot));
+            let answer = match answer {
+                None => "… waiting".to_owned(),
+                Some(d) => {
+                    let completion = &d["completion"];
+                    let said = if completion == "done" {
+                        "done".to_owned()
+                    } else if !completion["failure"].is_null() {
+                        format!(
+                            "failed {}: {}",
+                            completion["failure"]["kind"].as_str().unwrap_or("?"),
+                            completion["failure"]["message"].as_str().unwrap_or("")
+                        )
+                    } else {
+                        format!("→ {}", short(&completion["value"], 80))
+                    };
+                    format!("{said}  at {}", utc(&d["at"]))
+                }
+            };
+            out.push_str(&format!("  {what:<36} {answer}\n"));
+        }
+        if let Some(inbox) = view["inbox"].as_array().filter(|i| !i.is_empty()) {
+            for e in inbox {
+                out.push_str(&format!("  inbox: {} {}\n", e["name"].as_str().unwrap_or("?"), short(&e["payload"], 80)));
+            }
+        }
+        if let Some(locks) = view["locks"].as_object() {
+            out.push_str(&format!("  locks {} (granted: {})\n", locks["participants"], locks["granted"]));
+        }
+    } else {
+        out.push_str(&format!("  state {}\n", short(&view["state"], 200)));
+        out.push_str(&format!("  locked by {}\n", view["locked_by"].as_str().unwrap_or("nobody")));
+        for q in view["queued"].as_array().cloned().unwrap_or_default() {
+            out.push_str(&format!(
+                "  queued {} {}\n",
+                q["event"].as_str().unwrap_or("?"),
+                q["id"].as_str().unwrap_or("")
+            ));
+        }
+    }
+    let totals = &view["page"]["totals"];
+    let limit = view["page"]["limit"].as_u64().unwrap_or(u64::MAX);
+    if totals.as_object().is_some_and(|t| t.values().any(|n| n.as_u64().unwrap_or(0) > limit)) {
+        out.push_str(&format!(
+            "  (the first {limit} of each list: --json and the API's ?offset= page through the rest)\n"
+        ));
     }
     out
 }
@@ -694,6 +787,39 @@ mod tests {
         assert_eq!(
             counts_table(&counts),
             "TYPE           STATUS         COUNT\norch:Approval  running            3\ntotal                             3\n"
+        );
+    }
+
+    #[test]
+    fn a_history_prints_as_a_timeline() {
+        let view = serde_json::json!({
+            "instance": "orch:HelloSequence:h1", "status": "running", "generation": 0, "started_at": 1_700_000_000_000u64,
+            "input": ["Oslo", "Lima"],
+            "commands": [
+                {"slot": 0, "kind": "CallActivity", "name": "SayHello"},
+                {"slot": 1, "kind": "CallActivity", "name": "SayHello"},
+                {"slot": 2, "kind": "Timer", "name": ""},
+            ],
+            "deliveries": [
+                {"slot": 0, "at": 1_700_000_000_250u64, "completion": {"value": "Hello Oslo!"}},
+                {"slot": 1, "at": 1_700_000_000_500u64, "completion": {"failure": {"kind": "Boom", "message": "no"}}},
+            ],
+            "inbox": [{"name": "approve", "payload": true}],
+            "page": {"offset": 0, "limit": 1000, "totals": {"commands": 3, "deliveries": 2, "inbox": 1}},
+        });
+        assert_eq!(
+            timeline(&view),
+            "orch:HelloSequence:h1\n  running  started 2023-11-14T22:13:20.000Z  generation 0\n  input [\"Oslo\",\"Lima\"]\n\
+             \x20 #0 CallActivity SayHello             → \"Hello Oslo!\"  at 2023-11-14T22:13:20.250Z\n\
+             \x20 #1 CallActivity SayHello             failed Boom: no  at 2023-11-14T22:13:20.500Z\n\
+             \x20 #2 Timer                             … waiting\n\
+             \x20 inbox: approve true\n"
+        );
+        let entity = serde_json::json!({"instance": "entity:Counter:c", "state": {"value": 3}, "locked_by": null, "queued": [],
+            "page": {"offset": 0, "limit": 1, "totals": {"queued": 2}}});
+        assert_eq!(
+            timeline(&entity),
+            "entity:Counter:c\n  state {\"value\":3}\n  locked by nobody\n  (the first 1 of each list: --json and the API's ?offset= page through the rest)\n"
         );
     }
 

@@ -133,7 +133,10 @@ async fn every_command_works_against_a_real_processor() {
     assert_eq!(status["output"], serde_json::json!(["Hello Oslo!", "Hello Lima!"]));
     let state: Value = serde_json::from_str(&run(args(&["state", "orch:HelloSequence:h1"]), 0).await).unwrap();
     assert_eq!(state, serde_json::json!(["Hello Oslo!", "Hello Lima!"]));
-    let history: Value = serde_json::from_str(&run(args(&["history", "orch:HelloSequence:h1"]), 0).await).unwrap();
+    let history: Value =
+        serde_json::from_str(&run(args(&["history", "orch:HelloSequence:h1", "--json"]), 0).await).unwrap();
+    let timeline = run(args(&["history", "orch:HelloSequence:h1"]), 0).await;
+    assert!(timeline.contains("#1 CallActivity SayHello") && timeline.contains("→ \"Hello Lima!\""), "{timeline}");
     let commands = history["commands"].as_array().expect("commands");
     assert_eq!(commands.len(), 2, "{history}");
     assert_eq!(commands[0]["kind"], "CallActivity");
