@@ -100,10 +100,15 @@ pub async fn run(args: DevArgs) -> Result<u8, CliError> {
     shutdown.await;
     eprintln!("stopping");
     let _ = stop_tx.send(());
-    match tokio::time::timeout(Duration::from_secs(30), processor).await {
+    let outcome = match tokio::time::timeout(Duration::from_secs(30), processor).await {
         Ok(Ok(Err(e))) => Err(CliError::unreachable(format!("the embedded processor failed: {e:#}"))),
         _ => Ok(exit::OK),
-    }
+    };
+    // The in-process Kafka outlives every client: dropped first, it would leave the clients
+    // still being torn down reconnecting to it, and printing so, until the process ends.
+    std::mem::forget(cluster);
+    eprintln!("stopped");
+    outcome
 }
 
 /// When a demo instance counts as done.

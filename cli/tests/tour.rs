@@ -113,3 +113,39 @@ fn the_readme_tour_works_against_durable_dev() {
         }
     }
 }
+
+/// Ctrl-C stops `durable dev` at once and quietly: exit 0, well within a few seconds, and no
+/// error from the in-process Kafka's clients on the way out.
+#[test]
+fn ctrl_c_stops_durable_dev_quickly_and_quietly() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_durable"))
+        .args(["dev", "--addr", &addr])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start durable dev");
+    let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    for line in stdout.lines().map_while(Result::ok) {
+        if line.starts_with("Durable dev is running") {
+            break;
+        }
+    }
+    let pid = child.id().to_string();
+    let interrupted = Instant::now();
+    assert!(Command::new("kill").args(["-INT", &pid]).status().expect("kill").success());
+    let mut dev = Dev(child);
+    let status = loop {
+        if let Some(status) = dev.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(interrupted.elapsed() < Duration::from_secs(10), "durable dev still runs 10 s after Ctrl-C");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let took = interrupted.elapsed();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut dev.0.stderr.take().expect("stderr"), &mut stderr).expect("stderr");
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(took < Duration::from_secs(3), "stopped after {took:?}: {stderr}");
+    assert!(!stderr.contains("ERROR") && stderr.trim_end().ends_with("stopped"), "{stderr}");
+}

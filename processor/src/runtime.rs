@@ -281,8 +281,10 @@ pub async fn run_with(
     }
     info!("shutting down: finishing groups in flight");
     workers.stop(&workers.all());
-    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-        warn!(error = %e, "final offset commit failed; the last records will be redelivered (harmless)");
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        // Nothing stored since the last commit: nothing to commit.
+        Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) | Ok(()) => {}
+        Err(e) => warn!(error = %e, "final offset commit failed; the last records will be redelivered (harmless)"),
     }
     for server in servers {
         server.abort();
