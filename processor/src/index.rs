@@ -59,9 +59,9 @@ impl Summary {
         })
     }
 
-    /// What it is counted under: `<kind>:<name>|<status>`.
+    /// What it is counted under ([`group`]).
     pub fn group(&self) -> String {
-        format!("{}|{}", self.type_name(), self.status)
+        group(&self.type_name(), &self.status)
     }
 
     /// `<kind>:<name>`.
@@ -97,6 +97,12 @@ impl Summary {
             readers,
         })
     }
+}
+
+/// The count group of instances of type `type_name` (`<kind>:<name>`) in `status`:
+/// `<kind>:<name>|<status>` (the Redis commit script builds the same).
+pub fn group(type_name: &str, status: &str) -> String {
+    format!("{type_name}|{status}")
 }
 
 /// The (kind, name, status) of a count group, `None` if `group` is not one.

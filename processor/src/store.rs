@@ -93,7 +93,7 @@ impl Indexed {
 
     /// The group it is counted under.
     pub fn group(&self) -> String {
-        format!("{}|{}", self.type_name, self.status)
+        crate::index::group(&self.type_name, &self.status)
     }
 }
 

@@ -346,6 +346,17 @@ fn store_unavailable(e: crate::store::StoreError) -> ApiError {
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", format!("{e}; retry later"))
 }
 
+/// The summary of an index entry that matches `filter` and that `principal` may read.
+fn visible(
+    filter: &Filter,
+    policy: &crate::access::Policy,
+    principal: Option<&Principal>,
+    id: &str,
+    entry: &str,
+) -> Option<Summary> {
+    Summary::from_entry(id, entry).filter(|s| filter.matches(s) && access::reads(policy, principal, &s.readers))
+}
+
 /// `GET /v1/instances`: a page of the instances the caller may read that match the filter, in
 /// (partition, id) order, and the cursor of the next page (`null` at the end). A page may hold
 /// fewer than `limit` with a cursor still to follow: one request reads at most 10 × `limit` +
@@ -369,10 +380,9 @@ async fn list(State(shared): State<Arc<Shared>>, headers: HeaderMap, RawQuery(qu
         }
         for (id, entry) in batch {
             scanned += 1;
-            let summary = Summary::from_entry(&id, &entry);
+            let summary = visible(&filter, policy, principal.as_ref(), &id, &entry);
             cursor.after = Some(id);
-            let Some(summary) = summary else { continue };
-            if filter.matches(&summary) && access::reads(policy, principal.as_ref(), &summary.readers) {
+            if let Some(summary) = summary {
                 found.push(summary);
                 if found.len() == limit {
                     break 'partitions;
@@ -413,8 +423,7 @@ async fn counts(State(shared): State<Arc<Shared>>, headers: HeaderMap, RawQuery(
                 let Some((last, _)) = batch.last() else { break };
                 after = Some(last.clone());
                 for (id, entry) in batch {
-                    let Some(s) = Summary::from_entry(&id, &entry) else { continue };
-                    if filter.matches(&s) && access::reads(policy, principal.as_ref(), &s.readers) {
+                    if let Some(s) = visible(&filter, policy, principal.as_ref(), &id, &entry) {
                         *totals.entry(s.group()).or_default() += 1;
                     }
                 }
