@@ -40,6 +40,45 @@ Exit codes: 0 ok · 1 wait: the instance failed or was terminated · 2 wrong arg
 cannot be reached · 3 wait: timed out · 4 the API refused (unknown instance or name, bad input, no
 or a wrong token, not allowed).";
 
+/// Which instances: the filters of `durable list` and `durable batch`.
+#[derive(Debug, Clone, clap::Args)]
+struct Filter {
+    /// Only orchestrations (orch) or entities (entity).
+    #[arg(long, value_parser = ["orch", "entity"])]
+    kind: Option<String>,
+    /// Only this orchestration or entity name (needs --kind).
+    #[arg(long, requires = "kind")]
+    name: Option<String>,
+    /// Only this status: running, suspended, completed, failed, terminated (orchestrations),
+    /// active or deleted (entities).
+    #[arg(long, value_parser = ["running", "suspended", "completed", "failed", "terminated", "active", "deleted"])]
+    status: Option<String>,
+    /// Only instances that changed within this long (e.g. 10m, 2h, 7d).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    changed_within: Option<Duration>,
+    /// Only instances that did not change for this long (e.g. 7d).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    unchanged_for: Option<Duration>,
+}
+
+impl Filter {
+    /// The query parameters of `GET /v1/instances` (and of a batch) for these filters.
+    fn query(&self) -> Vec<String> {
+        let mut query: Vec<String> = [("kind", &self.kind), ("name", &self.name), ("status", &self.status)]
+            .into_iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", client::segment(v))))
+            .collect();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        if let Some(within) = self.changed_within {
+            query.push(format!("updated_from={}", now.saturating_sub(within).as_millis()));
+        }
+        if let Some(quiet) = self.unchanged_for {
+            query.push(format!("updated_before={}", now.saturating_sub(quiet).as_millis()));
+        }
+        query
+    }
+}
+
 /// Durable's command line.
 #[derive(Debug, Parser)]
 #[command(name = "durable", version, about = "Drive and inspect Durable orchestrations and entities", after_help = AFTER_HELP)]
@@ -130,24 +169,13 @@ enum Command {
     /// table, or --json), from the processors' index: no Typesense needed. Filters combine.
     /// --counts prints how many there are per type and status instead.
     List {
-        /// Only orchestrations (orch) or entities (entity).
-        #[arg(long, value_parser = ["orch", "entity"])]
-        kind: Option<String>,
-        /// Only this orchestration or entity name (needs --kind).
-        #[arg(long, requires = "kind")]
-        name: Option<String>,
-        /// Only this status: running, completed, failed, terminated (orchestrations), active or
-        /// deleted (entities).
-        #[arg(long, value_parser = ["running", "completed", "failed", "terminated", "active", "deleted"])]
-        status: Option<String>,
-        /// Only instances that changed within this long (e.g. 10m, 2h, 7d).
-        #[arg(long, value_parser = humantime::parse_duration)]
-        changed_within: Option<Duration>,
+        #[command(flatten)]
+        filter: Filter,
         /// Most instances to print (pages are followed until this many).
         #[arg(long, default_value_t = 100)]
         limit: usize,
         /// Print how many instances there are per type and status instead.
-        #[arg(long, conflicts_with_all = ["changed_within", "limit"])]
+        #[arg(long, conflicts_with_all = ["changed_within", "unchanged_for", "limit"])]
         counts: bool,
         /// Print the API's JSON (an array of instance summaries, or the counts).
         #[arg(long)]
@@ -243,6 +271,56 @@ enum Command {
         /// Why (kept in its status).
         #[arg(long)]
         reason: Option<String>,
+    },
+    /// Pause a running orchestration: what reaches it (replies, events, timers) is kept and
+    /// applied when it is resumed. Exit 4 if it is not running.
+    Suspend {
+        /// Orchestration instance id.
+        instance: String,
+        /// Why (shown in its status).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Let a suspended orchestration go on: what it kept is applied in arrival order. Exit 4 if
+    /// it is not suspended.
+    Resume {
+        /// Orchestration instance id.
+        instance: String,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Start a completed, failed or terminated orchestration again from its input: a new
+    /// generation of the same id. Exit 4 if it is still running.
+    Restart {
+        /// Orchestration instance id.
+        instance: String,
+    },
+    /// Delete a finished orchestration (completed, failed, terminated) or an entity that is in
+    /// no critical section, with its history; its search document goes too. Exit 4 if it is
+    /// running.
+    Purge {
+        /// Instance id.
+        instance: String,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Terminate, suspend, resume, restart or purge every instance you may read that matches
+    /// the filters, page by page, showing progress; --dry-run only counts them. Exit 4 if some
+    /// were refused (the first reasons are printed).
+    Batch {
+        /// What to do to each.
+        #[arg(value_parser = ["terminate", "suspend", "resume", "restart", "purge"])]
+        action: String,
+        #[command(flatten)]
+        filter: Filter,
+        /// Why (for terminate, suspend, resume and purge).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Count what matches; change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Search the projected state in Typesense: an entity type's documents (e.g. Account) or
     /// `orchestrations`; prints one JSON document per line.
@@ -389,6 +467,11 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             println!("{}", accepted["instance"].as_str().unwrap_or_default());
             Ok(exit::OK)
         }
+        Command::Suspend { instance, reason } => operate(&api, &instance, "suspend", reason).await,
+        Command::Resume { instance, reason } => operate(&api, &instance, "resume", reason).await,
+        Command::Purge { instance, reason } => operate(&api, &instance, "purge", reason).await,
+        Command::Restart { instance } => operate(&api, &instance, "restart", None).await,
+        Command::Batch { action, filter, reason, dry_run } => batch(&api, &action, &filter, reason, dry_run).await,
         Command::Share { instance, user, role, operations } => {
             let body = serde_json::json!({ "action": "share", "user": user, "role": role, "operations": operations });
             change_access(&api, &instance, body).await
@@ -445,11 +528,8 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             println!("{}", pretty(&state));
             Ok(exit::OK)
         }
-        Command::List { kind, name, status, changed_within, limit, counts, json } => {
-            let mut query: Vec<String> = [("kind", kind), ("name", name), ("status", status)]
-                .into_iter()
-                .filter_map(|(k, v)| v.map(|v| format!("{k}={}", client::segment(&v))))
-                .collect();
+        Command::List { filter, limit, counts, json } => {
+            let query = filter.query();
             if counts {
                 let view = api.get(&format!("/v1/counts?{}", query.join("&"))).await?;
                 if json {
@@ -458,10 +538,6 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
                     print!("{}", counts_table(&view));
                 }
                 return Ok(exit::OK);
-            }
-            if let Some(within) = changed_within {
-                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-                query.push(format!("updated_from={}", now.saturating_sub(within).as_millis()));
             }
             let mut found: Vec<Value> = Vec::new();
             let mut cursor: Option<String> = None;
@@ -749,6 +825,73 @@ async fn wait(api: &Api, instance: &str, timeout: Duration) -> Result<u8, CliErr
         tokio::time::sleep(delay.min(timeout.saturating_sub(elapsed))).await;
         delay = (delay * 2).min(Duration::from_millis(500));
     }
+}
+
+/// One operator action on one instance (`POST /v1/instances/{id}/<action>`); prints the id.
+async fn operate(api: &Api, instance: &str, action: &str, reason: Option<String>) -> Result<u8, CliError> {
+    let path = format!("/v1/instances/{}/{action}", client::segment(instance));
+    let body = match reason {
+        Some(reason) => serde_json::json!({ "reason": reason }),
+        None => serde_json::json!({}),
+    };
+    let accepted = api.post(&path, &body).await?;
+    println!("{}", accepted["instance"].as_str().unwrap_or_default());
+    Ok(exit::OK)
+}
+
+/// A batch action, page by page, with progress on stderr and a summary on stdout.
+async fn batch(
+    api: &Api,
+    action: &str,
+    filter: &Filter,
+    reason: Option<String>,
+    dry_run: bool,
+) -> Result<u8, CliError> {
+    let body = serde_json::json!({ "reason": reason, "dry_run": dry_run });
+    let (mut matched, mut sent, mut refused) = (0u64, 0u64, 0u64);
+    let mut reasons: Vec<String> = Vec::new();
+    let mut cursor: Option<String> = None;
+    let started = Instant::now();
+    loop {
+        let mut q = filter.query();
+        q.push("limit=500".into());
+        if let Some(c) = &cursor {
+            q.push(format!("cursor={c}"));
+        }
+        let page = api.post(&format!("/v1/batch/{action}?{}", q.join("&")), &body).await?;
+        matched += page["matched"].as_u64().unwrap_or(0);
+        sent += page["sent"].as_u64().unwrap_or(0);
+        refused += page["refused"].as_u64().unwrap_or(0);
+        for r in page["refusals"].as_array().into_iter().flatten() {
+            if reasons.len() < 10 {
+                reasons.push(format!(
+                    "{}: {}",
+                    r["instance"].as_str().unwrap_or("?"),
+                    r["message"].as_str().unwrap_or("?")
+                ));
+            }
+        }
+        if !dry_run {
+            eprint!(
+                "\r{action}: {sent} sent, {refused} refused of {matched} matched so far ({:.1}s)",
+                started.elapsed().as_secs_f64()
+            );
+        }
+        match page["next"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    if dry_run {
+        println!("{action} would go to {matched} instances (dry run: nothing sent)");
+        return Ok(exit::OK);
+    }
+    eprintln!();
+    println!("{action}: sent to {sent} of {matched} matching instances, {refused} refused");
+    for r in &reasons {
+        println!("  refused {r}");
+    }
+    Ok(if refused > 0 { exit::REFUSED } else { exit::OK })
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tests::e2e::{self, InProcess};
 
-const COMMANDS: [&str; 19] = [
+const COMMANDS: [&str; 24] = [
     "list",
     "start",
     "signal",
@@ -18,6 +18,11 @@ const COMMANDS: [&str; 19] = [
     "state",
     "history",
     "terminate",
+    "suspend",
+    "resume",
+    "restart",
+    "purge",
+    "batch",
     "accept-loss",
     "share",
     "revoke",
@@ -173,6 +178,78 @@ async fn every_command_works_against_a_real_processor() {
     run(args(&["terminate", "orch:Approval:a1", "--reason", "changed my mind"]), 0).await;
     let ended = run(args(&["wait", "orch:Approval:a1", "--timeout", "60s"]), 1).await;
     assert!(ended.contains("status        terminated") && ended.contains("changed my mind"), "{ended}");
+
+    // suspend / resume: what reaches a suspended orchestration waits for the resume.
+    run(args(&["start", "Approval", "--key", "s1", "--input", r#"{"counter":"sc","amount":4}"#]), 0).await;
+    let status_of = |id: &'static str| async move {
+        let out = durable_async(api, &["status", id, "--json"]).await;
+        serde_json::from_str::<Value>(&stdout(&out)).unwrap_or(Value::Null)
+    };
+    e2e::eventually(Duration::from_secs(60), "s1 waits for approval", || async {
+        (status_of("orch:Approval:s1").await["custom_status"] == "waiting for approval").then_some(())
+    })
+    .await;
+    run(args(&["suspend", "orch:Approval:s1", "--reason", "audit"]), 0).await;
+    e2e::eventually(Duration::from_secs(30), "s1 is suspended", || async {
+        (status_of("orch:Approval:s1").await["status"] == "suspended").then_some(())
+    })
+    .await;
+    let again = durable_async(api, &["suspend", "orch:Approval:s1"]).await;
+    assert_eq!(again.status.code(), Some(4), "a suspended orchestration is not suspended again");
+    assert!(stderr(&again).contains("only a running orchestration"), "{}", stderr(&again));
+    run(args(&["raise", "orch:Approval:s1", "approve", "--payload", "true"]), 0).await;
+    let kept = e2e::eventually(Duration::from_secs(30), "s1 keeps the event", || async {
+        let s = status_of("orch:Approval:s1").await;
+        (s["held"] == 1).then_some(s)
+    })
+    .await;
+    assert_eq!((kept["status"].as_str(), kept["reason"].as_str()), (Some("suspended"), Some("audit")), "{kept}");
+    let suspended = run(args(&["list", "--kind", "orch", "--status", "suspended", "--json"]), 0).await;
+    assert!(suspended.contains("orch:Approval:s1"), "{suspended}");
+    run(args(&["resume", "orch:Approval:s1"]), 0).await;
+    let resumed = run(args(&["wait", "orch:Approval:s1", "--timeout", "60s"]), 0).await;
+    assert!(resumed.contains("approved=true|value=4"), "the kept approve event applied on resume: {resumed}");
+    let not_suspended = durable_async(api, &["resume", "orch:Approval:s1"]).await;
+    assert_eq!(not_suspended.status.code(), Some(4), "{}", stderr(&not_suspended));
+
+    // restart: a terminated orchestration runs again from its input, as generation 1.
+    let running = durable_async(api, &["restart", "orch:Approval:s1x"]).await;
+    assert_eq!(running.status.code(), Some(4), "no such instance");
+    run(args(&["restart", "orch:Approval:a1"]), 0).await;
+    let restarted = e2e::eventually(Duration::from_secs(30), "a1 runs again", || async {
+        let s = status_of("orch:Approval:a1").await;
+        (s["generation"] == 1 && s["status"] == "running").then_some(s)
+    })
+    .await;
+    assert_eq!(restarted["input"], serde_json::json!({ "counter": "ac", "amount": 1 }), "{restarted}");
+    let busy = durable_async(api, &["purge", "orch:Approval:a1"]).await;
+    assert_eq!(busy.status.code(), Some(4), "a running orchestration is not purged");
+    assert!(stderr(&busy).contains("terminate it first"), "{}", stderr(&busy));
+    run(args(&["terminate", "orch:Approval:a1", "--reason", "changed my mind"]), 0).await;
+    run(args(&["wait", "orch:Approval:a1", "--timeout", "60s"]), 1).await;
+
+    // purge one, then a batch: gone from status, the list and the counts.
+    run(args(&["start", "HelloSequence", "--key", "gone", "--input", r#"["X"]"#]), 0).await;
+    run(args(&["wait", "orch:HelloSequence:gone", "--timeout", "60s"]), 0).await;
+    run(args(&["purge", "orch:HelloSequence:gone"]), 0).await;
+    e2e::eventually(Duration::from_secs(30), "the purged instance is gone", || async {
+        (durable_async(api, &["status", "orch:HelloSequence:gone"]).await.status.code() == Some(4)).then_some(())
+    })
+    .await;
+    let dry =
+        run(args(&["batch", "purge", "--kind", "orch", "--name", "Approval", "--status", "completed", "--dry-run"]), 0)
+            .await;
+    assert!(dry.contains("purge would go to 1 instances"), "{dry}");
+    let purged =
+        run(args(&["batch", "purge", "--kind", "orch", "--name", "Approval", "--status", "completed"]), 0).await;
+    assert!(purged.contains("sent to 1 of 1"), "{purged}");
+    e2e::eventually(Duration::from_secs(30), "the batch purged s1", || async {
+        (durable_async(api, &["status", "orch:Approval:s1"]).await.status.code() == Some(4)).then_some(())
+    })
+    .await;
+    let refused = durable_async(api, &["batch", "suspend", "--kind", "orch", "--name", "Approval"]).await;
+    assert_eq!(refused.status.code(), Some(4), "a1 is terminated: suspending it is refused");
+    assert!(stdout(&refused).contains("refused orch:Approval:a1"), "{}", stdout(&refused));
 
     // list: from the index, filtered, paged, counted.
     let hello: Value =

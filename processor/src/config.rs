@@ -8,6 +8,7 @@ use durable_kafka::{KafkaConnection, Secret, TopicSettings, Topics};
 use crate::access::{Creation, Policy, Principal};
 use crate::engine::Limits;
 use crate::quota;
+use crate::retention::Retention;
 
 /// How a processor connects and behaves. Every flag has an environment fallback.
 #[derive(Debug, Clone, clap::Args)]
@@ -112,6 +113,16 @@ pub struct ProcessorConfig {
     /// FanOutTooLarge.
     #[arg(long, env = "DURABLE_MAX_FAN_OUT", default_value_t = Limits::default().max_fan_out)]
     pub max_fan_out: usize,
+    /// How long finished instances are kept before they are purged: a duration for every
+    /// type (`30d`), and/or per orchestration or entity name, comma separated, e.g.
+    /// `7d,Transfer=1h,Cart=30m`. Counted from when an orchestration completes, fails or is
+    /// terminated, or an entity's state is deleted. Unset: kept until purged by hand.
+    #[arg(long, env = "DURABLE_RETENTION")]
+    pub retention: Option<String>,
+    /// How long the store keeps the small record a purged instance leaves (its duplicate
+    /// detection marks) before it expires.
+    #[arg(long, env = "DURABLE_PURGE_GRACE", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub purge_grace: Duration,
     /// Who may do what (bearer tokens, anonymous access, creation policies).
     #[command(flatten)]
     pub auth: AuthConfig,
@@ -266,6 +277,8 @@ impl ProcessorConfig {
             max_inbox: Limits::default().max_inbox,
             max_entity_queue: Limits::default().max_entity_queue,
             max_fan_out: Limits::default().max_fan_out,
+            retention: None,
+            purge_grace: Duration::from_secs(3600),
             auth: AuthConfig::anonymous(),
             typesense_search_key: None,
         }
@@ -280,6 +293,36 @@ impl ProcessorConfig {
             max_entity_queue: self.max_entity_queue,
             max_fan_out: self.max_fan_out,
         }
+    }
+
+    /// The retention periods of [`ProcessorConfig::retention`], or what is wrong with them.
+    pub fn retention(&self) -> Result<Retention, String> {
+        let mut retention = Retention::default();
+        let Some(spec) = self.retention.as_deref() else { return Ok(retention) };
+        for item in spec.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let bad = |why: String| {
+                format!("DURABLE_RETENTION: {item:?} {why} (a duration such as 7d or 12h, or Name=duration)")
+            };
+            let (name, period) = match item.split_once('=') {
+                Some((name, period)) => (Some(name.trim()), period.trim()),
+                None => (None, item),
+            };
+            let period = humantime::parse_duration(period).map_err(|e| bad(format!("is not a duration: {e}")))?;
+            let ms = i64::try_from(period.as_millis()).map_err(|_| bad("is too long".into()))?;
+            match name {
+                Some(name) => {
+                    crate::id::validate_name(name).map_err(|e| bad(format!("names no type: {e}")))?;
+                    retention.by_name.insert(name.to_owned(), ms);
+                }
+                None => retention.default = Some(ms),
+            }
+        }
+        Ok(retention)
+    }
+
+    /// How long an emptied record stays, in ms.
+    pub fn purge_grace_ms(&self) -> u64 {
+        u64::try_from(self.purge_grace.as_millis()).unwrap_or(u64::MAX)
     }
 
     /// The topics of this prefix.

@@ -50,8 +50,9 @@ pub struct StateChange {
     pub instance: String,
     /// Strictly increasing per instance: an older version never overwrites a newer one.
     pub version: u64,
-    /// Status word: `running`, `completed`, `failed`, `terminated` for orchestrations;
-    /// `active` or `deleted` for entities.
+    /// Status word: `running`, `suspended`, `completed`, `failed`, `terminated` for
+    /// orchestrations; `active` or `deleted` for entities; `purged` when the instance is gone
+    /// (published as a tombstone: the key with a null value).
     pub status: String,
     /// Entity state, or orchestration output (JSON payload), if any.
     pub state: Option<Payload>,
@@ -61,4 +62,27 @@ pub struct StateChange {
     pub failure: Option<Failure>,
     /// Logical time of the commit (ms since epoch).
     pub updated_at: i64,
+}
+
+impl StateChange {
+    /// The status of a purged instance.
+    pub const PURGED: &'static str = "purged";
+
+    /// The change that says `record` was purged (published as a tombstone).
+    pub fn purged(record: &crate::history::InstanceRecord) -> Self {
+        Self {
+            instance: record.id.clone(),
+            version: record.version,
+            status: Self::PURGED.to_owned(),
+            state: None,
+            custom_status: None,
+            failure: None,
+            updated_at: record.updated_at,
+        }
+    }
+
+    /// Whether this says the instance is gone.
+    pub fn is_purge(&self) -> bool {
+        self.status == Self::PURGED
+    }
 }

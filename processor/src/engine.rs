@@ -37,6 +37,7 @@ use crate::history::{Admission, Body, InstanceRecord, OrchestrationStatus, Outbo
 use crate::id::{InstanceId, Kind};
 use crate::quota::{self, Reservation};
 use crate::registry::Registry;
+use crate::retention::{self, Retention};
 
 /// One event to apply, with its position in the instance's partition (if it came from one).
 #[derive(Debug, Clone, PartialEq)]
@@ -84,6 +85,8 @@ pub enum DropReason {
     AlreadyRunning,
     /// A lock grant the owner no longer wants (answered with a release).
     UnwantedGrant,
+    /// A `Suspend` for a suspended orchestration, or a `Resume` for one that is not.
+    NoChange,
 }
 
 /// A delivery that was not applied, and why.
@@ -172,6 +175,10 @@ struct Collector {
     next_id: u32,
     now: i64,
     limits: Limits,
+    /// Set by a `Purge` that emptied the record; a later event of the step may fill it again.
+    purged: bool,
+    /// The target type's retention period, if any.
+    retention: Option<i64>,
 }
 
 impl Collector {
@@ -282,6 +289,7 @@ pub struct Engine {
     registry: Arc<Registry>,
     limits: Limits,
     policy: Arc<Policy>,
+    retention: Arc<Retention>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -303,7 +311,18 @@ impl Engine {
 
     /// An engine sharing an existing registry.
     pub fn with_registry(registry: Arc<Registry>) -> Self {
-        Self { registry, limits: Limits::default(), policy: Arc::new(Policy::open()) }
+        Self {
+            registry,
+            limits: Limits::default(),
+            policy: Arc::new(Policy::open()),
+            retention: Arc::new(Retention::default()),
+        }
+    }
+
+    /// This engine with a [`Retention`] (the default keeps everything).
+    pub fn with_retention(mut self, retention: Retention) -> Self {
+        self.retention = Arc::new(retention);
+        self
     }
 
     /// This engine with another authorization [`Policy`] (the default is [`Policy::open`]).
@@ -337,6 +356,7 @@ impl Engine {
     pub fn step(&self, target: &InstanceId, record: Option<InstanceRecord>, input: StepInput) -> StepOutput {
         let StepInput { deliveries, now, partition, trigger } = input;
         let mut record = record.unwrap_or_else(|| InstanceRecord::new(target.canonical(), now));
+        let done_before = retention::done(&record);
         let mut out = Collector {
             effects: Vec::new(),
             dead_letters: Vec::new(),
@@ -345,6 +365,8 @@ impl Engine {
             next_id: 0,
             now,
             limits: self.limits,
+            purged: false,
+            retention: self.retention.of(target),
         };
         let min_offset = deliveries.iter().filter_map(|d| d.offset).min();
         let max_offset = deliveries.iter().filter_map(|d| d.offset).max();
@@ -456,8 +478,23 @@ impl Engine {
         if changed {
             record.version += 1;
             record.updated_at = now;
+            if !done_before && retention::done(&record) {
+                if let Some(after) = out.retention {
+                    let purge = Event::Purge { reason: retention::REASON.into() };
+                    let mut e = Envelope::new(
+                        format!("{}@{}/retention", record.id, record.version),
+                        target.canonical(),
+                        now,
+                        purge,
+                    );
+                    e.source = Some(record.id.clone());
+                    out.effects.push(Effect::Delay { fire_at: now.saturating_add(after), envelope: e });
+                }
+            }
             if let Some(change) = state_change(&record) {
                 out.effects.push(Effect::StateChanged(change));
+            } else if out.purged && matches!(record.body, Body::Empty) {
+                out.effects.push(Effect::StateChanged(StateChange::purged(&record)));
             }
             if let (Some(partition), Some(offset)) = (partition, max_offset) {
                 let stream = format!("p{partition}");
@@ -577,6 +614,12 @@ fn authorize(
             continue;
         };
         let exists = !matches!(record.body, Body::Empty);
+        // A purge of nothing changes nothing but to publish the tombstone again (a purge whose
+        // commit's outbox may not have left, redelivered): no permission is needed for that.
+        if !exists && matches!(core, Event::Purge { .. }) {
+            passed.push(envelope);
+            continue;
+        }
         let grant = match access::decide(policy, principal.as_ref(), op, target, &record.access, exists) {
             Ok(grant) => grant,
             Err(reason) => {
@@ -611,6 +654,48 @@ fn authorize(
         passed.push(envelope);
     }
     passed
+}
+
+/// Apply a `Purge` to `target`: a finished orchestration or an idle entity becomes an empty
+/// record (its dedup marks stay, so late copies of what it applied are still recognised; the
+/// store lets an empty record expire), which the step publishes as a tombstone. A retention
+/// purge ([`retention::REASON`]) of an orchestration applies only if its current generation
+/// started at least the retention period ago (it was not restarted since the timer was set).
+/// Anything else is dead-lettered with why.
+fn purge(target: &InstanceId, record: &mut InstanceRecord, envelope: Envelope, out: &mut Collector) {
+    let retention = matches!(envelope.body.core(), Event::Purge { reason } if reason == retention::REASON);
+    let refusal = match &record.body {
+        Body::Empty => None,
+        // A retention timer set before a restart: the restarted run's end sets its own.
+        Body::Orchestration(h)
+            if retention && out.retention.is_none_or(|after| h.started_at.saturating_add(after) > out.now) =>
+        {
+            return out.drop(&envelope, DropReason::NoChange)
+        }
+        Body::Orchestration(h) if h.status.is_finished() => None,
+        Body::Orchestration(h) => {
+            if retention {
+                return out.drop(&envelope, DropReason::NoChange);
+            }
+            Some(format!("{target} is {}: terminate it before purging it", h.status.word()))
+        }
+        Body::Entity(e) => match (&e.lock, e.queue.len()) {
+            (Some(lock), _) => {
+                Some(format!("{target} is locked by {}: purge it after the critical section", lock.owner))
+            }
+            (None, queued) if queued > 0 => {
+                Some(format!("{target} has {queued} operations queued: purge it when they ran"))
+            }
+            _ if retention && e.state.is_some() => return out.drop(&envelope, DropReason::NoChange),
+            _ => None,
+        },
+    };
+    if let Some(reason) = refusal {
+        return out.dead(envelope, reason);
+    }
+    record.body = Body::Empty;
+    record.access = access::Access::default();
+    out.purged = true;
 }
 
 /// Dead-letter a refused event and answer whoever waits for it with a [`FORBIDDEN`] failure.
@@ -679,6 +764,7 @@ pub fn state_change(record: &InstanceRecord) -> Option<StateChange> {
                 h.custom_status.clone(),
                 Some(durable_schemas::Failure::new("Terminated", reason.clone())),
             ),
+            OrchestrationStatus::Suspended { .. } => ("suspended", None, h.custom_status.clone(), None),
         },
         Body::Entity(e) => match &e.state {
             Some(state) => ("active", Some(state.clone()), None, None),

@@ -150,6 +150,17 @@ impl Harness {
         self.client_event(orchestration.to_owned(), Event::RaiseEvent { name: name.into(), payload })
     }
 
+    /// A client's event `body` for `target` (not delivered yet).
+    pub fn client(&mut self, target: &str, body: Event) -> Envelope {
+        self.client_event(target.to_owned(), body)
+    }
+
+    /// This harness with a [`Retention`](crate::retention::Retention).
+    pub fn with_retention(mut self, retention: crate::retention::Retention) -> Self {
+        self.engine = self.engine.with_retention(retention);
+        self
+    }
+
     /// A client's terminate request (not delivered yet).
     pub fn terminate(&mut self, orchestration: &str, reason: &str) -> Envelope {
         self.client_event(orchestration.to_owned(), Event::Terminate { reason: reason.into() })

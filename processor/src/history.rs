@@ -275,6 +275,15 @@ pub enum OrchestrationStatus {
         /// The reason given.
         reason: String,
     },
+    /// Paused by a `Suspend` event: not finished, but nothing reaches the code until a
+    /// `Resume`. (Last, so blobs written before it existed read unchanged.)
+    Suspended {
+        /// The reason given.
+        reason: String,
+        /// Every event that arrived since, in arrival order (admitted and authorized already):
+        /// applied on `Resume`. Bounded by [`Limits::max_inbox`](crate::engine::Limits::max_inbox).
+        held: Vec<Envelope>,
+    },
 }
 
 impl OrchestrationStatus {
@@ -285,12 +294,13 @@ impl OrchestrationStatus {
             OrchestrationStatus::Completed { .. } => "completed",
             OrchestrationStatus::Failed { .. } => "failed",
             OrchestrationStatus::Terminated { .. } => "terminated",
+            OrchestrationStatus::Suspended { .. } => "suspended",
         }
     }
 
-    /// Whether the orchestration has finished.
+    /// Whether the orchestration has finished (completed, failed or terminated).
     pub fn is_finished(&self) -> bool {
-        !matches!(self, OrchestrationStatus::Running)
+        !matches!(self, OrchestrationStatus::Running | OrchestrationStatus::Suspended { .. })
     }
 }
 
@@ -428,6 +438,10 @@ impl OrchestrationHistory {
             + self.early.iter().map(|(_, c)| completion(c) + ENTRY).sum::<usize>()
             + self.inbox.iter().map(|(n, p)| n.len() + p.data.len() + ENTRY).sum::<usize>()
             + self.custom_status.as_ref().map_or(0, |p| p.data.len())
+            + match &self.status {
+                OrchestrationStatus::Suspended { held, .. } => held.iter().map(|e| e.encode().len() + ENTRY).sum(),
+                _ => 0,
+            }
     }
 
     /// Whether `slot` already has a delivery or a buffered reply.

@@ -50,6 +50,7 @@ pub mod partition;
 pub mod quota;
 pub mod registry;
 pub mod requests;
+pub mod retention;
 #[cfg(feature = "runtime")]
 pub mod runtime;
 pub mod store;

@@ -106,6 +106,9 @@ pub struct Settings {
     pub local_rounds: usize,
     /// Most records the cache keeps.
     pub cache_limit: usize,
+    /// How long the store keeps an emptied record (a purged instance) before it expires, in
+    /// ms: its dedup marks recognise late copies of what it applied until then.
+    pub purge_grace_ms: u64,
 }
 
 impl Settings {
@@ -115,6 +118,8 @@ impl Settings {
     pub const LOCAL_ROUNDS: usize = 16;
     /// Most records a core caches by default.
     pub const CACHE_LIMIT: usize = 20_000;
+    /// How long an emptied record stays by default: an hour, far past any redelivery.
+    pub const PURGE_GRACE_MS: u64 = 3_600_000;
 }
 
 /// What the driver must do next.
@@ -591,7 +596,7 @@ impl Partition {
                         .computed
                         .iter()
                         .filter(|(_, out, _)| out.changed)
-                        .map(|(id, out, etag)| write(id, out, *etag))
+                        .map(|(id, out, etag)| write(id, out, *etag, self.settings.purge_grace_ms))
                         .collect();
                     return Io::Commit { writes, epoch: None };
                 }
@@ -625,7 +630,9 @@ impl Partition {
                 }
                 Phase::WaitLocalCommit if g.stepped.is_empty() => self.after_local_commit(g, Vec::new()),
                 Phase::WaitLocalCommit => {
-                    let writes = g.stepped.iter().map(|(id, out, _, etag)| write(id, out, Some(*etag))).collect();
+                    let grace = self.settings.purge_grace_ms;
+                    let writes =
+                        g.stepped.iter().map(|(id, out, _, etag)| write(id, out, Some(*etag), grace)).collect();
                     return Io::Commit { writes, epoch: Some(self.epoch) };
                 }
                 Phase::Finish => {
@@ -904,9 +911,11 @@ fn unapplied(outbound: &mut Vec<(i64, Out)>, replies: Vec<(i64, Envelope)>) {
     outbound.extend(replies.into_iter().map(|(offset, reply)| (offset, Out::Effects(vec![Effect::Emit(reply)]))));
 }
 
-/// The write of a changed step computed from `etag`.
-fn write(id: &str, out: &StepOutput, etag: Option<u64>) -> Write {
+/// The write of a changed step computed from `etag`; a record left empty (purged, or nothing
+/// it was sent applied) leaves the index and expires after `grace` ms.
+fn write(id: &str, out: &StepOutput, etag: Option<u64>, grace: u64) -> Write {
     let timers = out.delayed().map(|(fire_at, e)| TimerEntry { fire_at, envelope: e.encode() }).collect();
     let index = crate::index::Summary::of(&out.record).map(|s| crate::store::Indexed::of(&s));
-    Write { id: id.to_owned(), expected: etag, blob: out.record.to_blob(), timers, index }
+    let expire = matches!(out.record.body, crate::history::Body::Empty).then_some(grace);
+    Write { id: id.to_owned(), expected: etag, blob: out.record.to_blob(), timers, index, expire }
 }

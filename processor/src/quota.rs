@@ -32,7 +32,7 @@ use durable_schemas::Envelope;
 use serde::{Deserialize, Serialize};
 
 use crate::access::{self, Operation, Policy, Principal};
-use crate::history::{Body, InstanceRecord, OrchestrationStatus};
+use crate::history::{Body, InstanceRecord};
 use crate::id::{InstanceId, Kind};
 
 /// The entity name of the ledgers (names starting `durable.` are Durable's own).
@@ -119,7 +119,7 @@ pub fn ledger_subject(ledger: &InstanceId) -> Option<(Kind, &str, &str)> {
 pub fn live(record: &InstanceRecord) -> bool {
     match &record.body {
         Body::Empty => false,
-        Body::Orchestration(h) => matches!(h.status, OrchestrationStatus::Running),
+        Body::Orchestration(h) => !h.status.is_finished(),
         Body::Entity(e) => e.state.is_some() || e.lock.is_some() || !e.queue.is_empty(),
     }
 }
@@ -151,6 +151,7 @@ mod tests {
     use durable_schemas::Payload;
 
     use super::*;
+    use crate::history::OrchestrationStatus;
     use crate::history::{EntityLock, EntityState, OrchestrationHistory};
 
     fn record(id: &InstanceId, body: Body, charged: Option<&str>) -> InstanceRecord {

@@ -57,6 +57,43 @@ pub enum Write<'a> {
         /// The instance's id.
         id: &'a str,
     },
+    /// `POST /v1/instances/{id}/suspend`.
+    Suspend {
+        /// The orchestration's id.
+        id: &'a str,
+    },
+    /// `POST /v1/instances/{id}/resume`.
+    Resume {
+        /// The orchestration's id.
+        id: &'a str,
+    },
+    /// `POST /v1/instances/{id}/purge`: an orchestration or an entity.
+    Purge {
+        /// The instance's id.
+        id: &'a str,
+    },
+    /// `POST /v1/instances/{id}/restart`: start a finished orchestration again from its input
+    /// (the API fills the input in from the stored record).
+    Restart {
+        /// The orchestration's id.
+        id: &'a str,
+    },
+}
+
+impl Write<'_> {
+    /// The instance a write names in its path, if it names one.
+    pub fn instance(&self) -> Option<&str> {
+        match *self {
+            Write::Start { .. } | Write::Signal { .. } => None,
+            Write::Raise { id, .. }
+            | Write::Terminate { id }
+            | Write::Access { id }
+            | Write::Suspend { id }
+            | Write::Resume { id }
+            | Write::Purge { id }
+            | Write::Restart { id } => Some(id),
+        }
+    }
 }
 
 /// A write read: where the event goes, its id if the client chose one, and the event.
@@ -94,8 +131,14 @@ struct RaiseBody {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TerminateBody {
+struct ReasonBody {
     reason: Option<String>,
+    event_id: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventIdBody {
     event_id: Option<String>,
 }
 
@@ -190,7 +233,7 @@ fn orchestration_id(id: &str) -> Result<InstanceId, Refusal> {
     if target.kind() != Kind::Orchestration {
         return Err(Refusal::new(
             "not_an_orchestration",
-            format!("{id} is not an orchestration: events and terminate go to orch:<name>:<key> instances"),
+            format!("{id} is not an orchestration: events, terminate, suspend, resume and restart go to orch:<name>:<key> instances"),
         ));
     }
     Ok(target)
@@ -217,10 +260,37 @@ pub fn read(write: &Write<'_>, bytes: &[u8], new_key: impl FnOnce() -> String) -
             Request { target, event_id: b.event_id, event }
         }
         Write::Terminate { id } => {
-            let b: TerminateBody = body(bytes)?;
+            let b: ReasonBody = body(bytes)?;
             let target = orchestration_id(id)?;
             let reason = b.reason.unwrap_or_else(|| "terminated through the management API".into());
             Request { target, event_id: b.event_id, event: Event::Terminate { reason } }
+        }
+        Write::Suspend { id } => {
+            let b: ReasonBody = body(bytes)?;
+            let reason = b.reason.unwrap_or_else(|| "suspended through the management API".into());
+            Request { target: orchestration_id(id)?, event_id: b.event_id, event: Event::Suspend { reason } }
+        }
+        Write::Resume { id } => {
+            let b: ReasonBody = body(bytes)?;
+            let reason = b.reason.unwrap_or_default();
+            Request { target: orchestration_id(id)?, event_id: b.event_id, event: Event::Resume { reason } }
+        }
+        Write::Purge { id } => {
+            let b: ReasonBody = body(bytes)?;
+            let target = parse_id(id)?;
+            if target.kind() == Kind::Activity {
+                return Err(Refusal::new(
+                    "bad_instance_id",
+                    format!("{id} is an activity call: nothing is stored for it"),
+                ));
+            }
+            let reason = b.reason.unwrap_or_else(|| "purged through the management API".into());
+            Request { target, event_id: b.event_id, event: Event::Purge { reason } }
+        }
+        Write::Restart { id } => {
+            let b: EventIdBody = body(bytes)?;
+            let target = orchestration_id(id)?;
+            Request { target, event_id: b.event_id, event: Event::StartOrchestration { input: Payload::null() } }
         }
         Write::Access { id } => {
             let mut b: AccessBody = body(bytes)?;

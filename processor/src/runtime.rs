@@ -163,6 +163,7 @@ pub async fn run(
     configured_seal(&config)?;
     auth::Authenticator::new(&config.auth)?;
     config.auth.policy().map_err(|e| anyhow::anyhow!(e))?;
+    config.retention().map_err(|e| anyhow::anyhow!(e))?;
     // The store's error names the URL (without its password) and what to set.
     let store = if config.redis_cluster {
         let seeds: Vec<&str> = config.redis_url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
@@ -186,6 +187,7 @@ pub async fn run_with(
 ) -> anyhow::Result<()> {
     let auth = auth::Authenticator::new(&config.auth)?;
     let policy = config.auth.policy().map_err(|e| anyhow::anyhow!(e))?;
+    let retention = config.retention().map_err(|e| anyhow::anyhow!(e))?;
     if policy.anonymous {
         warn!("anonymous access is on (DURABLE_ANONYMOUS): requests without a token and outside events may do everything; for development only");
     }
@@ -213,7 +215,7 @@ pub async fn run_with(
     let activity_concurrency = config.activity_concurrency.max(1);
     let shared = Arc::new(Shared {
         config,
-        engine: Engine::new(registry).with_limits(limits).with_policy(policy),
+        engine: Engine::new(registry).with_limits(limits).with_policy(policy).with_retention(retention),
         store,
         partitions,
         producer,

@@ -27,7 +27,8 @@
 //! - The instance index: a write with [`Write::index`] puts that entry in the partition's index
 //!   in the same atomic step as the blob, and moves the instance from the count of its previous
 //!   group to the count of its new one. [`Store::list`] reads entries in id byte order after a
-//!   given id; [`Store::counts`] reads the counts.
+//!   given id; [`Store::counts`] reads the counts. A write with [`Write::expire`] takes the
+//!   instance out of the index and its count instead, and lets the key expire.
 
 pub mod memory;
 #[cfg(feature = "runtime")]
@@ -71,6 +72,11 @@ pub struct Write {
     /// The instance's entry in the partition's index after this write (see [`Store::list`]);
     /// `None` leaves the index as it is.
     pub index: Option<Indexed>,
+    /// `Some(ms)`: the record holds nothing any more (a purged instance, or one whose every
+    /// event was refused): it leaves the index, and the stored key expires `ms` after this
+    /// write unless it is written again (a store without a clock may keep it). `None`: the key
+    /// does not expire.
+    pub expire: Option<u64>,
 }
 
 /// An instance's entry in its partition's index.

@@ -14,6 +14,7 @@ fn write(id: &str, expected: Option<u64>, blob: &str, timers: &[(i64, &str)]) ->
         blob: blob.as_bytes().to_vec(),
         timers: timers.iter().map(|(at, e)| TimerEntry { fire_at: *at, envelope: e.as_bytes().to_vec() }).collect(),
         index: None,
+        expire: None,
     }
 }
 
@@ -126,6 +127,7 @@ async fn concurrent_writers_never_lose_updates<S: Store>(store: Arc<S>) {
                         blob: (value + 1).to_string().into_bytes(),
                         timers: vec![],
                         index: None,
+                        expire: None,
                     };
                     match store.commit(p, vec![w]).await.unwrap()[0] {
                         CommitOutcome::Committed { .. } => break,

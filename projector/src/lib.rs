@@ -13,8 +13,9 @@
 //! guard holds across restarts, redeliveries and duplicate or out-of-order records. (Two
 //! projectors could both own a partition for a moment during a rebalance; the feed of one
 //! instance is in order, so the last writer still ends on the newest state once the handover
-//! completes.) A deleted entity's document is removed; a redelivered older record can bring it
-//! back only until the redelivery reaches the deletion again, which follows it in the feed.
+//! completes.) A deleted entity's document is removed, and so is a purged instance's on its
+//! tombstone (the key with a null value); a redelivered older record can bring it back only
+//! until the redelivery reaches the deletion again, which follows it in the feed.
 //!
 //! # Failures
 //! Typesense down or slow: the batch is retried with backoff (1 s doubling to 10 s) — nothing is
@@ -65,8 +66,27 @@ pub struct Input {
     pub partition: i32,
     /// Offset.
     pub offset: i64,
-    /// Record value.
+    /// Record key (the instance id).
+    pub key: Option<Vec<u8>>,
+    /// Record value; `None`: a purged instance's tombstone.
     pub payload: Option<Vec<u8>>,
+}
+
+/// The version a tombstone stands for: it removes the document whatever version it had.
+const TOMBSTONE: u64 = u64::MAX;
+
+/// The mapping of a tombstone (a purged instance): remove its document. `None` for a key that
+/// names no projected instance.
+fn tombstone(prefix: &str, key: &[u8]) -> Option<Mapped> {
+    let id = std::str::from_utf8(key).ok()?;
+    let mut parts = id.splitn(3, ':');
+    let (kind, name, _) = (parts.next()?, parts.next()?, parts.next()?);
+    let alias = match kind {
+        "orch" => mapping::orchestrations_alias(prefix),
+        "entity" => mapping::entity_alias(prefix, name),
+        _ => return None,
+    };
+    Some(Mapped { alias, id: id.to_owned(), version: TOMBSTONE, action: Action::Delete })
 }
 
 /// A document waiting for its import: (id, version, document).
@@ -182,20 +202,23 @@ impl Projector {
         let mut newest: HashMap<String, Mapped> = HashMap::new();
         let mut order: Vec<String> = Vec::new();
         for input in batch {
-            let record: StateRecord = match input.payload.as_deref().map(serde_json::from_slice) {
-                Some(Ok(r)) => r,
+            let mapped = match input.payload.as_deref().map(serde_json::from_slice::<StateRecord>) {
+                Some(Ok(record)) => mapping::map(&self.config.prefix, &record),
                 Some(Err(e)) => {
                     METRICS.records.with_label_values(&["dead"]).inc();
                     self.dead(input, &format!("not a state record: {e}")).await;
                     continue;
                 }
-                None => continue, // a tombstone of the compacted topic
+                // A purged instance's tombstone.
+                None => input.key.as_deref().and_then(|k| tombstone(&self.config.prefix, k)),
             };
-            let Some(mapped) = mapping::map(&self.config.prefix, &record) else {
+            let Some(mapped) = mapped else {
                 METRICS.records.with_label_values(&["ignored"]).inc();
                 continue;
             };
             match newest.get_mut(&mapped.id) {
+                // Feed order decides around a tombstone: what follows it is newer.
+                Some(m) if m.version == TOMBSTONE || mapped.version == TOMBSTONE => *m = mapped,
                 Some(m) if m.version >= mapped.version => {
                     METRICS.records.with_label_values(&["stale"]).inc();
                     carry_created_at(&mapped, m);
@@ -223,7 +246,7 @@ impl Projector {
         let mut deletes: Vec<(String, String, u64)> = Vec::new();
         for (target, id) in wanted {
             let m = newest.remove(&id).expect("mapped");
-            if self.versions.get(&id).copied().unwrap_or(0) >= m.version {
+            if m.version != TOMBSTONE && self.versions.get(&id).copied().unwrap_or(0) >= m.version {
                 METRICS.records.with_label_values(&["stale"]).inc();
                 continue;
             }
@@ -255,7 +278,8 @@ impl Projector {
                 } else {
                     METRICS.documents.with_label_values(&["rejected"]).inc();
                     let reason = format!("Typesense rejected {id}: {}", result.error.unwrap_or_default());
-                    let input = Input { partition: -1, offset: -1, payload: Some(doc.to_string().into_bytes()) };
+                    let input =
+                        Input { partition: -1, offset: -1, key: None, payload: Some(doc.to_string().into_bytes()) };
                     self.dead(&input, &reason).await;
                 }
             }
@@ -263,7 +287,12 @@ impl Projector {
         for (target, id, version) in deletes {
             self.ts.delete(&target, &id).await?;
             METRICS.documents.with_label_values(&["deleted"]).inc();
-            self.versions.insert(id, version);
+            if version == TOMBSTONE {
+                // Purged: a new instance with this id starts its versions again.
+                self.versions.remove(&id);
+            } else {
+                self.versions.insert(id, version);
+            }
         }
         METRICS.batch_size.observe(batch.len() as f64);
         METRICS.batch_latency.observe(started.elapsed().as_secs_f64());
@@ -341,7 +370,12 @@ async fn gather(consumer: &FeedConsumer, config: &ProjectorConfig, idle: Duratio
     };
     let deadline = tokio::time::Instant::now() + config.linger;
     let mut push = |m: &rdkafka::message::BorrowedMessage<'_>| {
-        batch.push(Input { partition: m.partition(), offset: m.offset(), payload: m.payload().map(<[u8]>::to_vec) });
+        batch.push(Input {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().map(<[u8]>::to_vec),
+        });
     };
     push(&first);
     drop(first);

@@ -49,9 +49,10 @@ pub const ENVELOPE_SCHEMA: &str = include_str!("../avro/envelope.avsc");
 
 /// Earlier envelope schemas, which every reader still reads (`avro/history/`, named by their
 /// fingerprints): data written by an older producer or processor resolves to the current schema.
-pub const EARLIER_SCHEMAS: [&str; 2] = [
+pub const EARLIER_SCHEMAS: [&str; 3] = [
     include_str!("../avro/history/envelope-8659713f73004692.avsc"),
     include_str!("../avro/history/envelope-26917e7e9cb0d840.avsc"),
+    include_str!("../avro/history/envelope-da7cdfc5d02c8447.avsc"),
 ];
 
 /// Content type of JSON payloads, the default.
@@ -193,6 +194,12 @@ pub enum Event {
     WithPrincipal { user: String, roles: Vec<String>, inner: Box<Event> },
     /// Core: change who may do what to the target instance (one of six Avro records).
     Access(AccessChange),
+    /// Pause a running orchestration; what arrives until [`Event::Resume`] is kept.
+    Suspend { reason: String },
+    /// End a suspension; the kept events apply in arrival order.
+    Resume { reason: String },
+    /// Delete a finished orchestration or an idle entity, and publish its tombstone.
+    Purge { reason: String },
 }
 
 /// A change to an instance's owners or shares: the sharing events. Each is its own record in
@@ -254,6 +261,9 @@ impl Event {
             Event::WithLock { .. } => "WithLock",
             Event::WithPrincipal { .. } => "WithPrincipal",
             Event::Access(change) => change.name(),
+            Event::Suspend { .. } => "Suspend",
+            Event::Resume { .. } => "Resume",
+            Event::Purge { .. } => "Purge",
         }
     }
 

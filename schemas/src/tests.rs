@@ -105,6 +105,9 @@ fn golden_cases() -> Vec<(&'static str, Envelope)> {
             ),
         ),
         ("terminate", env("c-4", "orch:Parent:p1", Event::Terminate { reason: "by admin".into() })),
+        ("suspend", env("c-5", "orch:Parent:p1", Event::Suspend { reason: "waiting for the bank".into() })),
+        ("resume", env("c-6", "orch:Parent:p1", Event::Resume { reason: String::new() })),
+        ("purge", env("c-7", "entity:Cart:c9", Event::Purge { reason: "retention".into() })),
         (
             "lock_request",
             env(
@@ -207,7 +210,7 @@ fn golden_vectors_decode_and_reencode_byte_for_byte() {
         assert_eq!(stored, bytes, "{name}: encoding changed; bless only for a deliberate schema change");
         index.push(name);
     }
-    assert_eq!(index.len(), 22);
+    assert_eq!(index.len(), 25);
 }
 
 #[test]
@@ -342,6 +345,9 @@ fn arb_core() -> impl Strategy<Value = Event> {
         (s(), arb_failure()).prop_map(|(correlation, failure)| Event::OrchestrationFailed { correlation, failure }),
         s().prop_map(|correlation| Event::TimerFired { correlation }),
         s().prop_map(|reason| Event::Terminate { reason }),
+        s().prop_map(|reason| Event::Suspend { reason }),
+        s().prop_map(|reason| Event::Resume { reason }),
+        s().prop_map(|reason| Event::Purge { reason }),
         (s(), s(), proptest::collection::vec(s(), 0..4), any::<i32>()).prop_map(
             |(owner, correlation, participants, position)| {
                 Event::LockRequest { owner, correlation, participants, position }

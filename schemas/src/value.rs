@@ -108,7 +108,12 @@ fn event_to_value(event: &Event, branches: &[String]) -> Value {
         }
         Event::OrchestrationFailed { correlation, failure: f } => vec![corr(correlation), ("failure", failure(f))],
         Event::TimerFired { correlation } => vec![corr(correlation)],
-        Event::Terminate { reason } => vec![("reason", string(reason))],
+        Event::Terminate { reason }
+        | Event::Suspend { reason }
+        | Event::Resume { reason }
+        | Event::Purge { reason } => {
+            vec![("reason", string(reason))]
+        }
         Event::LockRequest { owner, correlation, participants, position } => vec![
             ("owner", string(owner)),
             corr(correlation),
@@ -331,6 +336,9 @@ fn event_from_value(v: Value, branches: &[String]) -> Result<Event> {
         }
         "TimerFired" => Event::TimerFired { correlation: f.string("correlation")? },
         "Terminate" => Event::Terminate { reason: f.string("reason")? },
+        "Suspend" => Event::Suspend { reason: f.string("reason")? },
+        "Resume" => Event::Resume { reason: f.string("reason")? },
+        "Purge" => Event::Purge { reason: f.string("reason")? },
         "LockRequest" => Event::LockRequest {
             owner: f.string("owner")?,
             correlation: f.string("correlation")?,

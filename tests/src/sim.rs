@@ -562,6 +562,7 @@ impl World {
             spread_activities: self.config.local_rounds == 0,
             local_rounds: self.config.local_rounds,
             cache_limit: Settings::CACHE_LIMIT,
+            purge_grace_ms: Settings::PURGE_GRACE_MS,
         }
     }
 

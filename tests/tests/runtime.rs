@@ -94,6 +94,7 @@ async fn a_write_behind_the_record_cache_is_never_overwritten() {
         blob: record.to_blob(),
         timers: vec![],
         index: None,
+        expire: None,
     };
     assert!(matches!(store.commit(p, vec![write]).await.unwrap()[0], CommitOutcome::Committed { .. }));
     // The next signal goes through the processor, whose cache still holds value 1.

@@ -16,21 +16,20 @@ pub(super) fn step(
     events: Vec<Envelope>,
     out: &mut Collector,
 ) {
-    // Nothing passed authorization: a refused first event creates nothing (an ownerless body
-    // would keep its rightful creator out).
-    if events.is_empty() {
-        return;
-    }
-    if matches!(record.body, Body::Empty) {
-        record.body = Body::Entity(EntityState::default());
-    }
-    let Body::Entity(state) = &mut record.body else {
-        for envelope in events {
-            out.dead(envelope, format!("{id} holds no entity state"));
-        }
-        return;
-    };
+    // The body is made by the first event that passed authorization and is not a purge (a
+    // refused first event creates nothing: an ownerless body would keep its rightful creator out).
     for envelope in events {
+        if matches!(unwrap(&envelope.body).1, Event::Purge { .. }) {
+            super::purge(id, record, envelope, out);
+            continue;
+        }
+        if matches!(record.body, Body::Empty) {
+            record.body = Body::Entity(EntityState::default());
+        }
+        let Body::Entity(state) = &mut record.body else {
+            out.dead(envelope, format!("{id} holds no entity state"));
+            continue;
+        };
         handle(registry, id, state, envelope, out);
     }
 }

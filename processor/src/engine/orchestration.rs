@@ -236,7 +236,35 @@ impl Run<'_> {
             let reason = format!("no orchestration named {:?} is registered", self.id.name());
             return self.out.dead(envelope, reason);
         }
+        // A suspended orchestration keeps what arrives for its Resume; what ends or changes the
+        // suspension applies now.
+        let max_inbox = self.out.limits.max_inbox;
+        if let Some(OrchestrationStatus::Suspended { held, .. }) = self.history().map(|h| &mut h.status) {
+            if !matches!(
+                core,
+                Event::Resume { .. } | Event::Suspend { .. } | Event::Terminate { .. } | Event::Purge { .. }
+            ) {
+                if held.len() >= max_inbox {
+                    let reason = format!(
+                        "{} is suspended and already keeps {} events for its resume (DURABLE_MAX_INBOX); {} is not applied",
+                        envelope.target,
+                        held.len(),
+                        core.name()
+                    );
+                    return self.out.dead(envelope, reason);
+                }
+                held.push(envelope);
+                return;
+            }
+        }
         match core.clone() {
+            Event::Suspend { reason } => self.suspend(envelope, reason),
+            Event::Resume { .. } => self.resume(envelope),
+            Event::Purge { .. } => {
+                self.sync_history();
+                self.exec = None;
+                super::purge(self.id, self.record, envelope, self.out)
+            }
             Event::StartOrchestration { input } => {
                 let reply_to = wrappers.reply_to.map(|(address, correlation)| ReplyAddress { address, correlation });
                 self.start(envelope, input, reply_to, wrappers.principal)
@@ -390,11 +418,54 @@ impl Run<'_> {
         }
     }
 
+    fn suspend(&mut self, envelope: Envelope, reason: String) {
+        let id = self.id;
+        match self.history() {
+            None => self.out.dead(envelope, "suspend for an orchestration that never started"),
+            Some(h) if matches!(h.status, OrchestrationStatus::Suspended { .. }) => {
+                self.out.drop(&envelope, DropReason::NoChange)
+            }
+            Some(h) if h.status.is_finished() => {
+                let reason = format!("{id} is {}: only a running orchestration can be suspended", h.status.word());
+                self.out.dead(envelope, reason)
+            }
+            Some(_) => {
+                // The code's place is in the history: the resume replays it.
+                self.sync_history();
+                self.exec = None;
+                let h = self.history().expect("matched above");
+                h.status = OrchestrationStatus::Suspended { reason, held: Vec::new() };
+            }
+        }
+    }
+
+    fn resume(&mut self, envelope: Envelope) {
+        let Some(h) = self.history() else {
+            return self.out.dead(envelope, "resume for an orchestration that never started");
+        };
+        if h.status.is_finished() {
+            return self.out.drop(&envelope, DropReason::Finished);
+        }
+        if !matches!(h.status, OrchestrationStatus::Suspended { .. }) {
+            return self.out.drop(&envelope, DropReason::NoChange);
+        }
+        let OrchestrationStatus::Suspended { held, .. } =
+            std::mem::replace(&mut h.status, OrchestrationStatus::Running)
+        else {
+            unreachable!("matched above")
+        };
+        for envelope in held {
+            self.apply(envelope);
+        }
+    }
+
     fn terminate(&mut self, envelope: Envelope, reason: String) {
         match self.history() {
             None => self.out.dead(envelope, "terminate for an orchestration that never started"),
             Some(h) if h.status.is_finished() => self.out.drop(&envelope, DropReason::Finished),
             Some(_) => {
+                // What a suspended orchestration kept is not applied: it would be dropped as
+                // arriving after the end, like everything that comes later.
                 self.sync_history();
                 self.exec = None;
                 let failure = Failure::new("Terminated", reason.clone());

@@ -6,6 +6,7 @@ use super::*;
 mod access;
 mod limits;
 mod locks;
+mod operations;
 mod quota;
 use crate::context::{when_any, OrchestrationContext};
 use crate::examples::{self, ApprovalInput};

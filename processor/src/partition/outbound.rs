@@ -70,6 +70,23 @@ impl Outgoing {
         }
     }
 
+    /// The tombstone of a purged instance on the state topic: its key and a null value (an
+    /// empty payload here; the driver produces it without a value).
+    pub fn tombstone(instance: &str) -> Self {
+        Self {
+            topic: Topic::State,
+            key: instance.as_bytes().to_vec(),
+            payload: Vec::new(),
+            partition: None,
+            headers: Vec::new(),
+        }
+    }
+
+    /// Whether this is a tombstone (produce it with a null value).
+    pub fn is_tombstone(&self) -> bool {
+        self.topic == Topic::State && self.payload.is_empty()
+    }
+
     /// The reason header of a dead letter.
     pub fn reason(&self) -> Option<&str> {
         self.headers.iter().find(|(k, _)| *k == dead_letter::REASON).map(|(_, v)| v.as_str())
@@ -83,9 +100,12 @@ pub fn payload_json(p: &Payload) -> serde_json::Value {
 }
 
 /// The state record of a committed change, readable by `readers` (`None` for an instance id
-/// that does not parse, which a committed change never has).
+/// that does not parse, which a committed change never has); a tombstone for a purge.
 pub fn state_record(change: &StateChange, readers: &[String]) -> Option<Outgoing> {
     let id = InstanceId::parse(&change.instance).ok()?;
+    if change.is_purge() {
+        return Some(Outgoing::tombstone(&change.instance));
+    }
     let record = StateRecord {
         instance: change.instance.clone(),
         kind: id.kind().prefix().to_owned(),

@@ -31,6 +31,7 @@ fn settings(local_rounds: usize) -> Settings {
         spread_activities: local_rounds == 0,
         local_rounds,
         cache_limit: 100,
+        purge_grace_ms: Settings::PURGE_GRACE_MS,
     }
 }
 
@@ -184,6 +185,7 @@ fn only_the_instance_that_lost_its_commit_is_rerun() {
                 blob: stored.blob,
                 timers: Vec::new(),
                 index: None,
+                expire: None,
             };
             now_or_never(store.commit(0, vec![write])).expect("memory store");
         }
@@ -288,7 +290,14 @@ fn events_for_an_unreadable_record_are_dead_lettered_and_it_is_not_overwritten()
     let store = MemoryStore::new();
     let mut core = core(0, &store);
     let id = InstanceId::entity("Counter", "c1").canonical();
-    let garbage = Write { id: id.clone(), expected: None, blob: b"garbage".to_vec(), timers: Vec::new(), index: None };
+    let garbage = Write {
+        id: id.clone(),
+        expected: None,
+        blob: b"garbage".to_vec(),
+        timers: Vec::new(),
+        index: None,
+        expire: None,
+    };
     now_or_never(store.commit(0, vec![garbage])).expect("memory store");
     let (seen, produced) = drive(&mut core, &store, vec![record(0, &add(1, "c1"))], |_| {});
     assert!(!seen.iter().any(|s| matches!(s, Seen::Commit { .. })), "{seen:?}");

@@ -80,7 +80,7 @@ impl IntoResponse for ApiError {
 type ApiResult = Result<(StatusCode, Json<Value>), ApiError>;
 
 /// Every path of the API (each is documented in `openapi.yaml`).
-pub const PATHS: [&str; 12] = [
+pub const PATHS: [&str; 17] = [
     "/v1/registry",
     "/v1/instances/{id}",
     "/v1/instances/{id}/history",
@@ -93,6 +93,11 @@ pub const PATHS: [&str; 12] = [
     "/v1/search/key",
     "/v1/instances",
     "/v1/counts",
+    "/v1/instances/{id}/suspend",
+    "/v1/instances/{id}/resume",
+    "/v1/instances/{id}/purge",
+    "/v1/instances/{id}/restart",
+    "/v1/batch/{action}",
 ];
 
 /// The API routes.
@@ -110,6 +115,11 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(PATHS[9], post(search_key))
         .route(PATHS[10], get(list))
         .route(PATHS[11], get(counts))
+        .route(PATHS[12], post(suspend))
+        .route(PATHS[13], post(resume))
+        .route(PATHS[14], post(purge))
+        .route(PATHS[15], post(restart))
+        .route(PATHS[16], post(batch))
         .with_state(shared)
 }
 
@@ -233,6 +243,10 @@ pub fn instance_view(id: &InstanceId, r: &InstanceRecord) -> Value {
                 S::Terminated { reason } => {
                     o.insert("reason".into(), reason.clone().into());
                 }
+                S::Suspended { reason, held } => {
+                    o.insert("reason".into(), reason.clone().into());
+                    o.insert("held".into(), held.len().into());
+                }
                 S::Running => {}
             }
         }
@@ -317,7 +331,7 @@ pub fn list_query(query: Option<&str>, counts: bool) -> Result<(Filter, usize, C
 }
 
 /// Every status word.
-const STATUSES: [&str; 6] = ["running", "completed", "failed", "terminated", "active", "deleted"];
+const STATUSES: [&str; 7] = ["running", "suspended", "completed", "failed", "terminated", "active", "deleted"];
 
 fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
@@ -363,7 +377,20 @@ fn visible(
 /// 1,000 index entries.
 async fn list(State(shared): State<Arc<Shared>>, headers: HeaderMap, RawQuery(query): RawQuery) -> ApiResult {
     let principal = caller(&shared, &headers)?;
-    let (filter, limit, mut cursor) = list_query(query.as_deref(), false)?;
+    let (filter, limit, cursor) = list_query(query.as_deref(), false)?;
+    let (found, next) = page(&shared, principal.as_ref(), &filter, limit, cursor).await?;
+    Ok((StatusCode::OK, Json(json!({ "instances": found, "next": next }))))
+}
+
+/// One page of the index from `cursor`: the summaries `principal` may read that match `filter`
+/// (at most `limit`), and the cursor after them (`None` at the end).
+async fn page(
+    shared: &Shared,
+    principal: Option<&Principal>,
+    filter: &Filter,
+    limit: usize,
+    mut cursor: Cursor,
+) -> Result<(Vec<Summary>, Option<String>), ApiError> {
     let policy = shared.engine.policy();
     let prefix = filter.prefix();
     let budget = limit * 10 + 1000;
@@ -380,7 +407,7 @@ async fn list(State(shared): State<Arc<Shared>>, headers: HeaderMap, RawQuery(qu
         }
         for (id, entry) in batch {
             scanned += 1;
-            let summary = visible(&filter, policy, principal.as_ref(), &id, &entry);
+            let summary = visible(filter, policy, principal, &id, &entry);
             cursor.after = Some(id);
             if let Some(summary) = summary {
                 found.push(summary);
@@ -394,7 +421,7 @@ async fn list(State(shared): State<Arc<Shared>>, headers: HeaderMap, RawQuery(qu
         }
     }
     let next = (cursor.partition < shared.partitions).then(|| cursor.encode());
-    Ok((StatusCode::OK, Json(json!({ "instances": found, "next": next }))))
+    Ok((found, next))
 }
 
 /// `GET /v1/counts`: how many instances the caller may read there are per type and status.
@@ -648,15 +675,60 @@ fn parse_id(id: &str) -> Result<InstanceId, ApiError> {
 async fn write(shared: &Shared, headers: &HeaderMap, write: Write<'_>, raw: axum::body::Body) -> ApiResult {
     let principal = caller(shared, headers)?;
     let bytes = read(shared, raw).await?;
-    let request = requests::read(&write, &bytes, event_id)?;
+    act(shared, principal.as_ref(), write, &bytes).await
+}
+
+/// A write's body read: check it may be sent and fits the instance's state, and send it.
+async fn act(shared: &Shared, principal: Option<&Principal>, write: Write<'_>, bytes: &[u8]) -> ApiResult {
+    let mut request = requests::read(&write, bytes, event_id)?;
     let names = shared.engine.registry().names();
     match write {
         Write::Start { name } => registered(names.0, name, "orchestration")?,
         Write::Signal { name, .. } => registered(names.1, name, "entity")?,
-        Write::Raise { .. } | Write::Terminate { .. } | Write::Access { .. } => {}
+        _ => {}
     }
-    may_send(shared, principal.as_ref(), &request.target, &request.event).await?;
-    send(shared, principal.as_ref(), &request.target, request.event_id, request.event).await
+    may_send(shared, principal, &request.target, &request.event).await?;
+    fits(shared, &write, &mut request).await?;
+    send(shared, principal, &request.target, request.event_id, request.event).await
+}
+
+fn conflict(message: String) -> ApiError {
+    ApiError::new(StatusCode::CONFLICT, "wrong_status", message)
+}
+
+/// The operator writes that depend on the instance's status are checked against the stored
+/// record before they are sent (409 with what to do instead; the engine decides again when it
+/// applies them); a restart takes its input from the record.
+async fn fits(shared: &Shared, write: &Write<'_>, request: &mut requests::Request) -> Result<(), ApiError> {
+    use crate::history::OrchestrationStatus as S;
+    if !matches!(write, Write::Suspend { .. } | Write::Resume { .. } | Write::Purge { .. } | Write::Restart { .. }) {
+        return Ok(());
+    }
+    let id = &request.target;
+    let record = stored(shared, id).await?.filter(|r| !matches!(r.body, Body::Empty)).ok_or_else(|| not_found(id))?;
+    match (&record.body, write) {
+        (Body::Orchestration(h), Write::Suspend { .. }) if !matches!(h.status, S::Running) => {
+            Err(conflict(format!("{id} is {}: only a running orchestration can be suspended", h.status.word())))
+        }
+        (Body::Orchestration(h), Write::Resume { .. }) if !matches!(h.status, S::Suspended { .. }) => {
+            Err(conflict(format!("{id} is {}: only a suspended orchestration can be resumed", h.status.word())))
+        }
+        (Body::Orchestration(h), Write::Purge { .. } | Write::Restart { .. }) if !h.status.is_finished() => {
+            let what = if matches!(write, Write::Purge { .. }) { "purged" } else { "restarted" };
+            Err(conflict(format!(
+                "{id} is {}: terminate it first (only a completed, failed or terminated orchestration is {what})",
+                h.status.word()
+            )))
+        }
+        (Body::Orchestration(h), Write::Restart { .. }) => {
+            request.event = Event::StartOrchestration { input: h.input.clone() };
+            Ok(())
+        }
+        (Body::Entity(e), Write::Purge { .. }) if e.lock.is_some() || !e.queue.is_empty() => Err(conflict(format!(
+            "{id} is in a critical section or has operations waiting: purge it when they are done"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 async fn start(
@@ -693,6 +765,128 @@ async fn terminate(
     raw: axum::body::Body,
 ) -> ApiResult {
     write(&shared, &headers, Write::Terminate { id: &id }, raw).await
+}
+
+async fn suspend(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    raw: axum::body::Body,
+) -> ApiResult {
+    write(&shared, &headers, Write::Suspend { id: &id }, raw).await
+}
+
+async fn resume(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    raw: axum::body::Body,
+) -> ApiResult {
+    write(&shared, &headers, Write::Resume { id: &id }, raw).await
+}
+
+async fn purge(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    raw: axum::body::Body,
+) -> ApiResult {
+    write(&shared, &headers, Write::Purge { id: &id }, raw).await
+}
+
+async fn restart(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    raw: axum::body::Body,
+) -> ApiResult {
+    write(&shared, &headers, Write::Restart { id: &id }, raw).await
+}
+
+/// The body of a batch operation.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchBody {
+    reason: Option<String>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// Most refusals one batch page reports one by one (the rest are counted).
+const MAX_REPORTED: usize = 20;
+
+/// `POST /v1/batch/{action}?<the filter of GET /v1/instances>`: do `action` (terminate,
+/// suspend, resume, purge or restart) to one page of the instances the caller may read that
+/// match, each checked and sent like its own request; answer how many matched, were sent and
+/// were refused (with the first reasons), and the cursor of the next page. With `dry_run` only
+/// count. Clients call again with `cursor` until `next` is null (`durable batch` does, showing
+/// progress).
+async fn batch(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(action): Path<String>,
+    RawQuery(query): RawQuery,
+    raw: axum::body::Body,
+) -> ApiResult {
+    const ACTIONS: [&str; 5] = ["terminate", "suspend", "resume", "purge", "restart"];
+    let principal = caller(&shared, &headers)?;
+    if !ACTIONS.contains(&action.as_str()) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_action",
+            format!("no batch action {action:?}: actions are {}", ACTIONS.join(", ")),
+        ));
+    }
+    let bytes = read(&shared, raw).await?;
+    let body: BatchBody = if bytes.iter().all(u8::is_ascii_whitespace) {
+        BatchBody::default()
+    } else {
+        serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                format!("{e}; the body is {{\"reason\": …, \"dry_run\": true|false}}"),
+            )
+        })?
+    };
+    let (filter, limit, cursor) = list_query(query.as_deref(), false)?;
+    let (found, next) = page(&shared, principal.as_ref(), &filter, limit, cursor).await?;
+    let (mut sent, mut refused, mut reasons) = (0, 0, Vec::new());
+    if !body.dry_run {
+        let each = json!({ "reason": body.reason }).to_string();
+        let each = if action == "restart" { "{}".to_owned() } else { each };
+        for summary in &found {
+            let id = summary.instance.as_str();
+            let write = match action.as_str() {
+                "terminate" => Write::Terminate { id },
+                "suspend" => Write::Suspend { id },
+                "resume" => Write::Resume { id },
+                "purge" => Write::Purge { id },
+                _ => Write::Restart { id },
+            };
+            match act(&shared, principal.as_ref(), write, each.as_bytes()).await {
+                Ok(_) => sent += 1,
+                Err(e) => {
+                    refused += 1;
+                    if reasons.len() < MAX_REPORTED {
+                        reasons.push(json!({ "instance": id, "code": e.code, "message": e.message }));
+                    }
+                }
+            }
+        }
+    }
+    Ok((
+        StatusCode::OK,
+        Json(json!({
+            "action": action,
+            "dry_run": body.dry_run,
+            "matched": found.len(),
+            "sent": sent,
+            "refused": refused,
+            "refusals": reasons,
+            "next": next,
+        })),
+    ))
 }
 
 async fn change_access(

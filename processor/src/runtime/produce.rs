@@ -101,7 +101,11 @@ async fn enqueue(
             Some((copy, h)) => (dead_topic.as_str(), copy.as_slice(), Some(h), None),
             None => (topic, payload, headers.as_ref(), partition),
         };
-        let mut record = FutureRecord::to(to).key(key).payload(value);
+        let mut record = FutureRecord::<[u8], [u8]>::to(to).key(key);
+        // An empty value on the state topic is a purged instance's tombstone: a null value.
+        if !(value.is_empty() && to == shared.config.state_topic()) {
+            record = record.payload(value);
+        }
         if let Some(p) = partition {
             record = record.partition(p);
         }

@@ -86,6 +86,7 @@ pub async fn work(
         spread_activities: shared.config.spread_activities,
         local_rounds: Settings::LOCAL_ROUNDS,
         cache_limit: Settings::CACHE_LIMIT,
+        purge_grace_ms: shared.config.purge_grace_ms(),
     };
     let mut core = Partition::new(settings, shared.engine.clone(), epoch);
     loop {

@@ -112,7 +112,13 @@ impl Inner {
             let etag = self.last_etag;
             let id = write.id;
             self.instances.insert(id.clone(), (write.blob, etag));
-            if let Some(indexed) = write.index {
+            // An emptied record leaves the index (this store has no clock: the key stays).
+            if write.expire.is_some() {
+                let index = self.indexes.entry(partition).or_default();
+                if let Some((g, _)) = index.entries.remove(&id) {
+                    *index.counts.entry(g).or_default() -= 1;
+                }
+            } else if let Some(indexed) = write.index {
                 let index = self.indexes.entry(partition).or_default();
                 let group = indexed.group();
                 let old = index.entries.insert(id.clone(), (group.clone(), indexed.entry));

@@ -64,7 +64,8 @@ end
 /// applied mark to ("" = none), the floor of the applied mark ("" = none: below it, nothing is
 /// written and the answer is {-2, mark}), then per write: expected etag ("" = must not exist),
 /// blob, instance id, its type ("" = leave the index), its status, its index entry (which
-/// starts with `<status>|`), timer count, then (fire_at, envelope) pairs.
+/// starts with `<status>|`), the expiry in ms ("" = none: the key persists; else the instance
+/// leaves the index and the key expires), timer count, then (fire_at, envelope) pairs.
 const COMMIT: &str = r#"
 local n = tonumber(ARGV[1])
 local timers = KEYS[n + 1]
@@ -90,13 +91,22 @@ for i = 1, n do
   local typ = ARGV[a + 3]
   local group = typ .. '|' .. ARGV[a + 4]
   local entry = ARGV[a + 5]
-  local count = tonumber(ARGV[a + 6])
-  a = a + 7
+  local expire = ARGV[a + 6]
+  local count = tonumber(ARGV[a + 7])
+  a = a + 8
   local stored = redis.call('HMGET', KEYS[i], 'e', 'x')
   local current, old = stored[1], stored[2]
   if (current == false and expected == '') or (current ~= false and current == expected) then
     local etag = raise(current)
-    if typ ~= '' then
+    if expire ~= '' then
+      if old then
+        redis.call('ZREM', ids, id)
+        redis.call('HINCRBY', counts, string.match(id, '^[^:]*:[^:]*') .. '|' .. string.match(old, '^[^|]*'), -1)
+        redis.call('HDEL', KEYS[i], 'x')
+      end
+      redis.call('HSET', KEYS[i], 'b', blob, 'e', etag)
+      redis.call('PEXPIRE', KEYS[i], expire)
+    elseif typ ~= '' then
       if not old then
         redis.call('ZADD', ids, 0, id)
         redis.call('HINCRBY', counts, group, 1)
@@ -110,6 +120,9 @@ for i = 1, n do
       redis.call('HSET', KEYS[i], 'b', blob, 'e', etag, 'x', entry)
     else
       redis.call('HSET', KEYS[i], 'b', blob, 'e', etag)
+    end
+    if expire == '' and current ~= false then
+      redis.call('PERSIST', KEYS[i])
     end
     for t = 1, count do
       redis.call('ZADD', timers, ARGV[a], ARGV[a + 1])
@@ -398,6 +411,7 @@ impl RedisStore {
                 Some(indexed) => invocation.arg(&indexed.type_name).arg(&indexed.status).arg(&indexed.entry),
                 None => invocation.arg("").arg("").arg(""),
             };
+            invocation.arg(w.expire.map(|ms| ms.max(1).to_string()).unwrap_or_default());
             invocation.arg(w.timers.len());
             for t in &w.timers {
                 invocation.arg(t.fire_at).arg(&t.envelope[..]);

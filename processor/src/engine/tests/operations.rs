@@ -1,0 +1,205 @@
+//! Operator events: suspend and resume, purge, retention.
+
+use durable_schemas::{Event, Payload};
+
+use crate::effect::Effect;
+use crate::engine::DropReason;
+use crate::examples;
+use crate::harness::Harness;
+use crate::history::{Body, OrchestrationStatus};
+use crate::id::InstanceId;
+use crate::registry::Registry;
+use crate::retention::{self, Retention};
+
+fn harness() -> Harness {
+    Harness::new(examples::register(Registry::new()))
+}
+
+fn suspended_with(h: &Harness, id: &str) -> Option<usize> {
+    match h.status(id)? {
+        OrchestrationStatus::Suspended { held, .. } => Some(held.len()),
+        _ => None,
+    }
+}
+
+#[test]
+fn a_suspended_orchestration_keeps_what_arrives_and_applies_it_on_resume() {
+    let mut h = harness();
+    let start = h.start("HelloSequence", "s", vec!["Oslo", "Lima"]);
+    let id = start.target.clone();
+    h.deliver(start);
+    let request = h.take_pending().pop().expect("the first activity call");
+    let suspend = h.client(&id, Event::Suspend { reason: "audit".into() });
+    let out = h.deliver(suspend);
+    assert!(out.changed);
+    assert_eq!(h.record(&id).unwrap().version, 2);
+    let state = out.effects.iter().find_map(|e| match e {
+        Effect::StateChanged(c) => Some(c.status.clone()),
+        _ => None,
+    });
+    assert_eq!(state.as_deref(), Some("suspended"));
+    // The reply and an event arrive while suspended: kept, nothing runs.
+    let reply = h.run_activity(request);
+    h.take_pending();
+    let out = h.deliver(reply);
+    assert_eq!(out.emitted().count(), 0, "nothing runs while suspended");
+    let raise = h.raise(&id, "unused", 1);
+    h.deliver(raise);
+    assert_eq!(suspended_with(&h, &id), Some(2));
+    // Suspending again changes nothing.
+    let again = h.client(&id, Event::Suspend { reason: "again".into() });
+    assert_eq!(h.deliver(again).dropped[0].reason, DropReason::NoChange);
+    // Resume: the kept reply applies, the code asks for the next activity, and it completes.
+    let resume = h.client(&id, Event::Resume { reason: String::new() });
+    let out = h.deliver(resume);
+    assert_eq!(out.emitted().filter(|e| e.target.starts_with("activity:SayHello:")).count(), 1);
+    assert_eq!(h.status(&id), Some(&OrchestrationStatus::Running));
+    h.run();
+    let done: Vec<String> = h.output(&id).expect("completed");
+    assert_eq!(done, ["Hello Oslo!", "Hello Lima!"]);
+    let late = h.client(&id, Event::Resume { reason: String::new() });
+    assert_eq!(h.deliver(late).dropped[0].reason, DropReason::Finished);
+    let finished = h.client(&id, Event::Suspend { reason: "too late".into() });
+    h.deliver(finished);
+    assert!(h.dead_letters().last().unwrap().reason.contains("only a running orchestration can be suspended"));
+}
+
+#[test]
+fn terminate_ends_a_suspended_orchestration_and_drops_what_it_kept() {
+    let mut h = harness();
+    let start = h.start("HelloSequence", "t", vec!["Oslo"]);
+    let id = start.target.clone();
+    h.deliver(start);
+    let request = h.take_pending().pop().unwrap();
+    let suspend = h.client(&id, Event::Suspend { reason: String::new() });
+    h.deliver(suspend);
+    let reply = h.run_activity(request);
+    h.take_pending();
+    h.deliver(reply);
+    let terminate = h.terminate(&id, "enough");
+    let out = h.deliver(terminate);
+    assert!(out.changed && out.dropped.is_empty(), "{:?}", out.dropped);
+    assert_eq!(h.status(&id), Some(&OrchestrationStatus::Terminated { reason: "enough".into() }));
+}
+
+#[test]
+fn the_kept_events_are_bounded_by_the_inbox_limit() {
+    let mut h = harness().with_limits(crate::engine::Limits { max_inbox: 2, ..Default::default() });
+    let start = h.start("Ticker", "b", (0, 5));
+    let id = start.target.clone();
+    h.deliver(start);
+    let suspend = h.client(&id, Event::Suspend { reason: String::new() });
+    h.deliver(suspend);
+    for _ in 0..3 {
+        let tick = h.raise(&id, "tick", 1);
+        h.deliver(tick);
+    }
+    assert_eq!(suspended_with(&h, &id), Some(2));
+    assert!(h.dead_letters().last().unwrap().reason.contains("is suspended and already keeps 2 events"));
+}
+
+#[test]
+fn a_purge_empties_a_finished_orchestration_and_publishes_its_tombstone() {
+    let mut h = harness();
+    let start = h.start("HelloSequence", "p", vec!["Oslo"]);
+    let id = start.target.clone();
+    h.deliver(start);
+    // Running: refused.
+    let early = h.client(&id, Event::Purge { reason: String::new() });
+    h.deliver(early);
+    assert!(h.dead_letters().last().unwrap().reason.contains("is running: terminate it before purging it"));
+    h.run();
+    assert!(matches!(h.status(&id), Some(OrchestrationStatus::Completed { .. })));
+    let purge = h.client(&id, Event::Purge { reason: "done with it".into() });
+    let out = h.deliver(purge);
+    let record = h.record(&id).unwrap();
+    assert!(matches!(record.body, Body::Empty), "emptied");
+    assert!(record.dedup.recent_ids.len() >= 2, "its dedup marks stay");
+    let purged = out.effects.iter().find_map(|e| match e {
+        Effect::StateChanged(c) if c.is_purge() => Some(c.version),
+        _ => None,
+    });
+    assert_eq!(purged, Some(record.version), "a tombstone with the new version");
+    // Again (a redelivered purge): the tombstone again, nothing else.
+    let again = h.client(&id, Event::Purge { reason: String::new() });
+    let out = h.deliver(again);
+    assert!(out.effects.iter().any(|e| matches!(e, Effect::StateChanged(c) if c.is_purge())));
+    // A start after the purge is a new instance: generation 0, running again.
+    let restart = h.start("HelloSequence", "p", vec!["Lima"]);
+    h.deliver(restart);
+    assert_eq!(h.record(&id).unwrap().orchestration().unwrap().generation, 0);
+    h.run();
+    let out: Vec<String> = h.output(&id).unwrap();
+    assert_eq!(out, ["Hello Lima!"]);
+}
+
+#[test]
+fn an_entity_is_purged_only_outside_a_critical_section() {
+    let mut h = harness();
+    let counter = InstanceId::entity("Counter", "c");
+    let add = h.signal(&counter, "add", 3);
+    h.deliver(add);
+    let lock = Event::LockRequest {
+        owner: "orch:Transfer:t".into(),
+        correlation: "0.0".into(),
+        participants: vec![counter.canonical()],
+        position: 0,
+    };
+    let mut request = h.client(&counter.canonical(), lock);
+    request.source = Some("orch:Transfer:t".into());
+    h.deliver(request);
+    let purge = h.client(&counter.canonical(), Event::Purge { reason: String::new() });
+    h.deliver(purge);
+    assert!(h.dead_letters().last().unwrap().reason.contains("is locked by orch:Transfer:t"));
+    let release = Event::LockRelease { owner: "orch:Transfer:t".into(), correlation: "0.0".into() };
+    let mut release = h.client(&counter.canonical(), release);
+    release.source = Some("orch:Transfer:t".into());
+    // The purge and a signal after it, in one step: the signal makes a new entity.
+    let purge = h.client(&counter.canonical(), Event::Purge { reason: String::new() });
+    let add = h.signal(&counter, "add", 1);
+    let out = h.deliver_batch(vec![release, purge, add]);
+    assert_eq!(h.entity_state::<serde_json::Value>(&counter), Some(serde_json::json!({ "value": 1 })));
+    assert!(!out.effects.iter().any(|e| matches!(e, Effect::StateChanged(c) if c.is_purge())), "not gone after all");
+    let purge = h.client(&counter.canonical(), Event::Purge { reason: String::new() });
+    h.deliver(purge);
+    assert!(matches!(h.record(&counter.canonical()).unwrap().body, Body::Empty));
+}
+
+#[test]
+fn retention_purges_a_finished_orchestration_once_its_period_passed_and_not_a_restarted_one() {
+    let retention = Retention { default: Some(60_000), by_name: [("Ticker".to_owned(), 1_000)].into() };
+    let mut h = harness().with_retention(retention);
+    let start = h.start("HelloSequence", "r", vec!["Oslo"]);
+    let id = start.target.clone();
+    h.deliver(start);
+    h.run_until(h.now());
+    assert!(matches!(h.status(&id), Some(OrchestrationStatus::Completed { .. })));
+    let timers = h.take_timers();
+    assert_eq!(timers.len(), 1, "one retention timer: {timers:?}");
+    let (fire_at, purge) = timers[0].clone();
+    assert_eq!(fire_at, h.now() + 60_000);
+    assert!(matches!(&purge.body, Event::Purge { reason } if reason == retention::REASON));
+    // Restarted before the timer fired: the old timer leaves the new run alone.
+    let again = h.start("HelloSequence", "r", vec!["Lima"]);
+    h.advance(10_000);
+    h.deliver(again);
+    let out = h.fire((fire_at, purge.clone()));
+    assert_eq!(out.dropped[0].reason, DropReason::NoChange);
+    h.run_until(h.now());
+    let (next_at, next) = h.take_timers().pop().expect("the restarted run's end parks its own timer");
+    assert_eq!(next_at, h.now() + 60_000);
+    // Once the restarted run has been done for its period, its timer purges it.
+    h.fire((next_at, next));
+    assert!(matches!(h.record(&id).unwrap().body, Body::Empty));
+    // A per-type period, and an entity whose state was deleted counts too.
+    let ticker = h.start("Ticker", "k", (0, 1));
+    let tid = ticker.target.clone();
+    h.deliver(ticker);
+    let tick = h.raise(&tid, "tick", 1);
+    h.deliver(tick);
+    let (at, _) = h.take_timers().pop().expect("a timer for the ticker");
+    assert_eq!(at, h.now() + 1_000);
+    assert!(
+        matches!(h.status(&tid), Some(OrchestrationStatus::Completed { output }) if *output == Payload::json(&1).unwrap())
+    );
+}
