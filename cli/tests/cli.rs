@@ -179,6 +179,50 @@ async fn every_command_works_against_a_real_processor() {
     let ended = run(args(&["wait", "orch:Approval:a1", "--timeout", "60s"]), 1).await;
     assert!(ended.contains("status        terminated") && ended.contains("changed my mind"), "{ended}");
 
+    // list: from the index, filtered, paged, counted.
+    let hello: Value =
+        serde_json::from_str(&run(args(&["list", "--kind", "orch", "--name", "HelloSequence", "--json"]), 0).await)
+            .expect("list --json is JSON");
+    assert_eq!(hello.as_array().map(Vec::len), Some(1), "{hello}");
+    assert_eq!(
+        (hello[0]["instance"].as_str(), hello[0]["status"].as_str()),
+        (Some("orch:HelloSequence:h1"), Some("completed"))
+    );
+    let table = run(args(&["list", "--kind", "orch", "--status", "terminated"]), 0).await;
+    assert!(
+        table.starts_with("INSTANCE") && table.contains("orch:Approval:a1") && table.contains("terminated"),
+        "{table}"
+    );
+    assert!(!table.contains("HelloSequence"), "{table}");
+    let all: Value = serde_json::from_str(&run(args(&["list", "--json"]), 0).await).unwrap();
+    let two: Value = serde_json::from_str(&run(args(&["list", "--json", "--limit", "2"]), 0).await).unwrap();
+    assert!(all.as_array().unwrap().len() >= 4, "{all}");
+    assert_eq!(two.as_array().unwrap().len(), 2, "--limit pages to exactly that many");
+    let ids = |v: &Value| {
+        v.as_array().unwrap().iter().map(|i| i["instance"].as_str().unwrap().to_owned()).collect::<Vec<_>>()
+    };
+    let mut unique = ids(&all);
+    unique.dedup();
+    assert_eq!(unique.len(), ids(&all).len(), "each instance once: {all}");
+    let recent = run(args(&["list", "--changed-within", "10m", "--kind", "entity"]), 0).await;
+    assert!(recent.contains("entity:Counter:c1") && !recent.contains("orch:"), "{recent}");
+    let counts: Value = serde_json::from_str(&run(args(&["list", "--counts", "--json"]), 0).await).unwrap();
+    let count = |name: &str, status: &str| {
+        counts["counts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name && c["status"] == status)
+            .map(|c| c["count"].clone())
+    };
+    assert_eq!(count("HelloSequence", "completed"), Some(serde_json::json!(1)), "{counts}");
+    assert_eq!(count("Approval", "terminated"), Some(serde_json::json!(1)), "{counts}");
+    assert_eq!(counts["total"].as_u64(), Some(all.as_array().unwrap().len() as u64), "{counts}");
+    let table = run(args(&["list", "--counts"]), 0).await;
+    assert!(table.contains("orch:Ticker") && table.contains("total"), "{table}");
+    let bad = durable_async(api, &["list", "--name", "Approval"]).await;
+    assert_eq!(bad.status.code(), Some(2), "--name needs --kind");
+
     // suspend / resume: what reaches a suspended orchestration waits for the resume.
     run(args(&["start", "Approval", "--key", "s1", "--input", r#"{"counter":"sc","amount":4}"#]), 0).await;
     let status_of = |id: &'static str| async move {
@@ -250,50 +294,6 @@ async fn every_command_works_against_a_real_processor() {
     let refused = durable_async(api, &["batch", "suspend", "--kind", "orch", "--name", "Approval"]).await;
     assert_eq!(refused.status.code(), Some(4), "a1 is terminated: suspending it is refused");
     assert!(stdout(&refused).contains("refused orch:Approval:a1"), "{}", stdout(&refused));
-
-    // list: from the index, filtered, paged, counted.
-    let hello: Value =
-        serde_json::from_str(&run(args(&["list", "--kind", "orch", "--name", "HelloSequence", "--json"]), 0).await)
-            .expect("list --json is JSON");
-    assert_eq!(hello.as_array().map(Vec::len), Some(1), "{hello}");
-    assert_eq!(
-        (hello[0]["instance"].as_str(), hello[0]["status"].as_str()),
-        (Some("orch:HelloSequence:h1"), Some("completed"))
-    );
-    let table = run(args(&["list", "--kind", "orch", "--status", "terminated"]), 0).await;
-    assert!(
-        table.starts_with("INSTANCE") && table.contains("orch:Approval:a1") && table.contains("terminated"),
-        "{table}"
-    );
-    assert!(!table.contains("HelloSequence"), "{table}");
-    let all: Value = serde_json::from_str(&run(args(&["list", "--json"]), 0).await).unwrap();
-    let two: Value = serde_json::from_str(&run(args(&["list", "--json", "--limit", "2"]), 0).await).unwrap();
-    assert!(all.as_array().unwrap().len() >= 4, "{all}");
-    assert_eq!(two.as_array().unwrap().len(), 2, "--limit pages to exactly that many");
-    let ids = |v: &Value| {
-        v.as_array().unwrap().iter().map(|i| i["instance"].as_str().unwrap().to_owned()).collect::<Vec<_>>()
-    };
-    let mut unique = ids(&all);
-    unique.dedup();
-    assert_eq!(unique.len(), ids(&all).len(), "each instance once: {all}");
-    let recent = run(args(&["list", "--changed-within", "10m", "--kind", "entity"]), 0).await;
-    assert!(recent.contains("entity:Counter:c1") && !recent.contains("orch:"), "{recent}");
-    let counts: Value = serde_json::from_str(&run(args(&["list", "--counts", "--json"]), 0).await).unwrap();
-    let count = |name: &str, status: &str| {
-        counts["counts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == name && c["status"] == status)
-            .map(|c| c["count"].clone())
-    };
-    assert_eq!(count("HelloSequence", "completed"), Some(serde_json::json!(1)), "{counts}");
-    assert_eq!(count("Approval", "terminated"), Some(serde_json::json!(1)), "{counts}");
-    assert_eq!(counts["total"].as_u64(), Some(all.as_array().unwrap().len() as u64), "{counts}");
-    let table = run(args(&["list", "--counts"]), 0).await;
-    assert!(table.contains("orch:Ticker") && table.contains("total"), "{table}");
-    let bad = durable_async(api, &["list", "--name", "Approval"]).await;
-    assert_eq!(bad.status.code(), Some(2), "--name needs --kind");
 
     // Refusals: exit 4 with the API's message.
     let unknown = durable_async(api, &["start", "NoSuchThing"]).await;

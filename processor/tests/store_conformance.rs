@@ -293,6 +293,32 @@ async fn the_index_lists_in_id_order_and_counts_by_group<S: Store>(store: &S) {
     assert_eq!(a1_summary, "completed|orch:Approval:a1", "a write without an entry keeps the last one");
 }
 
+/// A write with `expire` takes the instance out of the index and its count; written again, it
+/// is back.
+async fn an_emptied_record_leaves_the_index<S: Store>(store: &S) {
+    let p = 6;
+    let e1 = etag(store.commit(p, vec![indexed("orch:Hello:e1", None, "orch:Hello|completed")]).await.unwrap()[0]);
+    store.commit(p, vec![indexed("orch:Hello:e2", None, "orch:Hello|completed")]).await.unwrap();
+    let mut tomb = write("orch:Hello:e1", Some(e1), "tombstone", &[]);
+    tomb.expire = Some(60_000);
+    let e1 = etag(store.commit(p, vec![tomb]).await.unwrap()[0]);
+    let ids: Vec<String> = store.list(p, "", None, 100).await.unwrap().into_iter().map(|(id, _)| id).collect();
+    assert_eq!(ids, ["orch:Hello:e2"]);
+    let count = |c: Vec<(String, u64)>, g: &str| c.into_iter().find(|(group, _)| group == g).map_or(0, |(_, n)| n);
+    assert_eq!(count(store.counts(p).await.unwrap(), "orch:Hello|completed"), 1);
+    let kept = store.load(p, &["orch:Hello:e1".to_owned()]).await.unwrap().remove(0).expect("kept until it expires");
+    assert_eq!((kept.blob.as_slice(), kept.etag), (&b"tombstone"[..], e1));
+    // An emptied record written again while empty stays out; filled again, it is back.
+    let mut again = write("orch:Hello:e1", Some(e1), "tombstone", &[]);
+    again.expire = Some(60_000);
+    let e1 = etag(store.commit(p, vec![again]).await.unwrap()[0]);
+    assert_eq!(count(store.counts(p).await.unwrap(), "orch:Hello|completed"), 1);
+    store.commit(p, vec![indexed("orch:Hello:e1", Some(e1), "orch:Hello|running")]).await.unwrap();
+    let c = store.counts(p).await.unwrap();
+    assert_eq!((count(c.clone(), "orch:Hello|running"), count(c, "orch:Hello|completed")), (1, 1));
+    assert_eq!(store.list(p, "", None, 100).await.unwrap().len(), 2);
+}
+
 /// The contract's tests for one implementation: `$store` makes a fresh store.
 macro_rules! contract_tests {
     ($store:expr) => {
@@ -327,6 +353,10 @@ macro_rules! contract_tests {
         #[tokio::test]
         async fn the_index_lists_in_id_order_and_counts_by_group() {
             super::the_index_lists_in_id_order_and_counts_by_group(&$store).await
+        }
+        #[tokio::test]
+        async fn an_emptied_record_leaves_the_index() {
+            super::an_emptied_record_leaves_the_index(&$store).await
         }
         #[tokio::test]
         async fn a_loss_is_accepted_only_once_recorded() {
@@ -406,6 +436,33 @@ mod redis {
         assert_eq!(s.mark_applied(p, Some(5), 9).await.unwrap(), Err(None));
         s.mark_applied(p, None, 9).await.unwrap().unwrap();
         assert_eq!(s.take(p).await.unwrap().applied, Some(9), "raising it repairs it");
+    }
+
+    /// An emptied record's key expires; a record written again does not.
+    #[tokio::test]
+    async fn an_emptied_record_expires_and_a_filled_one_stays() {
+        let s = store().await;
+        let p = 7;
+        let ttl = |key: String| async move {
+            let ttl: i64 = ::redis::cmd("PTTL").arg(key).query_async(&mut redis_connection().await).await.unwrap();
+            ttl
+        };
+        let gone = etag(s.commit(p, vec![indexed("entity:C:gone", None, "entity:C|active")]).await.unwrap()[0]);
+        let back = etag(s.commit(p, vec![indexed("entity:C:back", None, "entity:C|active")]).await.unwrap()[0]);
+        let mut w = write("entity:C:gone", Some(gone), "empty", &[]);
+        w.expire = Some(300);
+        let mut v = write("entity:C:back", Some(back), "empty", &[]);
+        v.expire = Some(300);
+        let etags = s.commit(p, vec![w, v]).await.unwrap();
+        let back = etag(etags[1]);
+        assert!((1..=300).contains(&ttl(s.state_key(p, "entity:C:gone")).await));
+        s.commit(p, vec![indexed("entity:C:back", Some(back), "entity:C|active")]).await.unwrap();
+        assert_eq!(ttl(s.state_key(p, "entity:C:back")).await, -1, "written again: it no longer expires");
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let loaded = s.load(p, &["entity:C:gone".to_owned(), "entity:C:back".to_owned()]).await.unwrap();
+        assert!(loaded[0].is_none() && loaded[1].is_some(), "{loaded:?}");
+        let ids: Vec<String> = s.list(p, "", None, 10).await.unwrap().into_iter().map(|(id, _)| id).collect();
+        assert_eq!(ids, ["entity:C:back"]);
     }
 
     #[tokio::test]

@@ -746,3 +746,59 @@ async fn listed_counters(addr: std::net::SocketAddr, token: &str) -> Vec<String>
     ids.sort();
     ids
 }
+
+/// Retention end to end: finished orchestrations and deleted entities are purged by their
+/// retention timers, the projector removes their documents on the tombstones, and the Redis
+/// memory of the deployment returns to what it was before they existed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retention_purges_finished_instances_their_documents_and_their_memory() {
+    let prefix = e2e::unique_prefix("retention");
+    let mut config = InProcess::config(&prefix, 4);
+    config.retention = Some("3s".into());
+    config.purge_grace = Duration::from_secs(1);
+    let processor = InProcess::start_with(config).await;
+    let projector = Projector::start(&prefix, &typesense_url()).await;
+    // Baseline: what the deployment keeps with no instance (epochs, applied marks, the secret).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (base_keys, baseline) = e2e::redis_footprint(&prefix).await;
+    let mut client = Client::new(&prefix);
+    let (orchestrations, entities) = (200, 50);
+    let mut events = Vec::new();
+    for i in 0..orchestrations {
+        events.push(client.start("HelloSequence", &format!("r{i}"), vec![format!("city{i}")]));
+    }
+    for i in 0..entities {
+        let counter = InstanceId::entity("Counter", format!("r{i}"));
+        events.push(client.signal(&counter, "add", 1));
+        events.push(client.signal(&counter, "delete", ()));
+    }
+    client.send(&events).await;
+    let orchestrations_alias = mapping::orchestrations_alias(&prefix);
+    // Every orchestration is projected at some point (upserted, then removed on its tombstone).
+    let (keys, peak) = e2e::eventually(Duration::from_secs(60), "the instances are stored", || async {
+        let (keys, bytes) = e2e::redis_footprint(&prefix).await;
+        (keys >= base_keys + orchestrations).then_some((keys, bytes))
+    })
+    .await;
+    assert!(peak > baseline + orchestrations as u64 * 300, "{keys} keys, {peak} bytes against {baseline}");
+    let (left, bytes) = e2e::eventually(Duration::from_secs(90), "retention brings memory back", || async {
+        let (keys, bytes) = e2e::redis_footprint(&prefix).await;
+        (keys <= base_keys && bytes <= baseline + 512).then_some((keys, bytes))
+    })
+    .await;
+    eprintln!(
+        "retention: baseline {baseline} bytes in {base_keys} keys; peak {peak} bytes in {keys} keys; after {bytes} bytes in {left} keys"
+    );
+    let docs = e2e::eventually(Duration::from_secs(60), "the documents are removed", || async {
+        let docs = e2e::typesense_documents(&orchestrations_alias).await;
+        docs.is_empty().then_some(docs)
+    })
+    .await;
+    assert!(docs.is_empty());
+    let listed = e2e::http_get(processor.metrics, "/v1/counts").await;
+    let body = listed.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    let counts: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {listed}"));
+    assert_eq!(counts["total"], 0, "nothing is left in the index: {counts}");
+    projector.stop().await;
+    processor.stop().await;
+}

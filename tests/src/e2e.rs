@@ -61,6 +61,39 @@ pub async fn typesense_documents(collection: &str) -> std::collections::BTreeMap
         .collect()
 }
 
+/// The keys of `prefix` in the Redis under test and the bytes they take (`MEMORY USAGE`).
+pub async fn redis_footprint(prefix: &str) -> (usize, u64) {
+    let mut conn = redis::Client::open(redis_url())
+        .expect("a Redis URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis answers (scripts/services starts it)");
+    let (mut cursor, mut keys) = (0u64, Vec::<String>::new());
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}:*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await
+            .expect("SCAN");
+        keys.extend(batch);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    let mut bytes = 0;
+    for key in &keys {
+        let used: Option<u64> =
+            redis::cmd("MEMORY").arg("USAGE").arg(key).query_async(&mut conn).await.expect("MEMORY USAGE");
+        bytes += used.unwrap_or(0);
+    }
+    (keys.len(), bytes)
+}
+
 /// A binary of another package of the workspace, next to this test's own (`cargo test
 /// --workspace` builds every package's binaries before it runs a test). Panics when it is
 /// missing, naming the command that builds it.

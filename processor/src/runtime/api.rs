@@ -810,6 +810,8 @@ struct BatchBody {
     reason: Option<String>,
     #[serde(default)]
     dry_run: bool,
+    /// Makes a retried page one request: each instance's event id is `<event_id>/<instance>`.
+    event_id: Option<String>,
 }
 
 /// Most refusals one batch page reports one by one (the rest are counted).
@@ -845,7 +847,7 @@ async fn batch(
             ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "bad_body",
-                format!("{e}; the body is {{\"reason\": …, \"dry_run\": true|false}}"),
+                format!("{e}; the body is {{\"reason\": …, \"dry_run\": true|false, \"event_id\": …}}"),
             )
         })?
     };
@@ -853,10 +855,15 @@ async fn batch(
     let (found, next) = page(&shared, principal.as_ref(), &filter, limit, cursor).await?;
     let (mut sent, mut refused, mut reasons) = (0, 0, Vec::new());
     if !body.dry_run {
-        let each = json!({ "reason": body.reason }).to_string();
-        let each = if action == "restart" { "{}".to_owned() } else { each };
         for summary in &found {
             let id = summary.instance.as_str();
+            let event_id = body.event_id.as_ref().map(|e| format!("{e}/{id}"));
+            let each = if action == "restart" {
+                json!({ "event_id": event_id })
+            } else {
+                json!({ "reason": body.reason, "event_id": event_id })
+            }
+            .to_string();
             let write = match action.as_str() {
                 "terminate" => Write::Terminate { id },
                 "suspend" => Write::Suspend { id },

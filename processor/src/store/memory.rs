@@ -89,6 +89,16 @@ impl MemoryStore {
     }
 }
 
+/// One instance fewer in `group`; a group with none left is dropped.
+fn uncount(counts: &mut BTreeMap<String, u64>, group: String) {
+    if let std::collections::btree_map::Entry::Occupied(mut n) = counts.entry(group) {
+        *n.get_mut() -= 1;
+        if *n.get() == 0 {
+            n.remove();
+        }
+    }
+}
+
 impl Inner {
     /// Raise the applied mark of `partition` to `next`, unless it is below `floor`.
     fn raise_mark(&mut self, partition: u32, floor: Option<i64>, next: i64) -> Result<(), Option<i64>> {
@@ -116,7 +126,7 @@ impl Inner {
             if write.expire.is_some() {
                 let index = self.indexes.entry(partition).or_default();
                 if let Some((g, _)) = index.entries.remove(&id) {
-                    *index.counts.entry(g).or_default() -= 1;
+                    uncount(&mut index.counts, g);
                 }
             } else if let Some(indexed) = write.index {
                 let index = self.indexes.entry(partition).or_default();
@@ -124,7 +134,7 @@ impl Inner {
                 let old = index.entries.insert(id.clone(), (group.clone(), indexed.entry));
                 if old.as_ref().map(|(g, _)| g) != Some(&group) {
                     if let Some((g, _)) = old {
-                        *index.counts.entry(g).or_default() -= 1;
+                        uncount(&mut index.counts, g);
                     }
                     *index.counts.entry(group).or_default() += 1;
                 }

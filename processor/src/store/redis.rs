@@ -83,6 +83,12 @@ if ARGV[2] ~= '' and redis.call('GET', KEYS[n + 2]) ~= ARGV[2] then
   return out
 end
 local ids, counts = KEYS[n + 4], KEYS[n + 5]
+-- A group that drops to nothing leaves the counts (so that memory returns to its baseline).
+local function uncount(group)
+  if redis.call('HINCRBY', counts, group, -1) <= 0 then
+    redis.call('HDEL', counts, group)
+  end
+end
 local a = 5
 for i = 1, n do
   local expected = ARGV[a]
@@ -101,7 +107,7 @@ for i = 1, n do
     if expire ~= '' then
       if old then
         redis.call('ZREM', ids, id)
-        redis.call('HINCRBY', counts, string.match(id, '^[^:]*:[^:]*') .. '|' .. string.match(old, '^[^|]*'), -1)
+        uncount(string.match(id, '^[^:]*:[^:]*') .. '|' .. string.match(old, '^[^|]*'))
         redis.call('HDEL', KEYS[i], 'x')
       end
       redis.call('HSET', KEYS[i], 'b', blob, 'e', etag)
@@ -113,7 +119,7 @@ for i = 1, n do
       else
         local was = typ .. '|' .. string.match(old, '^[^|]*')
         if was ~= group then
-          redis.call('HINCRBY', counts, was, -1)
+          uncount(was)
           redis.call('HINCRBY', counts, group, 1)
         end
       end
