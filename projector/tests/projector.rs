@@ -758,10 +758,22 @@ async fn retention_purges_finished_instances_their_documents_and_their_memory() 
     config.purge_grace = Duration::from_secs(1);
     let processor = InProcess::start_with(config).await;
     let projector = Projector::start(&prefix, &typesense_url()).await;
-    // Baseline: what the deployment keeps with no instance (epochs, applied marks, the secret).
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (base_keys, baseline) = e2e::redis_footprint(&prefix).await;
+    // Baseline: what the deployment keeps with no instance (epochs, applied marks, timer
+    // sequence numbers, the secret) — after a first round of instances came and went, so that
+    // every partition has used its timers.
     let mut client = Client::new(&prefix);
+    let warm: Vec<_> = (0..40).map(|i| client.start("HelloSequence", &format!("w{i}"), vec!["w"])).collect();
+    client.send(&warm).await;
+    e2e::eventually(Duration::from_secs(60), "the first round is stored", || async {
+        (e2e::redis_instance_keys(&prefix).await >= 30).then_some(())
+    })
+    .await;
+    let (base_keys, baseline) = e2e::eventually(Duration::from_secs(60), "the first round is purged", || async {
+        let (keys, bytes) = e2e::redis_footprint(&prefix).await;
+        let stored = e2e::redis_instance_keys(&prefix).await;
+        (stored == 0 && keys > 0).then_some((keys, bytes))
+    })
+    .await;
     let (orchestrations, entities) = (200, 50);
     let mut events = Vec::new();
     for i in 0..orchestrations {

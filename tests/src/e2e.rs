@@ -94,6 +94,18 @@ pub async fn redis_footprint(prefix: &str) -> (usize, u64) {
     (keys.len(), bytes)
 }
 
+/// How many instance records of `prefix` the Redis under test holds.
+pub async fn redis_instance_keys(prefix: &str) -> usize {
+    let mut conn = redis::Client::open(redis_url())
+        .expect("a Redis URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis answers (scripts/services starts it)");
+    let keys: Vec<String> =
+        redis::cmd("KEYS").arg(format!("{prefix}:{{p*}}:s:*")).query_async(&mut conn).await.expect("KEYS");
+    keys.len()
+}
+
 /// A binary of another package of the workspace, next to this test's own (`cargo test
 /// --workspace` builds every package's binaries before it runs a test). Panics when it is
 /// missing, naming the command that builds it.
