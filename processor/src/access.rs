@@ -319,7 +319,10 @@ pub fn operation(core: &Event, call: bool) -> Option<Operation> {
         Event::RaiseEvent { .. } => Operation::Signal,
         Event::EntityOperation { .. } if call => Operation::Call,
         Event::EntityOperation { .. } => Operation::Signal,
-        Event::Terminate { .. } => Operation::Terminate,
+        // Suspending, resuming and purging stop or end an instance as terminating does.
+        Event::Terminate { .. } | Event::Suspend { .. } | Event::Resume { .. } | Event::Purge { .. } => {
+            Operation::Terminate
+        }
         Event::LockRequest { .. } => Operation::Lock,
         _ => return None,
     })

@@ -177,6 +177,9 @@ struct Collector {
     limits: Limits,
     /// Set by a `Purge` that emptied the record; a later event of the step may fill it again.
     purged: bool,
+    /// Set when the record changed though the step may show nothing for it (a resume whose kept
+    /// events were all dropped): it is committed even if every delivery looks dropped.
+    altered: bool,
     /// The target type's retention period, if any.
     retention: Option<i64>,
 }
@@ -366,6 +369,7 @@ impl Engine {
             now,
             limits: self.limits,
             purged: false,
+            altered: false,
             retention: self.retention.of(target),
         };
         let min_offset = deliveries.iter().filter_map(|d| d.offset).min();
@@ -473,8 +477,9 @@ impl Engine {
         // Every delivery was dropped (here or by the orchestration: a reply to a completed slot)
         // and nothing came of it: nothing to commit, and the stored outbox, which may not have
         // left yet, stays.
-        let changed =
-            changed && !(out.dropped.len() == delivered && out.effects.is_empty() && out.dead_letters.is_empty());
+        let changed = changed
+            && (out.altered
+                || !(out.dropped.len() == delivered && out.effects.is_empty() && out.dead_letters.is_empty()));
         if changed {
             record.version += 1;
             record.updated_at = now;
@@ -739,6 +744,9 @@ pub(crate) fn run_as(principal: &Principal, e: &mut Envelope) {
             | Event::RaiseEvent { .. }
             | Event::EntityOperation { .. }
             | Event::Terminate { .. }
+            | Event::Suspend { .. }
+            | Event::Resume { .. }
+            | Event::Purge { .. }
             | Event::LockRequest { .. }
             | Event::ScheduleActivity { .. }
             | Event::Access(_)

@@ -57,7 +57,8 @@ pub struct Scale {
     pub counters: usize,
     /// Signals (`add 1`) per counter.
     pub signals: usize,
-    /// `Approval` instances (retries, timers, external events, entity calls, a sub-orchestration).
+    /// `Approval` instances (retries, timers, external events, entity calls, a sub-orchestration;
+    /// every second one is suspended before its approval arrives and resumed after).
     pub approvals: usize,
     /// `Ticker` instances (continue-as-new with buffered events).
     pub tickers: usize,
@@ -402,6 +403,15 @@ impl World {
             let id = InstanceId::orchestration("Approval", format!("a{i}")).canonical();
             let input = ApprovalInput { counter: format!("ac{i}"), amount: i as i64 + 1 };
             let start = next(self, id.clone(), Event::StartOrchestration { input: json(&input) });
+            if i % 2 == 1 {
+                // An operator suspends it before the approval comes and resumes it after: the
+                // approval (and whatever else arrives meanwhile) is kept and applied on resume.
+                let suspend = next(self, id.clone(), Event::Suspend { reason: "simulated operator".into() });
+                let raise = next(self, id.clone(), Event::RaiseEvent { name: "approve".into(), payload: json(&true) });
+                let resume = next(self, id, Event::Resume { reason: String::new() });
+                per_instance.push([start, suspend, raise, resume].into());
+                continue;
+            }
             let raise = next(self, id, Event::RaiseEvent { name: "approve".into(), payload: json(&true) });
             per_instance.push([start, raise].into());
         }

@@ -454,6 +454,8 @@ impl Run<'_> {
         else {
             unreachable!("matched above")
         };
+        // Running again is a change even if every kept event turns out to be a duplicate.
+        self.out.altered = true;
         for envelope in held {
             self.apply(envelope);
         }

@@ -228,3 +228,35 @@ fn a_refused_first_event_creates_nothing_and_the_rightful_creator_still_can() {
     open(&mut h, &alice(), "a1", 5);
     assert_eq!(balance(&h, "a1"), Some(5));
 }
+
+#[test]
+fn suspend_resume_and_purge_need_terminate() {
+    let mut h = harness();
+    open(&mut h, &alice(), "a1", 100);
+    let start = transfer(&mut h, &alice(), "t", 1_000_000);
+    let id = start.target.clone();
+    h.deliver(start);
+    for body in [
+        Event::Suspend { reason: String::new() },
+        Event::Resume { reason: String::new() },
+        Event::Purge { reason: String::new() },
+    ] {
+        let name = body.name();
+        let event = h.client(&id, body);
+        h.deliver(Harness::as_principal(event, &bob()));
+        let refused = forbidden_dead_letters(&h);
+        assert_eq!(
+            refused.last().map(String::as_str),
+            Some("Forbidden: bob may not terminate orch:Transfer:t"),
+            "{name}"
+        );
+        let purge = h.client(&account("a1").canonical(), Event::Purge { reason: String::new() });
+        h.deliver(Harness::as_principal(purge, &bob()));
+        assert_eq!(balance(&h, "a1"), Some(100), "bob cannot purge alice's account");
+    }
+    assert!(!matches!(h.status(&id), Some(OrchestrationStatus::Suspended { .. })));
+    // Its owner may.
+    let suspend = h.client(&id, Event::Suspend { reason: "mine".into() });
+    h.deliver(Harness::as_principal(suspend, &alice()));
+    assert!(matches!(h.status(&id), Some(OrchestrationStatus::Suspended { .. })), "{:?}", h.status(&id));
+}

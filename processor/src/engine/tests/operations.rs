@@ -203,3 +203,27 @@ fn retention_purges_a_finished_orchestration_once_its_period_passed_and_not_a_re
         matches!(h.status(&tid), Some(OrchestrationStatus::Completed { output }) if *output == Payload::json(&1).unwrap())
     );
 }
+
+#[test]
+fn a_resume_whose_kept_events_are_all_duplicates_still_resumes() {
+    // Found by the simulator: a reply delivered twice while suspended is kept twice; on resume
+    // the copy is dropped, and a step whose only delivery was the resume looked like nothing
+    // had changed, so the resume was never committed.
+    let mut h = harness();
+    let start = h.start("HelloSequence", "d", vec!["Oslo", "Lima"]);
+    let id = start.target.clone();
+    h.deliver(start);
+    let request = h.take_pending().pop().unwrap();
+    let reply = h.run_activity(request);
+    h.take_pending();
+    h.deliver(reply.clone());
+    h.take_pending();
+    let suspend = h.client(&id, Event::Suspend { reason: String::new() });
+    h.deliver(suspend);
+    h.deliver(reply);
+    assert_eq!(suspended_with(&h, &id), Some(1), "the late copy is kept");
+    let resume = h.client(&id, Event::Resume { reason: String::new() });
+    let out = h.deliver(resume);
+    assert!(out.changed, "the resume is committed");
+    assert_eq!(h.status(&id), Some(&OrchestrationStatus::Running));
+}
