@@ -260,3 +260,27 @@ fn suspend_resume_and_purge_need_terminate() {
     h.deliver(Harness::as_principal(suspend, &alice()));
     assert!(matches!(h.status(&id), Some(OrchestrationStatus::Suspended { .. })), "{:?}", h.status(&id));
 }
+
+#[test]
+fn the_retention_timer_purges_without_a_principal_but_nobody_can_pretend_to_be_it() {
+    let retention = crate::retention::Retention { default: Some(1_000), ..Default::default() };
+    let mut h = harness().with_retention(retention);
+    let start = h.start("HelloSequence", "kept", vec!["Oslo"]);
+    let id = start.target.clone();
+    h.deliver(Harness::as_principal(start, &alice()));
+    h.run_until(h.now());
+    assert!(matches!(h.status(&id), Some(OrchestrationStatus::Completed { .. })));
+    // bob's purge with the retention reason is refused: it does not come from the instance.
+    let forged = h.client(&id, Event::Purge { reason: crate::retention::REASON.into() });
+    h.deliver(Harness::as_principal(forged, &bob()));
+    assert_eq!(forged_refusals(&h), 1);
+    let (at, purge) = h.take_timers().pop().expect("the retention timer");
+    assert_eq!(purge.source.as_deref(), Some(id.as_str()));
+    h.fire((at, purge));
+    assert!(matches!(h.record(&id).unwrap().body, crate::history::Body::Empty), "purged by its timer");
+    assert_eq!(forged_refusals(&h), 1, "the timer's purge was not refused");
+}
+
+fn forged_refusals(h: &Harness) -> usize {
+    forbidden_dead_letters(h).iter().filter(|r| r.contains("may not terminate")).count()
+}
