@@ -322,6 +322,10 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// The dead letters: records the processors or the projector refused, with why (admins
+    /// only).
+    #[command(subcommand)]
+    Dead(DeadCommand),
     /// Search the projected state in Typesense: an entity type's documents (e.g. Account) or
     /// `orchestrations`; prints one JSON document per line.
     Search {
@@ -357,6 +361,34 @@ enum Command {
     /// Run Durable in this process on embedded defaults: an in-process Kafka, in-memory state,
     /// the bundled examples, the management API and /metrics; then a short demo workload.
     Dev(dev::DevArgs),
+}
+
+/// `durable dead …`.
+#[derive(Debug, clap::Subcommand)]
+enum DeadCommand {
+    /// List the newest dead letters, newest first: id, when, the event and its target, why.
+    List {
+        /// Most letters to print.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print the API's JSON (an array of letters).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one dead letter: why, where it came from, its event decoded, whether it can be
+    /// redriven.
+    Show {
+        /// Its id, <partition>-<offset>, as `durable dead list` prints it.
+        id: String,
+    },
+    /// Send dead letters' events back to the events topic as your own writes (re-checked: a
+    /// letter that cannot be sent back says why; an event already applied is dropped as a
+    /// duplicate). Exit 4 if some were refused.
+    Redrive {
+        /// Their ids, <partition>-<offset>.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
 }
 
 fn parse_json(s: &str) -> Result<Value, String> {
@@ -471,6 +503,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Resume { instance, reason } => operate(&api, &instance, "resume", reason).await,
         Command::Purge { instance, reason } => operate(&api, &instance, "purge", reason).await,
         Command::Restart { instance } => operate(&api, &instance, "restart", None).await,
+        Command::Dead(command) => dead(&api, command).await,
         Command::Batch { action, filter, reason, dry_run } => batch(&api, &action, &filter, reason, dry_run).await,
         Command::Share { instance, user, role, operations } => {
             let body = serde_json::json!({ "action": "share", "user": user, "role": role, "operations": operations });
@@ -837,6 +870,77 @@ async fn operate(api: &Api, instance: &str, action: &str, reason: Option<String>
     let accepted = api.post(&path, &body).await?;
     println!("{}", accepted["instance"].as_str().unwrap_or_default());
     Ok(exit::OK)
+}
+
+async fn dead(api: &Api, command: DeadCommand) -> Result<u8, CliError> {
+    match command {
+        DeadCommand::List { limit, json } => {
+            let mut letters: Vec<Value> = Vec::new();
+            let mut cursor: Option<String> = None;
+            while letters.len() < limit {
+                let mut path = format!("/v1/dead?limit={}", (limit - letters.len()).min(200));
+                if let Some(c) = &cursor {
+                    path.push_str(&format!("&cursor={}", client::segment(c)));
+                }
+                let page = api.get(&path).await?;
+                letters.extend(page["letters"].as_array().cloned().unwrap_or_default());
+                match page["next"].as_str() {
+                    Some(next) => cursor = Some(next.to_owned()),
+                    None => break,
+                }
+            }
+            letters.truncate(limit);
+            if json {
+                println!("{}", pretty(&Value::Array(letters)));
+            } else {
+                print!("{}", letters_table(&letters));
+            }
+            Ok(exit::OK)
+        }
+        DeadCommand::Show { id } => {
+            println!("{}", pretty(&api.get(&format!("/v1/dead/{}", client::segment(&id))).await?));
+            Ok(exit::OK)
+        }
+        DeadCommand::Redrive { ids } => {
+            let mut refused = 0;
+            for id in &ids {
+                match api.post(&format!("/v1/dead/{}/redrive", client::segment(id)), &serde_json::json!({})).await {
+                    Ok(sent) => println!(
+                        "{id}: sent back to {} as event {}",
+                        sent["instance"].as_str().unwrap_or("?"),
+                        sent["event_id"].as_str().unwrap_or("?")
+                    ),
+                    Err(e) if e.exit == exit::REFUSED => {
+                        refused += 1;
+                        println!("{id}: refused: {}", e.message);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(if refused > 0 { exit::REFUSED } else { exit::OK })
+        }
+    }
+}
+
+/// Dead letters as a table: id, when (UTC), event and target, why.
+fn letters_table(letters: &[Value]) -> String {
+    if letters.is_empty() {
+        return "no dead letters\n".into();
+    }
+    let mut out = String::from("ID        DEAD-LETTERED AT      EVENT → TARGET  —  REASON\n");
+    for l in letters {
+        let at = l["at"]
+            .as_u64()
+            .map(|ms| humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string())
+            .unwrap_or_else(|| "?".into());
+        let what = match (l["event"].as_str(), l["target"].as_str()) {
+            (Some(e), Some(t)) => format!("{e} → {t}"),
+            _ => format!("(undecodable, key {})", l["key"].as_str().unwrap_or("none")),
+        };
+        let id = l["id"].as_str().unwrap_or("?");
+        out.push_str(&format!("{id:<8}  {at}  {what}  —  {}\n", short(&l["reason"], 160)));
+    }
+    out
 }
 
 /// A batch action, page by page, with progress on stderr and a summary on stdout.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tests::e2e::{self, InProcess};
 
-const COMMANDS: [&str; 24] = [
+const COMMANDS: [&str; 25] = [
     "list",
     "start",
     "signal",
@@ -24,6 +24,7 @@ const COMMANDS: [&str; 24] = [
     "purge",
     "batch",
     "accept-loss",
+    "dead",
     "share",
     "revoke",
     "transfer-ownership",
@@ -294,6 +295,61 @@ async fn every_command_works_against_a_real_processor() {
     let refused = durable_async(api, &["batch", "suspend", "--kind", "orch", "--name", "Approval"]).await;
     assert_eq!(refused.status.code(), Some(4), "a1 is terminated: suspending it is refused");
     assert!(stdout(&refused).contains("refused orch:Approval:a1"), "{}", stdout(&refused));
+
+    // dead letters: list, show, redrive. Three records no processor sealed: a signal claiming to
+    // come from an instance (refused; sent back as the operator's own write it applies, and a
+    // second redrive is a duplicate), a reply (a protocol message: cannot be sent back), and a
+    // signal of an operation the entity lacks (sent back, refused again).
+    let mut client = e2e::Client::new(&prefix);
+    let counter = durable_processor::InstanceId::entity("Counter", "dl");
+    let mut forged = client.signal(&counter, "add", 5);
+    forged.source = Some("orch:Approval:a1".into());
+    let reply = client.event("orch:Approval:a1", durable_processor::Event::TimerFired { correlation: "t".into() });
+    let unknown = client.signal(&counter, "nosuchop", 1);
+    client.send(&[forged.clone(), reply.clone(), unknown.clone()]).await;
+    let listed = e2e::eventually(Duration::from_secs(30), "three dead letters", || async {
+        let out = durable_async(api, &["dead", "list", "--json"]).await;
+        let letters: Vec<Value> = serde_json::from_str(&stdout(&out)).ok()?;
+        (letters.len() >= 3).then_some(letters)
+    })
+    .await;
+    let id_of = |event_id: &str| {
+        let letter =
+            listed.iter().find(|l| l["event_id"] == event_id).unwrap_or_else(|| panic!("{event_id} in {listed:?}"));
+        letter["id"].as_str().unwrap().to_owned()
+    };
+    let (forged_id, reply_id, unknown_id) = (id_of(&forged.id), id_of(&reply.id), id_of(&unknown.id));
+    let table = run(args(&["dead", "list"]), 0).await;
+    assert!(table.contains("EntityOperation → entity:Counter:dl") && table.contains("claims to come from"), "{table}");
+    let shown: Value = serde_json::from_str(&run(args(&["dead", "show", &forged_id]), 0).await).unwrap();
+    assert_eq!(shown["envelope"]["body"]["EntityOperation"]["input"], 5, "{shown}");
+    assert_eq!(shown["redrive"]["possible"], true, "{shown}");
+    let sent = run(args(&["dead", "redrive", &forged_id]), 0).await;
+    assert!(sent.contains("sent back to entity:Counter:dl"), "{sent}");
+    e2e::eventually(Duration::from_secs(30), "the redriven signal applied", || async {
+        let v: Value =
+            serde_json::from_str(&stdout(&durable_async(api, &["state", "entity:Counter:dl"]).await)).ok()?;
+        (v["value"] == 5).then_some(())
+    })
+    .await;
+    run(args(&["dead", "redrive", &forged_id]), 0).await;
+    let protocol = durable_async(api, &["dead", "redrive", &reply_id]).await;
+    assert_eq!(protocol.status.code(), Some(4), "a reply cannot be sent back");
+    assert!(stdout(&protocol).contains("part of Durable's protocol"), "{}", stdout(&protocol));
+    run(args(&["dead", "redrive", &unknown_id]), 0).await;
+    e2e::eventually(Duration::from_secs(30), "the redriven unknown operation is refused again", || async {
+        let out = durable_async(api, &["dead", "list", "--json"]).await;
+        let letters: Vec<Value> = serde_json::from_str(&stdout(&out)).ok()?;
+        let again = format!("{}/redrive/{unknown_id}", unknown.id);
+        letters.iter().any(|l| l["event_id"] == again.as_str()).then_some(())
+    })
+    .await;
+    // The second redrive of the forged signal was a duplicate: still 5 once the unknown
+    // operation (sent after it, to the same entity) came back refused.
+    let v: Value = serde_json::from_str(&run(args(&["state", "entity:Counter:dl"]), 0).await).unwrap();
+    assert_eq!(v["value"], 5, "a letter redriven twice is applied once");
+    let gone = durable_async(api, &["dead", "show", "0-999999"]).await;
+    assert_eq!(gone.status.code(), Some(4));
 
     // Refusals: exit 4 with the API's message.
     let unknown = durable_async(api, &["start", "NoSuchThing"]).await;

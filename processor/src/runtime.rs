@@ -29,6 +29,7 @@
 pub mod api;
 pub mod auth;
 mod cli;
+pub mod dead;
 mod dispatch;
 pub mod http;
 pub mod kafka;

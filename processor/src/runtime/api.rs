@@ -19,6 +19,9 @@
 //! | `GET /v1/registry` | the registered orchestrations, entities and activities |
 //! | `POST /v1/instances/{id}/access` `{"action", "user"?, "role"?, "operations"?, "event_id"?}` | share, revoke, transfer ownership, add an owner |
 //! | `POST /v1/search/key` | a Typesense key that searches only what the caller may read (an hour) |
+//! | `GET /v1/dead?limit=&cursor=` | the newest dead letters, newest first ([`super::dead`]); admins only |
+//! | `GET /v1/dead/{id}` | one dead letter: why, where from, its event decoded; admins only |
+//! | `POST /v1/dead/{id}/redrive` | send a dead letter's event back, as a new write of the caller; admins only |
 //! | `POST /v1/partitions/{partition}/accept-loss` | accept that Redis lost state of a partition its owner stopped (see `store::Taken::check`); admins only |
 //!
 //! Every request acts for the principal its bearer token proves ([`super::auth`]); without one
@@ -80,7 +83,7 @@ impl IntoResponse for ApiError {
 type ApiResult = Result<(StatusCode, Json<Value>), ApiError>;
 
 /// Every path of the API (each is documented in `openapi.yaml`).
-pub const PATHS: [&str; 17] = [
+pub const PATHS: [&str; 20] = [
     "/v1/registry",
     "/v1/instances/{id}",
     "/v1/instances/{id}/history",
@@ -98,6 +101,9 @@ pub const PATHS: [&str; 17] = [
     "/v1/instances/{id}/purge",
     "/v1/instances/{id}/restart",
     "/v1/batch/{action}",
+    "/v1/dead",
+    "/v1/dead/{id}",
+    "/v1/dead/{id}/redrive",
 ];
 
 /// The API routes.
@@ -120,6 +126,9 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(PATHS[14], post(purge))
         .route(PATHS[15], post(restart))
         .route(PATHS[16], post(batch))
+        .route(PATHS[17], get(dead_list))
+        .route(PATHS[18], get(dead_show))
+        .route(PATHS[19], post(dead_redrive))
         .with_state(shared)
 }
 
@@ -982,6 +991,96 @@ async fn accept_loss(
     }
     tracing::warn!(partition = p, "an operator accepted the loss of this partition's state");
     Ok((StatusCode::ACCEPTED, Json(json!({ "partition": p, "accepted": true }))))
+}
+
+/// The dead letters are anyone's data: admins only (and anonymous access, where it is on).
+fn administers(shared: &Shared, headers: &HeaderMap, what: &str) -> Result<Option<Principal>, ApiError> {
+    let principal = caller(shared, headers)?;
+    if !shared.engine.policy().may_administer(principal.as_ref()) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("{what} is for admins (role {:?})", shared.engine.policy().admin_role),
+        ));
+    }
+    Ok(principal)
+}
+
+/// Run `read` with a fresh reader of the dead-letter topic, off the async threads.
+async fn with_reader<T: Send + 'static>(
+    shared: &Shared,
+    read: impl FnOnce(&super::dead::Reader) -> anyhow::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    let config = shared.config.clone();
+    let unavailable = |e: anyhow::Error| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "kafka_unavailable",
+            format!("cannot read the dead-letter topic: {e:#}; is the broker running? (DURABLE_BROKERS)"),
+        )
+    };
+    tokio::task::spawn_blocking(move || super::dead::Reader::new(&config).and_then(|r| read(&r)))
+        .await
+        .map_err(|e| unavailable(anyhow::anyhow!("{e}")))?
+        .map_err(unavailable)
+}
+
+async fn dead_list(State(shared): State<Arc<Shared>>, headers: HeaderMap, RawQuery(query): RawQuery) -> ApiResult {
+    administers(&shared, &headers, "reading dead letters")?;
+    let (mut limit, mut cursor) = (50, super::dead::Cursor::new());
+    for pair in query.as_deref().unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode(value).ok_or_else(|| bad_query(format!("{key}: bad percent-encoding")))?;
+        match key {
+            "limit" => {
+                limit = value.parse().ok().filter(|l| (1..=super::dead::MAX_LIST).contains(l)).ok_or_else(|| {
+                    bad_query(format!("limit must be between 1 and {}, not {value:?}", super::dead::MAX_LIST))
+                })?
+            }
+            "cursor" => cursor = super::dead::parse_cursor(&value).map_err(bad_query)?,
+            _ => {
+                return Err(bad_query(format!("unknown query parameter {key:?}: this endpoint takes limit and cursor")))
+            }
+        }
+    }
+    let (letters, next) = with_reader(&shared, move |r| r.list(limit, &cursor)).await?;
+    Ok((
+        StatusCode::OK,
+        Json(json!({
+            "topic": shared.config.dead_topic(),
+            "letters": letters.iter().map(super::dead::Letter::summary).collect::<Vec<_>>(),
+            "next": next.as_ref().map(super::dead::cursor_string),
+        })),
+    ))
+}
+
+async fn dead_letter(shared: &Shared, id: String) -> Result<super::dead::Letter, ApiError> {
+    let wanted = id.clone();
+    with_reader(shared, move |r| r.get(&wanted)).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no dead letter {id:?} in {}: ids are <partition>-<offset> as `durable dead list` shows them (old ones leave with the topic's retention)", shared.config.dead_topic()),
+        )
+    })
+}
+
+async fn dead_show(State(shared): State<Arc<Shared>>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult {
+    administers(&shared, &headers, "reading dead letters")?;
+    let letter = dead_letter(&shared, id).await?;
+    Ok((StatusCode::OK, Json(letter.view(&shared.config.events_topic()))))
+}
+
+async fn dead_redrive(State(shared): State<Arc<Shared>>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult {
+    let principal = administers(&shared, &headers, "redriving dead letters")?;
+    let letter = dead_letter(&shared, id).await?;
+    let envelope = letter.redrivable(&shared.config.events_topic()).map_err(|why| {
+        ApiError::new(StatusCode::CONFLICT, "not_redrivable", format!("{} cannot be sent back: {why}", letter.id()))
+    })?;
+    let target = parse_id(&envelope.target)?;
+    may_send(&shared, principal.as_ref(), &target, &envelope.body).await?;
+    tracing::info!(letter = %letter.id(), event_id = %envelope.id, target = %envelope.target, "an operator redrove a dead letter");
+    send(&shared, principal.as_ref(), &target, Some(envelope.id), envelope.body).await
 }
 
 #[cfg(test)]

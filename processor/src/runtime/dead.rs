@@ -1,0 +1,403 @@
+//! Reading `<prefix>.dead` for operators: list the newest dead letters, show one decoded, send
+//! one back ("redrive"). The API's dead-letter routes ([`super::api`]) and the console use it.
+//!
+//! A dead letter is named `<partition>-<offset>` in the dead-letter topic. Listing reads each
+//! partition backwards from its end (or from the cursor's offsets) in pages; nothing is
+//! committed, and reading never removes a letter (the topic's retention does,
+//! `DURABLE_DEAD_RETENTION`).
+//!
+//! A redrive sends the record back to `<prefix>.events` as a new write of the operator who asks
+//! for it: it must still decode, it must be a kind of event an outside producer may send (a
+//! protocol message — a reply, a lock request — is refused: its conversation is over), the
+//! operator must be allowed to send it ([`crate::access`]; any principal the original record
+//! claimed is dropped). Its event id is the original's with `/redrive/<letter id>` in place of
+//! any such suffix it had: the same letter redriven twice is dropped as a duplicate by its
+//! instance, never applied twice, while the instance — which remembers the id of an event it
+//! refused, so that a producer's retry of it is not refused again — still takes the redrive.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use durable_schemas::contract::dead_letter;
+use durable_schemas::{Envelope, Event};
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::message::{Headers as _, Message as _};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::{json, Value};
+
+use crate::config::ProcessorConfig;
+use crate::partition::payload_json;
+
+/// The most letters one page lists.
+pub const MAX_LIST: usize = 200;
+
+/// How long a read of the dead-letter topic may take before it answers with what it has.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One record of the dead-letter topic, as stored.
+#[derive(Debug, Clone)]
+pub struct Letter {
+    /// Partition of the dead-letter topic.
+    pub partition: i32,
+    /// Offset in that partition.
+    pub offset: i64,
+    /// When it was dead-lettered (ms since the Unix epoch), if the broker says.
+    pub timestamp: Option<i64>,
+    /// Its key: the original record's key.
+    pub key: Option<Vec<u8>>,
+    /// Its value: the original record, or its first bytes when `truncated_from` is set.
+    pub value: Option<Vec<u8>>,
+    /// Its headers, in order.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Letter {
+    /// `<partition>-<offset>`.
+    pub fn id(&self) -> String {
+        format!("{}-{}", self.partition, self.offset)
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// Why it was refused.
+    pub fn reason(&self) -> &str {
+        self.header(dead_letter::REASON).unwrap_or("(no reason header: not written by Durable)")
+    }
+
+    /// The original size, when the value is only its first bytes.
+    pub fn truncated_from(&self) -> Option<u64> {
+        self.header(dead_letter::TRUNCATED).and_then(|v| v.parse().ok())
+    }
+
+    /// The envelope it holds, or why it holds none.
+    pub fn envelope(&self) -> Result<Envelope, String> {
+        if let Some(size) = self.truncated_from() {
+            return Err(format!("only the first {} of its {size} bytes were kept", dead_letter::MAX_COPY));
+        }
+        match &self.value {
+            None => Err("it has no value".into()),
+            Some(v) => Envelope::decode(v).map_err(|e| format!("it is not an envelope: {e}")),
+        }
+    }
+
+    /// The summary a list shows.
+    pub fn summary(&self) -> Value {
+        let envelope = self.envelope().ok();
+        json!({
+            "id": self.id(),
+            "at": self.timestamp,
+            "reason": self.reason(),
+            "component": self.header(dead_letter::COMPONENT),
+            "source_topic": self.header(dead_letter::SOURCE_TOPIC),
+            "key": self.key.as_deref().map(String::from_utf8_lossy),
+            "event": envelope.as_ref().map(|e| e.body.core().name()),
+            "event_id": envelope.as_ref().map(|e| e.id.clone()),
+            "target": envelope.as_ref().map(|e| e.target.clone()),
+        })
+    }
+
+    /// Everything about it, its envelope decoded when it holds one.
+    pub fn view(&self, events_topic: &str) -> Value {
+        let mut v = self.summary();
+        let headers: serde_json::Map<String, Value> =
+            self.headers.iter().map(|(k, val)| (k.clone(), Value::String(val.clone()))).collect();
+        v["headers"] = Value::Object(headers);
+        v["size"] = json!(self.value.as_ref().map_or(0, Vec::len));
+        v["truncated_from"] = json!(self.truncated_from());
+        match self.envelope() {
+            Ok(e) => v["envelope"] = envelope_json(&e),
+            Err(why) => {
+                v["undecodable"] = json!(why);
+                let head = self.value.as_deref().unwrap_or_default();
+                v["head_hex"] = json!(head.iter().take(64).map(|b| format!("{b:02x}")).collect::<String>());
+            }
+        }
+        v["redrive"] = match self.redrivable(events_topic) {
+            Ok(_) => json!({ "possible": true }),
+            Err(why) => json!({ "possible": false, "why": why }),
+        };
+        v
+    }
+
+    /// The event a redrive sends (its target kept, its id [`redrive_id`], any principal it
+    /// claimed dropped), or why it cannot be sent back.
+    pub fn redrivable(&self, events_topic: &str) -> Result<Envelope, String> {
+        match self.header(dead_letter::SOURCE_TOPIC) {
+            Some(t) if t == events_topic => {}
+            Some(t) => {
+                return Err(format!(
+                    "it came from {t}, not {events_topic}: only refused events can be sent back (a state record is re-published when its instance next changes)"
+                ))
+            }
+            None => return Err("it names no source topic: Durable did not write it".into()),
+        }
+        let mut envelope = self.envelope().map_err(|why| format!("{why}: it could never be applied"))?;
+        envelope.body = without_principal(envelope.body);
+        envelope.id = redrive_id(&envelope.id, &self.id());
+        envelope.source = None;
+        crate::trust::admit_outside(&mut envelope, None)
+            .map_err(|why| format!("a redrive is a new write by you, and {why}"))?;
+        Ok(envelope)
+    }
+}
+
+/// The event id of a redrive of letter `letter` whose event had id `original`.
+pub fn redrive_id(original: &str, letter: &str) -> String {
+    let base = original.split("/redrive/").next().unwrap_or(original);
+    format!("{base}/redrive/{letter}")
+}
+
+/// `body` without the principal wrappers a processor added (a redrive acts for whoever sends it).
+fn without_principal(body: Event) -> Event {
+    match body {
+        Event::WithPrincipal { inner, .. } => without_principal(*inner),
+        Event::WithDelay { fire_at, inner } => Event::WithDelay { fire_at, inner: Box::new(without_principal(*inner)) },
+        other => other,
+    }
+}
+
+/// An envelope as JSON, its payloads decoded as [`payload_json`] shows them.
+pub fn envelope_json(e: &Envelope) -> Value {
+    let mut v = serde_json::to_value(e).unwrap_or(Value::Null);
+    readable(&mut v);
+    v
+}
+
+fn readable(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            if let (Some(Value::String(content_type)), Some(Value::Array(data)), 2) =
+                (map.get("content_type"), map.get("data"), map.len())
+            {
+                let data: Vec<u8> = data.iter().filter_map(|b| b.as_u64().map(|b| b as u8)).collect();
+                *v = payload_json(&durable_schemas::Payload { content_type: content_type.clone(), data });
+                return;
+            }
+            map.values_mut().for_each(readable);
+        }
+        Value::Array(items) => items.iter_mut().for_each(readable),
+        _ => {}
+    }
+}
+
+/// Where a list page ends in each partition (exclusive): `<partition>:<offset>,…`.
+pub type Cursor = BTreeMap<i32, i64>;
+
+/// Parse a cursor a list answered with.
+pub fn parse_cursor(s: &str) -> Result<Cursor, String> {
+    s.split(',')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (p, o) = pair.split_once(':').ok_or(())?;
+            Ok((p.parse::<i32>().map_err(|_| ())?, o.parse::<i64>().map_err(|_| ())?))
+        })
+        .collect::<Result<Cursor, ()>>()
+        .map_err(|()| format!("{s:?} is not a cursor: pass the next value a list answered with"))
+}
+
+/// Write a cursor.
+pub fn cursor_string(c: &Cursor) -> String {
+    c.iter().map(|(p, o)| format!("{p}:{o}")).collect::<Vec<_>>().join(",")
+}
+
+/// Reads the dead-letter topic.
+pub struct Reader {
+    consumer: BaseConsumer,
+    topic: String,
+}
+
+impl Reader {
+    /// A reader with the processor's connection settings (it joins no group and commits nothing).
+    pub fn new(config: &ProcessorConfig) -> anyhow::Result<Self> {
+        let group = format!("{}-dead-reader", config.group);
+        let consumer: BaseConsumer = config
+            .kafka
+            .client_config(&[
+                ("group.id", group.as_str()),
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+            ])?
+            .create()
+            .context("cannot create a Kafka consumer for the dead-letter topic")?;
+        Ok(Self { consumer, topic: config.dead_topic() })
+    }
+
+    fn partitions(&self) -> anyhow::Result<Vec<(i32, i64, i64)>> {
+        let metadata = self
+            .consumer
+            .fetch_metadata(Some(&self.topic), READ_TIMEOUT)
+            .with_context(|| format!("cannot read the metadata of {}", self.topic))?;
+        let topic = metadata.topics().iter().find(|t| t.name() == self.topic);
+        let Some(topic) = topic.filter(|t| t.error().is_none()) else {
+            anyhow::bail!("{} does not exist: no processor created it yet", self.topic)
+        };
+        topic
+            .partitions()
+            .iter()
+            .map(|p| {
+                let (low, high) = self
+                    .consumer
+                    .fetch_watermarks(&self.topic, p.id(), READ_TIMEOUT)
+                    .with_context(|| format!("cannot read the offsets of {}", self.topic))?;
+                Ok((p.id(), low, high))
+            })
+            .collect()
+    }
+
+    /// Read `[from, to)` of each listed partition (fewer when the read times out).
+    fn read(&self, ranges: &[(i32, i64, i64)]) -> anyhow::Result<Vec<Letter>> {
+        let mut assignment = TopicPartitionList::new();
+        let mut left: BTreeMap<i32, i64> = BTreeMap::new();
+        for &(p, from, to) in ranges.iter().filter(|(_, from, to)| from < to) {
+            assignment.add_partition_offset(&self.topic, p, Offset::Offset(from))?;
+            left.insert(p, to);
+        }
+        if left.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.consumer.assign(&assignment).context("cannot read the dead-letter topic")?;
+        let deadline = Instant::now() + READ_TIMEOUT;
+        let mut letters = Vec::new();
+        while !left.is_empty() && Instant::now() < deadline {
+            let Some(message) = self.consumer.poll(Duration::from_millis(100)) else { continue };
+            let m = message.context("cannot read the dead-letter topic")?;
+            let (p, offset) = (m.partition(), m.offset());
+            let Some(&to) = left.get(&p) else { continue };
+            if offset >= to {
+                left.remove(&p);
+                continue;
+            }
+            if offset + 1 >= to {
+                left.remove(&p);
+            }
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            letters.push(Letter {
+                partition: p,
+                offset,
+                timestamp: m.timestamp().to_millis(),
+                key: m.key().map(<[u8]>::to_vec),
+                value: m.payload().map(<[u8]>::to_vec),
+                headers,
+            });
+        }
+        let _ = self.consumer.unassign();
+        Ok(letters)
+    }
+
+    /// The newest `limit` letters before `cursor` (the end of each partition when it has none),
+    /// newest first, and the cursor of the page after (none when this page reached the start).
+    pub fn list(&self, limit: usize, cursor: &Cursor) -> anyhow::Result<(Vec<Letter>, Option<Cursor>)> {
+        let partitions = self.partitions()?;
+        let limit = limit.clamp(1, MAX_LIST) as i64;
+        let ends: Vec<(i32, i64, i64)> = partitions
+            .iter()
+            .map(|&(p, low, high)| {
+                let end = cursor.get(&p).copied().unwrap_or(high).clamp(low, high);
+                (p, (end - limit).max(low), end)
+            })
+            .collect();
+        let mut letters = self.read(&ends)?;
+        letters.sort_by(|a, b| b.timestamp.cmp(&a.timestamp).then(b.offset.cmp(&a.offset)));
+        letters.truncate(limit as usize);
+        let mut next: Cursor = ends.iter().map(|&(p, _, end)| (p, end)).collect();
+        for l in &letters {
+            let end = next.entry(l.partition).or_insert(l.offset);
+            *end = (*end).min(l.offset);
+        }
+        let more = partitions.iter().any(|&(p, low, _)| next.get(&p).is_some_and(|&end| end > low));
+        Ok((letters, more.then_some(next)))
+    }
+
+    /// The letter `<partition>-<offset>`, if the topic still holds it.
+    pub fn get(&self, id: &str) -> anyhow::Result<Option<Letter>> {
+        let Some((p, o)) = parse_id(id) else { return Ok(None) };
+        let Some(&(_, low, high)) = self.partitions()?.iter().find(|(q, _, _)| *q == p) else { return Ok(None) };
+        if o < low || o >= high {
+            return Ok(None);
+        }
+        Ok(self.read(&[(p, o, o + 1)])?.into_iter().find(|l| l.offset == o))
+    }
+}
+
+/// `<partition>-<offset>`.
+pub fn parse_id(id: &str) -> Option<(i32, i64)> {
+    let (p, o) = id.split_once('-')?;
+    Some((p.parse().ok()?, o.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use durable_schemas::Payload;
+
+    use super::*;
+
+    fn letter(value: &[u8], topic: &str, extra: Option<(&'static str, String)>) -> Letter {
+        let source = dead_letter::Source { topic, partition: 0, offset: 7 };
+        let mut headers: Vec<(String, String)> = dead_letter::headers("processor", "refused", source, None)
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        headers.extend(extra.map(|(k, v)| (k.to_owned(), v)));
+        Letter { partition: 0, offset: 3, timestamp: Some(5), key: None, value: Some(value.to_vec()), headers }
+    }
+
+    #[test]
+    fn a_redrive_drops_the_claimed_principal_and_names_its_event_after_the_letter() {
+        let raise = Event::RaiseEvent { name: "go".into(), payload: Payload::json(&1).unwrap() };
+        let claimed = Event::WithPrincipal {
+            user: "mallory".into(),
+            roles: vec!["admin".into()],
+            inner: Box::new(raise.clone()),
+        };
+        let e = Envelope::new("e-1", "orch:Approval:a", 0, claimed);
+        let redriven = letter(&e.encode(), "t.events", None).redrivable("t.events").unwrap();
+        assert_eq!((redriven.id.as_str(), redriven.body), ("e-1/redrive/0-3", raise));
+        assert_eq!(redrive_id("e-1/redrive/0-3", "0-9"), "e-1/redrive/0-9");
+    }
+
+    #[test]
+    fn what_cannot_be_redriven_says_why() {
+        let reply = Envelope::new("r", "orch:A:a", 0, Event::TimerFired { correlation: "t".into() });
+        let cases = [
+            (letter(&reply.encode(), "t.events", None), "part of Durable's protocol"),
+            (letter(b"junk", "t.events", None), "not an envelope"),
+            (letter(&reply.encode(), "t.state", None), "came from t.state"),
+            (letter(b"head", "t.events", Some((dead_letter::TRUNCATED, "70000".into()))), "first"),
+        ];
+        for (l, says) in cases {
+            let why = l.redrivable("t.events").unwrap_err();
+            assert!(why.contains(says), "{why}");
+        }
+    }
+
+    #[test]
+    fn cursors_and_ids_round_trip() {
+        let c: Cursor = [(0, 5), (2, 9)].into_iter().collect();
+        assert_eq!(parse_cursor(&cursor_string(&c)).unwrap(), c);
+        assert!(parse_cursor("x").is_err());
+        assert_eq!(parse_id("3-17"), Some((3, 17)));
+        assert_eq!(parse_id("3"), None);
+    }
+
+    #[test]
+    fn an_envelope_shows_its_payloads_as_json() {
+        let e = Envelope::new(
+            "i",
+            "orch:A:a",
+            0,
+            Event::RaiseEvent { name: "n".into(), payload: Payload::json(&json!({"x": 1})).unwrap() },
+        );
+        let v = envelope_json(&e);
+        assert!(v.to_string().contains(r#""x":1"#), "{v}");
+    }
+}
