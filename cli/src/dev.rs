@@ -92,6 +92,7 @@ pub async fn run(args: DevArgs) -> Result<u8, CliError> {
     }
     println!("Durable dev is running: in-process Kafka, in-memory state, the bundled examples, anonymous access (no tokens: for development only). Ctrl-C stops it (nothing is kept).");
     println!("  management API  {base}/v1   (the CLI's default; elsewhere set DURABLE_API={base})");
+    println!("  web console     {base}/ui");
     println!("  metrics         {base}/metrics");
     println!("Try, from another terminal:");
     println!("  durable status orch:HelloSequence:demo-1");

@@ -938,7 +938,8 @@ fn letters_table(letters: &[Value]) -> String {
             _ => format!("(undecodable, key {})", l["key"].as_str().unwrap_or("none")),
         };
         let id = l["id"].as_str().unwrap_or("?");
-        out.push_str(&format!("{id:<8}  {at}  {what}  —  {}\n", short(&l["reason"], 160)));
+        let reason: String = l["reason"].as_str().unwrap_or("?").chars().take(200).collect();
+        out.push_str(&format!("{id:<8}  {at}  {what}  —  {reason}\n"));
     }
     out
 }

@@ -75,6 +75,7 @@ fn the_readme_tour_works_against_durable_dev() {
     let banner = banner.join("\n");
     assert!(banner.contains(&format!("http://{addr}/v1")), "{banner}");
     assert!(banner.contains("durable status"), "{banner}");
+    assert!(banner.contains(&format!("http://{addr}/ui")), "{banner}");
     eprintln!("durable dev ready after {:?}", started.elapsed());
 
     let api = format!("http://{addr}");

@@ -35,6 +35,7 @@ pub mod http;
 pub mod kafka;
 mod produce;
 mod timers;
+pub mod ui;
 mod worker;
 
 pub use cli::{log_to_stderr, main, shutdown_signal, Cli, STOP_GRACE};

@@ -129,6 +129,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(PATHS[17], get(dead_list))
         .route(PATHS[18], get(dead_show))
         .route(PATHS[19], post(dead_redrive))
+        .merge(super::ui::router())
         .with_state(shared)
 }
 
