@@ -1,16 +1,13 @@
-//! `durable dev`: librdkafka's in-process mock cluster for Kafka, the in-memory store, the
-//! bundled examples, the management API and `/metrics` — one process, no servers. A short demo
+//! `durable dev`: the embedded mode ([`durable_processor::runtime::dev`]: librdkafka's in-process
+//! mock cluster for Kafka, the in-memory store, the management API, the console and `/metrics` —
+//! one process, no servers) with the bundled examples. A short demo
 //! workload goes through the management API (the same path the CLI takes), then it keeps running
 //! until Ctrl-C. Nothing is kept.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use durable_processor::config::ProcessorConfig;
 use durable_processor::runtime;
-use durable_processor::store::AnyStore;
-use durable_processor::{examples, MemoryStore, Registry};
+use durable_processor::{examples, Registry};
 use serde_json::{json, Value};
 
 use crate::client::{segment, Api, CliError};
@@ -19,12 +16,8 @@ use crate::exit;
 /// Flags of `durable dev`.
 #[derive(Debug, clap::Args)]
 pub struct DevArgs {
-    /// Where to serve the management API, /metrics and /status.
-    #[arg(long, env = "DURABLE_DEV_ADDR", default_value = "127.0.0.1:9464")]
-    addr: SocketAddr,
-    /// Partitions of the in-process events topic.
-    #[arg(long, default_value_t = 8)]
-    partitions: i32,
+    #[command(flatten)]
+    embedded: runtime::dev::DevArgs,
     /// Skip the demo workload.
     #[arg(long)]
     no_demo: bool,
@@ -33,81 +26,31 @@ pub struct DevArgs {
     log: String,
 }
 
-const PREFIX: &str = "dev";
-
 /// Run until Ctrl-C or SIGTERM.
 pub async fn run(args: DevArgs) -> Result<u8, CliError> {
     // Ctrl-C while it starts stops it once it runs.
     let shutdown = runtime::shutdown_signal();
     runtime::log_to_stderr(&args.log);
-    if args.partitions < 1 {
-        return Err(CliError::unreachable("--partitions must be at least 1"));
-    }
-    let cluster = rdkafka::mocking::MockCluster::new(1)
-        .map_err(|e| CliError::unreachable(format!("cannot start the in-process Kafka: {e}")))?;
-    let mut config = ProcessorConfig::new(&cluster.bootstrap_servers(), "memory://", PREFIX);
-    config.partitions = args.partitions;
-    config.group = "durable-dev".into();
-    // The mock cluster answers a fetch only when its wait runs out: every hop of an orchestration
-    // would wait the runtime's 100 ms.
-    config.kafka.options.push(("fetch.wait.max.ms".into(), "1".into()));
-    config.metrics_addr = args.addr;
-    for (topic, partitions) in
-        [(config.events_topic(), args.partitions), (config.state_topic(), args.partitions), (config.dead_topic(), 1)]
-    {
-        cluster
-            .create_topic(&topic, partitions, 1)
-            .map_err(|e| CliError::unreachable(format!("cannot create {topic} in the in-process Kafka: {e}")))?;
-    }
-    let store = AnyStore::Memory(Arc::new(MemoryStore::new()));
     let registry = examples::register(Registry::new());
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let processor = tokio::spawn(runtime::run_with(
-        config,
-        registry,
-        store,
-        async move {
-            let _ = stop_rx.await;
-        },
-        Some(ready_tx),
-    ));
-    let addr = match ready_rx.await {
-        Ok(addr) => addr,
-        Err(_) => {
-            let why = match processor.await {
-                Ok(Err(e)) => format!("{e:#}"),
-                other => format!("{other:?}"),
-            };
-            return Err(CliError::unreachable(format!(
-                "durable dev could not start: {why} (is another `durable dev` on {}? use --addr)",
-                args.addr
-            )));
-        }
-    };
-    let base = format!("http://{addr}");
+    let embedded = runtime::dev::start(&args.embedded, registry)
+        .await
+        .map_err(|e| CliError::unreachable(format!("durable dev could not start: {e:#}")))?;
+    let base = format!("http://{}", embedded.addr);
     let api = Api::new(&base)?;
     if !args.no_demo {
         demo(&api).await?;
     }
-    println!("Durable dev is running: in-process Kafka, in-memory state, the bundled examples, anonymous access (no tokens: for development only). Ctrl-C stops it (nothing is kept).");
-    println!("  management API  {base}/v1   (the CLI's default; elsewhere set DURABLE_API={base})");
-    println!("  web console     {base}/ui");
-    println!("  metrics         {base}/metrics");
+    runtime::dev::banner(embedded.addr, "the bundled examples");
     println!("Try, from another terminal:");
     println!("  durable status orch:HelloSequence:demo-1");
     println!("  durable signal Counter demo add --input 5 && durable state entity:Counter:demo");
     println!("  durable start Transfer --key t1 --input '{{\"from\":\"alice\",\"to\":\"bob\",\"amount\":5}}' && durable wait orch:Transfer:t1");
     shutdown.await;
     eprintln!("stopping");
-    let _ = stop_tx.send(());
-    let outcome = match tokio::time::timeout(Duration::from_secs(30), processor).await {
-        Ok(Ok(Err(e))) => Err(CliError::unreachable(format!("the embedded processor failed: {e:#}"))),
-        _ => Ok(exit::OK),
+    let outcome = match embedded.stop().await {
+        Err(e) => Err(CliError::unreachable(format!("{e:#}"))),
+        Ok(()) => Ok(exit::OK),
     };
-    // The in-process Kafka outlives every client: dropped first, it would leave the clients
-    // still being torn down reconnecting to it, and printing so, until the process ends.
-    std::mem::forget(cluster);
     eprintln!("stopped");
     outcome
 }

@@ -30,6 +30,7 @@ pub mod api;
 pub mod auth;
 mod cli;
 pub mod dead;
+pub mod dev;
 mod dispatch;
 pub mod http;
 pub mod kafka;
@@ -38,7 +39,7 @@ mod timers;
 pub mod ui;
 mod worker;
 
-pub use cli::{log_to_stderr, main, shutdown_signal, Cli, STOP_GRACE};
+pub use cli::{log_to_stderr, main, shutdown_signal, Cli, Mode, STOP_GRACE};
 pub use dispatch::{Admit, Workers};
 pub use worker::DRAIN_GRACE;
 

@@ -8,15 +8,29 @@ use crate::registry::Registry;
 #[derive(Debug, clap::Parser)]
 #[command(
     version,
-    about = "Durable processor: consumes <prefix>.events, runs orchestrations, entities and activities, commits state to Redis and publishes state records to <prefix>.state."
+    about = "Durable processor: consumes <prefix>.events, runs orchestrations, entities and activities, commits state to Redis and publishes state records to <prefix>.state.",
+    subcommand_negates_reqs = true,
+    args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
+    /// `dev`: run in one process with no servers instead.
+    #[command(subcommand)]
+    pub mode: Option<Mode>,
     /// Where and how to run.
     #[command(flatten)]
     pub config: ProcessorConfig,
     /// Log filter (tracing-subscriber EnvFilter syntax, e.g. info,durable_processor=debug).
     #[arg(long, env = "DURABLE_LOG", default_value = "info")]
     pub log: String,
+}
+
+/// What else a processor binary can do.
+#[derive(Debug, clap::Subcommand)]
+pub enum Mode {
+    /// Run this application's handlers in one process with no servers: an in-process Kafka,
+    /// in-memory state (nothing is kept), the management API, the web console (/ui) and
+    /// /metrics, with anonymous access. For development only. Ctrl-C stops it.
+    Dev(super::dev::DevArgs),
 }
 
 /// How long a processor binary (and `durable dev`) may take to stop once asked before it exits
@@ -67,17 +81,22 @@ pub fn log_to_stderr(filter: &str) {
 }
 
 /// The whole `main` of a processor binary with `registry`'s handlers: parse the command line,
-/// log to stderr, run until SIGINT or SIGTERM. Exit code 0 after a clean shutdown, 1 when the
+/// log to stderr, run until SIGINT or SIGTERM (`<binary> dev`: in the embedded mode,
+/// [`super::dev`]). Exit code 0 after a clean shutdown, 1 when the
 /// stop took longer than [`STOP_GRACE`], 2 when it cannot start (the error says what to do).
 pub fn main(registry: Registry) -> std::process::ExitCode {
     use clap::Parser as _;
     let cli = Cli::parse();
-    log_to_stderr(&cli.log);
+    let dev = matches!(cli.mode, Some(Mode::Dev(_)));
+    // The embedded mode logs warnings only: librdkafka's mock cluster is chatty on the way out.
+    log_to_stderr(if dev && cli.log == "info" { "warn,librdkafka=error" } else { &cli.log });
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build();
     let result = match runtime {
         Ok(rt) => rt.block_on(async {
-            let shutdown = shutdown_signal();
-            run(cli.config, registry, shutdown, None).await
+            match cli.mode {
+                Some(Mode::Dev(args)) => super::dev::run(args, registry).await,
+                None => run(cli.config, registry, shutdown_signal(), None).await,
+            }
         }),
         Err(e) => Err(e.into()),
     };
