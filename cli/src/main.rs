@@ -264,7 +264,8 @@ enum Command {
         #[arg(long, env = "DURABLE_JWT_ROLES_CLAIM", default_value = "roles")]
         jwt_roles_claim: String,
     },
-    /// Terminate a running orchestration.
+    /// Terminate a running or suspended orchestration; the sub-orchestrations it still waits
+    /// for are terminated with it, and its locks are released.
     Terminate {
         /// Orchestration instance id.
         instance: String,

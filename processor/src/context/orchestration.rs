@@ -55,6 +55,9 @@ pub(crate) struct Shared {
     pub custom_status: Option<Option<Payload>>,
     /// Counter for replay-safe random numbers.
     pub random_calls: u64,
+    /// The sub-orchestration each `CallSubOrchestration` slot started (recorded on replay too):
+    /// what a terminate terminates with it.
+    pub children: BTreeMap<u32, String>,
     /// Lock set held or requested: (slot of the request, sorted canonical participant ids).
     pub lock: Option<(u32, Vec<String>)>,
     /// Most new commands this execution may issue ([`crate::engine::Limits::max_fan_out`]).
@@ -81,6 +84,7 @@ impl Shared {
             continue_as_new: None,
             custom_status: None,
             random_calls: 0,
+            children: BTreeMap::new(),
             lock: None,
             max_new_commands: usize::MAX,
             new_commands: 0,
@@ -526,15 +530,21 @@ impl OrchestrationContext {
             ))),
             None => encode(&input),
         };
+        let child = |s: &Shared, slot: u32| {
+            let key = key.map(str::to_owned).unwrap_or_else(|| format!("{}#{}.{}", s.id_str, s.generation, slot));
+            InstanceId::new(Kind::Orchestration, name, key).map(|id| id.canonical()).unwrap_or_default()
+        };
         let call = checked.map(|input| {
-            let slot =
-                self.shared.borrow_mut().command(CommandKind::CallSubOrchestration, name.to_owned(), |s, slot| {
-                    let key =
-                        key.map(str::to_owned).unwrap_or_else(|| format!("{}#{}.{}", s.id_str, s.generation, slot));
-                    let target =
-                        InstanceId::new(Kind::Orchestration, name, key).map(|id| id.canonical()).unwrap_or_default();
-                    Some(Effect::Emit(s.envelope(slot, target, s.reply_to(slot, Event::StartOrchestration { input }))))
-                });
+            let mut s = self.shared.borrow_mut();
+            let slot = s.command(CommandKind::CallSubOrchestration, name.to_owned(), |s, slot| {
+                let target = child(s, slot);
+                Some(Effect::Emit(s.envelope(slot, target, s.reply_to(slot, Event::StartOrchestration { input }))))
+            });
+            if let Some(slot) = slot {
+                let target = child(&s, slot);
+                s.children.insert(slot, target);
+            }
+            drop(s);
             self.slot_future(slot)
         });
         async move { decode_value(call?.await) }

@@ -470,9 +470,29 @@ impl Run<'_> {
                 // arriving after the end, like everything that comes later.
                 self.sync_history();
                 self.exec = None;
+                self.terminate_children(&reason);
                 let failure = Failure::new("Terminated", reason.clone());
                 self.conclude(OrchestrationStatus::Terminated { reason }, Err(failure));
             }
+        }
+    }
+
+    /// Terminate the sub-orchestrations this one started that have not answered yet. Which
+    /// they are (their keys may be the code's choice) comes from a replay of the history, taken
+    /// apart and dropped; a history that no longer replays terminates none (the failure is the
+    /// code's, and the children finish on their own).
+    fn terminate_children(&mut self, reason: &str) {
+        let Some(h) = self.running().cloned() else { return };
+        let Ok(replay) = Execution::replay(self.registry, self.id, &h, self.out.limits) else { return };
+        let children = std::mem::take(&mut replay.shared.borrow_mut().children);
+        let answered: std::collections::BTreeSet<u32> =
+            h.log.iter().map(|e| e.slot).chain(h.early.iter().map(|(slot, _)| *slot)).collect();
+        let id = self.id.canonical();
+        for (slot, child) in children.into_iter().filter(|(slot, _)| !answered.contains(slot)) {
+            let body = Event::Terminate { reason: format!("its parent {id} was terminated: {reason}") };
+            let mut e = Envelope::new(format!("{id}/{}/{slot}/terminate", h.generation), child, self.out.now, body);
+            e.source = Some(id.clone());
+            self.out.effects.push(Effect::Emit(e));
         }
     }
 

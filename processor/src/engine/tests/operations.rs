@@ -227,3 +227,80 @@ fn a_resume_whose_kept_events_are_all_duplicates_still_resumes() {
     assert!(out.changed, "the resume is committed");
     assert_eq!(h.status(&id), Some(&OrchestrationStatus::Running));
 }
+
+/// A parent waiting on two sub-orchestrations keyed by its code, after one (keyed by default)
+/// that finished; children wait for `go`.
+fn family() -> Harness {
+    use crate::context::{when_all, OrchestrationContext};
+    use durable_schemas::Failure;
+    let registry = Registry::new()
+        .orchestration("Child", |ctx: OrchestrationContext, _: ()| async move {
+            ctx.wait_for_event::<()>("go").await?;
+            Ok::<_, Failure>(())
+        })
+        .orchestration("Quick", |_: OrchestrationContext, _: ()| async move { Ok::<_, Failure>(()) })
+        .orchestration("Parent", |ctx: OrchestrationContext, _: ()| async move {
+            ctx.call_sub_orchestration::<_, ()>("Quick", ()).await?;
+            let calls = vec![
+                ctx.call_sub_orchestration_with_key::<_, ()>("Child", "kid", ()),
+                ctx.call_sub_orchestration_with_key::<_, ()>("Child", "kid-2", ()),
+            ];
+            for r in when_all(calls).await {
+                r?;
+            }
+            Ok::<_, Failure>(())
+        });
+    Harness::new(registry)
+}
+
+#[test]
+fn terminating_an_orchestration_terminates_the_sub_orchestrations_still_running() {
+    let mut h = family();
+    let start = h.start("Parent", "p", ());
+    let id = start.target.clone();
+    h.deliver(start);
+    h.run();
+    let children = ["orch:Child:kid", "orch:Child:kid-2"];
+    for child in children {
+        assert_eq!(h.status(child), Some(&OrchestrationStatus::Running), "{child} runs");
+    }
+    let terminate = h.terminate(&id, "enough");
+    let out = h.deliver(terminate);
+    let mut told: Vec<&str> =
+        out.emitted().filter(|e| matches!(e.body.core(), Event::Terminate { .. })).map(|e| e.target.as_str()).collect();
+    told.sort();
+    assert_eq!(told, children, "the running children, not the finished one");
+    h.run();
+    for child in children {
+        match h.status(child) {
+            Some(OrchestrationStatus::Terminated { reason }) => {
+                assert_eq!(reason, &format!("its parent {id} was terminated: enough"))
+            }
+            other => panic!("{child}: {other:?}"),
+        }
+    }
+    assert!(matches!(h.status(&id), Some(OrchestrationStatus::Terminated { .. })));
+}
+
+#[test]
+fn the_children_are_terminated_for_the_principal_the_parent_runs_as() {
+    use crate::access::{Policy, Principal};
+    let alice = Principal::new("alice", Vec::<String>::new());
+    let mut h = family().with_policy(Policy::enforcing());
+    let start = h.start("Parent", "p", ());
+    let id = start.target.clone();
+    h.deliver(Harness::as_principal(start, &alice));
+    h.run();
+    assert_eq!(h.status("orch:Child:kid"), Some(&OrchestrationStatus::Running));
+    let terminate = h.terminate(&id, "enough");
+    let out = h.deliver(Harness::as_principal(terminate, &alice));
+    assert!(out.dead_letters.is_empty(), "{:?}", out.dead_letters);
+    h.run();
+    for child in ["orch:Child:kid", "orch:Child:kid-2"] {
+        assert!(
+            matches!(h.status(child), Some(OrchestrationStatus::Terminated { .. })),
+            "{child}: {:?}",
+            h.status(child)
+        );
+    }
+}
