@@ -297,6 +297,17 @@ enum Command {
         /// Orchestration instance id.
         instance: String,
     },
+    /// Run a failed orchestration on from the activity failure that ended it, keeping what
+    /// succeeded: that activity is called again. Only for an orchestration that failed in an
+    /// activity, is no sub-orchestration, and uses no critical section (else exit 4 with why;
+    /// restart runs it again from its input instead).
+    Rewind {
+        /// Orchestration instance id.
+        instance: String,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Delete a finished orchestration (completed, failed, terminated) or an entity that is in
     /// no critical section, with its history; its search document goes too. Exit 4 if it is
     /// running.
@@ -307,12 +318,12 @@ enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
-    /// Terminate, suspend, resume, restart or purge every instance you may read that matches
+    /// Terminate, suspend, resume, restart, rewind or purge every instance you may read that matches
     /// the filters, page by page, showing progress; --dry-run only counts them. Exit 4 if some
     /// were refused (the first reasons are printed).
     Batch {
         /// What to do to each.
-        #[arg(value_parser = ["terminate", "suspend", "resume", "restart", "purge"])]
+        #[arg(value_parser = ["terminate", "suspend", "resume", "restart", "rewind", "purge"])]
         action: String,
         #[command(flatten)]
         filter: Filter,
@@ -504,6 +515,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Resume { instance, reason } => operate(&api, &instance, "resume", reason).await,
         Command::Purge { instance, reason } => operate(&api, &instance, "purge", reason).await,
         Command::Restart { instance } => operate(&api, &instance, "restart", None).await,
+        Command::Rewind { instance, reason } => operate(&api, &instance, "rewind", reason).await,
         Command::Dead(command) => dead(&api, command).await,
         Command::Batch { action, filter, reason, dry_run } => batch(&api, &action, &filter, reason, dry_run).await,
         Command::Share { instance, user, role, operations } => {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tests::e2e::{self, InProcess};
 
-const COMMANDS: [&str; 25] = [
+const COMMANDS: [&str; 26] = [
     "list",
     "start",
     "signal",
@@ -21,6 +21,7 @@ const COMMANDS: [&str; 25] = [
     "suspend",
     "resume",
     "restart",
+    "rewind",
     "purge",
     "batch",
     "accept-loss",
@@ -273,6 +274,33 @@ async fn every_command_works_against_a_real_processor() {
     run(args(&["terminate", "orch:Approval:a1", "--reason", "changed my mind"]), 0).await;
     run(args(&["wait", "orch:Approval:a1", "--timeout", "60s"]), 1).await;
 
+    // rewind: a run that failed in an activity runs on from there once the cause is fixed,
+    // keeping what succeeded; a rewind before the fix fails the same way again.
+    run(args(&["start", "CallsFixable", "--key", "rw"]), 0).await;
+    let failed = durable_async(api, &["wait", "orch:CallsFixable:rw", "--timeout", "60s"]).await;
+    assert_eq!(failed.status.code(), Some(1), "{}", stdout(&failed));
+    let not_yet = run(args(&["rewind", "orch:CallsFixable:rw", "--reason", "retry"]), 0).await;
+    assert_eq!(not_yet.trim(), "orch:CallsFixable:rw");
+    e2e::eventually(Duration::from_secs(30), "the rewound run fails again", || async {
+        let v: Value =
+            serde_json::from_str(&stdout(&durable_async(api, &["status", "orch:CallsFixable:rw", "--json"]).await))
+                .ok()?;
+        (v["status"] == "failed" && v["version"].as_u64()? >= 5).then_some(())
+    })
+    .await;
+    e2e::FIXED.store(true, std::sync::atomic::Ordering::SeqCst);
+    run(args(&["rewind", "orch:CallsFixable:rw"]), 0).await;
+    let done = run(args(&["wait", "orch:CallsFixable:rw", "--timeout", "60s"]), 0).await;
+    assert!(done.contains("Hello Rome! and fixed"), "{done}");
+    let generation: Value =
+        serde_json::from_str(&run(args(&["status", "orch:CallsFixable:rw", "--json"]), 0).await).unwrap();
+    assert_eq!(generation["generation"], 0, "a rewind runs on in the same generation");
+    let completed = durable_async(api, &["rewind", "orch:CallsFixable:rw"]).await;
+    assert_eq!(completed.status.code(), Some(4));
+    assert!(stderr(&completed).contains("only a failed orchestration can be rewound"), "{}", stderr(&completed));
+    let code_failed = durable_async(api, &["rewind", "orch:HelloSequence:gone"]).await;
+    assert_eq!(code_failed.status.code(), Some(4), "not failed");
+
     // purge one, then a batch: gone from status, the list and the counts.
     run(args(&["start", "HelloSequence", "--key", "gone", "--input", r#"["X"]"#]), 0).await;
     run(args(&["wait", "orch:HelloSequence:gone", "--timeout", "60s"]), 0).await;
@@ -355,7 +383,8 @@ async fn every_command_works_against_a_real_processor() {
     let unknown = durable_async(api, &["start", "NoSuchThing"]).await;
     assert_eq!(unknown.status.code(), Some(4));
     assert!(
-        stderr(&unknown).contains("registered: Approval, CallsBeats, CallsBoom, CallsHang, CallsHangBriefly, FanOut"),
+        stderr(&unknown)
+            .contains("registered: Approval, CallsBeats, CallsBoom, CallsFixable, CallsHang, CallsHangBriefly, FanOut"),
         "{}",
         stderr(&unknown)
     );

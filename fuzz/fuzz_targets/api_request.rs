@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
     let mut part = || std::str::from_utf8(parts.next().unwrap_or_default()).unwrap_or("x").to_owned();
     let (a, b, c) = (part(), part(), part());
     let body = parts.next().unwrap_or_default();
-    let write = match which % 9 {
+    let write = match which % 10 {
         0 => Write::Start { name: &a },
         1 => Write::Signal { name: &a, key: &b, operation: &c },
         2 => Write::Raise { id: &a, event: &b },
@@ -22,6 +22,7 @@ fuzz_target!(|data: &[u8]| {
         5 => Write::Resume { id: &a },
         6 => Write::Purge { id: &a },
         7 => Write::Restart { id: &a },
+        8 => Write::Rewind { id: &a },
         _ => Write::Terminate { id: &a },
     };
     if let Ok(request) = read(&write, body, || "fuzz-key".into()) {

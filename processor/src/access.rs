@@ -315,7 +315,8 @@ pub enum Grant {
 /// [`change`] decides.
 pub fn operation(core: &Event, call: bool) -> Option<Operation> {
     Some(match core {
-        Event::StartOrchestration { .. } => Operation::Start,
+        // A rewind runs a failed orchestration on, as a restart runs it again.
+        Event::StartOrchestration { .. } | Event::Rewind { .. } => Operation::Start,
         Event::RaiseEvent { .. } => Operation::Signal,
         Event::EntityOperation { .. } if call => Operation::Call,
         Event::EntityOperation { .. } => Operation::Signal,

@@ -24,6 +24,7 @@
 mod entity;
 mod ledger;
 mod orchestration;
+pub(crate) use orchestration::rewind_refusal;
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -755,6 +756,7 @@ pub(crate) fn run_as(principal: &Principal, e: &mut Envelope) {
             | Event::Suspend { .. }
             | Event::Resume { .. }
             | Event::Purge { .. }
+            | Event::Rewind { .. }
             | Event::LockRequest { .. }
             | Event::ScheduleActivity { .. }
             | Event::Access(_)

@@ -78,6 +78,12 @@ pub enum Write<'a> {
         /// The orchestration's id.
         id: &'a str,
     },
+    /// `POST /v1/instances/{id}/rewind`: run a failed orchestration on from the activity
+    /// failure that ended it.
+    Rewind {
+        /// The orchestration's id.
+        id: &'a str,
+    },
 }
 
 impl Write<'_> {
@@ -91,7 +97,8 @@ impl Write<'_> {
             | Write::Suspend { id }
             | Write::Resume { id }
             | Write::Purge { id }
-            | Write::Restart { id } => Some(id),
+            | Write::Restart { id }
+            | Write::Rewind { id } => Some(id),
         }
     }
 }
@@ -286,6 +293,11 @@ pub fn read(write: &Write<'_>, bytes: &[u8], new_key: impl FnOnce() -> String) -
             }
             let reason = b.reason.unwrap_or_else(|| "purged through the management API".into());
             Request { target, event_id: b.event_id, event: Event::Purge { reason } }
+        }
+        Write::Rewind { id } => {
+            let b: ReasonBody = body(bytes)?;
+            let reason = b.reason.unwrap_or_else(|| "rewound through the management API".into());
+            Request { target: orchestration_id(id)?, event_id: b.event_id, event: Event::Rewind { reason } }
         }
         Write::Restart { id } => {
             let b: EventIdBody = body(bytes)?;

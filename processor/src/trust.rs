@@ -8,7 +8,7 @@
 //!
 //! | field or event | from an outside producer |
 //! |---|---|
-//! | `StartOrchestration`, `RaiseEvent`, `EntityOperation`, `Terminate`, `Suspend`, `Resume`, `Purge`, sharing events | applied, as the ingress principal |
+//! | `StartOrchestration`, `RaiseEvent`, `EntityOperation`, `Terminate`, `Suspend`, `Resume`, `Purge`, `Rewind`, sharing events | applied, as the ingress principal |
 //! | `WithDelay` around one of those | applied when due |
 //! | `origin` | ignored: the event is deduplicated by its id ([`crate::history`]) |
 //! | `source` naming an instance (`orch:…`, `entity:…`, `activity:…`) | dead letter |
@@ -51,12 +51,13 @@ pub fn admit_outside(envelope: &mut Envelope, ingress: Option<&Principal>) -> Re
             | Event::Suspend { .. }
             | Event::Resume { .. }
             | Event::Purge { .. }
+            | Event::Rewind { .. }
             | Event::Access(_) => break,
             other => {
                 return Err(format!(
                     "{} is part of Durable's protocol and counts only when a processor sealed it; \
                      outside producers may send StartOrchestration, RaiseEvent, EntityOperation, \
-                     Terminate, Suspend, Resume, Purge and the sharing events, each optionally inside WithDelay (if a \
+                     Terminate, Suspend, Resume, Purge, Rewind and the sharing events, each optionally inside WithDelay (if a \
                      processor sent it, every processor needs the same DURABLE_SECRET)",
                     other.name()
                 ))

@@ -49,10 +49,11 @@ pub const ENVELOPE_SCHEMA: &str = include_str!("../avro/envelope.avsc");
 
 /// Earlier envelope schemas, which every reader still reads (`avro/history/`, named by their
 /// fingerprints): data written by an older producer or processor resolves to the current schema.
-pub const EARLIER_SCHEMAS: [&str; 3] = [
+pub const EARLIER_SCHEMAS: [&str; 4] = [
     include_str!("../avro/history/envelope-8659713f73004692.avsc"),
     include_str!("../avro/history/envelope-26917e7e9cb0d840.avsc"),
     include_str!("../avro/history/envelope-da7cdfc5d02c8447.avsc"),
+    include_str!("../avro/history/envelope-e8357699c44ebf01.avsc"),
 ];
 
 /// Content type of JSON payloads, the default.
@@ -200,6 +201,8 @@ pub enum Event {
     Resume { reason: String },
     /// Delete a finished orchestration or an idle entity, and publish its tombstone.
     Purge { reason: String },
+    /// Run a failed orchestration on from the activity failure that ended it.
+    Rewind { reason: String },
 }
 
 /// A change to an instance's owners or shares: the sharing events. Each is its own record in
@@ -264,6 +267,7 @@ impl Event {
             Event::Suspend { .. } => "Suspend",
             Event::Resume { .. } => "Resume",
             Event::Purge { .. } => "Purge",
+            Event::Rewind { .. } => "Rewind",
         }
     }
 

@@ -108,6 +108,7 @@ fn golden_cases() -> Vec<(&'static str, Envelope)> {
         ("suspend", env("c-5", "orch:Parent:p1", Event::Suspend { reason: "waiting for the bank".into() })),
         ("resume", env("c-6", "orch:Parent:p1", Event::Resume { reason: String::new() })),
         ("purge", env("c-7", "entity:Cart:c9", Event::Purge { reason: "retention".into() })),
+        ("rewind", env("c-8", "orch:Parent:p1", Event::Rewind { reason: "the bank is back".into() })),
         (
             "lock_request",
             env(
@@ -210,7 +211,7 @@ fn golden_vectors_decode_and_reencode_byte_for_byte() {
         assert_eq!(stored, bytes, "{name}: encoding changed; bless only for a deliberate schema change");
         index.push(name);
     }
-    assert_eq!(index.len(), 25);
+    assert_eq!(index.len(), 26);
 }
 
 #[test]
@@ -348,6 +349,7 @@ fn arb_core() -> impl Strategy<Value = Event> {
         s().prop_map(|reason| Event::Suspend { reason }),
         s().prop_map(|reason| Event::Resume { reason }),
         s().prop_map(|reason| Event::Purge { reason }),
+        s().prop_map(|reason| Event::Rewind { reason }),
         (s(), s(), proptest::collection::vec(s(), 0..4), any::<i32>()).prop_map(
             |(owner, correlation, participants, position)| {
                 Event::LockRequest { owner, correlation, participants, position }

@@ -111,7 +111,8 @@ fn event_to_value(event: &Event, branches: &[String]) -> Value {
         Event::Terminate { reason }
         | Event::Suspend { reason }
         | Event::Resume { reason }
-        | Event::Purge { reason } => {
+        | Event::Purge { reason }
+        | Event::Rewind { reason } => {
             vec![("reason", string(reason))]
         }
         Event::LockRequest { owner, correlation, participants, position } => vec![
@@ -339,6 +340,7 @@ fn event_from_value(v: Value, branches: &[String]) -> Result<Event> {
         "Suspend" => Event::Suspend { reason: f.string("reason")? },
         "Resume" => Event::Resume { reason: f.string("reason")? },
         "Purge" => Event::Purge { reason: f.string("reason")? },
+        "Rewind" => Event::Rewind { reason: f.string("reason")? },
         "LockRequest" => Event::LockRequest {
             owner: f.string("owner")?,
             correlation: f.string("correlation")?,

@@ -209,6 +209,23 @@ async fn calls_boom(ctx: durable_processor::OrchestrationContext, (): ()) -> Res
     }
 }
 
+/// Whether `Fixable` succeeds: a cause an operator fixes before a rewind.
+pub static FIXED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+async fn fixable((): ()) -> Result<String, Failure> {
+    if FIXED.load(std::sync::atomic::Ordering::SeqCst) {
+        Ok("and fixed".into())
+    } else {
+        Err(Failure::new("NotYet", "the cause is not fixed yet"))
+    }
+}
+
+async fn calls_fixable(ctx: durable_processor::OrchestrationContext, (): ()) -> Result<String, Failure> {
+    let hello: String = ctx.call_activity("SayHello", "Rome").await?;
+    let fixed: String = ctx.call_activity("Fixable", ()).await?;
+    Ok(format!("{hello} {fixed}"))
+}
+
 /// An entity that keeps whatever text it is given (to make large states on purpose).
 #[derive(Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Blob {
@@ -217,7 +234,8 @@ pub struct Blob {
 }
 
 /// The handlers of the end-to-end tests: the bundled examples, a panicking activity (`Boom`,
-/// called by `CallsBoom`), one that never returns (`Hang`, called by `CallsHang`, and by
+/// called by `CallsBoom`), one that fails until [`FIXED`] (`Fixable`, called by `CallsFixable`
+/// after `SayHello`), one that never returns (`Hang`, called by `CallsHang`, and by
 /// `CallsHangBriefly` with a 200 ms timeout of its own), one that runs
 /// long but heartbeats (`Beats`, called by `CallsBeats`) and the
 /// `Blob` entity (operation `set`).
@@ -229,6 +247,8 @@ pub fn registry() -> Registry {
     examples::register(Registry::new())
         .activity("Boom", boom)
         .orchestration("CallsBoom", calls_boom)
+        .activity("Fixable", fixable)
+        .orchestration("CallsFixable", calls_fixable)
         .activity("Hang", hang)
         .orchestration("CallsHang", calls_hang)
         .orchestration("CallsHangBriefly", calls_hang_briefly)

@@ -58,6 +58,9 @@ pub(crate) struct Shared {
     /// The sub-orchestration each `CallSubOrchestration` slot started (recorded on replay too):
     /// what a terminate terminates with it.
     pub children: BTreeMap<u32, String>,
+    /// Recorded slots whose command is sent again when the code reaches it on replay (a
+    /// rewind's activity calls).
+    pub reissue: BTreeSet<u32>,
     /// Lock set held or requested: (slot of the request, sorted canonical participant ids).
     pub lock: Option<(u32, Vec<String>)>,
     /// Most new commands this execution may issue ([`crate::engine::Limits::max_fan_out`]).
@@ -85,6 +88,7 @@ impl Shared {
             custom_status: None,
             random_calls: 0,
             children: BTreeMap::new(),
+            reissue: BTreeSet::new(),
             lock: None,
             max_new_commands: usize::MAX,
             new_commands: 0,
@@ -170,7 +174,7 @@ impl Shared {
         make: impl FnOnce(&Shared, u32) -> Option<Effect>,
     ) -> Option<u32> {
         let (slot, is_new) = self.issue(kind, name).ok()?;
-        if is_new {
+        if is_new || self.reissue.remove(&slot) {
             if let Some(effect) = make(self, slot) {
                 self.effects.push(effect);
             }

@@ -6,6 +6,7 @@
 //! in `inbox`) and handed to the code one at a time, each becoming a new log entry.
 
 use std::cell::RefCell;
+use std::collections::BTreeSet;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
@@ -37,13 +38,21 @@ struct Execution {
 
 impl Execution {
     /// Start the code for `history` and replay its log.
-    fn replay(registry: &Registry, id: &InstanceId, h: &OrchestrationHistory, limits: Limits) -> Result<Self, Failure> {
+    /// Run the code over `h`'s history; the commands of the `reissue` slots are sent again.
+    fn replay(
+        registry: &Registry,
+        id: &InstanceId,
+        h: &OrchestrationHistory,
+        limits: Limits,
+        reissue: BTreeSet<u32>,
+    ) -> Result<Self, Failure> {
         let handler = registry.orchestration_handler(id.name()).ok_or_else(|| {
             Failure::new("NotRegistered", format!("no orchestration named {:?} is registered", id.name()))
         })?;
         let mut shared = Shared::new(id.clone(), h.generation, h.commands.clone(), h.started_at);
         shared.max_new_commands = limits.max_fan_out;
         shared.replaying = !(h.commands.is_empty() && h.log.is_empty());
+        shared.reissue = reissue;
         let shared = Rc::new(RefCell::new(shared));
         let fut = handler(OrchestrationContext::new(shared.clone()), h.input.clone());
         let mut exec = Self { shared, fut: Some(fut), outcome: None };
@@ -148,6 +157,8 @@ struct Run<'a> {
     out: &'a mut Collector,
     exec: Option<Execution>,
     generations: u32,
+    /// Slots the next replay sends again ([`Run::rewind`]).
+    reissue: BTreeSet<u32>,
 }
 
 pub(super) fn step(
@@ -157,7 +168,7 @@ pub(super) fn step(
     events: Vec<Envelope>,
     out: &mut Collector,
 ) {
-    let mut run = Run { registry, id, record, out, exec: None, generations: 0 };
+    let mut run = Run { registry, id, record, out, exec: None, generations: 0, reissue: BTreeSet::new() };
     for envelope in events {
         run.apply(envelope);
     }
@@ -212,6 +223,42 @@ fn check_replier(
     ))
 }
 
+/// Why the failed history `h` of `id` cannot be rewound, if it cannot.
+pub(crate) fn rewind_refusal(id: &str, h: &OrchestrationHistory) -> Option<String> {
+    let failed_in = h.log.last().map(|e| (e.slot, &e.completion, h.commands.get(e.slot as usize)));
+    let activity = match failed_in {
+        Some((_, Completion::Failure(_), Some(c))) if c.kind == CommandKind::CallActivity => c.name.clone(),
+        _ => {
+            return Some(format!(
+                "{id} did not fail in an activity (its last delivery is no activity failure: the code failed, or its history was dropped): restart it instead"
+            ))
+        }
+    };
+    if h.reply_to.is_some() {
+        return Some(format!(
+            "{id} is a sub-orchestration: its parent already has its failure; rewind or restart the parent"
+        ));
+    }
+    let answered: BTreeSet<u32> = h.log.iter().map(|e| e.slot).collect();
+    for (slot, c) in h.commands.iter().enumerate() {
+        let waiting = !answered.contains(&(slot as u32));
+        let unsafe_kind = match c.kind {
+            CommandKind::Lock => true,
+            CommandKind::CallSubOrchestration | CommandKind::CallEntity | CommandKind::CreateTimer => waiting,
+            _ => false,
+        };
+        if unsafe_kind {
+            let what = if c.kind == CommandKind::Lock {
+                "it uses a critical section, whose locks were released when it failed".to_owned()
+            } else {
+                format!("it was waiting on {:?} {} when it failed, and that answer was dropped", c.kind, c.name)
+            };
+            return Some(format!("{id} cannot be rewound: {what}; restart it instead (activity {activity} failed)"));
+        }
+    }
+    None
+}
+
 fn parse_correlation(correlation: &str) -> Option<(u32, u32)> {
     let (generation, slot) = correlation.split_once('.')?;
     Some((generation.parse().ok()?, slot.parse().ok()?))
@@ -242,7 +289,11 @@ impl Run<'_> {
         if let Some(OrchestrationStatus::Suspended { held, .. }) = self.history().map(|h| &mut h.status) {
             if !matches!(
                 core,
-                Event::Resume { .. } | Event::Suspend { .. } | Event::Terminate { .. } | Event::Purge { .. }
+                Event::Resume { .. }
+                    | Event::Suspend { .. }
+                    | Event::Terminate { .. }
+                    | Event::Purge { .. }
+                    | Event::Rewind { .. }
             ) {
                 if held.len() >= max_inbox {
                     let reason = format!(
@@ -292,6 +343,7 @@ impl Run<'_> {
             Event::LockGranted { correlation, participants } => self.grant(envelope, correlation, participants),
             Event::RaiseEvent { name, payload } => self.raise(envelope, name, payload),
             Event::Terminate { reason } => self.terminate(envelope, reason),
+            Event::Rewind { .. } => self.rewind(envelope),
             other => {
                 let reason = format!("orchestration {} cannot handle {}", self.id, other.name());
                 self.out.dead(envelope, reason)
@@ -477,15 +529,48 @@ impl Run<'_> {
         }
     }
 
+    /// Run a failed orchestration on from the activity failure that ended it: that delivery
+    /// leaves the log, the status is running again, and a replay sends every activity call
+    /// without an answer again (the failed one included). Refused (dead letter, saying why) for
+    /// a history where that is not safe: see `Event::Rewind` in `schemas/README.md`.
+    fn rewind(&mut self, envelope: Envelope) {
+        let id = self.id.canonical();
+        let Some(h) = self.history() else {
+            return self.out.dead(envelope, "rewind for an orchestration that never started");
+        };
+        if !matches!(h.status, OrchestrationStatus::Failed { .. }) {
+            let reason = format!(
+                "{id} is {}: only a failed orchestration can be rewound (restart runs a finished one again from its input)",
+                h.status.word()
+            );
+            return self.out.dead(envelope, reason);
+        }
+        let refusal = rewind_refusal(&id, h);
+        if let Some(reason) = refusal {
+            return self.out.dead(envelope, reason);
+        }
+        h.log.pop();
+        let answered: BTreeSet<u32> = h.log.iter().map(|e| e.slot).collect();
+        let calls: BTreeSet<u32> = (0..h.commands.len() as u32)
+            .filter(|slot| h.commands[*slot as usize].kind == CommandKind::CallActivity && !answered.contains(slot))
+            .collect();
+        h.status = OrchestrationStatus::Running;
+        self.exec = None;
+        self.reissue = calls;
+        self.settle();
+    }
+
     /// Terminate the sub-orchestrations this one started that have not answered yet. Which
     /// they are (their keys may be the code's choice) comes from a replay of the history, taken
     /// apart and dropped; a history that no longer replays terminates none (the failure is the
     /// code's, and the children finish on their own).
     fn terminate_children(&mut self, reason: &str) {
         let Some(h) = self.running().cloned() else { return };
-        let Ok(replay) = Execution::replay(self.registry, self.id, &h, self.out.limits) else { return };
+        let Ok(replay) = Execution::replay(self.registry, self.id, &h, self.out.limits, BTreeSet::new()) else {
+            return;
+        };
         let children = std::mem::take(&mut replay.shared.borrow_mut().children);
-        let answered: std::collections::BTreeSet<u32> =
+        let answered: BTreeSet<u32> =
             h.log.iter().map(|e| e.slot).chain(h.early.iter().map(|(slot, _)| *slot)).collect();
         let id = self.id.canonical();
         for (slot, child) in children.into_iter().filter(|(slot, _)| !answered.contains(slot)) {
@@ -512,7 +597,8 @@ impl Run<'_> {
             if self.exec.is_none() {
                 // Start the code and replay its history (nothing to replay for a new generation).
                 let Some(h) = self.running().cloned() else { return };
-                match Execution::replay(self.registry, self.id, &h, self.out.limits) {
+                let reissue = std::mem::take(&mut self.reissue);
+                match Execution::replay(self.registry, self.id, &h, self.out.limits, reissue) {
                     Ok(exec) => self.exec = Some(exec),
                     Err(failure) => {
                         return self.conclude(OrchestrationStatus::Failed { failure: failure.clone() }, Err(failure))

@@ -15,7 +15,8 @@
 //! | `POST /v1/orchestrations/{name}` `{"key"?, "input"?, "event_id"?}` | start (or restart a finished) orchestration |
 //! | `POST /v1/entities/{name}/{key}/{operation}` `{"input"?, "event_id"?}` | signal an entity |
 //! | `POST /v1/instances/{id}/events/{event}` `{"payload"?, "event_id"?}` | raise an external event |
-//! | `POST /v1/instances/{id}/terminate` `{"reason"?, "event_id"?}` | terminate a running orchestration |
+//! | `POST /v1/instances/{id}/terminate` `{"reason"?, "event_id"?}` | terminate a running orchestration (and the sub-orchestrations it waits for) |
+//! | `POST /v1/instances/{id}/suspend`, `…/resume`, `…/purge`, `…/restart`, `…/rewind` | operate an instance (see `README.md`, "Operating instances") |
 //! | `GET /v1/registry` | the registered orchestrations, entities and activities |
 //! | `POST /v1/instances/{id}/access` `{"action", "user"?, "role"?, "operations"?, "event_id"?}` | share, revoke, transfer ownership, add an owner |
 //! | `POST /v1/search/key` | a Typesense key that searches only what the caller may read (an hour) |
@@ -83,7 +84,7 @@ impl IntoResponse for ApiError {
 type ApiResult = Result<(StatusCode, Json<Value>), ApiError>;
 
 /// Every path of the API (each is documented in `openapi.yaml`).
-pub const PATHS: [&str; 20] = [
+pub const PATHS: [&str; 21] = [
     "/v1/registry",
     "/v1/instances/{id}",
     "/v1/instances/{id}/history",
@@ -104,6 +105,7 @@ pub const PATHS: [&str; 20] = [
     "/v1/dead",
     "/v1/dead/{id}",
     "/v1/dead/{id}/redrive",
+    "/v1/instances/{id}/rewind",
 ];
 
 /// The API routes.
@@ -129,6 +131,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(PATHS[17], get(dead_list))
         .route(PATHS[18], get(dead_show))
         .route(PATHS[19], post(dead_redrive))
+        .route(PATHS[20], post(rewind))
         .merge(super::ui::router())
         .with_state(shared)
 }
@@ -711,7 +714,14 @@ fn conflict(message: String) -> ApiError {
 /// applies them); a restart takes its input from the record.
 async fn fits(shared: &Shared, write: &Write<'_>, request: &mut requests::Request) -> Result<(), ApiError> {
     use crate::history::OrchestrationStatus as S;
-    if !matches!(write, Write::Suspend { .. } | Write::Resume { .. } | Write::Purge { .. } | Write::Restart { .. }) {
+    if !matches!(
+        write,
+        Write::Suspend { .. }
+            | Write::Resume { .. }
+            | Write::Purge { .. }
+            | Write::Restart { .. }
+            | Write::Rewind { .. }
+    ) {
         return Ok(());
     }
     let id = &request.target;
@@ -729,6 +739,16 @@ async fn fits(shared: &Shared, write: &Write<'_>, request: &mut requests::Reques
                 "{id} is {}: terminate it first (only a completed, failed or terminated orchestration is {what})",
                 h.status.word()
             )))
+        }
+        (Body::Orchestration(h), Write::Rewind { .. }) => {
+            match crate::engine::rewind_refusal(&id.canonical(), h) {
+                _ if !matches!(h.status, S::Failed { .. }) => Err(conflict(format!(
+                    "{id} is {}: only a failed orchestration can be rewound (restart runs a finished one again from its input)",
+                    h.status.word()
+                ))),
+                Some(why) => Err(conflict(why)),
+                None => Ok(()),
+            }
         }
         (Body::Orchestration(h), Write::Restart { .. }) => {
             request.event = Event::StartOrchestration { input: h.input.clone() };
@@ -813,6 +833,15 @@ async fn restart(
     write(&shared, &headers, Write::Restart { id: &id }, raw).await
 }
 
+async fn rewind(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    raw: axum::body::Body,
+) -> ApiResult {
+    write(&shared, &headers, Write::Rewind { id: &id }, raw).await
+}
+
 /// The body of a batch operation.
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -840,7 +869,7 @@ async fn batch(
     RawQuery(query): RawQuery,
     raw: axum::body::Body,
 ) -> ApiResult {
-    const ACTIONS: [&str; 5] = ["terminate", "suspend", "resume", "purge", "restart"];
+    const ACTIONS: [&str; 6] = ["terminate", "suspend", "resume", "purge", "restart", "rewind"];
     let principal = caller(&shared, &headers)?;
     if !ACTIONS.contains(&action.as_str()) {
         return Err(ApiError::new(
@@ -879,6 +908,7 @@ async fn batch(
                 "suspend" => Write::Suspend { id },
                 "resume" => Write::Resume { id },
                 "purge" => Write::Purge { id },
+                "rewind" => Write::Rewind { id },
                 _ => Write::Restart { id },
             };
             match act(&shared, principal.as_ref(), write, each.as_bytes()).await {

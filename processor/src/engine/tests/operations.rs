@@ -304,3 +304,100 @@ fn the_children_are_terminated_for_the_principal_the_parent_runs_as() {
         );
     }
 }
+
+fn payments() -> Harness {
+    use crate::context::OrchestrationContext;
+    use durable_schemas::Failure;
+    let registry = Registry::new()
+        .activity("Reserve", |_: ()| async { Ok::<_, Failure>("r".to_owned()) })
+        .activity("Charge", |_: ()| async { Ok::<_, Failure>("c".to_owned()) })
+        .orchestration("Pay", |ctx: OrchestrationContext, _: ()| async move {
+            let reserved: String = ctx.call_activity("Reserve", ()).await?;
+            let charged: String = ctx.call_activity("Charge", ()).await?;
+            Ok::<_, Failure>(format!("{reserved}+{charged}"))
+        })
+        .orchestration("Broken", |_: OrchestrationContext, _: ()| async move {
+            Err::<(), _>(Failure::new("Bug", "the code failed by itself"))
+        })
+        .orchestration("Caller", |ctx: OrchestrationContext, _: ()| async move {
+            ctx.call_sub_orchestration_with_key::<_, String>("Pay", "child", ()).await
+        });
+    Harness::new(registry)
+}
+
+/// Deliver the pending activity request for `name` answered with `result`.
+fn answer(h: &mut Harness, name: &str, result: Result<Payload, durable_schemas::Failure>) -> crate::engine::StepOutput {
+    let pending = h.take_pending();
+    let request = pending.iter().find(|e| e.target.starts_with(&format!("activity:{name}:"))).expect(name).clone();
+    for other in pending.into_iter().filter(|e| e.id != request.id) {
+        h.deliver(other);
+    }
+    let reply = h.reply_to_activity(&request, result);
+    h.deliver(reply)
+}
+
+#[test]
+fn a_rewind_runs_a_failed_orchestration_on_from_the_failed_activity_keeping_what_succeeded() {
+    let mut h = payments();
+    let start = h.start("Pay", "p", ());
+    let id = start.target.clone();
+    h.deliver(start);
+    answer(&mut h, "Reserve", Ok(Payload::json("r").unwrap()));
+    answer(&mut h, "Charge", Err(durable_schemas::Failure::new("Declined", "the bank is down")));
+    assert!(matches!(h.status(&id), Some(OrchestrationStatus::Failed { .. })));
+    let rewind = h.client(&id, Event::Rewind { reason: "the bank is back".into() });
+    let out = h.deliver(rewind);
+    let calls: Vec<&str> = out.emitted().map(|e| e.target.as_str()).collect();
+    assert_eq!(calls.len(), 1, "only the failed call is sent again: {calls:?}");
+    assert!(calls[0].starts_with("activity:Charge:"), "{calls:?}");
+    assert_eq!(h.status(&id), Some(&OrchestrationStatus::Running));
+    let state = out.effects.iter().find_map(|e| match e {
+        Effect::StateChanged(c) => Some(c.status.clone()),
+        _ => None,
+    });
+    assert_eq!(state.as_deref(), Some("running"));
+    h.run();
+    assert_eq!(h.output::<String>(&id).as_deref(), Some("r+c"), "Reserve's result was kept");
+    // A completed orchestration is not rewound.
+    let again = h.client(&id, Event::Rewind { reason: String::new() });
+    let out = h.deliver(again);
+    assert!(
+        out.dead_letters[0].reason.contains("only a failed orchestration can be rewound"),
+        "{:?}",
+        out.dead_letters
+    );
+}
+
+#[test]
+fn what_cannot_be_rewound_is_refused_with_why() {
+    let mut h = payments();
+    // Failed in its own code, not in an activity.
+    let start = h.start("Broken", "b", ());
+    let broken = start.target.clone();
+    h.deliver(start);
+    let out = {
+        let e = h.client(&broken, Event::Rewind { reason: String::new() });
+        h.deliver(e)
+    };
+    assert!(out.dead_letters[0].reason.contains("did not fail in an activity"), "{:?}", out.dead_letters);
+    // A sub-orchestration whose parent already has its failure.
+    let start = h.start("Caller", "c", ());
+    h.deliver(start);
+    h.deliver_pending(0);
+    answer(&mut h, "Reserve", Ok(Payload::json("r").unwrap()));
+    answer(&mut h, "Charge", Err(durable_schemas::Failure::new("Declined", "no")));
+    assert!(matches!(h.status("orch:Pay:child"), Some(OrchestrationStatus::Failed { .. })));
+    let out = {
+        let e = h.client("orch:Pay:child", Event::Rewind { reason: String::new() });
+        h.deliver(e)
+    };
+    assert!(out.dead_letters[0].reason.contains("is a sub-orchestration"), "{:?}", out.dead_letters);
+    // A running one.
+    let start = h.start("Pay", "running", ());
+    h.deliver(start);
+    let out = {
+        let e = h.client("orch:Pay:running", Event::Rewind { reason: String::new() });
+        h.deliver(e)
+    };
+    assert!(out.dead_letters[0].reason.contains("is running"), "{:?}", out.dead_letters);
+}

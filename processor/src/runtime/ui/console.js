@@ -261,6 +261,7 @@ function actions(view, path) {
     if (s === 'suspended') act('resume', 'Resume', [['reason', 'reason']], (r) => ['resume', reason(r)]);
     if (s === 'running' || s === 'suspended') act('terminate', 'Terminate', [['reason', 'reason']], (r) => ['terminate', reason(r)], true);
     if (['completed', 'failed', 'terminated'].includes(s)) {
+      if (s === 'failed') act('rewind', 'Rewind', [['reason', 'reason']], (r) => ['rewind', reason(r)]);
       act('restart', 'Restart', [], () => ['restart', {}]);
       act('purge', 'Purge', [['reason', 'reason']], (r) => ['purge', reason(r)], true);
     }
