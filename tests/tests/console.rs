@@ -6,6 +6,7 @@
 //! Needs `chromium` and `chromedriver` (Debian's `chromium` and `chromium-driver`, which
 //! `scripts/services` installs): without them the test fails and says so.
 
+use std::os::unix::process::CommandExt as _;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,7 +19,8 @@ struct Driver(Child);
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        // chromedriver and the Chromium it started: its own process group.
+        let _ = Command::new("kill").args(["-9", "--", &format!("-{}", self.0.id())]).status();
         let _ = self.0.wait();
     }
 }
@@ -28,6 +30,7 @@ async fn browser() -> (Driver, Client) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let port = e2e::free_port();
     let driver = Command::new("chromedriver")
+        .process_group(0)
         .arg(format!("--port={port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -48,7 +51,7 @@ async fn browser() -> (Driver, Client) {
         "--disable-dev-shm-usage",
         "--window-size=1280,860",
     ];
-    let data_dir = std::env::temp_dir().join(format!("durable-console-{}", std::process::id()));
+    let data_dir = std::env::temp_dir().join(format!("durable-console-{}-{port}", std::process::id()));
     let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     args.push(format!("--user-data-dir={}", data_dir.display()));
     let capabilities = json!({ "goog:chromeOptions": { "binary": "/usr/bin/chromium", "args": args } });
@@ -182,6 +185,68 @@ async fn the_console_lists_filters_opens_and_terminates_an_instance() {
     shows(&c, "#l-reason", "nosuchop").await;
     c.wait().for_element(Locator::Css("#redrive")).await.expect("a redrive button");
 
+    c.close().await.expect("close the browser");
+    processor.stop().await;
+}
+
+/// A token from `durable token` (the CLI's own minting, as a user would).
+fn token(user: &str, secret: &str) -> String {
+    let out = Command::new(e2e::workspace_binary("durable"))
+        .args(["token", "--user", user, "--jwt-audience", "durable", "--jwt-issuer", "console-test"])
+        .env("DURABLE_JWT_SECRETS", secret)
+        .output()
+        .expect("durable token");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Sign in through the console's dialog with `token`.
+async fn sign_in(c: &Client, token: &str) {
+    c.wait().for_element(Locator::Css("#login[open]")).await.expect("the console asks for a token");
+    c.find(Locator::Css("#login-token")).await.expect("token field").send_keys(token).await.expect("type");
+    c.find(Locator::Css("#login-ok")).await.expect("button").click().await.expect("sign in");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_follows_the_apis_authorization() {
+    let secret = "console-test-secret-of-at-least-32-bytes";
+    let prefix = e2e::unique_prefix("console-auth");
+    let mut config = InProcess::config(&prefix, 2);
+    config.auth.anonymous = false;
+    config.auth.jwt_secrets = vec![durable_kafka::Secret::new(secret)];
+    config.auth.jwt_audience = Some("durable".into());
+    config.auth.jwt_issuer = Some("console-test".into());
+    let processor = InProcess::start_with(config).await;
+    let base = format!("http://{}", processor.metrics);
+    let (alice, bob) = (token("alice", secret), token("bob", secret));
+    let started = reqwest::Client::new()
+        .post(format!("{base}/v1/orchestrations/Approval"))
+        .bearer_auth(&alice)
+        .json(&json!({ "key": "mine", "input": { "counter": "c", "amount": 1 } }))
+        .send()
+        .await
+        .expect("API");
+    assert_eq!(started.status(), 202);
+    e2e::eventually(Duration::from_secs(30), "alice's orchestration is committed", || async {
+        let r = reqwest::Client::new().get(format!("{base}/v1/counts")).bearer_auth(&alice).send().await.ok()?;
+        let v: Value = r.json().await.ok()?;
+        (v["total"] == 1).then_some(())
+    })
+    .await;
+
+    let (_driver, c) = browser().await;
+    c.goto(&format!("{base}/ui")).await.expect("open /ui");
+    // No token: the API answers 401 and the console asks for one.
+    sign_in(&c, &alice).await;
+    c.wait().for_element(Locator::Css("tr[data-instance=\"orch:Approval:mine\"]")).await.expect("alice sees hers");
+    shows(&c, "#who", "signed in").await;
+    // bob may read nothing of alice's: the same page lists nothing for him.
+    c.find(Locator::Css("#sign-out")).await.expect("sign out").click().await.expect("sign out");
+    sign_in(&c, &bob).await;
+    shows(&c, "#instances", "No instances match.").await;
+    c.goto(&format!("{base}/ui#/i/orch%3AApproval%3Amine")).await.expect("open alice's");
+    shows(&c, "main", "orch:Approval:mine").await;
+    assert!(c.find(Locator::Css("#actions")).await.is_err(), "bob gets no actions on an instance he may not read");
     c.close().await.expect("close the browser");
     processor.stop().await;
 }

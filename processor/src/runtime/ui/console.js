@@ -62,11 +62,23 @@ function token() {
   return sessionStorage.getItem('durable-token') || '';
 }
 
+// One sign-in at a time: requests refused together wait for the same dialog.
+let signingIn = null;
+
 function signIn(why) {
+  if (!signingIn) signingIn = askForToken(why).finally(() => { signingIn = null; });
+  return signingIn;
+}
+
+function askForToken(why) {
   return new Promise((resolve) => {
     const dialog = document.getElementById('login');
     document.getElementById('login-why').textContent = why;
     document.getElementById('login-token').value = '';
+    document.getElementById('login-form').onsubmit = (e) => {
+      e.preventDefault();
+      dialog.close();
+    };
     dialog.onclose = () => {
       const t = document.getElementById('login-token').value.trim();
       if (t) sessionStorage.setItem('durable-token', t);
