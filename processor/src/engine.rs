@@ -24,6 +24,7 @@
 mod entity;
 mod ledger;
 mod orchestration;
+#[cfg(feature = "runtime")]
 pub(crate) use orchestration::rewind_refusal;
 
 use std::collections::VecDeque;
