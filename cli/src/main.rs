@@ -51,7 +51,7 @@ struct Filter {
     name: Option<String>,
     /// Only this status: running, suspended, completed, failed, terminated (orchestrations),
     /// active or deleted (entities).
-    #[arg(long, value_parser = ["running", "suspended", "completed", "failed", "terminated", "active", "deleted"])]
+    #[arg(long, value_parser = ["running", "pending", "suspended", "completed", "failed", "terminated", "active", "deleted"])]
     status: Option<String>,
     /// Only instances that changed within this long (e.g. 10m, 2h, 7d).
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -129,7 +129,8 @@ enum Command {
         #[arg(long)]
         event_id: Option<String>,
     },
-    /// Raise an external event on an orchestration (for its wait_for_event).
+    /// Raise an external event on an orchestration (for its wait_for_event). Raised before the
+    /// orchestration starts, it waits for the start (status pending).
     Raise {
         /// Orchestration instance id, e.g. orch:Approval:a1.
         instance: String,
@@ -445,6 +446,9 @@ fn one_line(rendered: &str) -> String {
     let help = if usage.is_empty() { "durable --help".to_owned() } else { format!("{usage} --help") };
     format!("{} (see `{help}`)", parts.join(" "))
 }
+
+#[global_allocator]
+static ALLOCATOR: durable_processor::runtime::Allocator = durable_processor::runtime::Allocator;
 
 fn main() -> ExitCode {
     let cli = match parse() {

@@ -172,6 +172,25 @@ async fn every_command_works_against_a_real_processor() {
     let done = run(args(&["wait", "orch:Ticker:t1", "--timeout", "60s"]), 0).await;
     assert!(done.contains("output        2"), "{done}");
 
+    // signal-with-start: ticks raised before the start wait for it (pending), and it takes them.
+    for _ in 0..2 {
+        run(args(&["raise", "orch:Ticker:t2", "tick", "--payload", "1"]), 0).await;
+    }
+    let pending = e2e::eventually(Duration::from_secs(60), "t2 is pending with two events", || async {
+        let out = durable_async(api, &["status", "orch:Ticker:t2", "--json"]).await;
+        let v = serde_json::from_str::<Value>(&stdout(&out)).ok()?;
+        (v["status"] == "pending" && v["raised"] == 2).then_some(v)
+    })
+    .await;
+    assert_eq!(pending["generation"], 0, "{pending}");
+    let listed = run(args(&["list", "--kind", "orch", "--status", "pending"]), 0).await;
+    assert!(listed.contains("orch:Ticker:t2"), "{listed}");
+    let early = durable_async(api, &["suspend", "orch:Ticker:t2"]).await;
+    assert_eq!(early.status.code(), Some(4), "a pending orchestration is not suspended: {}", stderr(&early));
+    run(args(&["start", "Ticker", "--key", "t2", "--input", "[0, 2]"]), 0).await;
+    let done = run(args(&["wait", "orch:Ticker:t2", "--timeout", "60s"]), 0).await;
+    assert!(done.contains("output        2"), "{done}");
+
     // terminate: an Approval waits an hour for `approve`; wait then exits 1.
     run(args(&["start", "Approval", "--key", "a1", "--input", r#"{"counter":"ac","amount":1}"#]), 0).await;
     let timed_out = durable_async(api, &["wait", "orch:Approval:a1", "--timeout", "1s"]).await;
@@ -384,7 +403,7 @@ async fn every_command_works_against_a_real_processor() {
     assert_eq!(unknown.status.code(), Some(4));
     assert!(
         stderr(&unknown)
-            .contains("registered: Approval, CallsBeats, CallsBoom, CallsFixable, CallsHang, CallsHangBriefly, FanOut"),
+            .contains("registered: Approval, CallsBeats, CallsBoom, CallsFixable, CallsHang, CallsHangBriefly, CallsPatient, FanOut"),
         "{}",
         stderr(&unknown)
     );

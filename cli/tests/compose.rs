@@ -312,8 +312,12 @@ fn init_env_generates_the_secrets_once() {
     for file in ["init-env", "env.example"] {
         std::fs::copy(format!("{DIR}/{file}"), dir.join(file)).unwrap();
     }
+    // Its interpreter runs the copy: executing a file this process has just written races with the
+    // other tests' spawns (a forked child may still hold the write descriptor: "Text file busy").
+    let mode = std::fs::metadata(format!("{DIR}/init-env")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o100, 0o100, "compose/init-env is executable");
     let run = || {
-        let out = std::process::Command::new(dir.join("init-env")).output().unwrap();
+        let out = std::process::Command::new("bash").arg(dir.join("init-env")).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         std::fs::read_to_string(dir.join(".env")).unwrap()
     };

@@ -329,6 +329,16 @@ pub fn operation(core: &Event, call: bool) -> Option<Operation> {
     })
 }
 
+/// The operation `core` asks of `target`, which `exists` (has a body) or not: [`operation`],
+/// except that an event raised on an orchestration that does not exist yet asks to start it —
+/// it is kept for the start (signal-with-start), and its sender becomes the owner.
+pub fn asks(core: &Event, call: bool, target: &InstanceId, exists: bool) -> Option<Operation> {
+    match operation(core, call)? {
+        Operation::Signal if !exists && target.kind() == Kind::Orchestration => Some(Operation::Start),
+        op => Some(op),
+    }
+}
+
 /// Whether the operation `op` creates an instance of `kind` (or revives one that is not live:
 /// see [`crate::quota`]).
 pub(crate) fn creates(kind: Kind, op: Operation) -> bool {

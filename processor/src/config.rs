@@ -86,6 +86,12 @@ pub struct ProcessorConfig {
     /// for room.
     #[arg(long, env = "DURABLE_ACTIVITY_CONCURRENCY", default_value_t = 512)]
     pub activity_concurrency: usize,
+    /// Most bytes of live orchestrations each owned partition keeps in memory: a running
+    /// orchestration's code stays suspended between its steps, so a step continues it instead
+    /// of replaying its whole history. Past it the least recently stepped are dropped (they
+    /// replay at their next step). 0 replays every step.
+    #[arg(long, env = "DURABLE_LIVE_BYTES", default_value_t = 32 << 20)]
+    pub live_bytes: usize,
     /// The deployment secret: processors seal every record they produce to <prefix>.events with
     /// it, and a record without a valid seal may only start, raise, signal or terminate
     /// (schemas/README.md, "Who may send what"). At least 16 bytes; during a rotation give
@@ -271,6 +277,7 @@ impl ProcessorConfig {
             spread_activities: false,
             activity_timeout: Duration::from_secs(300),
             activity_concurrency: 512,
+            live_bytes: 32 << 20,
             secret: Vec::new(),
             max_state_bytes: Limits::default().max_state_bytes,
             max_history_bytes: Limits::default().max_history_bytes,

@@ -110,7 +110,7 @@ pub struct DeadLetter {
 }
 
 /// The result of a step.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StepOutput {
     /// The new record (its `outbox` holds what to produce after the commit).
     pub record: InstanceRecord,
@@ -359,6 +359,32 @@ impl Engine {
 
     /// Apply `input.deliveries` to the instance `target` whose stored record is `record`.
     pub fn step(&self, target: &InstanceId, record: Option<InstanceRecord>, input: StepInput) -> StepOutput {
+        self.step_live(target, record, input, None).0
+    }
+
+    /// The fingerprint ([`Live::fingerprint`]) of the code of `record`, a running orchestration,
+    /// replayed from its history: what the live code kept after the step that made `record` must
+    /// equal. `None` if it is not a running orchestration or its replay ends the code.
+    pub fn replayed_code(&self, target: &InstanceId, record: &InstanceRecord) -> Option<String> {
+        let Body::Orchestration(h) = &record.body else { return None };
+        orchestration::replayed(&self.registry, target, h, self.limits).map(|exec| exec.fingerprint())
+    }
+
+    /// [`Engine::step`] for an orchestration that may be live: `live`, the code kept from the step
+    /// that made `record`, continues instead of a replay of the history (a `live` that does not
+    /// belong to `record` is dropped, and the step replays). Returns the output and the code to
+    /// keep for the next step on the record the output commits, if it is still running.
+    ///
+    /// Whoever keeps a [`Live`] must hand it back only with the very record it came with, as
+    /// committed: the partition core keeps them together in its cache, under the commit's etag.
+    pub fn step_live(
+        &self,
+        target: &InstanceId,
+        record: Option<InstanceRecord>,
+        input: StepInput,
+        live: Option<Live>,
+    ) -> (StepOutput, Option<Live>) {
+        let live = live.filter(|l| record.as_ref().is_some_and(|r| r.version == l.version && r.id == l.id));
         let StepInput { deliveries, now, partition, trigger } = input;
         let mut record = record.unwrap_or_else(|| InstanceRecord::new(target.canonical(), now));
         let done_before = retention::done(&record);
@@ -426,9 +452,12 @@ impl Engine {
             authorize(&self.policy, target, &mut record, ready, &mut out)
         };
         let before = out.effects.len();
+        let mut kept = None;
         match target.kind() {
             _ if quota::is_ledger(target) => ledger::step(&self.policy, target, &mut record, ready, &mut out),
-            Kind::Orchestration => orchestration::step(&self.registry, target, &mut record, ready, &mut out),
+            Kind::Orchestration => {
+                kept = orchestration::step(&self.registry, target, &mut record, ready, &mut out, live.map(|l| l.exec));
+            }
             Kind::Entity => entity::step(&self.registry, target, &mut record, ready, &mut out),
             Kind::Activity => {
                 for envelope in ready {
@@ -534,7 +563,13 @@ impl Engine {
                     .collect(),
             };
         }
-        StepOutput {
+        let live = kept.map(|(exec, size)| Live {
+            exec,
+            id: record.id.clone(),
+            version: record.version,
+            bytes: size + Live::OVERHEAD,
+        });
+        let output = StepOutput {
             record,
             effects: out.effects,
             dead_letters: out.dead_letters,
@@ -542,7 +577,48 @@ impl Engine {
             end_before: first_new.filter(|_| changed && resend.is_some()),
             changed,
             resend,
-        }
+        };
+        (output, live)
+    }
+}
+
+/// A live orchestration: its code, suspended where the step that committed version `version` of
+/// its record left it, kept in memory so that the next step continues it rather than replaying
+/// the whole history. Only a cost saving: dropping it (eviction, a lost commit, a restart) costs
+/// one replay, never a different result — the simulator checks that a step taken live equals a
+/// replay of the same record.
+pub struct Live {
+    exec: orchestration::Execution,
+    id: String,
+    version: u64,
+    bytes: usize,
+}
+
+impl Live {
+    /// What a live orchestration is counted as beyond its history's size: the code's future and
+    /// the bookkeeping around it.
+    pub const OVERHEAD: usize = 2048;
+
+    /// About how many bytes it holds: its delivered completions and commands (a copy of its
+    /// history's) and [`Live::OVERHEAD`].
+    pub fn approx_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// What the code's side holds (generation, slots, waits, delivered completions …): equal for
+    /// a live execution and a replay of the same history.
+    pub fn fingerprint(&self) -> String {
+        self.exec.fingerprint()
+    }
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live")
+            .field("id", &self.id)
+            .field("version", &self.version)
+            .field("bytes", &self.bytes)
+            .finish()
     }
 }
 
@@ -616,11 +692,11 @@ fn authorize(
             }
             continue;
         }
-        let Some(op) = access::operation(core, wrappers.reply_to.is_some()) else {
+        let exists = !matches!(record.body, Body::Empty);
+        let Some(op) = access::asks(core, wrappers.reply_to.is_some(), target, exists) else {
             passed.push(envelope);
             continue;
         };
-        let exists = !matches!(record.body, Body::Empty);
         // A purge of nothing changes nothing but to publish the tombstone again (a purge whose
         // commit's outbox may not have left, redelivered): no permission is needed for that.
         if !exists && matches!(core, Event::Purge { .. }) {
@@ -687,23 +763,9 @@ fn purge(target: &InstanceId, record: &mut InstanceRecord, envelope: Envelope, o
         {
             return out.drop(&envelope, DropReason::NoChange)
         }
-        Body::Orchestration(h) if h.status.is_finished() => None,
-        Body::Orchestration(h) => {
-            if retention {
-                return out.drop(&envelope, DropReason::NoChange);
-            }
-            Some(format!("{target} is {}: terminate it before purging it", h.status.word()))
-        }
-        Body::Entity(e) => match (&e.lock, e.queue.len()) {
-            (Some(lock), _) => {
-                Some(format!("{target} is locked by {}: purge it after the critical section", lock.owner))
-            }
-            (None, queued) if queued > 0 => {
-                Some(format!("{target} has {queued} operations queued: purge it when they ran"))
-            }
-            _ if retention && e.state.is_some() => return out.drop(&envelope, DropReason::NoChange),
-            _ => None,
-        },
+        // Not done (any more): its own end parks a timer again.
+        _ if retention && !retention::done(record) => return out.drop(&envelope, DropReason::NoChange),
+        body => purge_refusal(target, body),
     };
     if let Some(reason) = refusal {
         return out.dead(envelope, reason);
@@ -711,6 +773,27 @@ fn purge(target: &InstanceId, record: &mut InstanceRecord, envelope: Envelope, o
     record.body = Body::Empty;
     record.access = access::Access::default();
     out.purged = true;
+}
+
+/// Why `target`, whose body is `body`, cannot be purged now, if it cannot: the one rule the
+/// engine's dead letter and the API's 409 both say.
+pub(crate) fn purge_refusal(target: &InstanceId, body: &Body) -> Option<String> {
+    match body {
+        Body::Orchestration(h) if !h.status.is_finished() && !h.status.is_pending() => Some(format!(
+            "{target} is {}: terminate it first (a completed, failed, terminated or pending orchestration is purged)",
+            h.status.word()
+        )),
+        Body::Entity(e) => match (&e.lock, e.queue.len()) {
+            (Some(lock), _) => {
+                Some(format!("{target} is locked by {}: purge it after the critical section", lock.owner))
+            }
+            (None, queued) if queued > 0 => {
+                Some(format!("{target} has {queued} operations queued: purge it when they ran"))
+            }
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 /// Dead-letter a refused event and answer whoever waits for it with a [`FORBIDDEN`] failure.
@@ -784,6 +867,7 @@ pub fn state_change(record: &InstanceRecord) -> Option<StateChange> {
                 Some(durable_schemas::Failure::new("Terminated", reason.clone())),
             ),
             OrchestrationStatus::Suspended { .. } => ("suspended", None, h.custom_status.clone(), None),
+            OrchestrationStatus::Pending => ("pending", None, None, None),
         },
         Body::Entity(e) => match &e.state {
             Some(state) => ("active", Some(state.clone()), None, None),

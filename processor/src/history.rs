@@ -44,6 +44,11 @@ pub const EXTERNAL_ID_WINDOW: usize = 1000;
 /// read) is the record alone, from before authorization.
 const BLOB_FORMAT: u8 = 3;
 
+/// The first byte of a delta frame ([`InstanceRecord::to_delta`]): what one step of a running
+/// orchestration changed, appended to the stored blob instead of rewriting it whole. A stored
+/// blob is one record frame followed by any number of delta frames.
+const DELTA_FORMAT: u8 = 0xD3;
+
 /// The whole stored state of one instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstanceRecord {
@@ -124,26 +129,73 @@ impl InstanceRecord {
         postcard::to_extend(&self.quota, out).expect("charges always serialize")
     }
 
-    /// Read a stored blob.
+    /// A delta frame to append to this record's stored blob, when this record (an orchestration)
+    /// differs from the stored one only by the commands from `commands_from` and the log entries
+    /// from `log_from` appended, and by its small fields (status, outbox, marks, inbox …): the
+    /// record as [`InstanceRecord::to_blob`] writes it, but with only those commands and entries.
+    /// Reading the blob puts them after the ones before ([`InstanceRecord::from_blob`]). `None`
+    /// if this is not an orchestration or has fewer commands or entries than that.
+    pub fn to_delta(&mut self, commands_from: usize, log_from: usize) -> Option<Vec<u8>> {
+        let Body::Orchestration(h) = &mut self.body else { return None };
+        if h.commands.len() < commands_from || h.log.len() < log_from {
+            return None;
+        }
+        let commands = std::mem::take(&mut h.commands);
+        let log = std::mem::take(&mut h.log);
+        h.commands = commands[commands_from..].to_vec();
+        h.log = log[log_from..].to_vec();
+        let mut delta = self.to_blob();
+        delta[0] = DELTA_FORMAT;
+        let Body::Orchestration(h) = &mut self.body else { unreachable!("matched above") };
+        h.commands = commands;
+        h.log = log;
+        Some(delta)
+    }
+
+    /// Read a stored blob: a record frame, then any delta frames ([`InstanceRecord::to_delta`]).
     pub fn from_blob(blob: &[u8]) -> Result<Self, BlobError> {
         let corrupt = |e: postcard::Error| BlobError::Corrupt(e.to_string());
-        match blob.first() {
-            Some(1) => postcard::from_bytes(&blob[1..]).map_err(corrupt),
+        let (mut record, mut rest) = match blob.first() {
+            Some(1) => postcard::take_from_bytes::<Self>(&blob[1..]).map_err(corrupt)?,
             Some(2) => {
-                let (mut record, rest): (Self, _) = postcard::take_from_bytes(&blob[1..]).map_err(corrupt)?;
-                record.access = postcard::from_bytes(rest).map_err(corrupt)?;
-                Ok(record)
-            }
-            Some(&BLOB_FORMAT) => {
                 let (mut record, rest): (Self, _) = postcard::take_from_bytes(&blob[1..]).map_err(corrupt)?;
                 let (access, rest) = postcard::take_from_bytes(rest).map_err(corrupt)?;
                 record.access = access;
-                record.quota = postcard::from_bytes(rest).map_err(corrupt)?;
-                Ok(record)
+                (record, rest)
             }
-            Some(&other) => Err(BlobError::UnknownFormat(other)),
-            None => Err(BlobError::Corrupt("empty blob".into())),
+            Some(&BLOB_FORMAT) => Self::frame(&blob[1..])?,
+            Some(&other) => return Err(BlobError::UnknownFormat(other)),
+            None => return Err(BlobError::Corrupt("empty blob".into())),
+        };
+        while let Some((&format, frame)) = rest.split_first() {
+            if format != DELTA_FORMAT {
+                return Err(BlobError::Corrupt(format!("a frame of format {format} after the record")));
+            }
+            let (mut delta, after) = Self::frame(frame)?;
+            match (&mut record.body, &mut delta.body) {
+                (Body::Orchestration(before), Body::Orchestration(now)) => {
+                    before.commands.append(&mut now.commands);
+                    before.log.append(&mut now.log);
+                    std::mem::swap(&mut before.commands, &mut now.commands);
+                    std::mem::swap(&mut before.log, &mut now.log);
+                }
+                _ => return Err(BlobError::Corrupt("a delta frame for a record that is no orchestration".into())),
+            }
+            record = delta;
+            rest = after;
         }
+        Ok(record)
+    }
+
+    /// One record frame of the current format (after its format byte), and what follows it.
+    fn frame(bytes: &[u8]) -> Result<(Self, &[u8]), BlobError> {
+        let corrupt = |e: postcard::Error| BlobError::Corrupt(e.to_string());
+        let (mut record, rest): (Self, _) = postcard::take_from_bytes(bytes).map_err(corrupt)?;
+        let (access, rest) = postcard::take_from_bytes(rest).map_err(corrupt)?;
+        record.access = access;
+        let (quota, rest) = postcard::take_from_bytes(rest).map_err(corrupt)?;
+        record.quota = quota;
+        Ok((record, rest))
     }
 
     /// The orchestration history, if this is an orchestration.
@@ -284,6 +336,11 @@ pub enum OrchestrationStatus {
         /// applied on `Resume`. Bounded by [`Limits::max_inbox`](crate::engine::Limits::max_inbox).
         held: Vec<Envelope>,
     },
+    /// Not started yet, but events were raised on it: they wait in `inbox` and the start takes
+    /// them over (signal-with-start). Only a `StartOrchestration`, more raised events, a
+    /// `Purge` and a retention timer apply; the rest is dead-lettered, as for an orchestration
+    /// that does not exist. (Last, so blobs written before it existed read unchanged.)
+    Pending,
 }
 
 impl OrchestrationStatus {
@@ -295,12 +352,21 @@ impl OrchestrationStatus {
             OrchestrationStatus::Failed { .. } => "failed",
             OrchestrationStatus::Terminated { .. } => "terminated",
             OrchestrationStatus::Suspended { .. } => "suspended",
+            OrchestrationStatus::Pending => "pending",
         }
     }
 
     /// Whether the orchestration has finished (completed, failed or terminated).
     pub fn is_finished(&self) -> bool {
-        !matches!(self, OrchestrationStatus::Running | OrchestrationStatus::Suspended { .. })
+        !matches!(
+            self,
+            OrchestrationStatus::Running | OrchestrationStatus::Suspended { .. } | OrchestrationStatus::Pending
+        )
+    }
+
+    /// Whether the orchestration has not started yet (events wait for its start).
+    pub fn is_pending(&self) -> bool {
+        matches!(self, OrchestrationStatus::Pending)
     }
 }
 
@@ -355,6 +421,12 @@ pub struct LogEntry {
     pub completion: Completion,
     /// Logical time of the delivery: what `now()` returns after it.
     pub at: i64,
+}
+
+/// The (generation, slot) of a reply's correlation `<generation>.<slot>`, if it is one.
+pub fn parse_correlation(correlation: &str) -> Option<(u32, u32)> {
+    let (generation, slot) = correlation.split_once('.')?;
+    Some((generation.parse().ok()?, slot.parse().ok()?))
 }
 
 /// Everything an orchestration needs to be replayed, plus what waits for it.
@@ -575,6 +647,48 @@ mod tests {
         assert_eq!(old.id, r.id);
         v1.truncate(v1.len() - 1);
         assert!(matches!(InstanceRecord::from_blob(&v1), Err(BlobError::Corrupt(_))));
+        assert!(matches!(InstanceRecord::from_blob(&blob[..blob.len() - 1]), Err(BlobError::Corrupt(_))));
+    }
+    /// A running orchestration's step is stored as a delta appended to the blob; reading the blob
+    /// puts the delta's commands and entries after the stored ones and takes its small fields.
+    #[test]
+    fn deltas_append_to_a_stored_history_and_garbage_after_a_record_is_refused() {
+        let mut r = InstanceRecord::new("orch:Hello:h", 7);
+        let mut h = OrchestrationHistory::start(Payload::json(&"in").unwrap(), None, 2, 7);
+        for slot in 0..3 {
+            h.commands.push(Command { kind: CommandKind::CallActivity, name: format!("A{slot}") });
+            h.log.push(LogEntry { slot, completion: Completion::Value(Payload::json(&slot).unwrap()), at: 8 });
+        }
+        r.body = Body::Orchestration(Box::new(h));
+        r.access.owners.insert("alice".into());
+        let mut blob = r.to_blob();
+        // Two steps, each appended as a delta.
+        for step in 3..5u32 {
+            let (commands, log) = {
+                let h = r.orchestration().unwrap();
+                (h.commands.len(), h.log.len())
+            };
+            let Body::Orchestration(h) = &mut r.body else { unreachable!() };
+            h.commands.push(Command { kind: CommandKind::CreateTimer, name: format!("T{step}") });
+            h.log.push(LogEntry { slot: step, completion: Completion::Done, at: 9 });
+            h.custom_status = Some(Payload::json(&step).unwrap());
+            r.version += 1;
+            let delta = r.to_delta(commands, log).expect("an orchestration");
+            assert!(delta.len() < r.to_blob().len(), "a delta holds only the new entries");
+            blob.extend(delta);
+            assert_eq!(InstanceRecord::from_blob(&blob).unwrap(), r);
+        }
+        assert_eq!(r.orchestration().unwrap().log.len(), 5);
+        // What may follow a record is a delta frame of an orchestration, nothing else.
+        let mut garbage = blob.clone();
+        garbage.extend([7, 1, 2]);
+        assert!(matches!(InstanceRecord::from_blob(&garbage), Err(BlobError::Corrupt(_))));
+        let mut entity = InstanceRecord::new("entity:Counter:c", 7);
+        entity.body = Body::Entity(EntityState::default());
+        let mut after_entity = entity.to_blob();
+        after_entity.extend(r.clone().to_delta(0, 0).unwrap());
+        assert!(matches!(InstanceRecord::from_blob(&after_entity), Err(BlobError::Corrupt(_))));
+        assert_eq!(entity.to_delta(0, 0), None, "only an orchestration has a delta");
         assert!(matches!(InstanceRecord::from_blob(&blob[..blob.len() - 1]), Err(BlobError::Corrupt(_))));
     }
 }

@@ -50,9 +50,22 @@ pub struct Metrics {
     pub store_durable: IntGaugeVec,
     /// `durable_activities_total{partition, outcome}`: outcome is completed, failed or panicked.
     pub activities: IntCounterVec,
+    /// `durable_activities_cancelled_total`: running activity calls cancelled because their
+    /// caller no longer waited for them.
+    pub activities_cancelled: IntCounterVec,
     /// `durable_record_cache_total{partition, outcome}`: instances of a group found in the
     /// partition's record cache (hit) or loaded from the store (miss).
     pub record_cache: IntCounterVec,
+    /// `durable_live_steps_total{partition}`: orchestration steps that continued the code kept
+    /// in memory instead of replaying the history.
+    pub live_steps: IntCounterVec,
+    /// `durable_live_evictions_total{partition}`: live orchestrations dropped to stay within
+    /// DURABLE_LIVE_BYTES (each replays at its next step).
+    pub live_evictions: IntCounterVec,
+    /// `durable_live_orchestrations{partition}`: orchestrations kept live now.
+    pub live_orchestrations: IntGaugeVec,
+    /// `durable_live_bytes{partition}`: about how many bytes they hold.
+    pub live_bytes: IntGaugeVec,
     /// `durable_owned_partitions`: partitions this processor owns now.
     pub owned: IntGaugeVec,
 }
@@ -120,6 +133,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &["topic"],
         ),
         activities: counter(&registry, "durable_activities_total", "Activity runs, by outcome", &[PARTITION, OUTCOME]),
+        activities_cancelled: counter(
+            &registry,
+            "durable_activities_cancelled_total",
+            "Running activity calls cancelled because their caller no longer waited for them",
+            &[],
+        ),
         timer_backlog: gauge(&registry, "durable_timer_backlog", "Parked and unacknowledged timers", &[PARTITION]),
         consumer_lag: gauge(&registry, "durable_consumer_lag", "Records behind the high watermark", &[PARTITION]),
         state_lost: gauge(
@@ -140,6 +159,25 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Instances found in the record cache or loaded",
             &[PARTITION, OUTCOME],
         ),
+        live_steps: counter(
+            &registry,
+            "durable_live_steps_total",
+            "Orchestration steps that continued live code instead of replaying the history",
+            &[PARTITION],
+        ),
+        live_evictions: counter(
+            &registry,
+            "durable_live_evictions_total",
+            "Live orchestrations dropped to stay within DURABLE_LIVE_BYTES",
+            &[PARTITION],
+        ),
+        live_orchestrations: gauge(
+            &registry,
+            "durable_live_orchestrations",
+            "Orchestrations kept live in memory",
+            &[PARTITION],
+        ),
+        live_bytes: gauge(&registry, "durable_live_bytes", "Approximate bytes of live orchestrations", &[PARTITION]),
         owned: gauge(&registry, "durable_owned_partitions", "Partitions owned by this processor", &[]),
         commit_latency,
         batch_latency,

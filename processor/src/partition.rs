@@ -48,6 +48,16 @@
 //!   [`Settings::local_rounds`] rounds per group.
 //! - **Offsets last.** [`Io::Done`] comes only after the final [`Io::Settle`].
 //! - **One state record per instance and group**, its latest version, produced at the end.
+//! - **Live orchestrations.** The cache keeps, with a running orchestration's committed record,
+//!   the code of the step that committed it ([`Live`]); the next step continues that code
+//!   instead of replaying the history. The two travel together and only under the etag the
+//!   commit returned, so a record written by anyone else (lost etag check) is reloaded and
+//!   replayed. Dropping the code (the byte bound, a restart) costs one replay and changes
+//!   nothing else; [`Settings::check_live`] makes every live step also replay and compare.
+//! - **Deltas.** A step that only carried a running orchestration's stored history on writes a
+//!   delta (its new commands and log entries and its small fields, [`InstanceRecord::to_delta`])
+//!   appended to the stored blob, while the deltas stay smaller than the blob last written whole
+//!   ([`Shape`]); otherwise the record is written whole, which drops the deltas.
 //!
 //! Timers are outside groups: the driver claims due timers from the store, produces
 //! [`timer_records`] in order, waits for them, and acknowledges them.
@@ -63,12 +73,12 @@ use std::mem;
 use durable_schemas::contract::dead_letter;
 use durable_schemas::{Envelope, Failure, Payload};
 
-pub use cache::RecordCache;
+pub use cache::{Cached, RecordCache, Shape};
 pub use outbound::{payload_json, state_record, timer_records, Outgoing, Topic};
 
 use crate::context::ActivityRequest;
 use crate::effect::{Effect, StateChange};
-use crate::engine::{Delivery, Engine, StepInput, StepOutput};
+use crate::engine::{Delivery, Engine, Live, StepInput, StepOutput};
 use crate::error::Error;
 use crate::history::InstanceRecord;
 use crate::id::{InstanceId, Kind};
@@ -106,6 +116,13 @@ pub struct Settings {
     pub local_rounds: usize,
     /// Most records the cache keeps.
     pub cache_limit: usize,
+    /// Most bytes of live orchestrations (code kept running between steps, see
+    /// [`crate::engine::Live`]) the cache keeps; 0 replays every step.
+    pub live_limit: usize,
+    /// Step every live orchestration a second time from its record by a full replay, and count
+    /// a difference as a mismatch ([`Partition::take_mismatches`]); the replay's result is used.
+    /// The simulator's differential check; too slow for production.
+    pub check_live: bool,
     /// How long the store keeps an emptied record (a purged instance) before it expires, in
     /// ms: its dedup marks recognise late copies of what it applied until then.
     pub purge_grace_ms: u64,
@@ -118,6 +135,8 @@ impl Settings {
     pub const LOCAL_ROUNDS: usize = 16;
     /// Most records a core caches by default.
     pub const CACHE_LIMIT: usize = 20_000;
+    /// Most bytes of live orchestrations a core keeps by default: 32 MiB.
+    pub const LIVE_LIMIT: usize = 32 << 20;
     /// How long an emptied record stays by default: an hour, far past any redelivery.
     pub const PURGE_GRACE_MS: u64 = 3_600_000;
 }
@@ -161,6 +180,10 @@ pub enum Ran {
     Returned(Result<Payload, Failure>),
     /// It panicked (the message): a dead letter, and a `Panic` failure for its caller.
     Panicked(String),
+    /// It returned after it was cancelled because its caller no longer waits for it (a record
+    /// behind it ends the caller): its reply goes through the log, after that record, instead of
+    /// being applied here first.
+    Cancelled(Result<Payload, Failure>),
 }
 
 /// Counts of what the core did, for the driver's metrics ([`Partition::take_stats`]).
@@ -188,6 +211,12 @@ pub struct Stats {
     pub activities_failed: u64,
     /// Activities that panicked.
     pub activities_panicked: u64,
+    /// Orchestration steps that continued live code instead of replaying the history.
+    pub live_steps: u64,
+    /// Live orchestrations dropped to keep within [`Settings::live_limit`] (each costs a replay).
+    pub live_evicted: u64,
+    /// Live steps that differed from a replay of the same record ([`Settings::check_live`]).
+    pub live_mismatches: u64,
 }
 
 /// An instance's part of a group.
@@ -204,12 +233,75 @@ enum Out {
     Dead { key: Vec<u8>, payload: Vec<u8>, reason: String, offset: i64 },
 }
 
-/// A caller stepped in a local round: its id, the step, the replies it applied (with the offsets
-/// they answer to), and the etag it was computed from.
-type LocalStep = (String, StepOutput, Vec<(i64, Envelope)>, u64);
+/// The envelope a record of the events topic carries, or why it is refused: too large, not an
+/// envelope, or (unsealed) carrying what only a processor may send.
+fn envelope_of(record: &Record, max_event_bytes: usize, engine: &Engine) -> Result<Envelope, String> {
+    let size = record.payload.as_ref().map_or(0, Vec::len);
+    if size > max_event_bytes {
+        return Err(format!(
+            "event of {size} bytes is over the limit of {max_event_bytes} bytes (DURABLE_MAX_EVENT_BYTES)"
+        ));
+    }
+    let mut envelope = match record.payload.as_deref().map(Envelope::decode) {
+        None => return Err("empty record: expected an Avro single-object encoded envelope".into()),
+        Some(Err(e)) => return Err(format!("cannot decode: {e}")),
+        Some(Ok(e)) => e,
+    };
+    if !record.sealed {
+        crate::trust::admit_outside(&mut envelope, engine.policy().ingress.as_ref())?;
+    }
+    Ok(envelope)
+}
+
+/// What `target`'s record `stored` would become if `later` — records of its partition read but
+/// not applied yet, in order — were applied now: a dry run of the steps the partition will take
+/// (nothing is committed or sent). The runtime asks this while an activity call runs in its
+/// caller's partition, to learn whether a terminate waiting behind the call ends the caller, so
+/// that the call is cancelled now rather than when it is done. Records that are not for
+/// `target`, or that are refused, change nothing.
+pub fn peek(
+    engine: &Engine,
+    settings: &Settings,
+    target: &InstanceId,
+    mut stored: Option<InstanceRecord>,
+    later: &[Record],
+    now: i64,
+) -> Option<InstanceRecord> {
+    for record in later {
+        let Ok(envelope) = envelope_of(record, settings.max_event_bytes, engine) else { continue };
+        if envelope.target != target.canonical() {
+            continue;
+        }
+        let input = StepInput {
+            deliveries: vec![Delivery { envelope, offset: Some(record.offset) }],
+            now,
+            partition: Some(settings.partition),
+            trigger: None,
+        };
+        stored = Some(engine.step(target, stored, input).record);
+    }
+    stored
+}
+
+/// A step waiting for its commit.
+#[derive(Debug)]
+struct Stepped {
+    id: String,
+    out: StepOutput,
+    /// The code to keep live once the commit is confirmed.
+    live: Option<Live>,
+    /// The etag the step was computed from (`None`: the instance did not exist).
+    etag: Option<u64>,
+    /// What the store holds: as loaded until the write is made ([`write`]), then as written.
+    shape: Shape,
+}
+
+/// A caller stepped in a local round, and the replies it applied (with the offsets they answer
+/// to).
+type LocalStep = (Stepped, Vec<(i64, Envelope)>);
 
 /// An instance's record as the core sees it: absent, readable, or corrupt.
-type Loaded = Result<Option<(InstanceRecord, u64)>, Error>;
+type Loaded = Result<Option<Cached>, Error>;
 
 /// Where a group is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -251,9 +343,9 @@ struct InFlight {
     /// A local round: the callers to load.
     to_load: Vec<String>,
     /// Records of `pending` taken from the cache (`None`: to load).
-    fetched: Vec<Option<(u64, InstanceRecord)>>,
-    /// Steps waiting for their commit outcomes: (id, output, etag it was computed from).
-    computed: Vec<(String, StepOutput, Option<u64>)>,
+    fetched: Vec<Option<Cached>>,
+    /// Steps waiting for their commit outcomes.
+    computed: Vec<Stepped>,
     rounds: usize,
     /// A local round: the invocations running, with the offsets they answer to.
     local: Vec<(i64, Envelope, ActivityRequest)>,
@@ -299,6 +391,7 @@ pub struct Partition {
     epoch: u64,
     cache: RecordCache,
     stats: Stats,
+    mismatches: Vec<String>,
     group: Option<InFlight>,
 }
 
@@ -306,8 +399,8 @@ impl Partition {
     /// The core of `settings.partition`, owned at `epoch` (from
     /// [`Store::fence`](crate::Store::fence) when the owner started).
     pub fn new(settings: Settings, engine: Engine, epoch: u64) -> Self {
-        let cache = RecordCache::new(settings.cache_limit);
-        Self { settings, engine, epoch, cache, stats: Stats::default(), group: None }
+        let cache = RecordCache::new(settings.cache_limit, settings.live_limit);
+        Self { settings, engine, epoch, cache, stats: Stats::default(), mismatches: Vec::new(), group: None }
     }
 
     /// The epoch this core's local commits are fenced with.
@@ -327,7 +420,19 @@ impl Partition {
 
     /// What the core counted since the last call.
     pub fn take_stats(&mut self) -> Stats {
+        self.stats.live_evicted += self.cache.take_evicted();
         mem::take(&mut self.stats)
+    }
+
+    /// How the live steps that differed from a replay differed, since the last call
+    /// ([`Settings::check_live`]).
+    pub fn take_mismatches(&mut self) -> Vec<String> {
+        mem::take(&mut self.mismatches)
+    }
+
+    /// How many live orchestrations the core keeps, and about how many bytes they hold.
+    pub fn live(&self) -> (usize, usize) {
+        self.cache.live()
     }
 
     /// Start a group with `records` (in offset order, at least one) at time `now`.
@@ -374,7 +479,10 @@ impl Partition {
             match s {
                 None => Ok(None),
                 Some(s) => InstanceRecord::from_blob(&s.blob)
-                    .map(|r| Some((r, s.etag)))
+                    .map(|record| {
+                        let shape = Shape::of(&record, s.blob.len(), 0);
+                        Some(Cached { etag: s.etag, record, live: None, shape })
+                    })
                     .map_err(|e| Error::corrupt(format!("stored record does not decode: {e}"))),
             }
         };
@@ -382,7 +490,7 @@ impl Partition {
         let records: Vec<Loaded> = fetched
             .into_iter()
             .map(|cached| match cached {
-                Some((etag, record)) => Ok(Some((record, etag))),
+                Some(cached) => Ok(Some(cached)),
                 None => decode(stored.next().flatten()),
             })
             .collect();
@@ -433,13 +541,18 @@ impl Partition {
                 assert_eq!(local.len(), results.len(), "one result per invocation");
                 let mut ran = Vec::new();
                 for ((offset, envelope, req), result) in local.into_iter().zip(results) {
+                    let cancelled = matches!(result, Ran::Cancelled(_));
                     let reply = self.reply(&req, result, now, |reason| Out::Dead {
                         key: envelope.target.as_bytes().to_vec(),
                         payload: envelope.encode(),
                         reason,
                         offset,
                     });
-                    ran.extend(reply.into_iter().map(|out| (offset, out)));
+                    if cancelled {
+                        g.outbound.extend(reply.into_iter().map(|out| (offset, out)));
+                    } else {
+                        ran.extend(reply.into_iter().map(|out| (offset, out)));
+                    }
                 }
                 self.collect_replies(&mut g, ran);
             }
@@ -471,29 +584,13 @@ impl Partition {
                 let payload = record.payload.clone().unwrap_or_default();
                 g.outbound.push((offset, Out::Dead { key, payload, reason, offset }));
             };
-            let size = record.payload.as_ref().map_or(0, Vec::len);
-            if size > self.settings.max_event_bytes {
-                let limit = self.settings.max_event_bytes;
-                dead(format!("event of {size} bytes is over the limit of {limit} bytes (DURABLE_MAX_EVENT_BYTES)"));
-                continue;
-            }
-            let mut envelope = match record.payload.as_deref().map(Envelope::decode) {
-                None => {
-                    dead("empty record: expected an Avro single-object encoded envelope".into());
-                    continue;
-                }
-                Some(Err(e)) => {
-                    dead(format!("cannot decode: {e}"));
-                    continue;
-                }
-                Some(Ok(e)) => e,
-            };
-            if !record.sealed {
-                if let Err(reason) = crate::trust::admit_outside(&mut envelope, self.engine.policy().ingress.as_ref()) {
+            let envelope = match envelope_of(record, self.settings.max_event_bytes, &self.engine) {
+                Ok(envelope) => envelope,
+                Err(reason) => {
                     dead(reason);
                     continue;
                 }
-            }
+            };
             let id = match InstanceId::parse(&envelope.target) {
                 Ok(id) => id,
                 Err(e) => {
@@ -540,7 +637,7 @@ impl Partition {
     fn reply(&mut self, req: &ActivityRequest, ran: Ran, now: i64, dead: impl FnOnce(String) -> Out) -> Vec<Out> {
         let mut out = Vec::new();
         let result = match ran {
-            Ran::Returned(result) => {
+            Ran::Returned(result) | Ran::Cancelled(result) => {
                 if result.is_ok() {
                     self.stats.activities_completed += 1;
                 } else {
@@ -571,7 +668,46 @@ impl Partition {
 
     /// The records fetched when nothing had to be loaded.
     fn fetched_from_cache(g: &mut InFlight) -> Vec<Loaded> {
-        mem::take(&mut g.fetched).into_iter().map(|c| Ok(c.map(|(etag, record)| (record, etag)))).collect()
+        mem::take(&mut g.fetched).into_iter().map(Ok).collect()
+    }
+
+    /// Step `id` from `record` with its live code, if any; with [`Settings::check_live`], a live
+    /// step is checked against a replay of the same record (a difference is a mismatch, and the
+    /// replay's result is used).
+    fn step(
+        &mut self,
+        id: &InstanceId,
+        record: Option<InstanceRecord>,
+        live: Option<Live>,
+        input: StepInput,
+    ) -> (StepOutput, Option<Live>) {
+        if live.is_none() {
+            return self.engine.step_live(id, record, input, None);
+        }
+        self.stats.live_steps += 1;
+        if !self.settings.check_live {
+            return self.engine.step_live(id, record, input, live);
+        }
+        let (replayed, replayed_live) = self.engine.step_live(id, record.clone(), input.clone(), None);
+        let (stepped, stepped_live) = self.engine.step_live(id, record, input, live);
+        // The code kept must be where a replay of the record it will be kept with leaves it.
+        let kept = stepped_live.as_ref().map(Live::fingerprint);
+        let reference = kept.as_ref().and_then(|_| self.engine.replayed_code(id, &stepped.record));
+        let difference = if stepped != replayed {
+            Some(format!("the step differs: live {stepped:?}, replayed {replayed:?}"))
+        } else if kept != reference {
+            Some(format!("the code kept differs from a replay of its record: live {kept:?}, replayed {reference:?}"))
+        } else {
+            None
+        };
+        match difference {
+            None => (stepped, stepped_live),
+            Some(difference) => {
+                self.stats.live_mismatches += 1;
+                self.mismatches.push(format!("{id}: {difference}"));
+                (replayed, replayed_live)
+            }
+        }
     }
 
     /// Run the group forward until it needs the driver.
@@ -587,17 +723,13 @@ impl Partition {
                     let records = Self::fetched_from_cache(g);
                     self.step_pending(g, records);
                 }
-                Phase::WaitCommit if g.computed.iter().all(|(_, out, _)| !out.changed) => {
+                Phase::WaitCommit if g.computed.iter().all(|s| !s.out.changed) => {
                     // Nothing to write: the outcomes are known.
                     self.after_commit(g, Vec::new());
                 }
                 Phase::WaitCommit => {
-                    let writes = g
-                        .computed
-                        .iter()
-                        .filter(|(_, out, _)| out.changed)
-                        .map(|(id, out, etag)| write(id, out, *etag, self.settings.purge_grace_ms))
-                        .collect();
+                    let grace = self.settings.purge_grace_ms;
+                    let writes = g.computed.iter_mut().filter(|s| s.out.changed).map(|s| write(s, grace)).collect();
                     return Io::Commit { writes, epoch: None };
                 }
                 Phase::LogActivities => {
@@ -631,8 +763,7 @@ impl Partition {
                 Phase::WaitLocalCommit if g.stepped.is_empty() => self.after_local_commit(g, Vec::new()),
                 Phase::WaitLocalCommit => {
                     let grace = self.settings.purge_grace_ms;
-                    let writes =
-                        g.stepped.iter().map(|(id, out, _, etag)| write(id, out, Some(*etag), grace)).collect();
+                    let writes = g.stepped.iter_mut().map(|(s, _)| write(s, grace)).collect();
                     return Io::Commit { writes, epoch: Some(self.epoch) };
                 }
                 Phase::Finish => {
@@ -664,9 +795,9 @@ impl Partition {
         g.computed.clear();
         for (id, loaded) in mem::take(&mut g.pending).into_iter().zip(records) {
             let group = &g.groups[&id];
-            let (record, etag) = match loaded {
-                Ok(Some((record, etag))) => (Some(record), Some(etag)),
-                Ok(None) => (None, None),
+            let (record, etag, live, shape) = match loaded {
+                Ok(Some(Cached { etag, record, live, shape })) => (Some(record), Some(etag), live, shape),
+                Ok(None) => (None, None, None, Shape::default()),
                 Err(e) => {
                     // Never overwrite state we cannot read: dead-letter what was meant for it.
                     for d in &group.deliveries {
@@ -681,11 +812,12 @@ impl Partition {
             };
             let input =
                 StepInput { deliveries: group.deliveries.clone(), now: g.now, partition: Some(p), trigger: None };
-            let out = self.engine.step(&group.id, record, input);
+            let target = group.id.clone();
+            let (out, live) = self.step(&target, record, live, input);
             if let Some(o) = out.end_before {
                 cut = Some(cut.map_or(o, |c| c.min(o)));
             }
-            g.computed.push((id, out, etag));
+            g.computed.push(Stepped { id, out, live, etag, shape });
         }
         if let Some(cut) = cut {
             // Nothing of this pass is committed; the group restarts with the records before the
@@ -707,7 +839,7 @@ impl Partition {
     fn after_commit(&mut self, g: &mut InFlight, outcomes: Vec<CommitOutcome>) {
         let mut outcomes = outcomes.into_iter();
         let mut next = Vec::new();
-        for (id, out, loaded_etag) in mem::take(&mut g.computed) {
+        for Stepped { id, out, live, etag: loaded_etag, shape } in mem::take(&mut g.computed) {
             let mut etag = loaded_etag;
             if out.changed {
                 match outcomes.next() {
@@ -739,7 +871,7 @@ impl Partition {
             self.stats.applied += (deliveries.len() as u64).saturating_sub(dead + dropped);
             self.stats.dropped += dropped;
             if let Some(etag) = etag {
-                self.cache.put(id, etag, out.record);
+                self.cache.put(id, Cached { etag, record: out.record, live, shape });
             }
         }
         if next.is_empty() {
@@ -857,7 +989,7 @@ impl Partition {
         let ids: Vec<String> = g.replies.keys().cloned().collect();
         for (id, loaded) in ids.into_iter().zip(records) {
             let replies = g.replies.remove(&id).unwrap_or_default();
-            let Ok(Some((record, etag))) = loaded else {
+            let Ok(Some(Cached { etag, record, live, shape })) = loaded else {
                 unapplied(&mut g.outbound, replies);
                 continue;
             };
@@ -867,13 +999,15 @@ impl Partition {
                 partition: Some(p),
                 trigger: record.outbox.offset,
             };
-            let out = self.engine.step(&g.groups[&id].id, Some(record.clone()), input);
+            let target = g.groups[&id].id.clone();
+            let (out, live) = self.step(&target, Some(record), live, input);
             if !out.stays_local() {
-                self.cache.put(id, etag, record);
+                // Not committed here: the record leaves the cache (the step consumed it) and is
+                // loaded again when its replies come through the log.
                 unapplied(&mut g.outbound, replies);
                 continue;
             }
-            g.stepped.push((id, out, replies, etag));
+            g.stepped.push((Stepped { id, out, live, etag: Some(etag), shape }, replies));
         }
         g.phase = Phase::WaitLocalCommit;
     }
@@ -881,7 +1015,7 @@ impl Partition {
     /// Apply the outcomes of a local round's commit.
     fn after_local_commit(&mut self, g: &mut InFlight, outcomes: Vec<CommitOutcome>) {
         let mut outcomes = outcomes.into_iter();
-        for (id, out, replies, _) in mem::take(&mut g.stepped) {
+        for (Stepped { id, out, live, shape, .. }, replies) in mem::take(&mut g.stepped) {
             match outcomes.next() {
                 Some(CommitOutcome::Committed { etag }) => {
                     self.stats.commits += 1;
@@ -891,7 +1025,7 @@ impl Partition {
                     let trigger = out.record.outbox.offset.unwrap_or(0);
                     g.outbound.push((trigger, Out::Effects(out.record.outbox.effects.clone())));
                     g.readers.insert(out.record.id.clone(), out.record.access.readers());
-                    self.cache.put(id, etag, out.record);
+                    self.cache.put(id, Cached { etag, record: out.record, live, shape });
                 }
                 // Someone else wrote the caller, or a newer owner fenced this core out (a
                 // rebalance): the replies reach the caller through the log.
@@ -911,11 +1045,34 @@ fn unapplied(outbound: &mut Vec<(i64, Out)>, replies: Vec<(i64, Envelope)>) {
     outbound.extend(replies.into_iter().map(|(offset, reply)| (offset, Out::Effects(vec![Effect::Emit(reply)]))));
 }
 
-/// The write of a changed step computed from `etag`; a record left empty (purged, or nothing
-/// it was sent applied) leaves the index and expires after `grace` ms.
-fn write(id: &str, out: &StepOutput, etag: Option<u64>, grace: u64) -> Write {
+/// The write of a changed step; a record left empty (purged, or nothing it was sent applied)
+/// leaves the index and expires after `grace` ms. A running orchestration that only carried its
+/// stored history on appends a delta while the deltas stay smaller than the blob last written
+/// whole ([`Shape`]); `s.shape` becomes what the store holds once this write commits.
+fn write(s: &mut Stepped, grace: u64) -> Write {
+    let out = &mut s.out;
     let timers = out.delayed().map(|(fire_at, e)| TimerEntry { fire_at, envelope: e.encode() }).collect();
     let index = crate::index::Summary::of(&out.record).map(|s| crate::store::Indexed::of(&s));
     let expire = matches!(out.record.body, crate::history::Body::Empty).then_some(grace);
-    Write { id: id.to_owned(), expected: etag, blob: out.record.to_blob(), timers, index, expire }
+    let delta = match (s.etag, expire) {
+        // Once the deltas fill the whole part no delta fits: do not encode one.
+        (Some(_), None) if s.shape.tail < s.shape.base => s
+            .shape
+            .extended_by(&out.record)
+            .and_then(|(commands, log)| out.record.to_delta(commands, log))
+            .filter(|delta| s.shape.tail + delta.len() <= s.shape.base),
+        _ => None,
+    };
+    let (blob, append) = match delta {
+        Some(delta) => {
+            s.shape = Shape::of(&out.record, s.shape.base, s.shape.tail + delta.len());
+            (delta, true)
+        }
+        None => {
+            let blob = out.record.to_blob();
+            s.shape = Shape::of(&out.record, blob.len(), 0);
+            (blob, false)
+        }
+    };
+    Write { id: s.id.clone(), expected: s.etag, blob, append, timers, index, expire }
 }

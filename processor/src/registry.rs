@@ -12,8 +12,9 @@ use crate::context::entity::EntityHandler;
 use crate::context::{ActivityContext, EntityType, OrchestrationContext};
 use crate::id::validate_name;
 
-/// The future of one orchestration execution (polled by the engine's executor, never sent).
-pub type OrchestrationFuture = Pin<Box<dyn Future<Output = Result<Payload, Failure>>>>;
+/// The future of one orchestration execution, polled by the engine's executor. It is `Send`: a
+/// live orchestration's future stays in memory between steps, which may run on different threads.
+pub type OrchestrationFuture = Pin<Box<dyn Future<Output = Result<Payload, Failure>> + Send>>;
 /// The future of one activity run (run by the runtime, may do I/O).
 pub type ActivityFuture = Pin<Box<dyn Future<Output = Result<Payload, Failure>> + Send>>;
 
@@ -64,7 +65,7 @@ impl Registry {
         I: DeserializeOwned + 'static,
         O: Serialize + 'static,
         F: Fn(OrchestrationContext, I) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<O, Failure>> + 'static,
+        Fut: Future<Output = Result<O, Failure>> + Send + 'static,
     {
         let f = Arc::new(f);
         let label = format!("orchestration {name}");

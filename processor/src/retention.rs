@@ -1,6 +1,7 @@
 //! Retention: how long a finished instance is kept before it is purged. Pure.
 //!
-//! When a step leaves an instance *done* — an orchestration completed, failed or terminated, or
+//! When a step leaves an instance *done* — an orchestration completed, failed or terminated (or
+//! pending: events raised on it wait for a start that has not come), or
 //! an entity whose state was deleted and that holds no lock and has nothing queued — and its
 //! type has a retention period, the step parks a `Purge` with reason [`REASON`] to the instance
 //! itself, due after that period, in the partition's timer set (committed with the step, like
@@ -48,7 +49,7 @@ impl Retention {
 pub fn done(record: &InstanceRecord) -> bool {
     match &record.body {
         Body::Empty => false,
-        Body::Orchestration(h) => h.status.is_finished(),
+        Body::Orchestration(h) => h.status.is_finished() || h.status.is_pending(),
         Body::Entity(e) => e.state.is_none() && e.lock.is_none() && e.queue.is_empty(),
     }
 }

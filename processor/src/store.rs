@@ -65,8 +65,12 @@ pub struct Write {
     pub id: String,
     /// The etag the step was computed from; `None` if the instance did not exist.
     pub expected: Option<u64>,
-    /// The new blob.
+    /// The new blob, or (with `append`) bytes to append to the stored one.
     pub blob: Vec<u8>,
+    /// Append `blob` to the stored blob instead of replacing it (a running orchestration's step,
+    /// [`InstanceRecord::to_delta`](crate::InstanceRecord::to_delta)): the stored blob is then
+    /// what was there followed by `blob`, and a later write without `append` replaces all of it.
+    pub append: bool,
     /// Delayed events parked with this write.
     pub timers: Vec<TimerEntry>,
     /// The instance's entry in the partition's index after this write (see [`Store::list`]);

@@ -9,6 +9,7 @@ use durable_processor::store::{CommitOutcome, Continuity, Indexed, MemoryStore, 
 
 fn write(id: &str, expected: Option<u64>, blob: &str, timers: &[(i64, &str)]) -> Write {
     Write {
+        append: false,
         id: id.into(),
         expected,
         blob: blob.as_bytes().to_vec(),
@@ -122,6 +123,7 @@ async fn concurrent_writers_never_lose_updates<S: Store>(store: Arc<S>) {
                     let current = store.load(p, std::slice::from_ref(&id)).await.unwrap().remove(0);
                     let value: u64 = current.as_ref().map_or(0, |s| String::from_utf8_lossy(&s.blob).parse().unwrap());
                     let w = Write {
+                        append: false,
                         id: id.clone(),
                         expected: current.map(|s| s.etag),
                         blob: (value + 1).to_string().into_bytes(),
@@ -319,6 +321,25 @@ async fn an_emptied_record_leaves_the_index<S: Store>(store: &S) {
     assert_eq!(store.list(p, "", None, 100).await.unwrap().len(), 2);
 }
 
+/// An appending write puts its blob after the stored one (an orchestration's delta frames); the
+/// next whole write replaces all of it; a conflicting append changes nothing.
+async fn appends_follow_the_stored_blob_until_a_whole_write<S: Store>(store: &S) {
+    let p = 5;
+    let id = "orch:Hello:appended".to_string();
+    let append = |expected: u64, blob: &str| Write { append: true, ..write(&id, Some(expected), blob, &[]) };
+    let first = etag(store.commit(p, vec![write(&id, None, "base", &[])]).await.unwrap()[0]);
+    let second = etag(store.commit(p, vec![append(first, "+d1")]).await.unwrap()[0]);
+    let third = etag(store.commit(p, vec![append(second, "+d2")]).await.unwrap()[0]);
+    assert_eq!(store.commit(p, vec![append(second, "+stale")]).await.unwrap(), [CommitOutcome::Conflict]);
+    let loaded = store.load(p, std::slice::from_ref(&id)).await.unwrap()[0].clone().unwrap();
+    assert_eq!((loaded.blob.as_slice(), loaded.etag), (&b"base+d1+d2"[..], third));
+    let fourth = etag(store.commit(p, vec![write(&id, Some(third), "whole", &[])]).await.unwrap()[0]);
+    let loaded = store.load(p, std::slice::from_ref(&id)).await.unwrap()[0].clone().unwrap();
+    assert_eq!((loaded.blob.as_slice(), loaded.etag), (&b"whole"[..], fourth));
+    etag(store.commit(p, vec![append(fourth, "+d3")]).await.unwrap()[0]);
+    assert_eq!(store.load(p, std::slice::from_ref(&id)).await.unwrap()[0].as_ref().unwrap().blob, b"whole+d3");
+}
+
 /// The contract's tests for one implementation: `$store` makes a fresh store.
 macro_rules! contract_tests {
     ($store:expr) => {
@@ -357,6 +378,10 @@ macro_rules! contract_tests {
         #[tokio::test]
         async fn an_emptied_record_leaves_the_index() {
             super::an_emptied_record_leaves_the_index(&$store).await
+        }
+        #[tokio::test]
+        async fn appends_follow_the_stored_blob_until_a_whole_write() {
+            super::appends_follow_the_stored_blob_until_a_whole_write(&$store).await
         }
         #[tokio::test]
         async fn a_loss_is_accepted_only_once_recorded() {
@@ -463,6 +488,28 @@ mod redis {
         assert!(loaded[0].is_none() && loaded[1].is_some(), "{loaded:?}");
         let ids: Vec<String> = s.list(p, "", None, 10).await.unwrap().into_iter().map(|(id, _)| id).collect();
         assert_eq!(ids, ["entity:C:back"]);
+    }
+
+    /// The appended deltas live in the instance's tail key until the next whole write deletes it,
+    /// so nothing is left behind; an emptied record's tail goes with it.
+    #[tokio::test]
+    async fn a_whole_write_deletes_the_tail_key() {
+        let s = store().await;
+        let p = 9;
+        let id = "orch:Hello:tail";
+        let exists = |key: String| async move {
+            let n: i64 = ::redis::cmd("EXISTS").arg(key).query_async(&mut redis_connection().await).await.unwrap();
+            n
+        };
+        let first = etag(s.commit(p, vec![write(id, None, "base", &[])]).await.unwrap()[0]);
+        let second =
+            etag(s.commit(p, vec![Write { append: true, ..write(id, Some(first), "+d", &[]) }]).await.unwrap()[0]);
+        assert_eq!(exists(s.tail_key(p, id)).await, 1);
+        let mut emptied = write(id, Some(second), "empty", &[]);
+        emptied.expire = Some(300);
+        s.commit(p, vec![emptied]).await.unwrap();
+        assert_eq!(exists(s.tail_key(p, id)).await, 0, "the whole write took the tail away");
+        assert_eq!(s.load(p, &[id.to_owned()]).await.unwrap()[0].as_ref().unwrap().blob, b"empty");
     }
 
     #[tokio::test]

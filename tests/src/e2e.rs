@@ -186,6 +186,27 @@ async fn calls_hang_briefly(ctx: durable_processor::OrchestrationContext, (): ()
     }
 }
 
+/// How many `Patient` calls started, and how many saw their cancellation.
+pub static PATIENT: [std::sync::atomic::AtomicU32; 2] =
+    [std::sync::atomic::AtomicU32::new(0), std::sync::atomic::AtomicU32::new(0)];
+
+/// Waits up to two minutes, or until it is cancelled (its caller no longer waits).
+async fn patient(ctx: durable_processor::ActivityContext, (): ()) -> Result<String, Failure> {
+    use std::sync::atomic::Ordering;
+    PATIENT[0].fetch_add(1, Ordering::SeqCst);
+    tokio::select! {
+        () = ctx.cancelled() => {
+            PATIENT[1].fetch_add(1, Ordering::SeqCst);
+            Ok("cancelled".into())
+        }
+        () = tokio::time::sleep(Duration::from_secs(120)) => Ok("waited".into()),
+    }
+}
+
+async fn calls_patient(ctx: durable_processor::OrchestrationContext, (): ()) -> Result<String, Failure> {
+    ctx.call_activity("Patient", ()).await
+}
+
 /// Runs `ms` milliseconds in steps of 200 ms, heartbeating after each.
 async fn beats(ctx: durable_processor::ActivityContext, ms: u64) -> Result<u64, Failure> {
     for _ in 0..ms / 200 {
@@ -254,6 +275,8 @@ pub fn registry() -> Registry {
         .orchestration("CallsHangBriefly", calls_hang_briefly)
         .activity_with_context("Beats", beats)
         .orchestration("CallsBeats", calls_beats)
+        .activity_with_context("Patient", patient)
+        .orchestration("CallsPatient", calls_patient)
         .entity("Blob", blob)
 }
 
@@ -285,6 +308,7 @@ impl InProcess {
 
     /// Start one with `config`.
     pub async fn start_with(config: ProcessorConfig) -> Self {
+        fail_fast_on_panic();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(runtime::run(
@@ -309,6 +333,34 @@ impl InProcess {
         }
         self.task.await.expect("processor task").expect("clean shutdown");
     }
+}
+
+/// A test that fails beside a running processor would hang: dropping the test's runtime waits
+/// for the processor's blocking threads, which nothing stops any more. So once per process a
+/// panic hook writes a test thread's panic to the real stderr (the test harness would keep it in
+/// its capture, never printed) and, if the process is still alive 30 s later, exits with 101 —
+/// the exit code of a failed `cargo test`.
+fn fail_fast_on_panic() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            use std::io::Write as _;
+            // Only a test's own thread failing ends the test: activities and orchestrations
+            // that panic on purpose do so on the runtime's workers, where the engine catches it.
+            let thread = std::thread::current();
+            if thread.name().is_none_or(|name| name.starts_with("tokio")) {
+                return previous(info);
+            }
+            let _ = writeln!(std::io::stderr(), "test panicked: {info}");
+            std::thread::spawn(|| {
+                std::thread::sleep(Duration::from_secs(30));
+                let _ = writeln!(std::io::stderr(), "the failed test did not end within 30 s: exiting with 101");
+                std::process::exit(101);
+            });
+            previous(info);
+        }));
+    });
 }
 
 /// A consumer of `<prefix>.<topic>` from its beginning, in a group of its own.

@@ -175,6 +175,9 @@ pub struct Outcome {
     pub reruns: usize,
     /// Instance records the cores found in their caches instead of loading them.
     pub cache_hits: usize,
+    /// Orchestration steps that continued live code, each checked against a replay of the same
+    /// record (a difference is a violation).
+    pub live_steps: usize,
     /// Worker crashes injected.
     pub crashes: usize,
 }
@@ -263,6 +266,9 @@ struct World {
     conflicts: usize,
     reruns: usize,
     cache_hits: usize,
+    live_steps: usize,
+    /// Live steps that differed from a replay of the same record.
+    live_mismatches: Vec<String>,
     crashes: usize,
     /// Encodings of every event in a committed outbox: nothing else may leave a step.
     committed_emits: BTreeSet<Vec<u8>>,
@@ -325,6 +331,8 @@ impl World {
             conflicts: 0,
             reruns: 0,
             cache_hits: 0,
+            live_steps: 0,
+            live_mismatches: Vec::new(),
             crashes: 0,
             committed_emits: BTreeSet::new(),
             bank: Bank::default(),
@@ -572,6 +580,8 @@ impl World {
             spread_activities: self.config.local_rounds == 0,
             local_rounds: self.config.local_rounds,
             cache_limit: Settings::CACHE_LIMIT,
+            live_limit: Settings::LIVE_LIMIT,
+            check_live: true,
             purge_grace_ms: Settings::PURGE_GRACE_MS,
         }
     }
@@ -643,6 +653,7 @@ impl World {
                 }
             }
         }
+        violations.extend(self.live_mismatches.drain(..).map(|m| format!("a live step differs from a replay: {m}")));
         if violations.is_empty() {
             violations = self.check();
         }
@@ -654,6 +665,7 @@ impl World {
             conflicts: self.conflicts,
             reruns: self.reruns,
             cache_hits: self.cache_hits,
+            live_steps: self.live_steps,
             crashes: self.crashes,
         }
     }
@@ -838,7 +850,7 @@ impl World {
                             self.store.get(&write.id).map(|s| InstanceRecord::from_blob(&s.blob).expect("valid"))
                         })
                         .collect();
-                    let after: Vec<(String, Vec<u8>)> = writes.iter().map(|w| (w.id.clone(), w.blob.clone())).collect();
+                    let after: Vec<String> = writes.iter().map(|w| w.id.clone()).collect();
                     outcomes = match epoch {
                         Some(epoch) if self.config.fence_local_commits => {
                             now_or_never(self.store.commit_fenced(p, epoch, writes))
@@ -846,9 +858,11 @@ impl World {
                         _ => now_or_never(self.store.commit(p, writes)),
                     }
                     .expect("memory store");
-                    for (((id, blob), before), outcome) in after.into_iter().zip(before).zip(&outcomes) {
+                    for ((id, before), outcome) in after.into_iter().zip(before).zip(&outcomes) {
                         if matches!(outcome, CommitOutcome::Committed { .. }) {
-                            let after = InstanceRecord::from_blob(&blob).expect("valid");
+                            // What the store holds now: a whole blob, or one with a delta appended.
+                            let stored = self.store.get(&id).expect("just committed");
+                            let after = InstanceRecord::from_blob(&stored.blob).expect("valid");
                             self.observe_commit(id, before.as_ref(), &after);
                         }
                     }
@@ -907,6 +921,8 @@ impl World {
         self.conflicts += stats.conflicts as usize;
         self.reruns += stats.reruns as usize;
         self.cache_hits += stats.cache_hits as usize;
+        self.live_steps += stats.live_steps as usize;
+        self.live_mismatches.extend(c.core.take_mismatches());
         match which {
             Which::Owned(p) => {
                 self.workers[w].cores.insert(p, c);

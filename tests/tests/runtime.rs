@@ -4,11 +4,12 @@
 use std::time::Duration;
 
 use durable_processor::examples::{self, ApprovalInput, Counter};
+use durable_processor::history::OrchestrationStatus;
 use durable_processor::id::InstanceId;
 use durable_processor::{Envelope, Event, Payload};
 use rdkafka::message::Headers;
 use rdkafka::Message;
-use tests::e2e;
+use tests::e2e::{self, PATIENT};
 
 const PARTITIONS: i32 = 8;
 
@@ -89,6 +90,7 @@ async fn a_write_behind_the_record_cache_is_never_overwritten() {
     let Body::Entity(entity) = &mut record.body else { panic!("an entity") };
     entity.state = Some(durable_schemas::Payload::json(&Counter { value: 100 }).unwrap());
     let write = Write {
+        append: false,
         id: counter.canonical(),
         expected: Some(stored.etag),
         blob: record.to_blob(),
@@ -317,6 +319,48 @@ async fn a_hung_activity_times_out_and_its_partition_goes_on() {
     let c: Counter =
         e2e::eventually(Duration::from_secs(30), "the signal behind it is applied", || state.entity(&counter)).await;
     assert_eq!(c.value, 2);
+    processor.stop().await;
+}
+
+/// Terminating an orchestration cancels the activity call it waits for (cooperatively: the
+/// call sees `cancelled()` and returns early), within about a second, counted in the metrics —
+/// here where it is hardest: the call runs in its caller's partition (one partition), which
+/// reads nothing more until the call returns, so the terminate waits behind it in the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn terminating_an_orchestration_cancels_its_running_activity() {
+    use std::sync::atomic::Ordering;
+    let (processor, mut client, state) = e2e::setup("cancel", 1).await;
+    let key = "c-1";
+    let (started, cancelled) = (PATIENT[0].load(Ordering::SeqCst), PATIENT[1].load(Ordering::SeqCst));
+    let start = client.start("CallsPatient", key, ());
+    client.send(std::slice::from_ref(&start)).await;
+    e2e::eventually(Duration::from_secs(30), "the call runs", || async {
+        (PATIENT[0].load(Ordering::SeqCst) > started).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(PATIENT[1].load(Ordering::SeqCst), cancelled, "nothing cancels a call its caller waits for");
+    let path = format!("/v1/instances/{}/terminate", start.target);
+    let answer = e2e::http_post(processor.metrics, &path, &serde_json::json!({ "reason": "no longer needed" })).await;
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    let asked = std::time::Instant::now();
+    e2e::eventually(Duration::from_secs(10), "the call sees its cancellation", || async {
+        (PATIENT[1].load(Ordering::SeqCst) > cancelled).then_some(())
+    })
+    .await;
+    let took = asked.elapsed();
+    assert!(took < Duration::from_secs(5), "cancelled {took:?} after the terminate");
+    let metrics = e2e::http_get(processor.metrics, "/metrics").await;
+    let count = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("durable_activities_cancelled_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert!(count.is_some_and(|n| n >= 1.0), "{count:?}");
+    e2e::eventually(Duration::from_secs(30), "the caller is terminated", || async {
+        let record = state.record(&start.target).await?;
+        matches!(record.orchestration()?.status, OrchestrationStatus::Terminated { .. }).then_some(())
+    })
+    .await;
     processor.stop().await;
 }
 

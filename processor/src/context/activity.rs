@@ -2,8 +2,11 @@
 //! scheduled them, at least once; their result is recorded once in the caller's history (a
 //! reply to an already completed slot is dropped).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 
 use durable_schemas::{Envelope, Event, Failure, Payload};
 
@@ -24,6 +27,15 @@ pub struct ActivityContext {
     pub principal: Option<Principal>,
     /// Heartbeats so far (see [`ActivityContext::heartbeat`]).
     beats: Arc<AtomicU64>,
+    /// Set when nobody waits for the result any more (see [`ActivityContext::cancelled`]).
+    cancel: Arc<Cancel>,
+}
+
+/// A cancellation flag and the tasks waiting for it.
+#[derive(Debug, Default)]
+struct Cancel {
+    set: AtomicBool,
+    waiting: Mutex<Vec<Waker>>,
 }
 
 impl ActivityContext {
@@ -38,6 +50,51 @@ impl ActivityContext {
     /// How many heartbeats this call sent (what the runtime's watchdog reads).
     pub fn heartbeats(&self) -> u64 {
         self.beats.load(Ordering::Relaxed)
+    }
+
+    /// Whether this call was cancelled: its caller no longer waits for the result (it was
+    /// terminated, or finished, purged or restarted in the meantime). Cancellation is
+    /// cooperative: the call runs on until it returns, and what it returns is dropped by the
+    /// caller — so a long call should check this (or await [`ActivityContext::cancelled`])
+    /// between its steps and stop early.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.set.load(Ordering::Acquire)
+    }
+
+    /// Completes once the call is cancelled (see [`ActivityContext::is_cancelled`]); race it
+    /// against the work, e.g. with `tokio::select!`.
+    pub fn cancelled(&self) -> impl Future<Output = ()> + Send + 'static {
+        Cancelled(self.cancel.clone())
+    }
+
+    /// Cancel the call: what the runtime does when its caller no longer waits for it (and what
+    /// a test of an activity does to see it stop).
+    pub fn cancel(&self) {
+        self.cancel.set.store(true, Ordering::Release);
+        let waiting = std::mem::take(&mut *self.cancel.waiting.lock().expect("cancel lock"));
+        waiting.into_iter().for_each(Waker::wake);
+    }
+}
+
+/// The future of [`ActivityContext::cancelled`].
+struct Cancelled(Arc<Cancel>);
+
+impl Future for Cancelled {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0.set.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        let mut waiting = self.0.waiting.lock().expect("cancel lock");
+        // Checked again under the lock: `cancel` sets the flag before it takes the wakers.
+        if self.0.set.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        if !waiting.iter().any(|w| w.will_wake(cx.waker())) {
+            waiting.push(cx.waker().clone());
+        }
+        Poll::Pending
     }
 }
 
@@ -107,7 +164,21 @@ impl ActivityRequest {
             caller: self.reply_to.clone(),
             principal: self.principal.clone(),
             beats: Arc::new(AtomicU64::new(0)),
+            cancel: Arc::new(Cancel::default()),
         }
+    }
+
+    /// Whether the caller, whose stored record is `caller`, still waits for this call's
+    /// result: it exists, runs (or is suspended) in the generation that made the call, and has
+    /// not had that slot answered. When it no longer does, the runtime cancels the call.
+    pub fn awaited_by(&self, caller: Option<&crate::history::InstanceRecord>) -> bool {
+        let Some((generation, slot)) = crate::history::parse_correlation(&self.correlation) else { return true };
+        caller.and_then(|r| r.orchestration()).is_some_and(|h| {
+            h.generation == generation
+                && !h.status.is_finished()
+                && !h.status.is_pending()
+                && !h.log.iter().any(|e| e.slot == slot)
+        })
     }
 
     /// The reply for `result`, with an id derived from the request's (so a re-run's reply is

@@ -4,11 +4,11 @@
 //! that is ready only when the engine delivers that slot's completion. On replay the engine
 //! delivers the recorded completions in their original order; new commands become effects.
 
-use std::cell::RefCell;
+use atomic_refcell::AtomicRefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
-use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -201,7 +201,7 @@ pub(crate) fn nondeterminism(slot: u32, recorded: Option<&Command>, asked: &Comm
 
 /// A future for one slot's completion.
 pub(crate) struct SlotFuture {
-    shared: Rc<RefCell<Shared>>,
+    shared: Arc<AtomicRefCell<Shared>>,
     /// `None` when the command could not be issued (the code diverged): never ready.
     slot: Option<u32>,
     done: bool,
@@ -370,11 +370,11 @@ fn decode_value<O: DeserializeOwned>(completion: Completion) -> Result<O, Failur
 /// [`NONDETERMINISM`].
 #[derive(Clone)]
 pub struct OrchestrationContext {
-    pub(crate) shared: Rc<RefCell<Shared>>,
+    pub(crate) shared: Arc<AtomicRefCell<Shared>>,
 }
 
 impl OrchestrationContext {
-    pub(crate) fn new(shared: Rc<RefCell<Shared>>) -> Self {
+    pub(crate) fn new(shared: Arc<AtomicRefCell<Shared>>) -> Self {
         Self { shared }
     }
 
@@ -759,7 +759,7 @@ fn lock_violation(message: impl Into<String>) -> Failure {
 /// [`release`](Self::release), by dropping it, or by the orchestration finishing, failing,
 /// being terminated or continuing as new — lets the operations queued at the entities run.
 pub struct LockGuard {
-    shared: Rc<RefCell<Shared>>,
+    shared: Arc<AtomicRefCell<Shared>>,
     slot: u32,
     participants: Vec<String>,
 }

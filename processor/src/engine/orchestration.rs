@@ -5,9 +5,9 @@
 //! a time, polling after each; new events are then buffered (replies in `early`, external events
 //! in `inbox`) and handed to the code one at a time, each becoming a new log entry.
 
-use std::cell::RefCell;
-use std::collections::BTreeSet;
-use std::rc::Rc;
+use atomic_refcell::AtomicRefCell;
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use durable_schemas::{Envelope, Event, Failure, Payload};
@@ -18,8 +18,8 @@ use crate::context::orchestration::{lock_releases, Shared};
 use crate::context::OrchestrationContext;
 use crate::effect::Effect;
 use crate::history::{
-    Body, Command, CommandKind, Completion, HeldLocks, InstanceRecord, LogEntry, OrchestrationHistory,
-    OrchestrationStatus, ReplyAddress,
+    parse_correlation, Body, Command, CommandKind, Completion, HeldLocks, InstanceRecord, LogEntry,
+    OrchestrationHistory, OrchestrationStatus, ReplyAddress,
 };
 use crate::id::{InstanceId, Kind};
 use crate::registry::{OrchestrationFuture, Registry};
@@ -27,9 +27,10 @@ use crate::registry::{OrchestrationFuture, Registry};
 /// How many generations one step may run through `continue_as_new` before it is a loop.
 const MAX_GENERATIONS_PER_STEP: u32 = 1000;
 
-/// One execution of the code within a step.
-struct Execution {
-    shared: Rc<RefCell<Shared>>,
+/// One execution of the code: within a step, and between steps while the orchestration is live
+/// ([`super::Live`]).
+pub(super) struct Execution {
+    shared: Arc<AtomicRefCell<Shared>>,
     /// `None` once finished.
     fut: Option<OrchestrationFuture>,
     /// Set when the code returned, panicked or diverged.
@@ -53,7 +54,7 @@ impl Execution {
         shared.max_new_commands = limits.max_fan_out;
         shared.replaying = !(h.commands.is_empty() && h.log.is_empty());
         shared.reissue = reissue;
-        let shared = Rc::new(RefCell::new(shared));
+        let shared = Arc::new(AtomicRefCell::new(shared));
         let fut = handler(OrchestrationContext::new(shared.clone()), h.input.clone());
         let mut exec = Self { shared, fut: Some(fut), outcome: None };
         exec.poll();
@@ -94,6 +95,48 @@ impl Execution {
         }
         drop(s);
         Ok(exec)
+    }
+
+    /// Whether this execution, kept from an earlier step, is where a replay of `h` would leave
+    /// the code: the same generation, every recorded command issued and every logged completion
+    /// delivered, still waiting. A cheap check of what the partition core's etag already proves.
+    fn fits(&self, h: &OrchestrationHistory) -> bool {
+        let s = self.shared.borrow();
+        self.fut.is_some()
+            && self.outcome.is_none()
+            && h.status == OrchestrationStatus::Running
+            && !s.replaying
+            && s.error.is_none()
+            && s.generation == h.generation
+            && s.commands.len() == h.commands.len()
+            && s.next_slot as usize == h.commands.len()
+            && s.delivered.len() == h.log.len()
+            && s.reissue.is_empty()
+            && s.effects.is_empty()
+    }
+
+    /// What the code's side of this execution holds, for comparing a live execution with a replay
+    /// of the same history (the simulator's differential check). The custom status is left out:
+    /// the history holds it once a step ends.
+    pub(super) fn fingerprint(&self) -> String {
+        let s = self.shared.borrow();
+        let mut delivered: Vec<_> = s.delivered.iter().collect();
+        delivered.sort_by_key(|(slot, _)| **slot);
+        format!(
+            "generation {} next_slot {} now {} random {} finished {} commands {:?} delivered {:?} waits {:?} \
+             abandoned {:?} children {:?} lock {:?}",
+            s.generation,
+            s.next_slot,
+            s.now,
+            s.random_calls,
+            self.fut.is_none(),
+            s.commands,
+            delivered,
+            s.waits,
+            s.abandoned,
+            s.children,
+            s.lock,
+        )
     }
 
     fn set_delivered(&self, slot: u32, completion: Completion, position: usize, at: i64) {
@@ -161,19 +204,49 @@ struct Run<'a> {
     reissue: BTreeSet<u32>,
 }
 
+/// Apply `events` to the orchestration `record`. `live` is the code kept running from the step
+/// that committed `record`, if any: the step continues it instead of replaying the history. The
+/// code, still waiting, is returned to be kept for the next step, with the history's approximate
+/// size.
 pub(super) fn step(
     registry: &Registry,
     id: &InstanceId,
     record: &mut InstanceRecord,
     events: Vec<Envelope>,
     out: &mut Collector,
-) {
-    let mut run = Run { registry, id, record, out, exec: None, generations: 0, reissue: BTreeSet::new() };
+    live: Option<Execution>,
+) -> Option<(Execution, usize)> {
+    let exec = live.filter(|exec| match &record.body {
+        Body::Orchestration(h) => exec.fits(h),
+        _ => false,
+    });
+    if let Some(exec) = &exec {
+        // The fan-out limit counts the commands of one step.
+        exec.shared.borrow_mut().new_commands = 0;
+    }
+    let mut run = Run { registry, id, record, out, exec, generations: 0, reissue: BTreeSet::new() };
     for envelope in events {
         run.apply(envelope);
     }
     run.sync_history();
-    run.check_size();
+    let size = run.check_size();
+    let exec = run.exec.take().filter(|e| e.outcome.is_none() && e.fut.is_some());
+    let running = run.running().is_some_and(|h| h.status == OrchestrationStatus::Running);
+    exec.filter(|_| running).zip(size)
+}
+
+/// The code of the running orchestration `h`, replayed from its history: what a live execution
+/// kept after the step that made `h` must equal.
+pub(super) fn replayed(
+    registry: &Registry,
+    id: &InstanceId,
+    h: &OrchestrationHistory,
+    limits: Limits,
+) -> Option<Execution> {
+    if h.status != OrchestrationStatus::Running {
+        return None;
+    }
+    Execution::replay(registry, id, h, limits, BTreeSet::new()).ok().filter(|e| e.outcome.is_none())
 }
 
 /// Whether `event` from `source` may answer `slot` of generation `generation` of `me`, which
@@ -223,8 +296,15 @@ fn check_replier(
     ))
 }
 
-/// Why the failed history `h` of `id` cannot be rewound, if it cannot.
+/// Why the history `h` of `id` cannot be rewound, if it cannot: the one rule the engine's dead
+/// letter and the API's 409 both say.
 pub(crate) fn rewind_refusal(id: &str, h: &OrchestrationHistory) -> Option<String> {
+    if !matches!(h.status, OrchestrationStatus::Failed { .. }) {
+        return Some(format!(
+            "{id} is {}: only a failed orchestration can be rewound (restart runs a finished one again from its input)",
+            h.status.word()
+        ));
+    }
     let failed_in = h.log.last().map(|e| (e.slot, &e.completion, h.commands.get(e.slot as usize)));
     let activity = match failed_in {
         Some((_, Completion::Failure(_), Some(c))) if c.kind == CommandKind::CallActivity => c.name.clone(),
@@ -259,11 +339,6 @@ pub(crate) fn rewind_refusal(id: &str, h: &OrchestrationHistory) -> Option<Strin
     None
 }
 
-fn parse_correlation(correlation: &str) -> Option<(u32, u32)> {
-    let (generation, slot) = correlation.split_once('.')?;
-    Some((generation.parse().ok()?, slot.parse().ok()?))
-}
-
 impl Run<'_> {
     fn history(&mut self) -> Option<&mut OrchestrationHistory> {
         match &mut self.record.body {
@@ -272,8 +347,9 @@ impl Run<'_> {
         }
     }
 
+    /// The history of a started orchestration that has not finished (running or suspended).
     fn running(&mut self) -> Option<&mut OrchestrationHistory> {
-        self.history().filter(|h| !h.status.is_finished())
+        self.history().filter(|h| !h.status.is_finished() && !h.status.is_pending())
     }
 
     fn apply(&mut self, envelope: Envelope) {
@@ -281,6 +357,16 @@ impl Run<'_> {
         if self.registry.orchestration_handler(self.id.name()).is_none() {
             // Keep the instance as it is: a deployment without the handler must not fail it.
             let reason = format!("no orchestration named {:?} is registered", self.id.name());
+            return self.out.dead(envelope, reason);
+        }
+        // Until it starts, only its start, more raised events and a purge apply.
+        if self.history().is_some_and(|h| h.status.is_pending())
+            && !matches!(core, Event::StartOrchestration { .. } | Event::RaiseEvent { .. } | Event::Purge { .. })
+        {
+            let reason = format!(
+                "{} for an orchestration that never started (it has raised events waiting for its start)",
+                core.name()
+            );
             return self.out.dead(envelope, reason);
         }
         // A suspended orchestration keeps what arrives for its Resume; what ends or changes the
@@ -358,16 +444,19 @@ impl Run<'_> {
         reply_to: Option<ReplyAddress>,
         principal: Option<Principal>,
     ) {
-        let generation = match self.history() {
-            None => 0,
-            Some(h) if h.status.is_finished() => h.generation + 1,
+        let (generation, raised) = match self.history() {
+            None => (0, VecDeque::new()),
+            // Signal-with-start: the events raised before the start are its first inbox.
+            Some(h) if h.status.is_pending() => (0, std::mem::take(&mut h.inbox)),
+            Some(h) if h.status.is_finished() => (h.generation + 1, VecDeque::new()),
             Some(_) => return self.out.drop(&envelope, DropReason::AlreadyRunning),
         };
         // The run acts for whoever started it.
         self.record.access.run_as = principal;
         self.sync_history();
         let now = self.out.now;
-        let history = OrchestrationHistory::start(input, reply_to, generation, now);
+        let mut history = OrchestrationHistory::start(input, reply_to, generation, now);
+        history.inbox = raised;
         self.record.body = Body::Orchestration(Box::new(history));
         self.exec = None;
         self.settle();
@@ -448,9 +537,13 @@ impl Run<'_> {
     fn raise(&mut self, envelope: Envelope, name: String, payload: Payload) {
         let max_inbox = self.out.limits.max_inbox;
         match self.history() {
+            // Signal-with-start: kept for the start (the authorization step asked for the right
+            // to start it).
             None => {
-                let reason = "event raised on an orchestration that never started".to_owned();
-                self.out.dead(envelope, reason)
+                let mut h = OrchestrationHistory::start(Payload::null(), None, 0, self.out.now);
+                h.status = OrchestrationStatus::Pending;
+                h.inbox.push_back((name, payload));
+                self.record.body = Body::Orchestration(Box::new(h));
             }
             Some(h) if h.status.is_finished() => self.out.drop(&envelope, DropReason::Finished),
             Some(h) if h.inbox.len() >= max_inbox => {
@@ -461,6 +554,7 @@ impl Run<'_> {
                 );
                 self.out.dead(envelope, reason)
             }
+            Some(h) if h.status.is_pending() => h.inbox.push_back((name, payload)),
             Some(h) => {
                 h.inbox.push_back((name, payload));
                 if self.ensure_exec() {
@@ -538,13 +632,6 @@ impl Run<'_> {
         let Some(h) = self.history() else {
             return self.out.dead(envelope, "rewind for an orchestration that never started");
         };
-        if !matches!(h.status, OrchestrationStatus::Failed { .. }) {
-            let reason = format!(
-                "{id} is {}: only a failed orchestration can be rewound (restart runs a finished one again from its input)",
-                h.status.word()
-            );
-            return self.out.dead(envelope, reason);
-        }
         let refusal = rewind_refusal(&id, h);
         if let Some(reason) = refusal {
             return self.out.dead(envelope, reason);
@@ -657,7 +744,6 @@ impl Run<'_> {
     fn sync_history(&mut self) {
         let Some(exec) = &self.exec else { return };
         let mut s = exec.shared.borrow_mut();
-        let commands = s.commands.clone();
         let custom = s.custom_status.take();
         let locks = s.lock.as_ref().map(|(slot, participants)| HeldLocks {
             correlation: s.correlation(*slot),
@@ -665,9 +751,13 @@ impl Run<'_> {
             granted: s.delivered.contains_key(slot),
         });
         self.out.effects.append(&mut s.effects);
-        drop(s);
         if let Body::Orchestration(h) = &mut self.record.body {
-            h.commands = commands;
+            // Commands are only ever appended while the code runs (replay checks the recorded
+            // ones): copy the new ones, not the whole list again.
+            match s.commands.get(h.commands.len()..) {
+                Some(new) => h.commands.extend_from_slice(new),
+                _ => h.commands = s.commands.clone(),
+            }
             h.locks = locks;
             if let Some(custom) = custom {
                 h.custom_status = custom;
@@ -688,11 +778,12 @@ impl Run<'_> {
     }
 
     /// After a step: an orchestration whose custom status or history grew past the limits fails
-    /// (its history is dropped: nothing will replay it).
-    fn check_size(&mut self) {
+    /// (its history is dropped: nothing will replay it). Returns the size of a history that
+    /// stays running.
+    fn check_size(&mut self) -> Option<usize> {
         let limits = self.out.limits;
         let id = self.id.to_string();
-        let Some(h) = self.running() else { return };
+        let h = self.running()?;
         let custom = h.custom_status.as_ref().map_or(0, |p| p.data.len());
         let size = h.approx_bytes();
         let failure = if custom > limits.max_state_bytes {
@@ -714,7 +805,7 @@ impl Run<'_> {
                 ),
             )
         } else {
-            return;
+            return Some(size);
         };
         self.exec = None;
         self.conclude(OrchestrationStatus::Failed { failure: failure.clone() }, Err(failure));
@@ -723,6 +814,7 @@ impl Run<'_> {
             h.commands.clear();
             h.inbox.clear();
         }
+        None
     }
 
     /// Record the end of the orchestration and answer whoever waits for it.

@@ -31,6 +31,8 @@ fn settings(local_rounds: usize) -> Settings {
         spread_activities: local_rounds == 0,
         local_rounds,
         cache_limit: 100,
+        live_limit: Settings::LIVE_LIMIT,
+        check_live: true,
         purge_grace_ms: Settings::PURGE_GRACE_MS,
     }
 }
@@ -180,6 +182,7 @@ fn only_the_instance_that_lost_its_commit_is_rerun() {
             // Another owner writes `b` (same blob, new etag).
             let stored = store.get(&b).expect("stored");
             let write = Write {
+                append: false,
                 id: b.clone(),
                 expected: Some(stored.etag),
                 blob: stored.blob,
@@ -291,6 +294,7 @@ fn events_for_an_unreadable_record_are_dead_lettered_and_it_is_not_overwritten()
     let mut core = core(0, &store);
     let id = InstanceId::entity("Counter", "c1").canonical();
     let garbage = Write {
+        append: false,
         id: id.clone(),
         expected: None,
         blob: b"garbage".to_vec(),
@@ -381,4 +385,106 @@ fn an_undecodable_parked_timer_is_dead_lettered_and_the_others_are_released_stam
     let released = Envelope::decode(&out[1].payload).expect("decodes");
     let origin = released.origin.expect("stamped");
     assert_eq!((origin.stream.as_str(), origin.seq, out[1].topic), ("t3", 8, Topic::Events));
+}
+
+#[test]
+fn peek_applies_the_records_for_the_caller_in_a_dry_run_and_skips_the_rest() {
+    let store = MemoryStore::new();
+    let mut core = core(0, &store);
+    let target = InstanceId::orchestration("HelloSequence", "peeked");
+    let start = Envelope::new(
+        "start-peeked",
+        target.canonical(),
+        NOW,
+        Event::StartOrchestration { input: Payload::json(&vec!["Oslo"]).unwrap() },
+    );
+    drive(&mut core, &store, vec![record(0, &start)], |_| {});
+    let stored = || {
+        let s = store.get(&target.canonical()).expect("stored");
+        Some(InstanceRecord::from_blob(&s.blob).expect("decodes"))
+    };
+    let status = |r: &Option<InstanceRecord>| r.as_ref().and_then(|r| r.orchestration()).map(|h| h.status.word());
+    let engine = Engine::new(examples::register(Registry::new()));
+    // Nothing behind the call: the caller waits.
+    assert_eq!(status(&peek(&engine, &settings(0), &target, stored(), &[], NOW)), Some("running"));
+    // A forged reply (unsealed), another instance's terminate and an undecodable record change
+    // nothing; the caller's own terminate ends it — in the dry run only.
+    let forged = Envelope::new(
+        "forged",
+        target.canonical(),
+        NOW,
+        Event::ActivityCompleted { correlation: "0.0".into(), result: Payload::json(&"x").unwrap() },
+    );
+    let other = Envelope::new(
+        "other",
+        InstanceId::orchestration("HelloSequence", "other").canonical(),
+        NOW,
+        Event::Terminate { reason: "not you".into() },
+    );
+    let terminate =
+        Envelope::new("stop", target.canonical(), NOW, Event::Terminate { reason: "no longer needed".into() });
+    let mut unsealed = record(1, &forged);
+    unsealed.sealed = false;
+    let garbage = Record { offset: 3, key: None, payload: Some(vec![1, 2, 3]), sealed: false };
+    let behind = [unsealed.clone(), record(2, &other), garbage.clone()];
+    assert_eq!(status(&peek(&engine, &settings(0), &target, stored(), &behind, NOW)), Some("running"));
+    let mut stop = record(4, &terminate);
+    stop.sealed = false;
+    let behind = [unsealed, record(2, &other), garbage, stop];
+    assert_eq!(status(&peek(&engine, &settings(0), &target, stored(), &behind, NOW)), Some("terminated"));
+    assert_eq!(status(&stored()), Some("running"), "a peek commits nothing");
+}
+
+fn hello(key: &str, offset: i64) -> (String, Record) {
+    let id = InstanceId::orchestration("HelloSequence", key).canonical();
+    let start = Event::StartOrchestration { input: Payload::json(&Vec::<String>::new()).expect("json") };
+    (id.clone(), record(offset, &Envelope::new(format!("s-{key}"), id, NOW, start)))
+}
+
+fn greetings(store: &MemoryStore, id: &str) -> Vec<String> {
+    let record = InstanceRecord::from_blob(&store.get(id).expect("stored").blob).expect("decodes");
+    match &record.orchestration().expect("an orchestration").status {
+        crate::history::OrchestrationStatus::Completed { output } => output.decode().expect("greetings"),
+        other => panic!("{id} is {other:?}"),
+    }
+}
+
+/// Between its steps a running orchestration's code stays in the cache with its committed record,
+/// and each reply continues it instead of replaying the history; every live step is also checked
+/// against a replay of the same record (`check_live`).
+#[test]
+fn an_orchestration_stays_live_between_its_steps_and_each_live_step_equals_a_replay() {
+    let store = MemoryStore::new();
+    let mut core = core(Settings::LOCAL_ROUNDS, &store);
+    let (id, start) = hello("live", 0);
+    drive(&mut core, &store, vec![start], |_| {});
+    let stats = core.take_stats();
+    assert_eq!(stats.live_steps, 5, "the five replies continue the code kept from the step before: {stats:?}");
+    assert_eq!(core.take_mismatches(), Vec::<String>::new());
+    assert_eq!(stats.live_mismatches, 0);
+    assert_eq!(core.live(), (0, 0), "a finished orchestration keeps no code");
+    let expected: Vec<String> = examples::CITIES.iter().map(|c| format!("Hello {c}!")).collect();
+    assert_eq!(greetings(&store, &id), expected);
+}
+
+/// Live code past the byte bound is dropped oldest first (its record stays cached); that
+/// orchestration replays at its next step and ends the same.
+#[test]
+fn live_code_past_its_bound_is_dropped_and_that_orchestration_replays() {
+    let store = MemoryStore::new();
+    let epoch = now_or_never(store.fence(0)).expect("memory store");
+    // Room for one small orchestration's code, not two.
+    let settings = Settings { live_limit: Live::OVERHEAD * 3 / 2, ..settings(Settings::LOCAL_ROUNDS) };
+    let mut core = Partition::new(settings, Engine::new(examples::register(Registry::new())), epoch);
+    let (a, start_a) = hello("a", 0);
+    let (b, start_b) = hello("b", 1);
+    let (seen, _) = drive(&mut core, &store, vec![start_a, start_b], |_| {});
+    let stats = core.take_stats();
+    assert!(stats.live_evicted >= 1, "{stats:?}");
+    assert!(stats.live_steps >= 1 && stats.live_steps < 10, "some steps live, some replayed: {stats:?}");
+    assert_eq!(stats.cache_misses, 2, "only the first load of each: dropping code keeps the record: {seen:?}");
+    let expected: Vec<String> = examples::CITIES.iter().map(|c| format!("Hello {c}!")).collect();
+    assert_eq!(greetings(&store, &a), expected);
+    assert_eq!(greetings(&store, &b), expected);
+    assert_eq!(core.take_mismatches(), Vec::<String>::new());
 }

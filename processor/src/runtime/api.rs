@@ -205,8 +205,8 @@ async fn may_send(
             crate::access::change(policy, principal, target, &mut scratch, change).map(|_| ())
         }
         other => {
-            // The API sends no calls.
-            let op = crate::access::operation(other, false).unwrap_or(Operation::Signal);
+            // The API sends no calls; what it asks is what the engine will decide.
+            let op = crate::access::asks(other.core(), false, target, exists).unwrap_or(Operation::Signal);
             crate::access::decide(policy, principal, op, target, &access, exists).map(|_| ())
         }
     };
@@ -259,6 +259,9 @@ pub fn instance_view(id: &InstanceId, r: &InstanceRecord) -> Value {
                 S::Suspended { reason, held } => {
                     o.insert("reason".into(), reason.clone().into());
                     o.insert("held".into(), held.len().into());
+                }
+                S::Pending => {
+                    o.insert("raised".into(), h.inbox.len().into());
                 }
                 S::Running => {}
             }
@@ -344,7 +347,8 @@ pub fn list_query(query: Option<&str>, counts: bool) -> Result<(Filter, usize, C
 }
 
 /// Every status word.
-const STATUSES: [&str; 7] = ["running", "suspended", "completed", "failed", "terminated", "active", "deleted"];
+const STATUSES: [&str; 8] =
+    ["running", "pending", "suspended", "completed", "failed", "terminated", "active", "deleted"];
 
 fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
@@ -733,30 +737,18 @@ async fn fits(shared: &Shared, write: &Write<'_>, request: &mut requests::Reques
         (Body::Orchestration(h), Write::Resume { .. }) if !matches!(h.status, S::Suspended { .. }) => {
             Err(conflict(format!("{id} is {}: only a suspended orchestration can be resumed", h.status.word())))
         }
-        (Body::Orchestration(h), Write::Purge { .. } | Write::Restart { .. }) if !h.status.is_finished() => {
-            let what = if matches!(write, Write::Purge { .. }) { "purged" } else { "restarted" };
-            Err(conflict(format!(
-                "{id} is {}: terminate it first (only a completed, failed or terminated orchestration is {what})",
-                h.status.word()
-            )))
-        }
+        (body, Write::Purge { .. }) => crate::engine::purge_refusal(id, body).map_or(Ok(()), |why| Err(conflict(why))),
+        (Body::Orchestration(h), Write::Restart { .. }) if !h.status.is_finished() => Err(conflict(format!(
+            "{id} is {}: only a completed, failed or terminated orchestration is restarted (terminate it first)",
+            h.status.word()
+        ))),
         (Body::Orchestration(h), Write::Rewind { .. }) => {
-            match crate::engine::rewind_refusal(&id.canonical(), h) {
-                _ if !matches!(h.status, S::Failed { .. }) => Err(conflict(format!(
-                    "{id} is {}: only a failed orchestration can be rewound (restart runs a finished one again from its input)",
-                    h.status.word()
-                ))),
-                Some(why) => Err(conflict(why)),
-                None => Ok(()),
-            }
+            crate::engine::rewind_refusal(&id.canonical(), h).map_or(Ok(()), |why| Err(conflict(why)))
         }
         (Body::Orchestration(h), Write::Restart { .. }) => {
             request.event = Event::StartOrchestration { input: h.input.clone() };
             Ok(())
         }
-        (Body::Entity(e), Write::Purge { .. }) if e.lock.is_some() || !e.queue.is_empty() => Err(conflict(format!(
-            "{id} is in a critical section or has operations waiting: purge it when they are done"
-        ))),
         _ => Ok(()),
     }
 }

@@ -11,8 +11,10 @@ use tracing::{error, info, instrument, warn};
 use super::dispatch::Queue;
 use super::produce::Producer;
 use super::{now_ms, timers, Shared};
-use crate::context::ActivityRequest;
+use crate::context::{ActivityContext, ActivityRequest};
 use crate::error::{Error, ErrorKind};
+use crate::history::InstanceRecord;
+use crate::id::InstanceId;
 use crate::metrics::METRICS;
 use crate::partition::{Done, Io, Partition, Ran, Record, Settings, Stats};
 use crate::store::{Continuity, Store};
@@ -39,6 +41,14 @@ pub async fn work(
         }
     }
     let _unpause = Unpause(shared.clone(), queue.clone());
+    /// However the worker ends, what it kept live is gone with it.
+    struct Forget(String);
+    impl Drop for Forget {
+        fn drop(&mut self) {
+            record_stats(&self.0, Stats::default(), (0, 0));
+        }
+    }
+    let _forget = Forget(partition.to_string());
     let p = partition as u32;
     let label = partition.to_string();
     let mut tick = tokio::time::interval(shared.config.timer_interval);
@@ -86,6 +96,8 @@ pub async fn work(
         spread_activities: shared.config.spread_activities,
         local_rounds: Settings::LOCAL_ROUNDS,
         cache_limit: Settings::CACHE_LIMIT,
+        live_limit: shared.config.live_bytes,
+        check_live: false,
         purge_grace_ms: shared.config.purge_grace_ms(),
     };
     let mut core = Partition::new(settings, shared.engine.clone(), epoch);
@@ -117,7 +129,7 @@ pub async fn work(
                             return;
                         }
                     };
-                    record_stats(&label, core.take_stats());
+                    record_stats(&label, core.take_stats(), core.live());
                     records = match applied {
                         Ok(rest) => rest,
                         Err(e) if e.kind == ErrorKind::Fatal => {
@@ -234,7 +246,7 @@ async fn apply(
                 core.committed(outcomes);
             }
             Io::Run(invocations) => {
-                let results = run_activities(shared, invocations).await;
+                let results = run_activities(shared, core.settings(), invocations).await;
                 core.ran(results, now_ms());
             }
             Io::Produce(out) => producer.send(out).await?,
@@ -345,7 +357,7 @@ async fn wait_for_acceptance(
 /// (`DURABLE_ACTIVITY_CONCURRENCY`) has room; results in order. A call that runs its timeout (its
 /// caller's option, else `DURABLE_ACTIVITY_TIMEOUT`) past its start or its last heartbeat is
 /// aborted and fails with kind `Timeout`.
-async fn run_activities(shared: &Arc<Shared>, invocations: Vec<ActivityRequest>) -> Vec<Ran> {
+async fn run_activities(shared: &Arc<Shared>, settings: &Settings, invocations: Vec<ActivityRequest>) -> Vec<Ran> {
     let registry = shared.engine.registry();
     let running: Vec<_> = invocations
         .iter()
@@ -355,10 +367,13 @@ async fn run_activities(shared: &Arc<Shared>, invocations: Vec<ActivityRequest>)
             let beats = ctx.clone();
             let call = registry.run_activity(req.id.name(), ctx, req.input.clone())?;
             let pool = shared.activity_pool.clone();
-            let id = req.id.clone();
+            let (shared, settings, req) = (shared.clone(), settings.clone(), req.clone());
+            let watch = shared.watching.watch(&req.reply_to);
             Some(tokio::spawn(async move {
+                let _watch = watch;
                 let _slot = pool.acquire_owned().await.expect("the pool is never closed");
-                watched(call, &beats, timeout, &id).await
+                let result = watched(&shared, &settings, call, &beats, timeout, &req).await;
+                (result, beats.is_cancelled())
             }))
         })
         .collect();
@@ -367,7 +382,8 @@ async fn run_activities(shared: &Arc<Shared>, invocations: Vec<ActivityRequest>)
         results.push(match handle {
             None => Ran::Panicked(format!("no activity named {:?} is registered", req.id.name())),
             Some(handle) => match handle.await {
-                Ok(result) => Ran::Returned(result),
+                Ok((result, true)) => Ran::Cancelled(result),
+                Ok((result, false)) => Ran::Returned(result),
                 Err(join) => Ran::Panicked(join.to_string()),
             },
         });
@@ -375,34 +391,160 @@ async fn run_activities(shared: &Arc<Shared>, invocations: Vec<ActivityRequest>)
     results
 }
 
+/// How often a running call's caller is read to see whether it still waits for the result.
+const CANCEL_CHECK: Duration = Duration::from_secs(1);
+
 /// Run one call under the watchdog: past `timeout` since its start or its last heartbeat, it is
-/// dropped (aborted at its next await) and fails with kind `Timeout`.
+/// dropped (aborted at its next await) and fails with kind `Timeout`. Every [`CANCEL_CHECK`]
+/// its caller's record is read, with the records for the caller that arrived in this partition
+/// behind the call applied to it in a dry run ([`crate::partition::peek`]): once the caller no
+/// longer waits for the call (terminated, finished, restarted, purged), the call is cancelled
+/// ([`ActivityContext::cancelled`]) and runs on until it returns or times out.
 async fn watched(
+    shared: &Shared,
+    settings: &Settings,
     call: impl std::future::Future<Output = Result<durable_schemas::Payload, durable_schemas::Failure>>,
-    ctx: &crate::context::ActivityContext,
+    ctx: &ActivityContext,
     timeout: Duration,
-    id: &crate::id::InstanceId,
+    req: &ActivityRequest,
 ) -> Result<durable_schemas::Payload, durable_schemas::Failure> {
+    let id = &req.id;
     let mut call = std::pin::pin!(call);
     let mut seen = ctx.heartbeats();
+    let mut deadline = tokio::time::Instant::now() + timeout;
+    let mut check = tokio::time::interval_at(tokio::time::Instant::now() + CANCEL_CHECK, CANCEL_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        match tokio::time::timeout(timeout, &mut call).await {
-            Ok(result) => return result,
-            Err(_) if ctx.heartbeats() != seen => seen = ctx.heartbeats(),
-            Err(_) => {
+        tokio::select! {
+            result = &mut call => return result,
+            () = tokio::time::sleep_until(deadline) => {
+                if ctx.heartbeats() != seen {
+                    seen = ctx.heartbeats();
+                    deadline = tokio::time::Instant::now() + timeout;
+                    continue;
+                }
                 warn!(activity = %id, ?timeout, "an activity timed out: aborted, its caller gets a Timeout failure");
                 let message = format!(
                     "activity {id} did not finish within {timeout:?} of its start or last heartbeat (its call's timeout, or DURABLE_ACTIVITY_TIMEOUT)"
                 );
                 return Err(durable_schemas::Failure::new("Timeout", message));
             }
+            _ = check.tick(), if !ctx.is_cancelled() => {
+                if !caller_waits(shared, settings, req).await {
+                    tracing::info!(activity = %id, caller = %req.reply_to, "its caller no longer waits for it: the activity is cancelled");
+                    METRICS.activities_cancelled.with_label_values(&[] as &[&str]).inc();
+                    ctx.cancel();
+                }
+            }
         }
     }
 }
 
+/// Whether `req`'s caller still waits for its result, once the records for it queued behind
+/// the call are applied; true when that cannot be read (the store is unavailable, the record
+/// does not decode): a call is cancelled only on evidence.
+async fn caller_waits(shared: &Shared, settings: &Settings, req: &ActivityRequest) -> bool {
+    let Ok(caller) = InstanceId::parse(&req.reply_to) else { return true };
+    let canonical = caller.canonical();
+    let stored = match shared.store.load(caller.partition(shared.partitions), std::slice::from_ref(&canonical)).await {
+        Ok(mut rows) => match rows.pop().flatten().map(|s| InstanceRecord::from_blob(&s.blob)) {
+            None => None,
+            Some(Ok(record)) => Some(record),
+            Some(Err(_)) => return true,
+        },
+        Err(_) => return true,
+    };
+    let behind = shared.watching.behind(&canonical);
+    let peeked = crate::partition::peek(&shared.engine, settings, &caller, stored, &behind, now_ms());
+    req.awaited_by(peeked.as_ref())
+}
+
+/// The callers whose activity calls run in this process now, with the records for them that
+/// arrived behind the calls: a partition runs its calls before it reads on, so a terminate for a
+/// caller whose call runs in its own partition waits in the worker's queue; the dispatcher keeps
+/// a copy here ([`Watching::saw`]) for the call's watchdog to see.
+#[derive(Debug, Default)]
+pub struct Watching {
+    /// How many calls are watched (the dispatcher's fast path: none).
+    calls: std::sync::atomic::AtomicUsize,
+    /// By caller: its calls running, and the records for it seen since the first started.
+    callers: std::sync::Mutex<std::collections::HashMap<String, (usize, Vec<Record>)>>,
+    /// Bytes of the records kept, over every caller.
+    bytes: std::sync::atomic::AtomicUsize,
+}
+
+/// Most records kept per watched caller.
+const MAX_BEHIND: usize = 64;
+/// Largest record kept (what ends a caller — a terminate, a purge — is small).
+const MAX_BEHIND_RECORD: usize = 16 * 1024;
+/// Most bytes kept over every caller. Past these bounds a record is not kept, and a call it
+/// would cancel runs to its end, as it would without cancellation.
+const MAX_BEHIND_BYTES: usize = 4 * 1024 * 1024;
+
+impl Watching {
+    /// Watch `caller` while the returned guard lives.
+    pub fn watch(self: &Arc<Self>, caller: &str) -> WatchGuard {
+        use std::sync::atomic::Ordering;
+        let mut callers = self.callers.lock().expect("watching lock");
+        callers.entry(caller.to_owned()).or_default().0 += 1;
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        WatchGuard { watching: self.clone(), caller: caller.to_owned() }
+    }
+
+    /// The dispatcher handed `record` to a worker: keep a copy if it is for a watched caller.
+    pub fn saw(&self, record: &Record) {
+        if self.calls.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            return;
+        }
+        let Some(key) = record.key.as_deref().and_then(|k| std::str::from_utf8(k).ok()) else { return };
+        let size = record.payload.as_ref().map_or(0, Vec::len);
+        if size > MAX_BEHIND_RECORD {
+            return;
+        }
+        if let Some((_, behind)) = self.callers.lock().expect("watching lock").get_mut(key) {
+            use std::sync::atomic::Ordering;
+            if behind.len() < MAX_BEHIND && self.bytes.load(Ordering::SeqCst) + size <= MAX_BEHIND_BYTES {
+                self.bytes.fetch_add(size, Ordering::SeqCst);
+                behind.push(record.clone());
+            }
+        }
+    }
+
+    /// The records for `caller` seen since its first running call started, in order.
+    pub fn behind(&self, caller: &str) -> Vec<Record> {
+        self.callers.lock().expect("watching lock").get(caller).map(|(_, r)| r.clone()).unwrap_or_default()
+    }
+}
+
+/// Stops watching a caller's call when dropped.
+#[derive(Debug)]
+pub struct WatchGuard {
+    watching: Arc<Watching>,
+    caller: String,
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        let mut callers = self.watching.callers.lock().expect("watching lock");
+        if let Some(entry) = callers.get_mut(&self.caller) {
+            entry.0 -= 1;
+            if entry.0 == 0 {
+                let kept: usize = entry.1.iter().map(|r| r.payload.as_ref().map_or(0, Vec::len)).sum();
+                self.watching.bytes.fetch_sub(kept, std::sync::atomic::Ordering::SeqCst);
+                callers.remove(&self.caller);
+            }
+        }
+        self.watching.calls.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// The core's counts into the partition's metrics.
-fn record_stats(label: &str, s: Stats) {
+fn record_stats(label: &str, s: Stats, live: (usize, usize)) {
     let m = &METRICS;
+    m.live_steps.with_label_values(&[label]).inc_by(s.live_steps);
+    m.live_evictions.with_label_values(&[label]).inc_by(s.live_evicted);
+    m.live_orchestrations.with_label_values(&[label]).set(live.0 as i64);
+    m.live_bytes.with_label_values(&[label]).set(live.1 as i64);
     m.commits.with_label_values(&[label]).inc_by(s.commits);
     m.conflicts.with_label_values(&[label]).inc_by(s.conflicts);
     m.reruns.with_label_values(&[label]).inc_by(s.reruns);

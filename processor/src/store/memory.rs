@@ -121,7 +121,15 @@ impl Inner {
             self.last_etag += 1;
             let etag = self.last_etag;
             let id = write.id;
-            self.instances.insert(id.clone(), (write.blob, etag));
+            match self.instances.get_mut(&id) {
+                Some((blob, stored)) if write.append => {
+                    blob.extend_from_slice(&write.blob);
+                    *stored = etag;
+                }
+                _ => {
+                    self.instances.insert(id.clone(), (write.blob, etag));
+                }
+            }
             // An emptied record leaves the index (this store has no clock: the key stays).
             if write.expire.is_some() {
                 let index = self.indexes.entry(partition).or_default();

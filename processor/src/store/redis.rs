@@ -59,13 +59,16 @@ end
 "#;
 
 /// Compare-and-set of many instances. KEYS: state keys..., timers key, epoch key, applied key,
-/// then the index keys: ids (sorted set), counts (hash).
+/// then the index keys: ids (sorted set), counts (hash), then the tail keys of the writes, in
+/// the order of their state keys.
 /// ARGV: n, the epoch the commit is fenced with ("" = not fenced), the offset to raise the
 /// applied mark to ("" = none), the floor of the applied mark ("" = none: below it, nothing is
 /// written and the answer is {-2, mark}), then per write: expected etag ("" = must not exist),
 /// blob, instance id, its type ("" = leave the index), its status, its index entry (which
 /// starts with `<status>|`), the expiry in ms ("" = none: the key persists; else the instance
-/// leaves the index and the key expires), timer count, then (fire_at, envelope) pairs.
+/// leaves the index and the key expires), timer count, "1" to append the blob to the tail key
+/// instead of replacing the blob (and deleting the tail, which field `t` says exists), then
+/// (fire_at, envelope) pairs.
 const COMMIT: &str = r#"
 local n = tonumber(ARGV[1])
 local timers = KEYS[n + 1]
@@ -99,19 +102,33 @@ for i = 1, n do
   local entry = ARGV[a + 5]
   local expire = ARGV[a + 6]
   local count = tonumber(ARGV[a + 7])
-  a = a + 8
-  local stored = redis.call('HMGET', KEYS[i], 'e', 'x')
-  local current, old = stored[1], stored[2]
+  local append = ARGV[a + 8] == '1'
+  local tail = KEYS[n + 5 + i]
+  a = a + 9
+  local stored = redis.call('HMGET', KEYS[i], 'e', 'x', 't')
+  local current, old, tailed = stored[1], stored[2], stored[3]
   if (current == false and expected == '') or (current ~= false and current == expected) then
     local etag = raise(current)
+    if append then
+      redis.call('APPEND', tail, blob)
+      redis.call('HSET', KEYS[i], 'e', etag, 't', '1')
+    else
+      redis.call('HSET', KEYS[i], 'b', blob, 'e', etag)
+      if tailed then
+        redis.call('DEL', tail)
+        redis.call('HDEL', KEYS[i], 't')
+      end
+    end
     if expire ~= '' then
       if old then
         redis.call('ZREM', ids, id)
         uncount(string.match(id, '^[^:]*:[^:]*') .. '|' .. string.match(old, '^[^|]*'))
         redis.call('HDEL', KEYS[i], 'x')
       end
-      redis.call('HSET', KEYS[i], 'b', blob, 'e', etag)
       redis.call('PEXPIRE', KEYS[i], expire)
+      if append then
+        redis.call('PEXPIRE', tail, expire)
+      end
     elseif typ ~= '' then
       if not old then
         redis.call('ZADD', ids, 0, id)
@@ -123,12 +140,13 @@ for i = 1, n do
           redis.call('HINCRBY', counts, group, 1)
         end
       end
-      redis.call('HSET', KEYS[i], 'b', blob, 'e', etag, 'x', entry)
-    else
-      redis.call('HSET', KEYS[i], 'b', blob, 'e', etag)
+      redis.call('HSET', KEYS[i], 'x', entry)
     end
     if expire == '' and current ~= false then
       redis.call('PERSIST', KEYS[i])
+      if append then
+        redis.call('PERSIST', tail)
+      end
     end
     for t = 1, count do
       redis.call('ZADD', timers, ARGV[a], ARGV[a + 1])
@@ -373,6 +391,12 @@ impl RedisStore {
         format!("{}:{{p{partition}}}:s:{id}", self.prefix)
     }
 
+    /// The key of the delta frames appended to an instance's blob since it was last written
+    /// whole (same hash slot as its state key).
+    pub fn tail_key(&self, partition: u32, id: &str) -> String {
+        format!("{}:{{p{partition}}}:t:{id}", self.prefix)
+    }
+
     fn partition_key(&self, partition: u32, what: &str) -> String {
         format!("{}:{{p{partition}}}:{what}", self.prefix)
     }
@@ -405,6 +429,9 @@ impl RedisStore {
         for what in ["ids", "counts"] {
             invocation.key(self.partition_key(partition, what));
         }
+        for w in &writes {
+            invocation.key(self.tail_key(partition, &w.id));
+        }
         invocation.arg(writes.len());
         invocation.arg(epoch.map(|e| e.to_string()).unwrap_or_default());
         invocation.arg(applied.map(|o| o.to_string()).unwrap_or_default());
@@ -419,6 +446,7 @@ impl RedisStore {
             };
             invocation.arg(w.expire.map(|ms| ms.max(1).to_string()).unwrap_or_default());
             invocation.arg(w.timers.len());
+            invocation.arg(if w.append { "1" } else { "" });
             for t in &w.timers {
                 invocation.arg(t.fire_at).arg(&t.envelope[..]);
             }
@@ -501,16 +529,24 @@ impl Store for RedisStore {
         let mut pipe = redis::pipe();
         for id in ids {
             pipe.cmd("HMGET").arg(self.state_key(partition, id)).arg("b").arg("e");
+            pipe.cmd("GET").arg(self.tail_key(partition, id));
         }
-        let rows: Vec<(Option<Vec<u8>>, Option<u64>)> =
-            pipe.query_async(&mut self.conn.clone()).await.map_err(unavailable)?;
-        Ok(rows
-            .into_iter()
-            .map(|row| match row {
-                (Some(blob), Some(etag)) => Some(Stored { blob, etag }),
+        let rows: Vec<redis::Value> = pipe.query_async(&mut self.conn.clone()).await.map_err(unavailable)?;
+        let mut rows = rows.into_iter();
+        let mut out = Vec::with_capacity(ids.len());
+        while let (Some(record), Some(tail)) = (rows.next(), rows.next()) {
+            let malformed = |e: redis::ParsingError| StoreError(format!("unexpected answer to a load: {e}"));
+            let record: (Option<Vec<u8>>, Option<u64>) = redis::from_redis_value(record).map_err(malformed)?;
+            let tail: Option<Vec<u8>> = redis::from_redis_value(tail).map_err(malformed)?;
+            out.push(match record {
+                (Some(mut blob), Some(etag)) => {
+                    blob.extend(tail.unwrap_or_default());
+                    Some(Stored { blob, etag })
+                }
                 _ => None,
-            })
-            .collect())
+            });
+        }
+        Ok(out)
     }
 
     async fn commit(&self, partition: u32, writes: Vec<Write>) -> StoreResult<Vec<CommitOutcome>> {

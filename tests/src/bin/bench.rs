@@ -12,6 +12,11 @@
 //! (pipelined per batch, like the runtime's group commit), produce one record. Every workload
 //! prints one JSON line: `workload, n, per_s, p50_ms, p99_ms, floor_per_s, ratio`.
 
+/// The allocator the processor binaries use (`processor/src/bin/processor.rs`), so that the
+/// figures are theirs.
+#[global_allocator]
+static ALLOCATOR: durable_processor::runtime::Allocator = durable_processor::runtime::Allocator;
+
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -28,7 +33,8 @@ use tests::e2e::{self, Client, InProcess};
 struct Args {
     /// counter, counter-durable (counter on a Redis that fsyncs every write), hello5, fanout,
     /// bank, scale (a million distinct entities touched once; Redis bytes per instance),
-    /// hello3-latency, floor, or all; several comma separated.
+    /// hello3-latency, long (sequences of 250, 1,000 and 4,000 steps: the time per step),
+    /// floor, or all; several comma separated.
     #[arg(long, default_value = "all")]
     workload: String,
     /// Size multiplier: 1 is the full run (a few minutes on 2 cores); CI uses a small one.
@@ -425,6 +431,61 @@ async fn orchestrations(
     }
 }
 
+/// One `HelloSequence` of each length in `lengths` — that many activities, one after the other —
+/// run alone, one length after the other on the same processor: the time per step of each. A
+/// step is one activity call and its reply applied; the time per step stays flat as the length
+/// grows only if a step does not cost more the longer the history already is.
+async fn long(lengths: &[u64], partitions: i32, floor_per_s: f64) {
+    let prefix = e2e::unique_prefix("bench-long");
+    let processor = processor(&prefix, partitions).await;
+    let mut feed = Feed::start(&prefix, partitions);
+    let mut client = Client::new(&prefix);
+    let mut per_step = Vec::new();
+    // A short sequence first, not reported: the first run also pays for warming the processor.
+    let warm = lengths.first().map_or(0, |&n| n.min(50));
+    for (steps, report) in std::iter::once((warm, false)).chain(lengths.iter().map(|&n| (n, true))) {
+        let inside = Inside::now();
+        let names: Vec<String> = (0..steps).map(|i| format!("n{i}")).collect();
+        let key = if report { format!("long-{steps}") } else { "warm-up".to_owned() };
+        let start = client.start("HelloSequence", &key, json!(names));
+        let target = start.target.clone();
+        let started = Instant::now();
+        client.send(std::slice::from_ref(&start)).await;
+        let mut finished = started;
+        feed.until(&format!("long {steps}"), Duration::from_secs(1800), |v, at| {
+            let done = v["instance"] == target.as_str() && v["status"] != "running";
+            if done {
+                assert_eq!(v["status"], "completed", "{v}");
+                finished = at;
+            }
+            done
+        })
+        .await;
+        if !report {
+            continue;
+        }
+        inside.report(&format!("long {steps}"));
+        let ms = (finished - started).as_secs_f64() * 1000.0 / steps as f64;
+        per_step.push(ms);
+        println!(
+            "{}",
+            json!({
+                "workload": "long",
+                "steps": steps,
+                "total_s": ((finished - started).as_secs_f64() * 100.0).round() / 100.0,
+                "ms_per_step": (ms * 1000.0).round() / 1000.0,
+                "per_s": ((1000.0 / ms) * 100.0).round() / 100.0,
+                "floor_per_s": (floor_per_s * 100.0).round() / 100.0,
+            })
+        );
+    }
+    if let (Some(first), Some(last)) = (per_step.first(), per_step.last()) {
+        // Flat is 1: the longest sequence's time per step over the shortest's.
+        println!("{}", json!({ "workload": "long", "growth": ((last / first) * 100.0).round() / 100.0 }));
+    }
+    processor.stop().await;
+}
+
 /// A step of [`sustained_peak`] passes while its p99 stays at or under this.
 const SUSTAINED_P99_MS: f64 = 100.0;
 
@@ -554,7 +615,8 @@ async fn main() {
     let wanted: Vec<&str> = args.workload.split(',').map(str::trim).collect();
     let all = wanted.contains(&"all");
     let want = |w: &str| all || wanted.contains(&w);
-    let known = ["all", "counter", "counter-durable", "hello5", "fanout", "bank", "scale", "hello3-latency", "floor"];
+    let known =
+        ["all", "counter", "counter-durable", "hello5", "fanout", "bank", "scale", "hello3-latency", "long", "floor"];
     if let Some(unknown) = wanted.iter().find(|w| !known.contains(w)) {
         eprintln!("error: unknown workload {unknown:?}; one or more of {known:?}, comma separated (see bench --help)");
         std::process::exit(2);
@@ -606,6 +668,11 @@ async fn main() {
         eprintln!("bench: scale (distinct entities, each touched once: nothing cached)");
         let n = size(1_000_000);
         print(&counter("scale", n, n, args.partitions, &e2e::redis_url()).await, Some(floor_per_s));
+    }
+    if want("long") {
+        eprintln!("bench: long (one sequence of each length alone; the time per step should not grow)");
+        let lengths: Vec<u64> = [250, 1_000, 4_000].iter().map(|&n| size(n)).collect();
+        long(&lengths, args.partitions, floor_per_s).await;
     }
     if want("hello3-latency") {
         eprintln!("bench: hello3-latency (the sustained open-loop peak first, then half of it)");

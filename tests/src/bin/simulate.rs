@@ -146,6 +146,7 @@ fn main() {
     let conflicts = AtomicUsize::new(0);
     let reruns = AtomicUsize::new(0);
     let cache_hits = AtomicUsize::new(0);
+    let live_steps = AtomicUsize::new(0);
     let crashes = AtomicUsize::new(0);
     let combined = AtomicU64::new(0);
     let failures: Mutex<Vec<(Config, Outcome)>> = Mutex::new(Vec::new());
@@ -163,6 +164,7 @@ fn main() {
                 conflicts.fetch_add(outcome.conflicts, Ordering::Relaxed);
                 reruns.fetch_add(outcome.reruns, Ordering::Relaxed);
                 cache_hits.fetch_add(outcome.cache_hits, Ordering::Relaxed);
+                live_steps.fetch_add(outcome.live_steps, Ordering::Relaxed);
                 crashes.fetch_add(outcome.crashes, Ordering::Relaxed);
                 // Order-independent combination of the per-seed trace hashes.
                 combined.fetch_add(outcome.trace_hash.rotate_left((seed % 64) as u32), Ordering::Relaxed);
@@ -198,7 +200,7 @@ fn main() {
         }
     }
     println!(
-        "simulate: seeds={} first_seed={} elapsed={elapsed:.1}s seeds_per_s={:.1} actions={} conflicts={} reruns={} cache_hits={} crashes={} trace_hash={:016x} violations={}",
+        "simulate: seeds={} first_seed={} elapsed={elapsed:.1}s seeds_per_s={:.1} actions={} conflicts={} reruns={} cache_hits={} live_steps={} crashes={} trace_hash={:016x} violations={}",
         args.seeds,
         args.first_seed,
         args.seeds as f64 / elapsed.max(1e-9),
@@ -206,9 +208,18 @@ fn main() {
         conflicts.load(Ordering::Relaxed),
         reruns.load(Ordering::Relaxed),
         cache_hits.load(Ordering::Relaxed),
+        live_steps.load(Ordering::Relaxed),
         crashes.load(Ordering::Relaxed),
         combined.load(Ordering::Relaxed),
         failures.len()
     );
-    std::process::exit(if failures.is_empty() { 0 } else { 1 });
+    // The differential check of live orchestrations must have had something to check.
+    let unchecked = args.seeds >= 100 && live_steps.load(Ordering::Relaxed) == 0;
+    if unchecked {
+        eprintln!(
+            "FAILED: no orchestration step ran live in {} seeds: the live/replay check checked nothing",
+            args.seeds
+        );
+    }
+    std::process::exit(if failures.is_empty() && !unchecked { 0 } else { 1 });
 }

@@ -107,7 +107,7 @@ fn a_purge_empties_a_finished_orchestration_and_publishes_its_tombstone() {
     // Running: refused.
     let early = h.client(&id, Event::Purge { reason: String::new() });
     h.deliver(early);
-    assert!(h.dead_letters().last().unwrap().reason.contains("is running: terminate it before purging it"));
+    assert!(h.dead_letters().last().unwrap().reason.contains("is running: terminate it first"));
     h.run();
     assert!(matches!(h.status(&id), Some(OrchestrationStatus::Completed { .. })));
     let purge = h.client(&id, Event::Purge { reason: "done with it".into() });
@@ -400,4 +400,99 @@ fn what_cannot_be_rewound_is_refused_with_why() {
         h.deliver(e)
     };
     assert!(out.dead_letters[0].reason.contains("is running"), "{:?}", out.dead_letters);
+}
+
+fn pending_raised(h: &Harness, id: &str) -> Option<usize> {
+    match &h.record(id)?.body {
+        Body::Orchestration(o) if o.status == OrchestrationStatus::Pending => Some(o.inbox.len()),
+        _ => None,
+    }
+}
+
+#[test]
+fn events_raised_before_the_start_wait_for_it_and_the_start_takes_them() {
+    let mut h = harness();
+    let id = "orch:Ticker:early".to_owned();
+    let first = h.raise(&id, "tick", 1);
+    let out = h.deliver(first);
+    assert!(out.dead_letters.is_empty() && out.changed, "{:?}", out.dead_letters);
+    let state = out.effects.iter().find_map(|e| match e {
+        Effect::StateChanged(c) => Some(c.status.clone()),
+        _ => None,
+    });
+    assert_eq!(state.as_deref(), Some("pending"));
+    let second = h.raise(&id, "tick", 1);
+    h.deliver(second);
+    assert_eq!(pending_raised(&h, &id), Some(2));
+    // Nothing but its start, raised events and a purge applies before the start.
+    for body in [Event::Suspend { reason: String::new() }, Event::Terminate { reason: String::new() }] {
+        let early = h.client(&id, body);
+        h.deliver(early);
+        assert!(h.dead_letters().last().unwrap().reason.contains("never started"), "{:?}", h.dead_letters());
+    }
+    assert_eq!(pending_raised(&h, &id), Some(2));
+    // Two generations, one tick each: both were raised before the start.
+    let start = h.start("Ticker", "early", (0, 2));
+    h.deliver(start);
+    h.run();
+    assert_eq!(h.output::<u32>(&id), Some(2));
+    assert_eq!(h.record(&id).unwrap().orchestration().unwrap().generation, 1);
+}
+
+#[test]
+fn raising_before_the_start_takes_the_right_to_start_and_makes_the_sender_the_owner() {
+    use crate::access::{Policy, Principal};
+    let (alice, bob) = (Principal::new("alice", Vec::<String>::new()), Principal::new("bob", Vec::<String>::new()));
+    let mut h = harness().with_policy(Policy::enforcing());
+    let id = "orch:Ticker:claimed".to_owned();
+    let tick = h.raise(&id, "tick", 1);
+    h.deliver(Harness::as_principal(tick, &bob));
+    assert_eq!(pending_raised(&h, &id), Some(1));
+    assert!(h.record(&id).unwrap().access.owners.contains("bob"));
+    // Alice may neither add to it nor start it: it is bob's.
+    let theirs = h.raise(&id, "tick", 1);
+    h.deliver(Harness::as_principal(theirs, &alice));
+    assert!(h.dead_letters().last().unwrap().reason.contains("alice may not signal"), "{:?}", h.dead_letters());
+    let start = h.start("Ticker", "claimed", (0, 1));
+    h.deliver(Harness::as_principal(start, &alice));
+    assert!(h.dead_letters().last().unwrap().reason.contains("alice may not start"), "{:?}", h.dead_letters());
+    assert_eq!(pending_raised(&h, &id), Some(1));
+    let start = h.start("Ticker", "claimed", (0, 1));
+    h.deliver(Harness::as_principal(start, &bob));
+    h.run();
+    assert_eq!(h.output::<u32>(&id), Some(1));
+    // Who may not create the type may not raise on one that does not exist either.
+    let mut creation = Policy::enforcing();
+    creation.default_creation = crate::access::Creation::Nobody;
+    let mut h = harness().with_policy(creation);
+    let tick = h.raise("orch:Ticker:nobody", "tick", 1);
+    h.deliver(Harness::as_principal(tick, &bob));
+    assert!(h.record("orch:Ticker:nobody").is_none_or(|r| matches!(r.body, Body::Empty)));
+    assert!(h.dead_letters().last().unwrap().reason.contains("may not create"), "{:?}", h.dead_letters());
+}
+
+#[test]
+fn a_pending_orchestration_is_bounded_purged_and_aged_out() {
+    let limits = crate::engine::Limits { max_inbox: 2, ..Default::default() };
+    let mut h = harness().with_limits(limits).with_retention(Retention { default: Some(5_000), ..Default::default() });
+    let id = "orch:Ticker:never".to_owned();
+    for _ in 0..3 {
+        let tick = h.raise(&id, "tick", 1);
+        h.deliver(tick);
+    }
+    assert_eq!(pending_raised(&h, &id), Some(2));
+    assert!(h.dead_letters().last().unwrap().reason.contains("already buffers 2 events"));
+    // Nobody starts it: its retention period ends it.
+    let (at, purge) = h.take_timers().pop().expect("a pending orchestration ages out like a finished one");
+    assert_eq!(at, h.now() + 5_000);
+    h.advance(5_000);
+    let out = h.fire((at, purge));
+    assert!(out.changed);
+    assert!(matches!(h.record(&id).unwrap().body, Body::Empty));
+    // An operator's purge empties one too.
+    let tick = h.raise("orch:Ticker:gone", "tick", 1);
+    h.deliver(tick);
+    let purge = h.client("orch:Ticker:gone", Event::Purge { reason: "cleanup".into() });
+    h.deliver(purge);
+    assert!(matches!(h.record("orch:Ticker:gone").unwrap().body, Body::Empty));
 }

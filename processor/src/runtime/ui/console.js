@@ -2,7 +2,7 @@
 // framework and no build step; every value from the API is shown as text (never as HTML).
 'use strict';
 
-const STATUSES = ['running', 'suspended', 'completed', 'failed', 'terminated', 'active', 'deleted'];
+const STATUSES = ['running', 'pending', 'suspended', 'completed', 'failed', 'terminated', 'active', 'deleted'];
 const PAGE = 50;
 const main = () => document.getElementById('main');
 
@@ -217,7 +217,7 @@ function startForm(registry) {
 
 // --- one instance ------------------------------------------------------------------------------
 
-const FIELDS = ['status', 'kind', 'name', 'key', 'generation', 'version', 'created_at', 'updated_at', 'reason', 'held', 'locked_by'];
+const FIELDS = ['status', 'kind', 'name', 'key', 'generation', 'version', 'created_at', 'updated_at', 'reason', 'held', 'raised', 'locked_by'];
 
 async function instancePage(id) {
   const path = '/v1/instances/' + encodeURIComponent(id);
@@ -266,12 +266,13 @@ function actions(view, path) {
   const parsed = (text) => (text ? JSON.parse(text) : null);
   const s = view.status;
   if (view.kind === 'orch') {
-    if (s === 'running' || s === 'suspended') {
+    if (s === 'running' || s === 'suspended' || s === 'pending') {
       act('raise', 'Raise event', [['name', 'event name'], ['payload', 'payload JSON']], (n, p) => [`events/${encodeURIComponent(n)}`, { payload: parsed(p) }]);
     }
     if (s === 'running') act('suspend', 'Suspend', [['reason', 'reason']], (r) => ['suspend', reason(r)]);
     if (s === 'suspended') act('resume', 'Resume', [['reason', 'reason']], (r) => ['resume', reason(r)]);
     if (s === 'running' || s === 'suspended') act('terminate', 'Terminate', [['reason', 'reason']], (r) => ['terminate', reason(r)], true);
+    if (s === 'pending') act('purge', 'Purge', [['reason', 'reason']], (r) => ['purge', reason(r)], true);
     if (['completed', 'failed', 'terminated'].includes(s)) {
       if (s === 'failed') act('rewind', 'Rewind', [['reason', 'reason']], (r) => ['rewind', reason(r)]);
       act('restart', 'Restart', [], () => ['restart', {}]);
