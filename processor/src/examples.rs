@@ -89,7 +89,8 @@ pub async fn approval(ctx: OrchestrationContext, input: ApprovalInput) -> Result
             Either::Right(()) => false,
         };
     let value: i64 = ctx.call_entity(&counter, "get", ()).await?;
-    let hello: Vec<String> = ctx.call_sub_orchestration("HelloSequence", vec![input.counter.clone()]).await?;
+    let cities = vec![input.counter.clone(), "Oslo".to_owned()];
+    let hello: Vec<String> = ctx.call_sub_orchestration("HelloSequence", cities).await?;
     ctx.set_custom_status(&"done");
     Ok(format!("{checked}|approved={approved}|value={value}|{}", hello.join(",")))
 }
@@ -97,7 +98,7 @@ pub async fn approval(ctx: OrchestrationContext, input: ApprovalInput) -> Result
 /// The expected output of `Approval` when the `approve` event is `true` and nothing else adds
 /// to its counter.
 pub fn approval_expected(input: &ApprovalInput) -> String {
-    format!("ok:{}|approved=true|value={}|Hello {}!", input.counter, input.amount, input.counter)
+    format!("ok:{}|approved=true|value={}|Hello {}!,Hello Oslo!", input.counter, input.amount, input.counter)
 }
 
 /// `Ticker`: each generation waits for one `tick` event, then continues as new, until `target`
@@ -173,7 +174,8 @@ pub enum TransferOutcome {
 
 /// `Transfer`: lock both accounts, read both balances, refuse an overdraft, move the money.
 ///
-/// The withdrawal and the deposit are sent as two signals in the same step (under the lock), so
+/// The two balances are read at once (one round trip inside the section, not two). The
+/// withdrawal and the deposit are sent as two signals in the same step (under the lock), so
 /// they are committed together: a transfer terminated mid-section has moved either nothing or
 /// everything.
 pub async fn transfer(ctx: OrchestrationContext, input: TransferInput) -> Result<TransferOutcome, Failure> {
@@ -183,8 +185,10 @@ pub async fn transfer(ctx: OrchestrationContext, input: TransferInput) -> Result
         return Err(Failure::new("InvalidTransfer", format!("cannot move {} from {from} to {to}", input.amount)));
     }
     let guard = ctx.lock(&[from.clone(), to.clone()]).await?;
-    let balance: i64 = ctx.call_entity(&from, "balance", ()).await?;
-    let _destination: i64 = ctx.call_entity(&to, "balance", ()).await?;
+    let reads = when_all(vec![ctx.call_entity::<_, i64>(&from, "balance", ()), ctx.call_entity(&to, "balance", ())]);
+    let mut balances = reads.await.into_iter();
+    let balance = balances.next().expect("two reads")?;
+    let _destination = balances.next().expect("two reads")?;
     if balance < input.amount {
         return Ok(TransferOutcome::Refused { balance });
     }

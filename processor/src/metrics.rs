@@ -59,6 +59,9 @@ pub struct Metrics {
     /// `durable_live_steps_total{partition}`: orchestration steps that continued the code kept
     /// in memory instead of replaying the history.
     pub live_steps: IntCounterVec,
+    /// `durable_local_steps_deferred_total{partition}`: steps of a local round whose commit was
+    /// left to their caller's next step (each one commit fewer).
+    pub deferred: IntCounterVec,
     /// `durable_live_evictions_total{partition}`: live orchestrations dropped to stay within
     /// DURABLE_LIVE_BYTES (each replays at its next step).
     pub live_evictions: IntCounterVec,
@@ -163,6 +166,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &registry,
             "durable_live_steps_total",
             "Orchestration steps that continued live code instead of replaying the history",
+            &[PARTITION],
+        ),
+        deferred: counter(
+            &registry,
+            "durable_local_steps_deferred_total",
+            "Local-round steps whose commit was left to the caller's next step",
             &[PARTITION],
         ),
         live_evictions: counter(

@@ -46,6 +46,19 @@
 //!   yet, so a crash before it leaves makes the next owner resend it; a zombie fenced out by a
 //!   newer owner commits nothing. Replies not applied go through the log. At most
 //!   [`Settings::local_rounds`] rounds per group.
+//! - **Deferred local commits.** A local step that only calls activities (all runnable here, no
+//!   timers) is not committed while another round follows: its calls run in the next round and
+//!   the caller's next step continues from it, so a chain of steps costs one commit, at its end
+//!   (the round limit, a step that sets a timer or calls nothing, or one that cannot stay local —
+//!   then the deferred step is committed in its place, stepped again from a copy of the record
+//!   last committed with the chain's inputs, and that step's replies go through the log after
+//!   it). Nothing a
+//!   deferred step decided leaves the core before that commit: its calls only run (activities
+//!   are at least once), no state record is produced for it, and if the commit fails or never
+//!   happens (a crash, a newer owner) only the replies to the *committed* record's calls go
+//!   through the log; the record stays as last committed, its outbox holding those calls, and a
+//!   replay makes the later calls again. The ones run already may run again: the local
+//!   activities of Temporal trade the same way.
 //! - **Offsets last.** [`Io::Done`] comes only after the final [`Io::Settle`].
 //! - **One state record per instance and group**, its latest version, produced at the end.
 //! - **Live orchestrations.** The cache keeps, with a running orchestration's committed record,
@@ -217,6 +230,8 @@ pub struct Stats {
     pub live_evicted: u64,
     /// Live steps that differed from a replay of the same record ([`Settings::check_live`]).
     pub live_mismatches: u64,
+    /// Local steps whose commit was left to the caller's next step (one commit fewer each).
+    pub deferred: u64,
 }
 
 /// An instance's part of a group.
@@ -296,9 +311,57 @@ struct Stepped {
     shape: Shape,
 }
 
-/// A caller stepped in a local round, and the replies it applied (with the offsets they answer
-/// to).
-type LocalStep = (Stepped, Vec<(i64, Envelope)>);
+/// A caller's step of a local round on its way to a commit, with what it applied since its
+/// record was last committed.
+#[derive(Debug)]
+struct LocalStep {
+    stepped: Stepped,
+    /// Replies applied since the last commit (counted once the commit is confirmed).
+    applied: u64,
+    /// Deliveries dropped since the last commit.
+    dropped: u64,
+    /// The replies that answer calls of the committed record (with the offsets they answer to):
+    /// if this commit fails they reach the caller through the log. Replies to calls made by a
+    /// deferred step are not sent: the calls were never committed, and a replay makes them again.
+    answered: Vec<(i64, Envelope)>,
+    /// `Some`: the step's activity calls have already run (it was deferred, then its caller could
+    /// not go on here); these replies to them go through the log once the step is committed.
+    ran: Option<Vec<(i64, Envelope)>>,
+}
+
+/// A caller's deferred local step and how it got there from the record last committed.
+#[derive(Debug)]
+struct Chain {
+    /// The deferred step, with its code and the etag and shape of the record last committed.
+    stepped: Stepped,
+    /// What the chain applied, to count and to answer as a [`LocalStep`] does.
+    applied: u64,
+    dropped: u64,
+    answered: Vec<(i64, Envelope)>,
+    /// Should the caller's next step not stay local (that step consumes the deferred record),
+    /// the chain is stepped again from `base` (a copy of the record last committed, made when the
+    /// chain began) with `inputs`, the inputs of its steps in order.
+    base: InstanceRecord,
+    inputs: Vec<StepInput>,
+}
+
+/// What a chain keeps while its deferred record is stepped further.
+#[derive(Debug)]
+struct ChainSoFar {
+    applied: u64,
+    dropped: u64,
+    answered: Vec<(i64, Envelope)>,
+    base: InstanceRecord,
+    inputs: Vec<StepInput>,
+    /// The calls of the deferred step, which ran.
+    calls: Vec<Envelope>,
+}
+
+/// The activity calls in a record's outbox.
+fn calls(record: &InstanceRecord) -> Vec<Envelope> {
+    let emitted = record.outbox.effects.iter().filter_map(|e| if let Effect::Emit(e) = e { Some(e) } else { None });
+    emitted.cloned().collect()
+}
 
 /// An instance's record as the core sees it: absent, readable, or corrupt.
 type Loaded = Result<Option<Cached>, Error>;
@@ -353,6 +416,9 @@ struct InFlight {
     replies: BTreeMap<String, Vec<(i64, Envelope)>>,
     /// A local round: steps waiting for their commit outcomes.
     stepped: Vec<LocalStep>,
+    /// Local steps not committed yet: their calls run in the next round, and the caller's step
+    /// after that is committed in their place (see the module docs).
+    deferred: BTreeMap<String, Chain>,
     /// The latest state change of each instance committed by the group.
     states: BTreeMap<String, StateChange>,
     /// Who may read each instance the group committed (for its state record).
@@ -377,6 +443,7 @@ impl InFlight {
             local: Vec::new(),
             replies: BTreeMap::new(),
             stepped: Vec::new(),
+            deferred: BTreeMap::new(),
             states: BTreeMap::new(),
             readers: BTreeMap::new(),
         }
@@ -745,6 +812,12 @@ impl Partition {
                     let run_here = !self.settings.spread_activities && g.rounds < self.settings.local_rounds;
                     let (records, local) = self.outgoing(g, run_here);
                     if local.is_empty() {
+                        // A deferred step is only made when its calls run in the next round.
+                        assert!(
+                            g.deferred.is_empty(),
+                            "deferred steps whose calls do not run: {:?}",
+                            g.deferred.keys()
+                        );
                         g.phase = Phase::Finish;
                     } else {
                         g.local = local;
@@ -763,7 +836,7 @@ impl Partition {
                 Phase::WaitLocalCommit if g.stepped.is_empty() => self.after_local_commit(g, Vec::new()),
                 Phase::WaitLocalCommit => {
                     let grace = self.settings.purge_grace_ms;
-                    let writes = g.stepped.iter_mut().map(|(s, _)| write(s, grace)).collect();
+                    let writes = g.stepped.iter_mut().map(|l| write(&mut l.stepped, grace)).collect();
                     return Io::Commit { writes, epoch: Some(self.epoch) };
                 }
                 Phase::Finish => {
@@ -971,7 +1044,7 @@ impl Partition {
                 dead => g.outbound.push((offset, dead)),
             }
         }
-        let ids: Vec<String> = g.replies.keys().cloned().collect();
+        let ids = Self::to_fetch(g);
         if let Some(Io::Load(missing)) = self.fetch(g, &ids) {
             g.to_load = missing;
             g.phase = Phase::LocalLoad;
@@ -981,17 +1054,48 @@ impl Partition {
         }
     }
 
-    /// Step the replies of a local round into their callers; keep the steps a local commit may
-    /// take (see the module docs), send the other replies through the log.
+    /// The callers of a local round's replies whose records must be fetched: those with no
+    /// deferred step.
+    fn to_fetch(g: &InFlight) -> Vec<String> {
+        g.replies.keys().filter(|id| !g.deferred.contains_key(*id)).cloned().collect()
+    }
+
+    /// Step the replies of a local round into their callers (`records`: those of
+    /// [`Self::to_fetch`], in order; the others continue their deferred step). A step that may
+    /// stay local is deferred while another round follows, else committed; a step that may not
+    /// is dropped, its replies go through the log, and its caller's deferred step, if any, is
+    /// committed instead (see the module docs).
     fn step_local(&mut self, g: &mut InFlight, records: Vec<Loaded>) {
         let p = self.settings.partition;
         g.stepped.clear();
+        // A deferred caller that got no reply (its call was cancelled): commit it as it is.
+        let idle: Vec<String> = g.deferred.keys().filter(|id| !g.replies.contains_key(*id)).cloned().collect();
+        for id in idle {
+            let Chain { stepped, applied, dropped, answered, .. } = g.deferred.remove(&id).expect("listed");
+            g.stepped.push(LocalStep { stepped, applied, dropped, answered, ran: Some(Vec::new()) });
+        }
+        let defer = g.rounds < self.settings.local_rounds;
+        let mut records = records.into_iter();
         let ids: Vec<String> = g.replies.keys().cloned().collect();
-        for (id, loaded) in ids.into_iter().zip(records) {
+        for id in ids {
             let replies = g.replies.remove(&id).unwrap_or_default();
-            let Ok(Some(Cached { etag, record, live, shape })) = loaded else {
-                unapplied(&mut g.outbound, replies);
-                continue;
+            let (record, live, etag, shape, so_far) = match g.deferred.remove(&id) {
+                Some(Chain { stepped, applied, dropped, answered, base, inputs }) => {
+                    let calls = calls(&stepped.out.record);
+                    let so_far = ChainSoFar { applied, dropped, answered, base, inputs, calls };
+                    (stepped.out.record, stepped.live, stepped.etag, stepped.shape, Ok(so_far))
+                }
+                None => match records.next() {
+                    Some(Ok(Some(Cached { etag, record, live, shape }))) => {
+                        // Kept in case this step is deferred and its chain must be stepped again.
+                        let base = record.clone();
+                        (record, live, Some(etag), shape, Err(base))
+                    }
+                    _ => {
+                        unapplied(&mut g.outbound, replies);
+                        continue;
+                    }
+                },
             };
             let input = StepInput {
                 deliveries: replies.iter().map(|(_, e)| Delivery { envelope: e.clone(), offset: None }).collect(),
@@ -1000,38 +1104,127 @@ impl Partition {
                 trigger: record.outbox.offset,
             };
             let target = g.groups[&id].id.clone();
-            let (out, live) = self.step(&target, Some(record), live, input);
+            let (out, live) = self.step(&target, Some(record), live, input.clone());
             if !out.stays_local() {
-                // Not committed here: the record leaves the cache (the step consumed it) and is
-                // loaded again when its replies come through the log.
-                unapplied(&mut g.outbound, replies);
+                // Not committed here: the replies go through the log, and the record leaves the
+                // cache (the step consumed it; it is loaded again when they arrive) — unless a
+                // deferred step came before, which is committed now, these replies after it.
+                match so_far {
+                    Ok(so_far) => self.commit_deferred(g, (id, &target), (etag, shape), so_far, replies),
+                    Err(_) => unapplied(&mut g.outbound, replies),
+                }
                 continue;
             }
-            g.stepped.push((Stepped { id, out, live, etag: Some(etag), shape }, replies));
+            let dropped = out.dropped.len() as u64;
+            let applied = (replies.len() as u64).saturating_sub(dropped);
+            let stepped = Stepped { id: id.clone(), out, live, etag, shape };
+            let mut chain = match so_far {
+                Ok(c) => Chain {
+                    stepped,
+                    applied: c.applied + applied,
+                    dropped: c.dropped + dropped,
+                    answered: c.answered,
+                    base: c.base,
+                    inputs: c.inputs,
+                },
+                Err(base) => Chain { stepped, applied, dropped, answered: replies, base, inputs: Vec::new() },
+            };
+            chain.inputs.push(input);
+            if defer && self.defers(&chain.stepped) {
+                self.stats.deferred += 1;
+                let outbox = &chain.stepped.out.record.outbox;
+                let trigger = outbox.offset.unwrap_or(0);
+                for call in calls(&chain.stepped.out.record) {
+                    g.outbound.push((trigger, Out::Effects(vec![Effect::Emit(call)])));
+                }
+                g.deferred.insert(id, chain);
+            } else {
+                let Chain { stepped, applied, dropped, answered, .. } = chain;
+                g.stepped.push(LocalStep { stepped, applied, dropped, answered, ran: None });
+            }
         }
+        g.outbound.sort_by_key(|(offset, _)| *offset);
         g.phase = Phase::WaitLocalCommit;
+    }
+
+    /// Commit a deferred step whose caller's next step could not stay local: step the chain
+    /// again from the record last committed with the same inputs (the engine is deterministic,
+    /// so this is the deferred step again), commit that, and send `replies` — to its calls,
+    /// which ran — through the log after it.
+    fn commit_deferred(
+        &mut self,
+        g: &mut InFlight,
+        (id, target): (String, &InstanceId),
+        (etag, shape): (Option<u64>, Shape),
+        chain: ChainSoFar,
+        replies: Vec<(i64, Envelope)>,
+    ) {
+        let ChainSoFar { applied, dropped, answered, base, inputs, calls: ran } = chain;
+        let mut out = None::<StepOutput>;
+        let (mut base, mut live) = (Some(base), None);
+        for input in inputs {
+            let from = match out.take() {
+                Some(o) => o.record,
+                None => base.take().expect("the first step starts from the base"),
+            };
+            let (o, l) = self.step(target, Some(from), live.take(), input);
+            (out, live) = (Some(o), l);
+        }
+        let out = out.expect("a chain has steps");
+        if !out.stays_local() || calls(&out.record) != ran {
+            // The engine is deterministic, so this does not happen; should it, say so (the
+            // simulator fails on it) and let the log repair it: the calls of the committed record
+            // are answered through it, and a replay makes the others again.
+            self.mismatches.push(format!("{target}: a deferred chain stepped again made other calls"));
+            unapplied(&mut g.outbound, answered);
+            return;
+        }
+        let stepped = Stepped { id, out, live, etag, shape };
+        g.stepped.push(LocalStep { stepped, applied, dropped, answered, ran: Some(replies) });
+    }
+
+    /// Whether a step that may stay local may also wait for the caller's next step to be
+    /// committed with it: it calls activities, all of which run here next round, and nothing
+    /// else it does needs its own commit (no timers).
+    fn defers(&self, s: &Stepped) -> bool {
+        let effects = &s.out.record.outbox.effects;
+        effects.iter().any(|e| matches!(e, Effect::Emit(_)))
+            && effects.iter().all(|e| match e {
+                Effect::Emit(e) => self.invocation(e).is_ok(),
+                Effect::StateChanged(_) => true,
+                _ => false,
+            })
     }
 
     /// Apply the outcomes of a local round's commit.
     fn after_local_commit(&mut self, g: &mut InFlight, outcomes: Vec<CommitOutcome>) {
         let mut outcomes = outcomes.into_iter();
-        for (Stepped { id, out, live, shape, .. }, replies) in mem::take(&mut g.stepped) {
+        for LocalStep { stepped, applied, dropped, answered, ran } in mem::take(&mut g.stepped) {
+            let Stepped { id, out, live, shape, .. } = stepped;
             match outcomes.next() {
                 Some(CommitOutcome::Committed { etag }) => {
                     self.stats.commits += 1;
-                    let dropped = out.dropped.len() as u64;
-                    self.stats.applied += (replies.len() as u64).saturating_sub(dropped);
+                    self.stats.applied += applied;
                     self.stats.dropped += dropped;
                     let trigger = out.record.outbox.offset.unwrap_or(0);
-                    g.outbound.push((trigger, Out::Effects(out.record.outbox.effects.clone())));
+                    let effects = match ran {
+                        // Its calls ran already: only their replies leave, through the log.
+                        Some(replies) => {
+                            unapplied(&mut g.outbound, replies);
+                            let kept = out.record.outbox.effects.iter().filter(|e| !matches!(e, Effect::Emit(_)));
+                            kept.cloned().collect()
+                        }
+                        None => out.record.outbox.effects.clone(),
+                    };
+                    g.outbound.push((trigger, Out::Effects(effects)));
                     g.readers.insert(out.record.id.clone(), out.record.access.readers());
                     self.cache.put(id, Cached { etag, record: out.record, live, shape });
                 }
                 // Someone else wrote the caller, or a newer owner fenced this core out (a
-                // rebalance): the replies reach the caller through the log.
+                // rebalance): the replies to its committed calls reach it through the log.
                 _ => {
                     self.stats.conflicts += 1;
-                    unapplied(&mut g.outbound, replies);
+                    unapplied(&mut g.outbound, answered);
                 }
             }
         }

@@ -48,7 +48,7 @@ pub use worker::DRAIN_GRACE;
 /// more throughput on every bench workload (`BENCHMARKS.md`). An application built on [`main`]
 /// opts in with one line in its binary:
 ///
-/// ```ignore
+/// ```no_run
 /// #[global_allocator]
 /// static ALLOCATOR: durable_processor::runtime::Allocator = durable_processor::runtime::Allocator;
 /// ```

@@ -178,6 +178,8 @@ pub struct Outcome {
     /// Orchestration steps that continued live code, each checked against a replay of the same
     /// record (a difference is a violation).
     pub live_steps: usize,
+    /// Local steps whose commit was left to their caller's next step.
+    pub deferred: usize,
     /// Worker crashes injected.
     pub crashes: usize,
 }
@@ -267,6 +269,7 @@ struct World {
     reruns: usize,
     cache_hits: usize,
     live_steps: usize,
+    deferred: usize,
     /// Live steps that differed from a replay of the same record.
     live_mismatches: Vec<String>,
     crashes: usize,
@@ -332,6 +335,7 @@ impl World {
             reruns: 0,
             cache_hits: 0,
             live_steps: 0,
+            deferred: 0,
             live_mismatches: Vec::new(),
             crashes: 0,
             committed_emits: BTreeSet::new(),
@@ -666,6 +670,7 @@ impl World {
             reruns: self.reruns,
             cache_hits: self.cache_hits,
             live_steps: self.live_steps,
+            deferred: self.deferred,
             crashes: self.crashes,
         }
     }
@@ -922,6 +927,7 @@ impl World {
         self.reruns += stats.reruns as usize;
         self.cache_hits += stats.cache_hits as usize;
         self.live_steps += stats.live_steps as usize;
+        self.deferred += stats.deferred as usize;
         self.live_mismatches.extend(c.core.take_mismatches());
         match which {
             Which::Owned(p) => {

@@ -418,7 +418,7 @@ async fn forged_origins_replies_and_lock_requests_do_not_count() {
     let approve = client.raise(&start.target, "approve", true);
     client.send(&[approve]).await;
     let output: String = state.output(&start.target, Duration::from_secs(60)).await.decode().unwrap();
-    assert_eq!(output, format!("ok:forged|approved=true|value={}|Hello forged!", poisoned + 5));
+    assert_eq!(output, format!("ok:forged|approved=true|value={}|Hello forged!,Hello Oslo!", poisoned + 5));
 
     let all = dead_letter_reasons(client.prefix(), 4).await.join("\n");
     assert_eq!(all.matches("ActivityCompleted is part of Durable's protocol").count(), 2, "{all}");

@@ -309,9 +309,9 @@ fn events_for_an_unreadable_record_are_dead_lettered_and_it_is_not_overwritten()
     assert_eq!(store.get(&id).expect("kept").blob, b"garbage");
 }
 
-/// A sequence of activities runs in local rounds: each round's commit is fenced with the
-/// core's epoch, and a core fenced out by a newer owner commits nothing locally — the replies
-/// go through the log.
+/// A sequence of activities runs in local rounds: the steps between are deferred, the end of
+/// the chain is committed once, fenced with the core's epoch; and a core fenced out by a newer
+/// owner commits nothing locally — the reply to its committed call goes through the log.
 #[test]
 fn local_rounds_commit_fenced_and_a_fenced_out_core_sends_replies_through_the_log() {
     let store = MemoryStore::new();
@@ -320,7 +320,9 @@ fn local_rounds_commit_fenced_and_a_fenced_out_core_sends_replies_through_the_lo
     let start = Event::StartOrchestration { input: Payload::json(&Vec::<String>::new()).expect("json") };
     let (seen, _) = drive(&mut core, &store, vec![record(0, &Envelope::new("s", id.clone(), NOW, start))], |_| {});
     let fenced = seen.iter().filter(|s| matches!(s, Seen::Commit { fenced: true, .. })).count();
-    assert_eq!(fenced, 5, "one local commit per activity: {seen:?}");
+    let runs = seen.iter().filter(|s| matches!(s, Seen::Run(1))).count();
+    assert_eq!((fenced, runs), (1, 5), "five activities, their four steps between deferred: {seen:?}");
+    assert_eq!(core.take_stats().deferred, 4);
     let record = InstanceRecord::from_blob(&store.get(&id).expect("stored").blob).expect("decodes");
     assert!(record.orchestration().expect("an orchestration").status.is_finished());
 
@@ -334,6 +336,96 @@ fn local_rounds_commit_fenced_and_a_fenced_out_core_sends_replies_through_the_lo
     let replies = produced.iter().filter(|o| o.topic == Topic::Events && o.key == id2.as_bytes()).count();
     assert_eq!(replies, 1, "the first reply goes to the log: {produced:?}");
     assert_eq!(old.take_stats().conflicts, 1);
+}
+
+/// A deferred chain whose owner is fenced out before its commit (a crash would do the same)
+/// leaves the record as last committed, waiting for its first call; the next owner, reading the
+/// group again, resends that call and runs the sequence to the same end.
+#[test]
+fn a_deferred_chain_that_never_commits_is_run_again_from_the_last_commit() {
+    let store = MemoryStore::new();
+    let mut old = core(Settings::LOCAL_ROUNDS, &store);
+    let (id, start) = hello("lost", 0);
+    let mut commits = 0;
+    let (_, produced) = drive(&mut old, &store, vec![start.clone()], |store| {
+        commits += 1;
+        if commits == 2 {
+            // A newer owner takes the partition while the chain runs.
+            now_or_never(store.fence(0)).expect("memory store");
+        }
+    });
+    let stats = old.take_stats();
+    assert_eq!((stats.deferred, stats.conflicts), (4, 1), "{stats:?}");
+    let record = InstanceRecord::from_blob(&store.get(&id).expect("stored").blob).expect("decodes");
+    let h = record.orchestration().expect("an orchestration");
+    assert_eq!((h.status.word(), h.commands.len(), h.log.len()), ("running", 1, 0), "as first committed");
+    let replies: Vec<Envelope> = produced
+        .iter()
+        .filter(|o| o.topic == Topic::Events)
+        .map(|o| Envelope::decode(&o.payload).expect("decodes"))
+        .collect();
+    assert_eq!(replies.len(), 1, "only the reply to the committed call leaves: {replies:?}");
+    assert!(
+        matches!(&replies[0].body, Event::ActivityCompleted { correlation, .. } if correlation == "0.0"),
+        "{replies:?}"
+    );
+
+    let mut new = core(Settings::LOCAL_ROUNDS, &store);
+    let (seen, _) = drive(&mut new, &store, vec![start], |_| {});
+    assert_eq!(seen.iter().filter(|s| matches!(s, Seen::Run(1))).count(), 5, "{seen:?}");
+    let expected: Vec<String> = examples::CITIES.iter().map(|c| format!("Hello {c}!")).collect();
+    assert_eq!(greetings(&store, &id), expected);
+    assert_eq!(new.take_mismatches(), Vec::<String>::new());
+}
+
+/// A deferred step whose caller's next step cannot stay local (it signals an entity) is
+/// committed in its place; the replies that step applied go through the log after it, and the
+/// caller ends the same when they come back.
+#[test]
+fn a_deferred_step_is_committed_when_the_next_cannot_stay_local() {
+    async fn greet_then_count(ctx: crate::OrchestrationContext, (): ()) -> Result<u32, Failure> {
+        let a: String = ctx.call_activity("SayHello", "Oslo").await?;
+        let b: String = ctx.call_activity("SayHello", "Lima").await?;
+        ctx.signal_entity(&InstanceId::entity("Counter", "greetings"), "add", 1i64)?;
+        Ok((a.len() + b.len()) as u32)
+    }
+    let store = MemoryStore::new();
+    let epoch = now_or_never(store.fence(0)).expect("memory store");
+    let registry = examples::register(Registry::new()).orchestration("GreetThenCount", greet_then_count);
+    let mut core = Partition::new(settings(Settings::LOCAL_ROUNDS), Engine::new(registry), epoch);
+    let id = InstanceId::orchestration("GreetThenCount", "g").canonical();
+    let start = Event::StartOrchestration { input: Payload::json(&()).expect("json") };
+    let (seen, produced) =
+        drive(&mut core, &store, vec![record(0, &Envelope::new("s", id.clone(), NOW, start))], |_| {});
+    assert_eq!(core.take_stats().deferred, 1, "{seen:?}");
+    let fenced: Vec<&Seen> = seen.iter().filter(|s| matches!(s, Seen::Commit { fenced: true, .. })).collect();
+    assert_eq!(fenced.len(), 1, "the deferred step, committed when the next could not stay: {seen:?}");
+    let record = InstanceRecord::from_blob(&store.get(&id).expect("stored").blob).expect("decodes");
+    let h = record.orchestration().expect("an orchestration");
+    assert_eq!((h.commands.len(), h.log.len()), (2, 1), "the second call committed, its reply not yet");
+    let reply = produced
+        .iter()
+        .filter(|o| o.topic == Topic::Events)
+        .map(|o| Envelope::decode(&o.payload).expect("decodes"))
+        .find(|e| e.target == id)
+        .expect("the second reply goes through the log");
+    assert!(matches!(&reply.body, Event::ActivityCompleted { correlation, .. } if correlation == "0.1"), "{reply:?}");
+    let (_, produced) = drive(
+        &mut core,
+        &store,
+        vec![Record { offset: 1, key: Some(id.as_bytes().to_vec()), payload: Some(reply.encode()), sealed: true }],
+        |_| {},
+    );
+    let record = InstanceRecord::from_blob(&store.get(&id).expect("stored").blob).expect("decodes");
+    match &record.orchestration().expect("an orchestration").status {
+        crate::history::OrchestrationStatus::Completed { output } => {
+            assert_eq!(output.decode::<u32>().expect("a number"), 22);
+        }
+        other => panic!("{id} is {other:?}"),
+    }
+    let counter = InstanceId::entity("Counter", "greetings").canonical();
+    assert!(produced.iter().any(|o| o.topic == Topic::Events && o.key == counter.as_bytes()), "{produced:?}");
+    assert_eq!(core.take_mismatches(), Vec::<String>::new());
 }
 
 /// Activities spread over processors: the invocation goes out by its key's hash, and one that

@@ -130,6 +130,10 @@ pub async fn work(
                         }
                     };
                     record_stats(&label, core.take_stats(), core.live());
+                    for mismatch in core.take_mismatches() {
+                        // The core's own consistency checks (the simulator fails on these).
+                        error!(partition, %mismatch, "the partition core disagrees with itself; the log repairs it");
+                    }
                     records = match applied {
                         Ok(rest) => rest,
                         Err(e) if e.kind == ErrorKind::Fatal => {
@@ -543,6 +547,7 @@ fn record_stats(label: &str, s: Stats, live: (usize, usize)) {
     let m = &METRICS;
     m.live_steps.with_label_values(&[label]).inc_by(s.live_steps);
     m.live_evictions.with_label_values(&[label]).inc_by(s.live_evicted);
+    m.deferred.with_label_values(&[label]).inc_by(s.deferred);
     m.live_orchestrations.with_label_values(&[label]).set(live.0 as i64);
     m.live_bytes.with_label_values(&[label]).set(live.1 as i64);
     m.commits.with_label_values(&[label]).inc_by(s.commits);

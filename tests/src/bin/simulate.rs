@@ -147,6 +147,7 @@ fn main() {
     let reruns = AtomicUsize::new(0);
     let cache_hits = AtomicUsize::new(0);
     let live_steps = AtomicUsize::new(0);
+    let deferred = AtomicUsize::new(0);
     let crashes = AtomicUsize::new(0);
     let combined = AtomicU64::new(0);
     let failures: Mutex<Vec<(Config, Outcome)>> = Mutex::new(Vec::new());
@@ -165,6 +166,7 @@ fn main() {
                 reruns.fetch_add(outcome.reruns, Ordering::Relaxed);
                 cache_hits.fetch_add(outcome.cache_hits, Ordering::Relaxed);
                 live_steps.fetch_add(outcome.live_steps, Ordering::Relaxed);
+                deferred.fetch_add(outcome.deferred, Ordering::Relaxed);
                 crashes.fetch_add(outcome.crashes, Ordering::Relaxed);
                 // Order-independent combination of the per-seed trace hashes.
                 combined.fetch_add(outcome.trace_hash.rotate_left((seed % 64) as u32), Ordering::Relaxed);
@@ -200,7 +202,7 @@ fn main() {
         }
     }
     println!(
-        "simulate: seeds={} first_seed={} elapsed={elapsed:.1}s seeds_per_s={:.1} actions={} conflicts={} reruns={} cache_hits={} live_steps={} crashes={} trace_hash={:016x} violations={}",
+        "simulate: seeds={} first_seed={} elapsed={elapsed:.1}s seeds_per_s={:.1} actions={} conflicts={} reruns={} cache_hits={} live_steps={} deferred={} crashes={} trace_hash={:016x} violations={}",
         args.seeds,
         args.first_seed,
         args.seeds as f64 / elapsed.max(1e-9),
@@ -209,6 +211,7 @@ fn main() {
         reruns.load(Ordering::Relaxed),
         cache_hits.load(Ordering::Relaxed),
         live_steps.load(Ordering::Relaxed),
+        deferred.load(Ordering::Relaxed),
         crashes.load(Ordering::Relaxed),
         combined.load(Ordering::Relaxed),
         failures.len()
@@ -221,5 +224,12 @@ fn main() {
             args.seeds
         );
     }
+    // With local rounds, deferred local commits must have happened, or their crash schedules
+    // checked nothing.
+    let undeferred = args.seeds >= 100 && args.local_rounds > 0 && deferred.load(Ordering::Relaxed) == 0;
+    if undeferred {
+        eprintln!("FAILED: no local step was deferred in {} seeds: deferred commits went unchecked", args.seeds);
+    }
+    let unchecked = unchecked || undeferred;
     std::process::exit(if failures.is_empty() && !unchecked { 0 } else { 1 });
 }
