@@ -311,50 +311,47 @@ struct Stepped {
     shape: Shape,
 }
 
-/// A caller's step of a local round on its way to a commit, with what it applied since its
-/// record was last committed.
+/// What a caller applied in local rounds since its record was last committed.
+#[derive(Debug, Default)]
+struct Since {
+    /// Replies applied (counted once the commit is confirmed).
+    applied: u64,
+    /// Deliveries dropped.
+    dropped: u64,
+    /// The replies that answer calls of the committed record (with the offsets they answer to):
+    /// if the next commit fails they reach the caller through the log. Replies to calls made by
+    /// a deferred step are not sent: the calls were never committed, and a replay makes them
+    /// again.
+    answered: Vec<(i64, Envelope)>,
+}
+
+/// A caller's step of a local round on its way to a commit.
 #[derive(Debug)]
 struct LocalStep {
     stepped: Stepped,
-    /// Replies applied since the last commit (counted once the commit is confirmed).
-    applied: u64,
-    /// Deliveries dropped since the last commit.
-    dropped: u64,
-    /// The replies that answer calls of the committed record (with the offsets they answer to):
-    /// if this commit fails they reach the caller through the log. Replies to calls made by a
-    /// deferred step are not sent: the calls were never committed, and a replay makes them again.
-    answered: Vec<(i64, Envelope)>,
+    since: Since,
     /// `Some`: the step's activity calls have already run (it was deferred, then its caller could
     /// not go on here); these replies to them go through the log once the step is committed.
     ran: Option<Vec<(i64, Envelope)>>,
 }
 
-/// A caller's deferred local step and how it got there from the record last committed.
+/// A caller's deferred local step, and how to step it again from the record last committed
+/// should the caller's next step not stay local (that step consumes the deferred record).
 #[derive(Debug)]
 struct Chain {
     /// The deferred step, with its code and the etag and shape of the record last committed.
     stepped: Stepped,
-    /// What the chain applied, to count and to answer as a [`LocalStep`] does.
-    applied: u64,
-    dropped: u64,
-    answered: Vec<(i64, Envelope)>,
-    /// Should the caller's next step not stay local (that step consumes the deferred record),
-    /// the chain is stepped again from `base` (a copy of the record last committed, made when the
-    /// chain began) with `inputs`, the inputs of its steps in order.
-    base: InstanceRecord,
-    inputs: Vec<StepInput>,
+    /// What leads there from `base`, a copy of the record last committed made when the chain
+    /// began: the inputs of its steps, in order.
+    base: Base,
 }
 
-/// What a chain keeps while its deferred record is stepped further.
+/// The record a chain began from and what it applied since.
 #[derive(Debug)]
-struct ChainSoFar {
-    applied: u64,
-    dropped: u64,
-    answered: Vec<(i64, Envelope)>,
-    base: InstanceRecord,
+struct Base {
+    record: InstanceRecord,
     inputs: Vec<StepInput>,
-    /// The calls of the deferred step, which ran.
-    calls: Vec<Envelope>,
+    since: Since,
 }
 
 /// The activity calls in a record's outbox.
@@ -1071,25 +1068,25 @@ impl Partition {
         // A deferred caller that got no reply (its call was cancelled): commit it as it is.
         let idle: Vec<String> = g.deferred.keys().filter(|id| !g.replies.contains_key(*id)).cloned().collect();
         for id in idle {
-            let Chain { stepped, applied, dropped, answered, .. } = g.deferred.remove(&id).expect("listed");
-            g.stepped.push(LocalStep { stepped, applied, dropped, answered, ran: Some(Vec::new()) });
+            let Chain { stepped, base } = g.deferred.remove(&id).expect("listed");
+            g.stepped.push(LocalStep { stepped, since: base.since, ran: Some(Vec::new()) });
         }
         let defer = g.rounds < self.settings.local_rounds;
         let mut records = records.into_iter();
         let ids: Vec<String> = g.replies.keys().cloned().collect();
         for id in ids {
             let replies = g.replies.remove(&id).unwrap_or_default();
-            let (record, live, etag, shape, so_far) = match g.deferred.remove(&id) {
-                Some(Chain { stepped, applied, dropped, answered, base, inputs }) => {
-                    let calls = calls(&stepped.out.record);
-                    let so_far = ChainSoFar { applied, dropped, answered, base, inputs, calls };
-                    (stepped.out.record, stepped.live, stepped.etag, stepped.shape, Ok(so_far))
+            // `ran`: the calls of a deferred step this one continues, which ran.
+            let (record, live, etag, shape, mut base, ran) = match g.deferred.remove(&id) {
+                Some(Chain { stepped: Stepped { out, live, etag, shape, .. }, base }) => {
+                    let ran = calls(&out.record);
+                    (out.record, live, etag, shape, base, Some(ran))
                 }
                 None => match records.next() {
                     Some(Ok(Some(Cached { etag, record, live, shape }))) => {
                         // Kept in case this step is deferred and its chain must be stepped again.
-                        let base = record.clone();
-                        (record, live, Some(etag), shape, Err(base))
+                        let base = Base { record: record.clone(), inputs: Vec::new(), since: Since::default() };
+                        (record, live, Some(etag), shape, base, None)
                     }
                     _ => {
                         unapplied(&mut g.outbound, replies);
@@ -1109,38 +1106,29 @@ impl Partition {
                 // Not committed here: the replies go through the log, and the record leaves the
                 // cache (the step consumed it; it is loaded again when they arrive) — unless a
                 // deferred step came before, which is committed now, these replies after it.
-                match so_far {
-                    Ok(so_far) => self.commit_deferred(g, (id, &target), (etag, shape), so_far, replies),
-                    Err(_) => unapplied(&mut g.outbound, replies),
+                match ran {
+                    Some(ran) => self.commit_deferred(g, (id, &target), (etag, shape), base, ran, replies),
+                    None => unapplied(&mut g.outbound, replies),
                 }
                 continue;
             }
             let dropped = out.dropped.len() as u64;
-            let applied = (replies.len() as u64).saturating_sub(dropped);
+            base.since.applied += (replies.len() as u64).saturating_sub(dropped);
+            base.since.dropped += dropped;
+            if ran.is_none() {
+                base.since.answered = replies;
+            }
+            base.inputs.push(input);
             let stepped = Stepped { id: id.clone(), out, live, etag, shape };
-            let mut chain = match so_far {
-                Ok(c) => Chain {
-                    stepped,
-                    applied: c.applied + applied,
-                    dropped: c.dropped + dropped,
-                    answered: c.answered,
-                    base: c.base,
-                    inputs: c.inputs,
-                },
-                Err(base) => Chain { stepped, applied, dropped, answered: replies, base, inputs: Vec::new() },
-            };
-            chain.inputs.push(input);
-            if defer && self.defers(&chain.stepped) {
+            if defer && self.defers(&stepped) {
                 self.stats.deferred += 1;
-                let outbox = &chain.stepped.out.record.outbox;
-                let trigger = outbox.offset.unwrap_or(0);
-                for call in calls(&chain.stepped.out.record) {
+                let trigger = stepped.out.record.outbox.offset.unwrap_or(0);
+                for call in calls(&stepped.out.record) {
                     g.outbound.push((trigger, Out::Effects(vec![Effect::Emit(call)])));
                 }
-                g.deferred.insert(id, chain);
+                g.deferred.insert(id, Chain { stepped, base });
             } else {
-                let Chain { stepped, applied, dropped, answered, .. } = chain;
-                g.stepped.push(LocalStep { stepped, applied, dropped, answered, ran: None });
+                g.stepped.push(LocalStep { stepped, since: base.since, ran: None });
             }
         }
         g.outbound.sort_by_key(|(offset, _)| *offset);
@@ -1149,38 +1137,35 @@ impl Partition {
 
     /// Commit a deferred step whose caller's next step could not stay local: step the chain
     /// again from the record last committed with the same inputs (the engine is deterministic,
-    /// so this is the deferred step again), commit that, and send `replies` — to its calls,
-    /// which ran — through the log after it.
+    /// so this is the deferred step again, making the calls `ran`), commit that, and send
+    /// `replies` — to those calls — through the log after it.
     fn commit_deferred(
         &mut self,
         g: &mut InFlight,
         (id, target): (String, &InstanceId),
         (etag, shape): (Option<u64>, Shape),
-        chain: ChainSoFar,
+        base: Base,
+        ran: Vec<Envelope>,
         replies: Vec<(i64, Envelope)>,
     ) {
-        let ChainSoFar { applied, dropped, answered, base, inputs, calls: ran } = chain;
-        let mut out = None::<StepOutput>;
-        let (mut base, mut live) = (Some(base), None);
+        let Base { record, inputs, since } = base;
+        let (mut from, mut live, mut out) = (Some(record), None, None::<StepOutput>);
         for input in inputs {
-            let from = match out.take() {
-                Some(o) => o.record,
-                None => base.take().expect("the first step starts from the base"),
-            };
-            let (o, l) = self.step(target, Some(from), live.take(), input);
+            let record = from.take().or_else(|| out.take().map(|o| o.record)).expect("a record to step");
+            let (o, l) = self.step(target, Some(record), live.take(), input);
             (out, live) = (Some(o), l);
         }
-        let out = out.expect("a chain has steps");
+        let out = out.expect("a deferred chain has a step");
         if !out.stays_local() || calls(&out.record) != ran {
             // The engine is deterministic, so this does not happen; should it, say so (the
             // simulator fails on it) and let the log repair it: the calls of the committed record
             // are answered through it, and a replay makes the others again.
             self.mismatches.push(format!("{target}: a deferred chain stepped again made other calls"));
-            unapplied(&mut g.outbound, answered);
+            unapplied(&mut g.outbound, since.answered);
             return;
         }
         let stepped = Stepped { id, out, live, etag, shape };
-        g.stepped.push(LocalStep { stepped, applied, dropped, answered, ran: Some(replies) });
+        g.stepped.push(LocalStep { stepped, since, ran: Some(replies) });
     }
 
     /// Whether a step that may stay local may also wait for the caller's next step to be
@@ -1199,13 +1184,13 @@ impl Partition {
     /// Apply the outcomes of a local round's commit.
     fn after_local_commit(&mut self, g: &mut InFlight, outcomes: Vec<CommitOutcome>) {
         let mut outcomes = outcomes.into_iter();
-        for LocalStep { stepped, applied, dropped, answered, ran } in mem::take(&mut g.stepped) {
+        for LocalStep { stepped, since, ran } in mem::take(&mut g.stepped) {
             let Stepped { id, out, live, shape, .. } = stepped;
             match outcomes.next() {
                 Some(CommitOutcome::Committed { etag }) => {
                     self.stats.commits += 1;
-                    self.stats.applied += applied;
-                    self.stats.dropped += dropped;
+                    self.stats.applied += since.applied;
+                    self.stats.dropped += since.dropped;
                     let trigger = out.record.outbox.offset.unwrap_or(0);
                     let effects = match ran {
                         // Its calls ran already: only their replies leave, through the log.
@@ -1224,7 +1209,7 @@ impl Partition {
                 // rebalance): the replies to its committed calls reach it through the log.
                 _ => {
                     self.stats.conflicts += 1;
-                    unapplied(&mut g.outbound, answered);
+                    unapplied(&mut g.outbound, since.answered);
                 }
             }
         }
