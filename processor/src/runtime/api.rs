@@ -596,10 +596,34 @@ async fn history(
 
 /// The request body, refused with 413 past the largest event the processor accepts
 /// (`DURABLE_MAX_EVENT_BYTES`): a body larger than that could never be produced as an event.
+///
+/// Past the limit the rest is read and dropped (up to [`DRAIN_FACTOR`] times the limit) before
+/// the answer: a client still sending when the server answers and closes may see the connection
+/// reset instead of the 413 that says what to change.
 async fn read(shared: &Shared, raw: axum::body::Body) -> Result<axum::body::Bytes, ApiError> {
+    use axum::body::HttpBody;
     let limit = shared.config.max_event_bytes;
-    axum::body::to_bytes(raw, limit).await.map_err(|_| too_large(limit))
+    let mut body = std::pin::pin!(raw);
+    let (mut kept, mut seen) = (Vec::new(), 0usize);
+    while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+        let frame =
+            frame.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_body", format!("reading the body: {e}")))?;
+        let Ok(data) = frame.into_data() else { continue };
+        seen = seen.saturating_add(data.len());
+        if seen <= limit {
+            kept.extend_from_slice(&data);
+        } else if seen > limit.saturating_mul(DRAIN_FACTOR) {
+            break;
+        }
+    }
+    if seen > limit {
+        return Err(too_large(limit));
+    }
+    Ok(kept.into())
 }
+
+/// How far past the limit a refused body is still read (and dropped) before the 413.
+const DRAIN_FACTOR: usize = 4;
 
 fn too_large(limit: usize) -> ApiError {
     ApiError::new(
