@@ -61,13 +61,22 @@ pub async fn typesense_documents(collection: &str) -> std::collections::BTreeMap
         .collect()
 }
 
+/// A connection to the Redis under test, patient enough for a machine busy with the suite
+/// (redis-rs's default timeouts are a second or less).
+pub async fn redis_connection() -> redis::aio::MultiplexedConnection {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(10)))
+        .set_response_timeout(Some(Duration::from_secs(30)));
+    redis::Client::open(redis_url())
+        .expect("a Redis URL")
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .expect("Redis answers (scripts/services starts it)")
+}
+
 /// The keys of `prefix` in the Redis under test and the bytes they take (`MEMORY USAGE`).
 pub async fn redis_footprint(prefix: &str) -> (usize, u64) {
-    let mut conn = redis::Client::open(redis_url())
-        .expect("a Redis URL")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("Redis answers (scripts/services starts it)");
+    let mut conn = redis_connection().await;
     let (mut cursor, mut keys) = (0u64, Vec::<String>::new());
     loop {
         let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
@@ -96,11 +105,7 @@ pub async fn redis_footprint(prefix: &str) -> (usize, u64) {
 
 /// How many instance records of `prefix` the Redis under test holds.
 pub async fn redis_instance_keys(prefix: &str) -> usize {
-    let mut conn = redis::Client::open(redis_url())
-        .expect("a Redis URL")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("Redis answers (scripts/services starts it)");
+    let mut conn = redis_connection().await;
     let keys: Vec<String> =
         redis::cmd("KEYS").arg(format!("{prefix}:{{p*}}:s:*")).query_async(&mut conn).await.expect("KEYS");
     keys.len()

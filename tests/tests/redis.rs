@@ -17,7 +17,7 @@ async fn counter_value(state: &State, id: &InstanceId) -> Option<i64> {
 }
 
 async fn redis() -> redis::aio::MultiplexedConnection {
-    redis::Client::open(e2e::redis_url()).unwrap().get_multiplexed_async_connection().await.expect("redis")
+    e2e::redis_connection().await
 }
 
 /// Every key of `partition` under `prefix`, with its DUMP.

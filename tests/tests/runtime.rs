@@ -482,8 +482,7 @@ async fn a_stalled_partition_holds_back_only_its_own_records() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_corrupt_parked_timer_is_dead_lettered_and_the_others_fire() {
     let prefix = e2e::unique_prefix("badtimer");
-    let client_redis = redis::Client::open(e2e::redis_url()).expect("redis url");
-    let mut conn = client_redis.get_multiplexed_async_connection().await.expect("redis: is it running?");
+    let mut conn = e2e::redis_connection().await;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
     let _: () = redis::cmd("ZADD")
         .arg(format!("{prefix}:{{p0}}:timers"))
