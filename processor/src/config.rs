@@ -119,6 +119,10 @@ pub struct ProcessorConfig {
     /// FanOutTooLarge.
     #[arg(long, env = "DURABLE_MAX_FAN_OUT", default_value_t = Limits::default().max_fan_out)]
     pub max_fan_out: usize,
+    /// Longest delay an event may ask for (WithDelay, past the time it arrives), e.g. `30d`: one
+    /// asking for more is dead-lettered. Parked events wait in Redis until they are due.
+    #[arg(long, env = "DURABLE_MAX_DELAY", default_value = "366d", value_parser = humantime::parse_duration)]
+    pub max_delay: Duration,
     /// How long finished instances are kept before they are purged: a duration for every
     /// type (`30d`), and/or per orchestration or entity name, comma separated, e.g.
     /// `7d,Transfer=1h,Cart=30m`. Counted from when an orchestration completes, fails or is
@@ -284,6 +288,7 @@ impl ProcessorConfig {
             max_inbox: Limits::default().max_inbox,
             max_entity_queue: Limits::default().max_entity_queue,
             max_fan_out: Limits::default().max_fan_out,
+            max_delay: Duration::from_millis(Limits::MAX_DELAY_MS as u64),
             retention: None,
             purge_grace: Duration::from_secs(3600),
             auth: AuthConfig::anonymous(),
@@ -299,6 +304,7 @@ impl ProcessorConfig {
             max_inbox: self.max_inbox,
             max_entity_queue: self.max_entity_queue,
             max_fan_out: self.max_fan_out,
+            max_delay_ms: self.max_delay.as_millis().min(i64::MAX as u128) as i64,
         }
     }
 

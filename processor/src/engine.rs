@@ -35,7 +35,7 @@ use durable_schemas::{Envelope, Event, Origin};
 
 use crate::access::{self, Grant, Policy, Principal, FORBIDDEN};
 use crate::effect::{Effect, StateChange};
-use crate::history::{Admission, Body, InstanceRecord, OrchestrationStatus, Outbox};
+use crate::history::{is_outside, Admission, Body, InstanceRecord, OrchestrationStatus, Outbox};
 use crate::id::{InstanceId, Kind};
 use crate::quota::{self, Reservation};
 use crate::registry::Registry;
@@ -274,6 +274,14 @@ pub struct Limits {
     /// Most new commands (activity calls, timers, messages …) one orchestration issues in one
     /// step: past it the orchestration fails with kind `FanOutTooLarge`.
     pub max_fan_out: usize,
+    /// Longest delay a `WithDelay` may ask for, in ms past the time it arrives: one asking for
+    /// more is dead-lettered (parked timers live in Redis until they are due).
+    pub max_delay_ms: i64,
+}
+
+impl Limits {
+    /// The longest delay by default: a year and a day.
+    pub const MAX_DELAY_MS: i64 = 366 * 24 * 3_600_000;
 }
 
 impl Default for Limits {
@@ -284,6 +292,7 @@ impl Default for Limits {
             max_inbox: 10_000,
             max_entity_queue: 10_000,
             max_fan_out: 10_000,
+            max_delay_ms: Self::MAX_DELAY_MS,
         }
     }
 }
@@ -370,6 +379,44 @@ impl Engine {
         orchestration::replayed(&self.registry, target, h, self.limits).map(|exec| exec.fingerprint())
     }
 
+    /// Why a delayed event may not be parked, if it may not: it asks for more than the longest
+    /// delay, or its sender may not send what it holds to `target` as `target` is now (decided
+    /// again when it is due).
+    fn delay_refusal(
+        &self,
+        target: &InstanceId,
+        record: &InstanceRecord,
+        inner: &Event,
+        fire_at: i64,
+        now: i64,
+    ) -> Option<String> {
+        let allowed = if quota::is_ledger(target) {
+            Ok(())
+        } else {
+            let (wrappers, core) = unwrap(inner);
+            let principal = wrappers.principal.as_ref();
+            let exists = !matches!(record.body, Body::Empty);
+            match core {
+                Event::Access(change) => {
+                    access::change(&self.policy, principal, target, &mut record.access.clone(), change)
+                }
+                _ => match access::asks(core, wrappers.reply_to.is_some(), target, exists) {
+                    Some(op) => access::decide(&self.policy, principal, op, target, &record.access, exists).map(|_| ()),
+                    None => Ok(()),
+                },
+            }
+        };
+        let delay = fire_at.saturating_sub(now);
+        match allowed {
+            Err(reason) => Some(reason),
+            Ok(()) if delay > self.limits.max_delay_ms => Some(format!(
+                "a delay of {delay} ms is over the longest of {} ms (DURABLE_MAX_DELAY)",
+                self.limits.max_delay_ms
+            )),
+            Ok(()) => None,
+        }
+    }
+
     /// [`Engine::step`] for an orchestration that may be live: `live`, the code kept from the step
     /// that made `record`, continues instead of a replay of the history (a `live` that does not
     /// belong to `record` is dropped, and the step replays). Returns the output and the code to
@@ -409,13 +456,24 @@ impl Engine {
         let applied_before = record.dedup.applied_offset;
         let first_new = deliveries.iter().filter_map(|d| d.offset).find(|o| applied_before.is_none_or(|a| *o > a));
         let mut admitted = Vec::with_capacity(deliveries.len());
+        // Outside events admitted: their ids are remembered once their senders are found allowed.
+        let mut fresh: Vec<Envelope> = Vec::new();
         for Delivery { envelope, offset } in deliveries {
             match record.dedup.admit(&envelope, offset) {
                 Admission::New if envelope.target != record.id => {
                     let reason = format!("event for {} delivered to {}", envelope.target, record.id);
                     out.dead(envelope, reason);
                 }
-                Admission::New => admitted.push(envelope),
+                // A second copy in the same step, before the first was remembered.
+                Admission::New if is_outside(&envelope) && fresh.iter().any(|f| f.id == envelope.id) => {
+                    out.drop(&envelope, DropReason::Duplicate)
+                }
+                Admission::New => {
+                    if is_outside(&envelope) {
+                        fresh.push(envelope.clone());
+                    }
+                    admitted.push(envelope)
+                }
                 Admission::Redelivered => out.drop(&envelope, DropReason::Redelivered),
                 Admission::Duplicate => out.drop(&envelope, DropReason::Duplicate),
             }
@@ -429,11 +487,22 @@ impl Engine {
             }
             _ => None,
         };
-        // Infrastructure layer: delays. Everything else passes inward.
+        // Everything dead-lettered from here to the end of authorization was refused: its id is
+        // not remembered.
+        let refusals_from = out.dead_letters.len();
+        // Infrastructure layer: delays, parked only once their sender was found allowed to send
+        // what they hold. Everything else passes inward.
         let mut ready = Vec::with_capacity(admitted.len());
         for mut envelope in admitted {
             match envelope.body {
                 Event::WithDelay { fire_at, inner } if fire_at > now => {
+                    if let Some(reason) = self.delay_refusal(target, &record, &inner, fire_at, now) {
+                        let (wrappers, core) = unwrap(&inner);
+                        let core = core.clone();
+                        envelope.body = Event::WithDelay { fire_at, inner };
+                        refuse(target, &wrappers, &core, envelope, reason, &mut out);
+                        continue;
+                    }
                     envelope.body = *inner;
                     envelope.origin = None;
                     out.effects.push(Effect::Delay { fire_at, envelope });
@@ -451,6 +520,10 @@ impl Engine {
         } else {
             authorize(&self.policy, target, &mut record, ready, &mut out)
         };
+        let refused: Vec<&str> = out.dead_letters[refusals_from..].iter().map(|d| d.envelope.id.as_str()).collect();
+        for envelope in fresh.iter().filter(|f| !refused.contains(&f.id.as_str())) {
+            record.dedup.remember(envelope);
+        }
         let before = out.effects.len();
         let mut kept = None;
         match target.kind() {

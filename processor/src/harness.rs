@@ -217,7 +217,7 @@ impl Harness {
             .run_activity(req.id.name(), req.context(), req.input.clone())
             .unwrap_or_else(|| panic!("no activity named {:?} is registered", req.id.name()));
         let result = block_on(future);
-        let reply = req.reply(result, self.now);
+        let reply = req.reply_bounded(result, self.now, self.engine.limits().max_state_bytes);
         self.pending.push_back(reply.clone());
         reply
     }

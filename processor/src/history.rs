@@ -262,7 +262,11 @@ pub fn fnv64(data: &[u8]) -> u64 {
 }
 
 impl Dedup {
-    /// Decide whether a delivery is new, and if so record it.
+    /// Decide whether a delivery is new. Offsets and origin marks (which only records a
+    /// processor sealed carry) are recorded at once; an outside event's id is only looked up:
+    /// [`Dedup::remember`] records it once its sender was found allowed to send it, so that a
+    /// refused producer can neither burn an id someone else will use nor push remembered ids out
+    /// of the window.
     pub fn admit(&mut self, envelope: &Envelope, offset: Option<i64>) -> Admission {
         if let (Some(offset), Some(applied)) = (offset, self.applied_offset) {
             if offset <= applied {
@@ -279,23 +283,38 @@ impl Dedup {
                     Admission::New
                 }
             }
+        } else if self.recent_ids.contains(&fnv64(envelope.id.as_bytes())) {
+            Admission::Duplicate
         } else {
-            let h = fnv64(envelope.id.as_bytes());
-            if self.recent_ids.contains(&h) {
-                Admission::Duplicate
-            } else {
-                if self.recent_ids.len() == EXTERNAL_ID_WINDOW {
-                    self.recent_ids.pop_front();
-                }
-                self.recent_ids.push_back(h);
-                Admission::New
-            }
+            Admission::New
         };
         if let Some(offset) = offset {
             self.applied_offset = Some(self.applied_offset.map_or(offset, |a| a.max(offset)));
         }
         verdict
     }
+
+    /// Remember the id of an outside event [`Dedup::admit`] found new (the oldest id leaves a
+    /// full window). Events deduplicated otherwise (replies, origin marks) need nothing.
+    pub fn remember(&mut self, envelope: &Envelope) {
+        if !is_outside(envelope) {
+            return;
+        }
+        let h = fnv64(envelope.id.as_bytes());
+        if self.recent_ids.contains(&h) {
+            return;
+        }
+        if self.recent_ids.len() == EXTERNAL_ID_WINDOW {
+            self.recent_ids.pop_front();
+        }
+        self.recent_ids.push_back(h);
+    }
+}
+
+/// Whether an event is deduplicated by its id in the window of outside ids: neither a reply
+/// (its slot decides) nor stamped with an origin.
+pub fn is_outside(envelope: &Envelope) -> bool {
+    envelope.origin.is_none() && !is_reply(&envelope.body)
 }
 
 /// Where an orchestration sends its result when it finishes.
@@ -582,16 +601,37 @@ mod tests {
     #[test]
     fn external_ids_are_remembered_within_the_window_and_state_stays_bounded() {
         let mut d = Dedup::default();
-        assert_eq!(d.admit(&signal("first", None), None), Admission::New);
-        assert_eq!(d.admit(&signal("first", None), None), Admission::Duplicate);
+        let admit = |d: &mut Dedup, id: &str| {
+            let e = signal(id, None);
+            let verdict = d.admit(&e, None);
+            if verdict == Admission::New {
+                d.remember(&e);
+            }
+            verdict
+        };
+        assert_eq!(admit(&mut d, "first"), Admission::New);
+        assert_eq!(admit(&mut d, "first"), Admission::Duplicate);
         for i in 0..10 * EXTERNAL_ID_WINDOW {
-            d.admit(&signal(&format!("e{i}"), None), None);
+            admit(&mut d, &format!("e{i}"));
             assert!(d.recent_ids.len() <= EXTERNAL_ID_WINDOW);
         }
         let last = format!("e{}", 10 * EXTERNAL_ID_WINDOW - 1);
-        assert_eq!(d.admit(&signal(&last, None), None), Admission::Duplicate);
+        assert_eq!(admit(&mut d, &last), Admission::Duplicate);
         // Outside the window: documented to be applied again.
-        assert_eq!(d.admit(&signal("first", None), None), Admission::New);
+        assert_eq!(admit(&mut d, "first"), Admission::New);
+    }
+
+    /// Admitting an outside event only looks its id up: until it is remembered (its sender was
+    /// allowed), a second copy is new too.
+    #[test]
+    fn an_outside_id_counts_only_once_remembered() {
+        let mut d = Dedup::default();
+        let e = signal("x", None);
+        assert_eq!(d.admit(&e, None), Admission::New);
+        assert_eq!(d.admit(&e, None), Admission::New);
+        assert!(d.recent_ids.is_empty());
+        d.remember(&e);
+        assert_eq!(d.admit(&e, None), Admission::Duplicate);
     }
 
     #[test]

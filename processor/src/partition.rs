@@ -127,6 +127,9 @@ pub struct Settings {
     pub spread_activities: bool,
     /// Most local rounds per group.
     pub local_rounds: usize,
+    /// Defer the commit of a local step that only calls activities to its caller's next step
+    /// (see the module docs); off, every local step is committed on its own.
+    pub defer_local: bool,
     /// Most records the cache keeps.
     pub cache_limit: usize,
     /// Most bytes of live orchestrations (code kept running between steps, see
@@ -716,7 +719,8 @@ impl Partition {
                 Err(Failure::new("Panic", reason))
             }
         };
-        out.push(Out::Effects(vec![Effect::Emit(req.reply(result, now))]));
+        let max = self.engine.limits().max_state_bytes;
+        out.push(Out::Effects(vec![Effect::Emit(req.reply_bounded(result, now, max))]));
         out
     }
 
@@ -1071,7 +1075,7 @@ impl Partition {
             let Chain { stepped, base } = g.deferred.remove(&id).expect("listed");
             g.stepped.push(LocalStep { stepped, since: base.since, ran: Some(Vec::new()) });
         }
-        let defer = g.rounds < self.settings.local_rounds;
+        let defer = self.settings.defer_local && g.rounds < self.settings.local_rounds;
         let mut records = records.into_iter();
         let ids: Vec<String> = g.replies.keys().cloned().collect();
         for id in ids {
@@ -1172,7 +1176,9 @@ impl Partition {
     /// committed with it: it calls activities, all of which run here next round, and nothing
     /// else it does needs its own commit (no timers).
     fn defers(&self, s: &Stepped) -> bool {
-        let effects = &s.out.record.outbox.effects;
+        // The step's own effects, not its outbox: the outbox never holds the timers it parks
+        // (they are written with its commit), and a step that parks one must be committed.
+        let effects = &s.out.effects;
         effects.iter().any(|e| matches!(e, Effect::Emit(_)))
             && effects.iter().all(|e| match e {
                 Effect::Emit(e) => self.invocation(e).is_ok(),

@@ -7,4 +7,5 @@
 //!   (`tests/runtime.rs`), and the `test-processor` binary they spawn.
 
 pub mod e2e;
+pub mod gen;
 pub mod sim;

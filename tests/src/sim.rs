@@ -34,7 +34,7 @@ use std::task::{Context, Poll, Waker};
 
 use durable_processor::access::{with_principal, Policy, Principal, FORBIDDEN};
 use durable_processor::examples::{self, Account, ApprovalInput, Counter, TransferInput, TransferOutcome};
-use durable_processor::history::{Body, InstanceRecord, OrchestrationStatus};
+use durable_processor::history::{Body, CommandKind, InstanceRecord, OrchestrationStatus};
 use durable_processor::id::InstanceId;
 use durable_processor::partition::{timer_records, Done, Io, Outgoing, Partition, Ran, Record, Settings, Topic};
 use durable_processor::quota;
@@ -75,6 +75,9 @@ pub struct Scale {
     /// `Locker` entities each of quinn and rita tries to create, over their limit of
     /// [`LOCKER_LIMIT`] live lockers: quinn's stay, rita's are deleted right after.
     pub lockers: usize,
+    /// Generated programs ([`crate::gen`]): random orchestrations written from the seed, each
+    /// expected to end as it ends in the Harness.
+    pub programs: usize,
 }
 
 impl Default for Scale {
@@ -92,6 +95,7 @@ impl Default for Scale {
             vaults: 3,
             intrusions: 8,
             lockers: 4,
+            programs: 3,
         }
     }
 }
@@ -112,6 +116,40 @@ pub struct Faults {
 impl Default for Faults {
     fn default() -> Self {
         Self { duplicates: true, crashes: true, rebalances: true, store_errors: true }
+    }
+}
+
+/// How the cores run: every mode must end every workload the same (the generated programs as in
+/// the Harness).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Production's defaults: deferred local commits, the record cache, live orchestrations.
+    Local,
+    /// Every local step committed on its own.
+    NoDefer,
+    /// No record cache: every step loads its record.
+    NoCache,
+    /// No live orchestrations: every step replays the history.
+    NoLive,
+}
+
+impl Mode {
+    /// Every mode.
+    pub const ALL: [Mode; 4] = [Mode::Local, Mode::NoDefer, Mode::NoCache, Mode::NoLive];
+
+    /// The mode a seed runs in by default: they take turns.
+    pub fn of_seed(seed: u64) -> Mode {
+        Self::ALL[(seed % Self::ALL.len() as u64) as usize]
+    }
+
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Local => "local",
+            Mode::NoDefer => "no-defer",
+            Mode::NoCache => "no-cache",
+            Mode::NoLive => "no-live",
+        }
     }
 }
 
@@ -139,6 +177,8 @@ pub struct Config {
     /// for it; this driver obeys). Off only to show what the fence prevents (a zombie's local commit replacing an outbox behind the
     /// next owner's back: a hung orchestration).
     pub fence_local_commits: bool,
+    /// How the cores run.
+    pub mode: Mode,
 }
 
 impl Config {
@@ -154,6 +194,7 @@ impl Config {
             max_actions: 200_000,
             local_rounds: 2,
             fence_local_commits: true,
+            mode: Mode::of_seed(seed),
         }
     }
 }
@@ -184,9 +225,10 @@ pub struct Outcome {
     pub crashes: usize,
 }
 
-/// The registry the simulator runs: the bundled examples.
+/// The registry the simulator runs: the bundled examples and the interpreter of generated
+/// programs.
 pub fn registry() -> Registry {
-    examples::register(Registry::new()).entity("Locker", examples::counter())
+    crate::gen::register(examples::register(Registry::new())).entity("Locker", examples::counter())
 }
 
 /// Most live `Locker` entities one user may have (the creation-limit workload).
@@ -263,8 +305,8 @@ struct World {
     /// Times each orchestration was observed to go from running to finished at a commit.
     finishes: BTreeMap<String, u32>,
     dead_letters: Vec<String>,
-    /// Every dead letter produced, as (headers, payload), to count repeats once.
-    dead_letter_seen: BTreeSet<DeadLetterRecord>,
+    /// Every dead letter produced, as (reason, payload), to count repeats once.
+    dead_letter_seen: BTreeSet<(String, Vec<u8>)>,
     conflicts: usize,
     reruns: usize,
     cache_hits: usize,
@@ -279,10 +321,18 @@ struct World {
     bank: Bank,
     /// The access workload.
     vaults: Vaults,
+    /// The generated programs: instance id, and how the Harness ended it and its cells.
+    programs: Vec<Generated>,
 }
 
-/// A dead letter as produced: its headers and payload.
-type DeadLetterRecord = (Vec<(&'static str, String)>, Vec<u8>);
+/// A generated program and what the Harness made of it.
+#[derive(Debug)]
+struct Generated {
+    id: String,
+    key: String,
+    ending: crate::gen::Ending,
+    cells: Vec<(String, i64)>,
+}
 
 /// What the bank workload sent, to check the books at the end.
 #[derive(Debug, Default)]
@@ -341,6 +391,7 @@ impl World {
             committed_emits: BTreeSet::new(),
             bank: Bank::default(),
             vaults: Vaults::default(),
+            programs: Vec::new(),
             config,
         };
         for p in 0..world.config.partitions {
@@ -540,6 +591,21 @@ impl World {
             let deletes = next_as(self, Some(&rita), locker("rita", i), delete.clone());
             per_instance.push([adds, deletes].into());
         }
+        // Generated programs: each started, its events raised in order.
+        for i in 0..s.programs {
+            let program = crate::gen::program(&mut self.rng, crate::gen::Shape { depth: 2, events: true });
+            let key = format!("g{i}");
+            let id = InstanceId::orchestration(crate::gen::GEN, key.clone()).canonical();
+            let (ending, cells) = crate::gen::expected(&program, &key);
+            let mut events: VecDeque<Envelope> =
+                [next(self, id.clone(), Event::StartOrchestration { input: crate::gen::start_input(&program) })].into();
+            for (name, value) in crate::gen::raises(&program) {
+                events.push_back(next(self, id.clone(), Event::RaiseEvent { name, payload: json(&value) }));
+            }
+            self.note(|| format!("{id} runs {program:?}"));
+            self.programs.push(Generated { id, key, ending, cells });
+            per_instance.push(events);
+        }
         while per_instance.iter().any(|q| !q.is_empty()) {
             let live: Vec<usize> = (0..per_instance.len()).filter(|&i| !per_instance[i].is_empty()).collect();
             let pick = live[self.rng.gen_range(0..live.len())];
@@ -583,8 +649,9 @@ impl World {
             max_event_bytes: 1 << 20,
             spread_activities: self.config.local_rounds == 0,
             local_rounds: self.config.local_rounds,
-            cache_limit: Settings::CACHE_LIMIT,
-            live_limit: Settings::LIVE_LIMIT,
+            defer_local: self.config.mode != Mode::NoDefer,
+            cache_limit: if self.config.mode == Mode::NoCache { 0 } else { Settings::CACHE_LIMIT },
+            live_limit: if self.config.mode == Mode::NoLive { 0 } else { Settings::LIVE_LIMIT },
             check_live: true,
             purge_grace_ms: Settings::PURGE_GRACE_MS,
         }
@@ -788,9 +855,11 @@ impl World {
             }
             Topic::Dead => {
                 // Dead letters leave with their outbox, at least once: a resend repeats one with
-                // the same headers and payload, which is the same dead letter.
+                // the same reason and payload, which is the same dead letter. So does every copy
+                // of a refused event (a client's retry, a producer's duplicate): a refused event
+                // is not remembered, so each copy is refused again.
                 let reason = record.reason().unwrap_or_default().to_owned();
-                if self.dead_letter_seen.insert((record.headers.clone(), record.payload.clone())) {
+                if self.dead_letter_seen.insert((reason.clone(), record.payload.clone())) {
                     self.dead_letters.push(format!("p{p}: {reason}"));
                 }
             }
@@ -1048,11 +1117,28 @@ impl World {
             }
         }
         self.check_bank(&mut v);
+        self.check_programs(&mut v);
         for id in self.store.ids() {
             let r = record(&id).expect("listed");
             if let Body::Orchestration(h) = &r.body {
                 if !h.status.is_finished() {
-                    v.push(format!("{id}: stuck in {:?} (waiting on {} commands)", h.status, h.commands.len()));
+                    let answered: BTreeSet<u32> = h.log.iter().map(|e| e.slot).collect();
+                    let waiting: Vec<String> = h
+                        .commands
+                        .iter()
+                        .enumerate()
+                        .filter(|(slot, c)| {
+                            !answered.contains(&(*slot as u32))
+                                && !matches!(c.kind, CommandKind::SignalEntity | CommandKind::StartOrchestration)
+                        })
+                        .map(|(slot, c)| format!("{slot}:{:?} {}", c.kind, c.name))
+                        .collect();
+                    v.push(format!(
+                        "{id}: stuck in {} with nothing on its way: unanswered [{}] of {} commands",
+                        h.status.word(),
+                        waiting.join(", "),
+                        h.commands.len()
+                    ));
                 }
                 let mut slots = BTreeSet::new();
                 for entry in &h.log {
@@ -1071,6 +1157,26 @@ impl World {
 }
 
 impl World {
+    /// Every generated program ended as in the Harness, and its cells hold what the Harness's do.
+    fn check_programs(&self, v: &mut Vec<String>) {
+        let load = |id: &str| self.store.get(id).map(|s| InstanceRecord::from_blob(&s.blob).expect("valid blob"));
+        for g in &self.programs {
+            let record = load(&g.id);
+            let ending = crate::gen::Ending::of(record.as_ref().and_then(|r| r.orchestration()).map(|h| &h.status));
+            if ending != g.ending {
+                v.push(format!("{}: ended {ending:?}, the Harness ended it {:?}", g.id, g.ending));
+            }
+            let cells = crate::gen::cells(&g.key, |id| {
+                load(&id.canonical())
+                    .and_then(|r| r.entity()?.state.as_ref()?.decode::<crate::gen::Cell>().ok())
+                    .map(|c| c.value)
+            });
+            if cells != g.cells {
+                v.push(format!("{}: cells {cells:?}, the Harness's {:?}", g.id, g.cells));
+            }
+        }
+    }
+
     /// Money is conserved, no balance is negative, no lock or queued work is left, and the
     /// balances are explained exactly by the transfers that reported `Transferred` plus some
     /// subset of the terminated ones (each applied exactly once, or not at all).
@@ -1271,8 +1377,10 @@ pub fn describe(config: &Config, outcome: &Outcome) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "seed={} partitions={} workers={} scale={:?} faults={:?} actions={} trace={:016x}",
+        "seed={} mode={} local_rounds={} partitions={} workers={} scale={:?} faults={:?} actions={} trace={:016x}",
         config.seed,
+        config.mode.name(),
+        config.local_rounds,
         config.partitions,
         config.workers,
         config.scale,

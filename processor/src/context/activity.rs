@@ -182,6 +182,13 @@ impl ActivityRequest {
     }
 
     /// The reply for `result`, with an id derived from the request's (so a re-run's reply is
+    /// recognised as the same event). A result over `max_bytes` is replaced by a
+    /// [`RESULT_TOO_LARGE`] failure ([`bounded_result`]): the caller hears of it.
+    pub fn reply_bounded(&self, result: Result<Payload, Failure>, now: i64, max_bytes: usize) -> Envelope {
+        self.reply(bounded_result(result, max_bytes, &format!("activity {}", self.id)), now)
+    }
+
+    /// The reply for `result`, with an id derived from the request's (so a re-run's reply is
     /// recognised as the same event).
     pub fn reply(&self, result: Result<Payload, Failure>, now: i64) -> Envelope {
         let correlation = self.correlation.clone();
@@ -192,5 +199,35 @@ impl ActivityRequest {
         let mut e = Envelope::new(format!("{}/reply", self.event_id), self.reply_to.clone(), now, body);
         e.source = Some(self.id.canonical());
         e
+    }
+}
+
+/// The failure kind of a result too large to deliver to its caller.
+pub const RESULT_TOO_LARGE: &str = "ResultTooLarge";
+
+/// `result` as it may travel back to a caller: a value over `max_bytes` becomes a
+/// [`RESULT_TOO_LARGE`] failure that says so (`what` made it), and a failure's message is cut to
+/// fit — so an oversized answer reaches the caller as a failure instead of being refused on its
+/// way and leaving the caller waiting forever. One rule for activity results and entity-call
+/// results, applied by the partition core, the Harness and the engine alike.
+pub fn bounded_result(result: Result<Payload, Failure>, max_bytes: usize, what: &str) -> Result<Payload, Failure> {
+    match result {
+        Ok(value) if value.data.len() > max_bytes => Err(Failure::new(
+            RESULT_TOO_LARGE,
+            format!(
+                "{what} returned {} bytes, over the limit of {max_bytes} (DURABLE_MAX_STATE_BYTES)",
+                value.data.len()
+            ),
+        )),
+        Err(mut failure) if failure.message.len() + failure.kind.len() > max_bytes => {
+            let mut cut = max_bytes.saturating_sub(failure.kind.len()).min(failure.message.len()) / 2;
+            while !failure.message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            failure.message.truncate(cut);
+            failure.message.push_str(" … (cut to fit DURABLE_MAX_STATE_BYTES)");
+            Err(failure)
+        }
+        other => other,
     }
 }

@@ -3,6 +3,7 @@
 use durable_schemas::{Envelope, Event, Payload};
 
 use super::{guarded, run_as, unwrap, Collector, Unwrapped};
+use crate::context::activity::{bounded_result, RESULT_TOO_LARGE};
 use crate::context::{EntityContext, UNKNOWN_OPERATION};
 use crate::effect::Effect;
 use crate::history::{Body, EntityLock, EntityState, InstanceRecord};
@@ -164,6 +165,18 @@ fn run_operation(
                     );
                     out.dead(envelope.clone(), message.clone());
                     Err(durable_schemas::Failure::new("StateTooLarge", message))
+                }
+                // A call's result that cannot travel back: refused like a state too large, so
+                // that the caller hears of it and nothing changed.
+                Ok(Ok((_, result)))
+                    if wrappers.reply_to.is_some() && result.data.len() > out.limits.max_state_bytes =>
+                {
+                    let what = format!("operation {operation:?} of {id}");
+                    let failure =
+                        bounded_result(Ok(result), out.limits.max_state_bytes, &what).expect_err("over the limit");
+                    let message = format!("{}; the state is unchanged", failure.message);
+                    out.dead(envelope.clone(), message.clone());
+                    Err(durable_schemas::Failure::new(RESULT_TOO_LARGE, message))
                 }
                 Ok(Ok((new_state, result))) => {
                     state.state = new_state;

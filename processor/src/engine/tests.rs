@@ -4,6 +4,7 @@ use proptest::prelude::*;
 use super::*;
 
 mod access;
+mod adversary;
 mod limits;
 mod locks;
 mod operations;

@@ -30,6 +30,7 @@ fn settings(local_rounds: usize) -> Settings {
         max_event_bytes: 4096,
         spread_activities: local_rounds == 0,
         local_rounds,
+        defer_local: true,
         cache_limit: 100,
         live_limit: Settings::LIVE_LIMIT,
         check_live: true,
@@ -578,5 +579,43 @@ fn live_code_past_its_bound_is_dropped_and_that_orchestration_replays() {
     let expected: Vec<String> = examples::CITIES.iter().map(|c| format!("Hello {c}!")).collect();
     assert_eq!(greetings(&store, &a), expected);
     assert_eq!(greetings(&store, &b), expected);
+    assert_eq!(core.take_mismatches(), Vec::<String>::new());
+}
+
+/// A local step that sets a timer beside an activity call is not deferred: the timer is parked
+/// with its commit. (Deferring it dropped the timer — the engine keeps delays out of the
+/// outbox — and the orchestration waited forever, silently; the generative simulator finds
+/// this program when the fix is reverted.)
+#[test]
+fn a_step_that_sets_a_timer_beside_an_activity_call_is_committed_with_its_timer() {
+    async fn greet_then_wait(ctx: crate::OrchestrationContext, (): ()) -> Result<u32, Failure> {
+        let a: String = ctx.call_activity("SayHello", "Oslo").await?;
+        let timer = ctx.create_timer_after(std::time::Duration::from_secs(1));
+        let b: String = ctx.call_activity("SayHello", "Lima").await?;
+        timer.await;
+        Ok((a.len() + b.len()) as u32)
+    }
+    let store = MemoryStore::new();
+    let epoch = now_or_never(store.fence(0)).expect("memory store");
+    let registry = examples::register(Registry::new()).orchestration("GreetThenWait", greet_then_wait);
+    let mut core = Partition::new(settings(Settings::LOCAL_ROUNDS), Engine::new(registry), epoch);
+    let id = InstanceId::orchestration("GreetThenWait", "g").canonical();
+    let start = Event::StartOrchestration { input: Payload::json(&()).expect("json") };
+    let (seen, _) = drive(&mut core, &store, vec![record(0, &Envelope::new("s", id.clone(), NOW, start))], |_| {});
+    assert_eq!(store.pending_timers(), 1, "the timer is parked: {seen:?}");
+    let timers = now_or_never(store.claim_due_timers(0, NOW + 1_000, 10)).expect("memory store");
+    assert_eq!(timers.len(), 1);
+    let fired: Vec<Record> = timer_records(0, "t.events", &timers)
+        .into_iter()
+        .map(|o| Record { offset: 1, key: Some(o.key), payload: Some(o.payload), sealed: true })
+        .collect();
+    drive(&mut core, &store, fired, |_| {});
+    let record = InstanceRecord::from_blob(&store.get(&id).expect("stored").blob).expect("decodes");
+    match &record.orchestration().expect("an orchestration").status {
+        crate::history::OrchestrationStatus::Completed { output } => {
+            assert_eq!(output.decode::<u32>().expect("a number"), 22);
+        }
+        other => panic!("{id} is {other:?}: {seen:?}"),
+    }
     assert_eq!(core.take_mismatches(), Vec::<String>::new());
 }

@@ -2,7 +2,8 @@
 //!
 //! A request carries `Authorization: Bearer <JWT>`. The token is verified with one of the
 //! configured keys (HS256 secrets, RS256 or ES256 public keys; several for a rotation), its
-//! algorithm must be one those keys verify, and `exp`, `aud` and `iss` are checked. The
+//! algorithm must be one those keys verify, and `exp`, `nbf` (when present), `aud` and `iss` are
+//! checked. The
 //! principal is `sub` plus the roles claim. Without a token a request is anonymous, which only a
 //! deployment with anonymous access on allows.
 
@@ -108,6 +109,8 @@ impl Authenticator {
             validation.set_audience(&[&self.audience]);
             validation.set_issuer(&[&self.issuer]);
             validation.set_required_spec_claims(&["exp", "sub", "aud", "iss"]);
+            // A token valid only from later (`nbf`) is not valid yet.
+            validation.validate_nbf = true;
             match jsonwebtoken::decode::<serde_json::Value>(token, key, &validation) {
                 Ok(data) => return self.claims(&data.claims).map(Some),
                 Err(e) => last = Some(e),
@@ -201,6 +204,56 @@ mod tests {
         for e in [refused("Bearer x.y.z"), refused(&format!("Bearer {}", token(SECRET, claims(-600))))] {
             assert!(!e.contains(SECRET), "{e}");
         }
+    }
+
+    /// A token whose `nbf` lies ahead is not valid yet; one whose `nbf` has passed is.
+    #[test]
+    fn a_token_is_refused_before_its_not_before_time() {
+        let auth = Authenticator::new(&config()).unwrap();
+        let now = claims(0)["exp"].as_i64().unwrap();
+        let mut early = claims(7200);
+        early["nbf"] = json!(now + 3600);
+        let e = auth.principal(Some(&format!("Bearer {}", token(SECRET, early)))).unwrap_err();
+        assert!(e.contains("ImmatureSignature"), "{e}");
+        let mut ripe = claims(7200);
+        ripe["nbf"] = json!(now - 60);
+        assert!(auth.principal(Some(&format!("Bearer {}", token(SECRET, ripe)))).is_ok());
+    }
+
+    /// RS256 and ES256 tokens verify with their public keys (files, as configured), and neither
+    /// key verifies the other's tokens, nor does an HS256 token signed with a public key's bytes
+    /// (the algorithm confusion attack) pass.
+    #[test]
+    fn rs256_and_es256_tokens_verify_with_their_public_keys_only() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/jwt");
+        let key = |name: &str| std::fs::read(dir.join(name)).unwrap();
+        let auth = Authenticator::new(&AuthConfig {
+            jwt_secrets: vec![],
+            jwt_public_keys: vec![dir.join("rs256.pub"), dir.join("es256.pub")],
+            ..config()
+        })
+        .unwrap();
+        let rs = EncodingKey::from_rsa_pem(&key("rs256.key")).unwrap();
+        let es = EncodingKey::from_ec_pem(&key("es256.key")).unwrap();
+        let sign = |alg: Algorithm, key: &EncodingKey, claims: serde_json::Value| {
+            format!("Bearer {}", encode(&Header::new(alg), &claims, key).unwrap())
+        };
+        let alice = Some(Principal::new("alice", ["staff"]));
+        assert_eq!(auth.principal(Some(&sign(Algorithm::RS256, &rs, claims(600)))).unwrap(), alice);
+        assert_eq!(auth.principal(Some(&sign(Algorithm::ES256, &es, claims(600)))).unwrap(), alice);
+        assert!(auth.principal(Some(&sign(Algorithm::RS256, &rs, claims(-600)))).is_err(), "expired");
+        // Algorithm confusion: an HS256 token keyed with the public key's PEM bytes.
+        let confused = EncodingKey::from_secret(&key("rs256.pub"));
+        let e = auth.principal(Some(&sign(Algorithm::HS256, &confused, claims(600)))).unwrap_err();
+        assert!(e.contains("no configured key verifies"), "{e}");
+        // With only the ES256 key configured, the RS256 token has no key to verify it.
+        let es_only = Authenticator::new(&AuthConfig {
+            jwt_secrets: vec![],
+            jwt_public_keys: vec![dir.join("es256.pub")],
+            ..config()
+        })
+        .unwrap();
+        assert!(es_only.principal(Some(&sign(Algorithm::RS256, &rs, claims(600)))).is_err());
     }
 
     #[test]

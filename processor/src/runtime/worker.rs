@@ -95,6 +95,7 @@ pub async fn work(
         max_event_bytes: shared.config.max_event_bytes,
         spread_activities: shared.config.spread_activities,
         local_rounds: Settings::LOCAL_ROUNDS,
+        defer_local: true,
         cache_limit: Settings::CACHE_LIMIT,
         live_limit: shared.config.live_bytes,
         check_live: false,

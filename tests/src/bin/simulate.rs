@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use clap::Parser;
-use tests::sim::{self, Config, Outcome};
+use tests::sim::{self, Config, Mode, Outcome};
 
 /// Run Durable's deterministic simulator: workloads under duplicates, reordering, racing
 /// workers and crashes; invariants checked at the end of every seed.
@@ -38,14 +38,31 @@ struct Args {
     /// fence prevents. Expect violations.
     #[arg(long)]
     no_fence: bool,
+    /// How the cores run: `rotate` (each seed takes the next of the modes in turn), `all` (each
+    /// seed in every mode), or one of `local`, `no-defer` (every local step committed on its
+    /// own), `no-cache` (every step loads its record), `no-live` (every step replays).
+    #[arg(long, default_value = "rotate", value_parser = ["rotate", "all", "local", "no-defer", "no-cache", "no-live"])]
+    mode: String,
 }
 
 impl Args {
-    fn config(&self, seed: u64) -> Config {
-        let mut config = Config::new(seed);
-        config.local_rounds = self.local_rounds;
-        config.fence_local_commits = !self.no_fence;
-        config
+    /// The configurations of `seed`: one, or one per mode with `--mode all`.
+    fn configs(&self, seed: u64) -> Vec<Config> {
+        let modes = match self.mode.as_str() {
+            "rotate" => vec![Mode::of_seed(seed)],
+            "all" => Mode::ALL.to_vec(),
+            name => Mode::ALL.into_iter().filter(|m| m.name() == name).collect(),
+        };
+        modes
+            .into_iter()
+            .map(|mode| {
+                let mut config = Config::new(seed);
+                config.local_rounds = self.local_rounds;
+                config.fence_local_commits = !self.no_fence;
+                config.mode = mode;
+                config
+            })
+            .collect()
     }
 }
 
@@ -68,6 +85,7 @@ fn shrink(config: &Config, outcome: &Outcome) -> (Config, Outcome) {
             s.vaults,
             s.intrusions,
             s.lockers,
+            s.programs,
         ];
         for (i, field) in fields.iter().enumerate() {
             for smaller in [0, field / 2, field.saturating_sub(1)] {
@@ -85,8 +103,9 @@ fn shrink(config: &Config, outcome: &Outcome) -> (Config, Outcome) {
                         &mut c.scale.vaults,
                         &mut c.scale.intrusions,
                         &mut c.scale.lockers,
+                        &mut c.scale.programs,
                     ];
-                    *f.into_iter().nth(i).expect("eleven fields") = smaller;
+                    *f.into_iter().nth(i).expect("twelve fields") = smaller;
                     candidates.push(c);
                 }
             }
@@ -128,15 +147,18 @@ fn shrink(config: &Config, outcome: &Outcome) -> (Config, Outcome) {
 fn main() {
     let args = Args::parse();
     if let Some(seed) = args.seed {
-        let mut config = args.config(seed);
-        config.trace = true;
-        let outcome = sim::run(config.clone());
-        for line in &outcome.trace {
-            println!("{line}");
+        let mut violations = 0;
+        for mut config in args.configs(seed) {
+            config.trace = true;
+            let outcome = sim::run(config.clone());
+            for line in &outcome.trace {
+                println!("{line}");
+            }
+            print!("{}", sim::describe(&config, &outcome));
+            violations += outcome.violations.len();
         }
-        print!("{}", sim::describe(&config, &outcome));
-        println!("seeds=1 violations={}", outcome.violations.len());
-        std::process::exit(if outcome.violations.is_empty() { 0 } else { 1 });
+        println!("seeds=1 violations={violations}");
+        std::process::exit(if violations == 0 { 0 } else { 1 });
     }
     let started = Instant::now();
     let next = AtomicU64::new(args.first_seed);
@@ -159,20 +181,21 @@ fn main() {
                 if seed >= end {
                     return;
                 }
-                let config = args.config(seed);
-                let outcome = sim::run(config.clone());
-                actions.fetch_add(outcome.actions, Ordering::Relaxed);
-                conflicts.fetch_add(outcome.conflicts, Ordering::Relaxed);
-                reruns.fetch_add(outcome.reruns, Ordering::Relaxed);
-                cache_hits.fetch_add(outcome.cache_hits, Ordering::Relaxed);
-                live_steps.fetch_add(outcome.live_steps, Ordering::Relaxed);
-                deferred.fetch_add(outcome.deferred, Ordering::Relaxed);
-                crashes.fetch_add(outcome.crashes, Ordering::Relaxed);
-                // Order-independent combination of the per-seed trace hashes.
-                combined.fetch_add(outcome.trace_hash.rotate_left((seed % 64) as u32), Ordering::Relaxed);
-                hashes.lock().expect("lock").push((seed, outcome.trace_hash));
-                if !outcome.violations.is_empty() {
-                    failures.lock().expect("lock").push((config, outcome));
+                for config in args.configs(seed) {
+                    let outcome = sim::run(config.clone());
+                    actions.fetch_add(outcome.actions, Ordering::Relaxed);
+                    conflicts.fetch_add(outcome.conflicts, Ordering::Relaxed);
+                    reruns.fetch_add(outcome.reruns, Ordering::Relaxed);
+                    cache_hits.fetch_add(outcome.cache_hits, Ordering::Relaxed);
+                    live_steps.fetch_add(outcome.live_steps, Ordering::Relaxed);
+                    deferred.fetch_add(outcome.deferred, Ordering::Relaxed);
+                    crashes.fetch_add(outcome.crashes, Ordering::Relaxed);
+                    // Order-independent combination of the per-seed trace hashes.
+                    combined.fetch_add(outcome.trace_hash.rotate_left((seed % 64) as u32), Ordering::Relaxed);
+                    hashes.lock().expect("lock").push((seed, outcome.trace_hash));
+                    if !outcome.violations.is_empty() {
+                        failures.lock().expect("lock").push((config, outcome));
+                    }
                 }
                 let n = done.fetch_add(1, Ordering::Relaxed) + 1;
                 if n % 500 == 0 {
@@ -195,7 +218,12 @@ fn main() {
         eprintln!("FAILED: {}", sim::describe(config, outcome).trim_end());
         let (small, out) = shrink(config, outcome);
         eprintln!("smallest failing configuration: {}", sim::describe(&small, &out).trim_end());
-        eprintln!("reproduce: cargo run --release -p tests --bin simulate -- --seed {} (default scale; see above for the shrunk one)", config.seed);
+        eprintln!(
+            "reproduce: cargo run --release -p tests --bin simulate -- --seed {} --mode {} --local-rounds {} (default scale; see above for the shrunk one)",
+            config.seed,
+            config.mode.name(),
+            config.local_rounds
+        );
         eprintln!("trace ({} lines):", out.trace.len());
         for line in &out.trace {
             eprintln!("  {line}");

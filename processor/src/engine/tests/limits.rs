@@ -39,22 +39,47 @@ async fn caller(ctx: OrchestrationContext, n: usize) -> Result<(), Failure> {
     Ok(())
 }
 
+async fn big_result_caller(ctx: OrchestrationContext, n: usize) -> Result<usize, Failure> {
+    let s: String = ctx.call_activity("Big", n).await?;
+    Ok(s.len())
+}
+
+async fn echo_caller(ctx: OrchestrationContext, n: usize) -> Result<usize, Failure> {
+    let s: String = ctx.call_entity(&InstanceId::entity("Text", "echo"), "echo", n).await?;
+    Ok(s.len())
+}
+
 fn harness(limits: Limits) -> Harness {
-    let text = EntityType::<Text>::new().operation("append", |t: &mut Text, _ctx, more: String| {
-        t.text.push_str(&more);
-        Ok(t.text.len())
-    });
+    let text = EntityType::<Text>::new()
+        .operation("append", |t: &mut Text, _ctx, more: String| {
+            t.text.push_str(&more);
+            Ok(t.text.len())
+        })
+        .operation("echo", |t: &mut Text, _ctx, n: usize| {
+            t.text.push('e');
+            Ok("z".repeat(n))
+        });
     let registry = examples::register(Registry::new())
         .entity("Text", text)
         .orchestration("BigOutput", big_output)
         .orchestration("BigStatus", big_status)
         .orchestration("Holder", holder)
-        .orchestration("Caller", caller);
+        .orchestration("Caller", caller)
+        .orchestration("BigResultCaller", big_result_caller)
+        .orchestration("EchoCaller", echo_caller)
+        .activity("Big", |n: usize| async move { Ok::<_, Failure>("r".repeat(n)) });
     Harness::new(registry).with_limits(limits)
 }
 
 fn small() -> Limits {
-    Limits { max_state_bytes: 100, max_history_bytes: 2_000, max_inbox: 3, max_entity_queue: 2, max_fan_out: 10 }
+    Limits {
+        max_state_bytes: 100,
+        max_history_bytes: 2_000,
+        max_inbox: 3,
+        max_entity_queue: 2,
+        max_fan_out: 10,
+        ..Limits::default()
+    }
 }
 
 fn failure(h: &Harness, id: &str) -> Failure {
@@ -163,4 +188,37 @@ fn the_inbox_and_an_entity_queue_hold_at_most_their_limit() {
         h.record(&holder).unwrap().orchestration().unwrap().status,
         OrchestrationStatus::Completed { .. }
     ));
+}
+
+/// An activity result or an entity call's result too large to travel back reaches the caller as
+/// a `ResultTooLarge` failure (it was dead-lettered on its way, and the caller waited forever);
+/// the entity's operation is refused, its state unchanged. One that fits arrives as usual.
+#[test]
+fn results_over_the_limit_reach_the_caller_as_result_too_large() {
+    let mut h = harness(small());
+    let start = h.start("BigResultCaller", "big", 200usize);
+    let id = start.target.clone();
+    h.deliver(start);
+    h.run();
+    let f = failure(&h, &id);
+    assert_eq!(f.kind, "ResultTooLarge");
+    assert!(f.message.contains("over the limit of 100 (DURABLE_MAX_STATE_BYTES)"), "{}", f.message);
+    let start = h.start("BigResultCaller", "fits", 50usize);
+    let fits = start.target.clone();
+    h.deliver(start);
+    h.run();
+    assert_eq!(h.output::<usize>(&fits), Some(50));
+
+    let start = h.start("EchoCaller", "echo", 200usize);
+    let id = start.target.clone();
+    h.deliver(start);
+    h.run();
+    assert_eq!(failure(&h, &id).kind, "ResultTooLarge");
+    assert!(h.entity_state::<Text>(&InstanceId::entity("Text", "echo")).is_none(), "the operation changed nothing");
+    assert!(h.dead_letters().iter().any(|d| d.reason.contains("the state is unchanged")));
+    let start = h.start("EchoCaller", "echo-fits", 20usize);
+    let fits = start.target.clone();
+    h.deliver(start);
+    h.run();
+    assert_eq!(h.output::<usize>(&fits), Some(20));
 }
