@@ -90,8 +90,12 @@ pub struct ProcessorConfig {
     /// orchestration's code stays suspended between its steps, so a step continues it instead
     /// of replaying its whole history. Past it the least recently stepped are dropped (they
     /// replay at their next step). 0 replays every step.
-    #[arg(long, env = "DURABLE_LIVE_BYTES", default_value_t = 32 << 20)]
+    #[arg(long, env = "DURABLE_LIVE_BYTES", default_value_t = crate::partition::Settings::LIVE_LIMIT)]
     pub live_bytes: usize,
+    /// Most bytes of instance records (as stored) each owned partition keeps in memory between
+    /// its groups, to save loading them again; past it the least recently used leave.
+    #[arg(long, env = "DURABLE_CACHE_BYTES", default_value_t = crate::partition::Settings::CACHE_BYTES)]
+    pub cache_bytes: usize,
     /// The deployment secret: processors seal every record they produce to <prefix>.events with
     /// it, and a record without a valid seal may only start, raise, signal or terminate
     /// (schemas/README.md, "Who may send what"). At least 16 bytes; during a rotation give
@@ -123,6 +127,11 @@ pub struct ProcessorConfig {
     /// asking for more is dead-lettered. Parked events wait in Redis until they are due.
     #[arg(long, env = "DURABLE_MAX_DELAY", default_value = "366d", value_parser = humantime::parse_duration)]
     pub max_delay: Duration,
+    /// Most bytes of events one instance keeps waiting in its record (for its start, its
+    /// resume, a wait_for_event, its creation limit's ledger, or a lock), together: the event
+    /// that would pass it is dead-lettered (a call gets QueueFull).
+    #[arg(long, env = "DURABLE_MAX_BUFFERED_BYTES", default_value_t = Limits::default().max_buffered_bytes)]
+    pub max_buffered_bytes: usize,
     /// How long finished instances are kept before they are purged: a duration for every
     /// type (`30d`), and/or per orchestration or entity name, comma separated, e.g.
     /// `7d,Transfer=1h,Cart=30m`. Counted from when an orchestration completes, fails or is
@@ -281,7 +290,8 @@ impl ProcessorConfig {
             spread_activities: false,
             activity_timeout: Duration::from_secs(300),
             activity_concurrency: 512,
-            live_bytes: 32 << 20,
+            live_bytes: crate::partition::Settings::LIVE_LIMIT,
+            cache_bytes: crate::partition::Settings::CACHE_BYTES,
             secret: Vec::new(),
             max_state_bytes: Limits::default().max_state_bytes,
             max_history_bytes: Limits::default().max_history_bytes,
@@ -289,6 +299,7 @@ impl ProcessorConfig {
             max_entity_queue: Limits::default().max_entity_queue,
             max_fan_out: Limits::default().max_fan_out,
             max_delay: Duration::from_millis(Limits::MAX_DELAY_MS as u64),
+            max_buffered_bytes: Limits::default().max_buffered_bytes,
             retention: None,
             purge_grace: Duration::from_secs(3600),
             auth: AuthConfig::anonymous(),
@@ -305,6 +316,7 @@ impl ProcessorConfig {
             max_entity_queue: self.max_entity_queue,
             max_fan_out: self.max_fan_out,
             max_delay_ms: self.max_delay.as_millis().min(i64::MAX as u128) as i64,
+            max_buffered_bytes: self.max_buffered_bytes,
         }
     }
 

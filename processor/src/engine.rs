@@ -184,6 +184,9 @@ struct Collector {
     altered: bool,
     /// The target type's retention period, if any.
     retention: Option<i64>,
+    /// Bytes of events the instance keeps waiting, counted at the first buffering of the step
+    /// ([`Collector::buffer`]) and raised by each one after.
+    buffered: Option<usize>,
 }
 
 impl Collector {
@@ -196,6 +199,21 @@ impl Collector {
     }
 
     /// A fresh deterministic event id.
+    /// Make room for `more` bytes of events the instance keeps waiting, `held` counting what it
+    /// keeps already (asked once a step); or why there is none (see
+    /// [`Limits::max_buffered_bytes`]).
+    fn buffer(&mut self, held: impl FnOnce() -> usize, more: usize) -> Result<(), String> {
+        let now = *self.buffered.get_or_insert_with(held);
+        let limit = self.limits.max_buffered_bytes;
+        if now + more > limit {
+            return Err(format!(
+                "it keeps {now} bytes of events waiting already, and {more} more would pass the limit of {limit} (DURABLE_MAX_BUFFERED_BYTES)"
+            ));
+        }
+        self.buffered = Some(now + more);
+        Ok(())
+    }
+
     fn event_id(&mut self) -> String {
         self.next_id += 1;
         format!("{}.{}", self.id_prefix, self.next_id)
@@ -277,6 +295,12 @@ pub struct Limits {
     /// Longest delay a `WithDelay` may ask for, in ms past the time it arrives: one asking for
     /// more is dead-lettered (parked timers live in Redis until they are due).
     pub max_delay_ms: i64,
+    /// Most bytes of events one instance keeps waiting in its record — for its start (raised
+    /// before it), its resume (while suspended), a `wait_for_event`, its creation limit's ledger,
+    /// or a lock (an entity's queue) — together: the event that would pass it is dead-lettered
+    /// (a call is answered with `QueueFull`). With the history and state bounds it bounds the
+    /// stored record, so no tenant can grow one past what a commit writes.
+    pub max_buffered_bytes: usize,
 }
 
 impl Limits {
@@ -293,6 +317,7 @@ impl Default for Limits {
             max_entity_queue: 10_000,
             max_fan_out: 10_000,
             max_delay_ms: Self::MAX_DELAY_MS,
+            max_buffered_bytes: 8 << 20,
         }
     }
 }
@@ -446,6 +471,7 @@ impl Engine {
             purged: false,
             altered: false,
             retention: self.retention.of(target),
+            buffered: None,
         };
         let min_offset = deliveries.iter().filter_map(|d| d.offset).min();
         let max_offset = deliveries.iter().filter_map(|d| d.offset).max();
@@ -746,7 +772,16 @@ fn authorize(
                     );
                     refuse(target, &wrappers, core, envelope.clone(), reason, out);
                 }
-                None => waiting.events.push_back(envelope),
+                None => {
+                    let waiting_bytes = waiting.events.iter().map(|e| e.encode().len()).sum::<usize>();
+                    match out.buffer(|| waiting_bytes, envelope.encode().len()) {
+                        Ok(()) => record.quota.waiting.as_mut().expect("waiting").events.push_back(envelope),
+                        Err(why) => {
+                            let reason = format!("{target} waits for its creation to be counted: {why}");
+                            refuse(target, &wrappers, core, envelope.clone(), reason, out);
+                        }
+                    }
+                }
             }
             continue;
         }
@@ -960,3 +995,21 @@ pub fn state_change(record: &InstanceRecord) -> Option<StateChange> {
 
 #[cfg(test)]
 mod tests;
+
+/// Bytes of the events `record` keeps waiting: for its start or a `wait_for_event` (its inbox),
+/// its resume, its ledger's answer, or a lock (an entity's queue).
+pub(crate) fn buffered_bytes(record: &InstanceRecord) -> usize {
+    let held = |events: &mut dyn Iterator<Item = &Envelope>| events.map(|e| e.encode().len()).sum::<usize>();
+    let mut n = record.quota.waiting.as_ref().map_or(0, |w| held(&mut w.events.iter()));
+    match &record.body {
+        Body::Orchestration(h) => {
+            n += h.inbox.iter().map(|(name, payload)| name.len() + payload.data.len()).sum::<usize>();
+            if let OrchestrationStatus::Suspended { held: kept, .. } = &h.status {
+                n += held(&mut kept.iter());
+            }
+        }
+        Body::Entity(e) => n += held(&mut e.queue.iter()),
+        Body::Empty => {}
+    }
+    n
+}

@@ -154,6 +154,12 @@ impl InstanceRecord {
 
     /// Read a stored blob: a record frame, then any delta frames ([`InstanceRecord::to_delta`]).
     pub fn from_blob(blob: &[u8]) -> Result<Self, BlobError> {
+        Self::from_blob_sized(blob).map(|(record, _)| record)
+    }
+
+    /// [`InstanceRecord::from_blob`], and how many of the blob's bytes the record written whole
+    /// takes (the rest are deltas appended since).
+    pub fn from_blob_sized(blob: &[u8]) -> Result<(Self, usize), BlobError> {
         let corrupt = |e: postcard::Error| BlobError::Corrupt(e.to_string());
         let (mut record, mut rest) = match blob.first() {
             Some(1) => postcard::take_from_bytes::<Self>(&blob[1..]).map_err(corrupt)?,
@@ -167,6 +173,7 @@ impl InstanceRecord {
             Some(&other) => return Err(BlobError::UnknownFormat(other)),
             None => return Err(BlobError::Corrupt("empty blob".into())),
         };
+        let whole = blob.len() - rest.len();
         while let Some((&format, frame)) = rest.split_first() {
             if format != DELTA_FORMAT {
                 return Err(BlobError::Corrupt(format!("a frame of format {format} after the record")));
@@ -184,7 +191,7 @@ impl InstanceRecord {
             record = delta;
             rest = after;
         }
-        Ok(record)
+        Ok((record, whole))
     }
 
     /// One record frame of the current format (after its format byte), and what follows it.

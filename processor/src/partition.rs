@@ -132,6 +132,8 @@ pub struct Settings {
     pub defer_local: bool,
     /// Most records the cache keeps.
     pub cache_limit: usize,
+    /// Most bytes of records (as stored) the cache keeps.
+    pub cache_bytes: usize,
     /// Most bytes of live orchestrations (code kept running between steps, see
     /// [`crate::engine::Live`]) the cache keeps; 0 replays every step.
     pub live_limit: usize,
@@ -151,6 +153,8 @@ impl Settings {
     pub const LOCAL_ROUNDS: usize = 16;
     /// Most records a core caches by default.
     pub const CACHE_LIMIT: usize = 20_000;
+    /// Most bytes of records a core caches by default: 64 MiB.
+    pub const CACHE_BYTES: usize = 64 << 20;
     /// Most bytes of live orchestrations a core keeps by default: 32 MiB.
     pub const LIVE_LIMIT: usize = 32 << 20;
     /// How long an emptied record stays by default: an hour, far past any redelivery.
@@ -466,7 +470,7 @@ impl Partition {
     /// The core of `settings.partition`, owned at `epoch` (from
     /// [`Store::fence`](crate::Store::fence) when the owner started).
     pub fn new(settings: Settings, engine: Engine, epoch: u64) -> Self {
-        let cache = RecordCache::new(settings.cache_limit, settings.live_limit);
+        let cache = RecordCache::new(settings.cache_limit, settings.cache_bytes, settings.live_limit);
         Self { settings, engine, epoch, cache, stats: Stats::default(), mismatches: Vec::new(), group: None }
     }
 
@@ -545,9 +549,10 @@ impl Partition {
         let decode = |s: Option<Stored>| -> Loaded {
             match s {
                 None => Ok(None),
-                Some(s) => InstanceRecord::from_blob(&s.blob)
-                    .map(|record| {
-                        let shape = Shape::of(&record, s.blob.len(), 0);
+                Some(s) => InstanceRecord::from_blob_sized(&s.blob)
+                    .map(|(record, whole)| {
+                        // The deltas loaded count as deltas: past the bound the next write is whole.
+                        let shape = Shape::of(&record, whole, s.blob.len() - whole);
                         Some(Cached { etag: s.etag, record, live: None, shape })
                     })
                     .map_err(|e| Error::corrupt(format!("stored record does not decode: {e}"))),

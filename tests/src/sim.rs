@@ -651,6 +651,7 @@ impl World {
             local_rounds: self.config.local_rounds,
             defer_local: self.config.mode != Mode::NoDefer,
             cache_limit: if self.config.mode == Mode::NoCache { 0 } else { Settings::CACHE_LIMIT },
+            cache_bytes: Settings::CACHE_BYTES,
             live_limit: if self.config.mode == Mode::NoLive { 0 } else { Settings::LIVE_LIMIT },
             check_live: true,
             purge_grace_ms: Settings::PURGE_GRACE_MS,

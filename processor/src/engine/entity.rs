@@ -53,11 +53,17 @@ fn handle(registry: &Registry, id: &InstanceId, state: &mut EntityState, envelop
             let sender = wrappers.lock.as_ref().map(|(owner, _)| owner.as_str());
             if state.lock.as_ref().is_some_and(|l| Some(l.owner.as_str()) != sender) {
                 let limit = out.limits.max_entity_queue;
-                if state.queue.len() >= limit {
-                    let failure = durable_schemas::Failure::new(
-                        "QueueFull",
-                        format!("{id} is locked and {limit} operations already wait for it (DURABLE_MAX_ENTITY_QUEUE)"),
-                    );
+                let queued = || state.queue.iter().map(|e| e.encode().len()).sum::<usize>();
+                let full = match state.queue.len() >= limit {
+                    true => Err(format!(
+                        "{id} is locked and {limit} operations already wait for it (DURABLE_MAX_ENTITY_QUEUE)"
+                    )),
+                    false => {
+                        out.buffer(queued, envelope.encode().len()).map_err(|why| format!("{id} is locked: {why}"))
+                    }
+                };
+                if let Err(message) = full {
+                    let failure = durable_schemas::Failure::new("QueueFull", message);
                     out.dead(envelope.clone(), failure.message.clone());
                     return answer(id, &wrappers, Err(failure), out);
                 }
@@ -84,7 +90,16 @@ fn handle(registry: &Registry, id: &InstanceId, state: &mut EntityState, envelop
             }
             match &state.lock {
                 Some(l) if l.owner == owner && l.correlation == correlation => {} // already ours
-                Some(_) => state.queue.push_back(envelope),
+                Some(_) => {
+                    let queued = || state.queue.iter().map(|e| e.encode().len()).sum::<usize>();
+                    match out.buffer(queued, envelope.encode().len()) {
+                        Ok(()) => state.queue.push_back(envelope),
+                        Err(why) => {
+                            let reason = format!("{me} is locked: {why}");
+                            super::refuse(id, &wrappers, &core, envelope.clone(), reason, out);
+                        }
+                    }
+                }
                 None => {
                     state.lock = Some(EntityLock { owner: owner.clone(), correlation: correlation.clone() });
                     let next = position as usize + 1;

@@ -390,6 +390,14 @@ impl Run<'_> {
                     );
                     return self.out.dead(envelope, reason);
                 }
+                let kept = held.iter().map(|e| e.encode().len()).sum::<usize>();
+                if let Err(why) = self.out.buffer(|| kept, envelope.encode().len()) {
+                    let reason = format!("{} is suspended: {why}; {} is not applied", envelope.target, core.name());
+                    return self.out.dead(envelope, reason);
+                }
+                let Some(OrchestrationStatus::Suspended { held, .. }) = self.history().map(|h| &mut h.status) else {
+                    unreachable!("matched above")
+                };
                 held.push(envelope);
                 return;
             }
@@ -536,6 +544,14 @@ impl Run<'_> {
 
     fn raise(&mut self, envelope: Envelope, name: String, payload: Payload) {
         let max_inbox = self.out.limits.max_inbox;
+        let waiting = self.history().is_none_or(|h| !h.status.is_finished() && h.inbox.len() < max_inbox);
+        if waiting {
+            let record = &*self.record;
+            if let Err(why) = self.out.buffer(|| super::buffered_bytes(record), name.len() + payload.data.len()) {
+                let reason = format!("{}: {why}; {name:?} is not applied", envelope.target);
+                return self.out.dead(envelope, reason);
+            }
+        }
         match self.history() {
             // Signal-with-start: kept for the start (the authorization step asked for the right
             // to start it).

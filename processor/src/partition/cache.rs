@@ -35,7 +35,8 @@ struct Entry {
 /// A running orchestration's record may come with its live code ([`Live`]), which the next step
 /// continues instead of replaying the history. The live code is bounded in bytes: past the
 /// bound the oldest is dropped (its record stays), which costs that orchestration one replay.
-/// Records are bounded in number: past it the oldest leaves.
+/// Records are bounded in number and in bytes (their stored size): past either the oldest leave;
+/// a record larger than the whole byte bound is not kept.
 #[derive(Debug, Default)]
 pub struct RecordCache {
     records: HashMap<String, Entry>,
@@ -45,21 +46,32 @@ pub struct RecordCache {
     live_order: BTreeMap<u64, String>,
     tick: u64,
     limit: usize,
+    /// Most bytes of records (as stored) kept.
+    bytes_limit: usize,
+    /// Bytes of the records kept, as stored.
+    bytes: usize,
     live_limit: usize,
     live_bytes: usize,
     evicted: u64,
 }
 
 impl RecordCache {
-    /// A cache of at most `limit` records and `live_limit` bytes of live code.
-    pub fn new(limit: usize, live_limit: usize) -> Self {
-        Self { limit, live_limit, ..Self::default() }
+    /// A cache of at most `limit` records of at most `bytes_limit` bytes (as stored), and
+    /// `live_limit` bytes of live code.
+    pub fn new(limit: usize, bytes_limit: usize, live_limit: usize) -> Self {
+        Self { limit, bytes_limit, live_limit, ..Self::default() }
+    }
+
+    /// How many records it keeps, and their bytes as stored.
+    pub fn held(&self) -> (usize, usize) {
+        (self.records.len(), self.bytes)
     }
 
     /// Take the record of `id` out of the cache.
     pub fn take(&mut self, id: &str) -> Option<Cached> {
         let entry = self.records.remove(id)?;
         self.order.remove(&entry.tick);
+        self.bytes -= entry.cached.shape.stored();
         if let Some(live) = &entry.cached.live {
             self.live_order.remove(&entry.tick);
             self.live_bytes -= live.approx_bytes();
@@ -69,10 +81,10 @@ impl RecordCache {
 
     /// Keep a record as committed, with the live code of the step that committed it.
     pub fn put(&mut self, id: String, cached: Cached) {
-        if self.limit == 0 {
+        self.take(&id);
+        if self.limit == 0 || cached.shape.stored() > self.bytes_limit {
             return;
         }
-        self.take(&id);
         // Live code bigger than the whole bound is not kept at all.
         let Cached { etag, record, live, shape } = cached;
         let live = live.filter(|l| l.approx_bytes() <= self.live_limit);
@@ -83,10 +95,12 @@ impl RecordCache {
             self.live_order.insert(tick, id.clone());
         }
         self.order.insert(tick, id.clone());
+        self.bytes += shape.stored();
         self.records.insert(id, Entry { cached: Cached { etag, record, live, shape }, tick });
-        while self.records.len() > self.limit {
+        while self.records.len() > self.limit || self.bytes > self.bytes_limit {
             let Some((_, oldest)) = self.order.pop_first() else { break };
             if let Some(entry) = self.records.remove(&oldest) {
+                self.bytes -= entry.cached.shape.stored();
                 if let Some(live) = entry.cached.live {
                     self.live_order.remove(&entry.tick);
                     self.live_bytes -= live.approx_bytes();
@@ -122,7 +136,7 @@ impl RecordCache {
 /// load reads at most about twice the record.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Shape {
-    /// Bytes of the blob last written whole (for a record loaded from the store: all of it).
+    /// Bytes of the blob last written whole (for a record loaded from the store: its first frame).
     pub base: usize,
     /// Bytes of the deltas appended since.
     pub tail: usize,
@@ -140,6 +154,11 @@ struct End {
 }
 
 impl Shape {
+    /// Bytes the store holds for it.
+    pub fn stored(&self) -> usize {
+        self.base + self.tail
+    }
+
     /// The shape of `record` stored as `base` bytes written whole and `tail` bytes appended.
     pub fn of(record: &InstanceRecord, base: usize, tail: usize) -> Self {
         let history = record.orchestration().map(|h| End {
@@ -165,5 +184,34 @@ impl Shape {
             && end.commands.checked_sub(1).map(|i| &h.commands[i]) == end.last_command.as_ref()
             && end.log.checked_sub(1).map(|i| &h.log[i]) == end.last_entry.as_ref();
         same.then_some((end.commands, end.log))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cached(id: &str, bytes: usize) -> Cached {
+        let record = InstanceRecord::new(id, 0);
+        Cached { etag: 1, shape: Shape::of(&record, bytes, 0), record, live: None }
+    }
+
+    /// Past its byte bound the cache drops the least recently put records; a record larger than
+    /// the whole bound is not kept at all.
+    #[test]
+    fn the_cache_is_bounded_in_bytes_not_only_in_records() {
+        let mut cache = RecordCache::new(100, 1_000, 0);
+        for i in 0..5 {
+            cache.put(format!("r{i}"), cached(&format!("r{i}"), 300));
+        }
+        assert_eq!(cache.held(), (3, 900));
+        assert!(cache.take("r0").is_none() && cache.take("r1").is_none());
+        assert_eq!(cache.held(), (3, 900), "a miss changes nothing");
+        assert!(cache.take("r4").is_some());
+        assert_eq!(cache.held(), (2, 600));
+        cache.put("huge".into(), cached("huge", 1_001));
+        assert_eq!(cache.held(), (2, 600), "larger than the bound: not kept");
+        cache.put("r2".into(), cached("r2", 100));
+        assert_eq!(cache.held(), (2, 400), "put again: counted once, at its new size");
     }
 }

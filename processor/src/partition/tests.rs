@@ -32,6 +32,7 @@ fn settings(local_rounds: usize) -> Settings {
         local_rounds,
         defer_local: true,
         cache_limit: 100,
+        cache_bytes: Settings::CACHE_BYTES,
         live_limit: Settings::LIVE_LIMIT,
         check_live: true,
         purge_grace_ms: Settings::PURGE_GRACE_MS,
@@ -618,4 +619,31 @@ fn a_step_that_sets_a_timer_beside_an_activity_call_is_committed_with_its_timer(
         other => panic!("{id} is {other:?}: {seen:?}"),
     }
     assert_eq!(core.take_mismatches(), Vec::<String>::new());
+}
+
+/// A running orchestration loaded afresh at every step (no cache) keeps its stored blob within
+/// about twice its whole size: a record loaded with deltas counts them as deltas, so the next
+/// write past the bound rewrites it whole (the loaded size used to become the new base, and the
+/// deltas grew without bound).
+#[test]
+fn deltas_stay_bounded_when_every_step_loads_the_record() {
+    let store = MemoryStore::new();
+    let epoch = now_or_never(store.fence(0)).expect("memory store");
+    let settings = Settings { cache_limit: 0, defer_local: false, max_event_bytes: 1 << 20, ..settings(64) };
+    let mut core = Partition::new(settings, Engine::new(examples::register(Registry::new())), epoch);
+    let id = InstanceId::orchestration("HelloSequence", "long").canonical();
+    // A large input, carried in every whole write: deltas must not repeat it without bound.
+    let cities: Vec<String> = (0..40).map(|i| format!("{i:02}{}", "x".repeat(200))).collect();
+    let start = Event::StartOrchestration { input: Payload::json(&cities).expect("json") };
+    let mut worst = 0.0f64;
+    let (seen, _) = drive(&mut core, &store, vec![record(0, &Envelope::new("s", id.clone(), NOW, start))], |store| {
+        if let Some(stored) = store.get(&id) {
+            let whole = InstanceRecord::from_blob(&stored.blob).expect("decodes").to_blob().len();
+            worst = worst.max(stored.blob.len() as f64 / whole as f64);
+        }
+    });
+    let loads = seen.iter().filter(|s| matches!(s, Seen::Load(_))).count();
+    assert!(loads >= 40, "every step loads: {loads}");
+    assert!(worst <= 2.2, "the stored blob reached {worst:.2} times the record's whole size");
+    assert_eq!(greetings(&store, &id).len(), 40);
 }

@@ -97,6 +97,7 @@ pub async fn work(
         local_rounds: Settings::LOCAL_ROUNDS,
         defer_local: true,
         cache_limit: Settings::CACHE_LIMIT,
+        cache_bytes: shared.config.cache_bytes,
         live_limit: shared.config.live_bytes,
         check_live: false,
         purge_grace_ms: shared.config.purge_grace_ms(),

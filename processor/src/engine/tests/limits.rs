@@ -222,3 +222,53 @@ fn results_over_the_limit_reach_the_caller_as_result_too_large() {
     h.run();
     assert_eq!(h.output::<usize>(&fits), Some(20));
 }
+
+/// What an instance keeps waiting is bounded in bytes, not only in count: a few large events
+/// fill it, the next is dead-lettered with the setting to change (a call is answered
+/// `QueueFull`), and what was kept still applies. Shown for an entity's queue behind a lock, for
+/// events raised before an orchestration's start, and for a suspended orchestration.
+#[test]
+fn what_an_instance_keeps_waiting_is_bounded_in_bytes() {
+    let limits = Limits { max_buffered_bytes: 2_200, ..Limits::default() };
+    let mut h = harness(limits);
+    let big = "q".repeat(600);
+    // An entity's queue behind a lock.
+    let start = h.start("Holder", "h", ());
+    let holder = start.target.clone();
+    h.deliver(start);
+    h.run();
+    let held = InstanceId::entity("Text", "held");
+    for i in 0..4 {
+        let op = h.signal(&held, "append", &big);
+        let out = h.deliver(op);
+        assert_eq!(out.dead_letters.len(), usize::from(i == 3), "operation {i}: {:?}", out.dead_letters);
+    }
+    assert!(h.dead_letters().last().unwrap().reason.contains("DURABLE_MAX_BUFFERED_BYTES"));
+    let go = h.raise(&holder, "go", 1);
+    h.deliver(go);
+    h.run();
+    assert_eq!(h.entity_state::<Text>(&held).unwrap().text.len(), 3 * 600, "the kept operations ran");
+
+    // Events raised before the start (signal-with-start).
+    let pending = InstanceId::orchestration("Ticker", "p").canonical();
+    for i in 0..4 {
+        let e = h.raise(&pending, "other", &big);
+        let out = h.deliver(e);
+        assert_eq!(out.dead_letters.len(), usize::from(i == 3), "raise {i}: {:?}", out.dead_letters);
+    }
+    assert!(h.dead_letters().last().unwrap().reason.contains("DURABLE_MAX_BUFFERED_BYTES"));
+    assert_eq!(h.record(&pending).unwrap().orchestration().unwrap().inbox.len(), 3);
+
+    // A suspended orchestration's kept events.
+    let start = h.start("Ticker", "s", (0u32, 5u32));
+    let ticker = start.target.clone();
+    h.deliver(start);
+    let suspend = h.client(&ticker, durable_schemas::Event::Suspend { reason: "test".into() });
+    h.deliver(suspend);
+    for i in 0..4 {
+        let e = h.raise(&ticker, "other", &big);
+        let out = h.deliver(e);
+        assert_eq!(out.dead_letters.len(), usize::from(i == 3), "kept {i}: {:?}", out.dead_letters);
+    }
+    assert!(h.dead_letters().last().unwrap().reason.contains("DURABLE_MAX_BUFFERED_BYTES"));
+}
