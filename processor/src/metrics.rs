@@ -28,6 +28,9 @@ pub struct Metrics {
     /// (transaction markers, aborted transactions, records removed by retention, compaction or
     /// `DeleteRecords` before they were read).
     pub offsets_skipped: IntCounterVec,
+    /// `durable_worker_restarts_total{partition}`: partition workers that died (a panic, a fatal
+    /// error) while the partition stayed owned; it is read again from its last stored offset.
+    pub worker_restarts: IntCounterVec,
     /// `durable_undeliverable_total{topic}`: outgoing records (topic `events` or `state`) the
     /// producer or the broker refused as too large or malformed, dead-lettered instead.
     pub undeliverable: IntCounterVec,
@@ -127,6 +130,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &registry,
             "durable_offsets_skipped_total",
             "Offsets of the events topic never delivered (gaps in the log)",
+            &[PARTITION],
+        ),
+        worker_restarts: counter(
+            &registry,
+            "durable_worker_restarts_total",
+            "Partition workers that died while their partition stayed owned (read again from the last stored offset)",
             &[PARTITION],
         ),
         undeliverable: counter(

@@ -1234,15 +1234,17 @@ fn unapplied(outbound: &mut Vec<(i64, Out)>, replies: Vec<(i64, Envelope)>) {
     outbound.extend(replies.into_iter().map(|(offset, reply)| (offset, Out::Effects(vec![Effect::Emit(reply)]))));
 }
 
-/// The write of a changed step; a record left empty (purged, or nothing it was sent applied)
-/// leaves the index and expires after `grace` ms. A running orchestration that only carried its
+/// The write of a changed step; a record left empty (purged, or nothing it was sent applied) and
+/// holding no creation that waits for its ledger leaves the index and expires after `grace` ms. A running orchestration that only carried its
 /// stored history on appends a delta while the deltas stay smaller than the blob last written
 /// whole ([`Shape`]); `s.shape` becomes what the store holds once this write commits.
 fn write(s: &mut Stepped, grace: u64) -> Write {
     let out = &mut s.out;
     let timers = out.delayed().map(|(fire_at, e)| TimerEntry { fire_at, envelope: e.encode() }).collect();
     let index = crate::index::Summary::of(&out.record).map(|s| crate::store::Indexed::of(&s));
-    let expire = matches!(out.record.body, crate::history::Body::Empty).then_some(grace);
+    // An empty record that holds a creation waiting for its ledger is not done with: kept.
+    let expire =
+        (matches!(out.record.body, crate::history::Body::Empty) && out.record.quota.waiting.is_none()).then_some(grace);
     let delta = match (s.etag, expire) {
         // Once the deltas fill the whole part no delta fits: do not encode one.
         (Some(_), None) if s.shape.tail < s.shape.base => s

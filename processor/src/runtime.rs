@@ -63,7 +63,7 @@ use durable_schemas::contract::seal::{self, Seal};
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::Headers as _;
 use rdkafka::Message;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::ProcessorConfig;
 use crate::engine::Engine;
@@ -266,6 +266,30 @@ pub async fn run_with(
             received = consumer.recv() => match received {
                 Ok(message) => {
                     let (partition, offset) = (message.partition(), message.offset());
+                    if let Some(from) = workers.died(partition) {
+                        // Its queue and group in flight died with it: never skip them. Read the
+                        // partition again from the last offset it stored (librdkafka drops what
+                        // it fetched before the seek); the next record starts a new worker.
+                        error!(partition, from, "the worker of this partition died while this processor owns it: reading the partition again from the last offset it stored");
+                        METRICS.worker_restarts.with_label_values(&[&partition.to_string()]).inc();
+                        let topic = shared.config.events_topic();
+                        let seek = tokio::task::block_in_place(|| {
+                            consumer.seek(&topic, partition, rdkafka::Offset::Offset(from), std::time::Duration::from_secs(10))
+                        });
+                        match seek {
+                            Ok(()) => {
+                                workers.restart(partition, from);
+                                continue;
+                            }
+                            Err(e) => {
+                                // Not read again here: stop, so that the group gives the
+                                // partition to a processor that starts at its committed offset.
+                                error!(partition, error = %e, "cannot read the partition again after its worker died: the processor stops");
+                                workers.stop(&workers.all());
+                                anyhow::bail!("the worker of partition {partition} died and its records could not be read again: {e}");
+                            }
+                        }
+                    }
                     match workers.admit(partition, offset) {
                         Admit::Dispatch => {}
                         Admit::Skip => continue,

@@ -37,6 +37,14 @@ pub(super) struct Execution {
     outcome: Option<Result<Payload, Failure>>,
 }
 
+impl Drop for Execution {
+    /// However the code ends — finished, terminated, suspended, purged, evicted — its future is
+    /// dropped under [`guarded`].
+    fn drop(&mut self) {
+        self.discard();
+    }
+}
+
 impl Execution {
     /// Start the code for `history` and replay its log.
     /// Run the code over `h`'s history; the commands of the `reissue` slots are sent again.
@@ -89,8 +97,9 @@ impl Execution {
             if let Some(message) = divergence {
                 let failure = Failure { kind: crate::context::NONDETERMINISM.to_owned(), message, details: None };
                 s.error = Some(failure.clone());
-                exec.fut = None;
-                exec.outcome = Some(Err(failure));
+                drop(s);
+                exec.finish(Err(failure));
+                return Ok(exec);
             }
         }
         drop(s);
@@ -168,8 +177,18 @@ impl Execution {
     }
 
     fn finish(&mut self, outcome: Result<Payload, Failure>) {
-        self.fut = None;
+        self.discard();
         self.outcome = Some(outcome);
+    }
+
+    /// Drop the code's future, catching a panic of its drop (application code may hold values
+    /// whose drop panics across an await): it must not unwind through the engine.
+    fn discard(&mut self) {
+        if let Some(fut) = self.fut.take() {
+            if let Err(panic) = guarded(move || drop(fut)) {
+                tracing::debug!(%panic, "an orchestration's code panicked as it was dropped");
+            }
+        }
     }
 
     /// The next buffered completion the code can take now: early replies for issued slots in

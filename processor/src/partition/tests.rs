@@ -647,3 +647,27 @@ fn deltas_stay_bounded_when_every_step_loads_the_record() {
     assert!(worst <= 2.2, "the stored blob reached {worst:.2} times the record's whole size");
     assert_eq!(greetings(&store, &id).len(), 40);
 }
+
+/// A creation waiting for its creation limit's ledger is an empty record holding the creating
+/// event: it must not expire like a purged one (the start and the events held behind it would
+/// vanish after a 202, and the ledger's place would leak when the answer came).
+#[test]
+fn a_creation_waiting_for_its_ledger_does_not_expire() {
+    let mut policy = crate::access::Policy::enforcing();
+    policy.limits.insert("Counter".into(), 1);
+    let engine = Engine::new(examples::register(Registry::new())).with_policy(policy);
+    let target = InstanceId::entity("Counter", "limited");
+    let mut e = add(1, "limited");
+    crate::access::send_as(&mut e, &crate::access::Principal::new("quinn", Vec::<String>::new()));
+    let input = StepInput {
+        deliveries: vec![Delivery { envelope: e, offset: Some(0) }],
+        now: NOW,
+        partition: Some(0),
+        trigger: None,
+    };
+    let out = engine.step(&target, None, input);
+    assert!(out.record.quota.waiting.is_some(), "the creation waits for the ledger");
+    let mut stepped = Stepped { id: target.canonical(), out, live: None, etag: None, shape: Shape::default() };
+    let w = write(&mut stepped, Settings::PURGE_GRACE_MS);
+    assert_eq!(w.expire, None, "a held creation is kept");
+}

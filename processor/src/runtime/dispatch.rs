@@ -121,6 +121,10 @@ pub struct Workers {
     /// Per owned partition, the group's committed offset at assignment (absent: none), which
     /// its worker checks the store against (see [`crate::store::Taken::check`]).
     committed: Mutex<HashMap<i32, i64>>,
+    /// Per owned partition, where to read it again should its worker die: its first offset at
+    /// assignment, then one past the last offset its worker stored (everything before it is
+    /// applied and produced).
+    resume: Mutex<HashMap<i32, i64>>,
 }
 
 /// What to do with a received record.
@@ -142,6 +146,34 @@ impl Workers {
     /// The partitions were assigned to this consumer, each starting at the given offset.
     pub fn assign(&self, starts: &[(i32, i64)]) {
         self.expected.lock().expect("assignment lock").extend(starts.iter().copied());
+        self.resume.lock().expect("assignment lock").extend(starts.iter().copied());
+    }
+
+    /// The worker of `partition` stored the offsets below `next`.
+    pub fn stored(&self, partition: i32, next: i64) {
+        if let Some(at) = self.resume.lock().expect("assignment lock").get_mut(&partition) {
+            *at = (*at).max(next);
+        }
+    }
+
+    /// If the worker of `partition`, still owned, has died (a panic, a fatal error) — its queue
+    /// and its group in flight are lost with it — where to read the partition again: one past
+    /// the last offset it stored.
+    pub fn died(&self, partition: i32) -> Option<i64> {
+        let dead = self.map.lock().expect("workers lock").get(&partition).is_some_and(|w| w.done.is_finished());
+        if !dead {
+            return None;
+        }
+        self.resume.lock().expect("assignment lock").get(&partition).copied()
+    }
+
+    /// The consumer reads `partition` again from `from` (after a seek): forget its dead worker and
+    /// expect that offset next; the next record starts a new worker.
+    pub fn restart(&self, partition: i32, from: i64) {
+        self.map.lock().expect("workers lock").remove(&partition);
+        if let Some(next) = self.expected.lock().expect("assignment lock").get_mut(&partition) {
+            *next = from;
+        }
     }
 
     /// The group's committed offsets of newly assigned partitions (those that have one).
@@ -186,8 +218,10 @@ impl Workers {
         };
         {
             let mut committed = self.committed.lock().expect("assignment lock");
+            let mut resume = self.resume.lock().expect("assignment lock");
             for p in partitions {
                 committed.remove(p);
+                resume.remove(p);
             }
         }
         if stopping.is_empty() {
@@ -225,16 +259,21 @@ impl Workers {
 }
 
 /// The inbox of `partition`'s worker, starting the worker if it has none (or it stopped).
-pub fn workers_inbox(workers: &Workers, shared: &Arc<Shared>, partition: i32) -> Inbox {
+pub fn workers_inbox(workers: &Arc<Workers>, shared: &Arc<Shared>, partition: i32) -> Inbox {
     let mut map = workers.map.lock().expect("workers lock");
     if let Some(w) = map.get(&partition).filter(|w| !w.done.is_finished()) {
         return Inbox { tx: w.tx.clone(), queue: w.queue.clone() };
     }
     // Show every partition metric from the start, at zero, rather than only after its first event.
     let label = partition.to_string();
-    for counter in
-        [&METRICS.commits, &METRICS.conflicts, &METRICS.reruns, &METRICS.dead_letters, &METRICS.offsets_skipped]
-    {
+    for counter in [
+        &METRICS.commits,
+        &METRICS.conflicts,
+        &METRICS.reruns,
+        &METRICS.dead_letters,
+        &METRICS.offsets_skipped,
+        &METRICS.worker_restarts,
+    ] {
         counter.with_label_values(&[&label]);
     }
     for outcome in ["applied", "dropped", "dead"] {
@@ -248,8 +287,45 @@ pub fn workers_inbox(workers: &Workers, shared: &Arc<Shared>, partition: i32) ->
     let queue = Arc::new(Queue::new(partition, shared.config.batch * 4));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let committed = workers.committed.lock().expect("assignment lock").get(&partition).copied();
-    let done = tokio::spawn(worker::work(shared.clone(), partition, committed, rx, queue.clone(), stopped));
+    let done =
+        tokio::spawn(worker::work(shared.clone(), workers.clone(), partition, committed, rx, queue.clone(), stopped));
     map.insert(partition, Worker { tx: tx.clone(), queue: queue.clone(), stop, done });
     METRICS.owned.with_label_values(&[] as &[&str]).set(map.len() as i64);
     Inbox { tx, queue }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A worker that died while its partition stays owned is found, with where to read again:
+    /// one past the last offset it stored (its assignment's start before it stored any); after
+    /// the restart the dispatcher expects that offset, and a revoked partition is never restarted.
+    #[tokio::test]
+    async fn a_dead_worker_is_found_and_its_partition_read_again_from_its_last_stored_offset() {
+        let workers = Workers::default();
+        workers.assign(&[(3, 100)]);
+        for offset in 100..120 {
+            assert_ne!(workers.admit(3, offset), Admit::Skip);
+        }
+        let dead = tokio::spawn(async { panic!("a bug in the worker") });
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while !dead.is_finished() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let (stop, _) = tokio::sync::watch::channel(false);
+        let queue = Arc::new(Queue::new(3, 16));
+        workers.map.lock().unwrap().insert(3, Worker { tx, queue, stop, done: dead });
+        assert_eq!(workers.died(3), Some(100), "nothing stored: from the assignment's start");
+        workers.stored(3, 110);
+        workers.stored(3, 105);
+        assert_eq!(workers.died(3), Some(110), "one past the last offset stored");
+        workers.restart(3, 110);
+        assert_eq!(workers.died(3), None, "forgotten");
+        assert_eq!(workers.admit(3, 110), Admit::Dispatch, "read again from there");
+        assert_eq!(workers.died(4), None, "not owned");
+    }
 }

@@ -25,8 +25,10 @@ pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 /// The worker loop of one partition.
 #[instrument(skip_all, fields(partition))]
+#[allow(clippy::too_many_arguments)]
 pub async fn work(
     shared: Arc<Shared>,
+    workers: Arc<super::dispatch::Workers>,
     partition: i32,
     committed: Option<i64>,
     mut rx: mpsc::UnboundedReceiver<Record>,
@@ -123,7 +125,7 @@ pub async fn work(
                 let mut backoff = Duration::from_millis(100);
                 while !records.is_empty() {
                     let applied = tokio::select! {
-                        applied = apply(&shared, &mut core, &label, &mut floor, records) => applied,
+                        applied = apply(&shared, &workers, &mut core, &label, &mut floor, records) => applied,
                         _ = stopped_for(&mut stop, DRAIN_GRACE) => {
                             // Its offsets were not stored: the next owner applies it again, and
                             // whatever part of it was committed or produced is deduplicated.
@@ -210,6 +212,7 @@ impl Floor {
 /// Returns the records the group left for the next one.
 async fn apply(
     shared: &Arc<Shared>,
+    workers: &super::dispatch::Workers,
     core: &mut Partition,
     label: &str,
     floor: &mut Floor,
@@ -278,6 +281,7 @@ async fn apply(
         .consumer
         .store_offset(&shared.config.events_topic(), p as i32, last)
         .map_err(|e| Error::fatal(format!("cannot store offset {last}: {e} (the partition was probably revoked)")))?;
+    workers.stored(p as i32, last + 1);
     METRICS.batch_latency.observe(started.elapsed().as_secs_f64());
     Ok(rest)
 }

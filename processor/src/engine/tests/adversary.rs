@@ -98,3 +98,38 @@ fn a_delay_past_the_maximum_is_refused() {
     assert!(out.dead_letters.is_empty(), "{:?}", out.dead_letters);
     assert_eq!(h.take_timers().len(), 1);
 }
+
+/// Application code that holds a value whose drop panics, across an await: terminating,
+/// suspending-then-terminating or purging it drops the code, and the panic is caught there —
+/// it does not unwind through the engine (and the partition core, and the worker).
+#[test]
+fn code_that_panics_when_dropped_is_dropped_safely() {
+    struct Bomb;
+    impl Drop for Bomb {
+        fn drop(&mut self) {
+            if !std::thread::panicking() {
+                panic!("boom as the code is dropped");
+            }
+        }
+    }
+    async fn bomb(ctx: crate::OrchestrationContext, (): ()) -> Result<(), durable_schemas::Failure> {
+        let _bomb = Bomb;
+        let _: u32 = ctx.wait_for_event("never").await?;
+        Ok(())
+    }
+    let mut h = Harness::new(Registry::new().orchestration("Bomb", bomb));
+    for (key, then) in [("t", None), ("s", Some(Event::Suspend { reason: "x".into() }))] {
+        let start = h.start("Bomb", key, ());
+        let id = start.target.clone();
+        h.deliver(start);
+        if let Some(then) = then {
+            let e = h.client(&id, then);
+            h.deliver(e);
+        }
+        let stop = h.terminate(&id, "stop");
+        h.deliver(stop);
+        assert_eq!(h.status(&id).map(|s| s.word()), Some("terminated"), "{key}");
+        let purge = h.client(&id, Event::Purge { reason: "gone".into() });
+        h.deliver(purge);
+    }
+}
