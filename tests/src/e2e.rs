@@ -171,6 +171,19 @@ async fn boom(_: ()) -> Result<(), Failure> {
     panic!("activity exploded on purpose")
 }
 
+/// An activity that returns `n` bytes of text (to make results too large on purpose).
+async fn sized(n: usize) -> Result<String, Failure> {
+    Ok("s".repeat(n))
+}
+
+/// Calls `Sized(n)` and says how it went: the length it got, or the failure.
+async fn calls_sized(ctx: durable_processor::OrchestrationContext, n: usize) -> Result<String, Failure> {
+    match ctx.call_activity::<_, String>("Sized", n).await {
+        Ok(s) => Ok(format!("{} bytes", s.len())),
+        Err(f) => Ok(format!("{}: {}", f.kind, f.message)),
+    }
+}
+
 async fn hang(_: ()) -> Result<(), Failure> {
     std::future::pending::<()>().await;
     Ok(())
@@ -263,8 +276,8 @@ pub struct Blob {
 /// called by `CallsBoom`), one that fails until [`FIXED`] (`Fixable`, called by `CallsFixable`
 /// after `SayHello`), one that never returns (`Hang`, called by `CallsHang`, and by
 /// `CallsHangBriefly` with a 200 ms timeout of its own), one that runs
-/// long but heartbeats (`Beats`, called by `CallsBeats`) and the
-/// `Blob` entity (operation `set`).
+/// long but heartbeats (`Beats`, called by `CallsBeats`), one that returns as many bytes as asked
+/// (`Sized`, called by `CallsSized`) and the `Blob` entity (operation `set`).
 pub fn registry() -> Registry {
     let blob = durable_processor::EntityType::<Blob>::new().operation("set", |b: &mut Blob, _ctx, data: String| {
         b.data = data;
@@ -282,6 +295,8 @@ pub fn registry() -> Registry {
         .orchestration("CallsBeats", calls_beats)
         .activity_with_context("Patient", patient)
         .orchestration("CallsPatient", calls_patient)
+        .activity("Sized", sized)
+        .orchestration("CallsSized", calls_sized)
         .entity("Blob", blob)
 }
 
