@@ -31,6 +31,9 @@ pub struct Metrics {
     /// `durable_worker_restarts_total{partition}`: partition workers that died (a panic, a fatal
     /// error) while the partition stayed owned; it is read again from its last stored offset.
     pub worker_restarts: IntCounterVec,
+    /// `durable_seal_secret_changes_total`: times the deployment secret kept in Redis changed
+    /// under this processor (Redis lost it and another processor kept a new one).
+    pub seal_changes: IntCounterVec,
     /// `durable_undeliverable_total{topic}`: outgoing records (topic `events` or `state`) the
     /// producer or the broker refused as too large or malformed, dead-lettered instead.
     pub undeliverable: IntCounterVec,
@@ -131,6 +134,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "durable_offsets_skipped_total",
             "Offsets of the events topic never delivered (gaps in the log)",
             &[PARTITION],
+        ),
+        seal_changes: counter(
+            &registry,
+            "durable_seal_secret_changes_total",
+            "Times the deployment secret kept in Redis changed under this processor",
+            &[],
         ),
         worker_restarts: counter(
             &registry,

@@ -35,6 +35,7 @@ mod dispatch;
 pub mod http;
 pub mod kafka;
 mod produce;
+pub mod secret;
 mod timers;
 pub mod ui;
 mod worker;
@@ -70,7 +71,7 @@ use crate::engine::Engine;
 use crate::metrics::METRICS;
 use crate::partition::Record;
 use crate::registry::Registry;
-use crate::store::{AnyStore, RedisStore, Store as _};
+use crate::store::{AnyStore, RedisStore};
 
 /// What every worker shares.
 pub struct Shared {
@@ -91,7 +92,7 @@ pub struct Shared {
     pub activity_pool: Arc<tokio::sync::Semaphore>,
     /// Seals the records this processor produces to the events topic and checks the seals of
     /// the records it reads ([`crate::trust`]).
-    pub seal: Seal,
+    pub seal: secret::Keeper,
     /// Partitions whose state the store lost, waiting for an operator (see
     /// [`crate::store::Taken::check`]).
     pub lost: std::sync::Mutex<std::collections::BTreeSet<u32>>,
@@ -114,8 +115,6 @@ fn configured_seal(config: &ProcessorConfig) -> anyhow::Result<Option<Seal>> {
     Seal::new(&secrets).map(Some).map_err(|e| anyhow::anyhow!("DURABLE_SECRET is not usable: {e}"))
 }
 
-/// The deployment's seal: from `DURABLE_SECRET`, or the secret the store keeps (the first
-/// processor to start keeps a random one there).
 /// Read the Redis server's settings: refuse one that evicts keys (unless allowed), warn about
 /// commits that a crash of Redis can lose, and report both in `/status` and the metrics.
 async fn store_health(config: &ProcessorConfig, store: &AnyStore) -> anyhow::Result<Option<crate::store::StoreHealth>> {
@@ -146,19 +145,6 @@ async fn store_health(config: &ProcessorConfig, store: &AnyStore) -> anyhow::Res
         );
     }
     Ok(Some(health))
-}
-
-async fn seal(config: &ProcessorConfig, store: &AnyStore) -> anyhow::Result<Seal> {
-    if let Some(seal) = configured_seal(config)? {
-        return Ok(seal);
-    }
-    let mut fresh = [0u8; 32];
-    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut fresh);
-    let kept = store
-        .deployment_secret(hex::encode(fresh).into_bytes())
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot read the deployment secret from the store: {}", e.0))?;
-    Seal::new(&[kept]).map_err(|e| anyhow::anyhow!("the deployment secret kept in the store is not usable ({e}): delete the key <prefix>:secret or set DURABLE_SECRET"))
 }
 
 /// Wall-clock milliseconds: the runtime is the only place that reads the clock.
@@ -225,7 +211,10 @@ pub async fn run_with(
         None => None,
     };
     let partitions = kafka::partition_count(&config).await?;
-    let seal = seal(&config, &store).await?;
+    let seal = match configured_seal(&config)? {
+        Some(seal) => secret::Keeper::configured(seal),
+        None => secret::Keeper::kept(&store).await?,
+    };
     let store_health = store_health(&config, &store).await?;
     let limits = config.limits();
     let activity_concurrency = config.activity_concurrency.max(1);
@@ -243,6 +232,17 @@ pub async fn run_with(
         auth,
         watching: Default::default(),
     });
+    let refresher = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(secret::REFRESH).await;
+                if let Err(e) = shared.seal.refresh(&shared.store).await {
+                    warn!(error = %e, "cannot read the deployment secret again; retrying");
+                }
+            }
+        })
+    };
     let status = http::status_router(shared.clone(), workers.clone());
     let mut servers = Vec::new();
     match api_listener {
@@ -330,6 +330,7 @@ pub async fn run_with(
         Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) | Ok(()) => {}
         Err(e) => warn!(error = %e, "final offset commit failed; the last records will be redelivered (harmless)"),
     }
+    refresher.abort();
     for server in servers {
         server.abort();
     }

@@ -276,10 +276,39 @@ pub trait Store: Send + Sync + 'static {
     /// may be absent or 0).
     fn counts(&self, partition: u32) -> impl Future<Output = StoreResult<Vec<(String, u64)>>> + Send;
 
-    /// The deployment secret the store keeps for the processors' seals (see [`crate::trust`]):
-    /// the one kept, or `fresh` (kept from now on) if there is none yet. Every processor of a
-    /// deployment gets the same one.
-    fn deployment_secret(&self, fresh: Vec<u8>) -> impl Future<Output = StoreResult<Vec<u8>>> + Send;
+    /// The deployment secrets the store keeps for the processors' seals (see [`crate::trust`])
+    /// when `DURABLE_SECRET` is not set: the one to seal with — the one kept, or `mine` (kept from
+    /// now on) if there is none, so every processor of a deployment gets the same one — and
+    /// every secret to accept, `mine` among them. A processor asks again now and then: should the
+    /// store lose the kept one (Redis restarted without its data) and another processor keep a
+    /// new one, the older processors seal with the new one from then on and every processor
+    /// still accepts the old one, so nothing sealed in between is refused.
+    fn deployment_secret(&self, mine: Vec<u8>) -> impl Future<Output = StoreResult<Secrets>> + Send;
+}
+
+/// What [`Store::deployment_secret`] answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Secrets {
+    /// The secret to seal with.
+    pub current: Vec<u8>,
+    /// Every secret to accept (the current one first), at most [`Secrets::KEPT`].
+    pub accepted: Vec<Vec<u8>>,
+}
+
+impl Secrets {
+    /// Most secrets accepted at once: the newest.
+    pub const KEPT: usize = 8;
+
+    /// `current` first, then the others of `accepted` in their order, without repeats.
+    pub fn new(current: Vec<u8>, accepted: impl IntoIterator<Item = Vec<u8>>) -> Self {
+        let mut all = vec![current.clone()];
+        for s in accepted {
+            if !all.contains(&s) && all.len() < Self::KEPT {
+                all.push(s);
+            }
+        }
+        Self { current, accepted: all }
+    }
 }
 
 #[cfg(feature = "runtime")]
@@ -377,7 +406,7 @@ impl Store for AnyStore {
         delegate!(self, s => s.counts(partition))
     }
 
-    async fn deployment_secret(&self, fresh: Vec<u8>) -> StoreResult<Vec<u8>> {
-        delegate!(self, s => s.deployment_secret(fresh))
+    async fn deployment_secret(&self, mine: Vec<u8>) -> StoreResult<Secrets> {
+        delegate!(self, s => s.deployment_secret(mine))
     }
 }

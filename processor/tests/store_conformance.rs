@@ -227,11 +227,16 @@ async fn a_loss_is_accepted_only_once_recorded<S: Store>(store: &S) {
 }
 
 async fn the_first_deployment_secret_offered_is_kept<S: Store>(store: &S) {
-    assert_eq!(store.deployment_secret(b"first-secret-of-sixteen".to_vec()).await.unwrap(), b"first-secret-of-sixteen");
-    assert_eq!(
-        store.deployment_secret(b"second-secret-of-sixteen".to_vec()).await.unwrap(),
-        b"first-secret-of-sixteen"
-    );
+    let (first, second) = (b"first-secret-of-sixteen".to_vec(), b"second-secret-of-sixteen".to_vec());
+    let secrets = store.deployment_secret(first.clone()).await.unwrap();
+    assert_eq!((secrets.current, secrets.accepted), (first.clone(), vec![first.clone()]));
+    // A second processor gets the first one to seal with; its own offer is remembered as
+    // accepted (it may have sealed with it before it asked, after the store lost the first).
+    let secrets = store.deployment_secret(second.clone()).await.unwrap();
+    assert_eq!(secrets.current, first);
+    assert_eq!(secrets.accepted, vec![first.clone(), second.clone()]);
+    let again = store.deployment_secret(first.clone()).await.unwrap();
+    assert_eq!(again.accepted, vec![first, second], "the same list, asked again");
 }
 
 /// The index follows the committed writes: entries in id order after a given id, within a

@@ -96,7 +96,7 @@ fn handle(registry: &Registry, id: &InstanceId, state: &mut EntityState, envelop
                         Ok(()) => state.queue.push_back(envelope),
                         Err(why) => {
                             let reason = format!("{me} is locked: {why}");
-                            super::refuse(id, &wrappers, &core, envelope.clone(), reason, out);
+                            super::refuse(id, &wrappers, core, envelope.clone(), reason, out);
                         }
                     }
                 }

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 
-use super::{CommitOutcome, ReleasedTimer, Store, StoreResult, Stored, Taken, Write};
+use super::{CommitOutcome, ReleasedTimer, Secrets, Store, StoreResult, Stored, Taken, Write};
 
 /// In-memory store. Deterministic: iteration orders do not depend on hashing.
 #[derive(Debug, Default)]
@@ -27,6 +27,8 @@ struct Inner {
     losses: BTreeMap<u32, bool>,
     /// See [`Store::deployment_secret`].
     secret: Option<Vec<u8>>,
+    /// The secrets accepted, newest first.
+    secrets: Vec<Vec<u8>>,
     /// Partition → its instance index (see [`Store::list`]).
     indexes: BTreeMap<u32, Index>,
 }
@@ -68,6 +70,13 @@ impl MemoryStore {
     pub fn get(&self, id: &str) -> Option<Stored> {
         let inner = self.inner.lock().expect("store lock");
         inner.instances.get(id).map(|(blob, etag)| Stored { blob: blob.clone(), etag: *etag })
+    }
+
+    /// Lose the deployment secrets, as a Redis restarted without its data does.
+    pub fn forget_secrets(&self) {
+        let mut inner = self.inner.lock().expect("store lock");
+        inner.secret = None;
+        inner.secrets.clear();
     }
 
     /// Parked plus released-but-unacknowledged timers over all partitions.
@@ -293,8 +302,15 @@ impl Store for MemoryStore {
             .map_or_else(Vec::new, |i| i.counts.iter().map(|(g, n)| (g.clone(), *n)).collect()))
     }
 
-    async fn deployment_secret(&self, fresh: Vec<u8>) -> StoreResult<Vec<u8>> {
+    async fn deployment_secret(&self, mine: Vec<u8>) -> StoreResult<Secrets> {
         let mut inner = self.inner.lock().expect("store lock");
-        Ok(inner.secret.get_or_insert(fresh).clone())
+        let current = inner.secret.get_or_insert_with(|| mine.clone()).clone();
+        for s in [&mine, &current] {
+            if !inner.secrets.contains(s) {
+                inner.secrets.insert(0, s.clone());
+                inner.secrets.truncate(Secrets::KEPT);
+            }
+        }
+        Ok(Secrets::new(current, inner.secrets.clone()))
     }
 }

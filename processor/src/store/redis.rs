@@ -45,7 +45,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 
-use super::{CommitOutcome, ReleasedTimer, Store, StoreError, StoreResult, Stored, Taken, Write};
+use super::{CommitOutcome, ReleasedTimer, Secrets, Store, StoreError, StoreResult, Stored, Taken, Write};
 
 /// The server's clock in microseconds, and `raise(v)`: the larger of `v + 1` and the clock,
 /// written without an exponent (Lua 5.1 would print `1.7e+15`). Prepended to the scripts that
@@ -731,19 +731,34 @@ impl Store for RedisStore {
         Ok(counts.into_iter().map(|(group, n)| (group, n.max(0) as u64)).collect())
     }
 
-    async fn deployment_secret(&self, fresh: Vec<u8>) -> StoreResult<Vec<u8>> {
+    async fn deployment_secret(&self, mine: Vec<u8>) -> StoreResult<Secrets> {
         let key = format!("{}:secret", self.prefix);
-        let (kept,): (Vec<u8>,) = redis::pipe()
+        // The secrets accepted, newest first (a list beside the key: both are read and written
+        // by every processor now and then, so neither needs to change atomically with the other).
+        let list = format!("{}:secrets", self.prefix);
+        let mut conn = self.conn.clone();
+        // Two keys, two hash slots in a cluster: a pipeline each.
+        let (current,): (Vec<u8>,) = redis::pipe()
             .cmd("SET")
             .arg(&key)
-            .arg(fresh)
+            .arg(&mine)
             .arg("NX")
             .ignore()
             .cmd("GET")
             .arg(&key)
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        Ok(kept)
+        let accepted: Vec<Vec<u8>> =
+            redis::cmd("LRANGE").arg(&list).arg(0).arg(-1).query_async(&mut conn).await.map_err(unavailable)?;
+        let mut pipe = redis::pipe();
+        for s in [&mine, &current] {
+            if !accepted.contains(s) {
+                pipe.cmd("LPUSH").arg(&list).arg(s).ignore();
+            }
+        }
+        pipe.cmd("LTRIM").arg(&list).arg(0).arg(Secrets::KEPT as i64 - 1).ignore();
+        let () = pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        Ok(Secrets::new(current, [mine].into_iter().chain(accepted)))
     }
 }
