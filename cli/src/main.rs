@@ -826,6 +826,9 @@ fn counts_table(view: &Value) -> String {
         out.push_str(&format!("{kind_name:<width$}  {status:<10}  {n:>8}\n"));
     }
     out.push_str(&format!("{:<width$}  {:<10}  {:>8}\n", "total", "", view["total"].as_u64().unwrap_or(0)));
+    if view["complete"] == false {
+        out.push_str("(incomplete: more instances are in view than one count reads; narrow it with --kind, --name or --status)\n");
+    }
     out
 }
 

@@ -403,7 +403,7 @@ async fn every_command_works_against_a_real_processor() {
     assert_eq!(unknown.status.code(), Some(4));
     assert!(
         stderr(&unknown)
-            .contains("registered: Approval, CallsBeats, CallsBoom, CallsFixable, CallsHang, CallsHangBriefly, CallsPatient, FanOut"),
+            .contains("registered: Approval, CallsBeats, CallsBoom, CallsFixable, CallsHang, CallsHangBriefly, CallsPatient, CallsSized, FanOut"),
         "{}",
         stderr(&unknown)
     );
@@ -525,6 +525,32 @@ async fn the_management_api_speaks_json() {
         assert_eq!(error["code"], code, "{method} {path}: {error}");
         assert!(error["message"].as_str().is_some_and(|m| m.len() > 10), "{error}");
     }
+
+    // Anonymous writes (this processor takes them) only as JSON and, from a browser, only from
+    // the API's own origin: a web page elsewhere cannot drive it.
+    let plain = http.post(format!("{base}/v1/orchestrations/HelloSequence")).body(r#"{"key":"csrf"}"#);
+    let refused = plain.header("content-type", "text/plain").send().await.unwrap();
+    assert_eq!(refused.status().as_u16(), 415);
+    assert_eq!(refused.json::<Value>().await.unwrap()["code"], "not_json");
+    let form = http.post(format!("{base}/v1/instances/orch:FanOut:x/terminate")).send().await.unwrap();
+    assert_eq!(form.status().as_u16(), 415, "no body, no type: refused too");
+    let elsewhere = http
+        .post(format!("{base}/v1/orchestrations/HelloSequence"))
+        .header("origin", "http://evil.example")
+        .json(&serde_json::json!({ "key": "csrf" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.status().as_u16(), 403);
+    assert_eq!(elsewhere.json::<Value>().await.unwrap()["code"], "cross_origin");
+    let same = http
+        .post(format!("{base}/v1/orchestrations/HelloSequence"))
+        .header("origin", base.clone())
+        .json(&serde_json::json!({ "key": "same-origin" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(same.status().as_u16(), 202, "the console's own origin is welcome");
 
     // History pages: each list cut to the page, with the totals.
     let started = http

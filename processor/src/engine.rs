@@ -404,6 +404,39 @@ impl Engine {
         orchestration::replayed(&self.registry, target, h, self.limits).map(|exec| exec.fingerprint())
     }
 
+    /// The infrastructure layer's delays: an event due later is parked (its envelope without
+    /// the wrapper and the origin) if its sender may send it and the delay is within the
+    /// longest, else refused; `None` either way. Anything else is returned to pass inward.
+    fn delay(
+        &self,
+        target: &InstanceId,
+        record: &InstanceRecord,
+        mut envelope: Envelope,
+        now: i64,
+        out: &mut Collector,
+    ) -> Option<Envelope> {
+        match envelope.body {
+            Event::WithDelay { fire_at, inner } if fire_at > now => {
+                if let Some(reason) = self.delay_refusal(target, record, &inner, fire_at, now) {
+                    let (wrappers, core) = unwrap(&inner);
+                    let core = core.clone();
+                    envelope.body = Event::WithDelay { fire_at, inner };
+                    refuse(target, &wrappers, &core, envelope, reason, out);
+                    return None;
+                }
+                envelope.body = *inner;
+                envelope.origin = None;
+                out.effects.push(Effect::Delay { fire_at, envelope });
+                None
+            }
+            Event::WithDelay { inner, .. } => {
+                envelope.body = *inner;
+                Some(envelope)
+            }
+            _ => Some(envelope),
+        }
+    }
+
     /// Why a delayed event may not be parked, if it may not: it asks for more than the longest
     /// delay, or its sender may not send what it holds to `target` as `target` is now (decided
     /// again when it is due).
@@ -481,30 +514,41 @@ impl Engine {
         let delivered = deliveries.len();
         let applied_before = record.dedup.applied_offset;
         let first_new = deliveries.iter().filter_map(|d| d.offset).find(|o| applied_before.is_none_or(|a| *o > a));
-        let mut admitted = Vec::with_capacity(deliveries.len());
-        // Outside events admitted: their ids are remembered once their senders are found allowed.
-        let mut fresh: Vec<Envelope> = Vec::new();
+        // Each delivery in order: duplicate detection, then the infrastructure layer — delays
+        // parked only once their sender is found allowed to send what they hold, then
+        // authorization and creation limits (sharing events end there) — and only then is an
+        // outside event's id remembered, so that a refused one leaves nothing behind and a later
+        // copy in the same step is recognised.
+        let mut admitted = 0;
+        let mut ready = Vec::with_capacity(deliveries.len());
         for Delivery { envelope, offset } in deliveries {
             match record.dedup.admit(&envelope, offset) {
                 Admission::New if envelope.target != record.id => {
                     let reason = format!("event for {} delivered to {}", envelope.target, record.id);
                     out.dead(envelope, reason);
                 }
-                // A second copy in the same step, before the first was remembered.
-                Admission::New if is_outside(&envelope) && fresh.iter().any(|f| f.id == envelope.id) => {
-                    out.drop(&envelope, DropReason::Duplicate)
-                }
                 Admission::New => {
-                    if is_outside(&envelope) {
-                        fresh.push(envelope.clone());
+                    admitted += 1;
+                    let outside = is_outside(&envelope).then(|| envelope.clone());
+                    let refusals_from = out.dead_letters.len();
+                    if let Some(envelope) = self.delay(target, &record, envelope, now, &mut out) {
+                        if quota::is_ledger(target) {
+                            ready.push(envelope);
+                        } else {
+                            ready.extend(authorize(&self.policy, target, &mut record, vec![envelope], &mut out));
+                        }
                     }
-                    admitted.push(envelope)
+                    if let Some(envelope) = outside {
+                        if !out.dead_letters[refusals_from..].iter().any(|d| d.envelope.id == envelope.id) {
+                            record.dedup.remember(&envelope);
+                        }
+                    }
                 }
                 Admission::Redelivered => out.drop(&envelope, DropReason::Redelivered),
                 Admission::Duplicate => out.drop(&envelope, DropReason::Duplicate),
             }
         }
-        let changed = !admitted.is_empty() || !out.dead_letters.is_empty();
+        let changed = admitted > 0 || !out.dead_letters.is_empty();
         let redelivered = out.dropped.iter().any(|d| d.reason == DropReason::Redelivered);
         let resend = match (redelivered, min_offset, max_offset) {
             _ if trigger_again => Some(record.outbox.clone()),
@@ -513,43 +557,6 @@ impl Engine {
             }
             _ => None,
         };
-        // Everything dead-lettered from here to the end of authorization was refused: its id is
-        // not remembered.
-        let refusals_from = out.dead_letters.len();
-        // Infrastructure layer: delays, parked only once their sender was found allowed to send
-        // what they hold. Everything else passes inward.
-        let mut ready = Vec::with_capacity(admitted.len());
-        for mut envelope in admitted {
-            match envelope.body {
-                Event::WithDelay { fire_at, inner } if fire_at > now => {
-                    if let Some(reason) = self.delay_refusal(target, &record, &inner, fire_at, now) {
-                        let (wrappers, core) = unwrap(&inner);
-                        let core = core.clone();
-                        envelope.body = Event::WithDelay { fire_at, inner };
-                        refuse(target, &wrappers, &core, envelope, reason, &mut out);
-                        continue;
-                    }
-                    envelope.body = *inner;
-                    envelope.origin = None;
-                    out.effects.push(Effect::Delay { fire_at, envelope });
-                }
-                Event::WithDelay { inner, .. } => {
-                    envelope.body = *inner;
-                    ready.push(envelope);
-                }
-                _ => ready.push(envelope),
-            }
-        }
-        // Infrastructure layer: authorization and creation limits. Sharing events end here.
-        let ready = if quota::is_ledger(target) {
-            ready
-        } else {
-            authorize(&self.policy, target, &mut record, ready, &mut out)
-        };
-        let refused: Vec<&str> = out.dead_letters[refusals_from..].iter().map(|d| d.envelope.id.as_str()).collect();
-        for envelope in fresh.iter().filter(|f| !refused.contains(&f.id.as_str())) {
-            record.dedup.remember(envelope);
-        }
         let before = out.effects.len();
         let mut kept = None;
         match target.kind() {

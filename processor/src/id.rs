@@ -63,7 +63,14 @@ pub enum IdError {
     /// A `%` escape in the key is not two hex digits, or decodes to invalid UTF-8.
     #[error("invalid escape in key {0:?}")]
     InvalidEscape(String),
+    /// An orchestration's or entity's key is longer than [`MAX_KEY_BYTES`].
+    #[error("a key of {0} bytes is longer than the {MAX_KEY_BYTES} bytes an orchestration's or entity's key may have")]
+    KeyTooLong(usize),
 }
+
+/// Longest key of an orchestration or an entity, in bytes (an activity invocation's key is its
+/// caller's id and slot: derived, bounded by this).
+pub const MAX_KEY_BYTES: usize = 4096;
 
 /// Check a handler name.
 pub fn validate_name(name: &str) -> Result<(), IdError> {
@@ -132,7 +139,11 @@ impl InstanceId {
     /// An id of `kind` with a validated `name` and any `key`.
     pub fn new(kind: Kind, name: &str, key: impl Into<String>) -> Result<Self, IdError> {
         validate_name(name)?;
-        Ok(Self { kind, name: name.to_owned(), key: key.into() })
+        let key = key.into();
+        if kind != Kind::Activity && key.len() > MAX_KEY_BYTES {
+            return Err(IdError::KeyTooLong(key.len()));
+        }
+        Ok(Self { kind, name: name.to_owned(), key })
     }
 
     /// An orchestration id. Panics on an invalid name (use [`InstanceId::new`] for user input).
@@ -259,6 +270,17 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    /// An orchestration's or entity's key is at most MAX_KEY_BYTES, whether made or parsed; an
+    /// activity invocation's (derived from its caller's id) is not limited.
+    #[test]
+    fn keys_are_bounded_in_length() {
+        let long = "k".repeat(MAX_KEY_BYTES + 1);
+        assert_eq!(InstanceId::new(Kind::Entity, "Counter", long.clone()), Err(IdError::KeyTooLong(MAX_KEY_BYTES + 1)));
+        assert!(InstanceId::parse(&format!("orch:Transfer:{long}")).is_err());
+        assert!(InstanceId::new(Kind::Orchestration, "Transfer", "k".repeat(MAX_KEY_BYTES)).is_ok());
+        assert!(InstanceId::new(Kind::Activity, "SayHello", long).is_ok());
+    }
 
     #[test]
     fn murmur2_matches_kafkas_test_vectors() {

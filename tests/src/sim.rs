@@ -528,7 +528,17 @@ impl World {
             let shared = next_as(self, Some(&alice), vault(0), Event::Access(share));
             let bobs = next_as(self, Some(&bob), vault(0), deposit(BOB_DEPOSIT));
             *self.vaults.deposits.get_mut("vault0").expect("opened") += BOB_DEPOSIT;
-            per_instance.push([shared, bobs].into());
+            // mallory sends, first, a refused event under the id bob's deposit will have: it
+            // must not burn it (bob's deposit still applies, the books say so).
+            let mut burn = next_as(
+                self,
+                Some(&mallory),
+                vault(0),
+                Event::EntityOperation { operation: "withdraw".into(), input: json(&1i64) },
+            );
+            burn.id = bobs.id.clone();
+            self.vaults.intrusions += 1;
+            per_instance.push([shared, burn, bobs].into());
         }
         for j in 0..if s.vaults >= 2 { s.vaults } else { 0 } {
             let input =

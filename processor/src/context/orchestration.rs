@@ -528,7 +528,14 @@ impl OrchestrationContext {
         input: I,
     ) -> impl Future<Output = Result<O, Failure>> + 'static {
         let locked = self.shared.borrow().lock.as_ref().map(|(_, p)| p.join(", "));
+        // A key derived from this instance's id and the slot: check its length now, so that a
+        // child that could not exist fails the call instead of leaving it unanswered.
+        let key_len = key.map_or_else(|| self.shared.borrow().id_str.len() + 24, str::len);
         let checked = match locked {
+            _ if key_len > crate::id::MAX_KEY_BYTES => Err(Failure::new(
+                "InvalidKey",
+                format!("the sub-orchestration's key would be {key_len} bytes, over {} (crate::id::MAX_KEY_BYTES): give it a shorter key", crate::id::MAX_KEY_BYTES),
+            )),
             Some(held) => Err(lock_violation(format!(
                 "cannot start a sub-orchestration while holding a lock on [{held}]: it could wait for these entities forever"
             ))),

@@ -133,7 +133,48 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(PATHS[19], post(dead_redrive))
         .route(PATHS[20], post(rewind))
         .merge(super::ui::router())
+        .layer(axum::middleware::from_fn(anonymous_writes))
         .with_state(shared)
+}
+
+/// An anonymous write (no `Authorization` header: only a deployment with anonymous access
+/// takes it, `durable dev` for one) must be `Content-Type: application/json` and, from a
+/// browser, come from the API's own origin: a web page of another origin can then neither post
+/// a form or a plain `fetch` to a local `durable dev` (a JSON body makes the browser ask first,
+/// and nothing here allows it), nor pass with its `Origin` header. A request with a token is
+/// decided by its token alone.
+async fn anonymous_writes(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let headers = request.headers();
+    let reads = matches!(*request.method(), axum::http::Method::GET | axum::http::Method::HEAD);
+    if reads || headers.contains_key(AUTHORIZATION) {
+        return next.run(request).await;
+    }
+    let json = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "not_json",
+            "a write without a token must be Content-Type: application/json (send {} when it has nothing to say)",
+        )
+        .into_response();
+    }
+    if let Some(origin) = headers.get(axum::http::header::ORIGIN) {
+        let host = headers.get(axum::http::header::HOST).and_then(|h| h.to_str().ok());
+        let authority = origin.to_str().ok().and_then(|o| o.split_once("://")).map(|(_, a)| a.trim_end_matches('/'));
+        if authority.is_none() || authority != host {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "cross_origin",
+                "a write without a token is taken only from this API's own origin (the console it serves)",
+            )
+            .into_response();
+        }
+    }
+    next.run(request).await
 }
 
 /// The stored record of `id`, if any.
@@ -449,6 +490,7 @@ async fn counts(State(shared): State<Arc<Shared>>, headers: HeaderMap, RawQuery(
     let (filter, _, _) = list_query(query.as_deref(), true)?;
     let policy = shared.engine.policy();
     let mut totals = std::collections::BTreeMap::<String, u64>::new();
+    let mut complete = true;
     if policy.may_administer(principal.as_ref()) {
         for p in 0..shared.partitions {
             for (group, n) in shared.store.counts(p).await.map_err(store_unavailable)? {
@@ -458,14 +500,22 @@ async fn counts(State(shared): State<Arc<Shared>>, headers: HeaderMap, RawQuery(
             }
         }
     } else {
+        // Someone who may not read everything is counted by reading the index entry by entry:
+        // at most COUNT_BUDGET of them, then the answer says it is incomplete.
         let prefix = filter.prefix();
-        for p in 0..shared.partitions {
+        let mut read = 0;
+        'partitions: for p in 0..shared.partitions {
             let mut after: Option<String> = None;
             loop {
+                if read >= COUNT_BUDGET {
+                    complete = false;
+                    break 'partitions;
+                }
                 let batch =
                     shared.store.list(p, &prefix, after.as_deref(), MAX_LIST).await.map_err(store_unavailable)?;
                 let Some((last, _)) = batch.last() else { break };
                 after = Some(last.clone());
+                read += batch.len();
                 for (id, entry) in batch {
                     if let Some(s) = visible(&filter, policy, principal.as_ref(), &id, &entry) {
                         *totals.entry(s.group()).or_default() += 1;
@@ -482,8 +532,12 @@ async fn counts(State(shared): State<Arc<Shared>>, headers: HeaderMap, RawQuery(
             Some(json!({ "kind": kind, "name": name, "status": status, "count": n }))
         })
         .collect();
-    Ok((StatusCode::OK, Json(json!({ "counts": counts, "total": total }))))
+    Ok((StatusCode::OK, Json(json!({ "counts": counts, "total": total, "complete": complete }))))
 }
+
+/// Most index entries one count reads for someone who may not read everything (admins' counts
+/// come from the store's totals): past it the answer says `"complete": false`.
+pub const COUNT_BUDGET: usize = 100_000;
 
 /// Which part of a history to list: `?offset=N&limit=M` (default 0 and [`MAX_PAGE`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

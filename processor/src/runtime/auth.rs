@@ -256,6 +256,37 @@ mod tests {
         assert!(es_only.principal(Some(&sign(Algorithm::RS256, &rs, claims(600)))).is_err());
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2_000))]
+
+        /// Any header value at all: an answer (a principal or why not), never a panic; and no
+        /// change to a valid token — one byte flipped anywhere — is ever accepted.
+        #[test]
+        fn hostile_authorization_headers_are_refused_never_panic(
+            header in ".{0,300}",
+            flip in 0usize..400,
+            bit in 0u8..8,
+        ) {
+            let auth = Authenticator::new(&config()).unwrap();
+            let _ = auth.principal(Some(&header));
+            let _ = auth.principal(Some(&format!("Bearer {header}")));
+            let valid = token(SECRET, claims(600));
+            let mut bytes = valid.clone().into_bytes();
+            let i = flip % bytes.len();
+            bytes[i] ^= 1 << bit;
+            if let Ok(tampered) = String::from_utf8(bytes) {
+                if tampered != valid {
+                    if let Ok(Some(p)) = auth.principal(Some(&format!("Bearer {tampered}"))) {
+                        // Base64url's last character may carry unused bits: the same token.
+                        let same = tampered.split('.').map(str::len).eq(valid.split('.').map(str::len))
+                            && i + 1 == valid.len();
+                        proptest::prop_assert!(same, "a tampered token was accepted as {p:?}: {tampered}");
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn rotation_accepts_every_configured_secret() {
         let old = "the old secret, thirty-two bytes!";

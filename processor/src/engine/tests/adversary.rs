@@ -133,3 +133,15 @@ fn code_that_panics_when_dropped_is_dropped_safely() {
         h.deliver(purge);
     }
 }
+
+/// The burn and the real event in one step (one group of records): the refused first copy does
+/// not make the allowed second one a duplicate; a second allowed copy in the same step is one.
+#[test]
+fn a_refused_event_does_not_burn_its_id_within_one_step() {
+    let mut h = harness();
+    h.deliver(deposit("open", &alice(), 10));
+    let out = h.deliver_batch(vec![deposit("x", &mallory(), 1), deposit("x", &alice(), 5), deposit("x", &alice(), 5)]);
+    assert_eq!(out.dead_letters.len(), 1, "mallory's copy is refused");
+    assert_eq!(out.dropped.len(), 1, "alice's second copy is a duplicate");
+    assert_eq!(balance(&h), 15);
+}

@@ -99,6 +99,8 @@ class ApiError extends Error {
 }
 
 async function api(method, path, body) {
+  // Every write is JSON: the API takes no other from a caller without a token.
+  if (method !== 'GET' && body === undefined) body = {};
   for (;;) {
     const headers = { Accept: 'application/json' };
     if (token()) headers.Authorization = 'Bearer ' + token();
