@@ -254,6 +254,11 @@ pub(crate) fn unwrap(event: &Event) -> (Unwrapped, &Event) {
     }
 }
 
+/// The principal an event acts for, if it names one (its outermost `WithPrincipal`).
+pub fn unwrap_principal(event: &Event) -> Option<Principal> {
+    unwrap(event).0.principal
+}
+
 /// The message of a caught panic.
 pub(crate) fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {

@@ -25,8 +25,12 @@ const SECRET: &str = "adversary-test-secret-of-at-least-32-bytes";
 const BUFFERED: usize = 2 << 20;
 
 fn token(user: &str) -> String {
+    token_with_roles(user, &[])
+}
+
+fn token_with_roles(user: &str, roles: &[&str]) -> String {
     let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
-    let claims = json!({"sub": user, "aud": "durable", "iss": "adversary", "exp": exp});
+    let claims = json!({"sub": user, "roles": roles, "aud": "durable", "iss": "adversary", "exp": exp});
     jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
         &claims,
@@ -232,6 +236,30 @@ async fn a_hostile_tenant_cannot_burn_flush_park_squat_or_stall_another() {
         "Redis grew by {} bytes",
         bytes_after - bytes_before
     );
+    // An admin redrives mallory's refused burn: it is sent on mallory's behalf, never the
+    // admin's (a confused deputy), so it is refused again and alice's balance does not move.
+    let admin = token_with_roles("root", &["admin"]);
+    let mut cursor: Option<String> = None;
+    let burnt = loop {
+        let url = match &cursor {
+            Some(c) => format!("{base}/v1/dead?limit=200&cursor={c}"),
+            None => format!("{base}/v1/dead?limit=200"),
+        };
+        let page: Value = http.get(url).bearer_auth(&admin).send().await.expect("the API").json().await.expect("json");
+        let letters = page["letters"].as_array().expect("letters");
+        if let Some(l) = letters.iter().find(|l| l["event_id"] == "alice-2") {
+            break l["id"].as_str().expect("an id").to_owned();
+        }
+        cursor = Some(page["next"].as_str().expect("the burn is among the letters").to_owned());
+    };
+    let redrive =
+        http.post(format!("{base}/v1/dead/{burnt}/redrive")).bearer_auth(&admin).send().await.expect("the API");
+    let status = redrive.status().as_u16();
+    let answer: Value = redrive.json().await.expect("json");
+    assert!(matches!(status, 403 | 404), "the redrive must act for mallory: {status} {answer}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(balance().await, Some(125), "nothing of mallory's applied");
+
     let metrics = e2e::http_get(processor.metrics, "/metrics").await;
     assert!(metrics.contains("durable_dead_letters_total"), "{metrics}");
     processor.stop().await;

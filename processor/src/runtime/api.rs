@@ -1179,9 +1179,49 @@ async fn dead_redrive(State(shared): State<Arc<Shared>>, headers: HeaderMap, Pat
         ApiError::new(StatusCode::CONFLICT, "not_redrivable", format!("{} cannot be sent back: {why}", letter.id()))
     })?;
     let target = parse_id(&envelope.target)?;
-    may_send(&shared, principal.as_ref(), &target, &envelope.body).await?;
-    tracing::info!(letter = %letter.id(), event_id = %envelope.id, target = %envelope.target, "an operator redrove a dead letter");
-    send(&shared, principal.as_ref(), &target, Some(envelope.id), envelope.body).await
+    let sender = first_sender(&shared, &letter).await?;
+    may_send(&shared, sender.as_ref(), &target, &envelope.body).await?;
+    tracing::info!(
+        letter = %letter.id(),
+        event_id = %envelope.id,
+        target = %envelope.target,
+        operator = principal.as_ref().map_or("anonymous", |p| p.user.as_str()),
+        sender = sender.as_ref().map_or("anonymous", |p| p.user.as_str()),
+        "an operator redrove a dead letter on behalf of its sender"
+    );
+    send(&shared, sender.as_ref(), &target, Some(envelope.id), envelope.body).await
+}
+
+/// Who sent the event of `letter` first (`None`: anonymous), from the record it names as its
+/// source: the principal a processor sealed into it, or the deployment's Kafka principal for an
+/// outside record. 409 when that record is gone or holds another event.
+async fn first_sender(shared: &Arc<Shared>, letter: &super::dead::Letter) -> Result<Option<Principal>, ApiError> {
+    let unknown = |why: &str| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "not_redrivable",
+            format!("{} cannot be sent back: {why}, so who sent it cannot be known (a redrive acts for its sender, never for you)", letter.id()),
+        )
+    };
+    let event_id = letter.envelope().map_err(|_| unknown("it holds no event"))?.id;
+    let Some((topic, partition, offset)) = letter.source().map(|(t, p, o)| (t.to_owned(), p, o)) else {
+        return Err(unknown("it names no record it came from"));
+    };
+    let record = with_reader(shared, move |r| r.record(&topic, partition, offset))
+        .await?
+        .ok_or_else(|| unknown("the record it came from is no longer in the events topic"))?;
+    let value = record.value.clone().unwrap_or_default();
+    let original = Envelope::decode(&value).map_err(|_| unknown("the record it came from holds no event"))?;
+    if original.id != event_id {
+        return Err(unknown("the record it names holds another event"));
+    }
+    let key = record.key.clone().unwrap_or_default();
+    let mac = record.header_value(durable_schemas::contract::seal::HEADER).map(str::as_bytes);
+    if shared.seal.verify(&key, &value, mac) {
+        Ok(crate::engine::unwrap_principal(&original.body))
+    } else {
+        Ok(shared.engine.policy().ingress.clone())
+    }
 }
 
 #[cfg(test)]

@@ -6,11 +6,16 @@
 //! committed, and reading never removes a letter (the topic's retention does,
 //! `DURABLE_DEAD_RETENTION`).
 //!
-//! A redrive sends the record back to `<prefix>.events` as a new write of the operator who asks
-//! for it: it must still decode, it must be a kind of event an outside producer may send (a
-//! protocol message — a reply, a lock request — is refused: its conversation is over), the
-//! operator must be allowed to send it ([`crate::access`]; any principal the original record
-//! claimed is dropped). Its event id is the original's with `/redrive/<letter id>` in place of
+//! A redrive sends the record back to `<prefix>.events` **on behalf of whoever sent it first**,
+//! never as the operator who asks for it (an operator's redrive of a refused event would
+//! otherwise turn it into the operator's own write: a confused deputy). Who sent it is read
+//! from the record the letter names as its source, in the events topic: its sealed principal if
+//! a processor sealed it (the management API's caller, the principal an instance acts for), the
+//! deployment's `DURABLE_KAFKA_PRINCIPAL` if not; a letter whose source is gone (the topic's
+//! retention) or holds another event is not sent back. The event must still decode, it must be
+//! a kind of event an outside producer may send (a protocol message — a reply, a lock request —
+//! is refused: its conversation is over), and its sender must be allowed to send it now
+//! ([`crate::access`]; a refused event stays refused until its sender is given the right). Its event id is the original's with `/redrive/<letter id>` in place of
 //! any such suffix it had: the same letter redriven twice is dropped as a duplicate by its
 //! instance, never applied twice, while the instance — which remembers the id of an event it
 //! refused, so that a producer's retry of it is not refused again — still takes the redrive.
@@ -65,6 +70,19 @@ impl Letter {
     /// Why it was refused.
     pub fn reason(&self) -> &str {
         self.header(dead_letter::REASON).unwrap_or("(no reason header: not written by Durable)")
+    }
+
+    /// Where its event came from: (topic, partition, offset), when a processor read it there.
+    pub fn source(&self) -> Option<(&str, i32, i64)> {
+        let topic = self.header(dead_letter::SOURCE_TOPIC)?;
+        let partition = self.header(dead_letter::SOURCE_PARTITION)?.parse().ok()?;
+        let offset = self.header(dead_letter::SOURCE_OFFSET)?.parse().ok().filter(|o: &i64| *o >= 0)?;
+        Some((topic, partition, offset))
+    }
+
+    /// A header's value.
+    pub fn header_value(&self, name: &str) -> Option<&str> {
+        self.header(name)
     }
 
     /// The original size, when the value is only its first bytes.
@@ -249,10 +267,21 @@ impl Reader {
 
     /// Read `[from, to)` of each listed partition (fewer when the read times out).
     fn read(&self, ranges: &[(i32, i64, i64)]) -> anyhow::Result<Vec<Letter>> {
+        self.read_from(&self.topic, ranges)
+    }
+
+    /// The record at `offset` of `partition` of `topic` (of the events topic: where a letter's
+    /// event came from), if it is still there.
+    pub fn record(&self, topic: &str, partition: i32, offset: i64) -> anyhow::Result<Option<Letter>> {
+        let read = self.read_from(topic, &[(partition, offset, offset + 1)])?;
+        Ok(read.into_iter().find(|r| r.offset == offset))
+    }
+
+    fn read_from(&self, topic: &str, ranges: &[(i32, i64, i64)]) -> anyhow::Result<Vec<Letter>> {
         let mut assignment = TopicPartitionList::new();
         let mut left: BTreeMap<i32, i64> = BTreeMap::new();
         for &(p, from, to) in ranges.iter().filter(|(_, from, to)| from < to) {
-            assignment.add_partition_offset(&self.topic, p, Offset::Offset(from))?;
+            assignment.add_partition_offset(topic, p, Offset::Offset(from))?;
             left.insert(p, to);
         }
         if left.is_empty() {
