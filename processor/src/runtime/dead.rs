@@ -380,6 +380,43 @@ mod tests {
         Letter { partition: 0, offset: 3, timestamp: Some(5), key: None, value: Some(value.to_vec()), headers }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2_000))]
+
+        /// Any bytes and headers as a dead letter (anyone who can write to the dead-letter topic
+        /// can put one there): showing it, summing it up, finding its source and deciding whether
+        /// it can be sent back never panic, and what can be sent back is never a protocol
+        /// message and never carries a principal.
+        #[test]
+        fn hostile_letters_are_shown_and_judged_without_panicking(
+            value in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            headers in proptest::collection::vec((".{0,24}", ".{0,40}"), 0..6),
+            golden in proptest::prelude::any::<bool>(),
+        ) {
+            let value = if golden {
+                let e = Envelope::new("g", "entity:Counter:c", 0, Event::EntityOperation {
+                    operation: "add".into(),
+                    input: Payload::json(&1).unwrap(),
+                });
+                let mut bytes = e.encode();
+                let n = value.len().min(bytes.len());
+                bytes[..n].copy_from_slice(&value[..n]);
+                bytes
+            } else {
+                value
+            };
+            let mut l = letter(&value, "t.events", None);
+            l.headers.extend(headers);
+            let _ = l.summary();
+            let _ = l.view("t.events");
+            let _ = l.source();
+            if let Ok(e) = l.redrivable("t.events") {
+                proptest::prop_assert!(!crate::history::is_reply(&e.body));
+                proptest::prop_assert!(crate::engine::unwrap_principal(&e.body).is_none());
+            }
+        }
+    }
+
     #[test]
     fn a_redrive_drops_the_claimed_principal_and_names_its_event_after_the_letter() {
         let raise = Event::RaiseEvent { name: "go".into(), payload: Payload::json(&1).unwrap() };
