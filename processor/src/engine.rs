@@ -35,7 +35,7 @@ use durable_schemas::{Envelope, Event, Origin};
 
 use crate::access::{self, Grant, Policy, Principal, FORBIDDEN};
 use crate::effect::{Effect, StateChange};
-use crate::history::{is_outside, Admission, Body, InstanceRecord, OrchestrationStatus, Outbox};
+use crate::history::{fnv64, is_outside, Admission, Body, InstanceRecord, OrchestrationStatus, Outbox};
 use crate::id::{InstanceId, Kind};
 use crate::quota::{self, Reservation};
 use crate::registry::Registry;
@@ -534,18 +534,20 @@ impl Engine {
                 }
                 Admission::New => {
                     admitted += 1;
-                    let outside = is_outside(&envelope).then(|| envelope.clone());
+                    let outside = is_outside(&envelope).then(|| fnv64(envelope.id.as_bytes()));
                     let refusals_from = out.dead_letters.len();
                     if let Some(envelope) = self.delay(target, &record, envelope, now, &mut out) {
                         if quota::is_ledger(target) {
                             ready.push(envelope);
                         } else {
-                            ready.extend(authorize(&self.policy, target, &mut record, vec![envelope], &mut out));
+                            authorize(&self.policy, target, &mut record, envelope, &mut out, &mut ready);
                         }
                     }
-                    if let Some(envelope) = outside {
-                        if !out.dead_letters[refusals_from..].iter().any(|d| d.envelope.id == envelope.id) {
-                            record.dedup.remember(&envelope);
+                    if let Some(id) = outside {
+                        let refused =
+                            out.dead_letters[refusals_from..].iter().any(|d| fnv64(d.envelope.id.as_bytes()) == id);
+                        if !refused {
+                            record.dedup.remember(id);
                         }
                     }
                 }
@@ -744,12 +746,15 @@ fn authorize(
     policy: &Policy,
     target: &InstanceId,
     record: &mut InstanceRecord,
-    events: Vec<Envelope>,
+    envelope: Envelope,
     out: &mut Collector,
-) -> Vec<Envelope> {
-    let mut passed = Vec::with_capacity(events.len());
-    let mut work = VecDeque::from(events);
-    while let Some(envelope) = work.pop_front() {
+    passed: &mut Vec<Envelope>,
+) {
+    // Events held behind a creation that the ledger just answered are decided again, in order,
+    // before anything after them (no allocation unless that happens).
+    let mut work = VecDeque::new();
+    let mut first = Some(envelope);
+    while let Some(envelope) = first.take().or_else(|| work.pop_front()) {
         let (wrappers, core) = unwrap(&envelope.body);
         if let Some(waiting) = &mut record.quota.waiting {
             let ledger = quota::ledger_of(target, &waiting.user).canonical();
@@ -864,7 +869,6 @@ fn authorize(
         }
         passed.push(envelope);
     }
-    passed
 }
 
 /// Apply a `Purge` to `target`: a finished orchestration or an idle entity becomes an empty

@@ -301,16 +301,10 @@ impl Dedup {
         verdict
     }
 
-    /// Remember the id of an outside event [`Dedup::admit`] found new (the oldest id leaves a
-    /// full window). Events deduplicated otherwise (replies, origin marks) need nothing.
-    pub fn remember(&mut self, envelope: &Envelope) {
-        if !is_outside(envelope) {
-            return;
-        }
-        let h = fnv64(envelope.id.as_bytes());
-        if self.recent_ids.contains(&h) {
-            return;
-        }
+    /// Remember the id of an outside event ([`is_outside`]) that [`Dedup::admit`] just found new,
+    /// as its [`fnv64`] hash (the oldest id leaves a full window). Only for an id just admitted:
+    /// it is not in the window, so it is not looked for again.
+    pub fn remember(&mut self, h: u64) {
         if self.recent_ids.len() == EXTERNAL_ID_WINDOW {
             self.recent_ids.pop_front();
         }
@@ -612,7 +606,7 @@ mod tests {
             let e = signal(id, None);
             let verdict = d.admit(&e, None);
             if verdict == Admission::New {
-                d.remember(&e);
+                d.remember(fnv64(e.id.as_bytes()));
             }
             verdict
         };
@@ -637,7 +631,7 @@ mod tests {
         assert_eq!(d.admit(&e, None), Admission::New);
         assert_eq!(d.admit(&e, None), Admission::New);
         assert!(d.recent_ids.is_empty());
-        d.remember(&e);
+        d.remember(fnv64(e.id.as_bytes()));
         assert_eq!(d.admit(&e, None), Admission::Duplicate);
     }
 
