@@ -179,6 +179,8 @@ pub struct Config {
     pub fence_local_commits: bool,
     /// How the cores run.
     pub mode: Mode,
+    /// Programs to run beside the generated ones (a program a test names).
+    pub programs: Vec<crate::gen::Program>,
 }
 
 impl Config {
@@ -195,6 +197,7 @@ impl Config {
             local_rounds: 2,
             fence_local_commits: true,
             mode: Mode::of_seed(seed),
+            programs: Vec::new(),
         }
     }
 }
@@ -602,8 +605,12 @@ impl World {
             per_instance.push([adds, deletes].into());
         }
         // Generated programs: each started, its events raised in order.
-        for i in 0..s.programs {
-            let program = crate::gen::program(&mut self.rng, crate::gen::Shape { depth: 2, events: true });
+        let given = self.config.programs.clone();
+        for i in 0..s.programs + given.len() {
+            let program = match given.get(i.wrapping_sub(s.programs)) {
+                Some(p) if i >= s.programs => p.clone(),
+                _ => crate::gen::program(&mut self.rng, crate::gen::Shape { depth: 2, events: true }),
+            };
             let key = format!("g{i}");
             let id = InstanceId::orchestration(crate::gen::GEN, key.clone()).canonical();
             let (ending, cells) = crate::gen::expected(&program, &key);

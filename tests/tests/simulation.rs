@@ -28,6 +28,39 @@ fn generated_programs_end_the_same_in_every_mode() {
     }
 }
 
+/// The program — an activity, then a timer set beside a second activity and awaited
+/// after it — completes in every mode, with and without faults (it hung in local rounds: the
+/// deferred step dropped its timer).
+#[test]
+fn a_timer_beside_an_activity_call_completes_in_every_mode() {
+    use tests::gen::{Op, Program};
+    let program = Program {
+        ops: vec![
+            Op::Call { n: 1, fail: false },
+            Op::TimerBeside { ms: 1000, ops: vec![Op::Call { n: 2, fail: false }] },
+        ],
+        generations: 1,
+        fail_at_end: false,
+    };
+    for seed in 30_000..30_010 {
+        for (mode, local_rounds) in Mode::ALL.into_iter().map(|m| (m, 2)).chain([(Mode::Local, 0)]) {
+            for faults in [
+                sim::Faults::default(),
+                sim::Faults { duplicates: false, crashes: false, rebalances: false, store_errors: false },
+            ] {
+                let mut config = Config::new(seed);
+                config.mode = mode;
+                config.local_rounds = local_rounds;
+                config.faults = faults;
+                config.scale = sim::Scale { programs: 0, ..sim::Scale::default() };
+                config.programs = vec![program.clone(); 4];
+                let outcome = sim::run(config.clone());
+                assert!(outcome.violations.is_empty(), "{}", sim::describe(&config, &outcome));
+            }
+        }
+    }
+}
+
 /// Without the fence, some seed makes a zombie of a rebalance run a local round after the next
 /// owner read past the record its outbox answers to: it replaces the outbox behind the next
 /// owner's back, and an orchestration waits forever. Fenced (the core asks for the fence, the
