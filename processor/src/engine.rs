@@ -198,7 +198,6 @@ impl Collector {
         self.dead_letters.push(DeadLetter { envelope, reason: reason.into() });
     }
 
-    /// A fresh deterministic event id.
     /// Make room for `more` bytes of events the instance keeps waiting, `held` counting what it
     /// keeps already (asked once a step); or why there is none (see
     /// [`Limits::max_buffered_bytes`]).
@@ -214,6 +213,13 @@ impl Collector {
         Ok(())
     }
 
+    /// Whether what the instance keeps waiting was counted already this step (then
+    /// [`Collector::buffer`] does not ask again).
+    fn buffer_counted(&self) -> bool {
+        self.buffered.is_some()
+    }
+
+    /// A fresh deterministic event id.
     fn event_id(&mut self) -> String {
         self.next_id += 1;
         format!("{}.{}", self.id_prefix, self.next_id)
@@ -790,8 +796,9 @@ fn authorize(
                     refuse(target, &wrappers, core, envelope.clone(), reason, out);
                 }
                 None => {
-                    let waiting_bytes = waiting.events.iter().map(|e| e.encode().len()).sum::<usize>();
-                    match out.buffer(|| waiting_bytes, envelope.encode().len()) {
+                    // Counted once a step (lazily): a flood of held events costs one pass.
+                    let held = || waiting.events.iter().map(|e| e.encode().len()).sum::<usize>();
+                    match out.buffer(held, envelope.encode().len()) {
                         Ok(()) => record.quota.waiting.as_mut().expect("waiting").events.push_back(envelope),
                         Err(why) => {
                             let reason = format!("{target} waits for its creation to be counted: {why}");

@@ -391,6 +391,7 @@ impl Run<'_> {
         // A suspended orchestration keeps what arrives for its Resume; what ends or changes the
         // suspension applies now.
         let max_inbox = self.out.limits.max_inbox;
+        let counted = self.out.buffer_counted();
         if let Some(OrchestrationStatus::Suspended { held, .. }) = self.history().map(|h| &mut h.status) {
             if !matches!(
                 core,
@@ -409,7 +410,8 @@ impl Run<'_> {
                     );
                     return self.out.dead(envelope, reason);
                 }
-                let kept = held.iter().map(|e| e.encode().len()).sum::<usize>();
+                // Counted once a step: a flood of kept events costs one pass.
+                let kept = if counted { 0 } else { held.iter().map(|e| e.encode().len()).sum() };
                 if let Err(why) = self.out.buffer(|| kept, envelope.encode().len()) {
                     let reason = format!("{} is suspended: {why}; {} is not applied", envelope.target, core.name());
                     return self.out.dead(envelope, reason);
