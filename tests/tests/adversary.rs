@@ -57,13 +57,20 @@ async fn timers_parked(prefix: &str) -> usize {
     n
 }
 
-/// The dead letters of `prefix` so far, by the first words of their reasons.
+/// The dead letters of `prefix`, by the first words of their reasons: read until there are at
+/// least `at_least` and then none came for 3 s (or two minutes passed).
 async fn dead_letters(prefix: &str, at_least: usize) -> BTreeMap<String, usize> {
     let consumer = e2e::topic_reader(prefix, "dead");
     let mut reasons = BTreeMap::<String, usize>::new();
     let deadline = Instant::now() + Duration::from_secs(120);
-    while reasons.values().sum::<usize>() < at_least && Instant::now() < deadline {
-        let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await else { continue };
+    while Instant::now() < deadline {
+        let enough = reasons.values().sum::<usize>() >= at_least;
+        let wait = if enough { Duration::from_secs(3) } else { Duration::from_secs(5) };
+        let m = match tokio::time::timeout(wait, consumer.recv()).await {
+            Ok(Ok(m)) => m,
+            Err(_) if enough => break,
+            _ => continue,
+        };
         let reason = m
             .headers()
             .and_then(|h| h.iter().find(|h| h.key == dead_letter::REASON))
@@ -230,10 +237,12 @@ async fn a_hostile_tenant_cannot_burn_flush_park_squat_or_stall_another() {
         longest.as_millis()
     );
     // The bound stated: what the squatted instance may keep — stored at most about twice (its
-    // record written whole and the deltas appended since, `partition::Shape`) — plus small
-    // records (alice's, the refused ones' marks, the counters) and the partitions' bookkeeping.
+    // record written whole and the deltas appended since, `partition::Shape`), each in an
+    // allocation Redis's allocator rounds up by as much as a quarter — plus small records
+    // (alice's, the refused ones' marks, the counters) and the partitions' bookkeeping. Without
+    // the byte bound the twelve large events alone make about 4.8 MB, stored up to twice.
     assert!(
-        bytes_after.saturating_sub(bytes_before) <= (2 * BUFFERED + (1 << 20)) as u64,
+        bytes_after.saturating_sub(bytes_before) <= (3 * BUFFERED + (1 << 20)) as u64,
         "Redis grew by {} bytes",
         bytes_after - bytes_before
     );
