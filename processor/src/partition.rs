@@ -1235,9 +1235,10 @@ fn unapplied(outbound: &mut Vec<(i64, Out)>, replies: Vec<(i64, Envelope)>) {
 }
 
 /// The write of a changed step; a record left empty (purged, or nothing it was sent applied) and
-/// holding no creation that waits for its ledger leaves the index and expires after `grace` ms. A running orchestration that only carried its
-/// stored history on appends a delta while the deltas stay smaller than the blob last written
-/// whole ([`Shape`]); `s.shape` becomes what the store holds once this write commits.
+/// holding no creation that waits for its ledger leaves the index and expires after `grace` ms.
+/// A running orchestration that only carried its stored history on appends a delta while the
+/// deltas stay smaller than the blob last written whole ([`Shape`]); `s.shape` becomes what the
+/// store holds once this write commits.
 fn write(s: &mut Stepped, grace: u64) -> Write {
     let out = &mut s.out;
     let timers = out.delayed().map(|(fire_at, e)| TimerEntry { fire_at, envelope: e.encode() }).collect();
