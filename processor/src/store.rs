@@ -277,13 +277,18 @@ pub trait Store: Send + Sync + 'static {
     fn counts(&self, partition: u32) -> impl Future<Output = StoreResult<Vec<(String, u64)>>> + Send;
 
     /// The deployment secrets the store keeps for the processors' seals (see [`crate::trust`])
-    /// when `DURABLE_SECRET` is not set: the one to seal with — the one kept, or `mine` (kept from
-    /// now on) if there is none, so every processor of a deployment gets the same one — and
-    /// every secret to accept, `mine` among them. A processor asks again now and then: should the
-    /// store lose the kept one (Redis restarted without its data) and another processor keep a
-    /// new one, the older processors seal with the new one from then on and every processor
-    /// still accepts the old one, so nothing sealed in between is refused.
-    fn deployment_secret(&self, mine: Vec<u8>) -> impl Future<Output = StoreResult<Secrets>> + Send;
+    /// when `DURABLE_SECRET` is not set: the one to seal with — the one kept, or `offer` (kept
+    /// from now on) if there is none, so every processor of a deployment gets the same one — and
+    /// every secret to accept: the kept one, and each a processor said it `sealed_with`. A
+    /// processor asks again now and then, saying what it seals with: should the store lose the
+    /// kept one (Redis restarted without its data) and another processor keep a new one, the
+    /// older processors seal with the new one from then on and every processor still accepts the
+    /// old one, so nothing sealed in between is refused.
+    fn deployment_secret(
+        &self,
+        offer: Vec<u8>,
+        sealed_with: Option<Vec<u8>>,
+    ) -> impl Future<Output = StoreResult<Secrets>> + Send;
 }
 
 /// What [`Store::deployment_secret`] answers.
@@ -406,7 +411,7 @@ impl Store for AnyStore {
         delegate!(self, s => s.counts(partition))
     }
 
-    async fn deployment_secret(&self, mine: Vec<u8>) -> StoreResult<Secrets> {
-        delegate!(self, s => s.deployment_secret(mine))
+    async fn deployment_secret(&self, offer: Vec<u8>, sealed_with: Option<Vec<u8>>) -> StoreResult<Secrets> {
+        delegate!(self, s => s.deployment_secret(offer, sealed_with))
     }
 }

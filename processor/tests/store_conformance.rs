@@ -228,14 +228,17 @@ async fn a_loss_is_accepted_only_once_recorded<S: Store>(store: &S) {
 
 async fn the_first_deployment_secret_offered_is_kept<S: Store>(store: &S) {
     let (first, second) = (b"first-secret-of-sixteen".to_vec(), b"second-secret-of-sixteen".to_vec());
-    let secrets = store.deployment_secret(first.clone()).await.unwrap();
+    let secrets = store.deployment_secret(first.clone(), None).await.unwrap();
     assert_eq!((secrets.current, secrets.accepted), (first.clone(), vec![first.clone()]));
-    // A second processor gets the first one to seal with; its own offer is remembered as
-    // accepted (it may have sealed with it before it asked, after the store lost the first).
-    let secrets = store.deployment_secret(second.clone()).await.unwrap();
+    // A second processor offers its own: it gets the first to seal with, and what it offered
+    // but never sealed with is not accepted.
+    let secrets = store.deployment_secret(second.clone(), None).await.unwrap();
+    assert_eq!((secrets.current, secrets.accepted), (first.clone(), vec![first.clone()]));
+    // A processor that sealed with another (kept before the store lost it) has it accepted.
+    let secrets = store.deployment_secret(first.clone(), Some(second.clone())).await.unwrap();
     assert_eq!(secrets.current, first);
     assert_eq!(secrets.accepted, vec![first.clone(), second.clone()]);
-    let again = store.deployment_secret(first.clone()).await.unwrap();
+    let again = store.deployment_secret(first.clone(), Some(first.clone())).await.unwrap();
     assert_eq!(again.accepted, vec![first, second], "the same list, asked again");
 }
 

@@ -36,7 +36,7 @@ impl Keeper {
     pub async fn kept(store: &AnyStore) -> anyhow::Result<Self> {
         let mut fresh = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut fresh);
-        let secrets = ask(store, hex::encode(fresh).into_bytes()).await?;
+        let secrets = ask(store, hex::encode(fresh).into_bytes(), None).await?;
         let seal = seal_of(&secrets)?;
         Ok(Self { kept: Some(RwLock::new((secrets, seal))), configured: None })
     }
@@ -63,7 +63,7 @@ impl Keeper {
     pub async fn refresh(&self, store: &AnyStore) -> anyhow::Result<bool> {
         let Some(kept) = &self.kept else { return Ok(false) };
         let mine = kept.read().expect("seal lock").0.current.clone();
-        let secrets = ask(store, mine.clone()).await?;
+        let secrets = ask(store, mine.clone(), Some(mine.clone())).await?;
         if secrets == kept.read().expect("seal lock").0 {
             return Ok(false);
         }
@@ -80,9 +80,9 @@ impl Keeper {
     }
 }
 
-async fn ask(store: &AnyStore, mine: Vec<u8>) -> anyhow::Result<Secrets> {
+async fn ask(store: &AnyStore, offer: Vec<u8>, sealed_with: Option<Vec<u8>>) -> anyhow::Result<Secrets> {
     store
-        .deployment_secret(mine)
+        .deployment_secret(offer, sealed_with)
         .await
         .map_err(|e| anyhow::anyhow!("cannot read the deployment secret from the store: {}", e.0))
 }

@@ -302,10 +302,10 @@ impl Store for MemoryStore {
             .map_or_else(Vec::new, |i| i.counts.iter().map(|(g, n)| (g.clone(), *n)).collect()))
     }
 
-    async fn deployment_secret(&self, mine: Vec<u8>) -> StoreResult<Secrets> {
+    async fn deployment_secret(&self, offer: Vec<u8>, sealed_with: Option<Vec<u8>>) -> StoreResult<Secrets> {
         let mut inner = self.inner.lock().expect("store lock");
-        let current = inner.secret.get_or_insert_with(|| mine.clone()).clone();
-        for s in [&mine, &current] {
+        let current = inner.secret.get_or_insert(offer).clone();
+        for s in sealed_with.iter().chain([&current]) {
             if !inner.secrets.contains(s) {
                 inner.secrets.insert(0, s.clone());
                 inner.secrets.truncate(Secrets::KEPT);

@@ -731,7 +731,7 @@ impl Store for RedisStore {
         Ok(counts.into_iter().map(|(group, n)| (group, n.max(0) as u64)).collect())
     }
 
-    async fn deployment_secret(&self, mine: Vec<u8>) -> StoreResult<Secrets> {
+    async fn deployment_secret(&self, offer: Vec<u8>, sealed_with: Option<Vec<u8>>) -> StoreResult<Secrets> {
         let key = format!("{}:secret", self.prefix);
         // The secrets accepted, newest first (a list beside the key: both are read and written
         // by every processor now and then, so neither needs to change atomically with the other).
@@ -741,7 +741,7 @@ impl Store for RedisStore {
         let (current,): (Vec<u8>,) = redis::pipe()
             .cmd("SET")
             .arg(&key)
-            .arg(&mine)
+            .arg(&offer)
             .arg("NX")
             .ignore()
             .cmd("GET")
@@ -752,13 +752,13 @@ impl Store for RedisStore {
         let accepted: Vec<Vec<u8>> =
             redis::cmd("LRANGE").arg(&list).arg(0).arg(-1).query_async(&mut conn).await.map_err(unavailable)?;
         let mut pipe = redis::pipe();
-        for s in [&mine, &current] {
+        for s in sealed_with.iter().chain([&current]) {
             if !accepted.contains(s) {
                 pipe.cmd("LPUSH").arg(&list).arg(s).ignore();
             }
         }
         pipe.cmd("LTRIM").arg(&list).arg(0).arg(Secrets::KEPT as i64 - 1).ignore();
         let () = pipe.query_async(&mut conn).await.map_err(unavailable)?;
-        Ok(Secrets::new(current, [mine].into_iter().chain(accepted)))
+        Ok(Secrets::new(current, sealed_with.into_iter().chain(accepted)))
     }
 }
