@@ -797,8 +797,7 @@ fn authorize(
                 }
                 None => {
                     // Counted once a step (lazily): a flood of held events costs one pass.
-                    let held = || waiting.events.iter().map(|e| e.encode().len()).sum::<usize>();
-                    match out.buffer(held, envelope.encode().len()) {
+                    match out.buffer(|| stored_bytes(&waiting.events), envelope.encode().len()) {
                         Ok(()) => record.quota.waiting.as_mut().expect("waiting").events.push_back(envelope),
                         Err(why) => {
                             let reason = format!("{target} waits for its creation to be counted: {why}");
@@ -1022,17 +1021,21 @@ mod tests;
 /// Bytes of the events `record` keeps waiting: for its start or a `wait_for_event` (its inbox),
 /// its resume, its ledger's answer, or a lock (an entity's queue).
 pub(crate) fn buffered_bytes(record: &InstanceRecord) -> usize {
-    let held = |events: &mut dyn Iterator<Item = &Envelope>| events.map(|e| e.encode().len()).sum::<usize>();
-    let mut n = record.quota.waiting.as_ref().map_or(0, |w| held(&mut w.events.iter()));
+    let mut n = record.quota.waiting.as_ref().map_or(0, |w| stored_bytes(&w.events));
     match &record.body {
         Body::Orchestration(h) => {
             n += h.inbox.iter().map(|(name, payload)| name.len() + payload.data.len()).sum::<usize>();
-            if let OrchestrationStatus::Suspended { held: kept, .. } = &h.status {
-                n += held(&mut kept.iter());
+            if let OrchestrationStatus::Suspended { held, .. } = &h.status {
+                n += stored_bytes(held);
             }
         }
-        Body::Entity(e) => n += held(&mut e.queue.iter()),
+        Body::Entity(e) => n += stored_bytes(&e.queue),
         Body::Empty => {}
     }
     n
+}
+
+/// Bytes the events take as they are stored (encoded), together.
+pub(crate) fn stored_bytes<'a>(events: impl IntoIterator<Item = &'a Envelope>) -> usize {
+    events.into_iter().map(|e| e.encode().len()).sum()
 }

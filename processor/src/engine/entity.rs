@@ -53,7 +53,7 @@ fn handle(registry: &Registry, id: &InstanceId, state: &mut EntityState, envelop
             let sender = wrappers.lock.as_ref().map(|(owner, _)| owner.as_str());
             if state.lock.as_ref().is_some_and(|l| Some(l.owner.as_str()) != sender) {
                 let limit = out.limits.max_entity_queue;
-                let queued = || state.queue.iter().map(|e| e.encode().len()).sum::<usize>();
+                let queued = || super::stored_bytes(&state.queue);
                 let full = match state.queue.len() >= limit {
                     true => Err(format!(
                         "{id} is locked and {limit} operations already wait for it (DURABLE_MAX_ENTITY_QUEUE)"
@@ -91,7 +91,7 @@ fn handle(registry: &Registry, id: &InstanceId, state: &mut EntityState, envelop
             match &state.lock {
                 Some(l) if l.owner == owner && l.correlation == correlation => {} // already ours
                 Some(_) => {
-                    let queued = || state.queue.iter().map(|e| e.encode().len()).sum::<usize>();
+                    let queued = || super::stored_bytes(&state.queue);
                     match out.buffer(queued, envelope.encode().len()) {
                         Ok(()) => state.queue.push_back(envelope),
                         Err(why) => {

@@ -411,7 +411,7 @@ impl Run<'_> {
                     return self.out.dead(envelope, reason);
                 }
                 // Counted once a step: a flood of kept events costs one pass.
-                let kept = if counted { 0 } else { held.iter().map(|e| e.encode().len()).sum() };
+                let kept = if counted { 0 } else { super::stored_bytes(held.iter()) };
                 if let Err(why) = self.out.buffer(|| kept, envelope.encode().len()) {
                     let reason = format!("{} is suspended: {why}; {} is not applied", envelope.target, core.name());
                     return self.out.dead(envelope, reason);
