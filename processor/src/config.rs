@@ -132,6 +132,16 @@ pub struct ProcessorConfig {
     /// that would pass it is dead-lettered (a call gets QueueFull).
     #[arg(long, env = "DURABLE_MAX_BUFFERED_BYTES", default_value_t = Limits::default().max_buffered_bytes)]
     pub max_buffered_bytes: usize,
+    /// Most events sent with a delay (WithDelay, from a client or an outside producer) that
+    /// wait parked for one instance at a time; more are dead-lettered. Their bytes count
+    /// against DURABLE_MAX_BUFFERED_BYTES too.
+    #[arg(long, env = "DURABLE_MAX_DELAYED", default_value_t = Limits::default().max_delayed)]
+    pub max_delayed: usize,
+    /// How old (or how far ahead of this processor's clock) an event the API sealed may be
+    /// when it is applied, e.g. `24h`: an older one is dead-lettered, as it can no longer be told
+    /// from a captured record sent again (a redrive seals it anew).
+    #[arg(long, env = "DURABLE_MAX_SEALED_AGE", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub max_sealed_age: Duration,
     /// How long finished instances are kept before they are purged: a duration for every
     /// type (`30d`), and/or per orchestration or entity name, comma separated, e.g.
     /// `7d,Transfer=1h,Cart=30m`. Counted from when an orchestration completes, fails or is
@@ -300,6 +310,8 @@ impl ProcessorConfig {
             max_fan_out: Limits::default().max_fan_out,
             max_delay: Duration::from_millis(Limits::MAX_DELAY_MS as u64),
             max_buffered_bytes: Limits::default().max_buffered_bytes,
+            max_delayed: Limits::default().max_delayed,
+            max_sealed_age: Duration::from_millis(Limits::MAX_SEALED_AGE_MS as u64),
             retention: None,
             purge_grace: Duration::from_secs(3600),
             auth: AuthConfig::anonymous(),
@@ -317,6 +329,9 @@ impl ProcessorConfig {
             max_fan_out: self.max_fan_out,
             max_delay_ms: self.max_delay.as_millis().min(i64::MAX as u128) as i64,
             max_buffered_bytes: self.max_buffered_bytes,
+            max_delayed: self.max_delayed,
+            max_sealed_age_ms: self.max_sealed_age.as_millis().min(i64::MAX as u128) as i64,
+            ..Limits::default()
         }
     }
 

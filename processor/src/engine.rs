@@ -48,6 +48,9 @@ pub struct Delivery {
     pub envelope: Envelope,
     /// Kafka offset in the instance's partition; `None` when not delivered through a log.
     pub offset: Option<i64>,
+    /// Whether a processor sealed it ([`crate::trust`]): then its timestamp is a processor's
+    /// clock, and an outside event's freshness is checked by it ([`Dedup::stale`](crate::history::Dedup::stale)).
+    pub sealed: bool,
 }
 
 /// The input of a step besides the stored record.
@@ -312,11 +315,25 @@ pub struct Limits {
     /// (a call is answered with `QueueFull`). With the history and state bounds it bounds the
     /// stored record, so no tenant can grow one past what a commit writes.
     pub max_buffered_bytes: usize,
+    /// Most events delivered inside a `WithDelay` (from a client or an outside producer) that
+    /// wait parked for one instance at a time: the one past it is dead-lettered. Their bytes
+    /// count against `max_buffered_bytes` until they are due.
+    pub max_delayed: usize,
+    /// How far from the processor's clock the seal time of an event the API sealed may be when
+    /// it is applied, in ms: one further away is dead-lettered, as a captured record sent again
+    /// after its id left the dedup window could not be told from the first.
+    pub max_sealed_age_ms: i64,
+    /// How many outside event ids each instance remembers to recognise a copy
+    /// ([`EXTERNAL_ID_WINDOW`](crate::history::EXTERNAL_ID_WINDOW); simulations shrink it to
+    /// turn it over quickly).
+    pub dedup_window: usize,
 }
 
 impl Limits {
     /// The longest delay by default: a year and a day.
     pub const MAX_DELAY_MS: i64 = 366 * 24 * 3_600_000;
+    /// The longest a sealed event may take to be applied, by default: a day.
+    pub const MAX_SEALED_AGE_MS: i64 = 24 * 3_600_000;
 }
 
 impl Default for Limits {
@@ -329,6 +346,9 @@ impl Default for Limits {
             max_fan_out: 10_000,
             max_delay_ms: Self::MAX_DELAY_MS,
             max_buffered_bytes: 8 << 20,
+            max_delayed: 1_000,
+            max_sealed_age_ms: Self::MAX_SEALED_AGE_MS,
+            dedup_window: crate::history::EXTERNAL_ID_WINDOW,
         }
     }
 }
@@ -421,22 +441,35 @@ impl Engine {
     fn delay(
         &self,
         target: &InstanceId,
-        record: &InstanceRecord,
+        record: &mut InstanceRecord,
         mut envelope: Envelope,
         now: i64,
         out: &mut Collector,
     ) -> Option<Envelope> {
         match envelope.body {
             Event::WithDelay { fire_at, inner } if fire_at > now => {
-                if let Some(reason) = self.delay_refusal(target, record, &inner, fire_at, now) {
-                    let (wrappers, core) = unwrap(&inner);
+                // As it waits parked: its envelope without the wrapper and the origin.
+                envelope.body = *inner;
+                let origin = envelope.origin.take();
+                let bytes = envelope.encode().len();
+                let refusal = self.delay_refusal(target, record, &envelope.body, fire_at, now).or_else(|| {
+                    let max = self.limits.max_delayed;
+                    if record.parked.len() >= max {
+                        return Some(format!(
+                            "it has {} delayed events parked already, the most one instance may have (DURABLE_MAX_DELAYED)",
+                            record.parked.len()
+                        ));
+                    }
+                    out.buffer(|| buffered_bytes(record), bytes).err()
+                });
+                if let Some(reason) = refusal {
+                    let (wrappers, core) = unwrap(&envelope.body);
                     let core = core.clone();
-                    envelope.body = Event::WithDelay { fire_at, inner };
-                    refuse(target, &wrappers, &core, envelope, reason, out);
+                    let body = Event::WithDelay { fire_at, inner: Box::new(envelope.body) };
+                    refuse(target, &wrappers, &core, Envelope { body, origin, ..envelope }, reason, out);
                     return None;
                 }
-                envelope.body = *inner;
-                envelope.origin = None;
+                record.parked.push((fire_at, bytes.min(u32::MAX as usize) as u32));
                 out.effects.push(Effect::Delay { fire_at, envelope });
                 None
             }
@@ -532,7 +565,9 @@ impl Engine {
         // copy in the same step is recognised.
         let mut admitted = 0;
         let mut ready = Vec::with_capacity(deliveries.len());
-        for Delivery { envelope, offset } in deliveries {
+        // Delayed events that are due no longer wait parked.
+        record.parked.retain(|&(due, _)| due > now);
+        for Delivery { envelope, offset, sealed } in deliveries {
             match record.dedup.admit(&envelope, offset) {
                 Admission::New if envelope.target != record.id => {
                     let reason = format!("event for {} delivered to {}", envelope.target, record.id);
@@ -541,8 +576,15 @@ impl Engine {
                 Admission::New => {
                     admitted += 1;
                     let outside = is_outside(&envelope).then(|| fnv64(envelope.id.as_bytes()));
+                    let sealed_at = sealed.then_some(envelope.timestamp);
+                    if let (Some(_), Some(at)) = (outside, sealed_at) {
+                        if let Some(reason) = record.dedup.stale(at, now, self.limits.max_sealed_age_ms) {
+                            out.dead(envelope, reason);
+                            continue;
+                        }
+                    }
                     let refusals_from = out.dead_letters.len();
-                    if let Some(envelope) = self.delay(target, &record, envelope, now, &mut out) {
+                    if let Some(envelope) = self.delay(target, &mut record, envelope, now, &mut out) {
                         if quota::is_ledger(target) {
                             ready.push(envelope);
                         } else {
@@ -553,7 +595,7 @@ impl Engine {
                         let refused =
                             out.dead_letters[refusals_from..].iter().any(|d| fnv64(d.envelope.id.as_bytes()) == id);
                         if !refused {
-                            record.dedup.remember(id);
+                            record.dedup.remember(id, sealed_at, self.limits.dedup_window);
                         }
                     }
                 }
@@ -1019,9 +1061,10 @@ pub fn state_change(record: &InstanceRecord) -> Option<StateChange> {
 mod tests;
 
 /// Bytes of the events `record` keeps waiting: for its start or a `wait_for_event` (its inbox),
-/// its resume, its ledger's answer, or a lock (an entity's queue).
+/// its resume, its ledger's answer, a lock (an entity's queue), or a delay (parked).
 pub(crate) fn buffered_bytes(record: &InstanceRecord) -> usize {
     let mut n = record.quota.waiting.as_ref().map_or(0, |w| stored_bytes(&w.events));
+    n += record.parked.iter().map(|&(_, bytes)| bytes as usize).sum::<usize>();
     match &record.body {
         Body::Orchestration(h) => {
             n += h.inbox.iter().map(|(name, payload)| name.len() + payload.data.len()).sum::<usize>();

@@ -173,17 +173,24 @@ impl Harness {
 
     /// Deliver several events for the same instance as one step.
     pub fn deliver_batch(&mut self, envelopes: Vec<Envelope>) -> StepOutput {
-        let deliveries = envelopes.into_iter().map(|envelope| Delivery { envelope, offset: None }).collect();
+        let deliveries =
+            envelopes.into_iter().map(|envelope| Delivery { envelope, offset: None, sealed: false }).collect();
         self.step(deliveries)
     }
 
     /// Deliver events with explicit Kafka offsets (to test redelivery).
     pub fn deliver_at_offsets(&mut self, deliveries: Vec<(Envelope, i64)>) -> StepOutput {
         self.step(
-            deliveries.into_iter().map(|(envelope, offset)| Delivery { envelope, offset: Some(offset) }).collect(),
+            deliveries
+                .into_iter()
+                .map(|(envelope, offset)| Delivery { envelope, offset: Some(offset), sealed: false })
+                .collect(),
         )
     }
 
+    /// Deliveries count as unsealed: nothing is captured and sent again here, and the Harness's
+    /// clock may jump further than the freshness of sealed events
+    /// ([`Limits::max_sealed_age_ms`](crate::engine::Limits::max_sealed_age_ms)).
     fn step(&mut self, deliveries: Vec<Delivery>) -> StepOutput {
         let target = deliveries.first().expect("at least one delivery").envelope.target.clone();
         let id = InstanceId::parse(&target).unwrap_or_else(|e| panic!("{target}: {e}"));

@@ -39,15 +39,20 @@ use crate::quota::Charge;
 /// How many outside-producer event ids each instance remembers.
 pub const EXTERNAL_ID_WINDOW: usize = 1000;
 
-/// Current blob format version (first byte of a stored blob): 3 is the record, its [`Access`],
-/// then its [`Charge`]; 2 (still read) has no charge, from before creation limits; 1 (still
-/// read) is the record alone, from before authorization.
-const BLOB_FORMAT: u8 = 3;
+/// Current blob format version (first byte of a stored blob): 4 is the record, its [`Access`],
+/// its [`Charge`], then its [`Guard`]; 3 (still read) has no guard, from before replay
+/// protection; 2 (still read) has no charge either, from before creation limits; 1 (still read)
+/// is the record alone, from before authorization.
+const BLOB_FORMAT: u8 = 4;
 
 /// The first byte of a delta frame ([`InstanceRecord::to_delta`]): what one step of a running
 /// orchestration changed, appended to the stored blob instead of rewriting it whole. A stored
-/// blob is one record frame followed by any number of delta frames.
-const DELTA_FORMAT: u8 = 0xD3;
+/// blob is one record frame followed by any number of delta frames, each of the record frame's
+/// format: 0xD4 for format 4, 0xD3 (still read) for format 3.
+const DELTA_FORMAT: u8 = 0xD4;
+
+/// The delta frames of format 3 records.
+const DELTA_FORMAT_3: u8 = 0xD3;
 
 /// The whole stored state of one instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -73,6 +78,22 @@ pub struct InstanceRecord {
     /// Its standing with the creation limits (stored after its access, see [`BLOB_FORMAT`]).
     #[serde(skip)]
     pub quota: Charge,
+    /// The events parked for it until a delay passes, as `(due, stored bytes)`, oldest first:
+    /// those that came with a `WithDelay` from outside (not the timers its own code sets),
+    /// counted against [`Limits::max_delayed`](crate::engine::Limits::max_delayed) and its
+    /// buffered bytes until they are due. Stored in its [`Guard`], after its charge.
+    #[serde(skip)]
+    pub parked: Vec<(i64, u32)>,
+}
+
+/// What a record of format 4 stores after its charge: the seal times of the ids in its dedup
+/// window and the newest one it forgot ([`Dedup::sealed_at`], [`Dedup::forgotten`]), and its
+/// parked delays ([`InstanceRecord::parked`]).
+#[derive(Serialize, Deserialize)]
+struct Guard {
+    sealed_at: VecDeque<i64>,
+    forgotten: i64,
+    parked: Vec<(i64, u32)>,
 }
 
 /// The effects of the last committed step that must leave after the commit.
@@ -119,6 +140,7 @@ impl InstanceRecord {
             body: Body::Empty,
             access: Access::default(),
             quota: Charge::default(),
+            parked: Vec::new(),
         }
     }
 
@@ -126,7 +148,9 @@ impl InstanceRecord {
     pub fn to_blob(&self) -> Vec<u8> {
         let out = postcard::to_extend(self, vec![BLOB_FORMAT]).expect("records always serialize");
         let out = postcard::to_extend(&self.access, out).expect("access always serializes");
-        postcard::to_extend(&self.quota, out).expect("charges always serialize")
+        let out = postcard::to_extend(&self.quota, out).expect("charges always serialize");
+        let guard = (&self.dedup.sealed_at, self.dedup.forgotten, &self.parked);
+        postcard::to_extend(&guard, out).expect("guards always serialize")
     }
 
     /// A delta frame to append to this record's stored blob, when this record (an orchestration)
@@ -169,16 +193,21 @@ impl InstanceRecord {
                 record.access = access;
                 (record, rest)
             }
-            Some(&BLOB_FORMAT) => Self::frame(&blob[1..])?,
+            Some(3) => Self::frame(&blob[1..], false)?,
+            Some(&BLOB_FORMAT) => Self::frame(&blob[1..], true)?,
             Some(&other) => return Err(BlobError::UnknownFormat(other)),
             None => return Err(BlobError::Corrupt("empty blob".into())),
         };
         let whole = blob.len() - rest.len();
+        let delta_format = if blob[0] == BLOB_FORMAT { DELTA_FORMAT } else { DELTA_FORMAT_3 };
         while let Some((&format, frame)) = rest.split_first() {
-            if format != DELTA_FORMAT {
-                return Err(BlobError::Corrupt(format!("a frame of format {format} after the record")));
+            if format != delta_format {
+                return Err(BlobError::Corrupt(format!(
+                    "a frame of format {format} after a record of format {}",
+                    blob[0]
+                )));
             }
-            let (mut delta, after) = Self::frame(frame)?;
+            let (mut delta, after) = Self::frame(frame, format == DELTA_FORMAT)?;
             match (&mut record.body, &mut delta.body) {
                 (Body::Orchestration(before), Body::Orchestration(now)) => {
                     before.commands.append(&mut now.commands);
@@ -191,17 +220,29 @@ impl InstanceRecord {
             record = delta;
             rest = after;
         }
+        if record.dedup.sealed_at.len() != record.dedup.recent_ids.len() {
+            // Format 3 kept no seal times: ids it remembered count as sealed at no known time.
+            record.dedup.sealed_at = record.dedup.recent_ids.iter().map(|_| i64::MIN).collect();
+        }
         Ok((record, whole))
     }
 
-    /// One record frame of the current format (after its format byte), and what follows it.
-    fn frame(bytes: &[u8]) -> Result<(Self, &[u8]), BlobError> {
+    /// One record frame of format 4 (`guarded`) or 3 (after its format byte), and what follows
+    /// it.
+    fn frame(bytes: &[u8], guarded: bool) -> Result<(Self, &[u8]), BlobError> {
         let corrupt = |e: postcard::Error| BlobError::Corrupt(e.to_string());
         let (mut record, rest): (Self, _) = postcard::take_from_bytes(bytes).map_err(corrupt)?;
         let (access, rest) = postcard::take_from_bytes(rest).map_err(corrupt)?;
         record.access = access;
-        let (quota, rest) = postcard::take_from_bytes(rest).map_err(corrupt)?;
+        let (quota, mut rest) = postcard::take_from_bytes(rest).map_err(corrupt)?;
         record.quota = quota;
+        if guarded {
+            let (guard, after): (Guard, _) = postcard::take_from_bytes(rest).map_err(corrupt)?;
+            record.dedup.sealed_at = guard.sealed_at;
+            record.dedup.forgotten = guard.forgotten;
+            record.parked = guard.parked;
+            rest = after;
+        }
         Ok((record, rest))
     }
 
@@ -223,7 +264,7 @@ impl InstanceRecord {
 }
 
 /// Duplicate detection marks (see the module docs).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Dedup {
     /// Highest Kafka offset applied (all of an instance's events are in one partition).
     pub applied_offset: Option<i64>,
@@ -231,6 +272,32 @@ pub struct Dedup {
     pub watermarks: BTreeMap<String, i64>,
     /// 64-bit hashes of the last [`EXTERNAL_ID_WINDOW`] outside-producer event ids, oldest first.
     pub recent_ids: VecDeque<u64>,
+    /// When a processor sealed each of `recent_ids` (its envelope's timestamp, inside the seal),
+    /// in the same order; `i64::MIN` for an unsealed one (its timestamp proves nothing). Stored
+    /// in the record's [`Guard`].
+    #[serde(skip)]
+    pub sealed_at: VecDeque<i64>,
+    /// The latest seal time of an id that left the window (`i64::MIN`: none): a sealed event
+    /// sealed no later than this can no longer be told from a replay ([`Dedup::stale`]).
+    #[serde(skip, default = "no_time")]
+    pub forgotten: i64,
+}
+
+/// `i64::MIN`: no time known.
+fn no_time() -> i64 {
+    i64::MIN
+}
+
+impl Default for Dedup {
+    fn default() -> Self {
+        Self {
+            applied_offset: None,
+            watermarks: BTreeMap::new(),
+            recent_ids: VecDeque::new(),
+            sealed_at: VecDeque::new(),
+            forgotten: no_time(),
+        }
+    }
 }
 
 /// The verdict of [`Dedup::admit`].
@@ -302,13 +369,41 @@ impl Dedup {
     }
 
     /// Remember the id of an outside event ([`is_outside`]) that [`Dedup::admit`] just found new,
-    /// as its [`fnv64`] hash (the oldest id leaves a full window). Only for an id just admitted:
-    /// it is not in the window, so it is not looked for again.
-    pub fn remember(&mut self, h: u64) {
-        if self.recent_ids.len() == EXTERNAL_ID_WINDOW {
+    /// as its [`fnv64`] hash, with when it was sealed if it was (the oldest id leaves a full
+    /// window, and its seal time moves [`Dedup::forgotten`]). Only for an id just admitted: it is
+    /// not in the window, so it is not looked for again.
+    /// `window` is how many it keeps ([`EXTERNAL_ID_WINDOW`] but in simulations).
+    pub fn remember(&mut self, h: u64, sealed_at: Option<i64>, window: usize) {
+        while self.recent_ids.len() >= window.max(1) {
             self.recent_ids.pop_front();
+            let left = self.sealed_at.pop_front().unwrap_or(i64::MIN);
+            self.forgotten = self.forgotten.max(left);
         }
         self.recent_ids.push_back(h);
+        self.sealed_at.push_back(sealed_at.unwrap_or(i64::MIN));
+    }
+
+    /// Why a sealed outside event, sealed at `at`, cannot be applied at `now` though its id is
+    /// not in the window, if it cannot: a captured record sent again once its id has left the
+    /// window would otherwise apply twice (and act for whoever the API sealed into it). It is
+    /// refused when it is older than `max_age` (or as far in the future: the processors' clocks
+    /// disagree), or sealed no later than an id the window forgot.
+    pub fn stale(&self, at: i64, now: i64, max_age: i64) -> Option<String> {
+        const REDRIVE: &str = "so it cannot be told from a replay (an operator's redrive sends it again, sealed anew)";
+        if at < now.saturating_sub(max_age) || at > now.saturating_add(max_age) {
+            return Some(format!(
+                "it was sealed at {at} ms, further from this processor's clock than DURABLE_MAX_SEALED_AGE \
+                 ({max_age} ms), {REDRIVE}"
+            ));
+        }
+        if at <= self.forgotten {
+            let forgotten = self.forgotten;
+            return Some(format!(
+                "it was sealed at {at} ms, no later than an outside event this instance no longer remembers \
+                 (sealed at {forgotten} ms), {REDRIVE}"
+            ));
+        }
+        None
     }
 }
 
@@ -606,7 +701,7 @@ mod tests {
             let e = signal(id, None);
             let verdict = d.admit(&e, None);
             if verdict == Admission::New {
-                d.remember(fnv64(e.id.as_bytes()));
+                d.remember(fnv64(e.id.as_bytes()), None, EXTERNAL_ID_WINDOW);
             }
             verdict
         };
@@ -622,6 +717,43 @@ mod tests {
         assert_eq!(admit(&mut d, "first"), Admission::New);
     }
 
+    /// The seal times of remembered ids travel with them; the newest one to leave the window is
+    /// the line below which a sealed event cannot be told from a replay.
+    #[test]
+    fn ids_leaving_the_window_move_the_forgotten_seal_time() {
+        let mut d = Dedup::default();
+        let day = 86_400_000;
+        assert_eq!(d.stale(1_000, 1_000, day), None);
+        for i in 0..EXTERNAL_ID_WINDOW as i64 {
+            d.remember(i as u64, Some(1_000 + i), EXTERNAL_ID_WINDOW);
+        }
+        assert_eq!(d.forgotten, i64::MIN, "nothing left yet");
+        d.remember(u64::MAX, None, EXTERNAL_ID_WINDOW); // unsealed: its time proves nothing
+        assert_eq!(d.forgotten, 1_000, "the first id left");
+        assert!(d.stale(1_000, 2_000, day).unwrap().contains("cannot be told from a replay"));
+        assert_eq!(d.stale(1_001, 2_000, day), None);
+        for i in 0..EXTERNAL_ID_WINDOW as u64 {
+            d.remember(10_000 + i, None, EXTERNAL_ID_WINDOW);
+        }
+        assert_eq!(d.forgotten, 1_000 + EXTERNAL_ID_WINDOW as i64 - 1, "an unsealed id leaving moves nothing");
+        assert!(d.stale(5_000, 5_000 + day + 1, day).unwrap().contains("DURABLE_MAX_SEALED_AGE"));
+        assert_eq!((d.recent_ids.len(), d.sealed_at.len()), (EXTERNAL_ID_WINDOW, EXTERNAL_ID_WINDOW));
+    }
+
+    /// The stored format, byte for byte: a change to what a record stores must come with a new
+    /// format byte (and reading the old one), or records already in Redis read wrong.
+    #[test]
+    fn the_blob_format_is_golden() {
+        let mut r = InstanceRecord::new("entity:C:c", 5);
+        r.dedup.remember(0x0102, Some(9), EXTERNAL_ID_WINDOW);
+        r.parked.push((11, 3));
+        let hex: String = r.to_blob().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, GOLDEN_V4);
+        assert_eq!(InstanceRecord::from_blob(&r.to_blob()).unwrap(), r);
+    }
+
+    const GOLDEN_V4: &str = "040a656e746974793a433a63000a0a00000182020000000000000000000112ffffffffffffffffff01011603";
+
     /// Admitting an outside event only looks its id up: until it is remembered (its sender was
     /// allowed), a second copy is new too.
     #[test]
@@ -631,7 +763,7 @@ mod tests {
         assert_eq!(d.admit(&e, None), Admission::New);
         assert_eq!(d.admit(&e, None), Admission::New);
         assert!(d.recent_ids.is_empty());
-        d.remember(fnv64(e.id.as_bytes()));
+        d.remember(fnv64(e.id.as_bytes()), None, EXTERNAL_ID_WINDOW);
         assert_eq!(d.admit(&e, None), Admission::Duplicate);
     }
 
@@ -674,9 +806,22 @@ mod tests {
             user: "alice".into(),
             events: [signal("a", None)].into(),
         });
+        r.dedup.remember(7, Some(1_700_000_000_000), EXTERNAL_ID_WINDOW);
+        r.dedup.forgotten = 1_699_999_999_999;
+        r.parked.push((1_700_000_060_000, 321));
         let blob = r.to_blob();
-        assert_eq!(blob[0], 3);
+        assert_eq!(blob[0], 4);
         assert_eq!(InstanceRecord::from_blob(&blob).unwrap(), r);
+        // Format 3: no guard (what processors before replay protection wrote). Its remembered
+        // ids count as sealed at no known time.
+        let v3 = postcard::to_extend(
+            &r.quota,
+            postcard::to_extend(&r.access, postcard::to_extend(&r, vec![3]).unwrap()).unwrap(),
+        )
+        .unwrap();
+        let old = InstanceRecord::from_blob(&v3).unwrap();
+        assert_eq!((old.dedup.recent_ids.len(), &old.dedup.sealed_at), (1, &VecDeque::from([i64::MIN])));
+        assert_eq!((old.dedup.forgotten, old.parked.len(), &old.quota), (i64::MIN, 0, &r.quota));
         // Format 2: the record and its access (what processors before creation limits wrote).
         let v2 = postcard::to_extend(&r.access, postcard::to_extend(&r, vec![2]).unwrap()).unwrap();
         let old = InstanceRecord::from_blob(&v2).unwrap();

@@ -44,6 +44,7 @@ pub mod harness;
 pub mod history;
 pub mod id;
 pub mod index;
+pub mod letter;
 #[cfg(feature = "runtime")]
 pub mod metrics;
 pub mod partition;

@@ -295,7 +295,7 @@ pub fn peek(
             continue;
         }
         let input = StepInput {
-            deliveries: vec![Delivery { envelope, offset: Some(record.offset) }],
+            deliveries: vec![Delivery { envelope, offset: Some(record.offset), sealed: record.sealed }],
             now,
             partition: Some(settings.partition),
             trigger: None,
@@ -691,7 +691,7 @@ impl Partition {
                 .entry(envelope.target.clone())
                 .or_insert_with(|| Group { id, deliveries: Vec::new() })
                 .deliveries
-                .push(Delivery { envelope, offset: Some(offset) });
+                .push(Delivery { envelope, offset: Some(offset), sealed: record.sealed });
         }
         g.pending = g.groups.keys().cloned().collect();
     }
@@ -1104,7 +1104,10 @@ impl Partition {
                 },
             };
             let input = StepInput {
-                deliveries: replies.iter().map(|(_, e)| Delivery { envelope: e.clone(), offset: None }).collect(),
+                deliveries: replies
+                    .iter()
+                    .map(|(_, e)| Delivery { envelope: e.clone(), offset: None, sealed: true })
+                    .collect(),
                 now: g.now,
                 partition: Some(p),
                 trigger: record.outbox.offset,

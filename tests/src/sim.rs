@@ -22,8 +22,11 @@
 //!
 //! Every event acts for a principal, as the management API sends them: the classic workloads as
 //! an `operator`, the access workload as alice (who owns vaults), bob (to whom alice shares one)
-//! and mallory (who tries everything alice did not allow, also with no principal at all). The
-//! engine enforces [`Policy::enforcing`]; at the end, nothing mallory sent changed anything.
+//! and mallory (who tries everything alice did not allow, also with no principal at all: she
+//! burns the id of bob's deposit first, parks a withdrawal until the year 3000, and at the end
+//! sends bob's sealed deposit again, as captured, once its id has left the window — at once or
+//! after the freshness of sealed events). The engine enforces [`Policy::enforcing`]; at the end,
+//! nothing mallory sent changed anything.
 //!
 //! At quiescence, invariants are checked; the same seed always gives the same trace hash.
 
@@ -33,6 +36,7 @@ use std::future::Future;
 use std::task::{Context, Poll, Waker};
 
 use durable_processor::access::{with_principal, Policy, Principal, FORBIDDEN};
+use durable_processor::engine::Limits;
 use durable_processor::examples::{self, Account, ApprovalInput, Counter, TransferInput, TransferOutcome};
 use durable_processor::history::{Body, CommandKind, InstanceRecord, OrchestrationStatus};
 use durable_processor::id::InstanceId;
@@ -355,6 +359,14 @@ struct Vaults {
     thefts: Vec<String>,
     /// Events mallory (or nobody) sent: each must be refused.
     intrusions: usize,
+    /// The id of bob's deposit: mallory captures the sealed record it travels in…
+    bobs_deposit: Option<String>,
+    /// …as it was sent,
+    captured: Option<Envelope>,
+    /// …and sends it again once everything else is done (its id has left vault0's window):
+    /// `Some(true)` after the clock passed the freshness of sealed events, `Some(false)` at once.
+    /// Either way the copy must be refused, and bob's deposit counts once.
+    replayed: Option<bool>,
 }
 
 /// The opening balance of each vault.
@@ -364,6 +376,14 @@ const BOB_DEPOSIT: i64 = 7;
 
 const T0: i64 = 1_700_000_000_000;
 
+/// How many outside ids an instance remembers, in the simulation (bob's deposits turn vault0's
+/// window over).
+const DEDUP_WINDOW: usize = 8;
+
+/// How old a sealed event may be when it is applied, in the simulation (a minute: clients' events
+/// are stamped as they are sent, so none of theirs comes near it).
+const SEALED_AGE_MS: i64 = 60_000;
+
 impl World {
     fn new(config: Config) -> Self {
         let rng = ChaCha8Rng::seed_from_u64(config.seed);
@@ -372,7 +392,11 @@ impl World {
         let mut world = Self {
             rng,
             now: T0,
-            engine: Engine::new(registry()).with_policy(policy()),
+            engine: Engine::new(registry()).with_policy(policy()).with_limits(Limits {
+                max_sealed_age_ms: SEALED_AGE_MS,
+                dedup_window: DEDUP_WINDOW,
+                ..Limits::default()
+            }),
             store: MemoryStore::new(),
             logs: vec![Vec::new(); partitions],
             committed: vec![0; partitions],
@@ -540,8 +564,15 @@ impl World {
                 Event::EntityOperation { operation: "withdraw".into(), input: json(&1i64) },
             );
             burn.id = bobs.id.clone();
+            self.vaults.bobs_deposit = Some(bobs.id.clone());
             self.vaults.intrusions += 1;
-            per_instance.push([shared, burn, bobs].into());
+            let mut events = VecDeque::from([shared, burn, bobs]);
+            // bob's small deposits after it push its id out of vault0's window.
+            for _ in 0..DEDUP_WINDOW {
+                events.push_back(next_as(self, Some(&bob), vault(0), deposit(1)));
+                *self.vaults.deposits.get_mut("vault0").expect("opened") += 1;
+            }
+            per_instance.push(events);
         }
         for j in 0..if s.vaults >= 2 { s.vaults } else { 0 } {
             let input =
@@ -554,7 +585,7 @@ impl World {
         }
         for k in 0..if s.vaults > 0 { s.intrusions } else { 0 } {
             let target = self.rng.gen_range(0..s.vaults);
-            let event = match self.rng.gen_range(0..6) {
+            let event = match self.rng.gen_range(0..7) {
                 0 => next_as(
                     self,
                     Some(&mallory),
@@ -586,6 +617,18 @@ impl World {
                 4 if s.vaults >= 2 => {
                     let id = InstanceId::orchestration("Transfer", format!("alice{}", target % s.vaults)).canonical();
                     next_as(self, Some(&mallory), id, Event::Terminate { reason: "mallory".into() })
+                }
+                // A withdrawal parked until the year 3000: refused before anything is parked (a
+                // timer left pending at the end is a violation).
+                5 => {
+                    let mut e = next_as(
+                        self,
+                        Some(&mallory),
+                        vault(target),
+                        Event::EntityOperation { operation: "withdraw".into(), input: json(&50i64) },
+                    );
+                    e.body = Event::WithDelay { fire_at: 32_503_680_000_000, inner: Box::new(e.body) };
+                    e
                 }
                 _ => next_as(self, None, vault(target), deposit(1_000_000)),
             };
@@ -719,6 +762,10 @@ impl World {
                         self.mix(&t.to_le_bytes());
                         continue;
                     }
+                    None if self.vaults.captured.is_some() => {
+                        self.replay();
+                        continue;
+                    }
                     None => break, // quiescent
                 }
             }
@@ -761,13 +808,32 @@ impl World {
     }
 
     fn send_client(&mut self) {
-        let e = self.clients.pop_front().expect("checked");
+        let mut e = self.clients.pop_front().expect("checked");
+        // The API stamps what it seals as it sends it.
+        e.timestamp = self.now;
         self.note(|| format!("client sends {} {} to {}", e.id, e.body.core().name(), e.target));
         self.produce(&e);
+        if self.vaults.bobs_deposit.as_ref() == Some(&e.id) && self.vaults.replayed.is_none() {
+            self.vaults.captured = Some(e.clone());
+        }
         if self.config.faults.duplicates && self.rng.gen_ratio(1, 10) {
             self.note(|| format!("client retries {}", e.id));
             self.produce(&e);
         }
+    }
+
+    /// mallory sends the sealed record she captured again: at once or after the freshness of
+    /// sealed events has passed.
+    fn replay(&mut self) {
+        let e = self.vaults.captured.take().expect("checked");
+        let stale = self.rng.gen_bool(0.5);
+        if stale {
+            self.now += SEALED_AGE_MS + 1;
+        }
+        self.vaults.replayed = Some(stale);
+        self.vaults.intrusions += 1;
+        self.note(|| format!("mallory sends bob's sealed {} again (stale: {stale})", e.id));
+        self.produce(&e);
     }
 
     /// The worker's producer delivers what it holds to the logs: all of it (`all`, an
@@ -1080,13 +1146,20 @@ impl World {
             let limited = ["quinn", "rita"].into_iter().find(|u| d.contains(&format!(": Forbidden: {u} has ")));
             if let Some(user) = limited.filter(|_| d.contains("the most one user may have")) {
                 *over_limit.entry(user).or_default() += 1;
-            } else if d.contains(": Forbidden: ") {
+            } else if d.contains(": Forbidden: ")
+                || self.vaults.replayed.is_some() && d.contains("cannot be told from a replay")
+            {
                 refused += 1;
             } else {
                 v.push(format!("unexpected dead letter {d}"));
             }
         }
         self.check_lockers(&over_limit, &mut v);
+        if self.vaults.replayed.is_some()
+            && !self.dead_letters.iter().any(|d| d.contains("cannot be told from a replay"))
+        {
+            v.push("mallory's copy of bob's sealed deposit was not refused".into());
+        }
         if refused > self.vaults.intrusions {
             v.push(format!("{refused} events refused, but only {} were not allowed", self.vaults.intrusions));
         }

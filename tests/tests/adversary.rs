@@ -1,7 +1,8 @@
 //! Hostile tenants on the real servers (Apache Kafka and Redis): a producer with no rights over
 //! alice's things, and with only the rights any authenticated user has, tries what the issue
 //! lists — pre-burning alice's event ids, flushing her duplicate window, parking far-future
-//! timers, squatting a pending orchestration with large events, returning oversized results —
+//! timers, squatting a pending orchestration with large events, returning oversized results,
+//! sending a captured sealed record of alice's again once her window has turned over —
 //! while alice keeps working through the management API. Nothing of hers is lost or applied
 //! twice, no partition stops, Redis stays within the stated bound, and each refusal is a dead
 //! letter with its reason. The test prints Redis memory before and after, and the longest time
@@ -92,6 +93,47 @@ async fn dead_letters(prefix: &str, at_least: usize) -> BTreeMap<String, usize> 
         *reasons.entry(kind.to_owned()).or_default() += 1;
     }
     reasons
+}
+
+/// The dead letter (as `GET /v1/dead` lists it) whose event has the id `event_id`: the test
+/// fails if there is none.
+async fn find_letter(http: &reqwest::Client, base: &str, admin: &str, event_id: &str) -> Value {
+    let mut cursor: Option<String> = None;
+    loop {
+        let url = match &cursor {
+            Some(c) => format!("{base}/v1/dead?limit=200&cursor={c}"),
+            None => format!("{base}/v1/dead?limit=200"),
+        };
+        let page: Value = http.get(url).bearer_auth(admin).send().await.expect("the API").json().await.expect("json");
+        let letters = page["letters"].as_array().expect("letters");
+        if let Some(l) = letters.iter().find(|l| l["event_id"] == event_id) {
+            return l.clone();
+        }
+        let next = page["next"].as_str();
+        cursor = Some(next.unwrap_or_else(|| panic!("no dead letter holds {event_id}")).to_owned());
+    }
+}
+
+/// The record of the events topic that carries the event `event_id`, as a reader of the topic
+/// sees it: its key, its value and its seal.
+async fn captured(prefix: &str, event_id: &str) -> (String, Vec<u8>, Vec<u8>) {
+    let consumer = e2e::topic_reader(prefix, "events");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await else { continue };
+        let Some(value) = m.payload() else { continue };
+        if Envelope::decode(value).is_ok_and(|e| e.id == event_id) {
+            let seal = m
+                .headers()
+                .and_then(|h| h.iter().find(|h| h.key == durable_schemas::contract::seal::HEADER))
+                .and_then(|h| h.value)
+                .expect("the API seals what it sends")
+                .to_vec();
+            let key = String::from_utf8(m.key().expect("a key").to_vec()).expect("a utf-8 key");
+            return (key, value.to_vec(), seal);
+        }
+    }
+    panic!("no record carries {event_id}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -249,19 +291,8 @@ async fn a_hostile_tenant_cannot_burn_flush_park_squat_or_stall_another() {
     // An admin redrives mallory's refused burn: it is sent on mallory's behalf, never the
     // admin's (a confused deputy), so it is refused again and alice's balance does not move.
     let admin = token_with_roles("root", &["admin"]);
-    let mut cursor: Option<String> = None;
-    let burnt = loop {
-        let url = match &cursor {
-            Some(c) => format!("{base}/v1/dead?limit=200&cursor={c}"),
-            None => format!("{base}/v1/dead?limit=200"),
-        };
-        let page: Value = http.get(url).bearer_auth(&admin).send().await.expect("the API").json().await.expect("json");
-        let letters = page["letters"].as_array().expect("letters");
-        if let Some(l) = letters.iter().find(|l| l["event_id"] == "alice-2") {
-            break l["id"].as_str().expect("an id").to_owned();
-        }
-        cursor = Some(page["next"].as_str().expect("the burn is among the letters").to_owned());
-    };
+    let burnt = find_letter(&http, &base, &admin, "alice-2").await;
+    let burnt = burnt["id"].as_str().expect("an id").to_owned();
     let redrive =
         http.post(format!("{base}/v1/dead/{burnt}/redrive")).bearer_auth(&admin).send().await.expect("the API");
     let status = redrive.status().as_u16();
@@ -269,6 +300,44 @@ async fn a_hostile_tenant_cannot_burn_flush_park_squat_or_stall_another() {
     assert!(matches!(status, 403 | 404), "the redrive must act for mallory: {status} {answer}");
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(balance().await, Some(125), "nothing of mallory's applied");
+
+    // 5. Replay: mallory captured the sealed record of alice's deposit alice-d0 as it crossed the
+    //    events topic (seal header and all). alice's ordinary traffic turns her window of
+    //    outside ids over; then the copy is sent again, byte for byte. It must be refused: it
+    //    acts for alice, and before replay protection it was applied a second time.
+    let (key, value, seal) = captured(&prefix, "alice-d0").await;
+    let mut sent = 0;
+    while sent < 1_000 {
+        let mut set = tokio::task::JoinSet::new();
+        for i in sent..sent + 50 {
+            let (http, base) = (http.clone(), base.clone());
+            set.spawn(async move {
+                let body = json!({"input": 0, "event_id": format!("alice-w{i}")});
+                write(&http, &base, "/v1/entities/Account/alice/deposit", body).await;
+            });
+        }
+        while let Some(done) = set.join_next().await {
+            done.expect("a write");
+        }
+        sent += 50;
+    }
+    write(&http, &base, "/v1/entities/Account/alice/deposit", json!({"input": 1, "event_id": "alice-turned"})).await;
+    e2e::eventually(Duration::from_secs(120), "alice's window turns over", || async {
+        (balance().await? == 126).then_some(())
+    })
+    .await;
+    mallory.send_raw_with_headers(&key, &value, &[(durable_schemas::contract::seal::HEADER, seal.as_slice())]).await;
+    write(&http, &base, "/v1/entities/Account/alice/deposit", json!({"input": 1, "event_id": "alice-last"})).await;
+    e2e::eventually(Duration::from_secs(60), "alice's deposit after the replay applies", || async {
+        (balance().await? >= 127).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(balance().await, Some(127), "the captured record was applied again");
+    let replayed = find_letter(&http, &base, &admin, "alice-d0").await;
+    let reason = replayed["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("cannot be told from a replay"), "{replayed}");
+    eprintln!("adversary: the replayed sealed record was refused: {reason}");
 
     let metrics = e2e::http_get(processor.metrics, "/metrics").await;
     assert!(metrics.contains("durable_dead_letters_total"), "{metrics}");

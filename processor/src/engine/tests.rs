@@ -316,7 +316,7 @@ fn replay_that_asks_for_something_else_fails_with_a_typed_nondeterminism_error()
             &id,
             record,
             StepInput {
-                deliveries: vec![Delivery { envelope: e, offset: None }],
+                deliveries: vec![Delivery { envelope: e, offset: None, sealed: true }],
                 now: 5,
                 partition: None,
                 trigger: None,
@@ -350,6 +350,7 @@ fn identical_input_gives_identical_output() {
                 Event::StartOrchestration { input: Payload::json(&20).unwrap() },
             ),
             offset: Some(7),
+            sealed: true,
         }],
         now: 1000,
         partition: Some(3),

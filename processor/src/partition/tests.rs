@@ -660,7 +660,7 @@ fn a_creation_waiting_for_its_ledger_does_not_expire() {
     let mut e = add(1, "limited");
     crate::access::send_as(&mut e, &crate::access::Principal::new("quinn", Vec::<String>::new()));
     let input = StepInput {
-        deliveries: vec![Delivery { envelope: e, offset: Some(0) }],
+        deliveries: vec![Delivery { envelope: e, offset: Some(0), sealed: true }],
         now: NOW,
         partition: Some(0),
         trigger: None,

@@ -1193,8 +1193,7 @@ async fn dead_redrive(State(shared): State<Arc<Shared>>, headers: HeaderMap, Pat
 }
 
 /// Who sent the event of `letter` first (`None`: anonymous), from the record it names as its
-/// source: the principal a processor sealed into it, or the deployment's Kafka principal for an
-/// outside record. 409 when that record is gone or holds another event.
+/// source ([`crate::letter::first_sender`]). 409 when that record is gone or holds another event.
 async fn first_sender(shared: &Arc<Shared>, letter: &super::dead::Letter) -> Result<Option<Principal>, ApiError> {
     let unknown = |why: &str| {
         ApiError::new(
@@ -1203,7 +1202,6 @@ async fn first_sender(shared: &Arc<Shared>, letter: &super::dead::Letter) -> Res
             format!("{} cannot be sent back: {why}, so who sent it cannot be known (a redrive acts for its sender, never for you)", letter.id()),
         )
     };
-    let event_id = letter.envelope().map_err(|_| unknown("it holds no event"))?.id;
     let Some((topic, partition, offset)) = letter.source().map(|(t, p, o)| (t.to_owned(), p, o)) else {
         return Err(unknown("it names no record it came from"));
     };
@@ -1211,17 +1209,11 @@ async fn first_sender(shared: &Arc<Shared>, letter: &super::dead::Letter) -> Res
         .await?
         .ok_or_else(|| unknown("the record it came from is no longer in the events topic"))?;
     let value = record.value.clone().unwrap_or_default();
-    let original = Envelope::decode(&value).map_err(|_| unknown("the record it came from holds no event"))?;
-    if original.id != event_id {
-        return Err(unknown("the record it names holds another event"));
-    }
     let key = record.key.clone().unwrap_or_default();
     let mac = record.header_value(durable_schemas::contract::seal::HEADER).map(str::as_bytes);
-    if shared.seal.verify(&key, &value, mac) {
-        Ok(crate::engine::unwrap_principal(&original.body))
-    } else {
-        Ok(shared.engine.policy().ingress.clone())
-    }
+    let sealed = shared.seal.verify(&key, &value, mac);
+    crate::letter::first_sender(letter, &value, sealed, shared.engine.policy().ingress.as_ref())
+        .map_err(|why| unknown(&why))
 }
 
 #[cfg(test)]
