@@ -55,6 +55,8 @@ pub mod retention;
 #[cfg(feature = "runtime")]
 pub mod runtime;
 pub mod store;
+#[cfg(feature = "auth")]
+pub mod token;
 pub mod trust;
 
 pub use context::{
