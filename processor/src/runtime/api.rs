@@ -500,29 +500,10 @@ async fn counts(State(shared): State<Arc<Shared>>, headers: HeaderMap, RawQuery(
             }
         }
     } else {
-        // Someone who may not read everything is counted by reading the index entry by entry:
-        // at most COUNT_BUDGET of them, then the answer says it is incomplete.
-        let prefix = filter.prefix();
-        let mut read = 0;
-        'partitions: for p in 0..shared.partitions {
-            let mut after: Option<String> = None;
-            loop {
-                if read >= COUNT_BUDGET {
-                    complete = false;
-                    break 'partitions;
-                }
-                let batch =
-                    shared.store.list(p, &prefix, after.as_deref(), MAX_LIST).await.map_err(store_unavailable)?;
-                let Some((last, _)) = batch.last() else { break };
-                after = Some(last.clone());
-                read += batch.len();
-                for (id, entry) in batch {
-                    if let Some(s) = visible(&filter, policy, principal.as_ref(), &id, &entry) {
-                        *totals.entry(s.group()).or_default() += 1;
-                    }
-                }
-            }
-        }
+        (totals, complete) =
+            count_readable(&shared.store, shared.partitions, &filter, policy, principal.as_ref(), COUNT_BUDGET)
+                .await
+                .map_err(store_unavailable)?;
     }
     let total: u64 = totals.values().sum();
     let counts: Vec<Value> = totals
@@ -533,6 +514,40 @@ async fn counts(State(shared): State<Arc<Shared>>, headers: HeaderMap, RawQuery(
         })
         .collect();
     Ok((StatusCode::OK, Json(json!({ "counts": counts, "total": total, "complete": complete }))))
+}
+
+/// The counts per group of what `principal` may read of the instances `filter` matches, counted
+/// from the index entry by entry (someone who may not read everything): at most `budget`
+/// entries are read (a page more at most), then `false` says the counts are incomplete.
+async fn count_readable<S: Store>(
+    store: &S,
+    partitions: u32,
+    filter: &Filter,
+    policy: &crate::access::Policy,
+    principal: Option<&Principal>,
+    budget: usize,
+) -> Result<(std::collections::BTreeMap<String, u64>, bool), crate::store::StoreError> {
+    let mut totals = std::collections::BTreeMap::<String, u64>::new();
+    let prefix = filter.prefix();
+    let mut read = 0;
+    for p in 0..partitions {
+        let mut after: Option<String> = None;
+        loop {
+            if read >= budget {
+                return Ok((totals, false));
+            }
+            let batch = store.list(p, &prefix, after.as_deref(), MAX_LIST).await?;
+            let Some((last, _)) = batch.last() else { break };
+            after = Some(last.clone());
+            read += batch.len();
+            for (id, entry) in batch {
+                if let Some(s) = visible(filter, policy, principal, &id, &entry) {
+                    *totals.entry(s.group()).or_default() += 1;
+                }
+            }
+        }
+    }
+    Ok((totals, true))
 }
 
 /// Most index entries one count reads for someone who may not read everything (admins' counts
@@ -1219,6 +1234,59 @@ async fn first_sender(shared: &Arc<Shared>, letter: &super::dead::Letter) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A count for someone who may not read everything reads at most the budget of index
+    /// entries (a page more at most) and then says it is incomplete; within it, it counts only
+    /// what they may read.
+    #[test]
+    fn counts_for_a_reader_stop_at_the_budget_and_say_so() {
+        use crate::index::Summary;
+        use crate::store::{Indexed, MemoryStore, Write};
+        let store = MemoryStore::new();
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("a runtime");
+        let summary = |i: usize, reader: &str| Summary {
+            instance: format!("entity:Counter:c{i:05}"),
+            kind: "entity".into(),
+            name: "Counter".into(),
+            key: format!("c{i:05}"),
+            status: "active".into(),
+            version: 1,
+            created_at: 1,
+            updated_at: 1,
+            readers: vec![format!("user:{reader}")],
+        };
+        let (partitions, per_partition) = (2u32, 1_500);
+        for p in 0..partitions {
+            let writes = (0..per_partition)
+                .map(|i| {
+                    let s = summary(p as usize * per_partition + i, if i % 3 == 0 { "alice" } else { "bob" });
+                    Write {
+                        id: s.instance.clone(),
+                        expected: None,
+                        blob: b"x".to_vec(),
+                        append: false,
+                        timers: vec![],
+                        index: Some(Indexed::of(&s)),
+                        expire: None,
+                    }
+                })
+                .collect();
+            rt.block_on(store.commit(p, writes)).expect("a commit");
+        }
+        let policy = crate::access::Policy::enforcing();
+        let alice = Principal::new("alice", Vec::<String>::new());
+        let count = |budget| {
+            rt.block_on(count_readable(&store, partitions, &Filter::default(), &policy, Some(&alice), budget))
+                .expect("the memory store answers")
+        };
+        let (all, complete) = count(10_000);
+        assert!(complete);
+        assert_eq!(all.get("entity:Counter|active"), Some(&1_000), "alice reads a third: {all:?}");
+        let (some, complete) = count(1_000);
+        assert!(!complete, "1,000 of 3,000 entries is not all of them");
+        let n = some.get("entity:Counter|active").copied().unwrap_or(0);
+        assert!((300..=(1_000 + MAX_LIST as u64) / 3 + 1).contains(&n), "{n} counted within the budget");
+    }
 
     #[test]
     fn scoped_search_keys_are_typesenses() {
