@@ -91,8 +91,8 @@ pub struct InstanceRecord {
 /// parked delays ([`InstanceRecord::parked`]).
 #[derive(Serialize, Deserialize)]
 struct Guard {
-    sealed_at: VecDeque<i64>,
-    forgotten: i64,
+    sealed_at: VecDeque<Option<i64>>,
+    forgotten: Option<i64>,
     parked: Vec<(i64, u32)>,
 }
 
@@ -222,7 +222,7 @@ impl InstanceRecord {
         }
         if record.dedup.sealed_at.len() != record.dedup.recent_ids.len() {
             // Format 3 kept no seal times: ids it remembered count as sealed at no known time.
-            record.dedup.sealed_at = record.dedup.recent_ids.iter().map(|_| i64::MIN).collect();
+            record.dedup.sealed_at = record.dedup.recent_ids.iter().map(|_| None).collect();
         }
         Ok((record, whole))
     }
@@ -264,7 +264,7 @@ impl InstanceRecord {
 }
 
 /// Duplicate detection marks (see the module docs).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Dedup {
     /// Highest Kafka offset applied (all of an instance's events are in one partition).
     pub applied_offset: Option<i64>,
@@ -273,31 +273,14 @@ pub struct Dedup {
     /// 64-bit hashes of the last [`EXTERNAL_ID_WINDOW`] outside-producer event ids, oldest first.
     pub recent_ids: VecDeque<u64>,
     /// When a processor sealed each of `recent_ids` (its envelope's timestamp, inside the seal),
-    /// in the same order; `i64::MIN` for an unsealed one (its timestamp proves nothing). Stored
+    /// in the same order; `None` for an unsealed one (its timestamp proves nothing). Stored
     /// in the record's [`Guard`].
     #[serde(skip)]
-    pub sealed_at: VecDeque<i64>,
-    /// The latest seal time of an id that left the window (`i64::MIN`: none): a sealed event
+    pub sealed_at: VecDeque<Option<i64>>,
+    /// The latest seal time of an id that left the window (`None`: none did): a sealed event
     /// sealed no later than this can no longer be told from a replay ([`Dedup::stale`]).
-    #[serde(skip, default = "no_time")]
-    pub forgotten: i64,
-}
-
-/// `i64::MIN`: no time known.
-fn no_time() -> i64 {
-    i64::MIN
-}
-
-impl Default for Dedup {
-    fn default() -> Self {
-        Self {
-            applied_offset: None,
-            watermarks: BTreeMap::new(),
-            recent_ids: VecDeque::new(),
-            sealed_at: VecDeque::new(),
-            forgotten: no_time(),
-        }
-    }
+    #[serde(skip)]
+    pub forgotten: Option<i64>,
 }
 
 /// The verdict of [`Dedup::admit`].
@@ -376,11 +359,11 @@ impl Dedup {
     pub fn remember(&mut self, h: u64, sealed_at: Option<i64>, window: usize) {
         while self.recent_ids.len() >= window.max(1) {
             self.recent_ids.pop_front();
-            let left = self.sealed_at.pop_front().unwrap_or(i64::MIN);
+            let left = self.sealed_at.pop_front().flatten();
             self.forgotten = self.forgotten.max(left);
         }
         self.recent_ids.push_back(h);
-        self.sealed_at.push_back(sealed_at.unwrap_or(i64::MIN));
+        self.sealed_at.push_back(sealed_at);
     }
 
     /// Why a sealed outside event, sealed at `at`, cannot be applied at `now` though its id is
@@ -396,8 +379,7 @@ impl Dedup {
                  ({max_age} ms), {REDRIVE}"
             ));
         }
-        if at <= self.forgotten {
-            let forgotten = self.forgotten;
+        if let Some(forgotten) = self.forgotten.filter(|&f| at <= f) {
             return Some(format!(
                 "it was sealed at {at} ms, no later than an outside event this instance no longer remembers \
                  (sealed at {forgotten} ms), {REDRIVE}"
@@ -727,15 +709,15 @@ mod tests {
         for i in 0..EXTERNAL_ID_WINDOW as i64 {
             d.remember(i as u64, Some(1_000 + i), EXTERNAL_ID_WINDOW);
         }
-        assert_eq!(d.forgotten, i64::MIN, "nothing left yet");
+        assert_eq!(d.forgotten, None, "nothing left yet");
         d.remember(u64::MAX, None, EXTERNAL_ID_WINDOW); // unsealed: its time proves nothing
-        assert_eq!(d.forgotten, 1_000, "the first id left");
+        assert_eq!(d.forgotten, Some(1_000), "the first id left");
         assert!(d.stale(1_000, 2_000, day).unwrap().contains("cannot be told from a replay"));
         assert_eq!(d.stale(1_001, 2_000, day), None);
         for i in 0..EXTERNAL_ID_WINDOW as u64 {
             d.remember(10_000 + i, None, EXTERNAL_ID_WINDOW);
         }
-        assert_eq!(d.forgotten, 1_000 + EXTERNAL_ID_WINDOW as i64 - 1, "an unsealed id leaving moves nothing");
+        assert_eq!(d.forgotten, Some(1_000 + EXTERNAL_ID_WINDOW as i64 - 1), "an unsealed id leaving moves nothing");
         assert!(d.stale(5_000, 5_000 + day + 1, day).unwrap().contains("DURABLE_MAX_SEALED_AGE"));
         assert_eq!((d.recent_ids.len(), d.sealed_at.len()), (EXTERNAL_ID_WINDOW, EXTERNAL_ID_WINDOW));
     }
@@ -752,7 +734,7 @@ mod tests {
         assert_eq!(InstanceRecord::from_blob(&r.to_blob()).unwrap(), r);
     }
 
-    const GOLDEN_V4: &str = "040a656e746974793a433a63000a0a00000182020000000000000000000112ffffffffffffffffff01011603";
+    const GOLDEN_V4: &str = "040a656e746974793a433a63000a0a000001820200000000000000000001011200011603";
 
     /// Admitting an outside event only looks its id up: until it is remembered (its sender was
     /// allowed), a second copy is new too.
@@ -807,7 +789,7 @@ mod tests {
             events: [signal("a", None)].into(),
         });
         r.dedup.remember(7, Some(1_700_000_000_000), EXTERNAL_ID_WINDOW);
-        r.dedup.forgotten = 1_699_999_999_999;
+        r.dedup.forgotten = Some(1_699_999_999_999);
         r.parked.push((1_700_000_060_000, 321));
         let blob = r.to_blob();
         assert_eq!(blob[0], 4);
@@ -820,8 +802,8 @@ mod tests {
         )
         .unwrap();
         let old = InstanceRecord::from_blob(&v3).unwrap();
-        assert_eq!((old.dedup.recent_ids.len(), &old.dedup.sealed_at), (1, &VecDeque::from([i64::MIN])));
-        assert_eq!((old.dedup.forgotten, old.parked.len(), &old.quota), (i64::MIN, 0, &r.quota));
+        assert_eq!((old.dedup.recent_ids.len(), &old.dedup.sealed_at), (1, &VecDeque::from([None])));
+        assert_eq!((old.dedup.forgotten, old.parked.len(), &old.quota), (None, 0, &r.quota));
         // Format 2: the record and its access (what processors before creation limits wrote).
         let v2 = postcard::to_extend(&r.access, postcard::to_extend(&r, vec![2]).unwrap()).unwrap();
         let old = InstanceRecord::from_blob(&v2).unwrap();
