@@ -160,6 +160,9 @@ pub struct ProcessorConfig {
     /// what its principal may read. The admin key stays with the projector.
     #[arg(long, env = "DURABLE_TYPESENSE_SEARCH_KEY", hide_env_values = true)]
     pub typesense_search_key: Option<Secret>,
+    /// Faults a test injects into this process (none: no flag or variable sets them).
+    #[arg(skip)]
+    pub faults: Faults,
 }
 
 /// Authentication and authorization settings (`processor/src/access.rs` has the model).
@@ -316,6 +319,7 @@ impl ProcessorConfig {
             purge_grace: Duration::from_secs(3600),
             auth: AuthConfig::anonymous(),
             typesense_search_key: None,
+            faults: Faults::default(),
         }
     }
 
@@ -439,5 +443,31 @@ mod tests {
         assert_eq!(redact_url("rediss://:secret@h"), "rediss://:***@h");
         assert_eq!(redact_url("redis://token@h"), "redis://***@h");
         assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+}
+
+/// Faults a test injects into a processor it runs in its own process
+/// ([`ProcessorConfig::faults`]), to reach what a bug would: none by default, and nothing outside
+/// code sets them.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Groups this process's workers start (together) before one of them panics — once, right
+    /// after taking its records off its queue, as a bug would kill it.
+    worker_panic_after: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+}
+
+impl Faults {
+    /// A worker panics at the start of the `groups`th group this process applies.
+    pub fn worker_panic_after(groups: u64) -> Self {
+        Self { worker_panic_after: Some(std::sync::Arc::new(groups.into())) }
+    }
+
+    /// Called by a worker as it starts a group: panics if this is the one.
+    pub fn before_group(&self, partition: u32) {
+        use std::sync::atomic::Ordering;
+        let Some(left) = &self.worker_panic_after else { return };
+        if left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)) == Ok(1) {
+            panic!("an injected fault: the worker of partition {partition} dies with its group taken");
+        }
     }
 }

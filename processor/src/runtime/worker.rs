@@ -230,6 +230,7 @@ async fn apply(
     // One past the group's last record: the applied mark its commits raise (see `Store::take`).
     let group_end = records.last().map_or(0, |r| r.offset + 1);
     let mut marked = false;
+    shared.config.faults.before_group(p);
     core.begin(records, now_ms());
     let mut producer = Producer::new(shared, label);
     let Done { last, rest } = loop {
