@@ -579,6 +579,28 @@ async fn the_management_api_speaks_json() {
     assert_eq!(slots, [10, 11], "{page}");
     assert_eq!(page["deliveries"].as_array().unwrap().len(), 2, "{page}");
     assert_eq!((page["page"]["offset"].clone(), page["page"]["limit"].clone()), (10.into(), 5.into()));
+    assert_eq!(full["commands"][0]["answered"], true, "an activity call is answered: {full}");
+    // A signal is sent and done: the history says so (the console shows it `sent`, not `waiting`).
+    for (path, body) in [
+        ("/v1/entities/Account/hist-a/deposit", serde_json::json!({ "input": 10 })),
+        (
+            "/v1/orchestrations/Transfer",
+            serde_json::json!({ "key": "hist", "input": { "from": "hist-a", "to": "hist-b", "amount": 5 } }),
+        ),
+    ] {
+        let r = http.post(format!("{base}{path}")).json(&body).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 202, "{path}");
+    }
+    let url = format!("{base}/v1/instances/orch:Transfer:hist/history");
+    let transfer = e2e::eventually(Duration::from_secs(30), "the transfer completes", || async {
+        let h = http.get(&url).send().await.ok()?.json::<Value>().await.ok()?;
+        (h["status"] == "completed").then_some(h)
+    })
+    .await;
+    let signals: Vec<&Value> =
+        transfer["commands"].as_array().unwrap().iter().filter(|c| c["kind"] == "SignalEntity").collect();
+    assert_eq!(signals.len(), 2, "the withdrawal and the deposit: {transfer}");
+    assert!(signals.iter().all(|c| c["answered"] == false), "{transfer}");
     processor.stop().await;
 }
 

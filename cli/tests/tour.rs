@@ -161,3 +161,53 @@ fn ctrl_c_stops_durable_dev_quickly_and_quietly() {
     assert!(took < Duration::from_secs(3), "stopped after {took:?}: {stderr}");
     assert!(!stderr.contains("ERROR") && stderr.trim_end().ends_with("stopped"), "{stderr}");
 }
+
+/// The README's layout table matches the tree: every path it names exists (the first column, and
+/// every path in the second that starts at the top), and every top-level folder is named.
+#[test]
+fn the_readme_layout_table_matches_the_tree() {
+    let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    let start = readme.find("| path | owns |").expect("the README has its layout table");
+    let table: Vec<&str> = readme[start..].lines().take_while(|l| l.starts_with('|')).skip(2).collect();
+    assert!(table.len() >= 10, "{table:?}");
+    let top: Vec<String> = std::fs::read_dir(root)
+        .expect("the root")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.starts_with('.') && name != "target")
+        .collect();
+    // Every `code` span of the table that is a path: it exists (a trailing `*` names a prefix).
+    let exists = |path: &str| match path.strip_suffix('*') {
+        Some(prefix) => {
+            let (dir, start) = prefix.rsplit_once('/').unwrap_or(("", prefix));
+            std::fs::read_dir(root.join(dir))
+                .is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with(start))))
+        }
+        None => root.join(path.trim_end_matches('/')).exists(),
+    };
+    let mut named = Vec::new();
+    let mut missing = Vec::new();
+    for row in &table {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let (path_cell, owns) = (cells.get(1).copied().unwrap_or(""), cells.get(2).copied().unwrap_or(""));
+        for span in path_cell.split('`').skip(1).step_by(2) {
+            for path in span.split(", ") {
+                named.push(path.trim_end_matches('/').split('/').next().unwrap_or("").to_owned());
+                if !exists(path) {
+                    missing.push(path.to_owned());
+                }
+            }
+        }
+        for span in owns.split('`').skip(1).step_by(2) {
+            let first = span.split('/').next().unwrap_or("");
+            if span.contains('/') && top.iter().any(|t| t == first) && !exists(span) {
+                missing.push(span.to_owned());
+            }
+        }
+    }
+    assert!(missing.is_empty(), "the layout table names paths that do not exist: {missing:?}");
+    let unnamed: Vec<&String> = top.iter().filter(|t| !named.contains(t)).collect();
+    assert!(unnamed.is_empty(), "top-level folders the layout table does not name: {unnamed:?}");
+}

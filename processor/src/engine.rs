@@ -1003,21 +1003,7 @@ fn refuse(
 /// Wrap a request `e` an instance sends in the principal it acts for (replies and the lock
 /// protocol's releases travel without one: their parties' checks cover them).
 pub(crate) fn run_as(principal: &Principal, e: &mut Envelope) {
-    let request = matches!(
-        e.body.core(),
-        Event::StartOrchestration { .. }
-            | Event::RaiseEvent { .. }
-            | Event::EntityOperation { .. }
-            | Event::Terminate { .. }
-            | Event::Suspend { .. }
-            | Event::Resume { .. }
-            | Event::Purge { .. }
-            | Event::Rewind { .. }
-            | Event::LockRequest { .. }
-            | Event::ScheduleActivity { .. }
-            | Event::Access(_)
-    );
-    if request && unwrap(&e.body).0.principal.is_none() {
+    if e.body.core().class().acts_for_sender() && unwrap(&e.body).0.principal.is_none() {
         access::send_as(e, principal);
     }
 }

@@ -296,16 +296,7 @@ pub enum Admission {
 
 /// Whether an event is a reply to a slot (deduplicated by correlation, not by origin).
 pub fn is_reply(event: &Event) -> bool {
-    matches!(
-        event.core(),
-        Event::ActivityCompleted { .. }
-            | Event::ActivityFailed { .. }
-            | Event::OperationResult { .. }
-            | Event::OrchestrationCompleted { .. }
-            | Event::OrchestrationFailed { .. }
-            | Event::TimerFired { .. }
-            | Event::LockGranted { .. }
-    )
+    event.core().class() == durable_schemas::Class::Reply
 }
 
 /// FNV-1a, 64 bit: a stable hash (unlike `DefaultHasher`, fixed across Rust versions).
@@ -487,6 +478,14 @@ pub enum CommandKind {
     StartOrchestration,
     /// `lock` (completion = the whole set is held).
     Lock,
+}
+
+impl CommandKind {
+    /// Whether an answer comes back to the slot: not for a signal or a started orchestration,
+    /// which are sent and done.
+    pub fn is_answered(&self) -> bool {
+        !matches!(self, Self::SignalEntity | Self::StartOrchestration)
+    }
 }
 
 /// One command an orchestration issued, by slot.

@@ -44,15 +44,7 @@ pub fn admit_outside(envelope: &mut Envelope, ingress: Option<&Principal>) -> Re
     loop {
         match event {
             Event::WithDelay { inner, .. } => event = inner,
-            Event::StartOrchestration { .. }
-            | Event::RaiseEvent { .. }
-            | Event::EntityOperation { .. }
-            | Event::Terminate { .. }
-            | Event::Suspend { .. }
-            | Event::Resume { .. }
-            | Event::Purge { .. }
-            | Event::Rewind { .. }
-            | Event::Access(_) => break,
+            allowed if allowed.class().from_outside() => break,
             other => {
                 return Err(format!(
                     "{} is part of Durable's protocol and counts only when a processor sealed it; \

@@ -241,7 +241,73 @@ impl AccessChange {
     }
 }
 
+/// The part an event plays in the protocol ([`Event::class`]): the one list every decision made
+/// by kind of event reads — what an outside producer may send, what is deduplicated by its slot,
+/// what carries its sender's principal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Class {
+    /// Asks its target for something: `StartOrchestration`, `RaiseEvent`, `EntityOperation`,
+    /// `Rewind`.
+    Request,
+    /// An operator's action on an instance: `Terminate`, `Suspend`, `Resume`, `Purge`.
+    Operator,
+    /// A sharing event: who may do what to the target.
+    Access,
+    /// An activity invocation (`ScheduleActivity`): only a processor sends it.
+    Invocation,
+    /// The answer to a slot: `ActivityCompleted`, `ActivityFailed`, `OperationResult`,
+    /// `OrchestrationCompleted`, `OrchestrationFailed`, `TimerFired`, `LockGranted`.
+    Reply,
+    /// The lock protocol's request, passed along a lock set's chain.
+    LockRequest,
+    /// The lock protocol's release.
+    LockRelease,
+    /// A wrapper around another event (`WithDelay`, `ReplyTo`, `WithLock`, `WithPrincipal`).
+    Wrapper,
+}
+
+impl Class {
+    /// What an outside producer may send (a processor need not have sealed it): requests,
+    /// operators' actions and sharing events.
+    pub fn from_outside(self) -> bool {
+        matches!(self, Class::Request | Class::Operator | Class::Access)
+    }
+
+    /// What acts for a principal, so that an instance sending it wraps it in the principal it
+    /// acts for: everything but replies and releases (their parties' checks cover them).
+    pub fn acts_for_sender(self) -> bool {
+        !matches!(self, Class::Reply | Class::LockRelease | Class::Wrapper)
+    }
+}
+
 impl Event {
+    /// The part this event's outermost layer plays ([`Class`]).
+    pub fn class(&self) -> Class {
+        match self {
+            Event::StartOrchestration { .. }
+            | Event::RaiseEvent { .. }
+            | Event::EntityOperation { .. }
+            | Event::Rewind { .. } => Class::Request,
+            Event::Terminate { .. } | Event::Suspend { .. } | Event::Resume { .. } | Event::Purge { .. } => {
+                Class::Operator
+            }
+            Event::Access(_) => Class::Access,
+            Event::ScheduleActivity { .. } => Class::Invocation,
+            Event::ActivityCompleted { .. }
+            | Event::ActivityFailed { .. }
+            | Event::OperationResult { .. }
+            | Event::OrchestrationCompleted { .. }
+            | Event::OrchestrationFailed { .. }
+            | Event::TimerFired { .. }
+            | Event::LockGranted { .. } => Class::Reply,
+            Event::LockRequest { .. } => Class::LockRequest,
+            Event::LockRelease { .. } => Class::LockRelease,
+            Event::WithDelay { .. } | Event::ReplyTo { .. } | Event::WithLock { .. } | Event::WithPrincipal { .. } => {
+                Class::Wrapper
+            }
+        }
+    }
+
     /// The Avro record name of this event's outermost layer.
     pub fn name(&self) -> &'static str {
         match self {
@@ -284,10 +350,7 @@ impl Event {
 
     /// Whether this is a wrapper (has an inner event).
     pub fn is_wrapper(&self) -> bool {
-        matches!(
-            self,
-            Event::WithDelay { .. } | Event::ReplyTo { .. } | Event::WithLock { .. } | Event::WithPrincipal { .. }
-        )
+        self.class() == Class::Wrapper
     }
 }
 

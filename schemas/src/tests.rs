@@ -523,3 +523,35 @@ fn the_documented_fingerprints_are_the_real_ones() {
         assert_eq!(name, format!("envelope-{}.avsc", hex::encode(fingerprint(&schema))));
     }
 }
+
+/// The classes, as the trust boundary and the dedup read them: only requests, operators'
+/// actions and sharing events come from outside; replies and releases carry no principal.
+#[test]
+fn every_event_has_the_class_the_protocol_gives_it() {
+    let p = Payload::null;
+    let op = || Box::new(Event::EntityOperation { operation: "add".into(), input: p() });
+    let cases = [
+        (Event::StartOrchestration { input: p() }, Class::Request),
+        (Event::RaiseEvent { name: "n".into(), payload: p() }, Class::Request),
+        (*op(), Class::Request),
+        (Event::Rewind { reason: "r".into() }, Class::Request),
+        (Event::Terminate { reason: "r".into() }, Class::Operator),
+        (Event::Suspend { reason: "r".into() }, Class::Operator),
+        (Event::Resume { reason: "r".into() }, Class::Operator),
+        (Event::Purge { reason: "r".into() }, Class::Operator),
+        (Event::Access(AccessChange::RevokeUser { user: "u".into() }), Class::Access),
+        (Event::ScheduleActivity { input: p(), attempt: 1, timeout_ms: None }, Class::Invocation),
+        (Event::TimerFired { correlation: "c".into() }, Class::Reply),
+        (Event::ActivityCompleted { correlation: "c".into(), result: p() }, Class::Reply),
+        (Event::LockGranted { correlation: "c".into(), participants: vec![] }, Class::Reply),
+        (Event::LockRelease { owner: "o".into(), correlation: "c".into() }, Class::LockRelease),
+        (Event::WithDelay { fire_at: 1, inner: op() }, Class::Wrapper),
+    ];
+    for (event, class) in cases {
+        assert_eq!(event.class(), class, "{}", event.name());
+        let outside = matches!(class, Class::Request | Class::Operator | Class::Access);
+        assert_eq!(class.from_outside(), outside, "{}", event.name());
+        let acts = !matches!(class, Class::Reply | Class::LockRelease | Class::Wrapper);
+        assert_eq!(class.acts_for_sender(), acts, "{}", event.name());
+    }
+}

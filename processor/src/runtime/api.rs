@@ -614,7 +614,7 @@ pub fn history_view(id: &InstanceId, r: &InstanceRecord, page: Page) -> Value {
             "started_at": h.started_at,
             "input": payload_json(&h.input),
             "commands": page.list(h.commands.iter().enumerate().map(|(slot, c)| json!({
-                "slot": slot, "kind": format!("{:?}", c.kind), "name": c.name,
+                "slot": slot, "kind": format!("{:?}", c.kind), "name": c.name, "answered": c.kind.is_answered(),
             }))),
             "deliveries": page.list(h.log.iter().map(|e| json!({
                 "slot": e.slot, "at": e.at, "completion": completion_json(&e.completion),

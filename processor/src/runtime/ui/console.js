@@ -309,7 +309,8 @@ function timeline(h) {
     const rows = h.commands.map((c) => {
       const d = answered.get(c.slot);
       return el('tr', {}, el('td', { text: d ? time(d.at) : '' }), el('td', { text: `#${c.slot}` }),
-        el('td', { text: `${c.kind} ${c.name}` }), el('td', {}, d ? json(d.completion) : el('span', { class: 'muted', text: 'waiting' })));
+        el('td', { text: `${c.kind} ${c.name}` }),
+        el('td', {}, d ? json(d.completion) : el('span', { class: 'muted', text: c.answered === false ? 'sent' : 'waiting' })));
     });
     const inbox = (h.inbox || []).map((e) => el('tr', {}, el('td', { text: '' }), el('td', { text: 'inbox' }),
       el('td', { text: e.name }), el('td', {}, json(e.payload))));
