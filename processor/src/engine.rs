@@ -519,6 +519,89 @@ impl Engine {
         }
     }
 
+    /// Stage 1, admit: each delivery in order — duplicate detection, a sealed outside event's
+    /// freshness, then the infrastructure layer (delays parked only once their sender is found
+    /// allowed to send what they hold), then authorization and creation limits (sharing events
+    /// end there) — and only then is an outside event's id remembered, so that a refused one
+    /// leaves nothing behind and a later copy in the same step is recognised. Returns how many
+    /// were new and the events to apply.
+    fn admit(
+        &self,
+        target: &InstanceId,
+        record: &mut InstanceRecord,
+        deliveries: Vec<Delivery>,
+        now: i64,
+        out: &mut Collector,
+    ) -> (usize, Vec<Envelope>) {
+        let mut admitted = 0;
+        let mut ready = Vec::with_capacity(deliveries.len());
+        // Delayed events that are due no longer wait parked.
+        record.parked.retain(|&(due, _)| due > now);
+        for Delivery { envelope, offset, sealed } in deliveries {
+            match record.dedup.admit(&envelope, offset) {
+                Admission::New if envelope.target != record.id => {
+                    let reason = format!("event for {} delivered to {}", envelope.target, record.id);
+                    out.dead(envelope, reason);
+                }
+                Admission::New => {
+                    admitted += 1;
+                    let outside = is_outside(&envelope).then(|| fnv64(envelope.id.as_bytes()));
+                    let sealed_at = sealed.then_some(envelope.timestamp);
+                    if let (Some(_), Some(at)) = (outside, sealed_at) {
+                        if let Some(reason) = record.dedup.stale(at, now, self.limits.max_sealed_age_ms) {
+                            out.dead(envelope, reason);
+                            continue;
+                        }
+                    }
+                    let refusals_from = out.dead_letters.len();
+                    if let Some(envelope) = self.delay(target, record, envelope, now, out) {
+                        if quota::is_ledger(target) {
+                            ready.push(envelope);
+                        } else {
+                            authorize(&self.policy, target, record, envelope, out, &mut ready);
+                        }
+                    }
+                    if let Some(id) = outside {
+                        let refused =
+                            out.dead_letters[refusals_from..].iter().any(|d| fnv64(d.envelope.id.as_bytes()) == id);
+                        if !refused {
+                            record.dedup.remember(id, sealed_at, self.limits.dedup_window);
+                        }
+                    }
+                }
+                Admission::Redelivered => out.drop(&envelope, DropReason::Redelivered),
+                Admission::Duplicate => out.drop(&envelope, DropReason::Duplicate),
+            }
+        }
+        (admitted, ready)
+    }
+
+    /// Stage 2, apply: the admitted events to the instance's kind (a ledger, an orchestration —
+    /// continuing `live` code if it belongs to the record —, an entity). Returns the code to
+    /// keep live, if any, with its size.
+    fn apply(
+        &self,
+        target: &InstanceId,
+        record: &mut InstanceRecord,
+        ready: Vec<Envelope>,
+        out: &mut Collector,
+        live: Option<Live>,
+    ) -> Option<(orchestration::Execution, usize)> {
+        match target.kind() {
+            _ if quota::is_ledger(target) => ledger::step(&self.policy, target, record, ready, out),
+            Kind::Orchestration => {
+                return orchestration::step(&self.registry, target, record, ready, out, live.map(|l| l.exec));
+            }
+            Kind::Entity => entity::step(&self.registry, target, record, ready, out),
+            Kind::Activity => {
+                for envelope in ready {
+                    out.dead(envelope, "activity invocations are executed by the runtime, not stepped");
+                }
+            }
+        }
+        None
+    }
+
     /// [`Engine::step`] for an orchestration that may be live: `live`, the code kept from the step
     /// that made `record`, continues instead of a replay of the history (a `live` that does not
     /// belong to `record` is dropped, and the step replays). Returns the output and the code to
@@ -558,51 +641,7 @@ impl Engine {
         let delivered = deliveries.len();
         let applied_before = record.dedup.applied_offset;
         let first_new = deliveries.iter().filter_map(|d| d.offset).find(|o| applied_before.is_none_or(|a| *o > a));
-        // Each delivery in order: duplicate detection, then the infrastructure layer — delays
-        // parked only once their sender is found allowed to send what they hold, then
-        // authorization and creation limits (sharing events end there) — and only then is an
-        // outside event's id remembered, so that a refused one leaves nothing behind and a later
-        // copy in the same step is recognised.
-        let mut admitted = 0;
-        let mut ready = Vec::with_capacity(deliveries.len());
-        // Delayed events that are due no longer wait parked.
-        record.parked.retain(|&(due, _)| due > now);
-        for Delivery { envelope, offset, sealed } in deliveries {
-            match record.dedup.admit(&envelope, offset) {
-                Admission::New if envelope.target != record.id => {
-                    let reason = format!("event for {} delivered to {}", envelope.target, record.id);
-                    out.dead(envelope, reason);
-                }
-                Admission::New => {
-                    admitted += 1;
-                    let outside = is_outside(&envelope).then(|| fnv64(envelope.id.as_bytes()));
-                    let sealed_at = sealed.then_some(envelope.timestamp);
-                    if let (Some(_), Some(at)) = (outside, sealed_at) {
-                        if let Some(reason) = record.dedup.stale(at, now, self.limits.max_sealed_age_ms) {
-                            out.dead(envelope, reason);
-                            continue;
-                        }
-                    }
-                    let refusals_from = out.dead_letters.len();
-                    if let Some(envelope) = self.delay(target, &mut record, envelope, now, &mut out) {
-                        if quota::is_ledger(target) {
-                            ready.push(envelope);
-                        } else {
-                            authorize(&self.policy, target, &mut record, envelope, &mut out, &mut ready);
-                        }
-                    }
-                    if let Some(id) = outside {
-                        let refused =
-                            out.dead_letters[refusals_from..].iter().any(|d| fnv64(d.envelope.id.as_bytes()) == id);
-                        if !refused {
-                            record.dedup.remember(id, sealed_at, self.limits.dedup_window);
-                        }
-                    }
-                }
-                Admission::Redelivered => out.drop(&envelope, DropReason::Redelivered),
-                Admission::Duplicate => out.drop(&envelope, DropReason::Duplicate),
-            }
-        }
+        let (admitted, ready) = self.admit(target, &mut record, deliveries, now, &mut out);
         let changed = admitted > 0 || !out.dead_letters.is_empty();
         let redelivered = out.dropped.iter().any(|d| d.reason == DropReason::Redelivered);
         let resend = match (redelivered, min_offset, max_offset) {
@@ -613,59 +652,8 @@ impl Engine {
             _ => None,
         };
         let before = out.effects.len();
-        let mut kept = None;
-        match target.kind() {
-            _ if quota::is_ledger(target) => ledger::step(&self.policy, target, &mut record, ready, &mut out),
-            Kind::Orchestration => {
-                kept = orchestration::step(&self.registry, target, &mut record, ready, &mut out, live.map(|l| l.exec));
-            }
-            Kind::Entity => entity::step(&self.registry, target, &mut record, ready, &mut out),
-            Kind::Activity => {
-                for envelope in ready {
-                    out.dead(envelope, "activity invocations are executed by the runtime, not stepped");
-                }
-            }
-        }
-        // The ledgers are Durable's own: application code does not address them.
-        let mut i = before;
-        while i < out.effects.len() {
-            match &out.effects[i] {
-                Effect::Emit(e) | Effect::Delay { envelope: e, .. } if quota::names_ledger(&e.target) => {
-                    let (Effect::Emit(e) | Effect::Delay { envelope: e, .. }) = out.effects.remove(i) else {
-                        unreachable!("matched above")
-                    };
-                    let reason = format!(
-                        "{} is Durable's own ledger of the creation limits: {target} may not send to it",
-                        e.target
-                    );
-                    out.dead(e, reason);
-                }
-                _ => i += 1,
-            }
-        }
-        // An orchestration acts for whoever started its run: what it sends carries that principal.
-        if target.kind() == Kind::Orchestration {
-            if let Some(principal) = &record.access.run_as {
-                for effect in &mut out.effects[before..] {
-                    if let Effect::Emit(e) | Effect::Delay { envelope: e, .. } = effect {
-                        run_as(principal, e);
-                    }
-                }
-            }
-        }
-        // A charged instance that is no longer live gives its place back.
-        if record.quota.waiting.is_none() && !quota::live(&record) {
-            if let Some(user) = record.quota.charged.take() {
-                let ledger = quota::ledger_of(target, &user);
-                let body = Event::EntityOperation {
-                    operation: quota::RELEASE.into(),
-                    input: durable_schemas::Payload::json(&record.id).expect("ids serialize"),
-                };
-                let mut e = Envelope::new(out.event_id(), ledger.canonical(), now, body);
-                e.source = Some(record.id.clone());
-                out.effects.push(Effect::Emit(e));
-            }
-        }
+        let kept = self.apply(target, &mut record, ready, &mut out, live);
+        sent_effects(target, &mut record, before, &mut out);
         // Every delivery was dropped (here or by the orchestration: a reply to a completed slot)
         // and nothing came of it: nothing to commit, and the stored outbox, which may not have
         // left yet, stays.
@@ -673,56 +661,7 @@ impl Engine {
             && (out.altered
                 || !(out.dropped.len() == delivered && out.effects.is_empty() && out.dead_letters.is_empty()));
         if changed {
-            record.version += 1;
-            record.updated_at = now;
-            if !done_before && retention::done(&record) {
-                if let Some(after) = out.retention {
-                    let purge = Event::Purge { reason: retention::REASON.into() };
-                    let mut e = Envelope::new(
-                        format!("{}@{}/retention", record.id, record.version),
-                        target.canonical(),
-                        now,
-                        purge,
-                    );
-                    e.source = Some(record.id.clone());
-                    out.effects.push(Effect::Delay { fire_at: now.saturating_add(after), envelope: e });
-                }
-            }
-            if let Some(change) = state_change(&record) {
-                out.effects.push(Effect::StateChanged(change));
-            } else if out.purged && matches!(record.body, Body::Empty) {
-                out.effects.push(Effect::StateChanged(StateChange::purged(&record)));
-            }
-            if let (Some(partition), Some(offset)) = (partition, max_offset) {
-                let stream = format!("p{partition}");
-                let emits = out.effects.iter_mut().filter_map(|e| match e {
-                    Effect::Emit(e) => Some(e),
-                    _ => None,
-                });
-                for (i, e) in emits.enumerate() {
-                    e.origin = Some(Origin { stream: stream.clone(), seq: (offset << 20) | i as i64 });
-                }
-            }
-            let dead = out.dead_letters.iter().map(|d| {
-                let encoded = d.envelope.encode();
-                let (copy, truncated_from) = durable_schemas::contract::dead_letter::copy(&encoded);
-                Effect::DeadLetter {
-                    key: d.envelope.target.clone(),
-                    value: copy.to_vec(),
-                    truncated_from: truncated_from.map(|n| n as u64),
-                    reason: d.reason.clone(),
-                }
-            });
-            record.outbox = Outbox {
-                offset: max_offset.or(trigger),
-                effects: out
-                    .effects
-                    .iter()
-                    .filter(|e| !matches!(e, Effect::Delay { .. }))
-                    .cloned()
-                    .chain(dead)
-                    .collect(),
-            };
+            finish(target, &mut record, &mut out, done_before, partition, max_offset.or(trigger), max_offset);
         }
         let live = kept.map(|(exec, size)| Live {
             exec,
@@ -998,6 +937,106 @@ fn refuse(
         e.source = Some(target.canonical());
         out.effects.push(Effect::Emit(e));
     }
+}
+
+/// Stage 3, what the step sends (its effects from `before`): nothing addressed to a
+/// creation-limit ledger (they are Durable's own), an orchestration's requests in the principal
+/// it runs as; and a charged instance that is no longer live gives its place back.
+fn sent_effects(target: &InstanceId, record: &mut InstanceRecord, before: usize, out: &mut Collector) {
+    let now = out.now;
+    // The ledgers are Durable's own: application code does not address them.
+    let mut i = before;
+    while i < out.effects.len() {
+        match &out.effects[i] {
+            Effect::Emit(e) | Effect::Delay { envelope: e, .. } if quota::names_ledger(&e.target) => {
+                let (Effect::Emit(e) | Effect::Delay { envelope: e, .. }) = out.effects.remove(i) else {
+                    unreachable!("matched above")
+                };
+                let reason =
+                    format!("{} is Durable's own ledger of the creation limits: {target} may not send to it", e.target);
+                out.dead(e, reason);
+            }
+            _ => i += 1,
+        }
+    }
+    // An orchestration acts for whoever started its run: what it sends carries that principal.
+    if target.kind() == Kind::Orchestration {
+        if let Some(principal) = &record.access.run_as {
+            for effect in &mut out.effects[before..] {
+                if let Effect::Emit(e) | Effect::Delay { envelope: e, .. } = effect {
+                    run_as(principal, e);
+                }
+            }
+        }
+    }
+    // A charged instance that is no longer live gives its place back.
+    if record.quota.waiting.is_none() && !quota::live(record) {
+        if let Some(user) = record.quota.charged.take() {
+            let ledger = quota::ledger_of(target, &user);
+            let body = Event::EntityOperation {
+                operation: quota::RELEASE.into(),
+                input: durable_schemas::Payload::json(&record.id).expect("ids serialize"),
+            };
+            let mut e = Envelope::new(out.event_id(), ledger.canonical(), now, body);
+            e.source = Some(record.id.clone());
+            out.effects.push(Effect::Emit(e));
+        }
+    }
+}
+
+/// Stage 4, finish a step that changed the record: its new version, the retention purge of an
+/// instance that just finished, its state change, the origins of what it emits (partition
+/// `p<partition>`, sequence from `max_offset`), and its outbox (answering to `outbox_offset`).
+fn finish(
+    target: &InstanceId,
+    record: &mut InstanceRecord,
+    out: &mut Collector,
+    done_before: bool,
+    partition: Option<u32>,
+    outbox_offset: Option<i64>,
+    max_offset: Option<i64>,
+) {
+    let now = out.now;
+    record.version += 1;
+    record.updated_at = now;
+    if !done_before && retention::done(record) {
+        if let Some(after) = out.retention {
+            let purge = Event::Purge { reason: retention::REASON.into() };
+            let mut e =
+                Envelope::new(format!("{}@{}/retention", record.id, record.version), target.canonical(), now, purge);
+            e.source = Some(record.id.clone());
+            out.effects.push(Effect::Delay { fire_at: now.saturating_add(after), envelope: e });
+        }
+    }
+    if let Some(change) = state_change(record) {
+        out.effects.push(Effect::StateChanged(change));
+    } else if out.purged && matches!(record.body, Body::Empty) {
+        out.effects.push(Effect::StateChanged(StateChange::purged(record)));
+    }
+    if let (Some(partition), Some(offset)) = (partition, max_offset) {
+        let stream = format!("p{partition}");
+        let emits = out.effects.iter_mut().filter_map(|e| match e {
+            Effect::Emit(e) => Some(e),
+            _ => None,
+        });
+        for (i, e) in emits.enumerate() {
+            e.origin = Some(Origin { stream: stream.clone(), seq: (offset << 20) | i as i64 });
+        }
+    }
+    let dead = out.dead_letters.iter().map(|d| {
+        let encoded = d.envelope.encode();
+        let (copy, truncated_from) = durable_schemas::contract::dead_letter::copy(&encoded);
+        Effect::DeadLetter {
+            key: d.envelope.target.clone(),
+            value: copy.to_vec(),
+            truncated_from: truncated_from.map(|n| n as u64),
+            reason: d.reason.clone(),
+        }
+    });
+    record.outbox = Outbox {
+        offset: outbox_offset,
+        effects: out.effects.iter().filter(|e| !matches!(e, Effect::Delay { .. })).cloned().chain(dead).collect(),
+    };
 }
 
 /// Wrap a request `e` an instance sends in the principal it acts for (replies and the lock
