@@ -47,11 +47,12 @@ const BLOB_FORMAT: u8 = 4;
 
 /// The first byte of a delta frame ([`InstanceRecord::to_delta`]): what one step of a running
 /// orchestration changed, appended to the stored blob instead of rewriting it whole. A stored
-/// blob is one record frame followed by any number of delta frames, each of the record frame's
-/// format: 0xD4 for format 4, 0xD3 (still read) for format 3.
+/// blob is one record frame followed by any number of delta frames, each saying its own format:
+/// 0xD4 for a frame of format 4, 0xD3 (still read) for one of format 3 — a record a processor
+/// wrote before format 4 gets format-4 deltas after an upgrade.
 const DELTA_FORMAT: u8 = 0xD4;
 
-/// The delta frames of format 3 records.
+/// The first byte of a delta frame of format 3.
 const DELTA_FORMAT_3: u8 = 0xD3;
 
 /// The whole stored state of one instance.
@@ -199,13 +200,11 @@ impl InstanceRecord {
             None => return Err(BlobError::Corrupt("empty blob".into())),
         };
         let whole = blob.len() - rest.len();
-        let delta_format = if blob[0] == BLOB_FORMAT { DELTA_FORMAT } else { DELTA_FORMAT_3 };
+        // Each delta frame says its own format: a record written by a processor before format 4
+        // gets format-4 deltas appended once processors are upgraded.
         while let Some((&format, frame)) = rest.split_first() {
-            if format != delta_format {
-                return Err(BlobError::Corrupt(format!(
-                    "a frame of format {format} after a record of format {}",
-                    blob[0]
-                )));
+            if format != DELTA_FORMAT && format != DELTA_FORMAT_3 {
+                return Err(BlobError::Corrupt(format!("a frame of format {format} after the record")));
             }
             let (mut delta, after) = Self::frame(frame, format == DELTA_FORMAT)?;
             match (&mut record.body, &mut delta.body) {
@@ -857,5 +856,37 @@ mod tests {
         assert!(matches!(InstanceRecord::from_blob(&after_entity), Err(BlobError::Corrupt(_))));
         assert_eq!(entity.to_delta(0, 0), None, "only an orchestration has a delta");
         assert!(matches!(InstanceRecord::from_blob(&blob[..blob.len() - 1]), Err(BlobError::Corrupt(_))));
+    }
+
+    /// A running orchestration stored by a processor before format 4 (a format-3 record and
+    /// 0xD3 deltas) gets format-4 deltas appended after an upgrade: the blob still reads, and the
+    /// last delta's guard counts.
+    #[test]
+    fn format_4_deltas_after_a_format_3_record_read() {
+        let v3 = |r: &InstanceRecord, format: u8| {
+            let out = postcard::to_extend(r, vec![format]).unwrap();
+            postcard::to_extend(&r.quota, postcard::to_extend(&r.access, out).unwrap()).unwrap()
+        };
+        let timer = |name: &str| Command { kind: CommandKind::CreateTimer, name: name.into() };
+        let mut r = InstanceRecord::new("orch:Hello:h", 7);
+        let h = OrchestrationHistory::start(Payload::json(&"in").unwrap(), None, 2, 7);
+        r.body = Body::Orchestration(Box::new(h));
+        let mut blob = v3(&r, 3);
+        // A format-3 delta with one more command.
+        let Body::Orchestration(h) = &mut r.body else { unreachable!() };
+        h.commands.push(timer("T0"));
+        let mut old_delta = r.clone();
+        let Body::Orchestration(h) = &mut old_delta.body else { unreachable!() };
+        h.commands.clear();
+        h.commands.push(timer("T0"));
+        blob.extend(v3(&old_delta, DELTA_FORMAT_3));
+        // After the upgrade: a format-4 delta with one more command and a guard.
+        let Body::Orchestration(h) = &mut r.body else { unreachable!() };
+        h.commands.push(timer("T1"));
+        r.dedup.sealed_at = r.dedup.recent_ids.iter().map(|_| None).collect();
+        r.dedup.remember(9, Some(1_700_000_000_000), EXTERNAL_ID_WINDOW);
+        r.parked.push((1_700_000_001_000, 40));
+        blob.extend(r.to_delta(1, 0).expect("an orchestration"));
+        assert_eq!(InstanceRecord::from_blob(&blob).expect("a mixed blob reads"), r);
     }
 }
