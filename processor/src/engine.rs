@@ -24,6 +24,7 @@
 mod entity;
 mod ledger;
 mod orchestration;
+mod reservation;
 #[cfg(feature = "runtime")]
 pub(crate) use orchestration::rewind_refusal;
 
@@ -37,7 +38,7 @@ use crate::access::{self, Grant, Policy, Principal, FORBIDDEN};
 use crate::effect::{Effect, StateChange};
 use crate::history::{fnv64, is_outside, Admission, Body, InstanceRecord, OrchestrationStatus, Outbox};
 use crate::id::{InstanceId, Kind};
-use crate::quota::{self, Reservation};
+use crate::quota;
 use crate::registry::Registry;
 use crate::retention::{self, Retention};
 
@@ -743,50 +744,8 @@ fn authorize(
     let mut first = Some(envelope);
     while let Some(envelope) = first.take().or_else(|| work.pop_front()) {
         let (wrappers, core) = unwrap(&envelope.body);
-        if let Some(waiting) = &mut record.quota.waiting {
-            let ledger = quota::ledger_of(target, &waiting.user).canonical();
-            let answer = match core {
-                Event::OperationResult { correlation, outcome }
-                    if *correlation == waiting.correlation && envelope.source.as_deref() == Some(ledger.as_str()) =>
-                {
-                    Some(outcome.clone())
-                }
-                _ => None,
-            };
-            match answer {
-                Some(outcome) => {
-                    let Reservation { user, mut events, .. } = record.quota.waiting.take().expect("waiting");
-                    match outcome {
-                        Ok(_) => record.quota.charged = Some(user),
-                        Err(failure) => {
-                            let creating = events.pop_front().expect("a reservation holds its creating event");
-                            let (wrappers, core) = unwrap(&creating.body);
-                            refuse(target, &wrappers, core, creating.clone(), failure.message, out);
-                        }
-                    }
-                    // The held events are decided again, before what came after the answer.
-                    for e in events.into_iter().rev() {
-                        work.push_front(e);
-                    }
-                }
-                None if waiting.events.len() > out.limits.max_entity_queue => {
-                    let reason = format!(
-                        "{target} waits for its creation to be counted and {} events already wait behind it (DURABLE_MAX_ENTITY_QUEUE)",
-                        out.limits.max_entity_queue
-                    );
-                    refuse(target, &wrappers, core, envelope.clone(), reason, out);
-                }
-                None => {
-                    // Counted once a step (lazily): a flood of held events costs one pass.
-                    match out.buffer(|| stored_bytes(&waiting.events), envelope.encode().len()) {
-                        Ok(()) => record.quota.waiting.as_mut().expect("waiting").events.push_back(envelope),
-                        Err(why) => {
-                            let reason = format!("{target} waits for its creation to be counted: {why}");
-                            refuse(target, &wrappers, core, envelope.clone(), reason, out);
-                        }
-                    }
-                }
-            }
+        if record.quota.waiting.is_some() {
+            reservation::while_waiting(target, record, envelope, out, &mut work);
             continue;
         }
         // A ledger's answer again (replies are not deduplicated by their origin): applied already.
@@ -831,22 +790,7 @@ fn authorize(
             }
         };
         if let Some(user) = quota::needs_charge(policy, principal.as_ref(), op, target, record) {
-            // Held, with everything after it, until the user's ledger has counted it.
-            let correlation = out.event_id();
-            let ledger = quota::ledger_of(target, &user);
-            let reserve = Event::EntityOperation {
-                operation: quota::RESERVE.into(),
-                input: durable_schemas::Payload::json(&record.id).expect("ids serialize"),
-            };
-            let body = Event::ReplyTo {
-                address: record.id.clone(),
-                correlation: correlation.clone(),
-                inner: Box::new(reserve),
-            };
-            let mut e = Envelope::new(out.event_id(), ledger.canonical(), out.now, body);
-            e.source = Some(record.id.clone());
-            out.effects.push(Effect::Emit(e));
-            record.quota.waiting = Some(Reservation { correlation, user, events: VecDeque::from([envelope]) });
+            reservation::reserve(target, record, user, envelope, out);
             continue;
         }
         if grant == Grant::Creates {
