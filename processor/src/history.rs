@@ -89,12 +89,13 @@ pub struct InstanceRecord {
 
 /// What a record of format 4 stores after its charge: the seal times of the ids in its dedup
 /// window and the newest one it forgot ([`Dedup::sealed_at`], [`Dedup::forgotten`]), and its
-/// parked delays ([`InstanceRecord::parked`]).
+/// parked delays ([`InstanceRecord::parked`]). Written from the record's fields by reference
+/// (`Guard<&_, &_>`), read into owned ones: one layout for both.
 #[derive(Serialize, Deserialize)]
-struct Guard {
-    sealed_at: VecDeque<Option<i64>>,
+struct Guard<S = VecDeque<Option<i64>>, P = Vec<(i64, u32)>> {
+    sealed_at: S,
     forgotten: Option<i64>,
-    parked: Vec<(i64, u32)>,
+    parked: P,
 }
 
 /// The effects of the last committed step that must leave after the commit.
@@ -150,7 +151,7 @@ impl InstanceRecord {
         let out = postcard::to_extend(self, vec![BLOB_FORMAT]).expect("records always serialize");
         let out = postcard::to_extend(&self.access, out).expect("access always serializes");
         let out = postcard::to_extend(&self.quota, out).expect("charges always serialize");
-        let guard = (&self.dedup.sealed_at, self.dedup.forgotten, &self.parked);
+        let guard = Guard { sealed_at: &self.dedup.sealed_at, forgotten: self.dedup.forgotten, parked: &self.parked };
         postcard::to_extend(&guard, out).expect("guards always serialize")
     }
 
