@@ -39,6 +39,12 @@ fn deposit(id: &str, principal: &Principal, amount: i64) -> Envelope {
     Harness::as_principal(e, principal)
 }
 
+/// `e` sent to be applied at `fire_at` (inside `WithDelay`).
+fn later(mut e: Envelope, fire_at: i64) -> Envelope {
+    e.body = Event::WithDelay { fire_at, inner: Box::new(e.body) };
+    e
+}
+
 /// mallory sends a refused event with the id alice will use: alice's event still applies.
 #[test]
 fn a_refused_event_does_not_burn_its_id() {
@@ -71,9 +77,7 @@ fn refused_events_do_not_flush_the_duplicate_window() {
 fn a_delayed_event_from_a_sender_without_rights_parks_nothing() {
     let mut h = harness();
     h.deliver(deposit("open", &alice(), 10));
-    let mut e = deposit("later", &mallory(), 1);
-    e.body = Event::WithDelay { fire_at: 32_503_680_000_000, inner: Box::new(e.body) }; // the year 3000
-    let out = h.deliver(e);
+    let out = h.deliver(later(deposit("later", &mallory(), 1), 32_503_680_000_000)); // the year 3000
     assert!(!out.effects.iter().any(|e| matches!(e, Effect::Delay { .. })), "nothing parked: {:?}", out.effects);
     assert_eq!(out.dead_letters.len(), 1);
     assert!(out.dead_letters[0].reason.starts_with("Forbidden: "), "{}", out.dead_letters[0].reason);
@@ -87,14 +91,10 @@ fn a_delay_past_the_maximum_is_refused() {
     let mut h = harness().with_limits(limits);
     h.deliver(deposit("open", &alice(), 10));
     let now = h.now();
-    let mut far = deposit("far", &alice(), 1);
-    far.body = Event::WithDelay { fire_at: now + 60_001, inner: Box::new(far.body) };
-    let out = h.deliver(far);
+    let out = h.deliver(later(deposit("far", &alice(), 1), now + 60_001));
     assert_eq!(out.dead_letters.len(), 1);
     assert!(out.dead_letters[0].reason.contains("DURABLE_MAX_DELAY"), "{}", out.dead_letters[0].reason);
-    let mut near = deposit("near", &alice(), 1);
-    near.body = Event::WithDelay { fire_at: now + 60_000, inner: Box::new(near.body) };
-    let out = h.deliver(near);
+    let out = h.deliver(later(deposit("near", &alice(), 1), now + 60_000));
     assert!(out.dead_letters.is_empty(), "{:?}", out.dead_letters);
     assert_eq!(h.take_timers().len(), 1);
 }
@@ -234,11 +234,7 @@ fn delayed_events_parked_for_one_instance_are_capped_by_count_and_bytes() {
     let mut h = harness().with_limits(limits);
     h.deliver(deposit("open", &alice(), 10));
     let now = h.now();
-    let delayed = |id: &str, due: i64| {
-        let mut e = deposit(id, &alice(), 1);
-        e.body = Event::WithDelay { fire_at: due, inner: Box::new(e.body) };
-        e
-    };
+    let delayed = |id: &str, due: i64| later(deposit(id, &alice(), 1), due);
     for i in 0..3 {
         let out = h.deliver(delayed(&format!("later-{i}"), now + 1_000 + i));
         assert!(out.dead_letters.is_empty(), "{:?}", out.dead_letters);
@@ -263,8 +259,7 @@ fn delayed_events_parked_for_one_instance_are_capped_by_count_and_bytes() {
         let Event::WithPrincipal { inner, .. } = &mut e.body else { panic!("{:?}", e.body) };
         **inner =
             Event::EntityOperation { operation: "deposit".into(), input: Payload::json(&"x".repeat(1_200)).unwrap() };
-        e.body = Event::WithDelay { fire_at: now + 1_000, inner: Box::new(e.body) };
-        e
+        later(e, now + 1_000)
     };
     assert!(h.deliver(large("big-1")).dead_letters.is_empty());
     let out = h.deliver(large("big-2"));
