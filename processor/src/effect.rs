@@ -65,24 +65,8 @@ pub struct StateChange {
 }
 
 impl StateChange {
-    /// The status of a purged instance.
-    pub const PURGED: &'static str = "purged";
-
-    /// The change that says `record` was purged (published as a tombstone).
-    pub fn purged(record: &crate::history::InstanceRecord) -> Self {
-        Self {
-            instance: record.id.clone(),
-            version: record.version,
-            status: Self::PURGED.to_owned(),
-            state: None,
-            custom_status: None,
-            failure: None,
-            updated_at: record.updated_at,
-        }
-    }
-
     /// Whether this says the instance is gone.
     pub fn is_purge(&self) -> bool {
-        self.status == Self::PURGED
+        self.status == durable_schemas::Status::Purged.as_str()
     }
 }

@@ -35,7 +35,7 @@ use std::sync::Arc;
 use durable_schemas::{Envelope, Event, Origin};
 
 use crate::access::{self, Grant, Policy, Principal, FORBIDDEN};
-use crate::effect::{Effect, StateChange};
+use crate::effect::Effect;
 use crate::history::{fnv64, is_outside, Admission, Body, InstanceRecord, OrchestrationStatus, Outbox};
 use crate::id::{InstanceId, Kind};
 use crate::quota;
@@ -789,7 +789,7 @@ fn authorize(
                 continue;
             }
         };
-        if let Some(user) = quota::needs_charge(policy, principal.as_ref(), op, target, record) {
+        if let Some(user) = quota::needs_charge(policy, principal.as_ref(), op, target, record.holds_place()) {
             reservation::reserve(target, record, user, envelope, out);
             continue;
         }
@@ -914,7 +914,7 @@ fn sent_effects(target: &InstanceId, record: &mut InstanceRecord, before: usize,
         }
     }
     // A charged instance that is no longer live gives its place back.
-    if record.quota.waiting.is_none() && !quota::live(record) {
+    if record.quota.waiting.is_none() && !record.is_live() {
         if let Some(user) = record.quota.charged.take() {
             let ledger = quota::ledger_of(target, &user);
             let body = Event::EntityOperation {
@@ -952,10 +952,10 @@ fn finish(
             out.effects.push(Effect::Delay { fire_at: now.saturating_add(after), envelope: e });
         }
     }
-    if let Some(change) = state_change(record) {
+    if let Some(change) = record.state_change() {
         out.effects.push(Effect::StateChanged(change));
     } else if out.purged && matches!(record.body, Body::Empty) {
-        out.effects.push(Effect::StateChanged(StateChange::purged(record)));
+        out.effects.push(Effect::StateChanged(record.purged_change()));
     }
     if let (Some(partition), Some(offset)) = (partition, max_offset) {
         let stream = format!("p{partition}");
@@ -989,41 +989,6 @@ pub(crate) fn run_as(principal: &Principal, e: &mut Envelope) {
     if e.body.core().class().acts_for_sender() && unwrap(&e.body).0.principal.is_none() {
         access::send_as(e, principal);
     }
-}
-
-/// The state-change record of a record, for projections.
-pub fn state_change(record: &InstanceRecord) -> Option<StateChange> {
-    let (status, state, custom_status, failure) = match &record.body {
-        Body::Empty => return None,
-        Body::Orchestration(h) => match &h.status {
-            OrchestrationStatus::Running => ("running", None, h.custom_status.clone(), None),
-            OrchestrationStatus::Completed { output } => {
-                ("completed", Some(output.clone()), h.custom_status.clone(), None)
-            }
-            OrchestrationStatus::Failed { failure } => ("failed", None, h.custom_status.clone(), Some(failure.clone())),
-            OrchestrationStatus::Terminated { reason } => (
-                "terminated",
-                None,
-                h.custom_status.clone(),
-                Some(durable_schemas::Failure::new("Terminated", reason.clone())),
-            ),
-            OrchestrationStatus::Suspended { .. } => ("suspended", None, h.custom_status.clone(), None),
-            OrchestrationStatus::Pending => ("pending", None, None, None),
-        },
-        Body::Entity(e) => match &e.state {
-            Some(state) => ("active", Some(state.clone()), None, None),
-            None => ("deleted", None, None, None),
-        },
-    };
-    Some(StateChange {
-        instance: record.id.clone(),
-        version: record.version,
-        status: status.to_owned(),
-        state,
-        custom_status,
-        failure,
-        updated_at: record.updated_at,
-    })
 }
 
 #[cfg(test)]

@@ -17,6 +17,12 @@ pub enum ErrorKind {
     /// This worker cannot go on (its partition was taken away, its configuration is wrong): stop
     /// it; the partition's next owner redoes what was not acknowledged.
     Fatal,
+    /// The store lost writes under this owner (rolled back, failed over to a replica that
+    /// lagged): process nothing more of the partition until an operator accepts the loss.
+    Lost {
+        /// The applied mark the store holds now (`None`: none).
+        found: Option<i64>,
+    },
 }
 
 /// A failure, with its kind and what happened.
@@ -37,6 +43,11 @@ impl Error {
     /// A [`ErrorKind::Corrupt`] error.
     pub fn corrupt(message: impl Into<String>) -> Self {
         Self { kind: ErrorKind::Corrupt, message: message.into() }
+    }
+
+    /// A [`ErrorKind::Lost`] error: the store holds `found` as its applied mark.
+    pub fn lost(found: Option<i64>, message: impl Into<String>) -> Self {
+        Self { kind: ErrorKind::Lost { found }, message: message.into() }
     }
 
     /// A [`ErrorKind::Fatal`] error.

@@ -29,11 +29,11 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use durable_schemas::{Envelope, Event, Failure, Payload};
+use durable_schemas::{Envelope, Event, Failure, Payload, Status};
 use serde::{Deserialize, Serialize};
 
 use crate::access::Access;
-use crate::effect::Effect;
+use crate::effect::{Effect, StateChange};
 use crate::quota::Charge;
 
 /// How many outside-producer event ids each instance remembers.
@@ -143,6 +143,73 @@ impl InstanceRecord {
             access: Access::default(),
             quota: Charge::default(),
             parked: Vec::new(),
+        }
+    }
+
+    /// Where it stands (`None` while nothing was applied to it).
+    pub fn status(&self) -> Option<Status> {
+        match &self.body {
+            Body::Empty => None,
+            Body::Orchestration(h) => Some(h.status.status()),
+            Body::Entity(e) => Some(if e.state.is_some() { Status::Active } else { Status::Deleted }),
+        }
+    }
+
+    /// Whether it is live: a running orchestration, or an entity with state, a lock or queued
+    /// operations (what counts against a creation limit, and what retention keeps).
+    pub fn is_live(&self) -> bool {
+        match &self.body {
+            Body::Empty => false,
+            Body::Orchestration(h) => !h.status.is_finished(),
+            Body::Entity(e) => e.state.is_some() || e.lock.is_some() || !e.queue.is_empty(),
+        }
+    }
+
+    /// Whether it needs no new place against a creation limit: it is already charged, or live.
+    pub fn holds_place(&self) -> bool {
+        self.quota.charged.is_some() || self.is_live()
+    }
+
+    /// Its state-change record, for projections (`None` while nothing was applied to it).
+    pub fn state_change(&self) -> Option<StateChange> {
+        let status = self.status()?;
+        let (state, custom_status, failure) = match &self.body {
+            Body::Empty => return None,
+            Body::Orchestration(h) => {
+                let (state, failure) = match &h.status {
+                    OrchestrationStatus::Completed { output } => (Some(output.clone()), None),
+                    OrchestrationStatus::Failed { failure } => (None, Some(failure.clone())),
+                    OrchestrationStatus::Terminated { reason } => {
+                        (None, Some(Failure::new("Terminated", reason.clone())))
+                    }
+                    _ => (None, None),
+                };
+                let custom = (status != Status::Pending).then(|| h.custom_status.clone()).flatten();
+                (state, custom, failure)
+            }
+            Body::Entity(e) => (e.state.clone(), None, None),
+        };
+        Some(StateChange {
+            instance: self.id.clone(),
+            version: self.version,
+            status: status.as_str().to_owned(),
+            state,
+            custom_status,
+            failure,
+            updated_at: self.updated_at,
+        })
+    }
+
+    /// The state change that says it was purged (published as a tombstone).
+    pub fn purged_change(&self) -> StateChange {
+        StateChange {
+            instance: self.id.clone(),
+            version: self.version,
+            status: Status::Purged.as_str().to_owned(),
+            state: None,
+            custom_status: None,
+            failure: None,
+            updated_at: self.updated_at,
         }
     }
 
@@ -432,16 +499,21 @@ pub enum OrchestrationStatus {
 }
 
 impl OrchestrationStatus {
+    /// Where it stands, in the shared words.
+    pub fn status(&self) -> Status {
+        match self {
+            OrchestrationStatus::Running => Status::Running,
+            OrchestrationStatus::Completed { .. } => Status::Completed,
+            OrchestrationStatus::Failed { .. } => Status::Failed,
+            OrchestrationStatus::Terminated { .. } => Status::Terminated,
+            OrchestrationStatus::Suspended { .. } => Status::Suspended,
+            OrchestrationStatus::Pending => Status::Pending,
+        }
+    }
+
     /// The status word used in state records and the CLI.
     pub fn word(&self) -> &'static str {
-        match self {
-            OrchestrationStatus::Running => "running",
-            OrchestrationStatus::Completed { .. } => "completed",
-            OrchestrationStatus::Failed { .. } => "failed",
-            OrchestrationStatus::Terminated { .. } => "terminated",
-            OrchestrationStatus::Suspended { .. } => "suspended",
-            OrchestrationStatus::Pending => "pending",
-        }
+        self.status().as_str()
     }
 
     /// Whether the orchestration has finished (completed, failed or terminated).

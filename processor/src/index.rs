@@ -12,7 +12,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::state_change;
 use crate::history::InstanceRecord;
 use crate::id::InstanceId;
 
@@ -44,7 +43,7 @@ pub struct Summary {
 impl Summary {
     /// The summary of a committed record (`None` while nothing was applied to it).
     pub fn of(record: &InstanceRecord) -> Option<Self> {
-        let change = state_change(record)?;
+        let change = record.state_change()?;
         let id = InstanceId::parse(&record.id).ok()?;
         Some(Self {
             instance: record.id.clone(),

@@ -32,7 +32,6 @@ use durable_schemas::Envelope;
 use serde::{Deserialize, Serialize};
 
 use crate::access::{self, Operation, Policy, Principal};
-use crate::history::{Body, InstanceRecord};
 use crate::id::{InstanceId, Kind};
 
 /// The entity name of the ledgers (names starting `durable.` are Durable's own).
@@ -114,33 +113,23 @@ pub fn ledger_subject(ledger: &InstanceId) -> Option<(Kind, &str, &str)> {
     (!user.is_empty()).then_some((kind, name, user))
 }
 
-/// Whether `record` is live: a running orchestration, or an entity with state, a lock or queued
-/// operations.
-pub fn live(record: &InstanceRecord) -> bool {
-    match &record.body {
-        Body::Empty => false,
-        Body::Orchestration(h) => !h.status.is_finished(),
-        Body::Entity(e) => e.state.is_some() || e.lock.is_some() || !e.queue.is_empty(),
-    }
-}
-
 /// The user an allowed `op` by `principal` must be charged to before it applies to `target`
-/// (whose stored record is `record`), or `None` when no place is needed: the type has no
-/// limit, the principal is anonymous or an admin, the operation does not create, the instance
-/// is live or already charged.
+/// (`settled`: its stored record is live or already charged), or `None` when no place is
+/// needed: the type has no limit, the principal is anonymous or an admin, the operation does
+/// not create, the instance is settled.
 pub fn needs_charge(
     policy: &Policy,
     principal: Option<&Principal>,
     op: Operation,
     target: &InstanceId,
-    record: &InstanceRecord,
+    settled: bool,
 ) -> Option<String> {
     policy.limits.get(target.name())?;
     let p = principal?;
     if policy.may_administer(Some(p)) || !access::creates(target.kind(), op) {
         return None;
     }
-    if record.quota.charged.is_some() || live(record) {
+    if settled {
         return None;
     }
     Some(p.user.clone())
@@ -151,7 +140,7 @@ mod tests {
     use durable_schemas::Payload;
 
     use super::*;
-    use crate::history::OrchestrationStatus;
+    use crate::history::{Body, InstanceRecord, OrchestrationStatus};
     use crate::history::{EntityLock, EntityState, OrchestrationHistory};
 
     fn record(id: &InstanceId, body: Body, charged: Option<&str>) -> InstanceRecord {
@@ -210,7 +199,7 @@ mod tests {
         let mut checked = 0;
         for (state, principal, target, record, verdicts) in rows {
             for (op, want) in Operation::ALL.into_iter().zip(verdicts.chars()) {
-                let got = match needs_charge(&policy, principal.as_ref(), op, target, &record) {
+                let got = match needs_charge(&policy, principal.as_ref(), op, target, record.holds_place()) {
                     Some(user) => {
                         assert_eq!(Some(&user), principal.as_ref().map(|p| &p.user));
                         'Q'

@@ -17,6 +17,7 @@
 //! - [`Codec`]: encode/decode with schema resolution over known writer schemas
 //!   ([`Envelope::encode`] / [`Envelope::decode`] use the current schema).
 //! - `value`: the mapping between typed events and Avro values (private).
+//! - [`Status`], [`Action`]: the words for where an instance stands and what may be done to it.
 //! - [`contract`]: topic names, the state record and dead-letter headers (the other records
 //!   components exchange).
 //!
@@ -33,10 +34,13 @@
 pub mod bounded;
 pub mod contract;
 mod value;
+mod words;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::LazyLock;
+
+pub use words::{Action, Status};
 
 use apache_avro::rabin::Rabin;
 use apache_avro::reader::datum::GenericDatumReader;

@@ -1358,7 +1358,7 @@ impl World {
                 if record.quota.waiting.is_some() {
                     v.push(format!("{id}: still waits for its ledger"));
                 }
-                if quota::live(&record) {
+                if record.is_live() {
                     live.insert(id.clone());
                     if record.quota.charged.as_deref() != Some(user) || !record.access.owners.contains(user) {
                         v.push(format!(

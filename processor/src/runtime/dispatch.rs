@@ -9,92 +9,19 @@
 //! back its own records only.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use durable_schemas::contract::seal;
 use rdkafka::consumer::Consumer;
-use rdkafka::TopicPartitionList;
+use rdkafka::message::{BorrowedMessage, Headers as _};
+use rdkafka::Message;
 use tokio::sync::mpsc;
-use tracing::warn;
+use tracing::{error, info, warn};
 
+use super::queue::{Inbox, Progress, Queue};
 use super::{worker, Shared};
 use crate::metrics::METRICS;
 use crate::partition::Record;
-
-/// How far one worker's queue may fill: pause its partition at `high` records, resume at a
-/// quarter of it.
-#[derive(Debug)]
-pub struct Queue {
-    partition: i32,
-    high: usize,
-    depth: AtomicUsize,
-    /// Whether the partition is paused at the consumer; pause and resume happen under this lock,
-    /// so the dispatcher's pause and the worker's resume cannot cross.
-    paused: Mutex<bool>,
-}
-
-impl Queue {
-    fn new(partition: i32, high: usize) -> Self {
-        Self { partition, high: high.max(4), depth: AtomicUsize::new(0), paused: Mutex::new(false) }
-    }
-
-    fn set_paused(&self, shared: &Shared, pause: bool) {
-        let mut paused = self.paused.lock().expect("pause lock");
-        if *paused == pause {
-            return;
-        }
-        let depth = self.depth.load(Ordering::SeqCst);
-        if (pause && depth < self.high) || (!pause && depth > self.high / 4) {
-            return; // the other side moved the depth back meanwhile
-        }
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&shared.config.events_topic(), self.partition);
-        let done = if pause { shared.consumer.pause(&tpl) } else { shared.consumer.resume(&tpl) };
-        match done {
-            Ok(()) => {
-                *paused = pause;
-                tracing::debug!(partition = self.partition, depth, pause, "partition fetching paused or resumed");
-            }
-            Err(e) => warn!(partition = self.partition, error = %e, pause, "cannot pause or resume the partition"),
-        }
-    }
-
-    /// The worker took `n` records off the queue (each was counted before it was queued, so the
-    /// depth never goes below zero).
-    pub fn taken(&self, shared: &Shared, n: usize) {
-        if self.depth.fetch_sub(n, Ordering::SeqCst).saturating_sub(n) <= self.high / 4 {
-            self.set_paused(shared, false);
-        }
-    }
-
-    /// The worker stops: never leave its partition paused (a later owner starts afresh).
-    pub fn release(&self, shared: &Shared) {
-        self.depth.store(0, Ordering::SeqCst);
-        self.set_paused(shared, false);
-    }
-}
-
-/// Where the dispatcher hands a partition's records: its worker's queue.
-pub struct Inbox {
-    tx: mpsc::UnboundedSender<Record>,
-    queue: Arc<Queue>,
-}
-
-impl Inbox {
-    /// Queue `record` for the worker without waiting; `false` if the worker has stopped.
-    pub fn push(&self, shared: &Shared, record: Record) -> bool {
-        // Counted before it is queued: the worker may take it at once.
-        let depth = self.queue.depth.fetch_add(1, Ordering::SeqCst) + 1;
-        if self.tx.send(record).is_err() {
-            self.queue.depth.fetch_sub(1, Ordering::SeqCst);
-            return false;
-        }
-        if depth >= self.queue.high {
-            self.queue.set_paused(shared, true);
-        }
-        true
-    }
-}
 
 /// A running worker.
 struct Worker {
@@ -124,7 +51,7 @@ pub struct Workers {
     /// Per owned partition, where to read it again should its worker die: its first offset at
     /// assignment, then one past the last offset its worker stored (everything before it is
     /// applied and produced).
-    resume: Mutex<HashMap<i32, i64>>,
+    resume: Arc<Progress>,
 }
 
 /// What to do with a received record.
@@ -146,14 +73,12 @@ impl Workers {
     /// The partitions were assigned to this consumer, each starting at the given offset.
     pub fn assign(&self, starts: &[(i32, i64)]) {
         self.expected.lock().expect("assignment lock").extend(starts.iter().copied());
-        self.resume.lock().expect("assignment lock").extend(starts.iter().copied());
+        self.resume.extend(starts);
     }
 
     /// The worker of `partition` stored the offsets below `next`.
     pub fn stored(&self, partition: i32, next: i64) {
-        if let Some(at) = self.resume.lock().expect("assignment lock").get_mut(&partition) {
-            *at = (*at).max(next);
-        }
+        self.resume.stored(partition, next);
     }
 
     /// If the worker of `partition`, still owned, has died (a panic, a fatal error) — its queue
@@ -164,7 +89,7 @@ impl Workers {
         if !dead {
             return None;
         }
-        self.resume.lock().expect("assignment lock").get(&partition).copied()
+        self.resume.get(partition)
     }
 
     /// The consumer reads `partition` again from `from` (after a seek): forget its dead worker and
@@ -218,10 +143,9 @@ impl Workers {
         };
         {
             let mut committed = self.committed.lock().expect("assignment lock");
-            let mut resume = self.resume.lock().expect("assignment lock");
             for p in partitions {
                 committed.remove(p);
-                resume.remove(p);
+                self.resume.remove(*p);
             }
         }
         if stopping.is_empty() {
@@ -258,11 +182,73 @@ impl Workers {
     }
 }
 
+/// Hand one received record to its partition's worker: read the partition again first if its
+/// worker died, skip what was dispatched already or is not owned, count gaps, check the seal.
+/// An error stops the processor (a dead worker's partition could not be read again).
+pub fn dispatch(shared: &Arc<Shared>, workers: &Arc<Workers>, message: &BorrowedMessage<'_>) -> anyhow::Result<()> {
+    let (partition, offset) = (message.partition(), message.offset());
+    if let Some(from) = workers.died(partition) {
+        return read_again(shared, workers, partition, from);
+    }
+    match workers.admit(partition, offset) {
+        Admit::Dispatch => {}
+        Admit::Skip => return Ok(()),
+        Admit::AfterGap { skipped_from } => {
+            // Transaction markers leave one-offset gaps all the time: log those at debug, larger
+            // ones (retention, DeleteRecords) at info.
+            let skipped = offset - skipped_from;
+            if skipped > 1 {
+                info!(
+                    partition,
+                    from = skipped_from,
+                    to = offset - 1,
+                    skipped,
+                    "offsets skipped: not in the log (retention, compaction, DeleteRecords or aborted transactions)"
+                );
+            } else {
+                tracing::debug!(partition, offset = skipped_from, "offset skipped (a transaction marker)");
+            }
+            METRICS.offsets_skipped.with_label_values(&[&partition.to_string()]).inc_by(skipped as u64);
+        }
+    }
+    let key = message.key().map(<[u8]>::to_vec);
+    let payload = message.payload().map(<[u8]>::to_vec);
+    let mac = message.headers().and_then(|h| h.iter().find(|h| h.key == seal::HEADER)).and_then(|h| h.value);
+    let sealed = shared.seal.verify(key.as_deref().unwrap_or_default(), payload.as_deref().unwrap_or_default(), mac);
+    let record = Record { offset, key, payload, sealed };
+    shared.watching.saw(&record);
+    if !workers_inbox(workers, shared, partition).push(shared, record) {
+        warn!(partition, "worker stopped while a record was handed to it; it will be redelivered");
+    }
+    Ok(())
+}
+
+/// The worker of `partition` died while this processor owns it: its queue and group in flight
+/// died with it, so never skip them. Read the partition again from the last offset it stored
+/// (librdkafka drops what it fetched before the seek); the next record starts a new worker.
+fn read_again(shared: &Shared, workers: &Workers, partition: i32, from: i64) -> anyhow::Result<()> {
+    error!(partition, from, "the worker of this partition died while this processor owns it: reading the partition again from the last offset it stored");
+    METRICS.worker_restarts.with_label_values(&[&partition.to_string()]).inc();
+    let topic = shared.config.events_topic();
+    let seek = tokio::task::block_in_place(|| {
+        shared.consumer.seek(&topic, partition, rdkafka::Offset::Offset(from), std::time::Duration::from_secs(10))
+    });
+    if let Err(e) = seek {
+        // Not read again here: stop, so that the group gives the partition to a processor that
+        // starts at its committed offset.
+        error!(partition, error = %e, "cannot read the partition again after its worker died: the processor stops");
+        workers.stop(&workers.all());
+        anyhow::bail!("the worker of partition {partition} died and its records could not be read again: {e}");
+    }
+    workers.restart(partition, from);
+    Ok(())
+}
+
 /// The inbox of `partition`'s worker, starting the worker if it has none (or it stopped).
 pub fn workers_inbox(workers: &Arc<Workers>, shared: &Arc<Shared>, partition: i32) -> Inbox {
     let mut map = workers.map.lock().expect("workers lock");
     if let Some(w) = map.get(&partition).filter(|w| !w.done.is_finished()) {
-        return Inbox { tx: w.tx.clone(), queue: w.queue.clone() };
+        return Inbox::new(w.tx.clone(), w.queue.clone());
     }
     // Show every partition metric from the start, at zero, rather than only after its first event.
     let label = partition.to_string();
@@ -287,11 +273,18 @@ pub fn workers_inbox(workers: &Arc<Workers>, shared: &Arc<Shared>, partition: i3
     let queue = Arc::new(Queue::new(partition, shared.config.batch * 4));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let committed = workers.committed.lock().expect("assignment lock").get(&partition).copied();
-    let done =
-        tokio::spawn(worker::work(shared.clone(), workers.clone(), partition, committed, rx, queue.clone(), stopped));
+    let done = tokio::spawn(worker::work(
+        shared.clone(),
+        workers.resume.clone(),
+        partition,
+        committed,
+        rx,
+        queue.clone(),
+        stopped,
+    ));
     map.insert(partition, Worker { tx: tx.clone(), queue: queue.clone(), stop, done });
     METRICS.owned.with_label_values(&[] as &[&str]).set(map.len() as i64);
-    Inbox { tx, queue }
+    Inbox::new(tx, queue)
 }
 
 #[cfg(test)]

@@ -65,6 +65,52 @@ pub async fn serve(listener: tokio::net::TcpListener, app: Router, tls: Option<A
     }
 }
 
+/// The processor's listeners, bound before anything else starts (a taken port fails at once).
+pub struct Listeners {
+    /// `/metrics` and `/status`, and the API when it has no address of its own.
+    metrics: tokio::net::TcpListener,
+    /// The management API, when `DURABLE_API_ADDR` gives it its own address.
+    api: Option<tokio::net::TcpListener>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl Listeners {
+    /// Bind the configured addresses and read the API's TLS settings.
+    pub async fn bind(config: &crate::config::ProcessorConfig) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let metrics = tokio::net::TcpListener::bind(config.metrics_addr).await.with_context(|| {
+            format!("cannot listen on {} for /metrics: set DURABLE_METRICS_ADDR", config.metrics_addr)
+        })?;
+        let tls = api_tls(config)?;
+        let api =
+            match config.api_addr {
+                Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                    format!("cannot listen on {addr} for the management API: set DURABLE_API_ADDR")
+                })?),
+                None => None,
+            };
+        Ok(Self { metrics, api, tls })
+    }
+
+    /// Serve the API, `/metrics` and `/status`: the address of `/metrics` and the server tasks.
+    pub fn serve(
+        self,
+        shared: &Arc<Shared>,
+        workers: &Arc<Workers>,
+    ) -> anyhow::Result<(std::net::SocketAddr, Vec<tokio::task::JoinHandle<()>>)> {
+        let addr = self.metrics.local_addr()?;
+        let status = status_router(shared.clone(), workers.clone());
+        let api = super::api::router(shared.clone());
+        Ok(match self.api {
+            None => (addr, vec![tokio::spawn(serve(self.metrics, api.merge(status), self.tls))]),
+            Some(listener) => (
+                addr,
+                vec![tokio::spawn(serve(self.metrics, status, None)), tokio::spawn(serve(listener, api, self.tls))],
+            ),
+        })
+    }
+}
+
 /// `/metrics` and `/status`.
 pub fn status_router(shared: Arc<Shared>, workers: Arc<Workers>) -> Router {
     Router::new()

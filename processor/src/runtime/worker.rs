@@ -8,8 +8,8 @@ use rdkafka::consumer::Consumer;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, instrument, warn};
 
-use super::dispatch::Queue;
 use super::produce::Producer;
+use super::queue::{Progress, Queue};
 use super::{now_ms, timers, Shared};
 use crate::context::{ActivityContext, ActivityRequest};
 use crate::error::{Error, ErrorKind};
@@ -23,88 +23,35 @@ use crate::store::{Continuity, Store};
 /// it) before it abandons the group.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
-/// The worker loop of one partition.
+/// The worker loop of one partition: take the partition (its fencing epoch, whether the store
+/// is whole), then apply its records group by group and release its due timers on every tick,
+/// until it is told to stop.
 #[instrument(skip_all, fields(partition))]
-#[allow(clippy::too_many_arguments)]
 pub async fn work(
     shared: Arc<Shared>,
-    workers: Arc<super::dispatch::Workers>,
+    progress: Arc<Progress>,
     partition: i32,
     committed: Option<i64>,
     mut rx: mpsc::UnboundedReceiver<Record>,
     queue: Arc<Queue>,
     mut stop: watch::Receiver<bool>,
 ) {
-    /// However the worker ends, its partition is not left paused.
-    struct Unpause(Arc<Shared>, Arc<Queue>);
-    impl Drop for Unpause {
+    /// However the worker ends, its partition is not left paused, and what it kept live is
+    /// gone with it.
+    struct Leave(Arc<Shared>, Arc<Queue>, String);
+    impl Drop for Leave {
         fn drop(&mut self) {
             self.1.release(&self.0);
+            record_stats(&self.2, Stats::default(), (0, 0));
         }
     }
-    let _unpause = Unpause(shared.clone(), queue.clone());
-    /// However the worker ends, what it kept live is gone with it.
-    struct Forget(String);
-    impl Drop for Forget {
-        fn drop(&mut self) {
-            record_stats(&self.0, Stats::default(), (0, 0));
-        }
-    }
-    let _forget = Forget(partition.to_string());
+    let _leave = Leave(shared.clone(), queue.clone(), partition.to_string());
     let p = partition as u32;
-    let label = partition.to_string();
+    let Some((epoch, mut floor)) = take(&shared, p, committed, &mut stop).await else { return };
+    let mut core = Partition::new(settings(&shared, p), shared.engine.clone(), epoch);
     let mut tick = tokio::time::interval(shared.config.timer_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut ticks: u64 = 0;
-    let mut last_offset: Option<i64> = None;
-    // This worker's epoch of the partition: its local rounds' commits are fenced with it, so
-    // that once a newer owner started, an older one (a zombie of a rebalance) commits none.
-    let taken = loop {
-        match shared.store.take(p).await {
-            Ok(taken) => break taken,
-            Err(e) => {
-                warn!(partition, error = %e, "cannot fence the partition; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                    _ = stopped_for(&mut stop, Duration::ZERO) => return,
-                }
-            }
-        }
-    };
-    let epoch = taken.epoch;
-    // Is the store whole? Kafka's committed offset says how far this partition was processed.
-    let mut floor = Floor { mark: taken.applied, lost: None };
-    match (taken.check(committed), committed) {
-        (Continuity::Whole, _) | (_, None) => {}
-        (Continuity::Adopt, Some(committed)) => {
-            info!(partition, committed, "the partition has no applied mark yet (written by an older version): adopting Kafka's committed offset");
-            if !mark_until_done(&shared, p, committed, &mut stop).await {
-                return;
-            }
-            floor.mark = Some(committed);
-        }
-        (Continuity::Lost, Some(committed)) => {
-            if !wait_for_acceptance(&shared, p, committed, taken.applied, &mut stop).await {
-                return;
-            }
-            floor.mark = Some(committed);
-        }
-    }
-    let settings = Settings {
-        partition: p,
-        partitions: shared.partitions,
-        events_topic: shared.config.events_topic(),
-        max_event_bytes: shared.config.max_event_bytes,
-        spread_activities: shared.config.spread_activities,
-        local_rounds: Settings::LOCAL_ROUNDS,
-        defer_local: true,
-        cache_limit: Settings::CACHE_LIMIT,
-        cache_bytes: shared.config.cache_bytes,
-        live_limit: shared.config.live_bytes,
-        check_live: false,
-        purge_grace_ms: shared.config.purge_grace_ms(),
-    };
-    let mut core = Partition::new(settings, shared.engine.clone(), epoch);
+    let (mut ticks, mut last_offset): (u64, Option<i64>) = (0, None);
     loop {
         tokio::select! {
             biased;
@@ -122,49 +69,9 @@ pub async fn work(
                 }
                 queue.taken(&shared, records.len());
                 last_offset = records.last().map(|r| r.offset);
-                let mut backoff = Duration::from_millis(100);
-                while !records.is_empty() {
-                    let applied = tokio::select! {
-                        applied = apply(&shared, &workers, &mut core, &label, &mut floor, records) => applied,
-                        _ = stopped_for(&mut stop, DRAIN_GRACE) => {
-                            // Its offsets were not stored: the next owner applies it again, and
-                            // whatever part of it was committed or produced is deduplicated.
-                            warn!(partition, "stopping: a group still in flight after the grace period is abandoned");
-                            return;
-                        }
-                    };
-                    record_stats(&label, core.take_stats(), core.live());
-                    for mismatch in core.take_mismatches() {
-                        // The core's own consistency checks (the simulator fails on these).
-                        error!(partition, %mismatch, "the partition core disagrees with itself; the log repairs it");
-                    }
-                    records = match applied {
-                        Ok(rest) => rest,
-                        Err(e) if e.kind == ErrorKind::Fatal => {
-                            warn!(partition, error = %e, "the worker stops (offsets of its group not stored)");
-                            return;
-                        }
-                        Err(_) if floor.lost.is_some() => {
-                            // Redis lost writes under this owner (rolled back, failed over to a
-                            // replica that lagged): nothing more until an operator accepts.
-                            let found = floor.lost.take().flatten();
-                            let reached = floor.mark.unwrap_or(0);
-                            if !wait_for_acceptance(&shared, p, reached, found, &mut stop).await {
-                                return;
-                            }
-                            core.abandon()
-                        }
-                        Err(e) => {
-                            warn!(partition, error = %e, "group not applied; retrying (offsets not stored)");
-                            let again = core.abandon();
-                            tokio::select! {
-                                _ = tokio::time::sleep(backoff) => {}
-                                _ = stopped_for(&mut stop, Duration::ZERO) => return,
-                            }
-                            backoff = (backoff * 2).min(Duration::from_secs(5));
-                            again
-                        }
-                    };
+                let group = Group { shared: &shared, progress: &progress, core: &mut core, floor: &mut floor, stop: &mut stop };
+                if !group.apply_until_done(records).await {
+                    return;
                 }
             }
             _ = tick.tick() => {
@@ -186,21 +93,133 @@ pub async fn work(
     }
 }
 
-/// The applied mark this owner saw at its start or raised since, and whether Redis was found
-/// below it (`Some(the mark found)`).
+/// Take the partition: this worker's epoch of it (its local rounds' commits are fenced with it,
+/// so that once a newer owner started, an older one — a zombie of a rebalance — commits none),
+/// and the applied mark it goes on from, once the store is found whole against Kafka's
+/// `committed` offset (or its loss accepted). `None` if told to stop first.
+async fn take(
+    shared: &Shared,
+    p: u32,
+    committed: Option<i64>,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<(u64, Floor)> {
+    let pause = Duration::from_millis(500);
+    let taken = retry_until_stopped(stop, p, "cannot fence the partition", pause, || async {
+        shared.store.take(p).await.map(Some)
+    })
+    .await?;
+    let mut floor = Floor { mark: taken.applied };
+    match (taken.check(committed), committed) {
+        (Continuity::Whole, _) | (_, None) => {}
+        (Continuity::Adopt, Some(committed)) => {
+            info!(partition = p, committed, "the partition has no applied mark yet (written by an older version): adopting Kafka's committed offset");
+            mark_until_done(shared, p, committed, stop).await?;
+            floor.mark = Some(committed);
+        }
+        (Continuity::Lost, Some(committed)) => {
+            wait_for_acceptance(shared, p, committed, taken.applied, stop).await?;
+            floor.mark = Some(committed);
+        }
+    }
+    Some((taken.epoch, floor))
+}
+
+/// The partition core's settings for partition `p` under this processor's configuration.
+fn settings(shared: &Shared, p: u32) -> Settings {
+    Settings {
+        partition: p,
+        partitions: shared.partitions,
+        events_topic: shared.config.events_topic(),
+        max_event_bytes: shared.config.max_event_bytes,
+        spread_activities: shared.config.spread_activities,
+        local_rounds: Settings::LOCAL_ROUNDS,
+        defer_local: true,
+        cache_limit: Settings::CACHE_LIMIT,
+        cache_bytes: shared.config.cache_bytes,
+        live_limit: shared.config.live_bytes,
+        check_live: false,
+        purge_grace_ms: shared.config.purge_grace_ms(),
+    }
+}
+
+/// One group of records on its way through a worker.
+struct Group<'a> {
+    shared: &'a Arc<Shared>,
+    progress: &'a Progress,
+    core: &'a mut Partition,
+    floor: &'a mut Floor,
+    stop: &'a mut watch::Receiver<bool>,
+}
+
+impl Group<'_> {
+    /// Apply `records`, and what a group leaves for the next, retrying transient failures with
+    /// backoff (offsets not stored), until all are applied: false if the worker must stop (told
+    /// to, or a fatal error).
+    async fn apply_until_done(self, mut records: Vec<Record>) -> bool {
+        let Group { shared, progress, core, floor, stop } = self;
+        let p = core.settings().partition;
+        let label = p.to_string();
+        let mut backoff = Duration::from_millis(100);
+        while !records.is_empty() {
+            let applied = tokio::select! {
+                applied = apply(shared, progress, core, &label, floor, records) => applied,
+                _ = stopped_for(stop, DRAIN_GRACE) => {
+                    // Its offsets were not stored: the next owner applies it again, and
+                    // whatever part of it was committed or produced is deduplicated.
+                    warn!(partition = p, "stopping: a group still in flight after the grace period is abandoned");
+                    return false;
+                }
+            };
+            record_stats(&label, core.take_stats(), core.live());
+            for mismatch in core.take_mismatches() {
+                // The core's own consistency checks (the simulator fails on these).
+                error!(partition = p, %mismatch, "the partition core disagrees with itself; the log repairs it");
+            }
+            records = match applied {
+                Ok(rest) => rest,
+                Err(e) => match e.kind {
+                    ErrorKind::Fatal => {
+                        warn!(partition = p, error = %e, "the worker stops (offsets of its group not stored)");
+                        return false;
+                    }
+                    ErrorKind::Lost { found } => {
+                        let reached = floor.mark.unwrap_or(0);
+                        if wait_for_acceptance(shared, p, reached, found, stop).await.is_none() {
+                            return false;
+                        }
+                        core.abandon()
+                    }
+                    ErrorKind::Transient | ErrorKind::Corrupt => {
+                        warn!(partition = p, error = %e, "group not applied; retrying (offsets not stored)");
+                        let again = core.abandon();
+                        if !pause_unless_stopped(stop, backoff).await {
+                            return false;
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        again
+                    }
+                },
+            };
+        }
+        true
+    }
+}
+
+/// The applied mark this owner saw at its start or raised since.
 struct Floor {
     mark: Option<i64>,
-    lost: Option<Option<i64>>,
 }
 
 impl Floor {
     /// What a commit or mark refused for the floor returns: the group stops here.
-    fn found_below(&mut self, p: u32, found: Option<i64>) -> Error {
-        self.lost = Some(found);
-        Error::transient(format!(
-            "Redis's applied mark of partition {p} went back from {:?} to {found:?}: it lost writes",
-            self.mark
-        ))
+    fn found_below(&self, p: u32, found: Option<i64>) -> Error {
+        Error::lost(
+            found,
+            format!(
+                "Redis's applied mark of partition {p} went back from {:?} to {found:?}: it lost writes",
+                self.mark
+            ),
+        )
     }
 
     fn raised(&mut self, to: i64) {
@@ -212,7 +231,7 @@ impl Floor {
 /// Returns the records the group left for the next one.
 async fn apply(
     shared: &Arc<Shared>,
-    workers: &super::dispatch::Workers,
+    progress: &Progress,
     core: &mut Partition,
     label: &str,
     floor: &mut Floor,
@@ -282,48 +301,71 @@ async fn apply(
         .consumer
         .store_offset(&shared.config.events_topic(), p as i32, last)
         .map_err(|e| Error::fatal(format!("cannot store offset {last}: {e} (the partition was probably revoked)")))?;
-    workers.stored(p as i32, last + 1);
+    progress.stored(p as i32, last + 1);
     METRICS.batch_latency.observe(started.elapsed().as_secs_f64());
     Ok(rest)
 }
 
-/// Raise the applied mark of `p` to `next`, retrying while the store is unavailable; false if
+/// Raise the applied mark of `p` to `next`, retrying while the store is unavailable; `None` if
 /// the worker was told to stop first.
-async fn mark_until_done(shared: &Shared, p: u32, next: i64, stop: &mut watch::Receiver<bool>) -> bool {
+async fn mark_until_done(shared: &Shared, p: u32, next: i64, stop: &mut watch::Receiver<bool>) -> Option<()> {
+    retry_until_stopped(stop, p, "cannot raise the applied mark", Duration::from_millis(500), || async {
+        shared.store.mark_applied(p, None, next).await.map(|_| Some(()))
+    })
+    .await
+}
+
+/// Call `attempt` until it answers `Ok(Some(_))`, pausing `pause` after each `Ok(None)` (not
+/// yet) or error (logged with `what`); `None` if the worker is told to stop first. The worker's
+/// waits on the store — fencing, marks, a loss and its acceptance — are all this loop.
+async fn retry_until_stopped<T, E, F>(
+    stop: &mut watch::Receiver<bool>,
+    p: u32,
+    what: &str,
+    pause: Duration,
+    mut attempt: impl FnMut() -> F,
+) -> Option<T>
+where
+    E: std::fmt::Display,
+    F: std::future::Future<Output = Result<Option<T>, E>>,
+{
     loop {
-        match shared.store.mark_applied(p, None, next).await {
-            Ok(_) => return true,
-            Err(e) => warn!(partition = p, error = %e, "cannot raise the applied mark; retrying"),
+        match attempt().await {
+            Ok(Some(done)) => return Some(done),
+            Ok(None) => {}
+            Err(e) => warn!(partition = p, error = %e, "{what}; retrying"),
         }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            _ = stopped_for(stop, Duration::ZERO) => return false,
+        if !pause_unless_stopped(stop, pause).await {
+            return None;
         }
+    }
+}
+
+/// Sleep for `pause`: false if the worker was told to stop first.
+async fn pause_unless_stopped(stop: &mut watch::Receiver<bool>, pause: Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(pause) => true,
+        _ = stopped_for(stop, Duration::ZERO) => false,
     }
 }
 
 /// The store lost state of `p` (see [`crate::store::Taken::check`]): process nothing of it until
 /// an operator accepts the loss (`durable accept-loss`), then go on from Kafka's committed
 /// offset. Its records wait in the worker's queue (the partition is paused when it is full).
-/// False if the worker was told to stop first.
+/// `None` if the worker was told to stop first.
 async fn wait_for_acceptance(
     shared: &Shared,
     p: u32,
     committed: i64,
     applied: Option<i64>,
     stop: &mut watch::Receiver<bool>,
-) -> bool {
+) -> Option<()> {
     let label = p.to_string();
-    loop {
-        match shared.store.record_loss(p).await {
-            Ok(()) => break,
-            Err(e) => warn!(partition = p, error = %e, "cannot record the loss of state; retrying"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            _ = stopped_for(stop, Duration::ZERO) => return false,
-        }
-    }
+    let pause = Duration::from_millis(500);
+    retry_until_stopped(stop, p, "cannot record the loss of state", pause, || async {
+        shared.store.record_loss(p).await.map(Some)
+    })
+    .await?;
     METRICS.state_lost.with_label_values(&[&label]).set(1);
     shared.lost.lock().expect("lost lock").insert(p);
     let applied_text = applied.map_or_else(|| "nothing (no mark)".to_owned(), |a| format!("offsets below {a}"));
@@ -337,24 +379,18 @@ async fn wait_for_acceptance(
         METRICS.state_lost.with_label_values(&[&label]).set(0);
         shared.lost.lock().expect("lost lock").remove(&p);
     };
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = stopped_for(stop, Duration::ZERO) => {
-                // No longer this processor's to report: its next owner finds the loss itself.
-                cleared();
-                return false;
-            }
-        }
-        match shared.store.loss_accepted(p).await {
-            Ok(true) => break,
-            Ok(false) => {}
-            Err(e) => warn!(partition = p, error = %e, "cannot read whether the loss was accepted; retrying"),
-        }
-    }
-    let marked = mark_until_done(shared, p, committed, stop).await;
+    let accepted =
+        retry_until_stopped(stop, p, "cannot read whether the loss was accepted", Duration::from_secs(1), || async {
+            shared.store.loss_accepted(p).await.map(|yes| yes.then_some(()))
+        })
+        .await;
+    // Stopped first: no longer this processor's to report, its next owner finds the loss itself.
+    let marked = match accepted {
+        Some(()) => mark_until_done(shared, p, committed, stop).await,
+        None => None,
+    };
     cleared();
-    if marked {
+    if marked.is_some() {
         warn!(
             partition = p,
             committed,

@@ -304,7 +304,7 @@ impl RedisStore {
     /// `rediss://user:password@host:port`.
     pub async fn connect_with(url: &str, prefix: &str, ca: Option<&std::path::Path>) -> StoreResult<Self> {
         // Errors name the URL without its password.
-        let shown = crate::config::redact_url(url);
+        let shown = redact_url(url);
         let invalid = |e: redis::RedisError| {
             StoreError(format!(
                 "invalid Redis URL {shown}: {e} (expected redis://host:port or rediss://user:password@host:port)"
@@ -341,7 +341,7 @@ impl RedisStore {
     /// roots, and an ACL user; a CA of its own (`ca`) is refused). Each partition's keys share a
     /// hash tag, so each commit is a single-slot script.
     pub async fn connect_cluster(seeds: &[&str], prefix: &str, ca: Option<&std::path::Path>) -> StoreResult<Self> {
-        let shown: Vec<String> = seeds.iter().map(|u| crate::config::redact_url(u)).collect();
+        let shown: Vec<String> = seeds.iter().map(|u| redact_url(u)).collect();
         let shown = shown.join(",");
         let builder = redis::cluster::ClusterClient::builder(seeds.iter().map(|s| s.to_string()))
             .connection_timeout(Duration::from_secs(3))
@@ -760,5 +760,34 @@ impl Store for RedisStore {
         pipe.cmd("LTRIM").arg(&list).arg(0).arg(Secrets::KEPT as i64 - 1).ignore();
         let () = pipe.query_async(&mut conn).await.map_err(unavailable)?;
         Ok(Secrets::new(current, sealed_with.into_iter().chain(accepted)))
+    }
+}
+
+/// `url` with the password of its user-info part (`scheme://user:password@host`) replaced by
+/// `***`, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((user_info, host)) => {
+            let user = user_info.split_once(':').map_or(user_info, |(u, _)| u);
+            let hidden = if user_info.contains(':') { format!("{user}:***") } else { "***".to_owned() };
+            format!("{scheme}://{hidden}@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::redact_url;
+
+    #[test]
+    fn redis_urls_lose_their_password() {
+        assert_eq!(redact_url("redis://u:pa:ss@h:6379/0"), "redis://u:***@h:6379/0");
+        assert_eq!(redact_url("rediss://:secret@h"), "rediss://:***@h");
+        assert_eq!(redact_url("redis://token@h"), "redis://***@h");
+        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
     }
 }
