@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use durable_schemas::Action;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::Value;
 
@@ -136,13 +137,13 @@ impl Api {
     }
 
     /// `GET path`; `None` if the instance does not exist.
-    pub async fn get_optional(&self, path: &str) -> Result<Option<Value>, CliError> {
+    async fn get_optional(&self, path: &str) -> Result<Option<Value>, CliError> {
         let response = self.send(|| self.http.get(format!("{}{path}", self.base))).await;
         self.answer(response).await
     }
 
     /// `GET path`; a missing instance is an error (exit 4).
-    pub async fn get(&self, path: &str) -> Result<Value, CliError> {
+    async fn get(&self, path: &str) -> Result<Value, CliError> {
         self.get_optional(path).await?.ok_or_else(|| {
             CliError::refused(format!(
                 "no such instance at {}{path}: start it first, or check the name and key (ids look like orch:<name>:<key>)",
@@ -153,13 +154,103 @@ impl Api {
 
     /// `POST path` with a JSON body. A write without an `event_id` gets a fresh one, so that
     /// its retries are one event.
-    pub async fn post(&self, path: &str, body: &Value) -> Result<Value, CliError> {
+    async fn post(&self, path: &str, body: &Value) -> Result<Value, CliError> {
         let mut body = body.clone();
         if let Some(fields) = body.as_object_mut().filter(|f| !f.contains_key("event_id") || f["event_id"].is_null()) {
             fields.insert("event_id".into(), Value::String(fresh_event_id()));
         }
         let response = self.send(|| self.http.post(format!("{}{path}", self.base)).json(&body)).await;
         self.answer(response).await?.ok_or_else(|| CliError::refused(format!("{path}: not found")))
+    }
+}
+
+/// The API's routes, one method each (the paths `openapi.yaml` documents); writes answer with
+/// where the event landed (`{"instance", "event_id", "partition", "offset"}`).
+impl Api {
+    /// `GET /status`: the processor's liveness and ownership.
+    pub async fn status(&self) -> Result<Value, CliError> {
+        self.get("/status").await
+    }
+
+    /// `GET /v1/instances/{id}`: its status view (an error, exit 4, if there is none).
+    pub async fn instance(&self, id: &str) -> Result<Value, CliError> {
+        self.get(&format!("/v1/instances/{}", segment(id))).await
+    }
+
+    /// `GET /v1/instances/{id}`, `None` while it does not exist (or may not be read).
+    pub async fn instance_if_any(&self, id: &str) -> Result<Option<Value>, CliError> {
+        self.get_optional(&format!("/v1/instances/{}", segment(id))).await
+    }
+
+    /// `GET /v1/instances/{id}/history`.
+    pub async fn history(&self, id: &str) -> Result<Value, CliError> {
+        self.get(&format!("/v1/instances/{}/history", segment(id))).await
+    }
+
+    /// `GET /v1/instances?<query>`: one page of summaries and the cursor of the next.
+    pub async fn list(&self, query: &[String]) -> Result<Value, CliError> {
+        self.get(&format!("/v1/instances?{}", query.join("&"))).await
+    }
+
+    /// `GET /v1/counts?<query>`.
+    pub async fn counts(&self, query: &[String]) -> Result<Value, CliError> {
+        self.get(&format!("/v1/counts?{}", query.join("&"))).await
+    }
+
+    /// `POST /v1/orchestrations/{name}` with `{"key"?, "input"?, "event_id"?}`.
+    pub async fn start(&self, name: &str, body: &Value) -> Result<Value, CliError> {
+        self.post(&format!("/v1/orchestrations/{}", segment(name)), body).await
+    }
+
+    /// `POST /v1/entities/{name}/{key}/{operation}` with `{"input"?, "event_id"?}`.
+    pub async fn signal(&self, name: &str, key: &str, operation: &str, body: &Value) -> Result<Value, CliError> {
+        self.post(&format!("/v1/entities/{}/{}/{}", segment(name), segment(key), segment(operation)), body).await
+    }
+
+    /// `POST /v1/instances/{id}/events/{event}` with `{"payload"?, "event_id"?}`.
+    pub async fn raise(&self, id: &str, event: &str, body: &Value) -> Result<Value, CliError> {
+        self.post(&format!("/v1/instances/{}/events/{}", segment(id), segment(event)), body).await
+    }
+
+    /// `POST /v1/instances/{id}/{action}`: an operator action, with `{"reason"?, "event_id"?}`.
+    pub async fn operate(&self, id: &str, action: Action, body: &Value) -> Result<Value, CliError> {
+        self.post(&format!("/v1/instances/{}/{action}", segment(id)), body).await
+    }
+
+    /// `POST /v1/instances/{id}/access`: share, revoke, transfer, add an owner.
+    pub async fn access(&self, id: &str, body: &Value) -> Result<Value, CliError> {
+        self.post(&format!("/v1/instances/{}/access", segment(id)), body).await
+    }
+
+    /// `POST /v1/batch/{action}?<query>`: one page of an operator action over a filter.
+    pub async fn batch(&self, action: Action, query: &[String], body: &Value) -> Result<Value, CliError> {
+        self.post(&format!("/v1/batch/{action}?{}", query.join("&")), body).await
+    }
+
+    /// `POST /v1/search/key`: a Typesense key scoped to what the caller may read.
+    pub async fn search_key(&self) -> Result<Value, CliError> {
+        self.post("/v1/search/key", &serde_json::json!({})).await
+    }
+
+    /// `POST /v1/partitions/{partition}/accept-loss`.
+    pub async fn accept_loss(&self, partition: u32) -> Result<Value, CliError> {
+        self.post(&format!("/v1/partitions/{partition}/accept-loss"), &serde_json::json!({})).await
+    }
+
+    /// `GET /v1/dead?limit=&cursor=`: a page of dead letters, newest first.
+    pub async fn dead_letters(&self, limit: usize, cursor: Option<&str>) -> Result<Value, CliError> {
+        let cursor = cursor.map(|c| format!("&cursor={}", segment(c))).unwrap_or_default();
+        self.get(&format!("/v1/dead?limit={limit}{cursor}")).await
+    }
+
+    /// `GET /v1/dead/{id}`.
+    pub async fn dead_letter(&self, id: &str) -> Result<Value, CliError> {
+        self.get(&format!("/v1/dead/{}", segment(id))).await
+    }
+
+    /// `POST /v1/dead/{id}/redrive`.
+    pub async fn redrive(&self, id: &str) -> Result<Value, CliError> {
+        self.post(&format!("/v1/dead/{}/redrive", segment(id)), &serde_json::json!({})).await
     }
 }
 

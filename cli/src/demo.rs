@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::client::{segment, Api, CliError};
+use crate::client::{Api, CliError};
 use crate::exit;
 
 /// Flags of `durable demo`.
@@ -36,9 +36,9 @@ pub async fn run(api: &Api, args: DemoArgs) -> Result<u8, CliError> {
     let started = Instant::now();
     let account = |i: usize| format!("{}-acc{i}", args.run);
     for i in 0..args.accounts {
-        let key = segment(&account(i));
-        api.post(&format!("/v1/entities/Account/{key}/open"), &json!({ "input": OWNERS[i % OWNERS.len()] })).await?;
-        api.post(&format!("/v1/entities/Account/{key}/deposit"), &json!({ "input": 1000 })).await?;
+        let key = account(i);
+        api.signal("Account", &key, "open", &json!({ "input": OWNERS[i % OWNERS.len()] })).await?;
+        api.signal("Account", &key, "deposit", &json!({ "input": 1000 })).await?;
     }
     let bar = indicatif::ProgressBar::new(args.transfers as u64);
     bar.set_style(
@@ -54,7 +54,7 @@ pub async fn run(api: &Api, args: DemoArgs) -> Result<u8, CliError> {
         let to = (from + 1 + (t * 3) % (args.accounts - 1)) % args.accounts;
         let key = format!("{}-t{t}", args.run);
         let input = json!({ "from": account(from), "to": account(to), "amount": 1 + (t % 50) as i64 });
-        api.post("/v1/orchestrations/Transfer", &json!({ "key": key, "input": input })).await?;
+        api.start("Transfer", &json!({ "key": key, "input": input })).await?;
         pending.push(format!("orch:Transfer:{key}"));
         bar.inc(1);
     }
@@ -64,7 +64,7 @@ pub async fn run(api: &Api, args: DemoArgs) -> Result<u8, CliError> {
     while !pending.is_empty() {
         let mut still = Vec::new();
         for id in pending {
-            match api.get_optional(&format!("/v1/instances/{}", segment(&id))).await? {
+            match api.instance_if_any(&id).await? {
                 Some(v) if v["status"] != "running" => bar.inc(1),
                 _ => still.push(id),
             }

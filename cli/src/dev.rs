@@ -10,7 +10,7 @@ use durable_processor::runtime;
 use durable_processor::{examples, Registry};
 use serde_json::{json, Value};
 
-use crate::client::{segment, Api, CliError};
+use crate::client::{Api, CliError};
 use crate::exit;
 
 /// Flags of `durable dev`.
@@ -68,18 +68,18 @@ async fn demo(api: &Api) -> Result<(), CliError> {
     eprintln!("demo: {HELLOS} hello sequences, {COUNTER_SIGNALS} counter signals, {TRANSFERS} bank transfers");
     for i in 1..=HELLOS {
         let input = json!(["Tokyo", "Seattle", "London"]);
-        api.post("/v1/orchestrations/HelloSequence", &json!({ "key": format!("demo-{i}"), "input": input })).await?;
+        api.start("HelloSequence", &json!({ "key": format!("demo-{i}"), "input": input })).await?;
     }
     for _ in 0..COUNTER_SIGNALS {
-        api.post("/v1/entities/Counter/demo/add", &json!({ "input": 1 })).await?;
+        api.signal("Counter", "demo", "add", &json!({ "input": 1 })).await?;
     }
     for (owner, key) in [("alice", "alice"), ("bob", "bob")] {
-        api.post(&format!("/v1/entities/Account/{key}/open"), &json!({ "input": owner })).await?;
-        api.post(&format!("/v1/entities/Account/{key}/deposit"), &json!({ "input": 100 })).await?;
+        api.signal("Account", key, "open", &json!({ "input": owner })).await?;
+        api.signal("Account", key, "deposit", &json!({ "input": 100 })).await?;
     }
     for i in 1..=TRANSFERS {
         let input = json!({ "from": "alice", "to": "bob", "amount": 5 });
-        api.post("/v1/orchestrations/Transfer", &json!({ "key": format!("demo-{i}"), "input": input })).await?;
+        api.start("Transfer", &json!({ "key": format!("demo-{i}"), "input": input })).await?;
     }
     let mut pending: Vec<(String, Done)> = Vec::new();
     for i in 1..=HELLOS {
@@ -100,7 +100,7 @@ async fn demo(api: &Api) -> Result<(), CliError> {
     while !pending.is_empty() {
         let mut still = Vec::new();
         for (id, done) in pending {
-            match api.get_optional(&format!("/v1/instances/{}", segment(&id))).await? {
+            match api.instance_if_any(&id).await? {
                 Some(view) if done(&view) => bar.inc(1),
                 _ => still.push((id, done)),
             }

@@ -13,17 +13,14 @@ fuzz_target!(|data: &[u8]| {
     let mut part = || std::str::from_utf8(parts.next().unwrap_or_default()).unwrap_or("x").to_owned();
     let (a, b, c) = (part(), part(), part());
     let body = parts.next().unwrap_or_default();
-    let write = match which % 10 {
+    let actions = durable_schemas::Action::ALL;
+    let write = match which as usize % (4 + actions.len()) {
         0 => Write::Start { name: &a },
         1 => Write::Signal { name: &a, key: &b, operation: &c },
         2 => Write::Raise { id: &a, event: &b },
         3 => Write::Access { id: &a },
-        4 => Write::Suspend { id: &a },
-        5 => Write::Resume { id: &a },
-        6 => Write::Purge { id: &a },
-        7 => Write::Restart { id: &a },
-        8 => Write::Rewind { id: &a },
-        _ => Write::Terminate { id: &a },
+        // Every action, raise and signal too (refused: they are no operator actions).
+        n => Write::Operator { action: actions[n - 4], id: &a },
     };
     if let Ok(request) = read(&write, body, || "fuzz-key".into()) {
         let target = request.target.canonical();

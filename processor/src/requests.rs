@@ -2,7 +2,7 @@
 //! become the target and the event to send, or a [`Refusal`] with a code and a message. Pure (the
 //! API adds the HTTP status, the registry check and the producer), so it can be fuzzed.
 
-use durable_schemas::{AccessChange, Event, Payload};
+use durable_schemas::{AccessChange, Action, Event, Payload};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -47,41 +47,19 @@ pub enum Write<'a> {
         /// Event name.
         event: &'a str,
     },
-    /// `POST /v1/instances/{id}/terminate`.
-    Terminate {
-        /// The orchestration's id.
-        id: &'a str,
-    },
     /// `POST /v1/instances/{id}/access`: share, revoke, transfer ownership, add an owner.
     Access {
         /// The instance's id.
         id: &'a str,
     },
-    /// `POST /v1/instances/{id}/suspend`.
-    Suspend {
-        /// The orchestration's id.
-        id: &'a str,
-    },
-    /// `POST /v1/instances/{id}/resume`.
-    Resume {
-        /// The orchestration's id.
-        id: &'a str,
-    },
-    /// `POST /v1/instances/{id}/purge`: an orchestration or an entity.
-    Purge {
+    /// `POST /v1/instances/{id}/{action}`: an operator action ([`Action::OPERATOR`]) — a
+    /// restart starts a finished orchestration again from its input (the API fills the input
+    /// in from the stored record), a rewind runs a failed one on from the activity failure that
+    /// ended it, a purge takes an orchestration or an entity.
+    Operator {
+        /// Which ([`Action::is_operator`]; another is refused).
+        action: Action,
         /// The instance's id.
-        id: &'a str,
-    },
-    /// `POST /v1/instances/{id}/restart`: start a finished orchestration again from its input
-    /// (the API fills the input in from the stored record).
-    Restart {
-        /// The orchestration's id.
-        id: &'a str,
-    },
-    /// `POST /v1/instances/{id}/rewind`: run a failed orchestration on from the activity
-    /// failure that ended it.
-    Rewind {
-        /// The orchestration's id.
         id: &'a str,
     },
 }
@@ -91,14 +69,7 @@ impl Write<'_> {
     pub fn instance(&self) -> Option<&str> {
         match *self {
             Write::Start { .. } | Write::Signal { .. } => None,
-            Write::Raise { id, .. }
-            | Write::Terminate { id }
-            | Write::Access { id }
-            | Write::Suspend { id }
-            | Write::Resume { id }
-            | Write::Purge { id }
-            | Write::Restart { id }
-            | Write::Rewind { id } => Some(id),
+            Write::Raise { id, .. } | Write::Access { id } | Write::Operator { id, .. } => Some(id),
         }
     }
 }
@@ -266,44 +237,7 @@ pub fn read(write: &Write<'_>, bytes: &[u8], new_key: impl FnOnce() -> String) -
             let event = Event::RaiseEvent { name: event.to_owned(), payload: payload(b.payload) };
             Request { target, event_id: b.event_id, event }
         }
-        Write::Terminate { id } => {
-            let b: ReasonBody = body(bytes)?;
-            let target = orchestration_id(id)?;
-            let reason = b.reason.unwrap_or_else(|| "terminated through the management API".into());
-            Request { target, event_id: b.event_id, event: Event::Terminate { reason } }
-        }
-        Write::Suspend { id } => {
-            let b: ReasonBody = body(bytes)?;
-            let reason = b.reason.unwrap_or_else(|| "suspended through the management API".into());
-            Request { target: orchestration_id(id)?, event_id: b.event_id, event: Event::Suspend { reason } }
-        }
-        Write::Resume { id } => {
-            let b: ReasonBody = body(bytes)?;
-            let reason = b.reason.unwrap_or_default();
-            Request { target: orchestration_id(id)?, event_id: b.event_id, event: Event::Resume { reason } }
-        }
-        Write::Purge { id } => {
-            let b: ReasonBody = body(bytes)?;
-            let target = parse_id(id)?;
-            if target.kind() == Kind::Activity {
-                return Err(Refusal::new(
-                    "bad_instance_id",
-                    format!("{id} is an activity call: nothing is stored for it"),
-                ));
-            }
-            let reason = b.reason.unwrap_or_else(|| "purged through the management API".into());
-            Request { target, event_id: b.event_id, event: Event::Purge { reason } }
-        }
-        Write::Rewind { id } => {
-            let b: ReasonBody = body(bytes)?;
-            let reason = b.reason.unwrap_or_else(|| "rewound through the management API".into());
-            Request { target: orchestration_id(id)?, event_id: b.event_id, event: Event::Rewind { reason } }
-        }
-        Write::Restart { id } => {
-            let b: EventIdBody = body(bytes)?;
-            let target = orchestration_id(id)?;
-            Request { target, event_id: b.event_id, event: Event::StartOrchestration { input: Payload::null() } }
-        }
+        Write::Operator { action, id } => operator(action, id, bytes)?,
         Write::Access { id } => {
             let mut b: AccessBody = body(bytes)?;
             let target = parse_id(id)?;
@@ -314,6 +248,45 @@ pub fn read(write: &Write<'_>, bytes: &[u8], new_key: impl FnOnce() -> String) -
             Request { target, event_id, event: Event::Access(b.change()?) }
         }
     })
+}
+
+/// Read an operator action's body (`{"reason"?, "event_id"?}`; a restart's takes no reason).
+fn operator(action: Action, id: &str, bytes: &[u8]) -> Result<Request, Refusal> {
+    let via = |what: &str| format!("{what} through the management API");
+    if action == Action::Restart {
+        let b: EventIdBody = body(bytes)?;
+        let event = Event::StartOrchestration { input: Payload::null() };
+        return Ok(Request { target: orchestration_id(id)?, event_id: b.event_id, event });
+    }
+    let b: ReasonBody = body(bytes)?;
+    let (target, event) = match action {
+        Action::Terminate => {
+            (orchestration_id(id)?, Event::Terminate { reason: b.reason.unwrap_or_else(|| via("terminated")) })
+        }
+        Action::Suspend => {
+            (orchestration_id(id)?, Event::Suspend { reason: b.reason.unwrap_or_else(|| via("suspended")) })
+        }
+        Action::Resume => (orchestration_id(id)?, Event::Resume { reason: b.reason.unwrap_or_default() }),
+        Action::Rewind => (orchestration_id(id)?, Event::Rewind { reason: b.reason.unwrap_or_else(|| via("rewound")) }),
+        Action::Purge => {
+            let target = parse_id(id)?;
+            if target.kind() == Kind::Activity {
+                return Err(Refusal::new(
+                    "bad_instance_id",
+                    format!("{id} is an activity call: nothing is stored for it"),
+                ));
+            }
+            (target, Event::Purge { reason: b.reason.unwrap_or_else(|| via("purged")) })
+        }
+        other => {
+            let words: Vec<&str> = Action::OPERATOR.iter().map(|a| a.as_str()).collect();
+            return Err(Refusal::new(
+                "unknown_action",
+                format!("{other} is no operator action: they are {}", words.join(", ")),
+            ));
+        }
+    };
+    Ok(Request { target, event_id: b.event_id, event })
 }
 
 #[cfg(test)]
@@ -328,7 +301,8 @@ mod tests {
         assert_eq!(start.target.canonical(), "orch:Hello:a%20b");
         let typo = read(&Write::Start { name: "Hello" }, br#"{"kee":"x"}"#, || "k".into()).unwrap_err();
         assert_eq!(typo.code, "bad_body");
-        let wrong = read(&Write::Terminate { id: "entity:C:1" }, b"", || "k".into()).unwrap_err();
+        let wrong =
+            read(&Write::Operator { action: Action::Terminate, id: "entity:C:1" }, b"", || "k".into()).unwrap_err();
         assert_eq!(wrong.code, "not_an_orchestration");
         let garbage = read(&Write::Raise { id: "garbage", event: "e" }, b"{}", || "k".into()).unwrap_err();
         assert_eq!(garbage.code, "bad_instance_id");

@@ -17,6 +17,12 @@ const INDEX: &str = include_str!("ui/index.html");
 const SCRIPT: &str = include_str!("ui/console.js");
 const STYLE: &str = include_str!("ui/console.css");
 
+/// The script as served: the status words filled in from the one list of them.
+static SERVED_SCRIPT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let words: Vec<String> = durable_schemas::Status::LISTED.iter().map(|s| format!("'{s}'")).collect();
+    SCRIPT.replace("/*STATUSES*/", &words.join(", "))
+});
+
 const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
@@ -38,7 +44,7 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/", get(|| async { Redirect::temporary("/ui") }))
         .route("/ui", get(|| async { asset("text/html; charset=utf-8", INDEX) }))
         .route("/ui/", get(|| async { Redirect::temporary("/ui") }))
-        .route("/ui/console.js", get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }))
+        .route("/ui/console.js", get(|| async { asset("text/javascript; charset=utf-8", SERVED_SCRIPT.as_str()) }))
         .route("/ui/console.css", get(|| async { asset("text/css; charset=utf-8", STYLE) }))
 }
 
@@ -58,11 +64,17 @@ mod tests {
     }
 
     #[test]
+    fn the_served_script_filters_by_the_shared_status_words() {
+        assert!(SCRIPT.contains("[/*STATUSES*/]"));
+        assert!(SERVED_SCRIPT.contains("const STATUSES = ['running', 'pending', 'suspended', 'completed', 'failed', 'terminated', 'active', 'deleted'];"));
+    }
+
+    #[test]
     fn every_api_route_the_console_calls_exists() {
         for path in ["/v1/counts", "/v1/registry", "/v1/instances", "/v1/dead", "/v1/orchestrations/", "/v1/entities/"]
         {
             assert!(SCRIPT.contains(path), "{path}");
-            assert!(super::super::api::PATHS.iter().any(|p| p.starts_with(path)), "{path} is an API path");
+            assert!(super::super::api::paths().iter().any(|p| p.starts_with(path)), "{path} is an API path");
         }
     }
 }

@@ -2,7 +2,8 @@
 // framework and no build step; every value from the API is shown as text (never as HTML).
 'use strict';
 
-const STATUSES = ['running', 'pending', 'suspended', 'completed', 'failed', 'terminated', 'active', 'deleted'];
+// The status words a listing filters by: the server writes durable_schemas::Status::LISTED here.
+const STATUSES = [/*STATUSES*/];
 const PAGE = 50;
 const main = () => document.getElementById('main');
 
@@ -266,25 +267,19 @@ function actions(view, path) {
   };
   const reason = (r) => (r ? { reason: r } : {});
   const parsed = (text) => (text ? JSON.parse(text) : null);
-  const s = view.status;
-  if (view.kind === 'orch') {
-    if (s === 'running' || s === 'suspended' || s === 'pending') {
-      act('raise', 'Raise event', [['name', 'event name'], ['payload', 'payload JSON']], (n, p) => [`events/${encodeURIComponent(n)}`, { payload: parsed(p) }]);
-    }
-    if (s === 'running') act('suspend', 'Suspend', [['reason', 'reason']], (r) => ['suspend', reason(r)]);
-    if (s === 'suspended') act('resume', 'Resume', [['reason', 'reason']], (r) => ['resume', reason(r)]);
-    if (s === 'running' || s === 'suspended') act('terminate', 'Terminate', [['reason', 'reason']], (r) => ['terminate', reason(r)], true);
-    if (s === 'pending') act('purge', 'Purge', [['reason', 'reason']], (r) => ['purge', reason(r)], true);
-    if (['completed', 'failed', 'terminated'].includes(s)) {
-      if (s === 'failed') act('rewind', 'Rewind', [['reason', 'reason']], (r) => ['rewind', reason(r)]);
-      act('restart', 'Restart', [], () => ['restart', {}]);
-      act('purge', 'Purge', [['reason', 'reason']], (r) => ['purge', reason(r)], true);
-    }
-  } else if (view.kind === 'entity') {
-    act('signal', 'Signal', [['operation', 'operation'], ['input', 'input JSON']], (op, input) =>
-      [`/v1/entities/${encodeURIComponent(view.name)}/${encodeURIComponent(view.key)}/${encodeURIComponent(op)}`, { input: parsed(input) }]);
-    act('purge', 'Purge', [['reason', 'reason']], (r) => ['purge', reason(r)], true);
-  }
+  // What the instance allows now is the API's to say (view.actions); here only how each is asked.
+  const forms = {
+    raise: () => act('raise', 'Raise event', [['name', 'event name'], ['payload', 'payload JSON']], (n, p) => [`events/${encodeURIComponent(n)}`, { payload: parsed(p) }]),
+    signal: () => act('signal', 'Signal', [['operation', 'operation'], ['input', 'input JSON']], (op, input) =>
+      [`/v1/entities/${encodeURIComponent(view.name)}/${encodeURIComponent(view.key)}/${encodeURIComponent(op)}`, { input: parsed(input) }]),
+    suspend: () => act('suspend', 'Suspend', [['reason', 'reason']], (r) => ['suspend', reason(r)]),
+    resume: () => act('resume', 'Resume', [['reason', 'reason']], (r) => ['resume', reason(r)]),
+    terminate: () => act('terminate', 'Terminate', [['reason', 'reason']], (r) => ['terminate', reason(r)], true),
+    rewind: () => act('rewind', 'Rewind', [['reason', 'reason']], (r) => ['rewind', reason(r)]),
+    restart: () => act('restart', 'Restart', [], () => ['restart', {}]),
+    purge: () => act('purge', 'Purge', [['reason', 'reason']], (r) => ['purge', reason(r)], true),
+  };
+  for (const name of view.actions || []) if (forms[name]) forms[name]();
   return box.childElementCount ? el('div', {}, el('h2', { text: 'Actions' }), box) : el('div');
 }
 
