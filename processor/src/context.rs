@@ -11,10 +11,10 @@ pub mod activity;
 pub mod combinators;
 pub mod entity;
 pub mod orchestration;
+pub mod retry;
 
 pub use activity::{ActivityContext, ActivityRequest};
 pub use combinators::{when_all, when_any, when_any2, Either};
 pub use entity::{EntityContext, EntityType, UNKNOWN_OPERATION};
-pub use orchestration::{
-    ActivityOptions, LockGuard, OrchestrationContext, RetryOn, RetryPolicy, LOCK_VIOLATION, NONDETERMINISM,
-};
+pub use orchestration::{LockGuard, OrchestrationContext, LOCK_VIOLATION, NONDETERMINISM};
+pub use retry::{ActivityOptions, RetryOn, RetryPolicy};

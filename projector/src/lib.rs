@@ -198,7 +198,50 @@ impl Projector {
     /// Project one batch. `Err` means Typesense is unavailable: retry the same batch later.
     pub async fn apply(&mut self, batch: &[Input]) -> Result<(), TsError> {
         let started = Instant::now();
-        // Newest record per document; bad records go to the dead-letter topic.
+        let (mut newest, order) = self.newest_per_document(batch).await;
+        // Version guard.
+        let mut wanted = Vec::with_capacity(order.len());
+        for id in &order {
+            let target = self.target(&newest[id].alias).await?;
+            wanted.push((target, id.clone()));
+        }
+        self.known_versions(&wanted).await?;
+        let mut upserts: HashMap<(String, &'static str), Vec<Pending>> = HashMap::new();
+        let mut deletes: Vec<(String, String, u64)> = Vec::new();
+        for (target, id) in wanted {
+            let m = newest.remove(&id).expect("mapped");
+            if m.version != TOMBSTONE && self.versions.get(&id).copied().unwrap_or(0) >= m.version {
+                METRICS.records.with_label_values(&["stale"]).inc();
+                continue;
+            }
+            METRICS.records.with_label_values(&["projected"]).inc();
+            match m.action {
+                Action::Upsert(doc) => {
+                    let action = if m.alias.ends_with("_orchestrations") { "emplace" } else { "upsert" };
+                    upserts.entry((target, action)).or_default().push((id, m.version, doc));
+                }
+                Action::Delete => deletes.push((target, id, m.version)),
+            }
+        }
+        self.import(upserts).await?;
+        for (target, id, version) in deletes {
+            self.ts.delete(&target, &id).await?;
+            METRICS.documents.with_label_values(&["deleted"]).inc();
+            if version == TOMBSTONE {
+                // Purged: a new instance with this id starts its versions again.
+                self.versions.remove(&id);
+            } else {
+                self.versions.insert(id, version);
+            }
+        }
+        METRICS.batch_size.observe(batch.len() as f64);
+        METRICS.batch_latency.observe(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// The newest record of each document in `batch`, and the documents in first-seen order;
+    /// records that are no state record go to the dead-letter topic.
+    async fn newest_per_document(&mut self, batch: &[Input]) -> (HashMap<String, Mapped>, Vec<String>) {
         let mut newest: HashMap<String, Mapped> = HashMap::new();
         let mut order: Vec<String> = Vec::new();
         for input in batch {
@@ -235,30 +278,12 @@ impl Projector {
                 }
             }
         }
-        // Version guard.
-        let mut wanted = Vec::with_capacity(order.len());
-        for id in &order {
-            let target = self.target(&newest[id].alias).await?;
-            wanted.push((target, id.clone()));
-        }
-        self.known_versions(&wanted).await?;
-        let mut upserts: HashMap<(String, &'static str), Vec<Pending>> = HashMap::new();
-        let mut deletes: Vec<(String, String, u64)> = Vec::new();
-        for (target, id) in wanted {
-            let m = newest.remove(&id).expect("mapped");
-            if m.version != TOMBSTONE && self.versions.get(&id).copied().unwrap_or(0) >= m.version {
-                METRICS.records.with_label_values(&["stale"]).inc();
-                continue;
-            }
-            METRICS.records.with_label_values(&["projected"]).inc();
-            match m.action {
-                Action::Upsert(doc) => {
-                    let action = if m.alias.ends_with("_orchestrations") { "emplace" } else { "upsert" };
-                    upserts.entry((target, action)).or_default().push((id, m.version, doc));
-                }
-                Action::Delete => deletes.push((target, id, m.version)),
-            }
-        }
+        (newest, order)
+    }
+
+    /// Import the upserts, per collection and action; a document Typesense rejects goes to the
+    /// dead-letter topic, a refused request is retried with its target recreated.
+    async fn import(&mut self, upserts: HashMap<(String, &'static str), Vec<Pending>>) -> Result<(), TsError> {
         for ((target, action), docs) in upserts {
             let bodies: Vec<Value> = docs.iter().map(|(_, _, d)| d.clone()).collect();
             let results = match self.ts.import(&target, action, &bodies).await {
@@ -284,18 +309,6 @@ impl Projector {
                 }
             }
         }
-        for (target, id, version) in deletes {
-            self.ts.delete(&target, &id).await?;
-            METRICS.documents.with_label_values(&["deleted"]).inc();
-            if version == TOMBSTONE {
-                // Purged: a new instance with this id starts its versions again.
-                self.versions.remove(&id);
-            } else {
-                self.versions.insert(id, version);
-            }
-        }
-        METRICS.batch_size.observe(batch.len() as f64);
-        METRICS.batch_latency.observe(started.elapsed().as_secs_f64());
         Ok(())
     }
 

@@ -73,67 +73,80 @@ pub fn check(schema: &Schema, names: &Names<'_>, datum: &[u8]) -> Result<(), Str
                     input.skip_len("map key")?;
                 }
             }
-            Task::Value(schema, depth) => match schema {
-                Schema::Null => {}
-                Schema::Boolean => match input.byte()? {
-                    0 | 1 => {}
-                    b => return Err(format!("boolean byte {b} at {}", input.at - 1)),
-                },
-                Schema::Int | Schema::Date | Schema::TimeMillis => {
-                    let v = input.long()?;
-                    if i32::try_from(v).is_err() {
-                        return Err(format!("int out of range at {}", input.at));
-                    }
-                }
-                Schema::Long
-                | Schema::TimeMicros
-                | Schema::TimestampMillis
-                | Schema::TimestampMicros
-                | Schema::TimestampNanos
-                | Schema::LocalTimestampMillis
-                | Schema::LocalTimestampMicros
-                | Schema::LocalTimestampNanos => {
-                    input.long()?;
-                }
-                Schema::Float => input.skip(4, "float")?,
-                Schema::Double => input.skip(8, "double")?,
-                Schema::Bytes | Schema::String | Schema::BigDecimal | Schema::Decimal(_) | Schema::Uuid(_) => {
-                    input.skip_len("string or bytes")?
-                }
-                Schema::Fixed(f) | Schema::Duration(f) => input.skip(f.size, "fixed")?,
-                Schema::Enum(e) => {
-                    let i = input.long()?;
-                    if i < 0 || i as usize >= e.symbols.len() {
-                        return Err(format!("enum index {i} out of range at {}", input.at));
-                    }
-                }
-                Schema::Array(a) => stack.push(Task::Items { item: &a.items, left: 0, map: false, depth }),
-                Schema::Map(m) => stack.push(Task::Items { item: &m.types, left: 0, map: true, depth }),
-                Schema::Union(u) => {
-                    let i = input.long()?;
-                    let variant = usize::try_from(i)
-                        .ok()
-                        .and_then(|i| u.variants().get(i))
-                        .ok_or_else(|| format!("union index {i} out of range at {}", input.at))?;
-                    stack.push(Task::Value(variant, depth));
-                }
-                Schema::Record(r) => {
-                    if depth >= MAX_RECORD_DEPTH {
-                        return Err(format!(
-                            "records nested deeper than {MAX_RECORD_DEPTH} (at most {MAX_WRAPPERS} wrappers around an event)"
-                        ));
-                    }
-                    stack.extend(r.fields.iter().rev().map(|f| Task::Value(&f.schema, depth + 1)));
-                }
-                Schema::Ref { name } => {
-                    let named = names.0.get(name).ok_or_else(|| format!("unknown named type {name}"))?;
-                    stack.push(Task::Value(named, depth));
-                }
-            },
+            Task::Value(schema, depth) => value(schema, depth, names, &mut input, &mut stack)?,
         }
     }
     if input.at != datum.len() {
         return Err(format!("{} trailing bytes after the datum", datum.len() - input.at));
+    }
+    Ok(())
+}
+
+/// Read one value of `schema` at record `depth`: scalars are checked here, what they contain
+/// is pushed on `stack` for later.
+fn value<'s>(
+    schema: &'s Schema,
+    depth: usize,
+    names: &Names<'s>,
+    input: &mut Input<'_>,
+    stack: &mut Vec<Task<'s>>,
+) -> Result<(), String> {
+    match schema {
+        Schema::Null => {}
+        Schema::Boolean => match input.byte()? {
+            0 | 1 => {}
+            b => return Err(format!("boolean byte {b} at {}", input.at - 1)),
+        },
+        Schema::Int | Schema::Date | Schema::TimeMillis => {
+            let v = input.long()?;
+            if i32::try_from(v).is_err() {
+                return Err(format!("int out of range at {}", input.at));
+            }
+        }
+        Schema::Long
+        | Schema::TimeMicros
+        | Schema::TimestampMillis
+        | Schema::TimestampMicros
+        | Schema::TimestampNanos
+        | Schema::LocalTimestampMillis
+        | Schema::LocalTimestampMicros
+        | Schema::LocalTimestampNanos => {
+            input.long()?;
+        }
+        Schema::Float => input.skip(4, "float")?,
+        Schema::Double => input.skip(8, "double")?,
+        Schema::Bytes | Schema::String | Schema::BigDecimal | Schema::Decimal(_) | Schema::Uuid(_) => {
+            input.skip_len("string or bytes")?
+        }
+        Schema::Fixed(f) | Schema::Duration(f) => input.skip(f.size, "fixed")?,
+        Schema::Enum(e) => {
+            let i = input.long()?;
+            if i < 0 || i as usize >= e.symbols.len() {
+                return Err(format!("enum index {i} out of range at {}", input.at));
+            }
+        }
+        Schema::Array(a) => stack.push(Task::Items { item: &a.items, left: 0, map: false, depth }),
+        Schema::Map(m) => stack.push(Task::Items { item: &m.types, left: 0, map: true, depth }),
+        Schema::Union(u) => {
+            let i = input.long()?;
+            let variant = usize::try_from(i)
+                .ok()
+                .and_then(|i| u.variants().get(i))
+                .ok_or_else(|| format!("union index {i} out of range at {}", input.at))?;
+            stack.push(Task::Value(variant, depth));
+        }
+        Schema::Record(r) => {
+            if depth >= MAX_RECORD_DEPTH {
+                return Err(format!(
+                    "records nested deeper than {MAX_RECORD_DEPTH} (at most {MAX_WRAPPERS} wrappers around an event)"
+                ));
+            }
+            stack.extend(r.fields.iter().rev().map(|f| Task::Value(&f.schema, depth + 1)));
+        }
+        Schema::Ref { name } => {
+            let named = names.0.get(name).ok_or_else(|| format!("unknown named type {name}"))?;
+            stack.push(Task::Value(named, depth));
+        }
     }
     Ok(())
 }

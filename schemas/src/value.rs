@@ -141,24 +141,29 @@ fn event_to_value(event: &Event, branches: &[String]) -> Value {
         Event::WithPrincipal { user, roles, inner } => {
             vec![("user", string(user)), ("roles", strings(roles)), ("inner", event_to_value(inner, branches))]
         }
-        Event::Access(change) => match change {
-            AccessChange::ShareWithUser { user, operations } => {
-                vec![("user", string(user)), ("operations", strings(operations))]
-            }
-            AccessChange::ShareWithRole { role, operations } => {
-                vec![("role", string(role)), ("operations", strings(operations))]
-            }
-            AccessChange::RevokeUser { user }
-            | AccessChange::TransferOwnership { user }
-            | AccessChange::AddOwner { user } => vec![("user", string(user))],
-            AccessChange::RevokeRole { role } => vec![("role", string(role))],
-        },
+        Event::Access(change) => access_fields(change),
     };
     let index = branches
         .iter()
         .position(|b| b == event.name())
         .unwrap_or_else(|| panic!("schema has no branch {}", event.name()));
     rec(vec![("event", Value::Union(index as u32, Box::new(rec(fields))))])
+}
+
+/// The fields of a sharing event.
+fn access_fields(change: &AccessChange) -> Vec<(&'static str, Value)> {
+    match change {
+        AccessChange::ShareWithUser { user, operations } => {
+            vec![("user", string(user)), ("operations", strings(operations))]
+        }
+        AccessChange::ShareWithRole { role, operations } => {
+            vec![("role", string(role)), ("operations", strings(operations))]
+        }
+        AccessChange::RevokeUser { user }
+        | AccessChange::TransferOwnership { user }
+        | AccessChange::AddOwner { user } => vec![("user", string(user))],
+        AccessChange::RevokeRole { role } => vec![("role", string(role))],
+    }
 }
 
 /// Named access to a decoded record's fields.
@@ -365,17 +370,27 @@ fn event_from_value(v: Value, branches: &[String]) -> Result<Event> {
         "WithPrincipal" => {
             Event::WithPrincipal { user: f.string("user")?, roles: f.strings("roles")?, inner: inner_event(&mut f)? }
         }
-        "ShareWithUser" => {
-            Event::Access(AccessChange::ShareWithUser { user: f.string("user")?, operations: f.strings("operations")? })
-        }
-        "ShareWithRole" => {
-            Event::Access(AccessChange::ShareWithRole { role: f.string("role")?, operations: f.strings("operations")? })
-        }
-        "RevokeUser" => Event::Access(AccessChange::RevokeUser { user: f.string("user")? }),
-        "RevokeRole" => Event::Access(AccessChange::RevokeRole { role: f.string("role")? }),
-        "TransferOwnership" => Event::Access(AccessChange::TransferOwnership { user: f.string("user")? }),
-        "AddOwner" => Event::Access(AccessChange::AddOwner { user: f.string("user")? }),
-        other => return Err(shape(format!("event type {other} is not known to this version"))),
+        other => match access_from(other, &mut f)? {
+            Some(change) => Event::Access(change),
+            None => return Err(shape(format!("event type {other} is not known to this version"))),
+        },
     };
     Ok(event)
+}
+
+/// A sharing event of the branch `name` (`None`: no such branch).
+fn access_from(name: &str, f: &mut Fields) -> Result<Option<AccessChange>> {
+    Ok(Some(match name {
+        "ShareWithUser" => {
+            AccessChange::ShareWithUser { user: f.string("user")?, operations: f.strings("operations")? }
+        }
+        "ShareWithRole" => {
+            AccessChange::ShareWithRole { role: f.string("role")?, operations: f.strings("operations")? }
+        }
+        "RevokeUser" => AccessChange::RevokeUser { user: f.string("user")? },
+        "RevokeRole" => AccessChange::RevokeRole { role: f.string("role")? },
+        "TransferOwnership" => AccessChange::TransferOwnership { user: f.string("user")? },
+        "AddOwner" => AccessChange::AddOwner { user: f.string("user")? },
+        _ => return Ok(None),
+    }))
 }

@@ -38,110 +38,134 @@ pub(super) fn step(
 /// Apply one event to an entity: operations run unless another owner holds the lock (then they
 /// queue), lock requests take the lock or queue, releases free it and serve the queue.
 fn handle(registry: &Registry, id: &InstanceId, state: &mut EntityState, envelope: Envelope, out: &mut Collector) {
-    let (wrappers, core) = unwrap(&envelope.body);
-    match core.clone() {
-        Event::EntityOperation { operation, input } => {
-            if let Some((owner, _)) = &wrappers.lock {
-                if envelope.source.as_ref() != Some(owner) {
-                    let reason = format!(
-                        "operation {operation:?} carries the lock of {owner} but comes from {:?}: only the lock's owner sends inside its critical section",
-                        envelope.source
-                    );
-                    return out.dead(envelope, reason);
-                }
-            }
-            let sender = wrappers.lock.as_ref().map(|(owner, _)| owner.as_str());
-            if state.lock.as_ref().is_some_and(|l| Some(l.owner.as_str()) != sender) {
-                let limit = out.limits.max_entity_queue;
-                let queued = || super::stored_bytes(&state.queue);
-                let full = match state.queue.len() >= limit {
-                    true => Err(format!(
-                        "{id} is locked and {limit} operations already wait for it (DURABLE_MAX_ENTITY_QUEUE)"
-                    )),
-                    false => {
-                        out.buffer(queued, envelope.encode().len()).map_err(|why| format!("{id} is locked: {why}"))
-                    }
-                };
-                if let Err(message) = full {
-                    let failure = durable_schemas::Failure::new("QueueFull", message);
-                    out.dead(envelope.clone(), failure.message.clone());
-                    return answer(id, &wrappers, Err(failure), out);
-                }
-                state.queue.push_back(envelope);
-            } else {
-                run_operation(registry, id, state, &envelope, &wrappers, &operation, &input, out);
-            }
-        }
-        Event::LockRequest { owner, correlation, participants, position } => {
-            let me = id.canonical();
-            if participants.get(position.max(0) as usize) != Some(&me) {
-                let reason = format!("lock request for {me} names participant {position} of {participants:?}");
-                return out.dead(envelope, reason);
-            }
-            // The chain: the owner asks the first entity, each entity the next one.
-            let asker = if position == 0 { Some(&owner) } else { participants.get(position as usize - 1) };
-            let owner_is_orchestration = InstanceId::parse(&owner).is_ok_and(|o| o.kind() == Kind::Orchestration);
-            if !owner_is_orchestration || envelope.source.is_none() || envelope.source.as_ref() != asker {
-                let reason = format!(
-                    "lock request from {:?} for owner {owner} at position {position}: only the owner (an orchestration) asks the first entity, and each entity the next",
-                    envelope.source
-                );
-                return out.dead(envelope, reason);
-            }
-            match &state.lock {
-                Some(l) if l.owner == owner && l.correlation == correlation => {} // already ours
-                Some(_) => {
-                    let queued = || super::stored_bytes(&state.queue);
-                    match out.buffer(queued, envelope.encode().len()) {
-                        Ok(()) => state.queue.push_back(envelope),
-                        Err(why) => {
-                            let reason = format!("{me} is locked: {why}");
-                            super::refuse(id, &wrappers, core, envelope.clone(), reason, out);
-                        }
-                    }
-                }
-                None => {
-                    state.lock = Some(EntityLock { owner: owner.clone(), correlation: correlation.clone() });
-                    let next = position as usize + 1;
-                    let (target, body) = match participants.get(next) {
-                        Some(p) => {
-                            let target = p.clone();
-                            (target, Event::LockRequest { owner, correlation, participants, position: next as i32 })
-                        }
-                        None => (owner, Event::LockGranted { correlation, participants }),
-                    };
-                    let mut e = Envelope::new(out.event_id(), target, out.now, body);
-                    e.source = Some(me);
-                    // The next participant decides the same principal's request.
-                    if let Some(principal) = &wrappers.principal {
-                        run_as(principal, &mut e);
-                    }
-                    out.effects.push(Effect::Emit(e));
-                }
-            }
-        }
-        Event::LockRelease { owner, correlation } => {
-            if envelope.source.as_ref() != Some(&owner) {
-                let reason = format!("lock release for {owner} from {:?}: only the owner releases", envelope.source);
-                return out.dead(envelope, reason);
-            }
-            if state.lock.as_ref().is_some_and(|l| l.owner == owner && l.correlation == correlation) {
-                state.lock = None;
-                let queued = std::mem::take(&mut state.queue);
-                for envelope in queued {
-                    handle(registry, id, state, envelope, out);
-                }
-            } else {
-                // Released before the request got here: withdraw it from the queue.
-                state.queue.retain(|queued| {
-                    !matches!(unwrap(&queued.body).1, Event::LockRequest { owner: o, correlation: c, .. } if *o == owner && *c == correlation)
-                });
-            }
-        }
+    match unwrap(&envelope.body).1 {
+        Event::EntityOperation { .. } => operation(registry, id, state, envelope, out),
+        Event::LockRequest { .. } => lock_request(id, state, envelope, out),
+        Event::LockRelease { .. } => lock_release(registry, id, state, envelope, out),
         other => {
             let reason = format!("entity {id} cannot handle {}", other.name());
             out.dead(envelope, reason);
         }
+    }
+}
+
+/// An operation: run it, unless another owner holds the lock (then it queues, within the
+/// queue's limits; past them a call is answered `QueueFull`).
+fn operation(registry: &Registry, id: &InstanceId, state: &mut EntityState, envelope: Envelope, out: &mut Collector) {
+    let (wrappers, core) = unwrap(&envelope.body);
+    let Event::EntityOperation { operation, input } = core.clone() else { unreachable!("an operation") };
+    if let Some((owner, _)) = &wrappers.lock {
+        if envelope.source.as_ref() != Some(owner) {
+            let reason = format!(
+                "operation {operation:?} carries the lock of {owner} but comes from {:?}: only the lock's owner sends inside its critical section",
+                envelope.source
+            );
+            return out.dead(envelope, reason);
+        }
+    }
+    let sender = wrappers.lock.as_ref().map(|(owner, _)| owner.as_str());
+    if state.lock.as_ref().is_some_and(|l| Some(l.owner.as_str()) != sender) {
+        let limit = out.limits.max_entity_queue;
+        let queued = || super::stored_bytes(&state.queue);
+        let full = match state.queue.len() >= limit {
+            true => {
+                Err(format!("{id} is locked and {limit} operations already wait for it (DURABLE_MAX_ENTITY_QUEUE)"))
+            }
+            false => out.buffer(queued, envelope.encode().len()).map_err(|why| format!("{id} is locked: {why}")),
+        };
+        if let Err(message) = full {
+            let failure = durable_schemas::Failure::new("QueueFull", message);
+            out.dead(envelope.clone(), failure.message.clone());
+            return answer(id, &wrappers, Err(failure), out);
+        }
+        state.queue.push_back(envelope);
+    } else {
+        run_operation(registry, id, state, &envelope, &wrappers, &operation, &input, out);
+    }
+}
+
+/// A lock request, passed along a lock set's chain: take the lock and ask the next participant
+/// (the last one grants the owner), or queue while another owner holds it.
+fn lock_request(id: &InstanceId, state: &mut EntityState, envelope: Envelope, out: &mut Collector) {
+    let (wrappers, core) = unwrap(&envelope.body);
+    let Event::LockRequest { owner, correlation, participants, position } = core.clone() else {
+        unreachable!("a lock request")
+    };
+    let me = id.canonical();
+    if participants.get(position.max(0) as usize) != Some(&me) {
+        let reason = format!("lock request for {me} names participant {position} of {participants:?}");
+        return out.dead(envelope, reason);
+    }
+    // The chain: the owner asks the first entity, each entity the next one.
+    let asker = if position == 0 { Some(&owner) } else { participants.get(position as usize - 1) };
+    let owner_is_orchestration = InstanceId::parse(&owner).is_ok_and(|o| o.kind() == Kind::Orchestration);
+    if !owner_is_orchestration || envelope.source.is_none() || envelope.source.as_ref() != asker {
+        let reason = format!(
+            "lock request from {:?} for owner {owner} at position {position}: only the owner (an orchestration) asks the first entity, and each entity the next",
+            envelope.source
+        );
+        return out.dead(envelope, reason);
+    }
+    match &state.lock {
+        Some(l) if l.owner == owner && l.correlation == correlation => {} // already ours
+        Some(_) => {
+            let queued = || super::stored_bytes(&state.queue);
+            match out.buffer(queued, envelope.encode().len()) {
+                Ok(()) => state.queue.push_back(envelope),
+                Err(why) => {
+                    let reason = format!("{me} is locked: {why}");
+                    super::refuse(id, &wrappers, core, envelope.clone(), reason, out);
+                }
+            }
+        }
+        None => {
+            state.lock = Some(EntityLock { owner: owner.clone(), correlation: correlation.clone() });
+            let next = position as usize + 1;
+            let (target, body) = match participants.get(next) {
+                Some(p) => {
+                    let target = p.clone();
+                    (target, Event::LockRequest { owner, correlation, participants, position: next as i32 })
+                }
+                None => (owner, Event::LockGranted { correlation, participants }),
+            };
+            let mut e = Envelope::new(out.event_id(), target, out.now, body);
+            e.source = Some(me);
+            // The next participant decides the same principal's request.
+            if let Some(principal) = &wrappers.principal {
+                run_as(principal, &mut e);
+            }
+            out.effects.push(Effect::Emit(e));
+        }
+    }
+}
+
+/// A lock release from its owner: free the lock and serve the queue (or withdraw a request that
+/// has not arrived yet).
+fn lock_release(
+    registry: &Registry,
+    id: &InstanceId,
+    state: &mut EntityState,
+    envelope: Envelope,
+    out: &mut Collector,
+) {
+    let Event::LockRelease { owner, correlation } = unwrap(&envelope.body).1.clone() else {
+        unreachable!("a lock release")
+    };
+    if envelope.source.as_ref() != Some(&owner) {
+        let reason = format!("lock release for {owner} from {:?}: only the owner releases", envelope.source);
+        return out.dead(envelope, reason);
+    }
+    if state.lock.as_ref().is_some_and(|l| l.owner == owner && l.correlation == correlation) {
+        state.lock = None;
+        let queued = std::mem::take(&mut state.queue);
+        for envelope in queued {
+            handle(registry, id, state, envelope, out);
+        }
+    } else {
+        // Released before the request got here: withdraw it from the queue.
+        state.queue.retain(|queued| {
+            !matches!(unwrap(&queued.body).1, Event::LockRequest { owner: o, correlation: c, .. } if *o == owner && *c == correlation)
+        });
     }
 }
 

@@ -5,211 +5,25 @@
 //! a time, polling after each; new events are then buffered (replies in `early`, external events
 //! in `inbox`) and handed to the code one at a time, each becoming a new log entry.
 
-use atomic_refcell::AtomicRefCell;
 use std::collections::{BTreeSet, VecDeque};
-use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 
 use durable_schemas::{Envelope, Event, Failure, Payload};
 
-use super::{guarded, unwrap, Collector, DropReason, Limits};
+use super::{unwrap, Collector, DropReason, Limits};
 use crate::access::{Principal, FORBIDDEN};
-use crate::context::orchestration::{lock_releases, Shared};
-use crate::context::OrchestrationContext;
+use crate::context::orchestration::lock_releases;
 use crate::effect::Effect;
 use crate::history::{
-    parse_correlation, Body, Command, CommandKind, Completion, HeldLocks, InstanceRecord, LogEntry,
-    OrchestrationHistory, OrchestrationStatus, ReplyAddress,
+    parse_correlation, Body, Command, CommandKind, Completion, HeldLocks, InstanceRecord, OrchestrationHistory,
+    OrchestrationStatus, ReplyAddress,
 };
 use crate::id::{InstanceId, Kind};
-use crate::registry::{OrchestrationFuture, Registry};
+use crate::registry::Registry;
+
+pub(super) use super::execution::Execution;
 
 /// How many generations one step may run through `continue_as_new` before it is a loop.
 const MAX_GENERATIONS_PER_STEP: u32 = 1000;
-
-/// One execution of the code: within a step, and between steps while the orchestration is live
-/// ([`super::Live`]).
-pub(super) struct Execution {
-    shared: Arc<AtomicRefCell<Shared>>,
-    /// `None` once finished.
-    fut: Option<OrchestrationFuture>,
-    /// Set when the code returned, panicked or diverged.
-    outcome: Option<Result<Payload, Failure>>,
-}
-
-impl Drop for Execution {
-    /// However the code ends — finished, terminated, suspended, purged, evicted — its future is
-    /// dropped under [`guarded`].
-    fn drop(&mut self) {
-        self.discard();
-    }
-}
-
-impl Execution {
-    /// Start the code for `history` and replay its log.
-    /// Run the code over `h`'s history; the commands of the `reissue` slots are sent again.
-    fn replay(
-        registry: &Registry,
-        id: &InstanceId,
-        h: &OrchestrationHistory,
-        limits: Limits,
-        reissue: BTreeSet<u32>,
-    ) -> Result<Self, Failure> {
-        let handler = registry.orchestration_handler(id.name()).ok_or_else(|| {
-            Failure::new("NotRegistered", format!("no orchestration named {:?} is registered", id.name()))
-        })?;
-        let mut shared = Shared::new(id.clone(), h.generation, h.commands.clone(), h.started_at);
-        shared.max_new_commands = limits.max_fan_out;
-        shared.replaying = !(h.commands.is_empty() && h.log.is_empty());
-        shared.reissue = reissue;
-        let shared = Arc::new(AtomicRefCell::new(shared));
-        let fut = handler(OrchestrationContext::new(shared.clone()), h.input.clone());
-        let mut exec = Self { shared, fut: Some(fut), outcome: None };
-        exec.poll();
-        for (position, entry) in h.log.iter().enumerate() {
-            if exec.outcome.is_some() {
-                break;
-            }
-            exec.set_delivered(entry.slot, entry.completion.clone(), position, entry.at);
-            exec.poll();
-        }
-        let shared = exec.shared.clone();
-        let mut s = shared.borrow_mut();
-        if s.replaying {
-            s.replaying = false;
-            let divergence = match &exec.outcome {
-                // Returning before the end of recorded history: the code changed.
-                Some(Ok(_)) => Some(format!(
-                    "replay diverged at slot {}: the code returned while history recorded {} commands",
-                    s.next_slot,
-                    s.commands.len()
-                )),
-                Some(Err(_)) => None,
-                None if (s.next_slot as usize) < s.commands.len() => {
-                    let missing = &s.commands[s.next_slot as usize];
-                    Some(format!(
-                        "replay diverged at slot {}: history recorded {:?}({}), the code no longer asks for it",
-                        s.next_slot, missing.kind, missing.name
-                    ))
-                }
-                None => None,
-            };
-            if let Some(message) = divergence {
-                let failure = Failure { kind: crate::context::NONDETERMINISM.to_owned(), message, details: None };
-                s.error = Some(failure.clone());
-                drop(s);
-                exec.finish(Err(failure));
-                return Ok(exec);
-            }
-        }
-        drop(s);
-        Ok(exec)
-    }
-
-    /// Whether this execution, kept from an earlier step, is where a replay of `h` would leave
-    /// the code: the same generation, every recorded command issued and every logged completion
-    /// delivered, still waiting. A cheap check of what the partition core's etag already proves.
-    fn fits(&self, h: &OrchestrationHistory) -> bool {
-        let s = self.shared.borrow();
-        self.fut.is_some()
-            && self.outcome.is_none()
-            && h.status == OrchestrationStatus::Running
-            && !s.replaying
-            && s.error.is_none()
-            && s.generation == h.generation
-            && s.commands.len() == h.commands.len()
-            && s.next_slot as usize == h.commands.len()
-            && s.delivered.len() == h.log.len()
-            && s.reissue.is_empty()
-            && s.effects.is_empty()
-    }
-
-    /// What the code's side of this execution holds, for comparing a live execution with a replay
-    /// of the same history (the simulator's differential check). The custom status is left out:
-    /// the history holds it once a step ends.
-    pub(super) fn fingerprint(&self) -> String {
-        let s = self.shared.borrow();
-        let mut delivered: Vec<_> = s.delivered.iter().collect();
-        delivered.sort_by_key(|(slot, _)| **slot);
-        format!(
-            "generation {} next_slot {} now {} random {} finished {} commands {:?} delivered {:?} waits {:?} \
-             abandoned {:?} children {:?} lock {:?}",
-            s.generation,
-            s.next_slot,
-            s.now,
-            s.random_calls,
-            self.fut.is_none(),
-            s.commands,
-            delivered,
-            s.waits,
-            s.abandoned,
-            s.children,
-            s.lock,
-        )
-    }
-
-    fn set_delivered(&self, slot: u32, completion: Completion, position: usize, at: i64) {
-        let mut s = self.shared.borrow_mut();
-        s.delivered.insert(slot, (completion, position));
-        s.waits.remove(&slot);
-        s.now = at;
-    }
-
-    /// Deliver a new completion: append it to the log, then poll.
-    fn deliver(&mut self, h: &mut OrchestrationHistory, slot: u32, completion: Completion, at: i64) {
-        h.log.push(LogEntry { slot, completion: completion.clone(), at });
-        self.set_delivered(slot, completion, h.log.len() - 1, at);
-        self.poll();
-    }
-
-    fn poll(&mut self) {
-        let Some(fut) = self.fut.as_mut() else { return };
-        let polled = guarded(|| fut.as_mut().poll(&mut Context::from_waker(Waker::noop())));
-        let error = self.shared.borrow().error.clone();
-        match (polled, error) {
-            (_, Some(failure)) => self.finish(Err(failure)),
-            (Ok(Poll::Ready(result)), None) => self.finish(result),
-            (Ok(Poll::Pending), None) => {}
-            (Err(panic), None) => {
-                self.finish(Err(Failure::new("Panic", format!("orchestration code panicked: {panic}"))))
-            }
-        }
-    }
-
-    fn finish(&mut self, outcome: Result<Payload, Failure>) {
-        self.discard();
-        self.outcome = Some(outcome);
-    }
-
-    /// Drop the code's future, catching a panic of its drop (application code may hold values
-    /// whose drop panics across an await): it must not unwind through the engine.
-    fn discard(&mut self) {
-        if let Some(fut) = self.fut.take() {
-            if let Err(panic) = guarded(move || drop(fut)) {
-                tracing::debug!(%panic, "an orchestration's code panicked as it was dropped");
-            }
-        }
-    }
-
-    /// The next buffered completion the code can take now: early replies for issued slots in
-    /// arrival order first, then buffered external events for the lowest open wait.
-    fn next_deliverable(&self, h: &mut OrchestrationHistory) -> Option<(u32, Completion)> {
-        let s = self.shared.borrow();
-        if let Some(i) = h.early.iter().position(|(slot, _)| *slot < s.next_slot) {
-            return Some(h.early.remove(i));
-        }
-        for (slot, name) in &s.waits {
-            if s.abandoned.contains(slot) {
-                continue;
-            }
-            if let Some(i) = h.inbox.iter().position(|(n, _)| n == name) {
-                let (_, payload) = h.inbox.remove(i).expect("position is in range");
-                return Some((*slot, Completion::Value(payload)));
-            }
-        }
-        None
-    }
-}
 
 /// The state of one orchestration step.
 struct Run<'a> {
@@ -372,7 +186,7 @@ impl Run<'_> {
     }
 
     fn apply(&mut self, envelope: Envelope) {
-        let (wrappers, core) = unwrap(&envelope.body);
+        let (_, core) = unwrap(&envelope.body);
         if self.registry.orchestration_handler(self.id.name()).is_none() {
             // Keep the instance as it is: a deployment without the handler must not fail it.
             let reason = format!("no orchestration named {:?} is registered", self.id.name());
@@ -390,39 +204,8 @@ impl Run<'_> {
         }
         // A suspended orchestration keeps what arrives for its Resume; what ends or changes the
         // suspension applies now.
-        let max_inbox = self.out.limits.max_inbox;
-        let counted = self.out.buffer_counted();
-        if let Some(OrchestrationStatus::Suspended { held, .. }) = self.history().map(|h| &mut h.status) {
-            if !matches!(
-                core,
-                Event::Resume { .. }
-                    | Event::Suspend { .. }
-                    | Event::Terminate { .. }
-                    | Event::Purge { .. }
-                    | Event::Rewind { .. }
-            ) {
-                if held.len() >= max_inbox {
-                    let reason = format!(
-                        "{} is suspended and already keeps {} events for its resume (DURABLE_MAX_INBOX); {} is not applied",
-                        envelope.target,
-                        held.len(),
-                        core.name()
-                    );
-                    return self.out.dead(envelope, reason);
-                }
-                // Counted once a step: a flood of kept events costs one pass.
-                let kept = if counted { 0 } else { super::stored_bytes(held.iter()) };
-                if let Err(why) = self.out.buffer(|| kept, envelope.encode().len()) {
-                    let reason = format!("{} is suspended: {why}; {} is not applied", envelope.target, core.name());
-                    return self.out.dead(envelope, reason);
-                }
-                let Some(OrchestrationStatus::Suspended { held, .. }) = self.history().map(|h| &mut h.status) else {
-                    unreachable!("matched above")
-                };
-                held.push(envelope);
-                return;
-            }
-        }
+        let Some(envelope) = self.hold_while_suspended(envelope) else { return };
+        let (wrappers, core) = unwrap(&envelope.body);
         match core.clone() {
             Event::Suspend { reason } => self.suspend(envelope, reason),
             Event::Resume { .. } => self.resume(envelope),
@@ -466,6 +249,48 @@ impl Run<'_> {
         }
     }
 
+    /// Keep `envelope` for the resume if the orchestration is suspended and it neither ends
+    /// nor changes the suspension (dead-lettered past the inbox's limits); hand it back to
+    /// apply now otherwise.
+    fn hold_while_suspended(&mut self, envelope: Envelope) -> Option<Envelope> {
+        let (_, core) = unwrap(&envelope.body);
+        let max_inbox = self.out.limits.max_inbox;
+        let counted = self.out.buffer_counted();
+        let Some(OrchestrationStatus::Suspended { held, .. }) = self.history().map(|h| &mut h.status) else {
+            return Some(envelope);
+        };
+        if matches!(
+            core,
+            Event::Resume { .. }
+                | Event::Suspend { .. }
+                | Event::Terminate { .. }
+                | Event::Purge { .. }
+                | Event::Rewind { .. }
+        ) {
+            return Some(envelope);
+        }
+        if held.len() >= max_inbox {
+            let reason = format!(
+                "{} is suspended and already keeps {} events for its resume (DURABLE_MAX_INBOX); {} is not applied",
+                envelope.target,
+                held.len(),
+                core.name()
+            );
+            self.out.dead(envelope, reason);
+            return None;
+        }
+        // Counted once a step: a flood of kept events costs one pass.
+        let kept = if counted { 0 } else { super::stored_bytes(held.iter()) };
+        if let Err(why) = self.out.buffer(|| kept, envelope.encode().len()) {
+            let reason = format!("{} is suspended: {why}; {} is not applied", envelope.target, core.name());
+            self.out.dead(envelope, reason);
+            return None;
+        }
+        if let Some(OrchestrationStatus::Suspended { held, .. }) = self.history().map(|h| &mut h.status) {
+            held.push(envelope);
+        }
+        None
+    }
     fn start(
         &mut self,
         envelope: Envelope,
