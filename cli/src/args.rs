@@ -147,8 +147,9 @@ pub(crate) enum Command {
         /// Instance id.
         instance: String,
     },
-    /// List the instances you may read, with their status and when they last changed (a
-    /// table, or --json), from the processors' index: no Typesense needed. Filters combine.
+    /// List the instances you may read, most recently changed first (or by id: --order id), with
+    /// their status and when they last changed (a table, or --json), from the processors'
+    /// index: no Typesense needed. Filters combine.
     /// --counts prints how many there are per type and status instead.
     List {
         #[command(flatten)]
@@ -156,8 +157,12 @@ pub(crate) enum Command {
         /// Most instances to print (pages are followed until this many).
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// In which order: changed (most recently changed first) or id (partition by
+        /// partition, by id: each instance exactly once even while they change).
+        #[arg(long, default_value = "changed", value_parser = ["changed", "id"])]
+        order: String,
         /// Print how many instances there are per type and status instead.
-        #[arg(long, conflicts_with_all = ["changed_within", "unchanged_for", "limit"])]
+        #[arg(long, conflicts_with_all = ["changed_within", "unchanged_for", "limit", "order"])]
         counts: bool,
         /// Print the API's JSON (an array of instance summaries, or the counts).
         #[arg(long)]
@@ -389,6 +394,6 @@ pub(crate) struct SearchArgs {
     #[arg(long, env = "DURABLE_TYPESENSE_API_KEY", hide_env_values = true)]
     pub(crate) typesense_api_key: Option<String>,
     /// Topic prefix the projector runs with (collection aliases start with it).
-    #[arg(long, env = "DURABLE_PREFIX", default_value = "durable")]
+    #[arg(long, env = "DURABLE_PREFIX", default_value = durable_schemas::contract::DEFAULT_PREFIX)]
     pub(crate) prefix: String,
 }

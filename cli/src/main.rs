@@ -159,7 +159,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             println!("{}", pretty(&state));
             Ok(exit::OK)
         }
-        Command::List { filter, limit, counts, json } => list(&api, &filter, limit, counts, json).await,
+        Command::List { filter, limit, order, counts, json } => list(&api, &filter, limit, &order, counts, json).await,
         Command::History { instance, json } => {
             let view = api.history(&instance).await?;
             print!("{}", if json { pretty(&view) + "\n" } else { timeline(&view) });
@@ -217,7 +217,7 @@ fn token(secret: &str, c: Claims) -> Result<u8, CliError> {
 }
 
 /// `durable list`: pages followed until `limit` instances, or the counts.
-async fn list(api: &Api, filter: &Filter, limit: usize, counts: bool, json: bool) -> Result<u8, CliError> {
+async fn list(api: &Api, filter: &Filter, limit: usize, order: &str, counts: bool, json: bool) -> Result<u8, CliError> {
     let query = filter.query();
     if counts {
         let view = api.counts(&query).await?;
@@ -228,6 +228,7 @@ async fn list(api: &Api, filter: &Filter, limit: usize, counts: bool, json: bool
     let mut cursor: Option<String> = None;
     while found.len() < limit {
         let mut q = query.clone();
+        q.push(format!("order={order}"));
         q.push(format!("limit={}", (limit - found.len()).min(1000)));
         if let Some(c) = &cursor {
             q.push(format!("cursor={c}"));

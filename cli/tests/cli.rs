@@ -223,8 +223,16 @@ async fn every_command_works_against_a_real_processor() {
         v.as_array().unwrap().iter().map(|i| i["instance"].as_str().unwrap().to_owned()).collect::<Vec<_>>()
     };
     let mut unique = ids(&all);
+    unique.sort();
     unique.dedup();
     assert_eq!(unique.len(), ids(&all).len(), "each instance once: {all}");
+    // Most recently changed first by default; by id the same instances, in partition order.
+    let changed: Vec<i64> = all.as_array().unwrap().iter().map(|i| i["updated_at"].as_i64().unwrap()).collect();
+    assert!(changed.windows(2).all(|w| w[0] >= w[1]), "newest first: {changed:?}");
+    let by_id: Value = serde_json::from_str(&run(args(&["list", "--json", "--order", "id"]), 0).await).unwrap();
+    let mut by_id = ids(&by_id);
+    by_id.sort();
+    assert_eq!(by_id, unique, "both orders list every instance once");
     let recent = run(args(&["list", "--changed-within", "10m", "--kind", "entity"]), 0).await;
     assert!(recent.contains("entity:Counter:c1") && !recent.contains("orch:"), "{recent}");
     let counts: Value = serde_json::from_str(&run(args(&["list", "--counts", "--json"]), 0).await).unwrap();

@@ -10,6 +10,37 @@ use crate::engine::Limits;
 use crate::quota;
 use crate::retention::Retention;
 
+/// The processor's defaults, each stated once: the command line shows them (`--help`) and
+/// [`ProcessorConfig::new`] starts from them. The engine's limits default in
+/// [`Limits::default`], the partition core's in [`crate::partition::Settings`].
+pub mod defaults {
+    use std::time::Duration;
+
+    /// `DURABLE_PARTITIONS`.
+    pub const PARTITIONS: i32 = 32;
+    /// `DURABLE_BATCH`.
+    pub const BATCH: usize = 256;
+    /// `DURABLE_MAX_EVENT_BYTES`.
+    pub const MAX_EVENT_BYTES: usize = 1_000_000;
+    /// `DURABLE_TIMER_INTERVAL`.
+    pub const TIMER_INTERVAL: &str = "100ms";
+    /// `DURABLE_ACTIVITY_TIMEOUT`.
+    pub const ACTIVITY_TIMEOUT: &str = "5m";
+    /// `DURABLE_ACTIVITY_CONCURRENCY`.
+    pub const ACTIVITY_CONCURRENCY: usize = 512;
+    /// `DURABLE_MAX_DELAY` ([`crate::engine::Limits::MAX_DELAY_MS`]).
+    pub const MAX_DELAY: &str = "366d";
+    /// `DURABLE_MAX_SEALED_AGE` ([`crate::engine::Limits::MAX_SEALED_AGE_MS`]).
+    pub const MAX_SEALED_AGE: &str = "24h";
+    /// `DURABLE_PURGE_GRACE`.
+    pub const PURGE_GRACE: &str = "1h";
+
+    /// One of the durations above.
+    pub fn duration(text: &str) -> Duration {
+        humantime::parse_duration(text).expect("the defaults are durations")
+    }
+}
+
 /// How a processor connects and behaves. Every flag has an environment fallback.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ProcessorConfig {
@@ -20,12 +51,12 @@ pub struct ProcessorConfig {
     #[command(flatten)]
     pub topic_settings: TopicSettings,
     /// Name prefix: topics <prefix>.events, <prefix>.state, <prefix>.dead and Redis keys <prefix>:…
-    #[arg(long, env = "DURABLE_PREFIX", default_value = "durable")]
+    #[arg(long, env = "DURABLE_PREFIX", default_value = durable_schemas::contract::DEFAULT_PREFIX)]
     pub prefix: String,
     /// Partitions of <prefix>.events when this processor creates it (fixed afterwards: the most
     /// processors that can share the work). An existing topic keeps its own count, which the
     /// processor reads from the broker.
-    #[arg(long, env = "DURABLE_PARTITIONS", default_value_t = 32)]
+    #[arg(long, env = "DURABLE_PARTITIONS", default_value_t = defaults::PARTITIONS)]
     pub partitions: i32,
     /// Consumer group the processors share.
     #[arg(long, env = "DURABLE_GROUP", default_value = "durable-processors")]
@@ -61,15 +92,15 @@ pub struct ProcessorConfig {
     #[arg(long, env = "DURABLE_API_TLS_KEY", requires = "api_tls_cert")]
     pub api_tls_key: Option<std::path::PathBuf>,
     /// Most records a partition applies and commits in one group.
-    #[arg(long, env = "DURABLE_BATCH", default_value_t = 256)]
+    #[arg(long, env = "DURABLE_BATCH", default_value_t = defaults::BATCH)]
     pub batch: usize,
     /// Largest event (encoded record value) a processor applies; larger records go to the
     /// dead-letter topic with their first 64 KiB. Keep it at or below the brokers'
     /// message.max.bytes (1 MB by default).
-    #[arg(long, env = "DURABLE_MAX_EVENT_BYTES", default_value_t = 1_000_000)]
+    #[arg(long, env = "DURABLE_MAX_EVENT_BYTES", default_value_t = defaults::MAX_EVENT_BYTES)]
     pub max_event_bytes: usize,
     /// How often each partition looks for due timers.
-    #[arg(long, env = "DURABLE_TIMER_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "DURABLE_TIMER_INTERVAL", default_value = defaults::TIMER_INTERVAL, value_parser = humantime::parse_duration)]
     pub timer_interval: Duration,
     /// Send each activity invocation to the partition of its own id, so that a fan-out's
     /// activities run on every processor. By default an activity runs in its caller's partition
@@ -80,11 +111,11 @@ pub struct ProcessorConfig {
     /// How long one activity call may run past its start or its last heartbeat
     /// (ActivityContext::heartbeat): past it the call fails with kind `Timeout` (the caller's
     /// retry policy applies) and its partition goes on.
-    #[arg(long, env = "DURABLE_ACTIVITY_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "DURABLE_ACTIVITY_TIMEOUT", default_value = defaults::ACTIVITY_TIMEOUT, value_parser = humantime::parse_duration)]
     pub activity_timeout: Duration,
     /// Most activity calls running at once in this process, across all its partitions; more wait
     /// for room.
-    #[arg(long, env = "DURABLE_ACTIVITY_CONCURRENCY", default_value_t = 512)]
+    #[arg(long, env = "DURABLE_ACTIVITY_CONCURRENCY", default_value_t = defaults::ACTIVITY_CONCURRENCY)]
     pub activity_concurrency: usize,
     /// Most bytes of live orchestrations each owned partition keeps in memory: a running
     /// orchestration's code stays suspended between its steps, so a step continues it instead
@@ -125,7 +156,7 @@ pub struct ProcessorConfig {
     pub max_fan_out: usize,
     /// Longest delay an event may ask for (WithDelay, past the time it arrives), e.g. `30d`: one
     /// asking for more is dead-lettered. Parked events wait in Redis until they are due.
-    #[arg(long, env = "DURABLE_MAX_DELAY", default_value = "366d", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "DURABLE_MAX_DELAY", default_value = defaults::MAX_DELAY, value_parser = humantime::parse_duration)]
     pub max_delay: Duration,
     /// Most bytes of events one instance keeps waiting in its record (for its start, its
     /// resume, a wait_for_event, its creation limit's ledger, or a lock), together: the event
@@ -140,7 +171,7 @@ pub struct ProcessorConfig {
     /// How old (or how far ahead of this processor's clock) an event the API sealed may be
     /// when it is applied, e.g. `24h`: an older one is dead-lettered, as it can no longer be told
     /// from a captured record sent again (a redrive seals it anew).
-    #[arg(long, env = "DURABLE_MAX_SEALED_AGE", default_value = "24h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "DURABLE_MAX_SEALED_AGE", default_value = defaults::MAX_SEALED_AGE, value_parser = humantime::parse_duration)]
     pub max_sealed_age: Duration,
     /// How long finished instances are kept before they are purged: a duration for every
     /// type (`30d`), and/or per orchestration or entity name, comma separated, e.g.
@@ -150,7 +181,7 @@ pub struct ProcessorConfig {
     pub retention: Option<String>,
     /// How long the store keeps the small record a purged instance leaves (its duplicate
     /// detection marks) before it expires.
-    #[arg(long, env = "DURABLE_PURGE_GRACE", default_value = "1h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "DURABLE_PURGE_GRACE", default_value = defaults::PURGE_GRACE, value_parser = humantime::parse_duration)]
     pub purge_grace: Duration,
     /// Who may do what (bearer tokens, anonymous access, creation policies).
     #[command(flatten)]
@@ -287,7 +318,7 @@ impl ProcessorConfig {
             kafka: KafkaConnection::plaintext(brokers),
             topic_settings: TopicSettings::default(),
             prefix: prefix.to_owned(),
-            partitions: 32,
+            partitions: defaults::PARTITIONS,
             group: format!("{prefix}-processors"),
             redis_url: redis_url.to_owned(),
             redis_ca: None,
@@ -297,12 +328,12 @@ impl ProcessorConfig {
             api_addr: None,
             api_tls_cert: None,
             api_tls_key: None,
-            batch: 256,
-            max_event_bytes: 1_000_000,
-            timer_interval: Duration::from_millis(100),
+            batch: defaults::BATCH,
+            max_event_bytes: defaults::MAX_EVENT_BYTES,
+            timer_interval: defaults::duration(defaults::TIMER_INTERVAL),
             spread_activities: false,
-            activity_timeout: Duration::from_secs(300),
-            activity_concurrency: 512,
+            activity_timeout: defaults::duration(defaults::ACTIVITY_TIMEOUT),
+            activity_concurrency: defaults::ACTIVITY_CONCURRENCY,
             live_bytes: crate::partition::Settings::LIVE_LIMIT,
             cache_bytes: crate::partition::Settings::CACHE_BYTES,
             secret: Vec::new(),
@@ -311,12 +342,12 @@ impl ProcessorConfig {
             max_inbox: Limits::default().max_inbox,
             max_entity_queue: Limits::default().max_entity_queue,
             max_fan_out: Limits::default().max_fan_out,
-            max_delay: Duration::from_millis(Limits::MAX_DELAY_MS as u64),
+            max_delay: defaults::duration(defaults::MAX_DELAY),
             max_buffered_bytes: Limits::default().max_buffered_bytes,
             max_delayed: Limits::default().max_delayed,
-            max_sealed_age: Duration::from_millis(Limits::MAX_SEALED_AGE_MS as u64),
+            max_sealed_age: defaults::duration(defaults::MAX_SEALED_AGE),
             retention: None,
-            purge_grace: Duration::from_secs(3600),
+            purge_grace: defaults::duration(defaults::PURGE_GRACE),
             auth: AuthConfig::anonymous(),
             typesense_search_key: None,
             faults: Faults::default(),
@@ -393,6 +424,28 @@ impl ProcessorConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The command line's defaults and `ProcessorConfig::new`'s are the same values, and the
+    /// engine's limits are what a processor runs with when nothing is set.
+    #[test]
+    fn every_default_is_stated_once() {
+        use clap::{Args as _, FromArgMatches as _};
+        // The defaults alone: no environment variable counts.
+        let command = ProcessorConfig::augment_args(clap::Command::new("processor")).mut_args(|a| a.env(None));
+        let matches = command.try_get_matches_from(["processor"]).expect("no argument is required");
+        let parsed = ProcessorConfig::from_arg_matches(&matches).expect("the defaults parse");
+        let made = ProcessorConfig::new("127.0.0.1:9092", "redis://127.0.0.1:6379", "durable");
+        assert_eq!(parsed.limits(), made.limits());
+        assert_eq!(parsed.limits(), Limits::default());
+        assert_eq!(
+            (parsed.partitions, parsed.batch, parsed.max_event_bytes, parsed.timer_interval, parsed.activity_timeout),
+            (made.partitions, made.batch, made.max_event_bytes, made.timer_interval, made.activity_timeout)
+        );
+        assert_eq!(
+            (parsed.activity_concurrency, parsed.live_bytes, parsed.cache_bytes, parsed.purge_grace),
+            (made.activity_concurrency, made.live_bytes, made.cache_bytes, made.purge_grace)
+        );
+    }
 
     #[test]
     fn creation_policies_and_the_kafka_principal_read_from_their_settings() {

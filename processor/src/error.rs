@@ -66,6 +66,11 @@ impl std::error::Error for Error {}
 
 impl From<crate::store::StoreError> for Error {
     fn from(e: crate::store::StoreError) -> Self {
-        Self::transient(e.to_string())
+        match e.kind {
+            crate::store::StoreErrorKind::Misconfigured => Self::fatal(e.to_string()),
+            crate::store::StoreErrorKind::Unavailable | crate::store::StoreErrorKind::Malformed => {
+                Self::transient(e.to_string())
+            }
+        }
     }
 }

@@ -163,6 +163,37 @@ impl Filter {
     }
 }
 
+/// When the instance of index entry `entry` last changed (its `updated_at`, the order of
+/// [`crate::store::Store::recent`]); 0 if the entry does not say.
+pub fn changed_at(entry: &str) -> i64 {
+    entry.split('|').nth(3).and_then(|t| t.parse().ok()).unwrap_or(0)
+}
+
+/// Where a listing by most recent change resumes: after the instance that changed at
+/// `updated_at` with id `id` (the listing goes by `updated_at`, then id, both descending).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Since {
+    /// When the last instance listed changed.
+    pub updated_at: i64,
+    /// Its id.
+    pub id: String,
+}
+
+impl Since {
+    /// The opaque text form: `c<updated_at>.<hex of the id>`.
+    pub fn encode(&self) -> String {
+        let hex: String = self.id.bytes().map(|b| format!("{b:02x}")).collect();
+        format!("c{}.{hex}", self.updated_at)
+    }
+
+    /// Read [`Since::encode`]'s form.
+    pub fn decode(s: &str) -> Option<Self> {
+        let (at, hex) = s.strip_prefix('c')?.split_once('.')?;
+        let cursor = Cursor::decode(&format!("0.{hex}"))?;
+        Some(Self { updated_at: at.parse().ok()?, id: cursor.after? })
+    }
+}
+
 /// Where a listing resumes: the partition, and the last id listed in it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Cursor {
@@ -271,6 +302,17 @@ mod tests {
         assert!(f(Some("orch"), None, Some("running")).matches_group("orch:Approval|running"));
         assert!(!f(Some("orch"), None, Some("running")).matches_group("orch:Approval|failed"));
         assert!(!f(None, None, None).matches_group("garbage"));
+    }
+
+    #[test]
+    fn change_cursors_round_trip_and_entries_say_when_they_changed() {
+        let since = Since { updated_at: 1_700_000_000_123, id: "orch:A:x|y".into() };
+        assert_eq!(Since::decode(&since.encode()), Some(since));
+        for garbage in ["", "c", "c1", "c1.zz", "x1.00", "c.41", "3.41"] {
+            assert_eq!(Since::decode(garbage), None, "{garbage}");
+        }
+        assert_eq!(changed_at("running|3|10|42|[]"), 42);
+        assert_eq!(changed_at("garbage"), 0);
     }
 
     #[test]

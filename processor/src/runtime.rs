@@ -95,7 +95,7 @@ pub async fn run(
     } else {
         RedisStore::connect_with(&config.redis_url, &config.prefix, config.redis_ca.as_deref()).await
     }
-    .map_err(|e| anyhow::anyhow!("{}", e.0))?;
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     kafka::ensure_topics(&config).await?;
     run_with(config, registry, AnyStore::Redis(store), shutdown, ready).await
 }

@@ -169,11 +169,55 @@ impl Taken {
     }
 }
 
-/// Why the store could not answer. Always transient for the driver: back off, retry, do not
-/// acknowledge input.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("store unavailable: {0}")]
-pub struct StoreError(pub String);
+/// Why the store could not answer, with its kind.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{message}", kind.prefix())]
+pub struct StoreError {
+    /// What a driver does about it.
+    pub kind: StoreErrorKind,
+    /// What happened, and what to check.
+    pub message: String,
+}
+
+/// What kind of failure a [`StoreError`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreErrorKind {
+    /// Not reachable or not answering for now: back off, retry, do not acknowledge input.
+    Unavailable,
+    /// It answered something no store of this contract answers (a malformed reply, a corrupt
+    /// timer): retried like an unavailable store, and worth an operator's look.
+    Malformed,
+    /// The settings cannot work (a bad URL, an unreadable CA, an unsupported combination):
+    /// retrying does not help; fix the configuration.
+    Misconfigured,
+}
+
+impl StoreErrorKind {
+    fn prefix(self) -> &'static str {
+        match self {
+            StoreErrorKind::Unavailable => "store unavailable: ",
+            StoreErrorKind::Malformed => "store answered something unexpected: ",
+            StoreErrorKind::Misconfigured => "",
+        }
+    }
+}
+
+impl StoreError {
+    /// A [`StoreErrorKind::Unavailable`] error.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self { kind: StoreErrorKind::Unavailable, message: message.into() }
+    }
+
+    /// A [`StoreErrorKind::Malformed`] error.
+    pub fn malformed(message: impl Into<String>) -> Self {
+        Self { kind: StoreErrorKind::Malformed, message: message.into() }
+    }
+
+    /// A [`StoreErrorKind::Misconfigured`] error.
+    pub fn misconfigured(message: impl Into<String>) -> Self {
+        Self { kind: StoreErrorKind::Misconfigured, message: message.into() }
+    }
+}
 
 /// Result of store calls.
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -271,6 +315,16 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&str>,
         count: usize,
     ) -> impl Future<Output = StoreResult<Vec<(String, String)>>> + Send;
+
+    /// `partition`'s indexed instances, most recently changed first (by `updated_at`, then by
+    /// id, both descending), as `(updated_at, id, entry)`: those after `before` in that order
+    /// (`None`: from the newest), at most `count`.
+    fn recent(
+        &self,
+        partition: u32,
+        before: Option<(i64, &str)>,
+        count: usize,
+    ) -> impl Future<Output = StoreResult<Vec<(i64, String, String)>>> + Send;
 
     /// How many of `partition`'s indexed instances are in each group (groups with none left
     /// may be absent or 0).
@@ -405,6 +459,15 @@ impl Store for AnyStore {
         count: usize,
     ) -> StoreResult<Vec<(String, String)>> {
         delegate!(self, s => s.list(partition, prefix, after, count))
+    }
+
+    async fn recent(
+        &self,
+        partition: u32,
+        before: Option<(i64, &str)>,
+        count: usize,
+    ) -> StoreResult<Vec<(i64, String, String)>> {
+        delegate!(self, s => s.recent(partition, before, count))
     }
 
     async fn counts(&self, partition: u32) -> StoreResult<Vec<(String, u64)>> {

@@ -27,6 +27,14 @@ fn indexed(id: &str, expected: Option<u64>, group: &str) -> Write {
     w
 }
 
+/// A write of `id` in `group` that changed at `at`: its entry `<status>|1|0|<at>|[]`.
+fn changed(id: &str, expected: Option<u64>, group: &str, at: i64) -> Write {
+    let mut w = indexed(id, expected, group);
+    let status = group.split_once('|').expect("a group").1;
+    w.index.as_mut().expect("indexed").entry = format!("{status}|1|0|{at}|[]");
+    w
+}
+
 fn etag(outcome: CommitOutcome) -> u64 {
     match outcome {
         CommitOutcome::Committed { etag } => etag,
@@ -303,6 +311,43 @@ async fn the_index_lists_in_id_order_and_counts_by_group<S: Store>(store: &S) {
     assert_eq!(a1_summary, "completed|orch:Approval:a1", "a write without an entry keeps the last one");
 }
 
+/// The index lists by most recent change too: newest first, ties at one ms by id descending,
+/// paged from where the last page ended; a change moves an instance to the front, an emptied
+/// record leaves.
+async fn the_index_lists_most_recently_changed_first<S: Store>(store: &S) {
+    let p = 7;
+    let mut etags = std::collections::BTreeMap::new();
+    for (id, at) in [("orch:A:a", 100), ("orch:A:b", 300), ("orch:A:c", 200), ("orch:A:d", 200), ("orch:A:e", 200)] {
+        etags.insert(id, etag(store.commit(p, vec![changed(id, None, "orch:A|running", at)]).await.unwrap()[0]));
+    }
+    let page = |page: Vec<(i64, String, String)>| page.into_iter().map(|(at, id, _)| (at, id)).collect::<Vec<_>>();
+    let want = |items: &[(i64, &str)]| items.iter().map(|(at, id)| (*at, id.to_string())).collect::<Vec<_>>();
+    assert_eq!(
+        page(store.recent(p, None, 10).await.unwrap()),
+        want(&[(300, "orch:A:b"), (200, "orch:A:e"), (200, "orch:A:d"), (200, "orch:A:c"), (100, "orch:A:a")])
+    );
+    assert_eq!(page(store.recent(p, None, 2).await.unwrap()), want(&[(300, "orch:A:b"), (200, "orch:A:e")]));
+    assert_eq!(
+        page(store.recent(p, Some((200, "orch:A:e")), 2).await.unwrap()),
+        want(&[(200, "orch:A:d"), (200, "orch:A:c")])
+    );
+    assert_eq!(page(store.recent(p, Some((200, "orch:A:c")), 10).await.unwrap()), want(&[(100, "orch:A:a")]));
+    assert!(store.recent(p, Some((100, "orch:A:a")), 10).await.unwrap().is_empty());
+    assert!(store.recent(p + 1, None, 10).await.unwrap().is_empty(), "partitions are separate");
+    // a changes again; b is emptied.
+    store.commit(p, vec![changed("orch:A:a", Some(etags["orch:A:a"]), "orch:A|completed", 400)]).await.unwrap();
+    let mut tomb = write("orch:A:b", Some(etags["orch:A:b"]), "tombstone", &[]);
+    tomb.expire = Some(60_000);
+    store.commit(p, vec![tomb]).await.unwrap();
+    let now = store.recent(p, None, 10).await.unwrap();
+    assert_eq!(
+        now[0],
+        (400, "orch:A:a".to_owned(), "completed|1|0|400|[]".to_owned()),
+        "moved to the front, entry new"
+    );
+    assert_eq!(page(now).len(), 4, "the emptied record left, the changed one is listed once");
+}
+
 /// A write with `expire` takes the instance out of the index and its count; written again, it
 /// is back.
 async fn an_emptied_record_leaves_the_index<S: Store>(store: &S) {
@@ -384,6 +429,10 @@ macro_rules! contract_tests {
             super::the_index_lists_in_id_order_and_counts_by_group(&$store).await
         }
         #[tokio::test]
+        async fn the_index_lists_most_recently_changed_first() {
+            super::the_index_lists_most_recently_changed_first(&$store).await
+        }
+        #[tokio::test]
         async fn an_emptied_record_leaves_the_index() {
             super::an_emptied_record_leaves_the_index(&$store).await
         }
@@ -446,6 +495,23 @@ mod redis {
         let taken = s.take(p).await.unwrap();
         assert!(taken.epoch > epoch1, "a new epoch ({}) is above every earlier one ({epoch1})", taken.epoch);
         assert!(!taken.known, "the rolled-back partition looks new");
+    }
+
+    /// A partition indexed by a version without the recent index gets it when it is taken.
+    #[tokio::test]
+    async fn taking_a_partition_fills_a_missing_recent_index() {
+        let (s, prefix) = store_and_prefix().await;
+        let p = 3;
+        for (id, at) in [("orch:A:x", 5), ("orch:A:y", 9)] {
+            s.commit(p, vec![changed(id, None, "orch:A|running", at)]).await.unwrap();
+        }
+        let mut conn = redis_connection().await;
+        let _: () = ::redis::cmd("DEL").arg(format!("{prefix}:{{p{p}}}:recent")).query_async(&mut conn).await.unwrap();
+        assert!(s.recent(p, None, 10).await.unwrap().is_empty(), "as an older version left it");
+        s.take(p).await.unwrap();
+        let ids: Vec<(i64, String)> =
+            s.recent(p, None, 10).await.unwrap().into_iter().map(|(at, id, _)| (at, id)).collect();
+        assert_eq!(ids, [(9, "orch:A:y".to_owned()), (5, "orch:A:x".to_owned())]);
     }
 
     /// A mark that is not a number (written by hand) counts as none: a new owner sees no mark,

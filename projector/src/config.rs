@@ -20,7 +20,7 @@ pub struct ProjectorConfig {
     pub topic_settings: TopicSettings,
     /// Topic prefix: reads <prefix>.state, dead-letters to <prefix>.dead; collection aliases
     /// are <prefix>_entity_<Name> and <prefix>_orchestrations.
-    #[arg(long, env = "DURABLE_PREFIX", default_value = "durable")]
+    #[arg(long, env = "DURABLE_PREFIX", default_value = durable_schemas::contract::DEFAULT_PREFIX)]
     pub prefix: String,
     /// Consumer group of the projectors.
     #[arg(long, env = "DURABLE_PROJECTOR_GROUP", default_value = "durable-projector")]

@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::Failure;
 
+/// The prefix every component uses when none is configured (`DURABLE_PREFIX`).
+pub const DEFAULT_PREFIX: &str = "durable";
+
 /// The topics of one deployment (one prefix).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topics {

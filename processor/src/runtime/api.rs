@@ -76,7 +76,7 @@ mod writes;
 pub use admin::{scoped_search_key, SEARCH_KEY_TTL};
 pub use error::{ApiError, ApiResult};
 pub use lists::COUNT_BUDGET;
-pub use query::{list_query, Page, MAX_LIST, MAX_PAGE};
+pub use query::{list_query, Endpoint, ListQuery, Page, Start, MAX_LIST, MAX_PAGE};
 pub use views::{history_view, instance_view};
 
 /// The path of the operator actions ([`Action::OPERATOR`]): `openapi.yaml` documents each as

@@ -84,7 +84,7 @@ async fn ask(store: &AnyStore, offer: Vec<u8>, sealed_with: Option<Vec<u8>>) -> 
     store
         .deployment_secret(offer, sealed_with)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot read the deployment secret from the store: {}", e.0))
+        .map_err(|e| anyhow::anyhow!("cannot read the deployment secret from the store: {e}"))
 }
 
 fn seal_of(secrets: &Secrets) -> anyhow::Result<Seal> {

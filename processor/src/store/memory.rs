@@ -39,6 +39,8 @@ struct Index {
     entries: BTreeMap<String, (String, String)>,
     /// group → instances in it.
     counts: BTreeMap<String, u64>,
+    /// (updated_at, id) of every entry, for [`Store::recent`].
+    recent: std::collections::BTreeSet<(i64, String)>,
 }
 
 #[derive(Debug, Default)]
@@ -142,13 +144,21 @@ impl Inner {
             // An emptied record leaves the index (this store has no clock: the key stays).
             if write.expire.is_some() {
                 let index = self.indexes.entry(partition).or_default();
-                if let Some((g, _)) = index.entries.remove(&id) {
+                if let Some((g, entry)) = index.entries.remove(&id) {
+                    index.recent.remove(&(crate::index::changed_at(&entry), id.clone()));
                     uncount(&mut index.counts, g);
                 }
             } else if let Some(indexed) = write.index {
                 let index = self.indexes.entry(partition).or_default();
                 let group = indexed.group();
+                index.recent.insert((crate::index::changed_at(&indexed.entry), id.clone()));
                 let old = index.entries.insert(id.clone(), (group.clone(), indexed.entry));
+                if let Some((_, entry)) = &old {
+                    let was = crate::index::changed_at(entry);
+                    if was != crate::index::changed_at(&index.entries[&id].1) {
+                        index.recent.remove(&(was, id.clone()));
+                    }
+                }
                 if old.as_ref().map(|(g, _)| g) != Some(&group) {
                     if let Some((g, _)) = old {
                         uncount(&mut index.counts, g);
@@ -291,6 +301,28 @@ impl Store for MemoryStore {
             .take_while(|(id, _)| id.starts_with(prefix))
             .take(count)
             .map(|(id, (_, summary))| (id.clone(), summary.clone()))
+            .collect())
+    }
+
+    async fn recent(
+        &self,
+        partition: u32,
+        before: Option<(i64, &str)>,
+        count: usize,
+    ) -> StoreResult<Vec<(i64, String, String)>> {
+        use std::ops::Bound;
+        let inner = self.inner.lock().expect("store lock");
+        let Some(index) = inner.indexes.get(&partition) else { return Ok(Vec::new()) };
+        let end = match before {
+            Some((at, id)) => Bound::Excluded((at, id.to_owned())),
+            None => Bound::Unbounded,
+        };
+        Ok(index
+            .recent
+            .range((Bound::Unbounded, end))
+            .rev()
+            .take(count)
+            .filter_map(|(at, id)| Some((*at, id.clone(), index.entries.get(id)?.1.clone())))
             .collect())
     }
 

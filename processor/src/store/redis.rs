@@ -16,8 +16,10 @@
 //!   for an operator to accept a loss of its state, `accepted` once one did.
 //! - The instance index (see [`Store::list`]): each instance's entry is field `x` of its state
 //!   hash; `<prefix>:{p<N>}:ids` — sorted set of the partition's indexed instance ids (all score
-//!   0, so read by id with `ZRANGEBYLEX`); `<prefix>:{p<N>}:counts` — hash `group → instances in
-//!   it`. The commit script keeps them with the blobs.
+//!   0, so read by id with `ZRANGEBYLEX`); `<prefix>:{p<N>}:recent` — the same ids scored by
+//!   when they last changed (ms, for [`Store::recent`]); `<prefix>:{p<N>}:counts` — hash
+//!   `group → instances in it`. The commit script keeps them with the blobs; taking a partition
+//!   fills `recent` from the entries when it is missing (written by a version before it).
 //! - `<prefix>:secret` — the deployment secret of the processors' seals when `DURABLE_SECRET`
 //!   is not set ([`Store::deployment_secret`]).
 //!
@@ -47,181 +49,8 @@ use redis::Script;
 
 use super::{CommitOutcome, ReleasedTimer, Secrets, Store, StoreError, StoreResult, Stored, Taken, Write};
 
-/// The server's clock in microseconds, and `raise(v)`: the larger of `v + 1` and the clock,
-/// written without an exponent (Lua 5.1 would print `1.7e+15`). Prepended to the scripts that
-/// hand out etags, sequence numbers or epochs.
-const CLOCK: &str = r#"
-local clock = redis.call('TIME')
-local now_us = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-local function raise(v)
-  return string.format('%d', math.max((tonumber(v) or 0) + 1, now_us))
-end
-"#;
-
-/// Compare-and-set of many instances. KEYS: state keys..., timers key, epoch key, applied key,
-/// then the index keys: ids (sorted set), counts (hash), then the tail keys of the writes, in
-/// the order of their state keys.
-/// ARGV: n, the epoch the commit is fenced with ("" = not fenced), the offset to raise the
-/// applied mark to ("" = none), the floor of the applied mark ("" = none: below it, nothing is
-/// written and the answer is {-2, mark}), then per write: expected etag ("" = must not exist),
-/// blob, instance id, its type ("" = leave the index), its status, its index entry (which
-/// starts with `<status>|`), the expiry in ms ("" = none: the key persists; else the instance
-/// leaves the index and the key expires), timer count, "1" to append the blob to the tail key
-/// instead of replacing the blob (and deleting the tail, which field `t` says exists), then
-/// (fire_at, envelope) pairs.
-const COMMIT: &str = r#"
-local n = tonumber(ARGV[1])
-local timers = KEYS[n + 1]
-local out = {}
-if ARGV[4] ~= '' then
-  local mark = tonumber(redis.call('GET', KEYS[n + 3]) or '') or -1
-  if mark < tonumber(ARGV[4]) then
-    return {-2, mark}
-  end
-end
-if ARGV[2] ~= '' and redis.call('GET', KEYS[n + 2]) ~= ARGV[2] then
-  for i = 1, n do
-    out[i] = -1
-  end
-  return out
-end
-local ids, counts = KEYS[n + 4], KEYS[n + 5]
--- A group that drops to nothing leaves the counts (so that memory returns to its baseline).
-local function uncount(group)
-  if redis.call('HINCRBY', counts, group, -1) <= 0 then
-    redis.call('HDEL', counts, group)
-  end
-end
-local a = 5
-for i = 1, n do
-  local expected = ARGV[a]
-  local blob = ARGV[a + 1]
-  local id = ARGV[a + 2]
-  local typ = ARGV[a + 3]
-  local group = typ .. '|' .. ARGV[a + 4]
-  local entry = ARGV[a + 5]
-  local expire = ARGV[a + 6]
-  local count = tonumber(ARGV[a + 7])
-  local append = ARGV[a + 8] == '1'
-  local tail = KEYS[n + 5 + i]
-  a = a + 9
-  local stored = redis.call('HMGET', KEYS[i], 'e', 'x', 't')
-  local current, old, tailed = stored[1], stored[2], stored[3]
-  if (current == false and expected == '') or (current ~= false and current == expected) then
-    local etag = raise(current)
-    if append then
-      redis.call('APPEND', tail, blob)
-      redis.call('HSET', KEYS[i], 'e', etag, 't', '1')
-    else
-      redis.call('HSET', KEYS[i], 'b', blob, 'e', etag)
-      if tailed then
-        redis.call('DEL', tail)
-        redis.call('HDEL', KEYS[i], 't')
-      end
-    end
-    if expire ~= '' then
-      if old then
-        redis.call('ZREM', ids, id)
-        uncount(string.match(id, '^[^:]*:[^:]*') .. '|' .. string.match(old, '^[^|]*'))
-        redis.call('HDEL', KEYS[i], 'x')
-      end
-      redis.call('PEXPIRE', KEYS[i], expire)
-      if append then
-        redis.call('PEXPIRE', tail, expire)
-      end
-    elseif typ ~= '' then
-      if not old then
-        redis.call('ZADD', ids, 0, id)
-        redis.call('HINCRBY', counts, group, 1)
-      else
-        local was = typ .. '|' .. string.match(old, '^[^|]*')
-        if was ~= group then
-          uncount(was)
-          redis.call('HINCRBY', counts, group, 1)
-        end
-      end
-      redis.call('HSET', KEYS[i], 'x', entry)
-    end
-    if expire == '' and current ~= false then
-      redis.call('PERSIST', KEYS[i])
-      if append then
-        redis.call('PERSIST', tail)
-      end
-    end
-    for t = 1, count do
-      redis.call('ZADD', timers, ARGV[a], ARGV[a + 1])
-      a = a + 2
-    end
-    out[i] = tonumber(etag)
-  else
-    a = a + 2 * count
-    out[i] = -1
-  end
-end
-if ARGV[3] ~= '' and tonumber(ARGV[3]) > (tonumber(redis.call('GET', KEYS[n + 3])) or -1) then
-  redis.call('SET', KEYS[n + 3], ARGV[3])
-end
-return out
-"#;
-
-/// Raise the applied mark to ARGV[1] (never lower it), unless it is below the floor ARGV[2]
-/// ("" = none): then -2. KEYS: applied.
-const MARK: &str = r#"
-local mark = tonumber(redis.call('GET', KEYS[1]) or '') or -1
-if ARGV[2] ~= '' and mark < tonumber(ARGV[2]) then
-  return -2
-end
-if tonumber(ARGV[1]) > mark then
-  redis.call('SET', KEYS[1], ARGV[1])
-end
-return 0
-"#;
-
-/// Use up an operator's acceptance of a recorded loss: 1 if there was one. KEYS: lost.
-const ACCEPTED: &str = r#"
-if redis.call('GET', KEYS[1]) == 'accepted' then
-  redis.call('DEL', KEYS[1])
-  return 1
-end
-return 0
-"#;
-
-/// Take a partition: a new epoch, the applied mark (-1: none, or not a number) and whether the
-/// partition had an epoch before (1/0). KEYS: epoch, applied.
-const TAKE: &str = r#"
-local before = redis.call('GET', KEYS[1])
-local epoch = raise(before)
-redis.call('SET', KEYS[1], epoch)
-return {tonumber(epoch), tonumber(redis.call('GET', KEYS[2]) or '') or -1, before and 1 or 0}
-"#;
-
-/// Move due timers to the release queue with fresh seqs; return the whole queue.
-/// KEYS: timers, released, tseq. ARGV: now, max.
-const CLAIM: &str = r#"
-local released = redis.call('HLEN', KEYS[2])
-local room = tonumber(ARGV[2]) - released
-if room > 0 then
-  local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, room)
-  for i = 1, #due, 2 do
-    local seq = raise(redis.call('GET', KEYS[3]))
-    redis.call('SET', KEYS[3], seq)
-    redis.call('HSET', KEYS[2], seq, due[i + 1] .. '|' .. due[i])
-    redis.call('ZREM', KEYS[1], due[i])
-  end
-end
-return redis.call('HGETALL', KEYS[2])
-"#;
-
-/// Forget released timers with seq <= ARGV[1]. KEYS: released.
-const ACK: &str = r#"
-local fields = redis.call('HKEYS', KEYS[1])
-for _, f in ipairs(fields) do
-  if tonumber(f) <= tonumber(ARGV[1]) then
-    redis.call('HDEL', KEYS[1], f)
-  end
-end
-return 0
-"#;
+mod scripts;
+use scripts::{ACCEPTED, ACK, CLAIM, CLOCK, COMMIT, MARK, TAKE};
 
 /// Instance blobs and timers in Redis.
 #[derive(Clone)]
@@ -285,12 +114,15 @@ impl std::fmt::Debug for RedisStore {
 
 fn read_ca(path: &std::path::Path) -> StoreResult<Vec<u8>> {
     std::fs::read(path).map_err(|e| {
-        StoreError(format!("cannot read the Redis CA certificate {} (DURABLE_REDIS_CA): {e}", path.display()))
+        StoreError::misconfigured(format!(
+            "cannot read the Redis CA certificate {} (DURABLE_REDIS_CA): {e}",
+            path.display()
+        ))
     })
 }
 
 fn unavailable(e: redis::RedisError) -> StoreError {
-    StoreError(e.to_string())
+    StoreError::unavailable(e.to_string())
 }
 
 impl RedisStore {
@@ -306,7 +138,7 @@ impl RedisStore {
         // Errors name the URL without its password.
         let shown = redact_url(url);
         let invalid = |e: redis::RedisError| {
-            StoreError(format!(
+            StoreError::misconfigured(format!(
                 "invalid Redis URL {shown}: {e} (expected redis://host:port or rediss://user:password@host:port)"
             ))
         };
@@ -318,7 +150,9 @@ impl RedisStore {
             }
         };
         let unreachable = |e: &dyn std::fmt::Display| {
-            StoreError(format!("cannot reach Redis at {shown}: {e}: is redis-server running? set DURABLE_REDIS_URL"))
+            StoreError::unavailable(format!(
+                "cannot reach Redis at {shown}: {e}: is redis-server running? set DURABLE_REDIS_URL"
+            ))
         };
         // Fail fast at start-up; once running, the manager reconnects with backoff.
         let probe = tokio::time::timeout(Duration::from_secs(3), client.get_multiplexed_async_connection()).await;
@@ -348,18 +182,18 @@ impl RedisStore {
             .response_timeout(Duration::from_secs(10))
             .retries(6);
         if let Some(path) = ca {
-            return Err(StoreError(format!(
+            return Err(StoreError::misconfigured(format!(
                 "DURABLE_REDIS_CA ({}) is not supported with DURABLE_REDIS_CLUSTER: add the CA to the system's trusted roots instead (rediss:// cluster nodes are checked against them)",
                 path.display()
             )));
         }
         let client = builder.build().map_err(|e| {
-            StoreError(format!(
+            StoreError::misconfigured(format!(
                 "invalid Redis Cluster nodes {shown}: {e} (expected redis://host:port,redis://host:port,…)"
             ))
         })?;
         let unreachable = |e: &dyn std::fmt::Display| {
-            StoreError(format!(
+            StoreError::unavailable(format!(
                 "cannot reach the Redis Cluster at {shown}: {e}: are its nodes up and is the cluster formed? set DURABLE_REDIS_URL"
             ))
         };
@@ -426,7 +260,7 @@ impl RedisStore {
         invocation.key(self.partition_key(partition, "timers"));
         invocation.key(self.partition_key(partition, "epoch"));
         invocation.key(self.partition_key(partition, "applied"));
-        for what in ["ids", "counts"] {
+        for what in ["ids", "counts", "recent"] {
             invocation.key(self.partition_key(partition, what));
         }
         for w in &writes {
@@ -535,7 +369,7 @@ impl Store for RedisStore {
         let mut rows = rows.into_iter();
         let mut out = Vec::with_capacity(ids.len());
         while let (Some(record), Some(tail)) = (rows.next(), rows.next()) {
-            let malformed = |e: redis::ParsingError| StoreError(format!("unexpected answer to a load: {e}"));
+            let malformed = |e: redis::ParsingError| StoreError::malformed(format!("unexpected answer to a load: {e}"));
             let record: (Option<Vec<u8>>, Option<u64>) = redis::from_redis_value(record).map_err(malformed)?;
             let tail: Option<Vec<u8>> = redis::from_redis_value(tail).map_err(malformed)?;
             out.push(match record {
@@ -569,6 +403,9 @@ impl Store for RedisStore {
             .take
             .key(self.partition_key(partition, "epoch"))
             .key(self.partition_key(partition, "applied"))
+            .key(self.partition_key(partition, "ids"))
+            .key(self.partition_key(partition, "recent"))
+            .arg(self.state_key(partition, ""))
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(unavailable)?;
@@ -649,7 +486,7 @@ impl Store for RedisStore {
             .map_err(unavailable)?;
         let mut released = Vec::with_capacity(fields.len());
         for (seq, value) in fields {
-            let bad = || StoreError(format!("corrupt released timer {seq} in partition {partition}"));
+            let bad = || StoreError::malformed(format!("corrupt released timer {seq} in partition {partition}"));
             let seq: i64 = seq.parse().map_err(|_| bad())?;
             let bar = value.iter().position(|&b| b == b'|').ok_or_else(bad)?;
             let fire_at: i64 = std::str::from_utf8(&value[..bar]).ok().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
@@ -720,6 +557,50 @@ impl Store for RedisStore {
         }
         let entries: Vec<Option<String>> = pipe.query_async(&mut self.conn.clone()).await.map_err(unavailable)?;
         Ok(ids.into_iter().zip(entries).filter_map(|(id, entry)| Some((id, entry?))).collect())
+    }
+
+    async fn recent(
+        &self,
+        partition: u32,
+        before: Option<(i64, &str)>,
+        count: usize,
+    ) -> StoreResult<Vec<(i64, String, String)>> {
+        let key = self.partition_key(partition, "recent");
+        let mut conn = self.conn.clone();
+        // Ties at one ms come in descending id order: skip those at or past `before`'s id.
+        let (max, skip) = match before {
+            None => ("+inf".to_owned(), 0),
+            Some((at, id)) => {
+                let tied: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+                    .arg(&key)
+                    .arg(at)
+                    .arg(at)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(unavailable)?;
+                (at.to_string(), tied.iter().filter(|t| t.as_str() >= id).count())
+            }
+        };
+        let page: Vec<(String, f64)> = redis::cmd("ZREVRANGEBYSCORE")
+            .arg(&key)
+            .arg(max)
+            .arg("-inf")
+            .arg("WITHSCORES")
+            .arg("LIMIT")
+            .arg(skip)
+            .arg(count.min(10_000))
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        if page.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for (id, _) in &page {
+            pipe.cmd("HGET").arg(self.state_key(partition, id)).arg("x");
+        }
+        let entries: Vec<Option<String>> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        Ok(page.into_iter().zip(entries).filter_map(|((id, at), entry)| Some((at as i64, id, entry?))).collect())
     }
 
     async fn counts(&self, partition: u32) -> StoreResult<Vec<(String, u64)>> {

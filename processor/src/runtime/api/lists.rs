@@ -10,9 +10,9 @@ use serde_json::{json, Value};
 
 use super::caller;
 use super::error::{ApiError, ApiResult};
-use super::query::{list_query, MAX_LIST};
+use super::query::{list_query, Endpoint, ListQuery, Start, MAX_LIST};
 use crate::access::{self, Principal};
-use crate::index::{Cursor, Filter, Summary};
+use crate::index::{Cursor, Filter, Since, Summary};
 use crate::runtime::Shared;
 use crate::store::Store;
 
@@ -27,19 +27,67 @@ fn visible(
     Summary::from_entry(id, entry).filter(|s| filter.matches(s) && access::reads(policy, principal, &s.readers))
 }
 
-/// `GET /v1/instances`: a page of the instances the caller may read that match the filter, in
-/// (partition, id) order, and the cursor of the next page (`null` at the end). A page may hold
-/// fewer than `limit` with a cursor still to follow: one request reads at most 10 × `limit` +
-/// 1,000 index entries.
+/// `GET /v1/instances`: a page of the instances the caller may read that match the filter —
+/// most recently changed first (`order=changed`, the default) or partition by partition by id
+/// (`order=id`, a complete walk) — and the cursor of the next page (`null` at the end). A page
+/// may hold fewer than `limit` with a cursor still to follow: one request reads at most
+/// 10 × `limit` + 1,000 index entries.
 pub(super) async fn list(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> ApiResult {
     let principal = caller(&shared, &headers)?;
-    let (filter, limit, cursor) = list_query(query.as_deref(), false)?;
-    let (found, next) = page(&shared, principal.as_ref(), &filter, limit, cursor).await?;
+    let ListQuery { filter, limit, start } = list_query(query.as_deref(), Endpoint::List)?;
+    let (found, next) = match start {
+        Start::Id(cursor) => page(&shared, principal.as_ref(), &filter, limit, cursor).await?,
+        Start::Changed(since) => recent_page(&shared, principal.as_ref(), &filter, limit, since).await?,
+    };
     Ok((StatusCode::OK, Json(json!({ "instances": found, "next": next }))))
+}
+
+/// One page by most recent change, after `since`: each round reads the next entries of every
+/// partition and consumes them newest first as far as every partition's are known, so the
+/// merge is exact; `updated_before` starts the walk there, `updated_from` ends it.
+async fn recent_page(
+    shared: &Shared,
+    principal: Option<&Principal>,
+    filter: &Filter,
+    limit: usize,
+    mut since: Option<Since>,
+) -> Result<(Vec<Summary>, Option<String>), ApiError> {
+    let policy = shared.engine.policy();
+    let (budget, fetch) = (limit * 10 + 1000, (limit * 2).min(MAX_LIST));
+    if let (None, Some(before)) = (&since, filter.updated_before) {
+        since = Some(Since { updated_at: before, id: String::new() });
+    }
+    let (mut found, mut scanned) = (Vec::new(), 0);
+    loop {
+        let before = since.as_ref().map(|s| (s.updated_at, s.id.as_str()));
+        let mut merged = Vec::new();
+        for p in 0..shared.partitions {
+            merged.extend(shared.store.recent(p, before, fetch).await.map_err(ApiError::store_unavailable)?);
+        }
+        merged.sort_by(|a, b| (b.0, &b.1).cmp(&(a.0, &a.1)));
+        merged.truncate(fetch);
+        if merged.is_empty() || merged[0].0 < filter.updated_from.unwrap_or(i64::MIN) {
+            return Ok((found, None));
+        }
+        for (at, id, entry) in merged {
+            scanned += 1;
+            let summary = visible(filter, policy, principal, &id, &entry);
+            since = Some(Since { updated_at: at, id });
+            if let Some(summary) = summary {
+                found.push(summary);
+                if found.len() == limit {
+                    return Ok((found, since.map(|s| s.encode())));
+                }
+            }
+        }
+        if scanned >= budget {
+            return Ok((found, since.map(|s| s.encode())));
+        }
+    }
 }
 
 /// One page of the index from `cursor`: the summaries `principal` may read that match `filter`
@@ -93,7 +141,7 @@ pub(super) async fn counts(
     RawQuery(query): RawQuery,
 ) -> ApiResult {
     let principal = caller(&shared, &headers)?;
-    let (filter, _, _) = list_query(query.as_deref(), true)?;
+    let filter = list_query(query.as_deref(), Endpoint::Counts)?.filter;
     let policy = shared.engine.policy();
     let mut totals = std::collections::BTreeMap::<String, u64>::new();
     let mut complete = true;

@@ -6,7 +6,7 @@
 use std::ops::RangeInclusive;
 
 use super::error::ApiError;
-use crate::index::{Cursor, Filter};
+use crate::index::{Cursor, Filter, Since};
 
 /// Most commands, deliveries, inbox events or queued operations one history page lists.
 pub const MAX_PAGE: usize = 1000;
@@ -75,22 +75,48 @@ impl Query {
     }
 }
 
-/// The filter, page size and cursor a listing's query string asks for (`counts` takes only
-/// kind, name and status); a 400 with what is wrong otherwise.
-pub fn list_query(query: Option<&str>, counts: bool) -> Result<(Filter, usize, Cursor), ApiError> {
+/// Which endpoint a listing query is for: each takes its own parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `GET /v1/instances`: the filter, a page, and its order.
+    List,
+    /// `POST /v1/batch/{action}`: the filter and a page, always in id order (a complete walk:
+    /// the actions change the instances as it goes).
+    Batch,
+    /// `GET /v1/counts`: kind, name and status only.
+    Counts,
+}
+
+/// Where a listing starts, in its order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    /// Most recently changed first (`order=changed`, the default of `GET /v1/instances`).
+    Changed(Option<Since>),
+    /// Partition by partition, by id (`order=id`): a complete walk, each instance once.
+    Id(Cursor),
+}
+
+/// A listing query, read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListQuery {
+    /// Which instances.
+    pub filter: Filter,
+    /// Most of them in the page.
+    pub limit: usize,
+    /// In which order, from where.
+    pub start: Start,
+}
+
+/// What a listing's query string asks for at `endpoint`; a 400 with what is wrong otherwise.
+pub fn list_query(query: Option<&str>, endpoint: Endpoint) -> Result<ListQuery, ApiError> {
     const FILTER: [&str; 3] = ["kind", "name", "status"];
-    const LIST: [&str; 9] = [
-        "kind",
-        "name",
-        "status",
-        "updated_from",
-        "updated_before",
-        "created_from",
-        "created_before",
-        "limit",
-        "cursor",
-    ];
-    let q = Query::parse(query, if counts { &FILTER } else { &LIST })?;
+    const PAGE: [&str; 6] = ["updated_from", "updated_before", "created_from", "created_before", "limit", "cursor"];
+    let takes: Vec<&str> = match endpoint {
+        Endpoint::Counts => FILTER.to_vec(),
+        Endpoint::Batch => [&FILTER[..], &PAGE].concat(),
+        Endpoint::List => [&FILTER[..], &PAGE, &["order"]].concat(),
+    };
+    let q = Query::parse(query, &takes)?;
     let kind = match q.get("kind") {
         None => None,
         Some(k @ ("orch" | "entity")) => Some(k.to_owned()),
@@ -121,12 +147,17 @@ pub fn list_query(query: Option<&str>, counts: bool) -> Result<(Filter, usize, C
         created_before: q.time("created_before")?,
     };
     let limit = q.number("limit", 1..=MAX_LIST)?.unwrap_or(100);
-    let cursor = match q.get("cursor") {
-        None => Cursor::default(),
-        Some(v) => Cursor::decode(v)
-            .ok_or_else(|| ApiError::bad_query(format!("{v:?} is not a cursor this API gave out (its `next`)")))?,
+    let not_ours = |v: &str| ApiError::bad_query(format!("{v:?} is not a cursor this API gave out (its `next`)"));
+    let start = match (endpoint, q.get("order").unwrap_or("changed")) {
+        (Endpoint::List, "changed") => {
+            Start::Changed(q.get("cursor").map(|v| Since::decode(v).ok_or_else(|| not_ours(v))).transpose()?)
+        }
+        (_, "id" | "changed") => Start::Id(
+            q.get("cursor").map(|v| Cursor::decode(v).ok_or_else(|| not_ours(v))).transpose()?.unwrap_or_default(),
+        ),
+        (_, other) => return Err(ApiError::bad_query(format!("order is changed or id, not {other:?}"))),
     };
-    Ok((filter, limit, cursor))
+    Ok(ListQuery { filter, limit, start })
 }
 
 /// Which part of a history to list: `?offset=N&limit=M` (default 0 and [`MAX_PAGE`]).

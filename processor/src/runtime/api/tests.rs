@@ -74,14 +74,27 @@ fn scoped_search_keys_are_typesenses() {
 
 #[test]
 fn list_queries_parse_and_say_what_is_wrong() {
-    let (filter, limit, cursor) =
-        list_query(Some("kind=orch&name=Approval&status=running&updated_from=5&limit=7&cursor=3"), false).unwrap();
+    let ListQuery { filter, limit, start } = list_query(
+        Some("kind=orch&name=Approval&status=running&updated_from=5&limit=7&cursor=3&order=id"),
+        Endpoint::List,
+    )
+    .unwrap();
+    let Start::Id(cursor) = start else { panic!("order=id") };
     assert_eq!(
         (filter.kind.as_deref(), filter.name.as_deref(), filter.status.as_deref(), filter.updated_from),
         (Some("orch"), Some("Approval"), Some("running"), Some(5))
     );
     assert_eq!((limit, cursor), (7, Cursor { partition: 3, after: None }));
-    assert_eq!(list_query(None, false).unwrap().1, 100);
+    let default = list_query(None, Endpoint::List).unwrap();
+    assert_eq!((default.limit, default.start), (100, Start::Changed(None)), "most recently changed first");
+    let since = crate::index::Since { updated_at: 7, id: "orch:A:1".into() };
+    let next = list_query(Some(&format!("cursor={}", since.encode())), Endpoint::List).unwrap();
+    assert_eq!(next.start, Start::Changed(Some(since)));
+    assert!(list_query(Some("cursor=3"), Endpoint::List).is_err(), "an id cursor is not a change cursor");
+    assert!(list_query(Some("order=changed"), Endpoint::Batch)
+        .unwrap_err()
+        .message
+        .contains("unknown query parameter"));
     for (query, says) in [
         ("kind=job", "kind is orch or entity"),
         ("name=Approval", "name needs kind"),
@@ -91,13 +104,14 @@ fn list_queries_parse_and_say_what_is_wrong() {
         ("limit=1001", "limit must be between 1 and 1000"),
         ("cursor=zz", "not a cursor"),
         ("updated_from=yesterday", "ms since the Unix epoch"),
-        ("order=asc", "unknown query parameter \"order\""),
+        ("order=asc", "order is changed or id"),
+        ("sort=asc", "unknown query parameter \"sort\""),
         ("name=%zz", "bad percent-encoding"),
     ] {
-        let e = list_query(Some(query), false).unwrap_err();
+        let e = list_query(Some(query), Endpoint::List).unwrap_err();
         assert!(e.status == StatusCode::BAD_REQUEST && e.message.contains(says), "{query}: {}", e.message);
     }
-    assert!(list_query(Some("limit=5"), true).unwrap_err().message.contains("takes kind, name and status"));
+    assert!(list_query(Some("limit=5"), Endpoint::Counts).unwrap_err().message.contains("takes kind, name and status"));
 }
 
 #[test]

@@ -15,7 +15,7 @@ use serde_json::json;
 
 use super::error::{ApiError, ApiResult};
 use super::lists::page;
-use super::query::list_query;
+use super::query::{list_query, Endpoint, ListQuery, Start};
 use super::{caller, may_send, stored};
 use crate::access::{with_principal, Principal};
 use crate::history::Body;
@@ -275,7 +275,8 @@ pub(super) async fn batch(
             ApiError::bad_body(format!("{e}; the body is {{\"reason\": …, \"dry_run\": true|false, \"event_id\": …}}"))
         })?
     };
-    let (filter, limit, cursor) = list_query(query.as_deref(), false)?;
+    let ListQuery { filter, limit, start } = list_query(query.as_deref(), Endpoint::Batch)?;
+    let Start::Id(cursor) = start else { unreachable!("a batch walks by id") };
     let (found, next) = page(&shared, principal.as_ref(), &filter, limit, cursor).await?;
     let (mut sent, mut refused, mut reasons) = (0, 0, Vec::new());
     if !body.dry_run {

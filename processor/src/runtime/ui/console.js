@@ -175,26 +175,12 @@ async function listPage(params) {
     counts.counts.map((c) => el('div', { class: 'count' }, el('b', { text: c.count }), ` ${c.kind}:${c.name} `, status(c.status))));
 
   const table = el('table', { id: 'instances' });
-  const pager = el('div', { class: 'pager' });
-  const cursors = [null];
-  async function load(i) {
-    const q = new URLSearchParams(filter);
-    q.set('limit', PAGE);
-    if (cursors[i]) q.set('cursor', cursors[i]);
-    const page = await api('GET', '/v1/instances?' + q);
-    cursors[i + 1] = page.next;
-    fill(table, 
-      el('tr', {}, el('th', { text: 'Instance' }), el('th', { text: 'Status' }), el('th', { text: 'Updated' }), el('th', { text: 'Created' })),
-      page.instances.length === 0 ? el('tr', {}, el('td', { colspan: 4, class: 'muted', text: 'No instances match.' })) : null,
-      page.instances.map((s) => el('tr', { 'data-instance': s.instance },
-        el('td', { class: 'id' }, instanceLink(s.instance)), el('td', {}, status(s.status)),
-        el('td', { text: time(s.updated_at) }), el('td', { text: time(s.created_at) }))));
-    fill(pager, 
-      el('button', { id: 'prev', disabled: i === 0, onclick: () => load(i - 1), text: '← Previous' }),
-      el('span', { class: 'muted', text: `page ${i + 1}` }),
-      el('button', { id: 'next', disabled: !page.next, onclick: () => load(i + 1), text: 'Next →' }));
-  }
-  await load(0);
+  const pager = await paged('/v1/instances', filter, { prev: '← Previous', next: 'Next →', ids: true }, (page) => fill(table,
+    el('tr', {}, el('th', { text: 'Instance' }), el('th', { text: 'Status' }), el('th', { text: 'Updated' }), el('th', { text: 'Created' })),
+    page.instances.length === 0 ? el('tr', {}, el('td', { colspan: 4, class: 'muted', text: 'No instances match.' })) : null,
+    page.instances.map((s) => el('tr', { 'data-instance': s.instance },
+      el('td', { class: 'id' }, instanceLink(s.instance)), el('td', {}, status(s.status)),
+      el('td', { text: time(s.updated_at) }), el('td', { text: time(s.created_at) })))));
   show(el('h1', { text: 'Instances' }), filters, countBoxes, table, pager, startForm(registry));
 }
 
@@ -324,30 +310,40 @@ function timeline(h) {
   return el('p', { class: 'muted', text: 'No history.' });
 }
 
+// One pager for every paged listing: `path?query&limit=PAGE&cursor=…`, each page drawn by
+// `draw`, the cursors kept so that the first button goes back. Resolves to the pager's buttons
+// once the first page is drawn.
+async function paged(path, query, labels, draw) {
+  const pager = el('div', { class: 'pager' });
+  const cursors = [null];
+  async function load(i) {
+    const q = new URLSearchParams(query);
+    q.set('limit', PAGE);
+    if (cursors[i]) q.set('cursor', cursors[i]);
+    const page = await api('GET', path + '?' + q);
+    cursors[i + 1] = page.next;
+    draw(page);
+    fill(pager,
+      el('button', { id: labels.ids ? 'prev' : undefined, disabled: i === 0, onclick: () => load(i - 1), text: labels.prev }),
+      labels.ids ? el('span', { class: 'muted', text: `page ${i + 1}` }) : null,
+      el('button', { id: labels.ids ? 'next' : undefined, disabled: !page.next, onclick: () => load(i + 1), text: labels.next }));
+  }
+  await load(0);
+  return pager;
+}
+
 // --- dead letters ------------------------------------------------------------------------------
 
 async function deadPage() {
   const table = el('table', { id: 'letters' });
-  const pager = el('div', { class: 'pager' });
-  const cursors = [null];
-  async function load(i) {
-    const q = new URLSearchParams({ limit: PAGE });
-    if (cursors[i]) q.set('cursor', cursors[i]);
-    const page = await api('GET', '/v1/dead?' + q);
-    cursors[i + 1] = page.next;
-    fill(table, 
-      el('tr', {}, el('th', { text: 'Letter' }), el('th', { text: 'When' }), el('th', { text: 'Event → target' }), el('th', { text: 'Why' })),
-      page.letters.length === 0 ? el('tr', {}, el('td', { colspan: 4, class: 'muted', text: 'No dead letters.' })) : null,
-      page.letters.map((l) => el('tr', { 'data-letter': l.id },
-        el('td', { class: 'id' }, el('a', { href: '#/dead/' + encodeURIComponent(l.id), text: l.id })),
-        el('td', { text: time(l.at) }),
-        el('td', { class: 'id' }, l.event ? `${l.event} → ` : '(undecodable) ', l.target ? instanceLink(l.target) : ''),
-        el('td', { text: l.reason }))));
-    fill(pager, 
-      el('button', { disabled: i === 0, onclick: () => load(i - 1), text: '← Newer' }),
-      el('button', { disabled: !page.next, onclick: () => load(i + 1), text: 'Older →' }));
-  }
-  await load(0);
+  const pager = await paged('/v1/dead', '', { prev: '← Newer', next: 'Older →' }, (page) => fill(table,
+    el('tr', {}, el('th', { text: 'Letter' }), el('th', { text: 'When' }), el('th', { text: 'Event → target' }), el('th', { text: 'Why' })),
+    page.letters.length === 0 ? el('tr', {}, el('td', { colspan: 4, class: 'muted', text: 'No dead letters.' })) : null,
+    page.letters.map((l) => el('tr', { 'data-letter': l.id },
+      el('td', { class: 'id' }, el('a', { href: '#/dead/' + encodeURIComponent(l.id), text: l.id })),
+      el('td', { text: time(l.at) }),
+      el('td', { class: 'id' }, l.event ? `${l.event} → ` : '(undecodable) ', l.target ? instanceLink(l.target) : ''),
+      el('td', { text: l.reason })))));
   show(el('h1', { text: 'Dead letters' }),
     el('p', { class: 'muted', text: 'Records a processor or the projector refused, newest first. A redrive sends the event back as your own write.' }),
     table, pager);
