@@ -8,15 +8,15 @@
 //!
 //! | method and path | does |
 //! | --- | --- |
-//! | `GET /v1/instances?kind=&name=&status=&updated_from=&updated_before=&created_from=&created_before=&limit=&cursor=` | list instances (the index, [`crate::index`]): a page of summaries and the cursor of the next |
+//! | `GET /v1/instances?kind=&name=&status=&updated_from=&updated_before=&created_from=&created_before=&order=&limit=&cursor=` | list instances (the index, [`crate::index`]), most recently changed first or by id (`order=id`): a page of summaries and the cursor of the next |
 //! | `GET /v1/counts?kind=&name=&status=` | how many instances per type and status |
-//! | `GET /v1/instances/{id}` | status, input/output/failure or entity state, versions, times |
+//! | `GET /v1/instances/{id}` | status, input/output/failure or entity state, versions, times, the actions allowed now |
 //! | `GET /v1/instances/{id}/history?offset=&limit=` | an orchestration's commands, deliveries and inbox; an entity's lock and queue (each list paged: at most 1,000 entries) |
 //! | `POST /v1/orchestrations/{name}` `{"key"?, "input"?, "event_id"?}` | start (or restart a finished) orchestration |
 //! | `POST /v1/entities/{name}/{key}/{operation}` `{"input"?, "event_id"?}` | signal an entity |
 //! | `POST /v1/instances/{id}/events/{event}` `{"payload"?, "event_id"?}` | raise an external event |
 //! | `POST /v1/instances/{id}/terminate` `{"reason"?, "event_id"?}` | terminate a running orchestration (and the sub-orchestrations it waits for) |
-//! | `POST /v1/instances/{id}/suspend`, `…/resume`, `…/purge`, `…/restart`, `…/rewind` | operate an instance (see `README.md`, "Operating instances") |
+//! | `POST /v1/instances/{id}/suspend`, `…/resume`, `…/purge`, `…/restart`, `…/rewind` | operate an instance (one route, [`ACTION_PATH`]; see `README.md`, "Operating instances") |
 //! | `GET /v1/registry` | the registered orchestrations, entities and activities |
 //! | `POST /v1/instances/{id}/access` `{"action", "user"?, "role"?, "operations"?, "event_id"?}` | share, revoke, transfer ownership, add an owner |
 //! | `POST /v1/search/key` | a Typesense key that searches only what the caller may read (an hour) |
