@@ -182,15 +182,13 @@ pub struct Since {
 impl Since {
     /// The opaque text form: `c<updated_at>.<hex of the id>`.
     pub fn encode(&self) -> String {
-        let hex: String = self.id.bytes().map(|b| format!("{b:02x}")).collect();
-        format!("c{}.{hex}", self.updated_at)
+        format!("c{}.{}", self.updated_at, hex(&self.id))
     }
 
     /// Read [`Since::encode`]'s form.
     pub fn decode(s: &str) -> Option<Self> {
         let (at, hex) = s.strip_prefix('c')?.split_once('.')?;
-        let cursor = Cursor::decode(&format!("0.{hex}"))?;
-        Some(Self { updated_at: at.parse().ok()?, id: cursor.after? })
+        Some(Self { updated_at: at.parse().ok()?, id: unhex(hex)? })
     }
 }
 
@@ -208,10 +206,7 @@ impl Cursor {
     pub fn encode(&self) -> String {
         match &self.after {
             None => self.partition.to_string(),
-            Some(after) => {
-                let hex: String = after.bytes().map(|b| format!("{b:02x}")).collect();
-                format!("{}.{hex}", self.partition)
-            }
+            Some(after) => format!("{}.{}", self.partition, hex(after)),
         }
     }
 
@@ -224,15 +219,25 @@ impl Cursor {
         let partition = partition.parse().ok()?;
         let after = match hex {
             None => None,
-            Some(hex) if hex.len() % 2 == 0 && hex.len() <= 2 * 4096 => {
-                let bytes: Option<Vec<u8>> =
-                    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect();
-                Some(String::from_utf8(bytes?).ok()?)
-            }
-            Some(_) => return None,
+            Some(hex) => Some(unhex(hex)?),
         };
         Some(Self { partition, after })
     }
+}
+
+/// `id` as a cursor carries it: lower-case hex of its bytes.
+fn hex(id: &str) -> String {
+    id.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The id a cursor carries as hex (at most 4,096 bytes of UTF-8), `None` if it is not that.
+fn unhex(hex: &str) -> Option<String> {
+    if hex.len() % 2 != 0 || hex.len() > 2 * 4096 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> =
+        (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect();
+    String::from_utf8(bytes?).ok()
 }
 
 #[cfg(test)]

@@ -45,7 +45,8 @@ pub async fn work(
             record_stats(&self.2, Stats::default(), (0, 0));
         }
     }
-    let _leave = Leave(shared.clone(), queue.clone(), partition.to_string());
+    let label = partition.to_string();
+    let _leave = Leave(shared.clone(), queue.clone(), label.clone());
     let p = partition as u32;
     let Some((epoch, mut floor)) = take(&shared, p, committed, &mut stop).await else { return };
     let mut core = Partition::new(settings(&shared, p), shared.engine.clone(), epoch);
@@ -69,7 +70,7 @@ pub async fn work(
                 }
                 queue.taken(&shared, records.len());
                 last_offset = records.last().map(|r| r.offset);
-                let group = Group { shared: &shared, progress: &progress, core: &mut core, floor: &mut floor, stop: &mut stop };
+                let group = Group { shared: &shared, progress: &progress, core: &mut core, floor: &mut floor, stop: &mut stop, label: &label };
                 if !group.apply_until_done(records).await {
                     return;
                 }
@@ -149,6 +150,8 @@ struct Group<'a> {
     core: &'a mut Partition,
     floor: &'a mut Floor,
     stop: &'a mut watch::Receiver<bool>,
+    /// The partition's metrics label.
+    label: &'a str,
 }
 
 impl Group<'_> {
@@ -156,13 +159,12 @@ impl Group<'_> {
     /// backoff (offsets not stored), until all are applied: false if the worker must stop (told
     /// to, or a fatal error).
     async fn apply_until_done(self, mut records: Vec<Record>) -> bool {
-        let Group { shared, progress, core, floor, stop } = self;
+        let Group { shared, progress, core, floor, stop, label } = self;
         let p = core.settings().partition;
-        let label = p.to_string();
         let mut backoff = Duration::from_millis(100);
         while !records.is_empty() {
             let applied = tokio::select! {
-                applied = apply(shared, progress, core, &label, floor, records) => applied,
+                applied = apply(shared, progress, core, label, floor, records) => applied,
                 _ = stopped_for(stop, DRAIN_GRACE) => {
                     // Its offsets were not stored: the next owner applies it again, and
                     // whatever part of it was committed or produced is deduplicated.
@@ -170,7 +172,7 @@ impl Group<'_> {
                     return false;
                 }
             };
-            record_stats(&label, core.take_stats(), core.live());
+            record_stats(label, core.take_stats(), core.live());
             for mismatch in core.take_mismatches() {
                 // The core's own consistency checks (the simulator fails on these).
                 error!(partition = p, %mismatch, "the partition core disagrees with itself; the log repairs it");

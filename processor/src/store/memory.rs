@@ -151,14 +151,12 @@ impl Inner {
             } else if let Some(indexed) = write.index {
                 let index = self.indexes.entry(partition).or_default();
                 let group = indexed.group();
-                index.recent.insert((crate::index::changed_at(&indexed.entry), id.clone()));
+                let at = crate::index::changed_at(&indexed.entry);
                 let old = index.entries.insert(id.clone(), (group.clone(), indexed.entry));
                 if let Some((_, entry)) = &old {
-                    let was = crate::index::changed_at(entry);
-                    if was != crate::index::changed_at(&index.entries[&id].1) {
-                        index.recent.remove(&(was, id.clone()));
-                    }
+                    index.recent.remove(&(crate::index::changed_at(entry), id.clone()));
                 }
+                index.recent.insert((at, id.clone()));
                 if old.as_ref().map(|(g, _)| g) != Some(&group) {
                     if let Some((g, _)) = old {
                         uncount(&mut index.counts, g);
